@@ -1,0 +1,3 @@
+"""actors: arrives with its issue."""
+
+__all__: list[str] = []

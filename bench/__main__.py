@@ -1,0 +1,5 @@
+"""``python -m bench``."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,447 @@
+"""Measurement plumbing: run both sides of a benchmark, aggregate, print the table, write JSON.
+
+Theory of operation
+-------------------
+A :class:`Bench` is one measurement done two ways, ``conat`` and ``nats_py``: two coroutine functions
+with the same signature ``(url, count) -> Sample``. Each opens its own fresh connections, warms up,
+times ``count`` operations with :func:`time.perf_counter`, closes its connections and returns a
+:class:`Sample` (the headline figure plus named extras such as latency percentiles).
+
+:func:`run_bench` runs ``reps`` repetitions. Repetition *i* runs conat first when *i* is even and
+nats-py first when it is odd, so slow drift (CPU frequency, the server's heap, the page cache) does
+not favour one side. Everything runs sequentially in one process on one event loop: the machine
+this is meant for has two cores, shared with nats-server, so concurrency inside the harness would
+only measure contention. Between runs the harness collects garbage (untimed) so one side does not
+pay for the other's garbage.
+
+Aggregation is **best of reps**: the highest throughput, the lowest latency. Interference on a
+shared machine only ever slows a run down, so the best run is the closest estimate of what the code
+itself costs. Every repetition's figure is kept in the JSON.
+
+A :class:`Metric` turns the samples into one table row: ``ratio = conat / nats_py``, compared with
+the row's target (``>=`` for throughput, ``<=`` for latency). Targets are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final, Literal, final
+
+__all__ = [
+    "SIDES",
+    "Bench",
+    "Environment",
+    "Metric",
+    "Report",
+    "Resources",
+    "RowResult",
+    "Sample",
+    "SideRun",
+    "format_table",
+    "percentile",
+    "resources",
+    "run_bench",
+    "run_cli",
+    "write_json",
+]
+
+Side = Literal["conat", "nats_py"]
+SIDES: Final[tuple[Side, Side]] = ("conat", "nats_py")
+SIDE_LABEL: Final[dict[Side, str]] = {"conat": "conat", "nats_py": "nats-py"}
+DEFAULT_JSON: Final = Path("bench") / "results.json"
+DEFAULT_REPS: Final = 3
+QUICK_REPS: Final = 1
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One timed run of one side: the headline ``value`` and named extras (e.g. ``p50_us``)."""
+
+    value: float
+    extra: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    elapsed_s: float = 0.0
+
+
+Measure = Callable[[str, int], Awaitable[Sample]]
+"""``measure(url, count)``: open fresh connections, warm up, time ``count`` operations, close."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One table row taken from a bench's samples: ``key`` None is the headline value."""
+
+    name: str
+    unit: str
+    target: float
+    key: str | None = None
+    higher_is_better: bool = True
+
+    def of(self, sample: Sample) -> float:
+        return sample.value if self.key is None else sample.extra[self.key]
+
+    def best(self, values: Sequence[float]) -> float:
+        return max(values) if self.higher_is_better else min(values)
+
+    def passes(self, ratio: float) -> bool:
+        return ratio >= self.target if self.higher_is_better else ratio <= self.target
+
+    @property
+    def target_text(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.target:.2f}"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """A measurement done by conat and by raw nats-py. ``count``/``quick_count``: operations per run."""
+
+    name: str
+    description: str
+    conat: Measure
+    nats_py: Measure
+    metrics: tuple[Metric, ...]
+    count: int
+    quick_count: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def side(self, side: Side) -> Measure:
+        return self.conat if side == "conat" else self.nats_py
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Process figures right after one side's run (its connections already closed)."""
+
+    rss_mb: float
+    max_rss_mb: float
+    tasks: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SideRun:
+    side: Side
+    rep: int
+    sample: Sample
+    resources: Resources
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """One row of the table, as written to JSON."""
+
+    name: str
+    bench: str
+    unit: str
+    conat: float
+    nats_py: float
+    ratio: float
+    target: float
+    target_op: str
+    ok: bool
+    samples: dict[str, list[float]]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Environment:
+    python: str
+    implementation: str
+    nats_py: str
+    nats_server: str
+    conat: str
+    uvloop: bool
+    loop: str
+    cores: int
+    usable_cores: int
+    platform: str
+
+    def line(self) -> str:
+        return (
+            f"python {self.python} ({self.implementation}) | nats-py {self.nats_py} | "
+            f"nats-server {self.nats_server} | conat {self.conat} | "
+            f"uvloop {'on' if self.uvloop else 'off'} ({self.loop}) | "
+            f"cores {self.usable_cores}/{self.cores} | {self.platform}"
+        )
+
+
+@final
+@dataclass(slots=True)
+class Report:
+    environment: Environment
+    mode: str
+    reps: int
+    encoding: str
+    method: str
+    rows: list[RowResult] = field(default_factory=list)
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "environment": asdict(self.environment),
+            "mode": self.mode,
+            "reps": self.reps,
+            "encoding": self.encoding,
+            "method": self.method,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rows": [asdict(r) for r in self.rows],
+            "params": self.params,
+            "runs": self.runs,
+        }
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of already sorted values, by nearest rank (no interpolation)."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def resources() -> Resources:
+    """Current and peak RSS (MB) and the number of live asyncio tasks (the caller's included)."""
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform != "darwin":  # KiB on Linux, bytes on macOS
+        max_rss *= 1024
+    rss_mb = 0.0
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            rss_mb = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return Resources(round(rss_mb, 1), round(max_rss / 1e6, 1), len(asyncio.all_tasks()))
+
+
+async def run_bench(
+    bench: Bench, url: str, *, count: int, reps: int, log: Callable[[str], None]
+) -> tuple[list[RowResult], list[SideRun]]:
+    """Run both sides ``reps`` times, alternating which goes first; return the rows and every run."""
+    runs: list[SideRun] = []
+    for rep in range(reps):
+        order = SIDES if rep % 2 == 0 else SIDES[::-1]
+        for side in order:
+            gc.collect()
+            sample = await bench.side(side)(url, count)
+            gc.collect()
+            res = resources()
+            runs.append(SideRun(side, rep, sample, res))
+            figures = "  ".join(f"{m.name}={_fmt(m.of(sample))}{m.unit}" for m in bench.metrics)
+            log(
+                f"  {bench.name:<14} {SIDE_LABEL[side]:<7} rep {rep + 1}/{reps}: {figures}"
+                f"  [{sample.elapsed_s:.2f}s; rss {res.rss_mb:.0f} MB, max rss {res.max_rss_mb:.0f} MB,"
+                f" tasks {res.tasks}]"
+            )
+    rows = []
+    for metric in bench.metrics:
+        samples = {side: [metric.of(r.sample) for r in runs if r.side == side] for side in SIDES}
+        c, n = metric.best(samples["conat"]), metric.best(samples["nats_py"])
+        ratio = c / n if n else float("inf")
+        rows.append(
+            RowResult(
+                name=metric.name,
+                bench=bench.name,
+                unit=metric.unit,
+                conat=c,
+                nats_py=n,
+                ratio=ratio,
+                target=metric.target,
+                target_op=">=" if metric.higher_is_better else "<=",
+                ok=metric.passes(ratio),
+                samples=samples,
+            )
+        )
+    return rows, runs
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
+    """Fixed-width ``row | unit | conat | nats-py | ratio | target | ok``."""
+    header = ("row", "unit", "conat", "nats-py", "ratio", "target", "ok")
+    body = [
+        (
+            r.name,
+            r.unit,
+            _fmt(r.conat),
+            _fmt(r.nats_py),
+            f"{r.ratio:.2f}",
+            metrics[r.name].target_text,
+            "ok" if r.ok else "FAIL",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    right = {2, 3, 4}
+
+    def render(line: Sequence[str]) -> str:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        return " | ".join(cells).rstrip()
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([render(header), rule, *(render(line) for line in body)])
+
+
+def format_resources(runs: dict[str, list[SideRun]]) -> str:
+    """Per bench and side: RSS and task count after its last run (tasks 1 = only the harness)."""
+    lines = [f"{'bench':<14} | {'side':<7} | {'rss MB':>7} | {'max rss MB':>10} | {'tasks':>5}"]
+    lines.append("-" * len(lines[0]))
+    for name, bench_runs in runs.items():
+        for side in SIDES:
+            last = [r for r in bench_runs if r.side == side][-1]
+            res = last.resources
+            lines.append(
+                f"{name:<14} | {SIDE_LABEL[side]:<7} | {res.rss_mb:>7.0f} | {res.max_rss_mb:>10.0f} | {res.tasks:>5}"
+            )
+    return "\n".join(lines)
+
+
+def write_json(report: Report, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+# -- environment ---------------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def environment(*, uvloop: bool, nats_server: str) -> Environment:
+    loop = asyncio.get_running_loop()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    return Environment(
+        python=platform.python_version(),
+        implementation=platform.python_implementation(),
+        nats_py=_version("nats-py"),
+        nats_server=nats_server,
+        conat=_version("conat"),
+        uvloop=uvloop,
+        loop=f"{type(loop).__module__}.{type(loop).__name__}",
+        cores=os.cpu_count() or 1,
+        usable_cores=usable,
+        platform=platform.platform(terse=True),
+    )
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def _parser(names: Sequence[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="conat bench",
+        description="Measure conat against raw nats-py doing the same thing, on one private nats-server.",
+    )
+    p.add_argument("--quick", action="store_true", help="small counts and one repetition (CI smoke run)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH", help="where to write results")
+    p.add_argument(
+        "--rows",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=None,
+        metavar="NAME,...",
+        help=f"only these benches (of: {', '.join(names)})",
+    )
+    p.add_argument("--reps", type=int, default=None, help=f"repetitions per side (default {DEFAULT_REPS}; --quick 1)")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every operation count by this factor (default 1)"
+    )
+    p.add_argument(
+        "--uvloop", action=argparse.BooleanOptionalAction, default=True, help="run on uvloop (default: on)"
+    )
+    p.add_argument(
+        "--encoding",
+        choices=("raw", "msgpack"),
+        default="raw",
+        help="conat's payload encoding (raw: the same payload bytes as nats-py plus a Conat-Encoding header)",
+    )
+    return p
+
+
+Runner = Callable[..., Awaitable[Report]]
+
+
+def run_cli(argv: Sequence[str] | None, names: Sequence[str], run: Runner) -> int:
+    """Parse ``argv`` and run the benches; returns the exit status (0 even if targets are missed)."""
+    parser = _parser(names)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    selected = list(names) if args.rows is None else args.rows
+    unknown = [n for n in selected if n not in names]
+    if unknown or not selected:
+        parser.print_usage(sys.stderr)
+        print(f"conat bench: unknown row(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    reps = args.reps if args.reps is not None else (QUICK_REPS if args.quick else DEFAULT_REPS)
+    if reps < 1 or args.scale <= 0:
+        print("conat bench: --reps must be >= 1 and --scale > 0", file=sys.stderr)
+        return 2
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    use_uvloop = bool(args.uvloop)
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("conat bench: uvloop is not installed; running on plain asyncio", file=sys.stderr)
+            use_uvloop = False
+        else:
+            loop_factory = uvloop.new_event_loop
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="conat-bench-") as tmp, asyncio.Runner(loop_factory=loop_factory) as r:
+        report = r.run(
+            run(
+                selected,
+                quick=bool(args.quick),
+                reps=reps,
+                scale=float(args.scale),
+                uvloop=use_uvloop,
+                encoding=str(args.encoding),
+                directory=Path(tmp),
+            )
+        )
+    report.elapsed_s = time.perf_counter() - started
+    write_json(report, args.json)
+    print(f"\nwrote {args.json} ({report.elapsed_s:.1f}s)")
+    return 0

@@ -1,0 +1,69 @@
+"""conat: a message bus for Python services on NATS.
+
+Start with :func:`connect`; the returned :class:`Client` publishes, subscribes, requests, streams
+replies and chunks large payloads. :class:`NatsServer` runs a private nats-server.
+"""
+
+from subjects import InvalidSubject as InvalidSubject
+
+from ._client import Client as Client
+from ._client import ClientState as ClientState
+from ._client import ClientStatistics as ClientStatistics
+from ._client import connect as connect
+from ._codecs import JSON as JSON
+from ._codecs import MSGPACK as MSGPACK
+from ._codecs import RAW as RAW
+from ._codecs import Codec as Codec
+from ._errors import BadURL as BadURL
+from ._errors import ClosedError as ClosedError
+from ._errors import ConatError as ConatError
+from ._errors import ConnectError as ConnectError
+from ._errors import ErrorCode as ErrorCode
+from ._errors import Forbidden as Forbidden
+from ._errors import NoResponders as NoResponders
+from ._errors import PayloadError as PayloadError
+from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import PortInUse as PortInUse
+from ._errors import RemoteError as RemoteError
+from ._errors import ServerBinaryNotFound as ServerBinaryNotFound
+from ._errors import ServerConfigRejected as ServerConfigRejected
+from ._errors import ServerError as ServerError
+from ._errors import Timeout as Timeout
+from ._message import Message as Message
+from ._service import RpcRequest as RpcRequest
+from ._subscription import Subscription as Subscription
+from ._subscription import SubscriptionStatistics as SubscriptionStatistics
+
+__all__ = [
+    # connecting
+    "Client",
+    "ClientState",
+    "ClientStatistics",
+    "connect",
+    # messages and codecs
+    "Codec",
+    "JSON",
+    "MSGPACK",
+    "Message",
+    "RAW",
+    "RpcRequest",
+    "Subscription",
+    "SubscriptionStatistics",
+    # errors
+    "BadURL",
+    "ClosedError",
+    "ConatError",
+    "ConnectError",
+    "ErrorCode",
+    "Forbidden",
+    "InvalidSubject",
+    "NoResponders",
+    "PayloadError",
+    "PayloadTooLarge",
+    "PortInUse",
+    "RemoteError",
+    "ServerBinaryNotFound",
+    "ServerConfigRejected",
+    "ServerError",
+    "Timeout",
+]

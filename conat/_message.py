@@ -1,0 +1,133 @@
+"""Messages as users see them, and the headers conat uses on the wire.
+
+A :class:`Message` holds the raw payload and decodes it lazily, once, with the codec named by its
+``Conat-Encoding`` header (msgpack when absent). Headers that start with ``Conat-`` are conat's
+own; :attr:`Message.headers` shows only the user's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+
+from ._codecs import Codec, get_codec
+from ._errors import ErrorCode, RemoteError
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["END_HEADER", "ENCODING_HEADER", "ERROR_HEADER", "REPLY_HEADER", "STATUS_HEADER", "Message"]
+
+T = TypeVar("T")
+
+ENCODING_HEADER: Final = "Conat-Encoding"
+ERROR_HEADER: Final = "Conat-Error"
+END_HEADER: Final = "Conat-End"
+REPLY_HEADER: Final = "Conat-Reply"
+STATUS_HEADER: Final = "Status"  # nats-py's key for the server's inline status ("503")
+_PRIVATE_PREFIX: Final = "Conat-"
+_UNSET: Final[Any] = object()
+
+
+def parse_error_code(value: str) -> ErrorCode:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+@final
+class Message:
+    """One message received on a subscription, or a reply to a request.
+
+    Attributes:
+        subject: the concrete subject it was published to (never a wildcard).
+        reply: where :meth:`respond` sends; empty when the sender expects no answer.
+        raw: the payload bytes, after chunk reassembly.
+    """
+
+    __slots__ = ("_client", "_data", "_headers", "raw", "reply", "subject")
+
+    def __init__(
+        self,
+        subject: str,
+        reply: str,
+        raw: bytes,
+        headers: dict[str, str] | None,
+        client: Client | None = None,
+    ) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.raw = raw
+        self._headers = headers
+        self._client = client
+        self._data: Any = _UNSET
+
+    def __repr__(self) -> str:
+        return f"<Message subject={self.subject!r} reply={self.reply!r} bytes={len(self.raw)}>"
+
+    @property
+    def codec(self) -> Codec:
+        h = self._headers
+        return get_codec(h.get(ENCODING_HEADER) if h else None)
+
+    @property
+    def encoding(self) -> str:
+        return self.codec.name
+
+    @property
+    def data(self) -> Any:
+        """The decoded payload (decoded on first access; raises :class:`PayloadError`)."""
+        if self._data is _UNSET:
+            self._data = self.codec.decode(self.raw)
+        return self._data
+
+    def decode(self, type_: type[T]) -> T:
+        """Decode the payload into ``type_`` (a msgspec Struct, a builtin, a union…)."""
+        return self.codec.decode_as(self.raw, type_)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The user's headers (conat's own ``Conat-*`` headers are hidden)."""
+        h = self._headers
+        if not h:
+            return {}
+        return {k: v for k, v in h.items() if not k.startswith(_PRIVATE_PREFIX) and k != STATUS_HEADER}
+
+    @property
+    def raw_headers(self) -> dict[str, str]:
+        return dict(self._headers or {})
+
+    def header(self, name: str) -> str | None:
+        h = self._headers
+        return h.get(name) if h else None
+
+    # -- responding ------------------------------------------------------------------------
+    def _require_reply(self) -> Client:
+        if not self.reply or self._client is None:
+            raise ValueError(f"message on {self.subject!r} has no reply subject to respond to")
+        return self._client
+
+    async def respond(
+        self, data: Any = None, *, headers: dict[str, str] | None = None, encoding: str | None = None
+    ) -> None:
+        """Send a reply. Call it several times and then :meth:`end` to stream to ``request_many``."""
+        client = self._require_reply()
+        await client.publish(self.reply, data, headers=headers, encoding=encoding)
+
+    async def respond_error(self, code: ErrorCode, message: str) -> None:
+        """Reply with an error; the requester's ``request()`` raises ``RemoteError(code, message)``."""
+        client = self._require_reply()
+        await client._publish_control(self.reply, {ERROR_HEADER: str(code)}, message.encode())
+
+    async def end(self) -> None:
+        """Send the end-of-stream marker that ends the caller's ``request_many`` iteration."""
+        client = self._require_reply()
+        await client._publish_control(self.reply, {END_HEADER: "1"}, b"")
+
+    # -- reply classification (used by request paths) ---------------------------------------
+    def raise_for_error(self) -> None:
+        h = self._headers
+        if h and ERROR_HEADER in h:
+            raise RemoteError(parse_error_code(h[ERROR_HEADER]), self.raw.decode(errors="replace"), self.subject)
+
+    @property
+    def is_end(self) -> bool:
+        h = self._headers
+        return bool(h and END_HEADER in h)

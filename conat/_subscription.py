@@ -1,0 +1,205 @@
+"""Subscriptions: a bounded buffer between the read loop and the consumer.
+
+The read loop never waits on a consumer: it puts each message into the subscription's buffer and
+returns. When the buffer is full the message is dropped and counted, and if its sender waits for
+a reply it gets an immediate busy error (code 429) instead of a silent timeout.
+
+A buffered item is either a :class:`Message` or a future for one whose chunks are still being
+pulled; the consumer awaits items in arrival order, so a large message never overtakes a small
+one published after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Self, final
+
+from ._errors import ClosedError, ConatError
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["Subscription", "SubscriptionStatistics"]
+
+log = logging.getLogger("conat.subscription")
+
+Item = Message | asyncio.Future[Message]
+BUSY_CODE: Final = 429
+DEFAULT_MAX_BUFFER: Final = 10_000
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """A snapshot of one subscription's counters."""
+
+    pattern: str
+    queue: str | None
+    received: int
+    delivered: int
+    dropped: int
+    buffered: int
+    max_buffer: int
+    failed_transfers: int
+
+
+@final
+class Subscription:
+    """An async iterator of the messages matching ``pattern``. Close with :meth:`unsubscribe`.
+
+    Guarantees: messages from one publisher arrive in the order it published them; a message is
+    delivered to at most one member of a queue group; the subscription is re-armed after a
+    reconnect (messages published while the link was down are lost: core NATS is at-most-once).
+    """
+
+    def __init__(self, client: Client, pattern: str, queue: str | None, max_buffer: int) -> None:
+        if max_buffer < 1:
+            raise ValueError("max_buffer must be at least 1")
+        self._client = client
+        self.pattern = pattern
+        self.queue = queue
+        self.max_buffer = max_buffer
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._error: ConatError | None = None
+        self.sid = 0
+        self._received = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._failed_transfers = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self._closed}>"
+
+    # -- producer side (read loop) ---------------------------------------------------------
+    def _put(self, item: Item, reply: str) -> None:
+        if self._closed:
+            return
+        self._received += 1
+        if len(self._items) >= self.max_buffer:
+            self._dropped += 1
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+            if reply:
+                self._client._reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
+            return
+        self._items.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, error: ConatError) -> None:
+        """End iteration with ``error`` (e.g. the server refused the subscription)."""
+        self._error = error
+        self._close_buffer()
+
+    def _close_buffer(self) -> None:
+        self._closed = True
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- consumer side ---------------------------------------------------------------------
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        while True:
+            if self._items:
+                item = self._items.popleft()
+                if isinstance(item, Message):
+                    self._delivered += 1
+                    return item
+                try:
+                    msg = await item
+                except ConatError as e:
+                    self._failed_transfers += 1
+                    log.warning("dropped a chunked message on %r: %s", self.pattern, e)
+                    continue
+                except asyncio.CancelledError:
+                    if item.cancelled():
+                        continue
+                    raise
+                self._delivered += 1
+                return msg
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def next(self, timeout: float | None = None) -> Message:
+        """The next message; raises :class:`ClosedError` at the end and ``TimeoutError`` on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.__anext__()
+        except StopAsyncIteration:
+            raise ClosedError("subscription") from None
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            self.pattern,
+            self.queue,
+            self._received,
+            self._delivered,
+            self._dropped,
+            len(self._items),
+            self.max_buffer,
+            self._failed_transfers,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def unsubscribe(self) -> None:
+        """Stop receiving. Messages already buffered are still yielded; then iteration ends."""
+        if self._closed and self.sid == 0:
+            return
+        self._close_buffer()
+        await self._client._unsubscribe(self)
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    aclose = unsubscribe
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.unsubscribe()
+
+    def _start_callback(self, callback: Callable[[Message], Awaitable[object]]) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run_callback(callback), name=f"conat-sub:{self.pattern}"
+        )
+
+    async def _run_callback(self, callback: Callable[[Message], Awaitable[object]]) -> None:
+        async for msg in self:
+            try:
+                await callback(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("subscription callback failed on %r", msg.subject)
+                if msg.reply:
+                    code = e.code if isinstance(e, ConatError) else 500
+                    try:
+                        await msg.respond_error(code, f"{type(e).__name__}: {e}")
+                    except ConatError:
+                        pass
+

@@ -1,0 +1,321 @@
+"""The one boundary between conat and nats-py.
+
+No ``nats.*`` name or exception leaves this module: callers see conat's error tree and plain
+callables. Three things here differ on purpose from stock nats-py (see shared/notes/ecosystem.md):
+
+* **Direct dispatch.** conat's subscriptions do not use nats-py's per-subscription queue and task.
+  The read loop hands each message to a synchronous handler that only enqueues it into a bounded
+  conat buffer (or resolves a request's future) and returns. One task hop less per message, and
+  the overflow policy is conat's, not a silent drop deep in nats-py.
+* **flush() that means it.** nats-py writes its PING straight to the socket, ahead of commands still
+  sitting in its pending buffer, so ``subscribe()`` + ``flush()`` could return before the server had
+  the SUB. Here the PING is queued behind everything pending.
+* **Reconnect forever, detect dead links fast, never let a callback break the client.** Initial
+  connect tries a bounded number of times (a clear error beats a hang); after that the client
+  reconnects forever. Every user-facing callback is wrapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import nats.errors as nats_errors
+from nats.aio.client import Client as _NatsClient
+from nats.aio.subscription import Subscription as _NatsSubscription
+
+from ._errors import BadURL, ClosedError, ConatError, ConnectError, Timeout
+
+__all__ = ["DirectHandler", "PermissionViolation", "Transport", "TransportEvents"]
+
+log = logging.getLogger("conat.transport")
+
+DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
+"""``handler(subject, reply, payload, headers)``: runs on the read loop; must not block or raise."""
+
+_PING: Final = b"PING\r\n"
+_URL_SCHEMES: Final = ("nats", "tls", "ws", "wss")
+_VIOLATION_RE: Final = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
+
+
+class PermissionViolation(Exception):
+    """An asynchronous ``-ERR 'Permissions Violation ...'`` from the server (lowercased by nats-py)."""
+
+    def __init__(self, operation: str, subject_lower: str) -> None:
+        super().__init__(f"{operation} to {subject_lower!r}")
+        self.operation = operation
+        self.subject_lower = subject_lower
+
+
+class TransportEvents:
+    """What the transport reports upwards. Override the methods you need; each is called safely."""
+
+    def on_disconnected(self) -> None: ...
+    def on_reconnected(self) -> None: ...
+    def on_closed(self) -> None: ...
+    def on_permission_violation(self, violation: PermissionViolation) -> None: ...
+    def on_error(self, error: BaseException) -> None: ...
+
+
+class _Connection(_NatsClient):
+    """nats-py's client with a direct-dispatch table consulted before its own machinery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct: dict[int, DirectHandler] = {}
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        handler = self.direct.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        hdr = await self._process_headers(headers) if headers else None
+        try:
+            handler(subject.decode(), reply.decode() if reply else "", data, hdr)
+        except Exception:
+            log.exception("message handler failed for subject %r", subject)
+
+
+class Transport:
+    """A connection to the bus: publish, direct subscriptions, an honest flush, and state events."""
+
+    def __init__(self, events: TransportEvents) -> None:
+        self._events = events
+        self._nc = _Connection()
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def connect(
+        self,
+        urls: list[str],
+        *,
+        name: str | None,
+        inbox_prefix: str,
+        token: str | Callable[[], str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 2.0,
+        connect_attempts: int = 3,
+        reconnect_time_wait: float = 0.5,
+        ping_interval: float = 10.0,
+        max_outstanding_pings: int = 2,
+    ) -> None:
+        for url in urls:
+            check_url(url)
+        options: dict[str, Any] = {
+            "servers": urls,
+            "name": name,
+            "inbox_prefix": inbox_prefix,
+            "connect_timeout": connect_timeout,
+            "reconnect_time_wait": reconnect_time_wait,
+            # Bounded at first so a wrong URL fails clearly; unbounded once connected.
+            # (nats-py reads 0 as "forever", so a single attempt means reconnects off.)
+            "max_reconnect_attempts": max(connect_attempts - 1, 1),
+            "ping_interval": ping_interval,
+            "max_outstanding_pings": max_outstanding_pings,
+            "allow_reconnect": connect_attempts > 1,
+            "skip_subject_validation": True,  # conat validates with `subjects`, once.
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
+        }
+        if token is not None:
+            options["token"] = token
+        if user is not None:
+            options["user"] = user
+        if password is not None:
+            options["password"] = password
+        try:
+            await self._nc.connect(**options)
+        except nats_errors.NoServersError:
+            await self._abandon()
+            reason = _describe(self._nc.last_error) or "no server answered"
+            raise ConnectError(", ".join(urls), reason) from None
+        except (OSError, TimeoutError, nats_errors.Error) as e:
+            await self._abandon()
+            raise ConnectError(", ".join(urls), _describe(e)) from None
+        self._nc.options["max_reconnect_attempts"] = -1
+        self._nc.options["allow_reconnect"] = True
+
+    async def _abandon(self) -> None:
+        self._closing = True
+        try:
+            await self._nc.close()
+        except Exception:  # pragma: no cover - best effort on a half-open client
+            log.debug("closing a failed connection", exc_info=True)
+
+    async def close(self) -> None:
+        """Flush what is pending and close. Idempotent."""
+        if self._nc.is_closed:
+            return
+        self._closing = True
+        try:
+            await self._nc.close()
+        except Exception:
+            log.debug("error while closing", exc_info=True)
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    @property
+    def is_closed(self) -> bool:
+        return bool(self._nc.is_closed)
+
+    @property
+    def is_reconnecting(self) -> bool:
+        return bool(self._nc.is_reconnecting)
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload)
+
+    @property
+    def client_id(self) -> int | None:
+        cid = self._nc.client_id
+        return int(cid) if cid is not None else None
+
+    @property
+    def connected_url(self) -> str | None:
+        url = self._nc.connected_url
+        return url.geturl() if url is not None else None
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        return dict(self._nc._server_info or {})
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._nc.stats)
+
+    def new_token(self) -> str:
+        """A 22-character random id (NUID), unique per connection and process."""
+        return str(self._nc._nuid.next().decode())
+
+    # -- data path -------------------------------------------------------------------------
+    async def publish(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        try:
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
+        except nats_errors.ConnectionClosedError:
+            raise ClosedError("client") from None
+        except nats_errors.OutboundBufferLimitError:
+            raise ConnectError(self.connected_url or "?", "outbound buffer full while reconnecting") from None
+        except nats_errors.BadHeaderError as e:
+            raise ValueError(f"invalid header name: {e}") from None
+
+    async def subscribe(self, subject: str, queue: str | None, handler: DirectHandler) -> int:
+        """Register ``handler`` for ``subject``; returns the subscription id. Re-armed on reconnect."""
+        nc = self._nc
+        if nc.is_closed:
+            raise ClosedError("client")
+        nc._sid += 1
+        sid: int = nc._sid
+        sub = _NatsSubscription(nc, sid, subject, queue=queue or "")
+        nc._subs[sid] = sub
+        nc.direct[sid] = handler
+        await nc._send_subscribe(sub)
+        return sid
+
+    async def unsubscribe(self, sid: int) -> None:
+        nc = self._nc
+        nc.direct.pop(sid, None)
+        if nc._subs.pop(sid, None) is None or nc.is_closed:
+            return
+        if not nc.is_reconnecting:
+            await nc._send_unsubscribe(sid)
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Return once the server has processed every command sent before this call."""
+        nc = self._nc
+        if nc.is_closed:
+            raise ClosedError("client")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        future: asyncio.Future[Any] = loop.create_future()
+        nc._pongs.append(future)
+        await nc._send_command(_PING)
+        await nc._flush_pending()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            raise Timeout("flush", loop.time() - started, what="flush") from None
+
+    # -- nats-py callbacks, each made safe ---------------------------------------------------
+    async def _on_error(self, e: Exception) -> None:
+        text = str(e)
+        m = _VIOLATION_RE.search(text)
+        if m:
+            self._safe(self._events.on_permission_violation, PermissionViolation(m.group(1), m.group(2)))
+            return
+        if self._closing and isinstance(e, nats_errors.ConnectionClosedError | OSError):
+            return
+        self._safe(self._events.on_error, e)
+
+    async def _on_disconnected(self) -> None:
+        self._safe(self._events.on_disconnected)
+
+    async def _on_reconnected(self) -> None:
+        self._safe(self._events.on_reconnected)
+
+    async def _on_closed(self) -> None:
+        self._safe(self._events.on_closed)
+
+    @staticmethod
+    def _safe(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            result = fn(*args)
+            if isinstance(result, Awaitable):  # pragma: no cover - events are sync by contract
+                raise TypeError("transport event handlers must be synchronous")
+        except Exception:
+            log.exception("transport event handler %r failed", fn)
+
+
+def check_url(url: str) -> str:
+    """Validate one server URL (``nats://host:port`` and friends); raise :class:`BadURL`."""
+    if not isinstance(url, str) or not url:
+        raise BadURL(repr(url), "expected a non-empty URL string")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise BadURL(url, "missing scheme (expected nats://host:port)")
+    if scheme not in _URL_SCHEMES:
+        raise BadURL(url, f"unsupported scheme {scheme!r} (use one of {', '.join(_URL_SCHEMES)})")
+    host = rest.rpartition("@")[2].split("/", 1)[0]
+    if not host:
+        raise BadURL(url, "missing host")
+    hostname, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise BadURL(url, f"bad port {port!r}")
+    if not hostname:
+        raise BadURL(url, "missing host")
+    return url
+
+
+def _describe(e: BaseException | None) -> str:
+    if e is None:
+        return ""
+    text = str(e) or type(e).__name__
+    if "authorization violation" in text.lower():
+        return "authorization violation (credentials refused)"
+    return text.removeprefix("nats: ")
+
+
+def map_error(e: BaseException) -> ConatError:
+    """Translate a stray nats-py error into conat's tree (used by callers that must not leak)."""
+    if isinstance(e, ConatError):
+        return e
+    if isinstance(e, nats_errors.ConnectionClosedError):
+        return ClosedError("client")
+    return ConatError(_describe(e))
+

@@ -1,0 +1,19 @@
+"""The ``conat`` command line: ``conat up``, ``server``, ``pub``, ``sub``, ``req``, ``reply``, ``bench``.
+
+``main`` is the console-script entry point; ``cli`` is the click group (for ``CliRunner``).
+"""
+
+from ._app import cli as cli
+from ._bench import bench
+from ._bus import pub, reply, req, sub
+from ._server_cmds import server, up
+
+__all__ = ["cli", "main"]
+
+for _command in (up, server, pub, sub, req, reply, bench):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and exit with its exit code."""
+    cli.main(argv, prog_name="conat")

@@ -1,0 +1,5 @@
+"""``python -m conat.cli``: the same as the ``conat`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,202 @@
+"""``conat server`` (a private nats-server in the foreground) and ``conat up`` (the bus plus a demo).
+
+Both publish the server in the state file while it runs, so other commands (and
+``conat.connect()`` with no URL) find it; both stop cleanly on Ctrl-C or SIGTERM (exit code 0) and
+remove the state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from conat import ServerError
+from conat._paths import state_path
+from conat._server import NatsServer, serve_forever
+from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerConfig, WebsocketConfig
+
+from ._app import Options, json_option, run, stop_on_signals, until_stopped
+from ._demo import COUNT, GREETER, conversation, demo_service, hint_commands, line
+from ._output import Printer
+
+__all__ = ["server", "up"]
+
+_port = click.IntRange(0, 65535)
+
+
+def _server_config(
+    host: str, port: int, allow_remote: bool, max_payload: int, websocket_port: int | None
+) -> ServerConfig:
+    try:
+        websocket = None if websocket_port is None else WebsocketConfig(host=host, port=websocket_port)
+        return ServerConfig(
+            host=host, port=port, allow_remote=allow_remote, max_payload=max_payload, websocket=websocket
+        )
+    except ValueError as e:
+        hint = " (add --allow-remote)" if "allow_remote" in str(e) else ""
+        raise click.UsageError(f"{e}{hint}") from None
+
+
+# -- server -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--port", "-p", type=_port, default=0, show_default=True, help="Client port (0: a random free one)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--allow-remote", is_flag=True, help="Allow a --host that is not a loopback address.")
+@click.option(
+    "--max-payload",
+    type=click.IntRange(1, MAX_PAYLOAD_LIMIT),
+    default=DEFAULT_MAX_PAYLOAD,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest single NATS message (conat chunks bigger payloads).",
+)
+@click.option("--websocket-port", type=_port, help="Also listen for websocket clients (0: random port).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the config, log and state file go (default: $CONAT_DATA_DIR, else ~/.local/share/conat).",
+)
+@json_option
+@click.pass_obj
+def server(
+    opts: Options,
+    port: int,
+    host: str,
+    allow_remote: bool,
+    max_payload: int,
+    websocket_port: int | None,
+    data_dir: Path | None,
+) -> None:
+    """Run a private nats-server in the foreground until Ctrl-C or SIGTERM.
+
+    Prints its URL once it is ready and publishes it in the state file, so that `conat pub`,
+    `conat req`, ... (and conat.connect() with no URL) find it.
+    """
+    config = _server_config(host, port, allow_remote, max_payload, websocket_port)
+    if data_dir is not None:
+        os.environ["CONAT_DATA_DIR"] = str(data_dir.absolute())
+    out = Printer(opts.json)
+    try:
+        run(serve_forever(config, on_ready=lambda s: _announce_server(out, s)))
+    except KeyboardInterrupt:
+        pass
+    out.event("conat server stopped", event="stopped")
+
+
+def _announce_server(out: Printer, srv: NatsServer) -> None:
+    if out.json:
+        out.event(
+            "",
+            event="ready",
+            url=srv.url,
+            pid=srv.pid,
+            websocket_url=srv.websocket_url,
+            log_path=str(srv.log_path),
+            state_path=str(state_path()),
+        )
+        return
+    lines = [f"conat server ready at {srv.url} (nats-server pid {srv.pid})"]
+    if srv.websocket_url is not None:
+        lines.append(f"  websocket: {srv.websocket_url}")
+    lines.append(f"  log:       {srv.log_path}")
+    lines.append(f"  state:     {state_path()}")
+    lines.append("Press Ctrl-C to stop.")
+    out.event("\n".join(lines))
+
+
+# -- up ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--port", "-p", type=_port, default=0, show_default=True, help="Client port (0: a random free one)."
+)
+@click.option("--once", is_flag=True, help="Run the demo conversation, then stop everything and exit.")
+@json_option
+@click.pass_obj
+def up(opts: Options, port: int, once: bool) -> None:
+    """Start the local bus and a demo service on it, show them talking, and keep running.
+
+    Starts a nats-server (like `conat server`), serves a small greeter service on public.demo.*,
+    then, as a client, makes typed requests, reads a stream, does a pub/sub round trip and sends
+    an 8 MiB (chunked) request, printing one line per step. Then it keeps the bus and the demo
+    service up until Ctrl-C (with --once: it stops and exits 0).
+    """
+    out = Printer(opts.json)
+    try:
+        run(_up(out, ServerConfig(port=port), once))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[NatsServer] = loop.create_future()
+
+    def on_ready(srv: NatsServer) -> None:
+        if not ready.done():
+            ready.set_result(srv)
+
+    server_task = asyncio.create_task(serve_forever(config, on_ready=on_ready))
+    try:
+        first: set[asyncio.Future[Any]] = {ready, server_task}
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            server_task.result()  # its startup error
+            return  # stopped (by a signal) before it was ready
+        srv = ready.result()
+        out.event(
+            line("bus", f"nats-server ready at {srv.url} (pid {srv.pid}, log {srv.log_path})"),
+            event="server",
+            url=srv.url,
+            pid=srv.pid,
+            log_path=str(srv.log_path),
+        )
+        with stop_on_signals() as stop:  # replaces serve_forever's handlers: we stop it ourselves
+            server_task.add_done_callback(lambda _: stop.set())
+            await _demo(out, srv.url, once, stop)
+        if server_task.done():
+            server_task.result()  # the server died on its own: its ServerError
+            raise ServerError("nats-server stopped unexpectedly")
+    finally:
+        if not server_task.done():
+            server_task.cancel()
+        await asyncio.gather(server_task, return_exceptions=True)
+    out.event(line("bus", "stopped"), event="stopped")
+
+
+async def _demo(out: Printer, url: str, once: bool, stop: asyncio.Event) -> None:
+    async with demo_service(url):
+        out.event(
+            line("service", f"{GREETER}: greet, stats, echo (typed RPC); {COUNT}: stream 1..n"),
+            event="service",
+            rpc=GREETER,
+            methods=["greet", "stats", "echo"],
+            stream=COUNT,
+        )
+        if await until_stopped(stop, _converse(out, url)) is None:
+            return  # interrupted
+        out.event(line("demo", "ok"), event="demo", ok=True)
+        if once:
+            return
+        first, second = hint_commands()
+        out.event(
+            f"conat is up at {url} — try: {first}\nCtrl-C stops the bus (also try: {second})",
+            event="up",
+            url=url,
+            try_commands=[first, second],
+        )
+        await stop.wait()
+
+
+async def _converse(out: Printer, url: str) -> bool:
+    await conversation(url, out)
+    return True

@@ -1,0 +1,3 @@
+"""host: arrives with its issue."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""master: arrives with its issue."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""persist: arrives with its issue."""
+
+__all__: list[str] = []
