@@ -34,13 +34,14 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final, Literal, final
 
 __all__ = [
+    "CPU_KEY",
     "SIDES",
     "Bench",
     "Environment",
@@ -50,6 +51,8 @@ __all__ = [
     "RowResult",
     "Sample",
     "SideRun",
+    "environment",
+    "format_resources",
     "format_table",
     "percentile",
     "resources",
@@ -62,7 +65,9 @@ Side = Literal["conat", "nats_py"]
 SIDES: Final[tuple[Side, Side]] = ("conat", "nats_py")
 SIDE_LABEL: Final[dict[Side, str]] = {"conat": "conat", "nats_py": "nats-py"}
 DEFAULT_JSON: Final = Path("bench") / "results.json"
-DEFAULT_REPS: Final = 3
+DEFAULT_REPS: Final = 5
+CPU_KEY: Final = "cpu_us_per_op"
+"""Sample extra: this process's CPU time per operation (the client side's own cost)."""
 QUICK_REPS: Final = 1
 
 
@@ -248,15 +253,19 @@ async def run_bench(
             gc.collect()
             res = resources()
             runs.append(SideRun(side, rep, sample, res))
-            figures = "  ".join(f"{m.name}={_fmt(m.of(sample))}{m.unit}" for m in bench.metrics)
+            figures = "  ".join(f"{m.name}={_fmt(m.of(sample))} {m.unit}" for m in bench.metrics)
+            cpu = sample.extra.get(CPU_KEY)
+            cpu_text = "" if cpu is None else f"cpu {_fmt(cpu)} us/op, "
             log(
                 f"  {bench.name:<14} {SIDE_LABEL[side]:<7} rep {rep + 1}/{reps}: {figures}"
-                f"  [{sample.elapsed_s:.2f}s; rss {res.rss_mb:.0f} MB, max rss {res.max_rss_mb:.0f} MB,"
-                f" tasks {res.tasks}]"
+                f"  [{sample.elapsed_s:.2f}s; {cpu_text}rss {res.rss_mb:.0f} MB,"
+                f" max rss {res.max_rss_mb:.0f} MB, tasks {res.tasks}]"
             )
     rows = []
     for metric in bench.metrics:
-        samples = {side: [metric.of(r.sample) for r in runs if r.side == side] for side in SIDES}
+        samples: dict[str, list[float]] = {
+            side: [metric.of(r.sample) for r in runs if r.side == side] for side in SIDES
+        }
         c, n = metric.best(samples["conat"]), metric.best(samples["nats_py"])
         ratio = c / n if n else float("inf")
         rows.append(
@@ -306,7 +315,10 @@ def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
     right = {2, 3, 4}
 
     def render(line: Sequence[str]) -> str:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
         return " | ".join(cells).rstrip()
 
     rule = "-+-".join("-" * w for w in widths)
@@ -314,15 +326,26 @@ def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
 
 
 def format_resources(runs: dict[str, list[SideRun]]) -> str:
-    """Per bench and side: RSS and task count after its last run (tasks 1 = only the harness)."""
-    lines = [f"{'bench':<14} | {'side':<7} | {'rss MB':>7} | {'max rss MB':>10} | {'tasks':>5}"]
-    lines.append("-" * len(lines[0]))
+    """Per bench and side: best CPU us/op, then RSS and task count after its last run.
+
+    ``tasks`` counts live asyncio tasks with the side's connections closed: 1 is the harness's own
+    task, anything more was left behind. CPU is this process's time per operation (per MB for a
+    transfer), the lowest over the reps: the client side's own cost, steadier than wall time on a
+    shared machine.
+    """
+    head = (
+        f"{'bench':<14} | {'side':<7} | {'cpu us/op':>9} | {'rss MB':>6} | {'max rss MB':>10} | {'tasks':>5}"
+    )
+    lines = [head, "-" * len(head)]
     for name, bench_runs in runs.items():
         for side in SIDES:
-            last = [r for r in bench_runs if r.side == side][-1]
-            res = last.resources
+            mine = [r for r in bench_runs if r.side == side]
+            cpus = [r.sample.extra[CPU_KEY] for r in mine if CPU_KEY in r.sample.extra]
+            cpu = _fmt(min(cpus)) if cpus else "-"
+            res = mine[-1].resources
             lines.append(
-                f"{name:<14} | {SIDE_LABEL[side]:<7} | {res.rss_mb:>7.0f} | {res.max_rss_mb:>10.0f} | {res.tasks:>5}"
+                f"{name:<14} | {SIDE_LABEL[side]:<7} | {cpu:>9} | {res.rss_mb:>6.0f} | {res.max_rss_mb:>10.0f}"
+                f" | {res.tasks:>5}"
             )
     return "\n".join(lines)
 
@@ -381,7 +404,9 @@ def _parser(names: Sequence[str]) -> argparse.ArgumentParser:
         metavar="NAME,...",
         help=f"only these benches (of: {', '.join(names)})",
     )
-    p.add_argument("--reps", type=int, default=None, help=f"repetitions per side (default {DEFAULT_REPS}; --quick 1)")
+    p.add_argument(
+        "--reps", type=int, default=None, help=f"repetitions per side (default {DEFAULT_REPS}; --quick 1)"
+    )
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every operation count by this factor (default 1)"
     )
@@ -397,7 +422,8 @@ def _parser(names: Sequence[str]) -> argparse.ArgumentParser:
     return p
 
 
-Runner = Callable[..., Awaitable[Report]]
+Runner = Callable[..., Coroutine[Any, Any, Report]]
+"""``run(selected, *, quick, reps, scale, uvloop, encoding, directory) -> Report`` (see bench._bus.run)."""
 
 
 def run_cli(argv: Sequence[str] | None, names: Sequence[str], run: Runner) -> int:
@@ -411,8 +437,10 @@ def run_cli(argv: Sequence[str] | None, names: Sequence[str], run: Runner) -> in
     unknown = [n for n in selected if n not in names]
     if unknown or not selected:
         parser.print_usage(sys.stderr)
-        print(f"conat bench: unknown row(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(names)}",
-              file=sys.stderr)
+        print(
+            f"conat bench: unknown row(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(names)}",
+            file=sys.stderr,
+        )
         return 2
     reps = args.reps if args.reps is not None else (QUICK_REPS if args.quick else DEFAULT_REPS)
     if reps < 1 or args.scale <= 0:
@@ -429,7 +457,10 @@ def run_cli(argv: Sequence[str] | None, names: Sequence[str], run: Runner) -> in
         else:
             loop_factory = uvloop.new_event_loop
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="conat-bench-") as tmp, asyncio.Runner(loop_factory=loop_factory) as r:
+    with (
+        tempfile.TemporaryDirectory(prefix="conat-bench-") as tmp,
+        asyncio.Runner(loop_factory=loop_factory) as r,
+    ):
         report = r.run(
             run(
                 selected,

@@ -30,40 +30,47 @@ from ._errors import ServerConfigRejected as ServerConfigRejected
 from ._errors import ServerError as ServerError
 from ._errors import Timeout as Timeout
 from ._message import Message as Message
+from ._server import NatsServer as NatsServer
+from ._server_config import ClusterConfig as ClusterConfig
+from ._server_config import LeafNodeConfig as LeafNodeConfig
+from ._server_config import ServerConfig as ServerConfig
+from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import RpcRequest as RpcRequest
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __all__ = [
-    # connecting
+    "BadURL",
     "Client",
     "ClientState",
     "ClientStatistics",
-    "connect",
-    # messages and codecs
-    "Codec",
-    "JSON",
-    "MSGPACK",
-    "Message",
-    "RAW",
-    "RpcRequest",
-    "Subscription",
-    "SubscriptionStatistics",
-    # errors
-    "BadURL",
     "ClosedError",
+    "ClusterConfig",
+    "Codec",
     "ConatError",
     "ConnectError",
     "ErrorCode",
     "Forbidden",
     "InvalidSubject",
+    "JSON",
+    "LeafNodeConfig",
+    "MSGPACK",
+    "Message",
+    "NatsServer",
     "NoResponders",
     "PayloadError",
     "PayloadTooLarge",
     "PortInUse",
+    "RAW",
     "RemoteError",
+    "RpcRequest",
     "ServerBinaryNotFound",
+    "ServerConfig",
     "ServerConfigRejected",
     "ServerError",
+    "Subscription",
+    "SubscriptionStatistics",
     "Timeout",
+    "WebsocketConfig",
+    "connect",
 ]

@@ -713,7 +713,7 @@ async def connect(
     connect_timeout: float = 2.0,
     connect_attempts: int = 3,
     reconnect_time_wait: float = 0.5,
-    ping_interval: float = 10.0,
+    ping_interval: float = 4.0,
     max_outstanding_pings: int = 2,
     max_reassembly_bytes: int = 256 * _MIB,
     max_outgoing_bytes: int = 512 * _MIB,

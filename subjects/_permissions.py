@@ -24,7 +24,15 @@ Subscribe rule (stricter than nats-server, on purpose): ``can_subscribe(pattern)
 the union of the allow patterns and collides with no deny pattern. nats-server instead accepts a
 wildcard subscription that merely overlaps a deny pattern and then drops the denied messages at
 delivery. conat refuses such a subscription up front: a subscription either gets everything it
-asks for or is refused, which is easier to reason about than silent filtering.
+asks for or is refused, which is easier to reason about than silent filtering. Every subscription
+``can_subscribe`` allows is admitted by nats-server with exactly these lists and receives all its
+matches (tests/subjects/test_live_nats.py checks this against a real server).
+
+Caveat for policies (measured on nats-server 2.15): the server admits a subscription when its
+pattern, *read as a literal subject*, matches an allow pattern, and does not re-check allow lists
+at delivery. So a subscribe allow pattern ending in ``*`` (``a.*``) lets a client that bypasses
+conat subscribe ``a.>`` and receive ``a.x.y``. Against untrusted clients, end subscribe allow
+patterns with a literal token or with ``>``, never with ``*``.
 """
 
 from __future__ import annotations
@@ -105,7 +113,7 @@ def _nats_side(allow: tuple[str, ...] | None, deny: tuple[str, ...]) -> dict[str
     if allow is None:
         return {"allow": [], "deny": list(deny)}
     if not allow:
-        return {"allow": [], "deny": [">"]}  # never emit an empty allow alone: NATS reads it as "all"
+        return {"allow": [], "deny": []}  # never emit an empty allow alone: NATS reads it as "all"
     return {"allow": list(allow), "deny": list(deny)}
 
 

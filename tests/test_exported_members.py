@@ -31,3 +31,9 @@ def check_exports(module: ModuleType) -> None:
 
 def test_subjects_all_sorted_and_complete() -> None:
     check_exports(subjects)
+
+
+def test_conat_all_sorted_and_complete() -> None:
+    import conat
+
+    check_exports(conat)

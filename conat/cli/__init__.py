@@ -3,6 +3,9 @@
 ``main`` is the console-script entry point; ``cli`` is the click group (for ``CliRunner``).
 """
 
+import io
+import sys
+
 from ._app import cli as cli
 from ._bench import bench
 from ._bus import pub, reply, req, sub
@@ -16,4 +19,7 @@ for _command in (up, server, pub, sub, req, reply, bench):
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and exit with its exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # never die on a character the terminal cannot show
+            stream.reconfigure(errors="backslashreplace")
     cli.main(argv, prog_name="conat")

@@ -132,12 +132,20 @@ class ConatGroup(click.Group):
         except click.UsageError as e:
             raise _usage(e) from None
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # the order they were added in: the order a newcomer needs them
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
             raise _usage(e) from None
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (
+            click.exceptions.Exit,
+            click.ClickException,
+            click.Abort,
+            BrokenPipeError,
+        ):  # click handles them
             raise
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None

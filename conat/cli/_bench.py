@@ -25,6 +25,7 @@ def _bench_main() -> Callable[[list[str]], Any]:
 @click.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
     add_help_option=False,
+    short_help="Benchmark conat against raw nats-py (see conat bench --help).",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:

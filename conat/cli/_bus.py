@@ -43,7 +43,7 @@ def _queue_text(queue: str | None) -> str:
 # -- pub --------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Publish a message.")
 @click.argument("subject")
 @click.argument("data", required=False)
 @click.option(
@@ -100,7 +100,7 @@ async def _pub(
 # -- sub --------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Print the messages on a subject pattern.")
 @click.argument("pattern")
 @click.option("--queue", "-q", metavar="GROUP", help="Join a queue group: each message goes to one member.")
 @click.option("--count", "-c", type=click.IntRange(min=1), help="Exit after N messages.")
@@ -142,7 +142,7 @@ async def _sub_body(opts: Options, out: Printer, pattern: str, queue: str | None
 # -- req --------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Send a request and print the reply (or replies).")
 @click.argument("subject")
 @click.argument("data", required=False)
 @click.option("--timeout", "-t", type=_positive_float, default=5.0, show_default=True, help="Seconds.")
@@ -240,11 +240,11 @@ async def _req_many(
 # -- reply ------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Answer requests: an echo service.")
 @click.argument("subject")
 @click.argument("data", required=False)
 @click.option("--queue", "-q", metavar="GROUP", help="Join a queue group: each request goes to one member.")
-@click.option("--count", "-c", type=click.IntRange(min=1), help="Exit after answering N requests.")
+@click.option("--count", "-c", type=click.IntRange(min=1), help="Exit after handling N messages.")
 @encoding_option
 @common_options
 @click.pass_obj

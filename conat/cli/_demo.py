@@ -228,7 +228,7 @@ async def _chunked(client: conat.Client, greeter: Greeter, out: Printer) -> None
         line(
             "chunked",
             f"{GREETER} echo({_mib(CHUNKED_BYTES)}) -> {_mib(len(echoed))} back, identical "
-            f"(sha256 {digest[:12]}…, server max_payload {_mib(client.max_payload)}, {ms:.1f} ms)",
+            f"(sha256 {digest[:12]}..., server max_payload {_mib(client.max_payload)}, {ms:.1f} ms)",
         ),
         event="chunked",
         subject=GREETER,

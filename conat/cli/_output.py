@@ -93,6 +93,8 @@ def parse_headers(items: Sequence[str]) -> dict[str, str] | None:
 def read_data(data: str | None) -> str:
     """DATA, or stdin when DATA is omitted (``-`` also reads stdin)."""
     if data is None or data == "-":
+        if sys.stdin.isatty():
+            print("conat: reading DATA from stdin (end with Ctrl-D)", file=sys.stderr, flush=True)
         return sys.stdin.read()
     return data
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from conat import ServerError
 from conat._paths import state_path
 from conat._server import NatsServer, serve_forever
 from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerConfig, WebsocketConfig
@@ -44,7 +43,7 @@ def _server_config(
 # -- server -----------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Run a private nats-server in the foreground.")
 @click.option(
     "--port", "-p", type=_port, default=0, show_default=True, help="Client port (0: a random free one)."
 )
@@ -115,7 +114,7 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
 # -- up ---------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Start the local bus and a demo service, and show them talking.")
 @click.option(
     "--port", "-p", type=_port, default=0, show_default=True, help="Client port (0: a random free one)."
 )
@@ -164,8 +163,7 @@ async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
             server_task.add_done_callback(lambda _: stop.set())
             await _demo(out, srv.url, once, stop)
         if server_task.done():
-            server_task.result()  # the server died on its own: its ServerError
-            raise ServerError("nats-server stopped unexpectedly")
+            server_task.result()  # ServerError if it died on its own; None if a signal stopped it
     finally:
         if not server_task.done():
             server_task.cancel()

@@ -345,8 +345,7 @@ def test_req_against_conat_reply(nats_server: Any, procs: list[Proc]) -> None:
 
 
 def test_server_publishes_state_and_stops_on_sigint(tmp_path: Path, procs: list[Proc]) -> None:
-    env = {"CONAT_DATA_DIR": str(tmp_path)}
-    srv = Proc(["server"], env)
+    srv = Proc(["server", "--data-dir", str(tmp_path)])
     procs.append(srv)
     ready = srv.expect("stdout", "conat server ready at nats://127.0.0.1:")
     url = ready.split(" at ", 1)[1].split()[0]
@@ -396,4 +395,27 @@ def test_up_once_json_lines(tmp_path: Path) -> None:
     ]  # fmt: skip
     chunked = events[7]
     assert chunked["bytes"] == 8 * 1024 * 1024 and chunked["identical"] is True
+    assert not (tmp_path / "server.json").exists()
+
+
+def test_up_keeps_serving_until_sigint(tmp_path: Path, procs: list[Proc]) -> None:
+    up = Proc(["--json", "up"], {"CONAT_DATA_DIR": str(tmp_path)})
+    procs.append(up)
+    hint = json.loads(up.expect("stdout", '"event":"up"', timeout=60))
+    assert hint["url"].startswith("nats://127.0.0.1:")
+    assert all(json.loads(line) for line in up.seen["stdout"])  # every line is JSON
+
+    # The hint's commands work, against the bus found through the state file.
+    found = {"CONAT_DATA_DIR": str(tmp_path), "CONAT_URL": None}
+    greet = invoke(["req", "public.demo.greeter", '{"name": "greet", "args": ["you"]}'], env=found)
+    assert (greet.exit_code, greet.stdout) == (0, "Hello, you!\n")
+    count = invoke(["--json", "req", "--many", "public.demo.count", "3"], env=found)
+    assert [line["data"] for line in json_lines(count.stdout)] == [1, 2, 3]
+    bad = invoke(["req", "public.demo.count", "0"], env=found)
+    assert bad.exit_code == 2 and "(code 400)" in bad.stderr
+
+    up.popen.send_signal(signal.SIGINT)
+    code, out, err = up.finish()
+    assert code == 0, err
+    assert json_lines(out)[-1] == {"event": "stopped"}
     assert not (tmp_path / "server.json").exists()

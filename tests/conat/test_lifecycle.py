@@ -123,3 +123,26 @@ async def test_subscription_survives_kill_9_and_restart(fresh_nats_server) -> No
         assert ClientState.RECONNECTING in states and states[-1] is ClientState.CONNECTED
         reply = await pub_client.request("survive.echo.svc", "ping", timeout=5, wait_for_interest=True)
         assert reply.data == "ping"
+
+
+async def test_dead_link_is_detected_within_seconds(fresh_nats_server) -> None:
+    """A frozen server (SIGSTOP: the socket stays open, nothing answers) is noticed by pings."""
+    import os
+    import signal
+
+    server = fresh_nats_server
+    async with await conat.connect(server.url, ping_interval=0.2, max_outstanding_pings=2) as c:
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            for _ in range(100):  # pings every 0.2 s: noticed after ~0.6 s; give it 5 s
+                if c.state is ClientState.RECONNECTING:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert c.state is not ClientState.CONNECTED, "the frozen link was never noticed"
+        for _ in range(100):
+            if c.state is ClientState.CONNECTED:
+                break
+            await asyncio.sleep(0.05)
+        assert c.state is ClientState.CONNECTED

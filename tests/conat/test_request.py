@@ -171,3 +171,35 @@ async def test_busy_reply_when_buffer_full(nats_server) -> None:
         assert e.value.code == 429
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
+
+
+async def test_cancelled_calls_leave_nothing_behind(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as c:
+        release = asyncio.Event()
+
+        async def slow(msg: conat.Message) -> None:
+            await release.wait()
+            await msg.respond(1)
+
+        async def streamer(msg: conat.Message) -> None:
+            for i in range(3):
+                await msg.respond(i)
+            await release.wait()
+
+        await c.serve("svc.unused", object())  # an empty service is fine
+        await c.subscribe("svc.slow", callback=slow)
+        await c.subscribe("svc.streamer", callback=streamer)
+        req = asyncio.create_task(c.request("svc.slow", 1, timeout=30))
+
+        async def consume() -> list[int]:
+            return [m.data async for m in c.request_many("svc.streamer", None, timeout=30)]
+
+        many = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        assert c.statistics().pending_requests == 2
+        req.cancel()
+        many.cancel()
+        results = await asyncio.gather(req, many, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert c.statistics().pending_requests == 0
+        release.set()

@@ -1,0 +1,68 @@
+"""Smoke test of the benchmark harness (bench/): it runs, and reports every row. No speed assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import bench
+
+EXPECTED_ROWS = [m.name for b in bench.make_benches() for m in b.metrics]
+
+
+def _load(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _check_rows(rows: list[dict], expected: list[str]) -> None:
+    assert [r["name"] for r in rows] == expected
+    for row in rows:
+        for key in ("conat", "nats_py", "ratio", "target"):
+            value = row[key]
+            assert isinstance(value, float | int) and math.isfinite(value) and value > 0, (row["name"], key, value)
+        assert row["ratio"] == pytest.approx(row["conat"] / row["nats_py"])
+        assert row["target_op"] in (">=", "<=")
+        assert isinstance(row["ok"], bool)
+        assert row["samples"]["conat"] and row["samples"]["nats_py"]
+
+
+def test_quick_run_reports_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+
+    data = _load(out)
+    assert data["mode"] == "quick"
+    assert data["encoding"] == "raw"
+    env = data["environment"]
+    assert env["uvloop"] is True and env["nats_server"] not in ("", "?") and env["cores"] >= 1
+    _check_rows(data["rows"], EXPECTED_ROWS)
+    assert set(data["runs"]) == set(bench.BENCH_NAMES)
+    for runs in data["runs"].values():
+        assert {r["side"] for r in runs} == {"conat", "nats_py"}
+        # Every side closes what it opened: only the harness's own task is left.
+        assert all(r["tasks"] == 1 for r in runs), runs
+
+    printed = capsys.readouterr().out
+    assert "row" in printed and "nats-py" in printed and "ratio" in printed
+    for name in EXPECTED_ROWS:
+        assert name in printed
+
+
+def test_row_selection_and_plain_asyncio(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--no-uvloop", "--rows", "req_serial", "--json", str(out)]) == 0
+    data = _load(out)
+    assert data["environment"]["uvloop"] is False
+    _check_rows(data["rows"], ["req_serial", "req_serial_p50", "req_serial_p99"])
+
+
+def test_unknown_row_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    assert bench.main(["--rows", "nope", "--json", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not out.exists()
