@@ -46,9 +46,8 @@ def matches(pattern: str, subject: str) -> bool:
             return False  # a literal pattern
         if pattern == ">":
             return True
-        # "a.b.>": the subject continues after the prefix, and a valid subject has no empty token.
-        prefix = pattern[:-1]
-        return len(subject) > len(prefix) and subject.startswith(prefix)
+        # "a.b.>": a valid subject starting with "a.b." has at least one more (non-empty) token.
+        return subject.startswith(pattern[:-1])
     p = _pattern_tokens(pattern)
     s = subject.split(".")
     n = len(p)

@@ -113,7 +113,7 @@ def _nats_side(allow: tuple[str, ...] | None, deny: tuple[str, ...]) -> dict[str
     if allow is None:
         return {"allow": [], "deny": list(deny)}
     if not allow:
-        return {"allow": [], "deny": []}  # never emit an empty allow alone: NATS reads it as "all"
+        return {"allow": [], "deny": [">"]}  # never emit an empty allow alone: NATS reads it as "all"
     return {"allow": list(allow), "deny": list(deny)}
 
 

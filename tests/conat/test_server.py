@@ -20,8 +20,9 @@ import pytest
 
 from conat._errors import PortInUse, ServerBinaryNotFound, ServerConfigRejected, ServerError
 from conat._paths import ServerState, pid_alive, read_state, state_path, write_state
-from conat._server import NatsServer, ServerPorts, StartupLog, find_binary, serve_forever
+from conat._server import NatsServer, find_binary, serve_forever
 from conat._server_config import ClusterConfig, LeafNodeConfig, ServerConfig, WebsocketConfig
+from conat._server_log import ServerPorts, StartupLog
 
 pytestmark = pytest.mark.anyio
 
