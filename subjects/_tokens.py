@@ -36,7 +36,7 @@ _FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 _PADDING: Final = (b"", b"", b"==", b"=")  # indexed by len(token) % 4; 1 is never valid
 
 
-def encode_token(value: str | bytes) -> str:
+def encode_token(value: str | bytes | bytearray | memoryview) -> str:
     """Encode ``value`` as one literal token (base64url without padding; ``""`` -> ``"="``).
 
     Raises:

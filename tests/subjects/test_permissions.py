@@ -162,7 +162,7 @@ def test_construction_normalizes_and_validates() -> None:
     with pytest.raises(TypeError, match="publish_allow"):
         Permissions(publish_allow=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        Permissions(("a",))  # type: ignore[misc]  # keyword-only: four tuples are easy to mix up
+        Permissions(("a",))  # type: ignore[call-arg]  # keyword-only: four tuples are easy to mix up
 
 
 def test_frozen_hashable_and_msgspec_round_trip() -> None:
