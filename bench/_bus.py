@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -44,6 +44,7 @@ from conat._server_config import ServerConfig
 
 from ._harness import (
     Bench,
+    Measure,
     Metric,
     Report,
     RowResult,
@@ -70,6 +71,10 @@ HEADER_ROOM: Final = 1024
 
 THROUGHPUT_TARGET: Final = 0.9
 REQUEST_TARGET: Final = 1.0
+
+
+_Pair = tuple[Measure, Measure]
+"""The conat side and the nats-py side of one bench."""
 
 
 class BenchError(RuntimeError):
@@ -155,6 +160,11 @@ class _Arrivals:
         if self.n == self.expected:
             self.done.set_result(_Clock())
 
+    def fail(self, error: BenchError) -> None:
+        """End the wait with ``error`` (raised in a callback, it would only be logged)."""
+        if not self.done.done():
+            self.done.set_exception(error)
+
     async def wait(self, what: str, timeout: float = WAIT_TIMEOUT) -> _Clock:
         try:
             async with asyncio.timeout(timeout):
@@ -185,7 +195,7 @@ def _throughput(count: int, spent: tuple[float, float], extra: dict[str, float] 
 # -- publish only --------------------------------------------------------------------------------
 
 
-def _publish(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, int], Any]]:
+def _publish(codec: _Codec) -> _Pair:
     payload = b"p" * SMALL
     enc = codec.encoding
 
@@ -221,7 +231,7 @@ def _publish(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, i
 # -- publish -> subscribe ------------------------------------------------------------------------
 
 
-def _pubsub(codec: _Codec, size: int) -> tuple[Callable[[str, int], Any], Callable[[str, int], Any]]:
+def _pubsub(codec: _Codec, size: int) -> _Pair:
     payload = b"s" * size
     enc = codec.encoding
 
@@ -277,7 +287,7 @@ def _latency_sample(latencies: list[float], spent: tuple[float, float]) -> Sampl
     )
 
 
-def _request(codec: _Codec, concurrency: int) -> tuple[Callable[[str, int], Any], Callable[[str, int], Any]]:
+def _request(codec: _Codec, concurrency: int) -> _Pair:
     payload = b"q" * SMALL
     enc = codec.encoding
 
@@ -327,7 +337,9 @@ def _request(codec: _Codec, concurrency: int) -> tuple[Callable[[str, int], Any]
     return conat_side, nats_side
 
 
-async def _drive(worker: Callable[[int, list[float]], Any], count: int, concurrency: int) -> Sample:
+async def _drive(
+    worker: Callable[[int, list[float]], Awaitable[None]], count: int, concurrency: int
+) -> Sample:
     """Warm up, then run ``concurrency`` workers sharing ``count`` requests; latency per request."""
     per = max(1, count // concurrency)
     await asyncio.gather(*(worker(max(1, _warmup(count) // concurrency), []) for _ in range(concurrency)))
@@ -340,7 +352,24 @@ async def _drive(worker: Callable[[int, list[float]], Any], count: int, concurre
 # -- request_many streaming ----------------------------------------------------------------------
 
 
-def _stream(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, int], Any]]:
+class _Replies:
+    """The raw requester's side of a stream: count replies until the end marker."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_reply(self, msg: NatsMsg) -> None:
+        if msg.headers and END_HEADER in msg.headers:
+            self.ended.set_result(None)
+        else:
+            self.n += 1
+
+
+def _stream(codec: _Codec) -> _Pair:
     chunk = b"r" * SMALL
     enc = codec.encoding
 
@@ -383,30 +412,23 @@ def _stream(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, in
 
             await responder.subscribe(subject, cb=stream)
             await _raw_live(responder)
+            replies = _Replies()
+            on_reply = replies.on_reply
             for k in (_warmup(count), count):
-                arrivals = _Arrivals()
-                arrivals.expect(-1)
-                ended = asyncio.get_running_loop().create_future()
-
-                async def on_reply(msg: NatsMsg, arrivals: _Arrivals = arrivals, ended: Any = ended) -> None:
-                    if msg.headers and END_HEADER in msg.headers:
-                        ended.set_result(None)
-                    else:
-                        arrivals.hit()
-
+                replies.reset()
                 t0 = _Clock()
                 inbox = requester.new_inbox()
                 sub = await requester.subscribe(inbox, cb=on_reply)
                 await requester.publish(subject, b"", reply=inbox)
                 try:
                     async with asyncio.timeout(WAIT_TIMEOUT):
-                        await ended
+                        await replies.ended
                 except TimeoutError:
-                    raise BenchError(f"nats-py stream: {arrivals.n} of {k} replies, no end marker") from None
+                    raise BenchError(f"nats-py stream: {replies.n} of {k} replies, no end marker") from None
                 spent = _Clock() - t0
                 await sub.unsubscribe()
-                if arrivals.n != k:
-                    raise BenchError(f"nats-py stream: {arrivals.n} of {k} replies")
+                if replies.n != k:
+                    raise BenchError(f"nats-py stream: {replies.n} of {k} replies")
             return _throughput(count, spent)
 
     return conat_side, nats_side
@@ -415,7 +437,7 @@ def _stream(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, in
 # -- one large chunked transfer ------------------------------------------------------------------
 
 
-def _transfer(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, int], Any]]:
+def _transfer(codec: _Codec) -> _Pair:
     enc = codec.encoding
     payloads: dict[int, bytes] = {}
 
@@ -441,8 +463,9 @@ def _transfer(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, 
             async def on_msg(msg: conat.Message) -> None:
                 got = len(codec.payload(msg))
                 if got != size:
-                    raise BenchError(f"conat transfer: {got} of {size} bytes")
-                arrivals.hit()
+                    arrivals.fail(BenchError(f"conat transfer: {got} of {size} bytes"))
+                else:
+                    arrivals.hit()
 
             await sub.subscribe(subject, callback=on_msg)
             for m in (warm_mib, mib):
@@ -468,8 +491,9 @@ def _transfer(codec: _Codec) -> tuple[Callable[[str, int], Any], Callable[[str, 
                     whole = b"".join(parts)
                     parts.clear()
                     if len(whole) != state["size"]:
-                        raise BenchError(f"nats-py transfer: {len(whole)} of {state['size']} bytes")
-                    arrivals.hit()
+                        arrivals.fail(BenchError(f"nats-py transfer: {len(whole)} of {state['size']} bytes"))
+                    else:
+                        arrivals.hit()
 
             await sub.subscribe(subject, cb=on_msg)
             await _raw_live(sub)
@@ -587,7 +611,7 @@ async def run(
     print(format_table(report.rows, metrics))
     print()
     print(format_resources(all_runs))
-    _print_verdict(report.rows)
+    _print_verdict(report.rows, metrics)
     return report
 
 
@@ -595,10 +619,14 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def _print_verdict(rows: list[RowResult]) -> None:
+def _print_verdict(rows: list[RowResult], metrics: dict[str, Metric]) -> None:
     failed = [r.name for r in rows if not r.ok]
     print()
     if failed:
         print(f"below target ({len(failed)} of {len(rows)}): {', '.join(failed)}")
     else:
         print(f"all {len(rows)} rows meet their targets")
+    unstable = [r for r in rows if metrics[r.name].passes(r.ratio_paired) != r.ok]
+    if unstable:
+        listed = ", ".join(f"{r.name} (paired {r.ratio_paired:.2f})" for r in unstable)
+        print(f"noisy: the median paired ratio gives the other verdict for {listed}")

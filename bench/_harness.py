@@ -16,7 +16,11 @@ pay for the other's garbage.
 
 Aggregation is **best of reps**: the highest throughput, the lowest latency. Interference on a
 shared machine only ever slows a run down, so the best run is the closest estimate of what the code
-itself costs. Every repetition's figure is kept in the JSON.
+itself costs. Every repetition's figure is kept in the JSON, with two cross-checks for a noisy
+machine: ``ratio_paired``, the median over reps of the ratio of the two runs of one rep (which ran
+back to back, so slow drift cancels), and each run's CPU time per operation (``cpu_us_per_op``:
+this process only, i.e. the client side's own cost, which other processes' load disturbs less
+than wall time). The table flags a row whose paired ratio would flip its verdict.
 
 A :class:`Metric` turns the samples into one table row: ``ratio = conat / nats_py``, compared with
 the row's target (``>=`` for throughput, ``<=`` for latency). Targets are reported, never asserted.
@@ -31,6 +35,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +50,7 @@ __all__ = [
     "SIDES",
     "Bench",
     "Environment",
+    "Measure",
     "Metric",
     "Report",
     "Resources",
@@ -162,6 +168,8 @@ class RowResult:
     target: float
     target_op: str
     ok: bool
+    ratio_paired: float
+    """Median over reps of conat/nats-py within one rep (the two ran back to back): drift-proof."""
     samples: dict[str, list[float]]
 
 
@@ -268,6 +276,9 @@ async def run_bench(
         }
         c, n = metric.best(samples["conat"]), metric.best(samples["nats_py"])
         ratio = c / n if n else float("inf")
+        paired = statistics.median(
+            a / b if b else float("inf") for a, b in zip(samples["conat"], samples["nats_py"], strict=True)
+        )
         rows.append(
             RowResult(
                 name=metric.name,
@@ -279,6 +290,7 @@ async def run_bench(
                 target=metric.target,
                 target_op=">=" if metric.higher_is_better else "<=",
                 ok=metric.passes(ratio),
+                ratio_paired=paired,
                 samples=samples,
             )
         )
@@ -396,7 +408,13 @@ def _parser(names: Sequence[str]) -> argparse.ArgumentParser:
         description="Measure conat against raw nats-py doing the same thing, on one private nats-server.",
     )
     p.add_argument("--quick", action="store_true", help="small counts and one repetition (CI smoke run)")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH", help="where to write results")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="PATH",
+        help=f"where to write results (default {DEFAULT_JSON})",
+    )
     p.add_argument(
         "--rows",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],

@@ -58,6 +58,9 @@ Route = Callable[[str, str, bytes, dict[str, str] | None], None]
 Item = Message | asyncio.Future[Message]
 
 DEFAULT_TIMEOUT: Final = 10.0
+_SUBJECT_CACHE_MAX: Final = 4096
+_ENCODING_HEADERS: Final = {name: {ENCODING_HEADER: name} for name in ("json", "raw")}
+"""Shared, never mutated: a message in the default encoding (msgpack) carries no header at all."""
 _HEADER_OVERHEAD: Final = 1024
 _MIB: Final = 1024 * 1024
 
@@ -163,6 +166,7 @@ class Client:
             timeout=transfer_timeout,
         )
         self._max_inline = 1 * _MIB - _HEADER_OVERHEAD
+        self._valid_subjects: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _connect(self, urls: list[str], **options: Any) -> None:
@@ -287,15 +291,24 @@ class Client:
         if self._closing:
             raise ClosedError("client")
 
+    def _check_subject(self, subject: str) -> None:
+        """Validate a publish subject, remembering the valid ones (a bounded cache)."""
+        if subject in self._valid_subjects:
+            return
+        validate_subject(subject)
+        if len(self._valid_subjects) >= _SUBJECT_CACHE_MAX:
+            self._valid_subjects.clear()
+        self._valid_subjects.add(subject)
+
     def _encode(
         self, data: Any, headers: dict[str, str] | None, encoding: str | None
     ) -> tuple[bytes, dict[str, str] | None]:
         if encoding is None or encoding == "msgpack":
             return MSGPACK.encode(data), headers
         codec = get_codec(encoding)
-        headers = dict(headers) if headers else {}
-        headers[ENCODING_HEADER] = codec.name
-        return codec.encode(data), headers
+        if not headers:
+            return codec.encode(data), _ENCODING_HEADERS[codec.name]
+        return codec.encode(data), {**headers, ENCODING_HEADER: codec.name}
 
     async def publish(
         self,
@@ -313,11 +326,23 @@ class Client:
         :class:`ClosedError`.
         """
         self._check_open()
-        validate_subject(subject)
+        self._check_subject(subject)
         if self.permissions is not None and not self.permissions.can_publish(subject):
             raise Forbidden(subject, "publish")
         payload, headers = self._encode(data, headers, encoding)
-        await self._send(subject, payload, reply or "", headers)
+        if len(payload) <= self._max_inline:
+            await self._transport.publish(subject, payload, reply or "", headers)
+        else:
+            await self._send_chunked(subject, payload, reply or "", headers)
+
+    async def _reply(
+        self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
+    ) -> None:
+        """Answer a request. The reply subject came from the server, and answering is governed by
+        NATS response permissions, not by this client's publish grant: so no checks here."""
+        self._check_open()
+        payload, headers = self._encode(data, headers, encoding)
+        await self._send(reply, payload, "", headers)
 
     async def _send(self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None) -> None:
         if len(payload) <= self._max_inline:
@@ -491,7 +516,7 @@ class Client:
             Forbidden: this client may not publish to ``subject``.
         """
         self._check_open()
-        validate_subject(subject)
+        self._check_subject(subject)
         if self.permissions is not None and not self.permissions.can_publish(subject):
             raise Forbidden(subject, "publish")
         payload, headers = self._encode(data, headers, encoding)
@@ -534,12 +559,20 @@ class Client:
                 await self._transport.publish(subject, payload, inbox, headers)
             else:
                 transfer_id = await self._send_chunked(subject, payload, inbox, headers)
+            # One timer handle per request (cheaper than an asyncio.timeout scope).
+            timer = loop.call_at(deadline, _expire, future)
             try:
-                async with asyncio.timeout_at(deadline):
-                    item = await future
-                    msg = item if isinstance(item, Message) else await item
-            except TimeoutError:
+                item = await future
+                if not isinstance(item, Message):  # a chunked reply still arriving
+                    timer.cancel()
+                    timer = loop.call_at(deadline, _expire, item)
+                    msg = await item
+                else:
+                    msg = item
+            except _Expired:
                 raise Timeout(subject, loop.time() - started) from None
+            finally:
+                timer.cancel()
         finally:
             self._close_route(token)
             if transfer_id is not None:
@@ -568,7 +601,7 @@ class Client:
         :class:`NoResponders` and an error reply raises :class:`RemoteError`.
         """
         self._check_open()
-        validate_subject(subject)
+        self._check_subject(subject)
         if self.permissions is not None and not self.permissions.can_publish(subject):
             raise Forbidden(subject, "publish")
         payload, headers = self._encode(data, headers, encoding)
@@ -615,11 +648,14 @@ class Client:
                 item = stream.items.popleft()
                 if failure:
                     raise failure[0]
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        msg = item if isinstance(item, Message) else await item
-                except TimeoutError:
-                    raise Timeout(subject, loop.time() - started) from None
+                if isinstance(item, Message):
+                    msg = item
+                else:  # a chunked reply still arriving: bound the wait by the deadline
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            msg = await item
+                    except TimeoutError:
+                        raise Timeout(subject, loop.time() - started) from None
                 if msg.is_end:
                     return
                 yield _check_reply(msg, subject)
@@ -663,6 +699,15 @@ class Client:
         from ._service import serve
 
         return await serve(self, subject, impl, queue=queue, namespace=namespace, concurrency=concurrency)
+
+
+class _Expired(Exception):
+    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 def _check_reply(msg: Message, subject: str) -> Message:

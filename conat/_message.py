@@ -109,7 +109,7 @@ class Message:
     ) -> None:
         """Send a reply. Call it several times and then :meth:`end` to stream to ``request_many``."""
         client = self._require_reply()
-        await client.publish(self.reply, data, headers=headers, encoding=encoding)
+        await client._reply(self.reply, data, headers, encoding)
 
     async def respond_error(self, code: ErrorCode, message: str) -> None:
         """Reply with an error; the requester's ``request()`` raises ``RemoteError(code, message)``."""

@@ -71,7 +71,7 @@ class TransferEngine:
             return
         for index, data in chunks:
             await client._transport.publish(
-                reply, bytes(data), headers={CHUNK_HEADER: ChunkRef(pull.transfer_id, index).header()}
+                reply, data, headers={CHUNK_HEADER: ChunkRef(pull.transfer_id, index).header()}
             )
 
     # -- receiver --------------------------------------------------------------------------
@@ -111,7 +111,8 @@ class TransferEngine:
                 self.budget.release(head.total_size)
 
         task = self._client._spawn(run())
-        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+        # Whoever waits may give up (cancel, deadline): then stop pulling at once.
+        future.add_done_callback(lambda f: None if task.done() else task.cancel())
         return future
 
     async def _pull(self, head: ChunkHead, source: str, first: bytes) -> bytes:

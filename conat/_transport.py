@@ -37,6 +37,10 @@ DirectHandler = Callable[[str, str, bytes, dict[str, str] | None], None]
 """``handler(subject, reply, payload, headers)``: runs on the read loop; must not block or raise."""
 
 _PING: Final = b"PING\r\n"
+_CRLF: Final = b"\r\n"
+_HEADER_KEY_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CACHE_MAX: Final = 1024
+_CACHEABLE_BYTES: Final = 512
 _URL_SCHEMES: Final = ("nats", "tls", "ws", "wss")
 _VIOLATION_RE: Final = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
 
@@ -60,12 +64,72 @@ class TransportEvents:
     def on_error(self, error: BaseException) -> None: ...
 
 
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """The NATS header block for ``headers``; raises ``ValueError`` naming a bad key or value."""
+    parts = [b"NATS/1.0\r\n"]
+    for key, value in headers.items():
+        if not isinstance(key, str) or not _HEADER_KEY_RE.fullmatch(key):
+            raise ValueError(f"invalid header name {key!r}")
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid value for header {key!r}: {value!r} (a string without newlines)")
+        parts.append(f"{key}: {value.strip()}\r\n".encode())
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def parse_headers(raw: bytes) -> dict[str, str] | None:
+    """Parse a NATS header block, including the server's inline status line (``NATS/1.0 503``)."""
+    lines = raw.split(_CRLF)
+    out: dict[str, str] = {}
+    first = lines[0]
+    if len(first) > 9:  # "NATS/1.0 503 No Responders"
+        status = first[9:12]
+        if status.isdigit():
+            out["Status"] = status.decode()
+        description = first[13:].strip()
+        if description:
+            out["Description"] = description.decode(errors="replace")
+    for line in lines[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key:
+            out[key.strip().decode("latin-1")] = value.strip().decode(errors="replace")
+    return out or None
+
+
 class _Connection(_NatsClient):
-    """nats-py's client with a direct-dispatch table consulted before its own machinery."""
+    """nats-py's client with a direct-dispatch table consulted before its own machinery.
+
+    Parsed and encoded header blocks are cached (bounded): conat's own headers repeat
+    (``Conat-Encoding: raw``, ``Conat-End: 1``), and nats-py's parser costs microseconds each.
+    Cached dicts are shared, so nothing may mutate a received header dict.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.direct: dict[int, DirectHandler] = {}
+        self._parsed: dict[bytes, dict[str, str] | None] = {}
+        self._encoded: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+    def header_block(self, headers: dict[str, str]) -> bytes:
+        key = tuple(headers.items())
+        block = self._encoded.get(key)
+        if block is None:
+            block = encode_headers(headers)
+            if len(self._encoded) >= _CACHE_MAX:
+                self._encoded.clear()
+            if len(block) <= _CACHEABLE_BYTES:
+                self._encoded[key] = block
+        return block
+
+    def headers_of(self, raw: bytes) -> dict[str, str] | None:
+        if raw in self._parsed:
+            return self._parsed[raw]
+        parsed = parse_headers(raw)
+        if len(raw) <= _CACHEABLE_BYTES:
+            if len(self._parsed) >= _CACHE_MAX:
+                self._parsed.clear()
+            self._parsed[raw] = parsed
+        return parsed
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
@@ -76,7 +140,7 @@ class _Connection(_NatsClient):
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
-        hdr = await self._process_headers(headers) if headers else None
+        hdr = self.headers_of(headers) if headers else None
         try:
             handler(subject.decode(), reply.decode() if reply else "", data, hdr)
         except Exception:
@@ -203,16 +267,40 @@ class Transport:
 
     # -- data path -------------------------------------------------------------------------
     async def publish(
-        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes | memoryview,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
-        try:
-            await self._nc.publish(subject, payload, reply=reply, headers=headers)
-        except nats_errors.ConnectionClosedError:
-            raise ClosedError("client") from None
-        except nats_errors.OutboundBufferLimitError:
-            raise ConnectError(self.connected_url or "?", "outbound buffer full while reconnecting") from None
-        except nats_errors.BadHeaderError as e:
-            raise ValueError(f"invalid header name: {e}") from None
+        """Queue one PUB/HPUB for the flusher. The caller has validated subjects and sizes.
+
+        This writes the protocol command itself (nats-py's ``publish`` re-validates and rebuilds
+        the header block on every call); buffering and flushing stay nats-py's.
+        """
+        nc = self._nc
+        if nc.is_closed:
+            raise ClosedError("client")
+        size = len(payload)
+        if headers:
+            block = nc.header_block(headers)
+            cmd = b"".join(
+                (f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(), block, payload, _CRLF)
+            )
+        else:
+            cmd = b"".join((f"PUB {subject} {reply} {size}\r\n".encode(), payload, _CRLF))
+        if not nc.is_connected and nc._pending_data_size + len(cmd) > nc._max_pending_size:
+            raise ConnectError(self.connected_url or "?", "outbound buffer full while reconnecting")
+        stats = nc.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        # nats-py's _send_command, inlined: one coroutine frame less per message.
+        nc._pending.append(cmd)
+        nc._pending_data_size += len(cmd)
+        if 0 < nc._max_pending_size < nc._pending_data_size:
+            await nc._flush_pending(force_flush=True)
+        elif nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
 
     async def subscribe(self, subject: str, queue: str | None, handler: DirectHandler) -> int:
         """Register ``handler`` for ``subject``; returns the subscription id. Re-armed on reconnect."""

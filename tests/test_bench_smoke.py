@@ -24,7 +24,11 @@ def _check_rows(rows: list[dict], expected: list[str]) -> None:
     for row in rows:
         for key in ("conat", "nats_py", "ratio", "target"):
             value = row[key]
-            assert isinstance(value, float | int) and math.isfinite(value) and value > 0, (row["name"], key, value)
+            assert isinstance(value, float | int) and math.isfinite(value) and value > 0, (
+                row["name"],
+                key,
+                value,
+            )
         assert row["ratio"] == pytest.approx(row["conat"] / row["nats_py"])
         assert row["target_op"] in (">=", "<=")
         assert isinstance(row["ok"], bool)
