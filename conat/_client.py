@@ -325,15 +325,21 @@ class Client:
         :class:`PayloadError` (unencodable), :class:`Forbidden` (outside this client's grant),
         :class:`ClosedError`.
         """
-        self._check_open()
-        self._check_subject(subject)
-        if self.permissions is not None and not self.permissions.can_publish(subject):
-            raise Forbidden(subject, "publish")
-        payload, headers = self._encode(data, headers, encoding)
+        payload, headers = self._prepare(subject, data, headers, encoding)
         if len(payload) <= self._max_inline:
             await self._transport.publish(subject, payload, reply or "", headers)
         else:
             await self._send_chunked(subject, payload, reply or "", headers)
+
+    def _prepare(
+        self, subject: str, data: Any, headers: dict[str, str] | None, encoding: str | None
+    ) -> tuple[bytes, dict[str, str] | None]:
+        """Everything a publish checks before it sends: open, subject, grant, encoding."""
+        self._check_open()
+        self._check_subject(subject)
+        if self.permissions is not None and not self.permissions.can_publish(subject):
+            raise Forbidden(subject, "publish")
+        return self._encode(data, headers, encoding)
 
     async def _reply(
         self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
@@ -515,11 +521,7 @@ class Client:
             RemoteError: the handler failed; ``code`` is the handler's.
             Forbidden: this client may not publish to ``subject``.
         """
-        self._check_open()
-        self._check_subject(subject)
-        if self.permissions is not None and not self.permissions.can_publish(subject):
-            raise Forbidden(subject, "publish")
-        payload, headers = self._encode(data, headers, encoding)
+        payload, headers = self._prepare(subject, data, headers, encoding)
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
@@ -551,14 +553,8 @@ class Client:
                 future.set_exception(e)
 
         route.fail = fail  # type: ignore[attr-defined]
-        token, inbox = self._open_route(route)
-        self._route_subjects[token] = subject
-        transfer_id = None
+        token, transfer_id = await self._send_request(subject, payload, headers, route)
         try:
-            if len(payload) <= self._max_inline:
-                await self._transport.publish(subject, payload, inbox, headers)
-            else:
-                transfer_id = await self._send_chunked(subject, payload, inbox, headers)
             # One timer handle per request (cheaper than an asyncio.timeout scope).
             timer = loop.call_at(deadline, _expire, future)
             try:
@@ -574,12 +570,30 @@ class Client:
             finally:
                 timer.cancel()
         finally:
-            self._close_route(token)
-            if transfer_id is not None:
-                self._transfers.outgoing.discard(transfer_id)
+            self._finish_request(token, transfer_id)
             if not future.done():
                 future.cancel()
         return _check_reply(msg, subject)
+
+    async def _send_request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
+    ) -> tuple[str, str | None]:
+        """Open a reply route and send; returns the route's token and the chunk transfer's id."""
+        token, inbox = self._open_route(route)
+        self._route_subjects[token] = subject
+        try:
+            if len(payload) <= self._max_inline:
+                await self._transport.publish(subject, payload, inbox, headers)
+                return token, None
+            return token, await self._send_chunked(subject, payload, inbox, headers)
+        except BaseException:
+            self._close_route(token)
+            raise
+
+    def _finish_request(self, token: str, transfer_id: str | None) -> None:
+        self._close_route(token)
+        if transfer_id is not None:
+            self._transfers.outgoing.discard(transfer_id)
 
     async def request_many(
         self,
@@ -600,11 +614,7 @@ class Client:
         If no reply at all arrives it raises :class:`Timeout`; a 503 raises
         :class:`NoResponders` and an error reply raises :class:`RemoteError`.
         """
-        self._check_open()
-        self._check_subject(subject)
-        if self.permissions is not None and not self.permissions.can_publish(subject):
-            raise Forbidden(subject, "publish")
-        payload, headers = self._encode(data, headers, encoding)
+        payload, headers = self._prepare(subject, data, headers, encoding)
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
@@ -619,15 +629,9 @@ class Client:
             stream.put(Message("", "", b"", None))
 
         route.fail = fail  # type: ignore[attr-defined]
-        token, inbox = self._open_route(route)
-        self._route_subjects[token] = subject
-        transfer_id = None
+        token, transfer_id = await self._send_request(subject, payload, headers, route)
         received = 0
         try:
-            if len(payload) <= self._max_inline:
-                await self._transport.publish(subject, payload, inbox, headers)
-            else:
-                transfer_id = await self._send_chunked(subject, payload, inbox, headers)
             while max_messages is None or received < max_messages:
                 if not stream.items:
                     if stream.overflowed:
@@ -661,9 +665,7 @@ class Client:
                 yield _check_reply(msg, subject)
                 received += 1
         finally:
-            self._close_route(token)
-            if transfer_id is not None:
-                self._transfers.outgoing.discard(transfer_id)
+            self._finish_request(token, transfer_id)
             for item in stream.items:
                 if isinstance(item, asyncio.Future):
                     item.cancel()
