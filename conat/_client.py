@@ -370,7 +370,7 @@ class Client:
             hdr[REPLY_HEADER] = reply
         # Pulls come to our inbox; a request's reply token doubles as the pull source.
         source = reply if reply.startswith(self._inbox) else self._new_inbox_subject()
-        first = bytes(self._transfers.outgoing.first_chunk(head.transfer_id))
+        first = self._transfers.outgoing.first_chunk(head.transfer_id)
         await self._transport.publish(subject, first, source, hdr)
         return head.transfer_id
 

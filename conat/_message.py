@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from ._codecs import Codec, get_codec
-from ._errors import ErrorCode, RemoteError
+from ._errors import ErrorCode
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -120,12 +120,6 @@ class Message:
         """Send the end-of-stream marker that ends the caller's ``request_many`` iteration."""
         client = self._require_reply()
         await client._publish_control(self.reply, {END_HEADER: "1"}, b"")
-
-    # -- reply classification (used by request paths) ---------------------------------------
-    def raise_for_error(self) -> None:
-        h = self._headers
-        if h and ERROR_HEADER in h:
-            raise RemoteError(parse_error_code(h[ERROR_HEADER]), self.raw.decode(errors="replace"), self.subject)
 
     @property
     def is_end(self) -> bool:

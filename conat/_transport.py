@@ -27,7 +27,7 @@ import nats.errors as nats_errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.subscription import Subscription as _NatsSubscription
 
-from ._errors import BadURL, ClosedError, ConatError, ConnectError, Timeout
+from ._errors import BadURL, ClosedError, ConnectError, Timeout
 
 __all__ = ["DirectHandler", "PermissionViolation", "Transport", "TransportEvents"]
 
@@ -236,10 +236,6 @@ class Transport:
         return bool(self._nc.is_closed)
 
     @property
-    def is_reconnecting(self) -> bool:
-        return bool(self._nc.is_reconnecting)
-
-    @property
     def max_payload(self) -> int:
         return int(self._nc.max_payload)
 
@@ -252,10 +248,6 @@ class Transport:
     def connected_url(self) -> str | None:
         url = self._nc.connected_url
         return url.geturl() if url is not None else None
-
-    @property
-    def server_info(self) -> dict[str, Any]:
-        return dict(self._nc._server_info or {})
 
     @property
     def stats(self) -> dict[str, int]:
@@ -397,13 +389,3 @@ def _describe(e: BaseException | None) -> str:
     if "authorization violation" in text.lower():
         return "authorization violation (credentials refused)"
     return text.removeprefix("nats: ")
-
-
-def map_error(e: BaseException) -> ConatError:
-    """Translate a stray nats-py error into conat's tree (used by callers that must not leak)."""
-    if isinstance(e, ConatError):
-        return e
-    if isinstance(e, nats_errors.ConnectionClosedError):
-        return ClosedError("client")
-    return ConatError(_describe(e))
-
