@@ -27,7 +27,7 @@ import nats.errors as nats_errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.subscription import Subscription as _NatsSubscription
 
-from ._errors import BadURL, ClosedError, ConnectError, Timeout
+from ._errors import BadURL, ClosedError, ConnectError, PayloadError, Timeout
 
 __all__ = ["DirectHandler", "PermissionViolation", "Transport", "TransportEvents"]
 
@@ -65,13 +65,13 @@ class TransportEvents:
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
-    """The NATS header block for ``headers``; raises ``ValueError`` naming a bad key or value."""
+    """The NATS header block for ``headers``; raises :class:`PayloadError` (400) naming a bad key or value."""
     parts = [b"NATS/1.0\r\n"]
     for key, value in headers.items():
         if not isinstance(key, str) or not _HEADER_KEY_RE.fullmatch(key):
-            raise ValueError(f"invalid header name {key!r}")
+            raise PayloadError("encode", "headers", f"invalid header name {key!r}")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise ValueError(f"invalid value for header {key!r}: {value!r} (a string without newlines)")
+            raise PayloadError("encode", "headers", f"header {key!r} needs a string without newlines, not {value!r}")
         parts.append(f"{key}: {value.strip()}\r\n".encode())
     parts.append(_CRLF)
     return b"".join(parts)

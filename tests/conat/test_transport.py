@@ -1,0 +1,49 @@
+"""The header codec conat writes and reads itself (pure), and bad headers on a real client."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import conat
+from conat import PayloadError
+from conat._transport import encode_headers, parse_headers
+
+header_names = st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}", fullmatch=True)
+header_values = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40
+).map(str.strip)
+
+
+@given(st.dictionaries(header_names, header_values, max_size=6))
+def test_headers_round_trip(headers: dict[str, str]) -> None:
+    assert parse_headers(encode_headers(headers)) == (headers or None)
+
+
+def test_inline_status_is_parsed() -> None:
+    assert parse_headers(b"NATS/1.0 503\r\n\r\n") == {"Status": "503"}
+    assert parse_headers(b"NATS/1.0 408 Request Timeout\r\nA: b\r\n\r\n") == {
+        "Status": "408",
+        "Description": "Request Timeout",
+        "A": "b",
+    }
+
+
+@pytest.mark.parametrize(
+    "headers", [{"bad name": "x"}, {"": "x"}, {"Ok": "line\nbreak"}, {"Ok": "cr\r"}, {"Ok": 5}]
+)
+def test_bad_headers_are_refused(headers: dict[str, str]) -> None:
+    with pytest.raises(PayloadError) as e:
+        encode_headers(headers)
+    assert e.value.code == 400
+
+
+@pytest.mark.anyio
+async def test_bad_header_on_publish_is_a_clear_error(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as c:
+        with pytest.raises(PayloadError, match="header name"):
+            await c.publish("hdr.test", 1, headers={"no spaces": "x"})
+        sub = await c.subscribe("hdr.test")
+        await c.publish("hdr.test", 1, headers={"X-Ok": "fine"})
+        assert (await sub.next(timeout=5)).headers == {"X-Ok": "fine"}
