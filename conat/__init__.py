@@ -10,6 +10,9 @@ from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import ClientStatistics as ClientStatistics
 from ._client import connect as connect
+from ._clock import Clock as Clock
+from ._clock import FakeClock as FakeClock
+from ._clock import SystemClock as SystemClock
 from ._codecs import JSON as JSON
 from ._codecs import MSGPACK as MSGPACK
 from ._codecs import RAW as RAW
@@ -44,12 +47,14 @@ __all__ = [
     "Client",
     "ClientState",
     "ClientStatistics",
+    "Clock",
     "ClosedError",
     "ClusterConfig",
     "Codec",
     "ConatError",
     "ConnectError",
     "ErrorCode",
+    "FakeClock",
     "Forbidden",
     "InvalidSubject",
     "JSON",
@@ -70,6 +75,7 @@ __all__ = [
     "ServerError",
     "Subscription",
     "SubscriptionStatistics",
+    "SystemClock",
     "Timeout",
     "WebsocketConfig",
     "connect",

@@ -402,6 +402,16 @@ class Client:
         callback: Callable[[Message], Awaitable[object]],
     ) -> Subscription: ...
 
+    @overload
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        dispatch: Callable[[Message], object],
+    ) -> Subscription: ...
+
     async def subscribe(
         self,
         pattern: str,
@@ -409,6 +419,7 @@ class Client:
         queue: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         callback: Callable[[Message], Awaitable[object]] | None = None,
+        dispatch: Callable[[Message], object] | None = None,
     ) -> Subscription:
         """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
 
@@ -417,14 +428,21 @@ class Client:
         message wants a reply, and never ends the subscription). ``queue`` joins a queue group:
         each message goes to one member. At most ``max_buffer`` messages wait; beyond that they
         are dropped and counted (requests among them get a 429 reply).
+
+        ``dispatch`` is the low-level form for routers (the actor runtime, sockets): it is called
+        synchronously from the connection's read loop with each message, in arrival order, and must
+        return at once without raising; nothing is buffered except behind a chunked message that is
+        still arriving.
         """
+        if callback is not None and dispatch is not None:
+            raise TypeError("subscribe() takes callback or dispatch, not both")
         self._check_open()
         validate_pattern(pattern)
         if queue is not None:
             validate_subject(queue)
         if self.permissions is not None and not self.permissions.can_subscribe(pattern):
             raise Forbidden(pattern, "subscription")
-        sub = Subscription(self, pattern, queue, max_buffer)
+        sub = Subscription(self, pattern, queue, max_buffer, dispatch)
         sub.sid = await self._transport.subscribe(pattern, queue, self._subscription_route(sub))
         self._subs[sub.sid] = sub
         await self._transport.flush()

@@ -57,7 +57,14 @@ class Subscription:
     reconnect (messages published while the link was down are lost: core NATS is at-most-once).
     """
 
-    def __init__(self, client: Client, pattern: str, queue: str | None, max_buffer: int) -> None:
+    def __init__(
+        self,
+        client: Client,
+        pattern: str,
+        queue: str | None,
+        max_buffer: int,
+        dispatch: Callable[[Message], object] | None = None,
+    ) -> None:
         if max_buffer < 1:
             raise ValueError("max_buffer must be at least 1")
         self._client = client
@@ -74,6 +81,7 @@ class Subscription:
         self._dropped = 0
         self._failed_transfers = 0
         self._task: asyncio.Task[None] | None = None
+        self._dispatch = dispatch
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self._closed}>"
@@ -90,10 +98,38 @@ class Subscription:
             if reply:
                 self._client._reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
             return
+        if self._dispatch is not None:
+            self._put_dispatch(item)
+            return
         self._items.append(item)
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def _put_dispatch(self, item: Item) -> None:
+        """Hand ``item`` to the dispatch function now, unless a chunked message ahead of it is
+        still arriving: then it waits in the buffer, so dispatch order is arrival order."""
+        if not self._items and isinstance(item, Message):
+            self._delivered += 1
+            assert self._dispatch is not None
+            self._dispatch(item)
+            return
+        self._items.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._drain_to_dispatch(), name=f"conat-sub:{self.pattern}"
+            )
+
+    async def _drain_to_dispatch(self) -> None:
+        try:
+            dispatch = self._dispatch
+            assert dispatch is not None
+            while self._items and not self._closed:
+                msg = await self._next_buffered()
+                if msg is not None:
+                    dispatch(msg)
+        finally:
+            self._task = None
 
     def _fail(self, error: ConatError) -> None:
         """End iteration with ``error`` (e.g. the server refused the subscription)."""
@@ -113,21 +149,9 @@ class Subscription:
     async def __anext__(self) -> Message:
         while True:
             if self._items:
-                item = self._items.popleft()
-                if isinstance(item, Message):
-                    self._delivered += 1
-                    return item
-                try:
-                    msg = await item
-                except ConatError as e:
-                    self._failed_transfers += 1
-                    log.warning("dropped a chunked message on %r: %s", self.pattern, e)
+                msg = await self._next_buffered()
+                if msg is None:
                     continue
-                except asyncio.CancelledError:
-                    if item.cancelled():
-                        continue
-                    raise
-                self._delivered += 1
                 return msg
             if self._closed:
                 if self._error is not None:
@@ -138,6 +162,25 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def _next_buffered(self) -> Message | None:
+        """Pop the oldest buffered item and wait for it; ``None`` if its chunked transfer failed."""
+        item = self._items.popleft()
+        if isinstance(item, Message):
+            self._delivered += 1
+            return item
+        try:
+            msg = await item
+        except ConatError as e:
+            self._failed_transfers += 1
+            log.warning("dropped a chunked message on %r: %s", self.pattern, e)
+            return None
+        except asyncio.CancelledError:
+            if item.cancelled():
+                return None
+            raise
+        self._delivered += 1
+        return msg
 
     async def next(self, timeout: float | None = None) -> Message:
         """The next message; raises :class:`ClosedError` at the end and ``TimeoutError`` on timeout."""
