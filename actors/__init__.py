@@ -1,3 +1,64 @@
-"""actors: arrives with its issue."""
+"""actors: the actor runtime every conat service stands on.
 
-__all__: list[str] = []
+An :class:`Actor` subclass is bound to a subject pattern; an :class:`ActorSystem` runs actor types
+on one connection, activates one instance per key on demand, passivates idle keys, supervises
+crashes with backoff and escalation, answers NATS micro ``$SRV`` discovery, and stops gracefully.
+"""
+
+from ._activation import IllegalTransition as IllegalTransition
+from ._activation import State as State
+from ._activation import Timer as Timer
+from ._actor import Actor as Actor
+from ._actor import ActorSpec as ActorSpec
+from ._errors import ACTIVATION_FAILED as ACTIVATION_FAILED
+from ._errors import BUSY as BUSY
+from ._errors import STOPPING as STOPPING
+from ._errors import ActorDefinitionError as ActorDefinitionError
+from ._errors import ActorError as ActorError
+from ._errors import BrokenInvariant as BrokenInvariant
+from ._errors import Escalation as Escalation
+from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._policy import Backoff as Backoff
+from ._policy import Escalate as Escalate
+from ._policy import Restart as Restart
+from ._policy import RestartPolicy as RestartPolicy
+from ._policy import RestartTracker as RestartTracker
+from ._reminders import MemoryReminderStore as MemoryReminderStore
+from ._reminders import Reminder as Reminder
+from ._reminders import ReminderStore as ReminderStore
+from ._runtime import ActorRuntime as ActorRuntime
+from ._runtime import ActorStatistics as ActorStatistics
+from ._runtime import DeadLetter as DeadLetter
+from ._runtime import EndpointStatistics as EndpointStatistics
+from ._system import ActorSystem as ActorSystem
+from ._system import actor_proxy as actor_proxy
+
+__all__ = [
+    "ACTIVATION_FAILED",
+    "Actor",
+    "ActorDefinitionError",
+    "ActorError",
+    "ActorRuntime",
+    "ActorSpec",
+    "ActorStatistics",
+    "ActorSystem",
+    "BUSY",
+    "Backoff",
+    "BrokenInvariant",
+    "DeadLetter",
+    "EndpointStatistics",
+    "Escalate",
+    "Escalation",
+    "IllegalTransition",
+    "MailboxStatistics",
+    "MemoryReminderStore",
+    "Reminder",
+    "ReminderStore",
+    "Restart",
+    "RestartPolicy",
+    "RestartTracker",
+    "STOPPING",
+    "State",
+    "Timer",
+    "actor_proxy",
+]

@@ -464,6 +464,17 @@ class Client:
         if sid and self._subs.pop(sid, None) is not None and not self._closing:
             await self._transport.unsubscribe(sid)
 
+    async def _drain(self, sub: Subscription, timeout: float) -> None:
+        sid = sub.sid
+        if sid and sid in self._subs and not self._closing:
+            try:
+                await self._transport.drain(sid, timeout)
+            finally:
+                self._subs.pop(sid, None)
+                sub.sid = 0
+        else:
+            await self._unsubscribe(sub)
+
     def _item(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> Item:
         if headers is not None and CHUNKED_HEADER in headers:
             return self._transfers.start_incoming(subject, reply, data, headers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from typing import Final, Protocol, final
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
@@ -24,6 +25,10 @@ class Clock(Protocol):
         """Seconds on a monotonic scale (only differences mean something)."""
         ...
 
+    def wall(self) -> float:
+        """Seconds since the Unix epoch (for times that must survive a restart, like reminders)."""
+        ...
+
     async def sleep_until(self, deadline: float) -> None:
         """Return once :meth:`now` is at or past ``deadline`` (at once if it already is)."""
         ...
@@ -35,6 +40,9 @@ class SystemClock:
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return time.time()
 
     async def sleep_until(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - self.now()))
@@ -52,13 +60,18 @@ class FakeClock:
     window (a periodic timer) wakes again within the same call.
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, wall_start: float = 1_700_000_000.0) -> None:
+        self._start = start
+        self._wall_start = wall_start
         self._now = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        return self._wall_start + (self._now - self._start)
 
     async def sleep_until(self, deadline: float) -> None:
         if deadline <= self._now:

@@ -18,18 +18,27 @@ import inspect
 import logging
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
 import msgspec
 
-from ._errors import ConatError, PayloadError, RemoteError
+from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
 from ._message import Message
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._subscription import Subscription
 
-__all__ = ["RpcRequest", "make_proxy", "rpc_methods", "serve"]
+__all__ = [
+    "Dispatcher",
+    "RpcRequest",
+    "error_reply",
+    "make_proxy",
+    "respond_error",
+    "respond_result",
+    "rpc_methods",
+    "serve",
+]
 
 log = logging.getLogger("conat.service")
 
@@ -60,9 +69,13 @@ def _qualify(namespace: str, method: str) -> str:
 
 
 def rpc_methods(cls: type) -> dict[str, Callable[..., Any]]:
-    """The public coroutine functions of ``cls`` (what a proxy can call and serve answers)."""
+    """The public coroutine functions of ``cls`` (what a proxy can call and serve answers).
+
+    Names a class lists in ``__conat_private__`` (lifecycle hooks of a base class) are left out.
+    """
+    private: frozenset[str] = getattr(cls, "__conat_private__", frozenset())
     members = inspect.getmembers(cls, inspect.iscoroutinefunction)
-    return {name: fn for name, fn in members if not name.startswith("_")}
+    return {n: fn for n, fn in members if not n.startswith("_") and n not in private}
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -121,15 +134,16 @@ def make_proxy(
 
 
 class _Endpoint:
+    """One method of a class, with its signature (``self`` dropped) and resolved parameter types."""
+
     __slots__ = ("fn", "params", "signature")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.signature = inspect.signature(fn)
+        signature = inspect.signature(fn)
+        self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])
         hints = _hints(fn)
-        self.params = {
-            name: hints.get(name, Any) for name in self.signature.parameters if name != "self"
-        }
+        self.params = {name: hints.get(name, Any) for name in self.signature.parameters}
 
     def bind(self, request: RpcRequest) -> tuple[list[Any], dict[str, Any]]:
         try:
@@ -154,6 +168,56 @@ class _Endpoint:
         return list(bound.args), dict(bound.kwargs)
 
 
+@final
+class Dispatcher:
+    """The RPC table of a class, built once and shared by every instance it serves.
+
+    :meth:`invoke` decodes a request, finds the method, converts the arguments and awaits the
+    method on the given instance; it raises what the method raises, or :class:`RemoteError` 400/404
+    for a bad request. :func:`respond_outcome` turns either outcome into the reply.
+    """
+
+    def __init__(self, cls: type, namespace: str = "") -> None:
+        self.endpoints = {
+            _qualify(namespace, name): _Endpoint(fn) for name, fn in rpc_methods(cls).items()
+        }
+
+    def decode(self, msg: Message) -> RpcRequest:
+        try:
+            return msg.decode(RpcRequest)
+        except PayloadError as e:
+            raise RemoteError(BAD_REQUEST, f"bad RPC request: {e.detail}") from None
+
+    async def call(self, instance: object, request: RpcRequest) -> Any:
+        endpoint = self.endpoints.get(request.name)
+        if endpoint is None:
+            raise RemoteError(NOT_FOUND, f"unknown method {request.name!r}")
+        args, kwargs = endpoint.bind(request)
+        return await endpoint.fn(instance, *args, **kwargs)
+
+    async def invoke(self, instance: object, msg: Message) -> Any:
+        return await self.call(instance, self.decode(msg))
+
+
+def error_reply(error: BaseException) -> tuple[ErrorCode, str]:
+    """The code and text a caller gets for ``error`` raised while answering it."""
+    if isinstance(error, RemoteError):
+        return error.code, error.remote_message
+    if isinstance(error, ConatError):
+        return error.code, str(error)
+    return INTERNAL, f"{type(error).__name__}: {error}"
+
+
+async def respond_result(msg: Message, result: Any) -> None:
+    """Reply with ``result``; one that cannot be encoded becomes a 500 error reply."""
+    if not msg.reply:
+        return
+    try:
+        await msg.respond(result)
+    except PayloadError as e:
+        await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
+
+
 async def serve(
     client: Client,
     subject: str,
@@ -168,38 +232,20 @@ async def serve(
     Up to ``concurrency`` calls run at once; beyond that, requests wait in the subscription's
     bounded buffer. An exception in a method becomes an error reply and never ends the service.
     """
-    ns = _namespace(impl, namespace)
-    endpoints = {
-        _qualify(ns, name): _Endpoint(getattr(impl, name)) for name in rpc_methods(type(impl))
-    }
+    dispatcher = Dispatcher(type(impl), _namespace(impl, namespace))
     limiter = asyncio.Semaphore(concurrency)
 
     async def handle(msg: Message) -> None:
         try:
-            try:
-                request = msg.decode(RpcRequest)
-            except PayloadError as e:
-                raise RemoteError(BAD_REQUEST, f"bad RPC request: {e.detail}") from None
-            endpoint = endpoints.get(request.name)
-            if endpoint is None:
-                raise RemoteError(NOT_FOUND, f"unknown method {request.name!r}")
-            args, kwargs = endpoint.bind(request)
-            result = await endpoint.fn(*args, **kwargs)
+            result = await dispatcher.invoke(impl, msg)
         except asyncio.CancelledError:
             raise
-        except RemoteError as e:
-            await _respond_error(msg, e.code, e.remote_message)
-        except ConatError as e:
-            await _respond_error(msg, e.code, str(e))
         except Exception as e:
-            log.exception("RPC %s on %r failed", msg.subject, subject)
-            await _respond_error(msg, INTERNAL, f"{type(e).__name__}: {e}")
+            if not isinstance(e, ConatError):
+                log.exception("RPC %s on %r failed", msg.subject, subject)
+            await respond_error(msg, *error_reply(e))
         else:
-            if msg.reply:
-                try:
-                    await msg.respond(result)
-                except PayloadError as e:
-                    await _respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
+            await respond_result(msg, result)
         finally:
             limiter.release()
 
@@ -210,7 +256,8 @@ async def serve(
     return await client.subscribe(subject, queue=queue, callback=dispatch)
 
 
-async def _respond_error(msg: Message, code: Any, text: str) -> None:
+async def respond_error(msg: Message, code: ErrorCode, text: str) -> None:
+    """Send an error reply if ``msg`` wants one; a failure to send is logged, never raised."""
     if msg.reply:
         try:
             await msg.respond_error(code, text)

@@ -220,6 +220,14 @@ class Subscription:
 
     aclose = unsubscribe
 
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop intake without losing what is in flight: the server stops routing here, and every
+        message it routed before that is still buffered or dispatched; then the subscription ends
+        like :meth:`unsubscribe`. Raises :class:`Timeout` if the server does not confirm in time."""
+        if not self._closed and self.sid:
+            await self._client._drain(self, timeout)
+        await self.unsubscribe()
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -315,6 +315,19 @@ class Transport:
         if not nc.is_reconnecting:
             await nc._send_unsubscribe(sid)
 
+    async def drain(self, sid: int, timeout: float = 10.0) -> None:
+        """Unsubscribe so that every message the server routed before the UNSUB is still handled."""
+        nc = self._nc
+        if sid not in nc._subs or nc.is_closed or nc.is_reconnecting:
+            await self.unsubscribe(sid)
+            return
+        await nc._send_unsubscribe(sid)
+        try:
+            await self.flush(timeout)
+        finally:
+            nc.direct.pop(sid, None)
+            nc._subs.pop(sid, None)
+
     async def flush(self, timeout: float = 10.0) -> None:
         """Return once the server has processed every command sent before this call."""
         nc = self._nc

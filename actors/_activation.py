@@ -1,0 +1,341 @@
+"""One key's activation: its lifecycle state machine, its mailbox and the task that runs its turns.
+
+Theory of operation
+-------------------
+The router (``ActorRuntime._route``) puts each message into the key's mailbox and, if no task is
+running for the key, starts one. That task drains the mailbox: it activates the key if it is not
+active, then runs turns one at a time until the mailbox is empty, and exits. An idle key therefore
+costs an object and no task, which is what lets one process hold many thousands of keys.
+
+States and the events that move between them (anything else is a runtime bug and raises
+:class:`IllegalTransition`)::
+
+    INACTIVE   --activate-->    ACTIVATING --activated--> ACTIVE
+    ACTIVATING --failed-->      INACTIVE                  (backoff, poison count)
+    ACTIVE     --passivate-->   PASSIVATING --deactivated--> INACTIVE
+    ACTIVE     --crash-->       INACTIVE                  (no on_deactivate; backoff)
+
+Passivation is itself a turn (queued behind the messages already in the mailbox), so it never
+interleaves with a message. Messages that arrive while a key is passivating wait in the same
+mailbox and reactivate it as soon as the deactivation is done: no message is processed by a
+deactivated instance and none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, final
+
+from conat import ConatError, Message
+from conat._service import error_reply, respond_error, respond_result
+
+from ._errors import STOPPING, BrokenInvariant
+from ._mailbox import Mailbox
+from ._policy import Backoff
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+    from ._runtime import ActorRuntime
+
+__all__ = ["Activation", "IllegalTransition", "State", "Timer"]
+
+log = logging.getLogger("conat.actors")
+
+
+class State(enum.Enum):
+    INACTIVE = "inactive"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    PASSIVATING = "passivating"
+
+
+_TRANSITIONS: Final[dict[tuple[State, str], State]] = {
+    (State.INACTIVE, "activate"): State.ACTIVATING,
+    (State.ACTIVATING, "activated"): State.ACTIVE,
+    (State.ACTIVATING, "failed"): State.INACTIVE,
+    (State.ACTIVE, "passivate"): State.PASSIVATING,
+    (State.PASSIVATING, "deactivated"): State.INACTIVE,
+    (State.ACTIVE, "crash"): State.INACTIVE,
+}
+
+
+class IllegalTransition(RuntimeError):
+    """An activation was asked to do something its state does not allow (a runtime bug)."""
+
+    def __init__(self, key: str, state: State, event: str) -> None:
+        super().__init__(f"activation {key!r}: event {event!r} is illegal in state {state.value}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Passivate:
+    """The passivation turn."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A runtime turn: a timer tick or a due reminder."""
+
+    what: str
+    fn: Callable[[], Awaitable[object]] | None = None
+    reminder: str | None = None
+
+
+PASSIVATE: Final = _Passivate()
+Item = Message | _Passivate | _Call
+
+
+@final
+class Timer:
+    """A timer of one activation; :meth:`cancel` stops it (passivation cancels it too)."""
+
+    def __init__(self, activation: Activation, fn: Callable[[], Awaitable[object]], period: float | None) -> None:
+        self._activation = activation
+        self._fn = fn
+        self.period = period
+        self._pending = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _start(self, delay: float) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(delay))
+
+    async def _run(self, delay: float) -> None:
+        clock = self._activation.runtime.clock
+        due = clock.now() + delay
+        while True:
+            await clock.sleep_until(due)
+            if not self._pending:  # a slow turn coalesces ticks instead of piling them up
+                self._pending = True
+                self._activation.enqueue_internal(_Call("timer", self._fire))
+            if self.period is None:
+                return
+            due += self.period
+
+    async def _fire(self) -> None:
+        self._pending = False
+        await self._fn()
+
+    def cancel(self) -> None:
+        self._activation.timers.discard(self)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    @property
+    def active(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+
+class Activation:
+    """The runtime's record of one key (see the module docstring)."""
+
+    __slots__ = (
+        "backoff",
+        "head_failures",
+        "instance",
+        "key",
+        "last_used",
+        "mailbox",
+        "not_before",
+        "passivate_requested",
+        "runtime",
+        "state",
+        "task",
+        "timers",
+    )
+
+    def __init__(self, runtime: ActorRuntime, key: str, now: float) -> None:
+        self.runtime = runtime
+        self.key = key
+        self.state = State.INACTIVE
+        self.mailbox: Mailbox[Item] = Mailbox(key, runtime.spec.max_buffer)
+        self.instance: Actor | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timers: set[Timer] = set()
+        self.last_used = now
+        self.not_before = 0.0
+        self.passivate_requested = False
+        self.head_failures = 0
+        self.backoff = Backoff(runtime.spec.policy, runtime.rand)
+
+    def __repr__(self) -> str:
+        return f"<Activation {self.runtime.spec.name}/{self.key!r} {self.state.value}>"
+
+    def _move(self, event: str) -> None:
+        target = _TRANSITIONS.get((self.state, event))
+        if target is None:
+            raise IllegalTransition(self.key, self.state, event)
+        self.state = target
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None and not self.mailbox
+
+    # -- queueing --------------------------------------------------------------------------
+    def enqueue_internal(self, item: _Call | _Passivate) -> None:
+        self.mailbox.put_internal(item)
+        self.runtime.ensure_running(self)
+
+    def add_timer(self, delay: float, fn: Callable[[], Awaitable[object]], period: float | None) -> Timer:
+        if delay < 0 or (period is not None and period <= 0):
+            raise ValueError("a timer needs delay >= 0 and period > 0")
+        timer = Timer(self, fn, period)
+        self.timers.add(timer)
+        timer._start(delay)
+        return timer
+
+    def _cancel_timers(self) -> None:
+        for timer in list(self.timers):
+            timer.cancel()
+
+    # -- the turn loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Drain the mailbox (started by the runtime when messages arrive; exits when empty)."""
+        runtime = self.runtime
+        try:
+            while self.mailbox and runtime.running:
+                item = self.mailbox.peek()
+                if isinstance(item, _Passivate):
+                    self.mailbox.get()
+                    if self.state is State.ACTIVE:
+                        await self.deactivate()
+                    continue
+                if self.state is State.INACTIVE and not await self._activate():
+                    continue
+                self.mailbox.get()
+                if isinstance(item, Message):
+                    await self._message_turn(item)
+                else:
+                    await self._call_turn(item)
+                if self.passivate_requested and self.state is State.ACTIVE:
+                    await self.deactivate()
+        finally:
+            self.task = None
+            runtime.settled(self)
+
+    async def _activate(self) -> bool:
+        runtime = self.runtime
+        if self.not_before > runtime.clock.now():
+            await runtime.clock.sleep_until(self.not_before)
+        self._move("activate")
+        instance = runtime.new_instance(self)
+        try:
+            await instance.on_activate()
+        except asyncio.CancelledError:
+            self._move("failed")
+            raise
+        except Exception as e:  # noqa: BLE001 - user code; the failure is supervised and logged
+            self._move("failed")
+            self._activation_failed(e)
+            return False
+        self.instance = instance
+        self.passivate_requested = False
+        self.head_failures = 0
+        self._move("activated")
+        runtime.stats.activations += 1
+        return True
+
+    def _activation_failed(self, error: Exception) -> None:
+        runtime = self.runtime
+        runtime.stats.activation_failures += 1
+        log.warning("activation of %s/%r failed: %r", runtime.spec.name, self.key, error)
+        self.head_failures += 1
+        if self.head_failures >= runtime.spec.poison_after and self.mailbox:
+            self.head_failures = 0
+            poison = self.mailbox.get()
+            if isinstance(poison, Message):
+                runtime.dead_letter(self.key, poison, error)
+        self._supervise(error)
+
+    def _supervise(self, error: BaseException) -> None:
+        runtime = self.runtime
+        now = runtime.clock.now()
+        self.not_before = now + self.backoff.next_delay(now)
+        runtime.child_crashed(self, error)
+
+    async def _message_turn(self, msg: Message) -> None:
+        runtime = self.runtime
+        instance = self.instance
+        assert instance is not None
+        stats = runtime.stats
+        started = time.perf_counter_ns()
+        endpoint = "receive" if not runtime.default_receive else "unknown"
+        try:
+            if runtime.default_receive:
+                request = runtime.dispatcher.decode(msg)
+                if request.name in runtime.dispatcher.endpoints:
+                    endpoint = request.name
+                else:
+                    endpoint = "unknown"
+                result = await runtime.dispatcher.call(instance, request)
+            else:
+                result = await instance.receive(msg)
+        except asyncio.CancelledError:
+            await respond_error(msg, STOPPING, f"actor {runtime.spec.name} stopped during the call")
+            raise
+        except BrokenInvariant as e:
+            stats.record(endpoint, time.perf_counter_ns() - started, e)
+            await respond_error(msg, *error_reply(e))
+            self.crash(e)
+        except Exception as e:
+            if not isinstance(e, ConatError):
+                log.exception("%s/%r: handler failed on %s", runtime.spec.name, self.key, msg.subject)
+            stats.record(endpoint, time.perf_counter_ns() - started, e)
+            await respond_error(msg, *error_reply(e))
+        else:
+            stats.record(endpoint, time.perf_counter_ns() - started, None)
+            await respond_result(msg, result)
+
+    async def _call_turn(self, call: _Call) -> None:
+        instance = self.instance
+        assert instance is not None
+        try:
+            if call.reminder is not None:
+                await instance.on_reminder(call.reminder)
+            elif call.fn is not None:
+                await call.fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("%s/%r: %s turn failed", self.runtime.spec.name, self.key, call.what)
+            self.crash(e)
+
+    def crash(self, error: BaseException) -> None:
+        """Discard the instance (its state is not trusted) and restart later with backoff."""
+        self._move("crash")
+        self._cancel_timers()
+        self.instance = None
+        self.runtime.stats.crashes += 1
+        self._supervise(error)
+
+    async def deactivate(self) -> None:
+        """Passivate: cancel timers, run ``on_deactivate`` (best effort), forget the instance."""
+        self._move("passivate")
+        self._cancel_timers()
+        instance, self.instance = self.instance, None
+        try:
+            if instance is not None:
+                await instance.on_deactivate()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s/%r: on_deactivate failed", self.runtime.spec.name, self.key)
+        finally:
+            self._move("deactivated")
+            self.passivate_requested = False
+            self.runtime.stats.passivations += 1
+
+    def reject_queued(self, code: Any, why: str) -> int:
+        """Answer every queued request with an error (a hard stop); returns how many."""
+        rejected = 0
+        for item in self.mailbox.drain():
+            if isinstance(item, Message) and item.reply:
+                rejected += 1
+                self.runtime.spawn(respond_error(item, code, why))
+        return rejected
+
