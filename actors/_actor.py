@@ -17,6 +17,7 @@ a message before ``on_activate`` has returned.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 _SEMVER_RE: Final = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 )
-_LIFECYCLE: Final = frozenset({"on_activate", "on_deactivate", "on_reminder", "receive"})
 
 
 @final
@@ -151,7 +151,7 @@ class Actor:
     """
 
     __actor_spec__: ClassVar[ActorSpec | None] = None
-    __conat_private__: ClassVar[frozenset[str]] = _LIFECYCLE
+    __conat_private__: ClassVar[frozenset[str]] = frozenset()
 
     key: str
     """The identity token(s) this instance serves ("" for an unkeyed actor)."""
@@ -228,3 +228,10 @@ class Actor:
 
     async def cancel_reminder(self, name: str) -> None:
         await self._activation.runtime.cancel_reminder(self.key, name)
+
+
+# Every public coroutine of the base class (hooks, reminder helpers) is runtime API, never an
+# endpoint a caller could invoke over the bus.
+Actor.__conat_private__ = frozenset(
+    name for name, _ in inspect.getmembers(Actor, inspect.iscoroutinefunction) if not name.startswith("_")
+)

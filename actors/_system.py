@@ -20,8 +20,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any, Final, Self, TypeVar
 
-import msgspec
-
 from conat import JSON, Client, ConatError, Message, Subscription
 from conat._clock import Clock, SystemClock
 
@@ -151,7 +149,7 @@ class ActorSystem:
 
     async def _answer_srv(self, msg: Message, verb: str, runtime: ActorRuntime) -> None:
         try:
-            await msg.respond(msgspec.json.encode(micro_response(verb, runtime)), encoding=JSON.name)
+            await msg.respond(micro_response(verb, runtime), encoding=JSON.name)
         except ConatError as e:
             log.debug("could not answer %s: %s", msg.subject, e)
 

@@ -1,0 +1,98 @@
+"""``conat run module:ActorClass ...``: serve actor types from the command line until Ctrl-C/SIGTERM.
+
+Registered with the ``conat`` CLI through the ``conat.commands`` entry point, so ``conat`` itself
+never imports the actor layer (imports point downwards). A target is ``module:Class`` or a bare
+``module`` (every actor class bound to a subject that the module defines). Exit codes: the CLI's,
+plus 7 when the system gave up after repeated crashes (an escalation reached the root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from typing import Final
+
+import click
+
+import conat
+from conat.cli._app import Options, common_options, run, stop_on_signals
+
+from ._actor import Actor
+from ._errors import Escalation
+from ._system import ActorSystem
+
+__all__ = ["EXIT_ESCALATED", "resolve_targets", "run_actors"]
+
+EXIT_ESCALATED: Final = 7
+
+
+def resolve_targets(targets: tuple[str, ...]) -> list[type[Actor]]:
+    """The actor classes ``targets`` name; raises ``click.UsageError`` naming a bad target."""
+    classes: list[type[Actor]] = []
+    for target in targets:
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise click.UsageError(f"cannot import {module_name!r} (from {target!r}): {e}") from None
+        if attr:
+            obj = getattr(module, attr, None)
+            if not (inspect.isclass(obj) and issubclass(obj, Actor) and obj.__actor_spec__ is not None):
+                raise click.UsageError(f"{target!r} is not an actor class bound to a subject")
+            found = [obj]
+        else:
+            found = [
+                obj
+                for _, obj in inspect.getmembers(module, inspect.isclass)
+                if issubclass(obj, Actor) and obj.__module__ == module.__name__ and obj.__actor_spec__
+            ]
+            if not found:
+                raise click.UsageError(f"module {module_name!r} defines no actor class bound to a subject")
+        classes.extend(c for c in found if c not in classes)
+    return classes
+
+
+@click.command("run", short_help="Serve actor types (module:Class ...) until Ctrl-C.")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--queue", help="Queue group for every type (overrides each class's own).")
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds in-flight work may take to finish on Ctrl-C/SIGTERM.",
+)
+@common_options
+@click.pass_obj
+def run_actors(opts: Options, targets: tuple[str, ...], queue: str | None, stop_timeout: float) -> None:
+    """Serve the actor types TARGETS (module:Class, or module for all of its actors) on the bus.
+
+    Stops gracefully on SIGINT/SIGTERM: intake closes, in-flight calls finish within
+    --stop-timeout, then every activation is deactivated.
+    """
+    classes = resolve_targets(targets)
+    try:
+        run(_serve(opts, classes, queue, stop_timeout))
+    except Escalation as e:
+        click.echo(f"conat: error: {e} (code {e.code})", err=True)
+        raise click.exceptions.Exit(EXIT_ESCALATED) from None
+
+
+async def _serve(opts: Options, classes: list[type[Actor]], queue: str | None, stop_timeout: float) -> None:
+    async with await conat.connect(opts.url, name="conat-run") as client:
+        system = ActorSystem(client, stop_timeout=stop_timeout)
+        with stop_on_signals() as stop:
+            for cls in classes:
+                runtime = await system.start(cls, queue=queue)
+                group = f" (queue group {runtime.queue!r})" if runtime.queue else ""
+                click.echo(f"serving {runtime.spec.name} on {runtime.spec.subject}{group}", err=True)
+            stopper = asyncio.ensure_future(stop.wait())
+            failed = asyncio.ensure_future(system.wait())
+            try:
+                await asyncio.wait({stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+                if not failed.done():
+                    await system.stop()
+            await failed  # raises the Escalation if the system gave up
