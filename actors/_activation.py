@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 The router (``ActorRuntime._route``) puts each message into the key's mailbox and, if no task is
 running for the key, starts one. That task drains the mailbox: it activates the key if it is not
-active, then runs turns one at a time until the mailbox is empty, and exits. An idle key therefore
-costs an object and no task, which is what lets one process hold many thousands of keys.
+active, then runs turns one at a time until the mailbox is empty. It then lingers, waiting for the
+next message, but only while it is among the runtime's most recently used keys (a bounded set):
+busy keys skip the cost of a new task per message, and an idle key costs an object and no task,
+which is what lets one process hold many thousands of keys.
 
 States and the events that move between them (anything else is a runtime bug and raises
 :class:`IllegalTransition`)::
@@ -147,6 +149,7 @@ class Activation:
         "state",
         "task",
         "timers",
+        "waiter",
     )
 
     def __init__(self, runtime: ActorRuntime, key: str, now: float) -> None:
@@ -156,12 +159,13 @@ class Activation:
         self.mailbox: Mailbox[Item] = Mailbox(key, runtime.spec.max_buffer)
         self.instance: Actor | None = None
         self.task: asyncio.Task[None] | None = None
+        self.waiter: asyncio.Future[bool] | None = None
         self.timers: set[Timer] = set()
         self.last_used = now
         self.not_before = 0.0
         self.passivate_requested = False
         self.head_failures = 0
-        self.backoff = Backoff(runtime.spec.policy, runtime.rand)
+        self.backoff: Backoff | None = None  # made on the first crash: most keys never crash
 
     def __repr__(self) -> str:
         return f"<Activation {self.runtime.spec.name}/{self.key!r} {self.state.value}>"
@@ -174,12 +178,13 @@ class Activation:
 
     @property
     def idle(self) -> bool:
-        return self.task is None and not self.mailbox
+        """Nothing queued and no turn running (its task, if any, only lingers)."""
+        return not self.mailbox and (self.task is None or self.waiter is not None)
 
     # -- queueing --------------------------------------------------------------------------
     def enqueue_internal(self, item: _Call | _Passivate) -> None:
         self.mailbox.put_internal(item)
-        self.runtime.ensure_running(self)
+        self.runtime.wake(self)
 
     def add_timer(self, delay: float, fn: Callable[[], Awaitable[object]], period: float | None) -> Timer:
         if delay < 0 or (period is not None and period <= 0):
@@ -197,17 +202,22 @@ class Activation:
     async def run(self) -> None:
         """Drain the mailbox (started by the runtime when messages arrive; exits when empty)."""
         runtime = self.runtime
+        mailbox = self.mailbox
         try:
-            while self.mailbox and runtime.running:
-                item = self.mailbox.peek()
+            while runtime.running:
+                if not mailbox:
+                    if self.state is not State.ACTIVE or not await runtime.linger(self):
+                        break
+                    continue
+                item = mailbox.peek()
                 if isinstance(item, _Passivate):
-                    self.mailbox.get()
+                    mailbox.get()
                     if self.state is State.ACTIVE:
                         await self.deactivate()
                     continue
                 if self.state is State.INACTIVE and not await self._activate():
                     continue
-                self.mailbox.get()
+                mailbox.get()
                 if isinstance(item, Message):
                     await self._message_turn(item)
                 else:
@@ -255,6 +265,8 @@ class Activation:
     def _supervise(self, error: BaseException) -> None:
         runtime = self.runtime
         now = runtime.clock.now()
+        if self.backoff is None:
+            self.backoff = Backoff(runtime.spec.policy, runtime.rand)
         self.not_before = now + self.backoff.next_delay(now)
         runtime.child_crashed(self, error)
 

@@ -44,6 +44,8 @@ log = logging.getLogger("conat.actors")
 A = TypeVar("A", bound=Actor)
 T = TypeVar("T")
 _MIN_SCAN: Final = 0.05
+LINGER_CAP: Final = 256
+"""How many idle keys may keep their task waiting for the next message."""
 _MAX_SCAN: Final = 60.0
 
 
@@ -161,6 +163,8 @@ class ActorRuntime:
         self._due: list[tuple[float, str, str]] = []
         self._scheduled: dict[tuple[str, str], Reminder] = {}
         self._wake = asyncio.Event()
+        self._lingering: dict[str, Activation] = {}  # insertion order = age
+        self.linger_cap = LINGER_CAP
 
     def __repr__(self) -> str:
         return f"<ActorRuntime {self.spec.name} {self.spec.subject!r} keys={len(self.activations)}>"
@@ -172,6 +176,7 @@ class ActorRuntime:
         self.accepting = True
         self.failed = None
         self.started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self.linger_cap = LINGER_CAP
         self._sub = await self.client.subscribe(
             self.spec.subject, queue=self.queue, dispatch=self._route, max_buffer=self.spec.max_buffer
         )
@@ -197,6 +202,8 @@ class ActorRuntime:
                 log.warning("%s: draining intake failed: %s", self.spec.name, e)
                 await sub.unsubscribe()
         self.accepting = False
+        self.linger_cap = 0
+        self._release_lingering()
         await self._cancel(self._service_tasks)
         for act in list(self.activations.values()):
             for timer in list(act.timers):
@@ -277,12 +284,49 @@ class ActorRuntime:
             if msg.reply:
                 self.client._reply_busy(msg.reply, f"actor {self.spec.name} key {key!r} mailbox is full")
             return
-        if act.task is None:
+        self.wake(act)
+
+    def wake(self, act: Activation) -> None:
+        """Make sure something will run ``act``'s queued turns: its lingering task or a new one."""
+        waiter = act.waiter
+        if waiter is not None:
+            act.waiter = None
+            self._lingering.pop(act.key, None)
+            waiter.set_result(True)
+        elif act.task is None:
             self.ensure_running(act)
 
     def ensure_running(self, act: Activation) -> None:
         if act.task is None and self.running:
             act.task = asyncio.get_running_loop().create_task(act.run())
+
+    async def linger(self, act: Activation) -> bool:
+        """Wait for ``act``'s next turn; False when it must let its task end instead (the bounded
+        set of lingering keys is full and it is the oldest, or the runtime is stopping)."""
+        if self.linger_cap <= 0:
+            return False
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        act.waiter = waiter
+        lingering = self._lingering
+        lingering[act.key] = act
+        if len(lingering) > self.linger_cap:
+            oldest = lingering.pop(next(iter(lingering)))
+            if oldest.waiter is not None:
+                oldest.waiter.set_result(False)
+                oldest.waiter = None
+        try:
+            return await waiter
+        finally:
+            if act.waiter is waiter:
+                act.waiter = None
+                lingering.pop(act.key, None)
+
+    def _release_lingering(self) -> None:
+        while self._lingering:
+            act = self._lingering.pop(next(iter(self._lingering)))
+            if act.waiter is not None:
+                act.waiter.set_result(False)
+                act.waiter = None
 
     def settled(self, act: Activation) -> None:
         """An activation's task ended: forget the key if it is inactive and has nothing queued."""
@@ -418,7 +462,7 @@ class ActorRuntime:
             queue=self.queue,
             started=self.started,
             active_keys=sum(1 for a in self.activations.values() if a.state is State.ACTIVE),
-            running_keys=sum(1 for a in self.activations.values() if a.task is not None),
+            running_keys=sum(1 for a in self.activations.values() if a.task is not None and a.waiter is None),
             buffered=sum(len(a.mailbox) for a in self.activations.values()),
             activations=s.activations,
             activation_failures=s.activation_failures,

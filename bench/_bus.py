@@ -545,7 +545,15 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
               (Metric("request_many", "msgs/s", tp),), 20_000, 5_000, {"size": SMALL}),
         Bench("transfer", "one chunked transfer of N MiB to a subscriber", tr_c, tr_n,
               (Metric("transfer", "MB/s", tp),), 64, 16, {"unit_of_count": "MiB"}),
+        *_layer_benches(),
     ]  # fmt: skip
+
+
+def _layer_benches() -> list[Bench]:
+    """Rows of the layers above the bus (imported here: they import this module's helpers)."""
+    from ._actors import actor_benches
+
+    return actor_benches()
 
 
 BENCH_NAMES: Final = tuple(b.name for b in make_benches())
@@ -610,7 +618,7 @@ async def run(
     print()
     print(format_table(report.rows, metrics))
     print()
-    print(format_resources(all_runs))
+    print(format_resources(all_runs, {name: b.baseline for name, b in benches.items()}))
     _print_verdict(report.rows, metrics)
     return report
 

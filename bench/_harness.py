@@ -102,6 +102,8 @@ class Metric:
     target: float
     key: str | None = None
     higher_is_better: bool = True
+    informational: bool = False
+    """A figure to print (e.g. memory), with no target to pass."""
 
     def of(self, sample: Sample) -> float:
         return sample.value if self.key is None else sample.extra[self.key]
@@ -110,10 +112,14 @@ class Metric:
         return max(values) if self.higher_is_better else min(values)
 
     def passes(self, ratio: float) -> bool:
+        if self.informational:
+            return True
         return ratio >= self.target if self.higher_is_better else ratio <= self.target
 
     @property
     def target_text(self) -> str:
+        if self.informational:
+            return "-"
         return f"{'>=' if self.higher_is_better else '<='} {self.target:.2f}"
 
 
@@ -130,6 +136,8 @@ class Bench:
     count: int
     quick_count: int
     params: dict[str, Any] = field(default_factory=dict)
+    baseline: str = "nats-py"
+    """What the second side is (the table's baseline column)."""
 
     def side(self, side: Side) -> Measure:
         return self.conat if side == "conat" else self.nats_py
@@ -265,7 +273,7 @@ async def run_bench(
             cpu = sample.extra.get(CPU_KEY)
             cpu_text = "" if cpu is None else f"cpu {_fmt(cpu)} us/op, "
             log(
-                f"  {bench.name:<14} {SIDE_LABEL[side]:<7} rep {rep + 1}/{reps}: {figures}"
+                f"  {bench.name:<14} {_label(side, bench.baseline):<8} rep {rep + 1}/{reps}: {figures}"
                 f"  [{sample.elapsed_s:.2f}s; {cpu_text}rss {res.rss_mb:.0f} MB,"
                 f" max rss {res.max_rss_mb:.0f} MB, tasks {res.tasks}]"
             )
@@ -309,8 +317,8 @@ def _fmt(value: float) -> str:
 
 
 def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
-    """Fixed-width ``row | unit | conat | nats-py | ratio | target | ok``."""
-    header = ("row", "unit", "conat", "nats-py", "ratio", "target", "ok")
+    """Fixed-width ``row | unit | conat | baseline | ratio | target | ok``."""
+    header = ("row", "unit", "conat", "baseline", "ratio", "target", "ok")
     body = [
         (
             r.name,
@@ -319,7 +327,7 @@ def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
             _fmt(r.nats_py),
             f"{r.ratio:.2f}",
             metrics[r.name].target_text,
-            "ok" if r.ok else "FAIL",
+            "-" if metrics[r.name].informational else "ok" if r.ok else "FAIL",
         )
         for r in rows
     ]
@@ -337,7 +345,11 @@ def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
     return "\n".join([render(header), rule, *(render(line) for line in body)])
 
 
-def format_resources(runs: dict[str, list[SideRun]]) -> str:
+def _label(side: Side, baseline: str) -> str:
+    return SIDE_LABEL["conat"] if side == "conat" else baseline
+
+
+def format_resources(runs: dict[str, list[SideRun]], baselines: dict[str, str] | None = None) -> str:
     """Per bench and side: best CPU us/op, then RSS and task count after its last run.
 
     ``tasks`` counts live asyncio tasks with the side's connections closed: 1 is the harness's own
@@ -346,7 +358,7 @@ def format_resources(runs: dict[str, list[SideRun]]) -> str:
     shared machine.
     """
     head = (
-        f"{'bench':<14} | {'side':<7} | {'cpu us/op':>9} | {'rss MB':>6} | {'max rss MB':>10} | {'tasks':>5}"
+        f"{'bench':<14} | {'side':<8} | {'cpu us/op':>9} | {'rss MB':>6} | {'max rss MB':>10} | {'tasks':>5}"
     )
     lines = [head, "-" * len(head)]
     for name, bench_runs in runs.items():
@@ -356,7 +368,7 @@ def format_resources(runs: dict[str, list[SideRun]]) -> str:
             cpu = _fmt(min(cpus)) if cpus else "-"
             res = mine[-1].resources
             lines.append(
-                f"{name:<14} | {SIDE_LABEL[side]:<7} | {cpu:>9} | {res.rss_mb:>6.0f} | {res.max_rss_mb:>10.0f}"
+                f"{name:<14} | {_label(side, (baselines or {}).get(name, 'nats-py')):<8} | {cpu:>9} | {res.rss_mb:>6.0f} | {res.max_rss_mb:>10.0f}"
                 f" | {res.tasks:>5}"
             )
     return "\n".join(lines)

@@ -133,10 +133,18 @@ def make_proxy(
     return cast(T, _Proxy(client, protocol, subject, _namespace(protocol, namespace), timeout))
 
 
-class _Endpoint:
-    """One method of a class, with its signature (``self`` dropped) and resolved parameter types."""
+_EXACT: Final = frozenset({bytes, str, int, float, bool})
+"""Annotations whose values need no conversion when the decoded value already has that exact type."""
 
-    __slots__ = ("fn", "params", "signature")
+
+class _Endpoint:
+    """One method of a class, with its signature (``self`` dropped) and resolved parameter types.
+
+    Calls with positional arguments only (what proxies send) take a fast path that skips
+    ``Signature.bind``; anything else is bound by the signature, which names what is wrong.
+    """
+
+    __slots__ = ("fn", "params", "positional", "required", "signature")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
@@ -144,8 +152,28 @@ class _Endpoint:
         self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])
         hints = _hints(fn)
         self.params = {name: hints.get(name, Any) for name in self.signature.parameters}
+        simple = all(
+            p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            or (p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty)
+            for p in self.signature.parameters.values()
+        )
+        plain = [
+            (name, self.params[name])
+            for name, p in self.signature.parameters.items()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
+        self.positional: tuple[tuple[str, Any], ...] | None = tuple(plain) if simple else None
+        self.required = sum(
+            1 for p in self.signature.parameters.values() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+        )
 
     def bind(self, request: RpcRequest) -> tuple[list[Any], dict[str, Any]]:
+        positional = self.positional
+        if positional is not None and not request.kwargs and self.required <= len(request.args) <= len(positional):
+            return [
+                self._convert(request.name, name, value, annotation)
+                for (name, annotation), value in zip(positional, request.args, strict=False)
+            ], {}
         try:
             bound = self.signature.bind(*request.args, **request.kwargs)
         except TypeError as e:
@@ -153,19 +181,21 @@ class _Endpoint:
         args: dict[str, Any] = {}
         for name, value in bound.arguments.items():
             kind = self.signature.parameters[name].kind
-            annotation = self.params.get(name, Any)
-            if annotation is Any or kind in (
-                inspect.Parameter.VAR_POSITIONAL,
-                inspect.Parameter.VAR_KEYWORD,
-            ):
+            if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                 args[name] = value
                 continue
-            try:
-                args[name] = msgspec.convert(value, annotation)
-            except (msgspec.ValidationError, TypeError) as e:
-                raise RemoteError(BAD_REQUEST, f"{request.name}: argument {name!r}: {e}") from None
+            args[name] = self._convert(request.name, name, value, self.params.get(name, Any))
         bound.arguments.update(args)
         return list(bound.args), dict(bound.kwargs)
+
+    @staticmethod
+    def _convert(method: str, name: str, value: Any, annotation: Any) -> Any:
+        if annotation is Any or (type(value) is annotation and annotation in _EXACT):
+            return value
+        try:
+            return msgspec.convert(value, annotation)
+        except (msgspec.ValidationError, TypeError) as e:
+            raise RemoteError(BAD_REQUEST, f"{method}: argument {name!r}: {e}") from None
 
 
 @final
