@@ -552,8 +552,9 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
 def _layer_benches() -> list[Bench]:
     """Rows of the layers above the bus (imported here: they import this module's helpers)."""
     from ._actors import actor_benches
+    from ._socket import socket_benches
 
-    return actor_benches()
+    return [*actor_benches(), *socket_benches()]
 
 
 BENCH_NAMES: Final = tuple(b.name for b in make_benches())

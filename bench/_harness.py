@@ -179,6 +179,8 @@ class RowResult:
     ratio_paired: float
     """Median over reps of conat/nats-py within one rep (the two ran back to back): drift-proof."""
     samples: dict[str, list[float]]
+    informational: bool = False
+    """A printed figure with no target (its ratio is 0 and means nothing)."""
 
 
 @final
@@ -283,10 +285,14 @@ async def run_bench(
             side: [metric.of(r.sample) for r in runs if r.side == side] for side in SIDES
         }
         c, n = metric.best(samples["conat"]), metric.best(samples["nats_py"])
-        ratio = c / n if n else float("inf")
-        paired = statistics.median(
-            a / b if b else float("inf") for a, b in zip(samples["conat"], samples["nats_py"], strict=True)
-        )
+        if metric.informational:  # a figure to print, not a ratio to judge (the baseline may be 0)
+            ratio = paired = 0.0
+        else:
+            ratio = c / n if n else float("inf")
+            paired = statistics.median(
+                a / b if b else float("inf")
+                for a, b in zip(samples["conat"], samples["nats_py"], strict=True)
+            )
         rows.append(
             RowResult(
                 name=metric.name,
@@ -300,6 +306,7 @@ async def run_bench(
                 ok=metric.passes(ratio),
                 ratio_paired=paired,
                 samples=samples,
+                informational=metric.informational,
             )
         )
     return rows, runs
@@ -325,7 +332,7 @@ def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
             r.unit,
             _fmt(r.conat),
             _fmt(r.nats_py),
-            f"{r.ratio:.2f}",
+            "-" if r.informational else f"{r.ratio:.2f}",
             metrics[r.name].target_text,
             "-" if metrics[r.name].informational else "ok" if r.ok else "FAIL",
         )
