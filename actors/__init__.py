@@ -12,6 +12,7 @@ from ._actor import Actor as Actor
 from ._actor import ActorSpec as ActorSpec
 from ._errors import ACTIVATION_FAILED as ACTIVATION_FAILED
 from ._errors import BUSY as BUSY
+from ._errors import LOOP_DETECTED as LOOP_DETECTED
 from ._errors import STOPPING as STOPPING
 from ._errors import ActorDefinitionError as ActorDefinitionError
 from ._errors import ActorError as ActorError
@@ -50,6 +51,7 @@ __all__ = [
     "Escalate",
     "Escalation",
     "IllegalTransition",
+    "LOOP_DETECTED",
     "MailboxStatistics",
     "MemoryReminderStore",
     "Reminder",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from conat import ConatError, Message
 from conat._service import error_reply, respond_error, respond_result
 
+from ._chain import CHAIN_HEADER, current_chain, parse
 from ._errors import STOPPING, BrokenInvariant
 from ._mailbox import Mailbox
 from ._policy import Backoff
@@ -177,6 +178,11 @@ class Activation:
         self.state = target
 
     @property
+    def ident(self) -> str:
+        """``Name/key``: this activation in a call chain."""
+        return f"{self.runtime.spec.name}/{self.key}"
+
+    @property
     def idle(self) -> bool:
         """Nothing queued and no turn running (its task, if any, only lingers)."""
         return not self.mailbox and (self.task is None or self.waiter is not None)
@@ -219,9 +225,17 @@ class Activation:
                     continue
                 mailbox.get()
                 if isinstance(item, Message):
-                    await self._message_turn(item)
+                    token = current_chain.set((*parse(item.header(CHAIN_HEADER)), self.ident))
+                    try:
+                        await self._message_turn(item)
+                    finally:
+                        current_chain.reset(token)
                 else:
-                    await self._call_turn(item)
+                    token = current_chain.set((self.ident,))
+                    try:
+                        await self._call_turn(item)
+                    finally:
+                        current_chain.reset(token)
                 if self.passivate_requested and self.state is State.ACTIVE:
                     await self.deactivate()
         finally:

@@ -10,7 +10,8 @@
 Codes callers see in :class:`conat.RemoteError` from the runtime itself (not from a handler):
 ``429`` the key's mailbox is full, ``503`` the actor is stopping, ``404``/``400`` unknown method or
 bad arguments, ``500`` an unexpected handler error, ``"activation-failed"`` the message crashed the
-key's activation repeatedly and went to the dead-letter subject.
+key's activation repeatedly and went to the dead-letter subject, ``508`` a reentrant call that
+would deadlock (the key is already waiting in the call chain).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from conat import ConatError, ErrorCode
 __all__ = [
     "ACTIVATION_FAILED",
     "BUSY",
+    "LOOP_DETECTED",
     "STOPPING",
     "ActorDefinitionError",
     "ActorError",
@@ -31,6 +33,7 @@ __all__ = [
 
 BUSY: Final = 429
 STOPPING: Final = 503
+LOOP_DETECTED: Final = 508
 ACTIVATION_FAILED: Final = "activation-failed"
 
 

@@ -32,7 +32,8 @@ from conat._service import Dispatcher, respond_error
 
 from ._activation import PASSIVATE, Activation, State, _Call
 from ._actor import Actor, ActorSpec
-from ._errors import ACTIVATION_FAILED, STOPPING, Escalation
+from ._chain import CHAIN_HEADER, parse, refusal
+from ._errors import ACTIVATION_FAILED, LOOP_DETECTED, STOPPING, Escalation
 from ._mailbox import MailboxStatistics
 from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
@@ -268,6 +269,13 @@ class ActorRuntime:
                 self.spawn(respond_error(msg, STOPPING, f"actor {self.spec.name} is stopping"))
             return
         key = self.spec.key_of(msg.subject)
+        chain = msg.header(CHAIN_HEADER)
+        if chain is not None:
+            why = refusal(parse(chain), f"{self.spec.name}/{key}")
+            if why is not None:
+                if msg.reply:
+                    self.spawn(respond_error(msg, LOOP_DETECTED, why))
+                return
         activations = self.activations
         act = activations.get(key)
         now = self.clock.now()

@@ -24,6 +24,7 @@ from conat import JSON, Client, ConatError, Message, Subscription
 from conat._clock import Clock, SystemClock
 
 from ._actor import Actor
+from ._chain import chain_headers
 from ._errors import ActorDefinitionError, Escalation
 from ._micro import SRV_PATTERN, micro_response, targets
 from ._policy import Escalate, RestartPolicy, RestartTracker
@@ -44,9 +45,12 @@ def actor_proxy(
 ) -> A:
     """A typed proxy calling the endpoints of ``cls`` for ``key``: ``await proxy.method(...)``.
 
-    Raises :class:`ActorDefinitionError` if ``key`` does not fit the actor's subject pattern.
+    Called from inside an actor's turn, the proxy sends the call chain along, so a call that would
+    come back to a key already waiting in the chain is refused at once with 508 instead of
+    deadlocking until the timeout. Raises :class:`ActorDefinitionError` if ``key`` does not fit
+    the actor's subject pattern.
     """
-    return client.service(cls, cls.spec().subject_for(key, tail), timeout=timeout)
+    return client.service(cls, cls.spec().subject_for(key, tail), timeout=timeout, headers=chain_headers)
 
 
 class ActorSystem:

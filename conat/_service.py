@@ -94,10 +94,19 @@ def _return_type(fn: Callable[..., Any]) -> Any:
 class _Proxy:
     """A dynamic object whose attributes are the protocol's methods, sending RPC requests."""
 
-    def __init__(self, client: Client, protocol: type, subject: str, namespace: str, timeout: float) -> None:
+    def __init__(
+        self,
+        client: Client,
+        protocol: type,
+        subject: str,
+        namespace: str,
+        timeout: float,
+        headers: Callable[[], dict[str, str] | None] | None,
+    ) -> None:
         self._client = client
         self._subject = subject
         self._timeout = timeout
+        self._headers = headers
         self._methods: dict[str, Callable[..., Any]] = {}
         for name, fn in rpc_methods(protocol).items():
             self._methods[name] = self._make_method(_qualify(namespace, name), _return_type(fn))
@@ -107,7 +116,8 @@ class _Proxy:
 
         async def call(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
             body = RpcRequest(qualified, list(args), kwargs)
-            msg = await client.request(subject, body, timeout=timeout or self._timeout)
+            headers = self._headers() if self._headers is not None else None
+            msg = await client.request(subject, body, timeout=timeout or self._timeout, headers=headers)
             if result_type is Any:
                 return msg.data
             return msg.decode(result_type)
@@ -126,11 +136,17 @@ class _Proxy:
 
 
 def make_proxy(
-    client: Client, protocol: Callable[..., T], subject: str, *, timeout: float, namespace: str | None = None
+    client: Client,
+    protocol: Callable[..., T],
+    subject: str,
+    *,
+    timeout: float,
+    namespace: str | None = None,
+    headers: Callable[[], dict[str, str] | None] | None = None,
 ) -> T:
     if not isinstance(protocol, type):
         raise TypeError(f"service() takes a class (a Protocol), not {protocol!r}")
-    return cast(T, _Proxy(client, protocol, subject, _namespace(protocol, namespace), timeout))
+    return cast(T, _Proxy(client, protocol, subject, _namespace(protocol, namespace), timeout, headers))
 
 
 _EXACT: Final = frozenset({bytes, str, int, float, bool})

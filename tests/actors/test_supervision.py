@@ -11,6 +11,7 @@ import pytest
 import conat
 from actors import (
     ACTIVATION_FAILED,
+    LOOP_DETECTED,
     Actor,
     ActorSystem,
     BrokenInvariant,
@@ -167,3 +168,45 @@ async def test_escalation_beyond_the_system_policy_fails_the_system(
     assert not runtime.accepting
     with pytest.raises(conat.NoResponders):
         await proxy.ok()
+
+
+class Ping(Actor, subject="chain.ping.*"):
+    async def me(self) -> str:
+        return await actor_proxy(self.client, Ping, self.key, timeout=5).leaf()
+
+    async def leaf(self) -> str:
+        return "unreachable"
+
+    async def other(self, key: str) -> str:
+        return await actor_proxy(self.client, Pong, key, timeout=5).back(self.key)
+
+    async def plain(self) -> str:
+        return "ping"
+
+
+class Pong(Actor, subject="chain.pong.*"):
+    async def back(self, key: str) -> str:
+        return await actor_proxy(self.client, Ping, key, timeout=5).plain()
+
+    async def fine(self) -> str:
+        return await actor_proxy(self.client, Ping, "elsewhere", timeout=5).plain()
+
+
+async def test_reentrant_calls_are_refused_instead_of_deadlocking(
+    system: ActorSystem, client: conat.Client
+) -> None:
+    await system.start(Ping)
+    await system.start(Pong)
+    # a key calling itself: refused at once with 508 (not a 5 s timeout), and the actor lives on
+    with pytest.raises(RemoteError) as e:
+        await actor_proxy(client, Ping, "a").me()
+    assert e.value.code == LOOP_DETECTED
+    assert "Ping/a -> Ping/a" in e.value.remote_message
+    # A -> B -> A through another actor type
+    with pytest.raises(RemoteError) as e:
+        await actor_proxy(client, Ping, "a").other("b")
+    assert e.value.code == LOOP_DETECTED
+    assert "Ping/a -> Pong/b -> Ping/a" in e.value.remote_message
+    # a chain that does not come back is fine
+    assert await actor_proxy(client, Pong, "c").fine() == "ping"
+    assert await actor_proxy(client, Ping, "a").plain() == "ping"

@@ -1,0 +1,41 @@
+"""The actor call chain: detecting calls that would deadlock (a turn waiting on its own mailbox).
+
+A key runs one turn at a time, so a turn that calls its own key, directly or through other actors
+(A → B → A), waits forever behind itself. Each turn records the chain of ``Name/key`` activations
+that led to it in a context variable; :func:`actor_proxy` sends it in the ``Conat-Chain`` header;
+the router refuses, before queueing, a message whose chain already contains the target key (code
+508, "loop detected") or is deeper than :data:`MAX_DEPTH` (Dapr's default reentrancy depth).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Final
+
+__all__ = ["CHAIN_HEADER", "MAX_DEPTH", "chain_headers", "current_chain", "refusal"]
+
+CHAIN_HEADER: Final = "Conat-Chain"
+MAX_DEPTH: Final = 32
+_SEPARATOR: Final = " "  # never inside a subject token, so never inside a key or an actor name
+
+current_chain: ContextVar[tuple[str, ...]] = ContextVar("conat_actor_chain", default=())
+
+
+def chain_headers() -> dict[str, str] | None:
+    """Headers that carry the current turn's call chain (None outside any turn)."""
+    chain = current_chain.get()
+    return {CHAIN_HEADER: _SEPARATOR.join(chain)} if chain else None
+
+
+def parse(value: str | None) -> tuple[str, ...]:
+    return tuple(value.split(_SEPARATOR)) if value else ()
+
+
+def refusal(chain: tuple[str, ...], target: str) -> str | None:
+    """Why a call with ``chain`` must not be queued for ``target`` (None: it may)."""
+    if target in chain:
+        path = " -> ".join((*chain[chain.index(target) :], target))
+        return f"reentrant call would deadlock: {path}"
+    if len(chain) >= MAX_DEPTH:
+        return f"call chain deeper than {MAX_DEPTH} actors: {' -> '.join(chain[:3])} -> ..."
+    return None
