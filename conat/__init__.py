@@ -21,16 +21,23 @@ from ._errors import BadURL as BadURL
 from ._errors import ClosedError as ClosedError
 from ._errors import ConatError as ConatError
 from ._errors import ConnectError as ConnectError
+from ._errors import EndOfStream as EndOfStream
 from ._errors import ErrorCode as ErrorCode
 from ._errors import Forbidden as Forbidden
 from ._errors import NoResponders as NoResponders
 from ._errors import PayloadError as PayloadError
 from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import PeerDead as PeerDead
 from ._errors import PortInUse as PortInUse
 from ._errors import RemoteError as RemoteError
 from ._errors import ServerBinaryNotFound as ServerBinaryNotFound
 from ._errors import ServerConfigRejected as ServerConfigRejected
 from ._errors import ServerError as ServerError
+from ._errors import SocketBusy as SocketBusy
+from ._errors import SocketClosed as SocketClosed
+from ._errors import SocketError as SocketError
+from ._errors import SocketProtocolError as SocketProtocolError
+from ._errors import SocketReset as SocketReset
 from ._errors import Timeout as Timeout
 from ._message import Message as Message
 from ._server import NatsServer as NatsServer
@@ -39,6 +46,12 @@ from ._server_config import LeafNodeConfig as LeafNodeConfig
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import RpcRequest as RpcRequest
+from ._socket import Socket as Socket
+from ._socket import SocketMessage as SocketMessage
+from ._socket import SocketServer as SocketServer
+from ._socket import SocketServerStatistics as SocketServerStatistics
+from ._socket import SocketStatistics as SocketStatistics
+from ._socket_protocol import SocketState as SocketState
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
@@ -53,6 +66,7 @@ __all__ = [
     "Codec",
     "ConatError",
     "ConnectError",
+    "EndOfStream",
     "ErrorCode",
     "FakeClock",
     "Forbidden",
@@ -65,6 +79,7 @@ __all__ = [
     "NoResponders",
     "PayloadError",
     "PayloadTooLarge",
+    "PeerDead",
     "PortInUse",
     "RAW",
     "RemoteError",
@@ -73,6 +88,17 @@ __all__ = [
     "ServerConfig",
     "ServerConfigRejected",
     "ServerError",
+    "Socket",
+    "SocketBusy",
+    "SocketClosed",
+    "SocketError",
+    "SocketMessage",
+    "SocketProtocolError",
+    "SocketReset",
+    "SocketServer",
+    "SocketServerStatistics",
+    "SocketState",
+    "SocketStatistics",
     "Subscription",
     "SubscriptionStatistics",
     "SystemClock",

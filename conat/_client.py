@@ -27,7 +27,7 @@ import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
 from subjects import Permissions, validate_pattern, validate_subject
 
@@ -48,6 +48,10 @@ from ._paths import read_state
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
 from ._transfer import TransferEngine
 from ._transport import PermissionViolation, Transport, TransportEvents, check_url
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._socket import Socket, SocketServer
 
 __all__ = ["Client", "ClientState", "ClientStatistics", "connect"]
 
@@ -689,15 +693,18 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         namespace: str | None = None,
+        headers: Callable[[], dict[str, str] | None] | None = None,
     ) -> T:
         """A typed proxy: ``await client.service(Api, subject).method(...)`` sends an RPC request.
 
         The namespace is ``namespace``, else the protocol's ``__conat_namespace__``, else none.
         ``protocol`` is typed as a callable so that mypy accepts a ``typing.Protocol`` class.
+        ``headers``, if given, is called at each call for headers to send with it (call context
+        such as the actor call chain).
         """
         from ._service import make_proxy
 
-        return make_proxy(self, protocol, subject, timeout=timeout, namespace=namespace)
+        return make_proxy(self, protocol, subject, timeout=timeout, namespace=namespace, headers=headers)
 
     async def serve(
         self,
@@ -712,6 +719,57 @@ class Client:
         from ._service import serve
 
         return await serve(self, subject, impl, queue=queue, namespace=namespace, concurrency=concurrency)
+
+    # -- reliable sockets ------------------------------------------------------------------
+    async def socket_listen(
+        self,
+        subject: str,
+        *,
+        clock: Clock | None = None,
+        backlog: int = 1024,
+        window: int | None = None,
+        max_message: int | None = None,
+        keepalive: float | None = None,
+        peer_timeout: float | None = None,
+    ) -> SocketServer:
+        """Accept reliable socket connections on ``subject`` (a pattern: ``watch.*``).
+
+        Iterate the returned :class:`SocketServer` (or ``await server.accept()``) for connections;
+        each one's ``subject`` is the concrete subject its client connected on. ``window`` is the
+        credit granted to each client (bytes), ``max_message`` the largest message (16 MiB),
+        ``keepalive`` / ``peer_timeout`` the idle ping and dead-peer times (10 s / 30 s).
+        See :mod:`conat._socket`.
+        """
+        from ._socket import listen
+
+        return await listen(
+            self, subject, clock=clock, backlog=backlog, window=window, max_message=max_message,
+            keepalive=keepalive, peer_timeout=peer_timeout,
+        )  # fmt: skip
+
+    async def socket_connect(
+        self,
+        subject: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Clock | None = None,
+        window: int | None = None,
+        max_message: int | None = None,
+        keepalive: float | None = None,
+        peer_timeout: float | None = None,
+    ) -> Socket:
+        """Connect a reliable socket to the server listening on ``subject`` (a concrete subject).
+
+        Returns once the connection is open. Raises :class:`Timeout` (408) if no server accepted
+        within ``timeout`` seconds, :class:`NoResponders` (503) if nobody listened meanwhile,
+        :class:`SocketReset` if the server refused (its backlog is full), :class:`Forbidden`.
+        """
+        from ._socket import connect_socket
+
+        return await connect_socket(
+            self, subject, timeout=timeout, clock=clock, window=window, max_message=max_message,
+            keepalive=keepalive, peer_timeout=peer_timeout,
+        )  # fmt: skip
 
 
 class _Expired(Exception):

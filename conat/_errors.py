@@ -14,6 +14,13 @@ builds its own message from them. Callers branch on the class or on ``code``, ne
     ├── RemoteError                  <handler>   the handler replied with an error
     ├── PayloadError                 400         a payload could not be encoded or decoded
     ├── PayloadTooLarge              413         a payload is over a size cap
+    ├── SocketError                  "socket"    a reliable socket (conat._socket) failed
+    │   ├── SocketBusy               429         the send window is full (``send_nowait``)
+    │   ├── SocketClosed             "closed"    the socket is closed, by us or by the peer
+    │   ├── EndOfStream              "eof"       the peer sent end of stream: nothing more will come
+    │   ├── PeerDead                 408         nothing heard from the peer within ``peer_timeout``
+    │   ├── SocketReset              "reset"     the peer aborted, or does not know the connection
+    │   └── SocketProtocolError      "protocol"  an illegal lifecycle transition or a malformed frame
     └── ServerError                  "server"    managing a local nats-server failed
         ├── ServerBinaryNotFound     "server-binary-not-found"
         ├── PortInUse                "port-in-use"
@@ -32,16 +39,23 @@ __all__ = [
     "ClosedError",
     "ConatError",
     "ConnectError",
+    "EndOfStream",
     "ErrorCode",
     "Forbidden",
     "NoResponders",
     "PayloadError",
     "PayloadTooLarge",
+    "PeerDead",
     "PortInUse",
     "RemoteError",
     "ServerBinaryNotFound",
     "ServerConfigRejected",
     "ServerError",
+    "SocketBusy",
+    "SocketClosed",
+    "SocketError",
+    "SocketProtocolError",
+    "SocketReset",
     "Timeout",
 ]
 
@@ -154,6 +168,82 @@ class PayloadTooLarge(ConatError, ValueError):
         self.limit = limit
         self.what = what
         super().__init__(f"{what} of {size} bytes is over the limit of {limit} bytes")
+
+
+class SocketError(ConatError):
+    """A reliable socket failed. ``subject`` is the socket's concrete subject (or pattern)."""
+
+    code: ErrorCode = "socket"
+
+    def __init__(self, subject: str, detail: str) -> None:
+        self.subject = subject
+        self.detail = detail
+        # Not super(): SocketClosed is also a ClosedError, whose __init__ builds another message.
+        ConatError.__init__(self, f"socket on {subject!r}: {detail}")
+
+
+class SocketBusy(SocketError):
+    """The send window is full: the peer has not granted credit for more (anyio's ``WouldBlock``).
+
+    Raised by ``send_nowait``; ``send`` waits instead. Retry after the peer reads, or ``await send``.
+    """
+
+    code: ErrorCode = 429
+
+    def __init__(self, subject: str, unacked: int, window: int) -> None:
+        self.unacked = unacked
+        self.window = window
+        super().__init__(subject, f"send window is full ({unacked} bytes in flight, window {window} bytes)")
+
+
+class SocketClosed(SocketError, ClosedError):
+    """The socket is closed (for writing, or altogether), locally or by the peer. Also a ClosedError."""
+
+    code: ErrorCode = "closed"
+
+    def __init__(self, subject: str, how: str = "closed") -> None:
+        self.how = how
+        self.what = "socket"
+        super().__init__(subject, how)
+
+
+class EndOfStream(SocketError):
+    """The peer sent end of stream and every message before it has been read."""
+
+    code: ErrorCode = "eof"
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(subject, "end of stream")
+
+
+class PeerDead(SocketError, TimeoutError):
+    """Nothing (not even a keepalive) came from the peer for ``timeout`` seconds. Also a TimeoutError."""
+
+    code: ErrorCode = 408
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(subject, f"peer is dead: nothing heard from it for {timeout:g}s")
+
+
+class SocketReset(SocketError):
+    """The peer aborted the connection, or does not know it (it restarted, or closed it long ago).
+
+    ``reason_code`` is the peer's code (404 for an unknown connection, 503 for a full backlog).
+    """
+
+    code: ErrorCode = "reset"
+
+    def __init__(self, subject: str, reason_code: ErrorCode, reason: str) -> None:
+        self.reason_code = reason_code
+        self.reason = reason
+        super().__init__(subject, f"reset by peer ({reason_code}): {reason}")
+
+
+class SocketProtocolError(SocketError):
+    """A socket protocol rule was broken: an illegal lifecycle transition, or a malformed frame."""
+
+    code: ErrorCode = "protocol"
 
 
 class ServerError(ConatError):

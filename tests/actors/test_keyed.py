@@ -255,8 +255,6 @@ async def test_timers_tick_as_turns_and_die_with_the_activation(
 
 async def test_unkeyed_actor_shares_load_in_a_queue_group(nats_server: NatsServer) -> None:
     class Worker(Actor, subject="work.queue", queue="workers"):
-        served: list[str] = []  # noqa: RUF012 - test bookkeeping shared by instances
-
         async def job(self, n: int) -> str:
             return ACTIVE_SYSTEM[id(self._activation.runtime)]
 

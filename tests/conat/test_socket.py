@@ -1,0 +1,330 @@
+"""Reliable sockets on a real nats-server: order, many clients, requests, backpressure, close, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+import conat
+from conat import (
+    ClientState,
+    EndOfStream,
+    FakeClock,
+    NoResponders,
+    PayloadTooLarge,
+    PeerDead,
+    RemoteError,
+    Socket,
+    SocketBusy,
+    SocketClosed,
+    SocketReset,
+    SocketServer,
+    SocketState,
+    Timeout,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@contextlib.asynccontextmanager
+async def socket_pair(
+    url: str, subject: str, *, listen: dict[str, object] | None = None, **connect: object
+) -> AsyncIterator[tuple[Socket, Socket, SocketServer]]:
+    """A client socket on ``subject`` (its own bus connection) and the server's end of it."""
+    pattern = subject.rsplit(".", 1)[0] + ".*"
+    async with await conat.connect(url) as a, await conat.connect(url) as b:
+        server = await b.socket_listen(pattern, **listen or {})  # type: ignore[arg-type]
+        async with server:
+            sock = await a.socket_connect(subject, **connect)  # type: ignore[arg-type]
+            async with sock:
+                conn = await server.accept(timeout=5)
+                yield sock, conn, server
+
+
+async def test_ordered_delivery_both_ways_with_codecs_and_headers(nats_server) -> None:
+    async with socket_pair(nats_server.url, "order.one") as (sock, conn, _):
+        assert conn.subject == "order.one" and conn.id == sock.id and sock.state is SocketState.OPEN
+
+        async def pump(src: Socket, n: int) -> None:
+            for i in range(n):
+                await src.send(i)
+
+        await asyncio.gather(pump(sock, 500), pump(conn, 500))
+        assert [(await conn.recv(timeout=5)).data for _ in range(500)] == list(range(500))
+        assert [(await sock.recv(timeout=5)).data for _ in range(500)] == list(range(500))
+
+        await sock.send({"x": 1, "y": 2}, encoding="json", headers={"Trace": "t1"})
+        await sock.send(b"\x00\xff", encoding="raw")
+        await sock.send(Point(3, 4))
+        m1, m2, m3 = [await conn.recv(timeout=5) for _ in range(3)]
+        assert m1.decode(Point) == Point(1, 2) and m1.encoding == "json" and m1.headers == {"Trace": "t1"}
+        assert m2.raw == b"\x00\xff" and m2.data == b"\x00\xff" and m2.encoding == "raw"
+        assert m3.decode(Point) == Point(3, 4) and m3.subject == "order.one" and not m3.is_request
+        stats = sock.statistics()
+        assert stats.messages_sent == 503 and stats.messages_received == 500 and stats.state == "open"
+
+
+async def test_many_clients_one_server_by_subject_and_id(nats_server) -> None:
+    async with (
+        await conat.connect(nats_server.url) as b,
+        await conat.connect(nats_server.url) as c1,
+        await conat.connect(nats_server.url) as c2,
+        await b.socket_listen("many.*") as server,
+    ):
+        socks = [await (c1 if i % 2 else c2).socket_connect(f"many.project-{i}") for i in range(6)]
+        conns = [await server.accept(timeout=5) for _ in range(6)]
+        assert {c.subject for c in conns} == {f"many.project-{i}" for i in range(6)}
+        assert {c.id for c in conns} == {s.id for s in socks} and len({s.id for s in socks}) == 6
+        stats = server.statistics()
+        assert (stats.connections, stats.accepted, stats.pending_accept) == (6, 6, 0)
+        for s in socks:
+            await s.send(s.subject)
+        for c in conns:
+            assert (await c.recv(timeout=5)).data == c.subject  # identity lives in the subject
+            await c.send(f"hello {c.subject}")
+        for s in socks:
+            assert (await s.recv(timeout=5)).data == f"hello {s.subject}"
+        for s in socks:
+            await s.aclose()
+
+
+async def test_request_response_in_both_directions(nats_server) -> None:
+    async def answer(sock: Socket) -> None:
+        async for msg in sock:
+            if msg.data == "fail":
+                await msg.respond_error("EBAD", "no good")
+            else:
+                await msg.respond(msg.data * 2, headers={"Side": sock.subject})
+
+    async with socket_pair(nats_server.url, "rpc.one") as (sock, conn, _):
+        tasks = [asyncio.create_task(answer(sock)), asyncio.create_task(answer(conn))]
+        reply = await sock.request(21, timeout=5)
+        assert reply.data == 42 and reply.headers == {"Side": "rpc.one"}
+        assert (await conn.request("ab", timeout=5)).data == "abab"  # the server asks the client
+        assert [m.data for m in await asyncio.gather(*(sock.request(i, timeout=5) for i in range(20)))] == [
+            2 * i for i in range(20)
+        ]
+        with pytest.raises(RemoteError) as e:
+            await sock.request("fail", timeout=5)
+        assert e.value.code == "EBAD" and e.value.remote_message == "no good"
+        msg = await conn.request(1, timeout=5)
+        with pytest.raises(ValueError, match="not a request"):
+            await msg.respond(1)
+        await sock.send_eof()  # the server's answer loop ends at end of stream
+        await tasks[1]
+        assert sock.statistics().pending_requests == 0
+        tasks[0].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_backpressure_full_window_blocks_or_raises_busy(nats_server) -> None:
+    async with socket_pair(nats_server.url, "bp.one", listen={"window": 4096}) as (sock, conn, _):
+        sent = 0
+        with pytest.raises(SocketBusy) as e:
+            while True:
+                sock.send_nowait(b"x" * 100, encoding="raw")
+                sent += 1
+        assert e.value.code == 429 and 20 < sent < 40
+        await sock.drain(timeout=5)  # acknowledged: the server holds them, but nobody read them
+        assert sock.statistics().window == 0 and conn.statistics().buffered == sent
+        blocked = asyncio.create_task(sock.send(b"y", encoding="raw"))
+        await sock.drain(timeout=5)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not blocked.done()
+        for _ in range(sent):
+            assert (await conn.recv(timeout=5)).raw == b"x" * 100
+        await asyncio.wait_for(blocked, 5)
+        assert (await conn.recv(timeout=5)).raw == b"y"
+
+
+async def test_drain_waits_for_every_ack(nats_server) -> None:
+    async with socket_pair(nats_server.url, "drain.one") as (sock, conn, _):
+        for i in range(200):
+            await sock.send(i)
+        await sock.drain(timeout=5)
+        stats = sock.statistics()
+        assert stats.unacked == 0 and stats.unacked_bytes == 0 and stats.queued == 0
+        assert conn.statistics().buffered == 200
+
+
+async def test_close_gives_end_of_stream_after_the_last_message(nats_server) -> None:
+    async with socket_pair(nats_server.url, "eof.one") as (sock, conn, _):
+        await sock.send("last")
+        await sock.send_eof()
+        with pytest.raises(SocketClosed) as e:
+            await sock.send("too late")
+        assert e.value.code == "closed" and isinstance(e.value, conat.ClosedError)
+        assert [m.data async for m in conn] == ["last"]  # iteration ends at end of stream
+        with pytest.raises(EndOfStream) as eof:
+            await conn.recv(timeout=5)
+        assert eof.value.code == "eof"
+        await conn.send("after eof")  # half-closed: the other direction still works
+        assert (await sock.recv(timeout=5)).data == "after eof"
+        await conn.aclose()
+        with pytest.raises(EndOfStream):
+            await sock.recv(timeout=5)
+        for _ in range(100):
+            if sock.closed and conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert sock.state is conn.state is SocketState.CLOSED
+
+
+async def test_aclose_tells_the_peer(nats_server) -> None:
+    async with socket_pair(nats_server.url, "bye.one") as (sock, conn, server):
+        await sock.send(1)
+        await sock.aclose()
+        assert sock.closed
+        assert [m.data async for m in conn] == [1]
+        for _ in range(100):
+            if conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.closed
+        with pytest.raises(SocketClosed, match="closed by peer"):
+            await conn.send(2)
+        assert server.statistics().connections == 0
+
+
+async def test_abort_resets_the_peer(nats_server) -> None:
+    async with socket_pair(nats_server.url, "abort.one") as (sock, conn, _):
+        conn.abort("going away")
+        with pytest.raises(SocketReset) as e:
+            await sock.recv(timeout=5)
+        assert e.value.code == "reset" and e.value.reason_code == 410 and "going away" in str(e.value)
+
+
+async def test_large_message_is_fragmented_and_reassembled(nats_server) -> None:
+    async with socket_pair(nats_server.url, "big.one") as (sock, conn, _):
+        big = os.urandom(3 * 1024 * 1024)  # three times max_payload, and more than the window
+        await sock.send(big, encoding="raw")
+        await conn.send(big[::-1], encoding="raw")
+        assert (await conn.recv(timeout=10)).raw == big
+        assert (await sock.recv(timeout=10)).raw == big[::-1]
+        assert sock.statistics().frames_sent > 4
+
+
+async def test_oversized_message_is_413_and_the_socket_stays_usable(nats_server) -> None:
+    async with socket_pair(
+        nats_server.url, "cap.one", listen={"max_message": 10_000}, max_message=20_000
+    ) as (sock, conn, _):
+        with pytest.raises(PayloadTooLarge) as e:
+            await sock.send(b"x" * 10_001, encoding="raw")  # over the server's cap
+        assert e.value.code == 413 and e.value.limit == 10_000
+        with pytest.raises(PayloadTooLarge):
+            await conn.send(b"x" * 20_001, encoding="raw")  # over the client's cap
+        with pytest.raises(conat.PayloadError):
+            await sock.send(object())
+        await sock.send("fine")
+        assert (await conn.recv(timeout=5)).data == "fine"
+
+
+async def test_connect_errors(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as a:
+        with pytest.raises(NoResponders) as e:
+            await a.socket_connect("nobody.listens", timeout=0.3)
+        assert e.value.code == 503
+        with pytest.raises(conat.InvalidSubject):
+            await a.socket_connect("wild.*")
+        assert a.statistics().pending_requests == 0  # the socket's inbox route is gone
+
+
+async def test_unknown_connection_is_reset(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as a:
+        old = await conat.connect(nats_server.url)
+        first = await old.socket_listen("gone.*")
+        sock = await a.socket_connect("gone.one")
+        await first.accept(timeout=5)
+        await old.aclose()  # the serving process dies without a word...
+        async with (
+            await conat.connect(nats_server.url) as new,
+            await new.socket_listen("gone.*") as second,  # ...and comes back without its state
+        ):
+            await sock.send("hello?")
+            with pytest.raises(SocketReset) as e:
+                await sock.recv(timeout=5)
+            assert e.value.reason_code == 404 and "unknown connection" in str(e.value)
+            assert second.statistics().resets_sent >= 1
+        await sock.aclose()
+        await first.aclose()
+
+
+async def test_dead_peer_and_request_timeout_on_a_fake_clock(nats_server) -> None:
+    clock = FakeClock()
+    async with await conat.connect(nats_server.url) as a:
+        b = await conat.connect(nats_server.url)
+        server = await b.socket_listen("dead.*", clock=clock)
+        sock = await a.socket_connect("dead.one", clock=clock, keepalive=5, peer_timeout=15)
+        conn = await server.accept(timeout=5)
+        await sock.send(1)
+        assert (await conn.recv(timeout=5)).data == 1
+
+        request = asyncio.create_task(sock.request("unanswered", timeout=2))
+        await clock.advance(3)
+        with pytest.raises(Timeout) as t:
+            await request
+        assert t.value.code == 408 and "socket request" in str(t.value)
+        assert sock.state is SocketState.OPEN  # the peer still answers keepalives
+
+        await b.aclose()  # the server side goes away without a word (last heard from at t=0)
+        await clock.advance(11)  # t=14: pings at 5 and 10 went unanswered, not yet dead
+        assert sock.state is SocketState.OPEN
+        await clock.advance(2)  # t=16: past peer_timeout
+        assert sock.state is SocketState.CLOSED
+        with pytest.raises(PeerDead) as e:
+            await sock.recv()
+        assert e.value.code == 408 and isinstance(e.value, TimeoutError)
+        assert sock.statistics().frames_sent >= 3  # keepalive pings went out meanwhile
+        await sock.aclose()
+        await server.aclose()
+
+
+async def test_socket_survives_a_nats_server_restart(fresh_nats_server) -> None:
+    server = fresh_nats_server
+    async with (
+        await conat.connect(server.url, reconnect_time_wait=0.1) as a,
+        await conat.connect(server.url, reconnect_time_wait=0.1) as b,
+        await b.socket_listen("restart.*") as listener,
+    ):
+        sock = await a.socket_connect("restart.one")
+        conn = await listener.accept(timeout=5)
+        got: list[int] = []
+
+        async def read() -> None:
+            got.extend([msg.data async for msg in conn])
+
+        reader = asyncio.create_task(read())
+        for i in range(50):
+            await sock.send(i)
+        await sock.drain(timeout=5)
+
+        await server.kill()
+        for _ in range(500):
+            if a.state is ClientState.RECONNECTING and b.state is ClientState.RECONNECTING:
+                break
+            await asyncio.sleep(0.01)
+        for i in range(50, 100):
+            await sock.send(i)  # into nats-py's buffer, or nowhere
+        for i in range(30):
+            await conn.send(i)
+        await server.restart()
+        for i in range(100, 150):
+            await sock.send(i)
+
+        assert [(await sock.recv(timeout=10)).data for _ in range(30)] == list(range(30))
+        await sock.drain(timeout=10)
+        await sock.aclose()
+        await asyncio.wait_for(reader, 10)
+        assert got == list(range(150))  # nothing lost, duplicated or reordered
+        assert sock.statistics().retransmitted + conn.statistics().retransmitted > 0

@@ -1,0 +1,552 @@
+"""The socket protocol, pure: frames and explicit ``now`` in, events and frames out. No I/O, no sleeps."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conat import (
+    PayloadTooLarge,
+    PeerDead,
+    SocketBusy,
+    SocketClosed,
+    SocketProtocolError,
+    SocketReset,
+    Timeout,
+)
+from conat._socket_protocol import (
+    FRAME_COST,
+    TRANSITIONS,
+    Accept,
+    Ack,
+    Close,
+    ConnectionClosed,
+    Data,
+    Fin,
+    Frame,
+    Head,
+    MessageReceived,
+    Open,
+    Opened,
+    Ping,
+    Reset,
+    SocketConfig,
+    SocketProtocol,
+    SocketState,
+    StreamEnded,
+    decode_frame,
+    encode_frame,
+)
+
+SUBJECT = "sock.test"
+
+
+def make_pair(now: float = 0.0, **options: object) -> tuple[SocketProtocol, SocketProtocol]:
+    """A client and a server protocol, connected through a perfect channel."""
+    config = SocketConfig(**options)  # type: ignore[arg-type]
+    client = SocketProtocol("client", config, now, id="client-1", subject=SUBJECT)
+    server = SocketProtocol("server", config, now, subject=SUBJECT)
+    [open_] = client.connect(now)
+    assert isinstance(open_, Open)
+    assert server.receive(open_, now) == [Opened("client-1")]
+    [accept] = server.poll(now)
+    assert isinstance(accept, Accept)
+    assert client.receive(accept, now) == [Opened("")]
+    assert client.state is server.state is SocketState.OPEN
+    return client, server
+
+
+def deliver(frames: list[Frame], to: SocketProtocol, now: float) -> list[object]:
+    events: list[object] = []
+    for f in frames:
+        events.extend(to.receive(decode_frame(encode_frame(f)), now))
+    return events
+
+
+def exchange(
+    a: SocketProtocol, b: SocketProtocol, now: float, first: list[Frame] | None = None
+) -> list[object]:
+    """Pass frames both ways (perfect channel) until both are quiet; returns b's and a's events."""
+    events: list[object] = []
+    pending_ab = list(first or [])
+    pending_ba: list[Frame] = []
+    for _ in range(100):
+        events += deliver(pending_ab, b, now)
+        pending_ba += b.poll(now)
+        pending_ab = []
+        events += deliver(pending_ba, a, now)
+        pending_ab += a.poll(now)
+        pending_ba = []
+        if not pending_ab:
+            return events
+    raise AssertionError("the exchange never went quiet")
+
+
+def messages(events: list[object]) -> list[bytes]:
+    return [e.payload for e in events if isinstance(e, MessageReceived)]
+
+
+# -- frames ----------------------------------------------------------------------------------------
+
+
+def test_frames_round_trip_and_small_overhead() -> None:
+    frames: list[Frame] = [
+        Open("id", 10, 20),
+        Accept(10, 20),
+        Data(1, b"x" * 128),
+        Head(2, b"y", True, {"k": "v"}, "json", 3, 0, None),
+        Fin(3),
+        Ack(2, 1000, ((4, 6),)),
+        Ping(),
+        Close(),
+        Reset(404, "unknown connection"),
+    ]
+    for f in frames:
+        assert decode_frame(encode_frame(f)) == f
+    assert len(encode_frame(Data(1000, b"x" * 128))) - 128 <= 8
+    with pytest.raises(SocketProtocolError) as e:
+        decode_frame(b"\x00garbage")
+    assert e.value.code == "protocol" and "malformed frame" in str(e.value)
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="window"):
+        SocketConfig(window=1)
+    with pytest.raises(ValueError, match="frame_size"):
+        SocketConfig(frame_size=10)
+    with pytest.raises(ValueError, match="keepalive"):
+        SocketConfig(keepalive=-1)
+    with pytest.raises(ValueError, match="peer_timeout"):
+        SocketConfig(keepalive=10, peer_timeout=5)
+    with pytest.raises(ValueError, match="rto_max"):
+        SocketConfig(rto_min=2, rto_max=1)
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+
+def test_transition_table_is_exhaustive_and_everything_else_is_illegal() -> None:
+    triggers = ["accept", "send_eof", "finish", "close", "peer_close", "fail", "abort"]
+    for state, trigger in itertools.product(SocketState, triggers):
+        proto = SocketProtocol("client", SocketConfig(), 0.0, subject=SUBJECT)
+        proto.state = state
+        if (state, trigger) in TRANSITIONS:
+            proto._transition(trigger)  # type: ignore[arg-type]
+            assert proto.state is TRANSITIONS[state, trigger]
+        else:
+            with pytest.raises(SocketProtocolError) as e:
+                proto._transition(trigger)  # type: ignore[arg-type]
+            assert trigger in str(e.value) and state.value in str(e.value)
+    assert all(v is SocketState.CLOSED for (s, _), v in TRANSITIONS.items() if s is SocketState.CLOSING)
+
+
+def test_illegal_operations_raise_local_protocol_errors() -> None:
+    client, server = make_pair()
+    with pytest.raises(SocketProtocolError):
+        server.connect(0.0)  # only a client connects
+    with pytest.raises(SocketProtocolError):
+        client.connect(0.0)  # and only once
+    with pytest.raises(SocketProtocolError):
+        client.close(0.0)  # close() comes after send_eof()
+    client.send_eof(0.0)
+    with pytest.raises(SocketProtocolError):
+        client.send_eof(0.0)
+    client.close(0.0)
+    assert client.state is SocketState.CLOSED
+    with pytest.raises(SocketProtocolError):
+        client.abort(410, "again", 0.0)
+    fresh = SocketProtocol("client", SocketConfig(), 0.0, subject=SUBJECT)
+    with pytest.raises(SocketProtocolError, match="before the connection is open"):
+        fresh.send(b"x", 0.0)
+
+
+def test_open_is_retransmitted_until_accepted_then_times_out() -> None:
+    config = SocketConfig(connect_timeout=3.0, rto_min=0.5, rto_max=1.0)
+    client = SocketProtocol("client", config, 0.0, id="c", subject=SUBJECT)
+    assert isinstance(client.connect(0.0)[0], Open)
+    assert client.poll(0.4) == []
+    assert client.next_deadline() == 0.5
+    assert isinstance(client.poll(0.5)[0], Open)
+    assert isinstance(client.poll(1.5)[0], Open)  # backed off to rto_max
+    client.poll(3.0)
+    assert client.state is SocketState.CLOSED
+    assert isinstance(client.error, Timeout) and client.error.code == 408
+    assert "socket connect" in str(client.error)
+
+
+def test_duplicate_open_gets_the_accept_again() -> None:
+    client, server = make_pair()
+    server.receive(Open("client-1", 100, 100), 1.0)
+    assert [type(f) for f in server.poll(1.0)] == [Accept]
+    assert client.receive(Accept(100, 100), 1.0) == []  # a late duplicate changes nothing
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def test_ordered_delivery_both_ways_with_metadata() -> None:
+    client, server = make_pair()
+    frames = client.send(b"one", 0.0) + client.send(b"two", 0.0, headers={"k": "v"}, encoding="json")
+    events = deliver(frames, server, 0.0)
+    assert messages(events) == [b"one", b"two"]
+    second = events[1]
+    assert isinstance(second, MessageReceived)
+    assert second.headers == {"k": "v"} and second.encoding == "json"
+    events = deliver(server.send(b"back", 0.0, request=7), client, 0.0)
+    assert isinstance(events[0], MessageReceived) and events[0].request == 7
+    [ack] = server.poll(0.0)
+    assert isinstance(ack, Ack) and ack.ack == 2 and not ack.missing
+    client.receive(ack, 0.0)
+    assert client.drained and client.statistics().unacked == 0
+
+
+def test_fragmentation_and_reassembly() -> None:
+    client, server = make_pair(frame_size=300)
+    payload = bytes(range(256)) * 20  # 5120 bytes
+    frames = client.send(payload, 0.0, headers={"h": "x" * 50}, request=1)
+    assert len(frames) > 15 and all(len(encode_frame(f)) <= 300 for f in frames)
+    assert isinstance(frames[0], Head) and all(isinstance(f, Data) for f in frames[1:])
+    assert [f.more for f in frames if isinstance(f, Data | Head)] == [True] * (len(frames) - 1) + [False]
+    events = deliver(frames[:-1], server, 0.0)
+    assert events == []  # nothing until the last fragment
+    [msg] = deliver(frames[-1:], server, 0.0)
+    assert isinstance(msg, MessageReceived) and msg.payload == payload
+    assert msg.headers == {"h": "x" * 50} and msg.request == 1
+    assert msg.cost == len(payload) + FRAME_COST * len(frames)
+
+
+def test_metadata_too_large_for_a_frame_is_413() -> None:
+    client, _ = make_pair(frame_size=300)
+    with pytest.raises(PayloadTooLarge) as e:
+        client.send(b"x", 0.0, headers={"h": "y" * 400})
+    assert e.value.code == 413 and "metadata" in str(e.value)
+    assert client.writable
+
+
+def test_duplicates_are_dropped_and_gaps_are_held_and_reported() -> None:
+    client, server = make_pair()
+    frames = [f for i in range(5) for f in client.send(f"m{i}".encode(), 0.0)]
+    assert messages(deliver([frames[0], frames[0]], server, 0.0)) == [b"m0"]
+    assert server.statistics().duplicates_dropped == 1
+    assert deliver([frames[2], frames[4]], server, 0.0) == []
+    assert server.statistics().out_of_order == 2
+    [ack] = server.poll(0.0)
+    assert isinstance(ack, Ack) and ack.ack == 1 and ack.missing == ((2, 2), (4, 4))
+    assert messages(deliver([frames[1], frames[3]], server, 0.0)) == [b"m1", b"m2", b"m3", b"m4"]
+    [ack] = server.poll(0.0)
+    assert isinstance(ack, Ack) and ack.ack == 5 and not ack.missing
+
+
+def test_missing_ranges_are_resent_at_once_but_not_twice_in_a_row() -> None:
+    client, server = make_pair(rto_min=1.0, rto_max=4.0)
+    frames = [f for i in range(4) for f in client.send(f"m{i}".encode(), 0.0)]
+    deliver([frames[0], frames[3]], server, 0.0)
+    [ack] = server.poll(0.0)
+    client.receive(ack, 0.6)  # after rto_min / 2: resend what is missing now
+    resent = client.poll(0.6)
+    assert [f.seq for f in resent if isinstance(f, Data)] == [2, 3]
+    client.receive(ack, 0.7)  # the same nack again, too soon: nothing yet
+    assert [f for f in client.poll(0.7) if isinstance(f, Data)] == []
+    assert client.next_deadline() == pytest.approx(1.1)  # ...but it is not forgotten: due 0.6 + rto_min / 2
+    assert [f.seq for f in client.poll(1.1) if isinstance(f, Data)] == [2, 3]
+    assert client.statistics().retransmitted == 4
+
+
+def test_retransmit_when_acks_do_not_progress_with_backoff() -> None:
+    client, server = make_pair(rto_min=0.5, rto_max=2.0, keepalive=100, peer_timeout=1000)
+    lost = client.send(b"a", 0.0) + client.send(b"b", 0.0)
+    assert client.next_deadline() == 0.5
+    assert client.poll(0.4) == []
+    first = client.poll(0.5)
+    assert [f.seq for f in first if isinstance(f, Data)] == [1, 2]
+    assert client.statistics().rto == 1.0
+    second = client.poll(1.5)
+    assert [f.seq for f in second if isinstance(f, Data)] == [1, 2]
+    assert client.statistics().rto == 2.0
+    assert client.poll(3.0) == []  # capped at rto_max: next at 3.5
+    assert len([f for f in client.poll(3.5) if isinstance(f, Data)]) == 2
+    assert messages(deliver(lost, server, 3.5)) == [b"a", b"b"]
+    [ack] = server.poll(3.5)
+    client.receive(ack, 3.6)
+    assert client.drained and client.statistics().rto == 0.5
+    assert client.statistics().retransmitted == 6
+
+
+# -- credit ----------------------------------------------------------------------------------------
+
+
+def test_window_limits_unread_data_and_reading_reopens_it() -> None:
+    window = 10 * (100 + FRAME_COST)
+    client, server = make_pair(window=window)
+    sent: list[Frame] = []
+    while client.writable:
+        sent += client.send(b"x" * 100, 0.0)
+    assert len(sent) == 10
+    with pytest.raises(SocketBusy) as e:
+        client.send(b"y", 0.0)
+    assert e.value.code == 429 and "window" in str(e.value)
+    events = exchange(client, server, 0.0, sent)
+    received = [e for e in events if isinstance(e, MessageReceived)]
+    assert len(received) == 10
+    assert client.drained and not client.writable  # acknowledged, but nobody has read them
+    assert client.statistics().window == 0
+    for m in received[:2]:
+        server.consume(m.cost)
+    assert server.poll(0.0) == []  # a small read does not warrant a window update
+    for m in received[2:]:
+        server.consume(m.cost)
+    update = server.poll(0.0)
+    assert isinstance(update[0], Ack)
+    client.receive(update[0], 0.0)
+    assert client.writable and client.statistics().window == window
+
+
+def test_message_larger_than_the_window_still_gets_through() -> None:
+    client, server = make_pair(window=1000, frame_size=300)
+    payload = b"z" * 5000
+    frames = client.send(payload, 0.0)
+    assert client.statistics().queued > 0  # the rest waits for credit
+    events = exchange(client, server, 0.0, frames)
+    assert messages(events) == [payload]
+
+
+def test_window_probe_when_the_update_is_lost() -> None:
+    client, server = make_pair(window=500, frame_size=300, rto_min=0.5, keepalive=100, peer_timeout=1000)
+    frames = client.send(b"q" * 2000, 0.0)
+    deliver(frames, server, 0.0)
+    [ack] = server.poll(0.0)
+    client.receive(ack, 0.1)
+    assert client.statistics().queued > 0 and client.statistics().unacked == 0
+    assert client.next_deadline() == -math.inf or client.next_deadline() <= 0.1  # probe due now
+    probe = client.poll(0.1)
+    assert probe and isinstance(probe[0], Data | Ping)
+
+
+def test_max_message_is_enforced_on_both_sides() -> None:
+    client, server = make_pair(max_message=1000)
+    with pytest.raises(PayloadTooLarge) as e:
+        client.send(b"x" * 1001, 0.0)
+    assert e.value.code == 413 and e.value.size == 1001 and e.value.limit == 1000
+    assert client.writable  # still usable
+    big = SocketProtocol("client", SocketConfig(max_message=5000), 0.0, subject=SUBJECT)
+    big.state = SocketState.OPEN
+    big._peer_limit = 10**9
+    [event] = server.receive(big.send(b"x" * 2000, 0.0)[0], 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, PayloadTooLarge)
+    assert server.state is SocketState.CLOSED
+    [reset] = server.poll(0.0)
+    assert isinstance(reset, Reset) and reset.code == 413
+
+
+# -- keepalive -------------------------------------------------------------------------------------
+
+
+def test_keepalive_ping_and_dead_peer() -> None:
+    client, server = make_pair(keepalive=5.0, peer_timeout=15.0)
+    assert client.next_deadline() == 5.0
+    assert client.poll(4.9) == []
+    assert client.poll(5.0) == [Ping()]
+    server.receive(Ping(), 5.0)
+    [ack] = server.poll(5.0)
+    client.receive(ack, 5.1)  # heard from the peer: the dead-peer clock restarts
+    assert client.poll(20.0) == [Ping()]
+    assert client.state is SocketState.OPEN
+    client.poll(20.1)
+    assert client.state is SocketState.CLOSED
+    assert isinstance(client.error, PeerDead) and client.error.code == 408
+    assert isinstance(client.error, TimeoutError)
+    with pytest.raises(PeerDead):
+        client.send(b"x", 21.0)
+
+
+def test_link_down_pauses_timers_and_link_up_resends_everything() -> None:
+    client, server = make_pair(keepalive=5.0, peer_timeout=15.0)
+    lost = client.send(b"a", 1.0) + client.send(b"b", 1.0)
+    client.link_down(1.5)
+    assert client.next_deadline() is None
+    assert client.poll(100.0) == []
+    assert client.state is SocketState.OPEN  # an outage is not a dead peer
+    again = client.link_up(100.0)
+    assert [f.seq for f in again if isinstance(f, Data)] == [1, 2] and isinstance(again[-1], Ping)
+    assert messages(deliver(again, server, 100.0)) == [b"a", b"b"]
+    assert lost == again[:2]
+
+
+# -- close and EOF ---------------------------------------------------------------------------------
+
+
+def test_eof_after_the_last_message_then_close() -> None:
+    client, server = make_pair()
+    frames = client.send(b"last", 0.0) + client.send_eof(0.0)
+    assert client.state is SocketState.CLOSING
+    with pytest.raises(SocketClosed, match="closed for writing"):
+        client.send(b"more", 0.0)
+    events = deliver(frames, server, 0.0)
+    assert messages(events) == [b"last"] and isinstance(events[-1], StreamEnded)
+    assert server.eof_received and server.state is SocketState.OPEN  # half-closed: it may still send
+    events = exchange(server, client, 0.0, server.send(b"reply", 0.0))
+    assert messages(events) == [b"reply"]
+    assert client.drained
+    close = client.close(0.0)
+    assert client.state is SocketState.CLOSED and Close() in close
+    [event] = deliver(close, server, 0.0)
+    assert event == ConnectionClosed(None)
+    assert server.closed_by_peer
+    with pytest.raises(SocketClosed, match="closed by peer"):
+        server.send(b"x", 0.0)
+
+
+def test_both_sides_half_close_and_finish() -> None:
+    client, server = make_pair()
+    events = exchange(client, server, 0.0, client.send_eof(0.0))
+    assert any(isinstance(e, StreamEnded) for e in events)
+    events = exchange(server, client, 0.0, server.send_eof(0.0))
+    assert ConnectionClosed(None) in events
+    assert client.state is server.state is SocketState.CLOSED
+    assert client.error is None and server.error is None
+
+
+def test_close_before_eof_reaches_the_peer_is_an_error_for_it() -> None:
+    client, server = make_pair()
+    client.send_eof(0.0)  # the Fin is lost
+    [event] = server.receive(Close(), 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketClosed)
+    assert "before end of stream" in str(event.error)
+
+
+def test_reset_and_abort() -> None:
+    client, server = make_pair()
+    [event] = client.receive(Reset(404, "unknown connection"), 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketReset)
+    assert event.error.reason_code == 404 and "unknown connection" in str(event.error)
+    frames = server.abort(410, "bye", 0.0)
+    assert frames == [Reset(410, "bye")] and server.state is SocketState.CLOSED
+    with pytest.raises(SocketClosed, match="aborted: bye"):
+        server.send(b"x", 0.0)
+
+
+def test_protocol_violations_reset_the_peer() -> None:
+    _, server = make_pair()
+    server.receive(Fin(1), 0.0)
+    [event] = server.receive(Data(2, b"late"), 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketProtocolError)
+    assert "after end of stream" in str(event.error)
+    assert any(isinstance(f, Reset) and f.code == 400 for f in server.poll(0.0))
+
+
+# -- the property ----------------------------------------------------------------------------------
+
+
+class _Wire:
+    """One direction of a lossy, duplicating, reordering datagram channel."""
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+
+    def put(self, frames: list[Frame]) -> None:
+        self.frames.extend(encode_frame(f) for f in frames)
+
+
+def _simulate(
+    to_server: list[bytes],
+    to_client: list[bytes],
+    rng: random.Random,
+    drop: float,
+    dup: float,
+    reorder: float,
+) -> tuple[list[bytes], list[bytes], SocketProtocol, SocketProtocol]:
+    config = SocketConfig(
+        window=1500, frame_size=256, keepalive=2.0, peer_timeout=10_000.0, connect_timeout=10_000.0,
+        rto_min=0.1, rto_max=0.8, max_message=100_000,
+    )  # fmt: skip
+    now = 0.0
+    client = SocketProtocol("client", config, now, id="c", subject=SUBJECT)
+    server: SocketProtocol | None = None
+    c2s, s2c = _Wire(), _Wire()
+    c2s.put(client.connect(now))
+    outbox = {"client": deque(to_server), "server": deque(to_client)}
+    got: dict[str, list[bytes]] = {"client": [], "server": []}
+    unread: dict[str, deque[int]] = {"client": deque(), "server": deque()}
+
+    def handle(side: str, proto: SocketProtocol, events: list[object]) -> None:
+        for e in events:
+            if isinstance(e, MessageReceived):
+                got[side].append(e.payload)
+                unread[side].append(e.cost)
+            assert not (isinstance(e, ConnectionClosed) and e.error is not None), e
+
+    def step(lossy: bool) -> None:
+        nonlocal now, server
+        # the applications write what credit allows, and read some of what arrived
+        for side, proto in (("client", client), ("server", server)):
+            if proto is None:
+                continue
+            while outbox[side] and proto.writable:
+                (c2s if side == "client" else s2c).put(proto.send(outbox[side].popleft(), now))
+            while unread[side] and (not lossy or rng.random() < 0.7):
+                proto.consume(unread[side].popleft())
+        # the network moves some frames
+        for wire, side in ((c2s, "server"), (s2c, "client")):
+            for _ in range(rng.randint(1, 8) if lossy else len(wire.frames)):
+                if not wire.frames:
+                    break
+                i = rng.randrange(len(wire.frames)) if lossy and rng.random() < reorder else 0
+                raw = wire.frames[i]
+                if not (lossy and rng.random() < dup):
+                    del wire.frames[i]
+                if lossy and rng.random() < drop:
+                    continue
+                frame = decode_frame(raw)
+                if side == "server":
+                    if server is None:
+                        if not isinstance(frame, Open):
+                            continue
+                        server = SocketProtocol("server", config, now, subject=SUBJECT)
+                    handle("server", server, server.receive(frame, now))
+                else:
+                    handle("client", client, client.receive(frame, now))
+        # time passes; timers fire
+        now += rng.uniform(0.0, 0.15) if lossy else 0.1
+        c2s.put(client.poll(now))
+        if server is not None:
+            s2c.put(server.poll(now))
+
+    for _ in range(300):
+        step(lossy=True)
+    for _ in range(3000):
+        if (
+            server is not None
+            and not outbox["client"] and not outbox["server"]
+            and client.drained and server.drained
+            and not c2s.frames and not s2c.frames
+        ):  # fmt: skip
+            break
+        step(lossy=False)
+    assert server is not None
+    return got["server"], got["client"], client, server
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    to_server=st.lists(st.binary(max_size=700), max_size=25),
+    to_client=st.lists(st.binary(max_size=700), max_size=25),
+    seed=st.integers(0, 2**32),
+    drop=st.floats(0.0, 0.4),
+    dup=st.floats(0.0, 0.3),
+    reorder=st.floats(0.0, 0.5),
+)
+def test_lossy_channel_delivers_exactly_the_sent_sequence(
+    to_server: list[bytes], to_client: list[bytes], seed: int, drop: float, dup: float, reorder: float
+) -> None:
+    rng = random.Random(seed)
+    at_server, at_client, client, server = _simulate(to_server, to_client, rng, drop, dup, reorder)
+    assert at_server == to_server
+    assert at_client == to_client
+    assert client.state is server.state is SocketState.OPEN
+    assert client.statistics().unacked == server.statistics().unacked == 0
