@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from conat import ConatError, Message
 from conat._service import error_reply, respond_error, respond_result
 
-from ._chain import CHAIN_HEADER, current_chain, parse
+from ._chain import CHAIN_HEADER, current_chain
 from ._errors import STOPPING, BrokenInvariant
 from ._mailbox import Mailbox
 from ._policy import Backoff
@@ -140,6 +140,7 @@ class Activation:
     __slots__ = (
         "backoff",
         "head_failures",
+        "ident",
         "instance",
         "key",
         "last_used",
@@ -156,6 +157,7 @@ class Activation:
     def __init__(self, runtime: ActorRuntime, key: str, now: float) -> None:
         self.runtime = runtime
         self.key = key
+        self.ident = f"{runtime.spec.name}/{key}"  # this activation in a call chain
         self.state = State.INACTIVE
         self.mailbox: Mailbox[Item] = Mailbox(key, runtime.spec.max_buffer)
         self.instance: Actor | None = None
@@ -176,11 +178,6 @@ class Activation:
         if target is None:
             raise IllegalTransition(self.key, self.state, event)
         self.state = target
-
-    @property
-    def ident(self) -> str:
-        """``Name/key``: this activation in a call chain."""
-        return f"{self.runtime.spec.name}/{self.key}"
 
     @property
     def idle(self) -> bool:
@@ -225,13 +222,13 @@ class Activation:
                     continue
                 mailbox.get()
                 if isinstance(item, Message):
-                    token = current_chain.set((*parse(item.header(CHAIN_HEADER)), self.ident))
+                    token = current_chain.set((item.header(CHAIN_HEADER), self.ident))
                     try:
                         await self._message_turn(item)
                     finally:
                         current_chain.reset(token)
                 else:
-                    token = current_chain.set((self.ident,))
+                    token = current_chain.set((None, self.ident))
                     try:
                         await self._call_turn(item)
                     finally:

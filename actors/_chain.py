@@ -18,13 +18,18 @@ CHAIN_HEADER: Final = "Conat-Chain"
 MAX_DEPTH: Final = 32
 _SEPARATOR: Final = " "  # never inside a subject token, so never inside a key or an actor name
 
-current_chain: ContextVar[tuple[str, ...]] = ContextVar("conat_actor_chain", default=())
+current_chain: ContextVar[tuple[str | None, str] | None] = ContextVar("conat_actor_chain", default=None)
+"""The running turn's ``(incoming chain header or None, own Name/key)``, joined only when a call
+is actually made (most turns make none)."""
 
 
 def chain_headers() -> dict[str, str] | None:
     """Headers that carry the current turn's call chain (None outside any turn)."""
     chain = current_chain.get()
-    return {CHAIN_HEADER: _SEPARATOR.join(chain)} if chain else None
+    if chain is None:
+        return None
+    incoming, ident = chain
+    return {CHAIN_HEADER: f"{incoming}{_SEPARATOR}{ident}" if incoming else ident}
 
 
 def parse(value: str | None) -> tuple[str, ...]:

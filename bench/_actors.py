@@ -18,17 +18,19 @@ took and how much the process's RSS grew while the N activations stay live.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import types
-from typing import Any, Final
+from collections.abc import AsyncIterator
+from typing import Final
 
 import conat
 from actors import Actor, ActorSystem
 from conat import RpcRequest
 from conat._service import Dispatcher
 
-from ._harness import Bench, Metric, Sample, resources
+from ._harness import Bench, Measure, Metric, Sample, resources
 
 __all__ = ["actor_benches"]
 
@@ -100,42 +102,50 @@ async def _requests(client: conat.Client, subjects: list[str], concurrency: int)
     return time.perf_counter() - t0
 
 
-def _rpc(actor: bool) -> Any:
-    async def measure(url: str, count: int) -> Sample:
-        async with await conat.connect(url) as server, await conat.connect(url) as requester:
-            base = _base()
-            handle = await (_serve_actor(server, base) if actor else _serve_plain(server, base))
+@contextlib.asynccontextmanager
+async def _served(url: str, actor: bool) -> AsyncIterator[tuple[conat.Client, str, ActorSystem | None]]:
+    """A responder (the actor system or the plain handler) on a fresh ``<base>.*`` and a requester."""
+    async with await conat.connect(url) as server, await conat.connect(url) as requester:
+        base = _base()
+        if actor:
+            system = await _serve_actor(server, base)
             try:
-                keys = [f"{base}.k{i % KEYS}" for i in range(count)]
-                await _requests(requester, keys[: max(KEYS, count // 10)], CONCURRENCY)  # warm up
-                cpu0 = time.process_time()
-                wall = await _requests(requester, keys, CONCURRENCY)
-                cpu = time.process_time() - cpu0
+                yield requester, base, system
             finally:
-                await (handle.stop() if isinstance(handle, ActorSystem) else handle.unsubscribe())
+                await system.stop()
+        else:
+            sub = await _serve_plain(server, base)
+            try:
+                yield requester, base, None
+            finally:
+                await sub.unsubscribe()
+
+
+def _rpc(actor: bool) -> Measure:
+    async def measure(url: str, count: int) -> Sample:
+        async with _served(url, actor) as (requester, base, _):
+            keys = [f"{base}.k{i % KEYS}" for i in range(count)]
+            await _requests(requester, keys[: max(KEYS, count // 10)], CONCURRENCY)  # warm up
+            cpu0 = time.process_time()
+            wall = await _requests(requester, keys, CONCURRENCY)
+            cpu = time.process_time() - cpu0
         return Sample(count / wall, {"cpu_us_per_op": cpu / count * 1e6}, count=count, elapsed_s=wall)
 
     return measure
 
 
-def _activate(actor: bool) -> Any:
+def _activate(actor: bool) -> Measure:
     async def measure(url: str, count: int) -> Sample:
-        async with await conat.connect(url) as server, await conat.connect(url) as requester:
-            base = _base()
-            handle = await (_serve_actor(server, base) if actor else _serve_plain(server, base))
-            try:
-                gc.collect()
-                before = resources().rss_mb
-                wall = await _requests(requester, [f"{base}.key-{i}" for i in range(count)], CONCURRENCY * 4)
-                gc.collect()
-                grown = resources().rss_mb - before
-                if isinstance(handle, ActorSystem):
-                    active = handle.runtimes[0].statistics().active_keys
-                    if active != count:
-                        raise RuntimeError(f"{active} of {count} keys active")
-            finally:
-                await (handle.stop() if isinstance(handle, ActorSystem) else handle.unsubscribe())
-        return Sample(wall, {"rss_delta_mb": max(0.0, grown), "keys_per_s": count / wall}, count=count, elapsed_s=wall)
+        async with _served(url, actor) as (requester, base, system):
+            gc.collect()
+            before = resources().rss_mb
+            wall = await _requests(requester, [f"{base}.key-{i}" for i in range(count)], CONCURRENCY * 4)
+            gc.collect()
+            grown = resources().rss_mb - before
+            if system is not None and (active := system.runtimes[0].statistics().active_keys) != count:
+                raise RuntimeError(f"{active} of {count} keys active")
+        extra = {"rss_delta_mb": max(0.0, grown), "keys_per_s": count / wall}
+        return Sample(wall, extra, count=count, elapsed_s=wall)
 
     return measure
 
