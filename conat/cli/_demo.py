@@ -6,7 +6,9 @@ The service lives on its own connection and answers on three subjects built with
   ``greet(name)`` (counts greetings), ``stats()``, and ``echo(data)``;
 - ``public.demo.count``: a streaming responder: a request ``n`` gets the replies 1..n, then the
   end-of-stream marker (what ``request_many`` / ``conat req --many`` reads);
-- ``public.demo.events``: plain pub/sub, used by the conversation between two connections.
+- ``public.demo.events``: plain pub/sub, used by the conversation between two connections;
+- ``public.demo.socket.*``: a reliable socket server; a client connects on a concrete subject
+  (``public.demo.socket.<who>``) and every message it sends comes back upper-cased, in order.
 
 The conversation exercises each feature once and prints one line per step; any wrong answer raises
 :class:`DemoFailed`.
@@ -14,6 +16,7 @@ The conversation exercises each feature once and prints one line per step; any w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -33,6 +36,7 @@ __all__ = [
     "COUNT",
     "EVENTS",
     "GREETER",
+    "SOCKETS",
     "DemoFailed",
     "Greeter",
     "GreeterService",
@@ -45,6 +49,7 @@ __all__ = [
 GREETER: Final = subjects.public("demo", "greeter")
 COUNT: Final = subjects.public("demo", "count")
 EVENTS: Final = subjects.public("demo", "events")
+SOCKETS: Final = subjects.public("demo", "socket")
 CHUNKED_BYTES: Final = 8 * 1024 * 1024
 MAX_COUNT: Final = 1000
 _MIB: Final = 1024 * 1024
@@ -108,6 +113,19 @@ async def _count(msg: conat.Message) -> None:
     await msg.end()
 
 
+async def _shout(server: conat.SocketServer) -> None:
+    """Answer every socket client: each text message comes back upper-cased, in order."""
+
+    async def serve(conn: conat.Socket) -> None:
+        with contextlib.suppress(conat.ConatError):
+            async for msg in conn:
+                await conn.send(str(msg.data).upper())
+
+    async with asyncio.TaskGroup() as group:
+        async for conn in server:
+            group.create_task(serve(conn))
+
+
 @contextlib.asynccontextmanager
 async def demo_service(url: str) -> AsyncIterator[GreeterService]:
     """Run the demo service on its own connection to ``url`` while the block runs."""
@@ -115,7 +133,13 @@ async def demo_service(url: str) -> AsyncIterator[GreeterService]:
         impl = GreeterService()
         await client.serve(GREETER, impl)
         await client.subscribe(COUNT, callback=_count)
-        yield impl
+        async with await client.socket_listen(f"{SOCKETS}.*") as server:
+            shouting = asyncio.create_task(_shout(server))
+            try:
+                yield impl
+            finally:
+                shouting.cancel()
+                await asyncio.gather(shouting, return_exceptions=True)
 
 
 def hint_commands() -> list[str]:
@@ -157,6 +181,7 @@ async def conversation(url: str, out: Printer) -> None:
 
         await _stream(client, out)
         await _pubsub(client, listener, out)
+        await _socket(client, out)
         await _chunked(client, greeter, out)
 
 
@@ -212,6 +237,27 @@ async def _pubsub(client: conat.Client, listener: conat.Client, out: Printer) ->
         published=count,
         received=len(received),
         in_order=in_order,
+    )
+
+
+async def _socket(client: conat.Client, out: Printer) -> None:
+    subject = f"{SOCKETS}.conat-up"
+    words = ["one", "two", "three"]
+    started = time.perf_counter()
+    async with await client.socket_connect(subject, timeout=10.0) as sock:
+        for word in words:
+            await sock.send(word)
+        echoed = [(await sock.recv(timeout=10.0)).data for _ in words]
+    ms = _ms(started)
+    if echoed != [w.upper() for w in words]:
+        raise DemoFailed(f"the socket on {subject!r} answered {echoed!r}")
+    out.event(
+        line("socket", f"{subject}: sent {' '.join(words)} -> {' '.join(echoed)} in order ({ms:.1f} ms)"),
+        event="socket",
+        subject=subject,
+        sent=words,
+        received=echoed,
+        ms=ms,
     )
 
 

@@ -19,7 +19,7 @@ from conat._server import NatsServer, serve_forever
 from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerConfig, WebsocketConfig
 
 from ._app import Options, json_option, run, stop_on_signals, until_stopped
-from ._demo import COUNT, GREETER, conversation, demo_service, hint_commands, line
+from ._demo import COUNT, GREETER, SOCKETS, conversation, demo_service, hint_commands, line
 from ._output import Printer
 
 __all__ = ["server", "up"]
@@ -174,11 +174,16 @@ async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
 async def _demo(out: Printer, url: str, once: bool, stop: asyncio.Event) -> None:
     async with demo_service(url):
         out.event(
-            line("service", f"{GREETER}: greet, stats, echo (typed RPC); {COUNT}: stream 1..n"),
+            line(
+                "service",
+                f"{GREETER}: greet, stats, echo (typed RPC); {COUNT}: stream 1..n; "
+                f"{SOCKETS}.*: socket, echoes upper-cased",
+            ),
             event="service",
             rpc=GREETER,
             methods=["greet", "stats", "echo"],
             stream=COUNT,
+            socket=f"{SOCKETS}.*",
         )
         if await until_stopped(stop, _converse(out, url)) is None:
             return  # interrupted

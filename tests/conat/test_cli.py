@@ -378,6 +378,7 @@ def test_up_once_runs_the_demo_conversation(tmp_path: Path, procs: list[Proc]) -
         'req      public.demo.greeter stats() -> {"greetings":2}',
         "stream   public.demo.count 5 -> 1 2 3 4 5 (5 replies, then end of stream",
         "pubsub   public.demo.events: published 3, received 3 in order",
+        "socket   public.demo.socket.conat-up: sent one two three -> ONE TWO THREE in order",
         "chunked  public.demo.greeter echo(8 MiB) -> 8 MiB back, identical",
     ):
         assert any(line.startswith(expected) for line in lines), (expected, out)
@@ -391,9 +392,10 @@ def test_up_once_json_lines(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     events = json_lines(result.stdout)
     assert [e["event"] for e in events] == [
-        "server", "service", "request", "request", "request", "stream", "pubsub", "chunked", "demo", "stopped",
+        "server", "service", "request", "request", "request", "stream", "pubsub", "socket", "chunked", "demo",
+        "stopped",
     ]  # fmt: skip
-    chunked = events[7]
+    chunked = events[8]
     assert chunked["bytes"] == 8 * 1024 * 1024 and chunked["identical"] is True
     assert not (tmp_path / "server.json").exists()
 
