@@ -47,11 +47,11 @@ from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import RpcRequest as RpcRequest
 from ._socket import Socket as Socket
-from ._socket import SocketMessage as SocketMessage
-from ._socket import SocketServer as SocketServer
-from ._socket import SocketServerStatistics as SocketServerStatistics
 from ._socket import SocketStatistics as SocketStatistics
+from ._socket_message import SocketMessage as SocketMessage
 from ._socket_protocol import SocketState as SocketState
+from ._socket_server import SocketServer as SocketServer
+from ._socket_server import SocketServerStatistics as SocketServerStatistics
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 

@@ -51,7 +51,8 @@ from ._transport import PermissionViolation, Transport, TransportEvents, check_u
 
 if TYPE_CHECKING:
     from ._clock import Clock
-    from ._socket import Socket, SocketServer
+    from ._socket import Socket
+    from ._socket_server import SocketServer
 
 __all__ = ["Client", "ClientState", "ClientStatistics", "connect"]
 
@@ -738,9 +739,9 @@ class Client:
         each one's ``subject`` is the concrete subject its client connected on. ``window`` is the
         credit granted to each client (bytes), ``max_message`` the largest message (16 MiB),
         ``keepalive`` / ``peer_timeout`` the idle ping and dead-peer times (10 s / 30 s).
-        See :mod:`conat._socket`.
+        See :mod:`conat._socket` and :mod:`conat._socket_server`.
         """
-        from ._socket import listen
+        from ._socket_server import listen
 
         return await listen(
             self, subject, clock=clock, backlog=backlog, window=window, max_message=max_message,

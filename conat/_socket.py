@@ -22,10 +22,10 @@ only through NATS *response permissions* (replies to subjects it received messag
 through a broad ``_INBOX.>`` grant. The client's frames, including its keepalive pings, keep that
 right fresh for as long as the connection lives.
 
-The server's intake is one subscription on the pattern with a synchronous ``dispatch`` router (no
-task per message); connections are keyed by (concrete subject, reply subject). Frames are msgpack
-bodies with no NATS headers at all. Frames from an unknown connection are answered with
-``Reset(404)``, so a client whose server restarted learns it at once.
+Frames are msgpack bodies with no NATS headers at all. The listening side, which routes frames to
+connections by (concrete subject, reply subject), is :mod:`conat._socket_server`; messages read are
+:class:`~conat._socket_message.SocketMessage`; the writer, timer and waits a socket pumps with are
+in :mod:`conat._socket_pump`.
 
 Time comes from a :class:`~conat._clock.Clock` (``clock=``), so keepalive, retransmission and
 timeouts can be driven by a :class:`~conat._clock.FakeClock` in tests.
@@ -34,73 +34,41 @@ timeouts can be driven by a :class:`~conat._clock.FakeClock` in tests.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import warnings
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from ._client import ClientState
 from ._clock import Clock, SystemClock
-from ._codecs import MSGPACK, Codec, get_codec
 from ._errors import (
     ConatError,
     EndOfStream,
     ErrorCode,
     Forbidden,
     NoResponders,
-    PayloadError,
     RemoteError,
     SocketClosed,
     SocketProtocolError,
     Timeout,
 )
-from ._socket_protocol import (
-    Accept,
-    Close,
-    Event,
-    Frame,
-    MessageReceived,
-    Open,
-    Reset,
-    SocketConfig,
-    SocketProtocol,
-    SocketState,
-    decode_frame,
-    encode_frame,
-)
+from ._socket_frames import Event, Frame, MessageReceived, decode_frame, socket_config
+from ._socket_message import SocketMessage, encode_payload
+from ._socket_protocol import SocketProtocol, SocketState
+from ._socket_pump import Alarm, Expired, Outbox, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
-    from ._message import Message
-    from ._subscription import Subscription
+    from ._socket_server import SocketServer
 
-__all__ = [
-    "Socket",
-    "SocketMessage",
-    "SocketServer",
-    "SocketServerStatistics",
-    "SocketStatistics",
-    "connect_socket",
-    "listen",
-]
+__all__ = ["Socket", "SocketStatistics", "connect_socket"]
 
 log = logging.getLogger("conat.socket")
 
-T = TypeVar("T")
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
-DEFAULT_BACKLOG: Final = 1024
-_FRAME_ROOM: Final = 256
-"""Bytes kept free below the server's max_payload in every frame."""
-_UNSET: Final[Any] = object()
-
-
-class _Expired(Exception):
-    """Set on a waiter by its deadline; turned into :class:`Timeout` by whoever waits."""
 
 
 @final
@@ -134,113 +102,6 @@ class SocketStatistics:
     rto: float
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class SocketServerStatistics:
-    """A snapshot of a listening socket server."""
-
-    pattern: str
-    listening: bool
-    connections: int
-    pending_accept: int
-    accepted: int
-    rejected: int
-    resets_sent: int
-    malformed: int
-
-
-# -- messages --------------------------------------------------------------------------------------
-
-
-@final
-class SocketMessage:
-    """One message read from a socket. ``raw`` is the payload; ``data`` decodes it (once).
-
-    A message sent with :meth:`Socket.request` has :attr:`is_request` set; answer it with
-    :meth:`respond` (or :meth:`respond_error`), over the same socket.
-    """
-
-    __slots__ = ("_cost", "_data", "_encoding", "_error", "_headers", "_request", "_socket", "raw")
-
-    def __init__(self, socket: Socket, event: MessageReceived) -> None:
-        self._socket = socket
-        self.raw = event.payload
-        self._headers = event.headers
-        self._encoding = event.encoding
-        self._request = event.request
-        self._error = event.error
-        self._cost = event.cost
-        self._data: Any = _UNSET
-
-    def __repr__(self) -> str:
-        return f"<SocketMessage subject={self.subject!r} bytes={len(self.raw)} request={self._request}>"
-
-    @property
-    def subject(self) -> str:
-        """The socket's concrete subject."""
-        return self._socket.subject
-
-    @property
-    def codec(self) -> Codec:
-        return get_codec(self._encoding)
-
-    @property
-    def encoding(self) -> str:
-        return self._encoding or "msgpack"
-
-    @property
-    def data(self) -> Any:
-        """The decoded payload (decoded on first access; raises :class:`PayloadError`)."""
-        if self._data is _UNSET:
-            self._data = self.codec.decode(self.raw)
-        return self._data
-
-    def decode(self, type_: type[T]) -> T:
-        """Decode the payload into ``type_`` (a msgspec Struct, a builtin, a union…)."""
-        return self.codec.decode_as(self.raw, type_)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return dict(self._headers) if self._headers else {}
-
-    def header(self, name: str) -> str | None:
-        h = self._headers
-        return h.get(name) if h else None
-
-    @property
-    def is_request(self) -> bool:
-        return self._request > 0
-
-    def _require_request(self) -> int:
-        if not self._request:
-            raise ValueError(f"message on socket {self.subject!r} is not a request: nothing to respond to")
-        return self._request
-
-    async def respond(
-        self, data: Any = None, *, headers: dict[str, str] | None = None, encoding: str | None = None
-    ) -> None:
-        """Answer this request over the socket (waits for credit like :meth:`Socket.send`)."""
-        request = self._require_request()
-        payload, enc = _encode(data, headers, encoding)
-        await self._socket._send(payload, headers, enc, reply_to=request)
-
-    async def respond_error(self, code: ErrorCode, message: str) -> None:
-        """Answer with an error: the requester's ``request()`` raises ``RemoteError(code, message)``."""
-        request = self._require_request()
-        await self._socket._send(message.encode(), None, "raw", reply_to=request, error=code)
-
-
-def _encode(data: Any, headers: dict[str, str] | None, encoding: str | None) -> tuple[bytes, str | None]:
-    if headers:
-        for key, value in headers.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise PayloadError("encode", "headers", f"header {key!r}: names and values must be str")
-    if encoding is None or encoding == "msgpack":
-        return MSGPACK.encode(data), None
-    codec = get_codec(encoding)
-    return codec.encode(data), codec.name
-
-
 # -- the socket ------------------------------------------------------------------------------------
 
 
@@ -270,23 +131,15 @@ class Socket:
         self._proto = proto
         self._clock = clock
         self.subject = subject
-        self._target = target
-        self._reply = ""
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._system_time = isinstance(clock, SystemClock)
         self._inbox: deque[SocketMessage] = deque()
-        self._waiters: list[asyncio.Future[None]] = []
-        self._deadlines: list[tuple[float, int, asyncio.Future[Any]]] = []
-        self._order = itertools.count()
         self._requests: dict[int, asyncio.Future[SocketMessage]] = {}
         self._next_request = 0
-        self._outbox: deque[bytes] = deque()
-        self._writing = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timer_at: float | None = None
-        self._timer_handle: asyncio.TimerHandle | None = None
-        self._timer_task: asyncio.Task[None] | None = None
+        self._waits = Waits()
+        self._outbox = Outbox(client, target, subject, self._spawn, self._on_bus_closed)
+        self._alarm = Alarm(clock, self._on_timer, self._spawn)
         self._batch = False
         self._finished = False
         self._closed_locally = False
@@ -352,6 +205,9 @@ class Socket:
 
     def _route_failed(self, error: BaseException) -> None:
         """The bus client is closing: its routes are failed before its connection goes."""
+        self._on_bus_closed()
+
+    def _on_bus_closed(self) -> None:
         self._fail_local(SocketClosed(self.subject, "the bus client is closed"))
 
     def _on_raw(self, raw: bytes) -> None:
@@ -378,8 +234,8 @@ class Socket:
                     continue
                 self._inbox.append(SocketMessage(self, event))
             # Opened, StreamEnded, ConnectionClosed: state that the waiters re-check.
-        if self._waiters:
-            self._notify()
+        if self._waits:
+            self._waits.notify()
 
     def _on_response(self, event: MessageReceived) -> None:
         self._proto.consume(event.cost)
@@ -400,154 +256,47 @@ class Socket:
     def _pump(self) -> None:
         frames = self._proto.poll(self._clock.now())
         if frames:
-            self._emit(frames)
+            self._outbox.emit(frames)
         self._settle()
 
     def _settle(self) -> None:
         if self._proto.state is SocketState.CLOSED and not self._finished:
             self._finish()
-        if self._waiters:
-            self._notify()
+        if self._waits:
+            self._waits.notify()
         if not self._finished:
             self._rearm()
 
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-
-    # -- frames out ------------------------------------------------------------------------------
-    def _emit(self, frames: list[Frame]) -> None:
-        """Queue frames and make sure a writer sends them (from synchronous code)."""
-        self._outbox.extend([encode_frame(f) for f in frames])
-        if not self._writing:
-            self._writing = True
-            self._spawn(self._writer())
-
-    async def _write_now(self, frames: list[Frame]) -> None:
-        """Queue frames and send them from the calling task, unless a writer is already at it."""
-        self._outbox.extend([encode_frame(f) for f in frames])
-        if not self._writing:
-            self._writing = True
-            await self._writer()
-
-    async def _writer(self) -> None:
-        """Send the outbox in order. The caller has set ``_writing``; this clears it."""
-        out = self._outbox
-        publish = self._client._transport.publish
-        target, reply = self._target, self._reply
-        try:
-            while out:
-                await publish(target, out.popleft(), reply)
-        except ConatError as e:
-            # ClosedError: the bus client is gone. ConnectError: its outbound buffer is full while
-            # reconnecting. Either way what was lost is retransmitted (or no longer matters).
-            out.clear()
-            log.debug("socket %r: frames not sent: %s", self.subject, e)
-            if self._client._closing:
-                self._fail_local(SocketClosed(self.subject, "the bus client is closed"))
-        finally:
-            self._writing = False
-            if out and not self._client._closing:
-                self._writing = True
-                self._spawn(self._writer())
-
+    # -- frames out, timers -------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._client._spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # -- timers ----------------------------------------------------------------------------------
     def _rearm(self) -> None:
         deadline = self._proto.next_deadline()
-        dl = self._deadlines
-        while dl and dl[0][2].done():
-            heapq.heappop(dl)
-        if dl and (deadline is None or dl[0][0] < deadline):
-            deadline = dl[0][0]
+        first = self._waits.earliest()
+        if first is not None and (deadline is None or first < deadline):
+            deadline = first
         if deadline is None:
-            self._disarm()
+            self._alarm.disarm()
         else:
-            self._arm(deadline)
-
-    def _arm(self, deadline: float) -> None:
-        if self._system_time:
-            handle = self._timer_handle
-            if handle is not None:
-                if self._timer_at is not None and self._timer_at <= deadline:
-                    return  # an earlier wake-up re-arms for this one
-                handle.cancel()
-            now = self._loop.time()
-            self._timer_at = deadline = max(deadline, now)
-            self._timer_handle = self._loop.call_at(deadline, self._on_system_timer)
-            return
-        task = self._timer_task
-        if task is not None and not task.done():
-            if task is asyncio.current_task():
-                self._timer_at = deadline  # the timer loop is running: it picks this up
-                return
-            if self._timer_at is not None and self._timer_at <= deadline:
-                return
-            task.cancel()
-        self._timer_at = deadline
-        self._timer_task = self._spawn(self._clock_timer())
-
-    def _disarm(self) -> None:
-        self._timer_at = None
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
-            self._timer_handle = None
-        task = self._timer_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            self._timer_task = None
-
-    def _on_system_timer(self) -> None:
-        self._timer_handle = None
-        self._timer_at = None
-        self._on_timer()
-
-    async def _clock_timer(self) -> None:
-        """The timer for any clock but the system's: sleep on the clock, fire, repeat."""
-        clock = self._clock
-        me = asyncio.current_task()
-        try:
-            while (at := self._timer_at) is not None and self._timer_task is me:
-                await clock.sleep_until(at)
-                if self._timer_task is not me:
-                    return
-                if self._timer_at is not None and clock.now() >= self._timer_at:
-                    self._timer_at = None
-                    self._on_timer()
-        finally:
-            if self._timer_task is me:
-                self._timer_task = None
+            self._alarm.arm(deadline)
 
     def _on_timer(self) -> None:
         if self._finished:
             return
-        now = self._clock.now()
-        dl = self._deadlines
-        while dl and dl[0][0] <= now:
-            _, _, future = heapq.heappop(dl)
-            if not future.done():
-                future.set_exception(_Expired())
+        self._waits.expire(self._clock.now())
         self._pump()
 
     def _add_deadline(self, deadline: float, future: asyncio.Future[Any]) -> None:
-        dl = self._deadlines
-        if len(dl) > 64 and len(dl) > 4 * (len(self._requests) + len(self._waiters)):
-            dl[:] = [e for e in dl if not e[2].done()]
-            heapq.heapify(dl)
-        heapq.heappush(dl, (deadline, next(self._order), future))
+        self._waits.add_deadline(deadline, future, len(self._requests))
         self._rearm()
 
     async def _wait(self, deadline: float | None) -> None:
-        """Wait for any change (a frame, credit, a state change) or ``deadline`` (raises _Expired)."""
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(future)
+        """Wait for any change (a frame, credit, a state change) or ``deadline`` (raises Expired)."""
+        future = self._waits.waiter()
         if deadline is not None:
             self._add_deadline(deadline, future)
         await future
@@ -566,17 +315,17 @@ class Socket:
             PayloadError: the value cannot be encoded (400).
             SocketClosed: the socket is closed for writing; PeerDead / SocketReset if it failed.
         """
-        payload, enc = _encode(data, headers, encoding)
+        payload, enc = encode_payload(data, headers, encoding)
         await self._send(payload, headers, enc)
 
     def send_nowait(
         self, data: Any = None, *, headers: dict[str, str] | None = None, encoding: str | None = None
     ) -> None:
         """Send one message now or raise :class:`SocketBusy` (429) if the peer's window is full."""
-        payload, enc = _encode(data, headers, encoding)
+        payload, enc = encode_payload(data, headers, encoding)
         frames = self._proto.send(payload, self._clock.now(), headers=headers or None, encoding=enc)
         if frames:
-            self._emit(frames)
+            self._outbox.emit(frames)
         self._rearm()
 
     async def _send(
@@ -604,10 +353,11 @@ class Socket:
             error=error,
         )
         due = proto.retransmit_at  # the only deadline a send can move earlier
-        if due is not None and (self._timer_at is None or due < self._timer_at):
-            self._arm(due)
+        alarm = self._alarm
+        if due is not None and (alarm.at is None or due < alarm.at):
+            alarm.arm(due)
         if frames:
-            await self._write_now(frames)
+            await self._outbox.write(frames)
 
     async def request(
         self,
@@ -624,7 +374,7 @@ class Socket:
             RemoteError: the peer answered with ``respond_error(code, message)``.
             SocketClosed / PeerDead / SocketReset: the socket ended before the response came.
         """
-        payload, enc = _encode(data, headers, encoding)
+        payload, enc = encode_payload(data, headers, encoding)
         self._next_request += 1
         rid = self._next_request
         future: asyncio.Future[SocketMessage] = self._loop.create_future()
@@ -635,7 +385,7 @@ class Socket:
         try:
             await self._send(payload, headers, enc, request=rid, deadline=deadline)
             return await future
-        except _Expired:
+        except Expired:
             raise Timeout(self.subject, self._clock.now() - started, "socket request") from None
         finally:
             self._requests.pop(rid, None)
@@ -659,7 +409,7 @@ class Socket:
                 if proto.state is SocketState.CLOSED:
                     proto.check_can_send()
                 await self._wait(deadline)
-        except _Expired:
+        except Expired:
             raise Timeout(self.subject, self._clock.now() - started, "socket drain") from None
 
     async def send_eof(self) -> None:
@@ -673,7 +423,7 @@ class Socket:
         frames = proto.send_eof(self._clock.now())
         self._rearm()
         if frames:
-            await self._write_now(frames)
+            await self._outbox.write(frames)
 
     # -- receiving -------------------------------------------------------------------------------
     async def recv(self, timeout: float | None = None) -> SocketMessage:
@@ -693,7 +443,7 @@ class Socket:
                 deadline = self._clock.now() + timeout
             try:
                 await self._wait(deadline)
-            except _Expired:
+            except Expired:
                 raise Timeout(self.subject, timeout or 0.0, "socket receive") from None
 
     def _take(self) -> SocketMessage:
@@ -708,9 +458,7 @@ class Socket:
         if proto.eof_received:
             raise EndOfStream(self.subject)
         if proto.state is SocketState.CLOSED:
-            if proto.error is not None:
-                raise proto.error
-            raise SocketClosed(self.subject, "closed by peer" if proto.closed_by_peer else "closed")
+            raise proto.closed_error()
 
     def __aiter__(self) -> Socket:
         return self
@@ -734,7 +482,7 @@ class Socket:
         proto = self._proto
         try:
             if proto.state is SocketState.CONNECTING:
-                self._emit(proto.abort(499, "connect abandoned", self._clock.now()))
+                self._outbox.emit(proto.abort(499, "connect abandoned", self._clock.now()))
             elif proto.state is SocketState.OPEN:
                 await self.send_eof()
             if proto.state is SocketState.CLOSING:
@@ -742,10 +490,10 @@ class Socket:
                 try:
                     while proto.state is SocketState.CLOSING and not proto.drained:
                         await self._wait(deadline)
-                except _Expired:
+                except Expired:
                     log.debug("socket %r: closing without all acks after %ss", self.subject, timeout)
                 if proto.state is SocketState.CLOSING:
-                    self._emit(proto.close(self._clock.now()))
+                    self._outbox.emit(proto.close(self._clock.now()))
         except BaseException:
             self.abort("close cancelled")
             raise
@@ -758,7 +506,7 @@ class Socket:
         self._closed_locally = True
         proto = self._proto
         if proto.state is not SocketState.CLOSED:
-            self._emit(proto.abort(410, reason, self._clock.now()))
+            self._outbox.emit(proto.abort(410, reason, self._clock.now()))
         self._settle()
 
     async def __aenter__(self) -> Socket:
@@ -778,15 +526,11 @@ class Socket:
         proto = self._proto
         frames = proto.poll(self._clock.now())
         if frames and not self._client._closing:
-            self._emit(frames)
-        self._disarm()
-        error = proto.error
+            self._outbox.emit(frames)
+        self._alarm.disarm()
         for future in self._requests.values():
             if not future.done():
-                future.set_exception(
-                    error
-                    or SocketClosed(self.subject, "closed by peer" if proto.closed_by_peer else "closed")
-                )
+                future.set_exception(proto.closed_error())
         self._requests.clear()
         if self._unlisten is not None:
             self._unlisten()
@@ -800,10 +544,10 @@ class Socket:
     async def _flush_out(self) -> None:
         """Let the writer finish (the last frames matter: Fin, Close, Reset)."""
         me = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not me and t is not self._timer_task]
+        tasks = [t for t in self._tasks if t is not me and t is not self._alarm.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        timer = self._timer_task
+        timer = self._alarm.task
         if timer is not None and timer is not me:
             timer.cancel()
             await asyncio.gather(timer, return_exceptions=True)
@@ -818,259 +562,13 @@ class Socket:
         elif state is ClientState.CONNECTED:
             frames = self._proto.link_up(now)
             if frames:
-                self._emit(frames)
+                self._outbox.emit(frames)
             self._settle()
         elif state is ClientState.CLOSED:
-            self._fail_local(SocketClosed(self.subject, "the bus client is closed"))
+            self._on_bus_closed()
 
 
-# -- the server ------------------------------------------------------------------------------------
-
-
-@final
-class SocketServer:
-    """Accepts socket connections on a subject pattern. Iterate it, or call :meth:`accept`.
-
-    Each connection is a :class:`Socket` whose ``subject`` is the concrete subject the client
-    connected on and whose ``id`` is the client's. At most ``backlog`` connections wait to be
-    accepted; beyond that a client's connect fails with :class:`SocketReset` (code 503).
-    """
-
-    def __init__(
-        self, client: Client, pattern: str, config: SocketConfig, clock: Clock, backlog: int
-    ) -> None:
-        if backlog < 1:
-            raise ValueError(f"backlog must be at least 1, not {backlog}")
-        self._client = client
-        self.pattern = pattern
-        self._config = config
-        self._clock = clock
-        self._backlog = backlog
-        self._conns: dict[tuple[str, str], Socket] = {}
-        self._pending: deque[Socket] = deque()
-        self._waiters: list[asyncio.Future[None]] = []
-        self._sub: Subscription | None = None
-        self._unlisten: Callable[[], None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
-        self._closed = False
-        self._accepted = 0
-        self._rejected = 0
-        self._resets_sent = 0
-        self._malformed = 0
-
-    def __repr__(self) -> str:
-        return f"<SocketServer {self.pattern!r} connections={len(self._conns)}>"
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if not getattr(self, "_closed", True) and getattr(self, "_sub", None) is not None:
-            client = getattr(self, "_client", None)
-            if client is not None and not client._closing:
-                _warn(
-                    f"unclosed conat socket server {self.pattern!r}",
-                    ResourceWarning,
-                    source=self,
-                    stacklevel=2,
-                )
-
-    async def _start(self) -> None:
-        self._sub = await self._client.subscribe(self.pattern, dispatch=self._on_message)
-        self._unlisten = self._client.on_state_change(self._on_client_state)
-
-    @property
-    def connections(self) -> list[Socket]:
-        """The open connections, accepted or not yet."""
-        return list(self._conns.values())
-
-    def statistics(self) -> SocketServerStatistics:
-        return SocketServerStatistics(
-            pattern=self.pattern,
-            listening=not self._closing,
-            connections=len(self._conns),
-            pending_accept=len(self._pending),
-            accepted=self._accepted,
-            rejected=self._rejected,
-            resets_sent=self._resets_sent,
-            malformed=self._malformed,
-        )
-
-    # -- intake (read loop) ----------------------------------------------------------------------
-    def _on_message(self, msg: Message) -> None:
-        reply = msg.reply
-        conn = self._conns.get((msg.subject, reply))
-        if conn is not None:
-            conn._on_raw(msg.raw)
-            return
-        if not reply:
-            self._malformed += 1
-            return
-        try:
-            frame = decode_frame(msg.raw)
-        except SocketProtocolError:
-            self._malformed += 1
-            return
-        if isinstance(frame, Open):
-            self._open(msg.subject, reply, frame)
-        elif not isinstance(frame, Reset | Close | Accept):
-            self._reset(reply, 404, "unknown connection")
-
-    def _open(self, subject: str, reply: str, frame: Open) -> None:
-        if self._closing:
-            self._rejected += 1
-            self._reset(reply, 503, "the socket server is closing")
-            return
-        if len(self._pending) >= self._backlog:
-            self._rejected += 1
-            self._reset(reply, 503, f"accept backlog of {self._backlog} is full")
-            return
-        proto = SocketProtocol("server", self._config, self._clock.now(), subject=subject)
-        conn = Socket(self._client, proto, self._clock, subject=subject, target=reply, server=self)
-        self._conns[subject, reply] = conn
-        conn._on_frame(frame)
-        self._pending.append(conn)
-        self._notify()
-
-    def _reset(self, reply: str, code: int, reason: str) -> None:
-        self._resets_sent += 1
-        if self._client._closing:
-            return
-        task = self._client._spawn(self._publish(reply, encode_frame(Reset(code, reason))))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish(self, subject: str, raw: bytes) -> None:
-        try:
-            await self._client._transport.publish(subject, raw, "")
-        except ConatError as e:
-            log.debug("socket server %r: reset not sent: %s", self.pattern, e)
-
-    def _forget(self, conn: Socket) -> None:
-        key = (conn.subject, conn._target)
-        if self._conns.get(key) is conn:
-            del self._conns[key]
-
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-
-    # -- accepting -------------------------------------------------------------------------------
-    async def accept(self, timeout: float | None = None) -> Socket:
-        """The next connection (in arrival order). A connection is open when it is returned.
-
-        Raises:
-            SocketClosed: the server is closed.
-            Timeout: no connection within ``timeout`` seconds.
-        """
-        started = self._clock.now()
-        while True:
-            if self._pending:
-                self._accepted += 1
-                return self._pending.popleft()
-            if self._closing:
-                raise SocketClosed(self.pattern, "the socket server is closed")
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(future)
-            if timeout is None:
-                await future
-                continue
-            remaining = started + timeout - self._clock.now()
-            if remaining <= 0:
-                raise Timeout(self.pattern, self._clock.now() - started, "socket accept")
-            try:
-                async with asyncio.timeout(remaining):
-                    await future
-            except TimeoutError:
-                raise Timeout(self.pattern, self._clock.now() - started, "socket accept") from None
-
-    def __aiter__(self) -> SocketServer:
-        return self
-
-    async def __anext__(self) -> Socket:
-        try:
-            return await self.accept()
-        except SocketClosed:
-            raise StopAsyncIteration from None
-
-    # -- lifecycle -------------------------------------------------------------------------------
-    async def aclose(self, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
-        """Stop accepting, close every connection gracefully (up to ``timeout`` s), unsubscribe."""
-        if self._closed:
-            return
-        self._closing = True
-        self._notify()
-        conns = {id(c): c for c in [*self._conns.values(), *self._pending]}
-        self._pending.clear()
-        if conns:
-            await asyncio.gather(*(c.aclose(timeout) for c in conns.values()), return_exceptions=True)
-        self._closed = True
-        if self._unlisten is not None:
-            self._unlisten()
-            self._unlisten = None
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> SocketServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def _on_client_state(self, state: ClientState) -> None:
-        for conn in list(self._conns.values()):
-            conn._on_client_state(state)
-        if state is ClientState.CLOSED:
-            self._closing = self._closed = True
-            self._notify()
-
-
-# -- entry points (Client.socket_listen / Client.socket_connect) -----------------------------------
-
-
-def _config(
-    client: Client,
-    *,
-    window: int | None,
-    max_message: int | None,
-    keepalive: float | None,
-    peer_timeout: float | None,
-    connect_timeout: float | None = None,
-) -> SocketConfig:
-    defaults = SocketConfig()
-    keepalive = defaults.keepalive if keepalive is None else keepalive
-    if peer_timeout is None:
-        peer_timeout = max(defaults.peer_timeout, 3 * keepalive)
-    return SocketConfig(
-        window=defaults.window if window is None else window,
-        max_message=defaults.max_message if max_message is None else max_message,
-        frame_size=max(client.max_payload - _FRAME_ROOM, 256),
-        keepalive=keepalive,
-        peer_timeout=peer_timeout,
-        connect_timeout=defaults.connect_timeout if connect_timeout is None else connect_timeout,
-    )
-
-
-async def listen(
-    client: Client,
-    pattern: str,
-    *,
-    clock: Clock | None = None,
-    backlog: int = DEFAULT_BACKLOG,
-    window: int | None = None,
-    max_message: int | None = None,
-    keepalive: float | None = None,
-    peer_timeout: float | None = None,
-) -> SocketServer:
-    """See :meth:`conat.Client.socket_listen`."""
-    config = _config(
-        client, window=window, max_message=max_message, keepalive=keepalive, peer_timeout=peer_timeout
-    )
-    server = SocketServer(client, pattern, config, clock or SystemClock(), backlog)
-    await server._start()
-    return server
+# -- entry point (Client.socket_connect) -----------------------------------------------------------
 
 
 async def connect_socket(
@@ -1089,8 +587,8 @@ async def connect_socket(
     client._check_subject(subject)
     if client.permissions is not None and not client.permissions.can_publish(subject):
         raise Forbidden(subject, "publish")
-    config = _config(
-        client,
+    config = socket_config(
+        client.max_payload,
         window=window,
         max_message=max_message,
         keepalive=keepalive,
@@ -1105,10 +603,10 @@ async def connect_socket(
         sock._route(rsubject, reply, data, headers)
 
     route.fail = sock._route_failed  # type: ignore[attr-defined]
-    sock._route_token, sock._reply = client._open_route(route)
+    sock._route_token, sock._outbox.reply = client._open_route(route)
     sock._unlisten = client.on_state_change(sock._on_client_state)
     try:
-        await sock._write_now(proto.connect(clock.now()))
+        await sock._outbox.write(proto.connect(clock.now()))
         sock._rearm()
         while proto.state is SocketState.CONNECTING:
             await sock._wait(None)

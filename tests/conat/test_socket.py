@@ -328,3 +328,133 @@ async def test_socket_survives_a_nats_server_restart(fresh_nats_server) -> None:
         await asyncio.wait_for(reader, 10)
         assert got == list(range(150))  # nothing lost, duplicated or reordered
         assert sock.statistics().retransmitted + conn.statistics().retransmitted > 0
+
+
+# -- cancellation (STYLE rule 13): cancel the caller at each await point; the socket stays usable ---
+
+
+async def _fill_window(sock: Socket) -> int:
+    """Send until the peer's window is shut and every frame is acknowledged (nobody reads them)."""
+    sent = 0
+    with pytest.raises(SocketBusy):
+        while True:
+            sock.send_nowait(sent)
+            sent += 1
+    await sock.drain(timeout=5)
+    assert sock.statistics().window == 0
+    return sent
+
+
+async def _started(task: asyncio.Task[object]) -> None:
+    """Let ``task`` run to its first suspension (a wait that nothing in the test resolves)."""
+    await asyncio.sleep(0)
+    assert not task.done()
+
+
+async def _cancelled(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_cancel_send_blocked_on_a_full_window_sends_nothing(nats_server) -> None:
+    async with socket_pair(nats_server.url, "cancel.send", listen={"window": 4096}) as (sock, conn, _):
+        sent = await _fill_window(sock)
+        blocked = asyncio.create_task(sock.send("never"))
+        await _started(blocked)
+        await _cancelled(blocked)
+        stats = sock.statistics()
+        assert sock.state is SocketState.OPEN and stats.queued == 0 and stats.messages_sent == sent
+
+        after = asyncio.create_task(sock.send("after"))  # waits for credit, as the peer reads
+        got = [(await conn.recv(timeout=5)).data for _ in range(sent + 1)]
+        await asyncio.wait_for(after, 5)
+        assert got == [*range(sent), "after"]  # the cancelled "never" was never queued
+        assert conn.statistics().buffered == 0 and sock.statistics().queued == 0
+
+
+async def test_cancel_recv_loses_no_message(nats_server) -> None:
+    async with socket_pair(nats_server.url, "cancel.recv") as (sock, conn, _):
+        for timeout in (None, 30.0):
+            waiting = asyncio.create_task(conn.recv(timeout=timeout))
+            await _started(waiting)
+            await _cancelled(waiting)
+        assert conn.state is SocketState.OPEN and conn.statistics().buffered == 0
+
+        await sock.send("first")
+        await sock.send("second")
+        assert [(await conn.recv(timeout=5)).data for _ in range(2)] == ["first", "second"]
+        reader = asyncio.create_task(conn.recv(timeout=5))  # a waiter after the cancelled ones
+        await _started(reader)
+        await sock.send("third")
+        assert (await asyncio.wait_for(reader, 5)).data == "third"
+
+
+async def test_cancel_request_waiting_for_its_response(nats_server) -> None:
+    async with socket_pair(nats_server.url, "cancel.req") as (sock, conn, _):
+        pending = asyncio.create_task(sock.request("slow", timeout=30))
+        held = await conn.recv(timeout=5)  # a real handler holds the request and does not answer
+        assert held.is_request and held.data == "slow"
+        await _cancelled(pending)
+        assert sock.statistics().pending_requests == 0 and sock.state is SocketState.OPEN
+
+        await held.respond("too late")  # the requester is gone: the answer is dropped on arrival
+
+        async def answer() -> None:
+            msg = await conn.recv(timeout=5)
+            await msg.respond(msg.data * 2)
+
+        reply, _ = await asyncio.gather(sock.request(21, timeout=5), answer())
+        assert reply.data == 42  # not "too late": that one never reached a waiter or the inbox
+        stats = sock.statistics()
+        assert stats.pending_requests == 0 and stats.buffered == 0
+        await sock.send("plain")
+        assert (await conn.recv(timeout=5)).data == "plain"
+
+
+async def test_cancel_request_waiting_for_credit_sends_nothing(nats_server) -> None:
+    async with socket_pair(nats_server.url, "cancel.reqc", listen={"window": 4096}) as (sock, conn, _):
+        sent = await _fill_window(sock)
+        pending = asyncio.create_task(sock.request("never", timeout=30))
+        await _started(pending)
+        await _cancelled(pending)
+        assert sock.statistics().pending_requests == 0 and sock.statistics().queued == 0
+
+        got = [await conn.recv(timeout=5) for _ in range(sent)]
+        assert [m.data for m in got] == list(range(sent)) and not any(m.is_request for m in got)
+
+        async def answer() -> None:
+            msg = await conn.recv(timeout=5)
+            await msg.respond(msg.data + 1)
+
+        reply, _ = await asyncio.gather(sock.request(1, timeout=5), answer())
+        assert reply.data == 2
+
+
+async def test_cancel_connect_waiting_for_accept(nats_server) -> None:
+    from conat._socket_frames import Open, Reset, decode_frame
+
+    async with (
+        await conat.connect(nats_server.url) as a,
+        await conat.connect(nats_server.url) as b,
+        await b.subscribe("cancel.connect.one") as sub,  # hears the Open, never accepts
+    ):
+        connecting = asyncio.create_task(a.socket_connect("cancel.connect.one", timeout=30))
+        first = await sub.next(timeout=5)
+        assert isinstance(decode_frame(first.raw), Open)
+        await _cancelled(connecting)
+        assert a.statistics().pending_requests == 0  # the socket's inbox route is gone
+
+        while True:  # skip Open retransmits that were on their way: the peer is told with a Reset
+            frame = decode_frame((await sub.next(timeout=5)).raw)
+            if not isinstance(frame, Open):
+                break
+        assert isinstance(frame, Reset) and frame.code == 410 and "connect cancelled" in frame.reason
+
+        async with (  # the client is still usable
+            await b.socket_listen("cancel.later.*") as server,
+            await a.socket_connect("cancel.later.one") as sock,
+        ):
+            conn = await server.accept(timeout=5)
+            await sock.send("hello")
+            assert (await conn.recv(timeout=5)).data == "hello"

@@ -20,9 +20,8 @@ from conat import (
     SocketReset,
     Timeout,
 )
-from conat._socket_protocol import (
+from conat._socket_frames import (
     FRAME_COST,
-    TRANSITIONS,
     Accept,
     Ack,
     Close,
@@ -37,12 +36,11 @@ from conat._socket_protocol import (
     Ping,
     Reset,
     SocketConfig,
-    SocketProtocol,
-    SocketState,
     StreamEnded,
     decode_frame,
     encode_frame,
 )
+from conat._socket_protocol import TRANSITIONS, SocketProtocol, SocketState
 
 SUBJECT = "sock.test"
 
@@ -336,7 +334,7 @@ def test_max_message_is_enforced_on_both_sides() -> None:
     assert client.writable  # still usable
     big = SocketProtocol("client", SocketConfig(max_message=5000), 0.0, subject=SUBJECT)
     big.state = SocketState.OPEN
-    big._peer_limit = 10**9
+    big._tx.peer_limit = 10**9
     [event] = server.receive(big.send(b"x" * 2000, 0.0)[0], 0.0)
     assert isinstance(event, ConnectionClosed) and isinstance(event.error, PayloadTooLarge)
     assert server.state is SocketState.CLOSED

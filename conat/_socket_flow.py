@@ -1,0 +1,433 @@
+"""The two halves of a socket endpoint's data path, sans I/O: what it sends and what it receives.
+
+:class:`Sender` numbers, fragments and queues outgoing messages, lets them out as the peer's credit
+allows, keeps them until they are acknowledged, and decides what to retransmit. :class:`Receiver`
+puts incoming sequenced frames in order, drops duplicates, reassembles fragments into messages,
+and grants credit in its acks. Neither knows the lifecycle: :class:`~conat._socket_protocol.SocketProtocol`
+owns both, checks the state before it calls them, and turns a :class:`PeerFault` into a failure.
+The rules they implement (sequencing, acks and repair, credit) are in that module's docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final, final
+
+from ._errors import ConatError, ErrorCode, PayloadTooLarge, SocketBusy, SocketProtocolError
+from ._socket_frames import (
+    DATA_OVERHEAD,
+    FRAME_COST,
+    HEAD_OVERHEAD_BOUND,
+    MIN_FRAME_SIZE,
+    Ack,
+    Data,
+    Event,
+    Fin,
+    Frame,
+    Head,
+    MessageReceived,
+    Reset,
+    Sequenced,
+    SocketConfig,
+    StreamEnded,
+    encode_frame,
+)
+
+__all__ = ["MAX_OUT_OF_ORDER", "PeerFault", "Receiver", "Sender"]
+
+MAX_OUT_OF_ORDER: Final = 65_536
+"""Frames held beyond a gap; later ones are dropped (the sender resends them)."""
+_MAX_NACK_RANGES: Final = 32
+_MAX_NACK_FRAMES: Final = 4096
+
+
+class _Out:
+    """One sequenced frame on the sending side, from queued to acknowledged."""
+
+    __slots__ = ("cost", "frame", "nacked", "sent_at")
+
+    def __init__(self, frame: Sequenced, cost: int) -> None:
+        self.frame = frame
+        self.cost = cost
+        self.sent_at = -math.inf
+        self.nacked = False
+
+
+# -- sending ---------------------------------------------------------------------------------------
+
+
+@final
+class Sender:
+    """The sending half: sequence numbers, fragmentation, credit, retransmission.
+
+    ``queued`` frames wait for credit; ``unacked`` frames were sent and wait for an ack. Counters
+    (``frames_sent`` counts the sequenced frames only) are read by the protocol's statistics.
+    """
+
+    def __init__(self, config: SocketConfig, subject: str) -> None:
+        self.config = config
+        self.subject = subject
+        self.queued: deque[_Out] = deque()
+        self.unacked: deque[_Out] = deque()
+        self.unacked_cost = 0
+        self.peer_limit = 0
+        self.peer_max_message = config.max_message
+        self.acked = 0
+        self.fin_seq = 0
+        self.rto = config.rto_min
+        self.retransmit_at: float | None = None
+        self.resend_due: float | None = None
+        self.probe_at = -math.inf
+        self.messages_sent = 0
+        self.frames_sent = 0
+        self.retransmitted = 0
+        self._next_seq = 1
+        self._sent_cost = 0
+        self._fragment = config.frame_size - DATA_OVERHEAD
+
+    @property
+    def has_credit(self) -> bool:
+        """Nothing waits for credit and the peer grants some: a new message can go out now."""
+        return not self.queued and self._sent_cost < self.peer_limit
+
+    @property
+    def credit(self) -> int:
+        return max(0, self.peer_limit - self._sent_cost)
+
+    @property
+    def drained(self) -> bool:
+        return not self.queued and not self.unacked
+
+    def send(
+        self,
+        payload: bytes,
+        now: float,
+        headers: dict[str, str] | None,
+        encoding: str | None,
+        request: int,
+        reply_to: int,
+        error: ErrorCode | None,
+    ) -> list[Frame]:
+        """Queue one message as frames; return those the credit lets out (see SocketProtocol.send)."""
+        size = len(payload)
+        limit = min(self.config.max_message, self.peer_max_message)
+        if size > limit:
+            raise PayloadTooLarge(size, limit, "socket message")
+        if not self.has_credit:
+            raise SocketBusy(self.subject, self.unacked_cost, self.config.window)
+        step = self._fragment
+        if headers or encoding is not None or request or reply_to or error is not None:
+            if not headers and size + HEAD_OVERHEAD_BOUND <= self.config.frame_size:
+                first = size  # it obviously fits: skip measuring the metadata (an encode per message)
+            else:
+                overhead = len(
+                    encode_frame(Head(2**63 - 1, b"", True, headers, encoding, request, reply_to, error))
+                )
+                first = self.config.frame_size - overhead - 8
+                if first < MIN_FRAME_SIZE // 2:
+                    raise PayloadTooLarge(
+                        overhead, self.config.frame_size - MIN_FRAME_SIZE // 2, "socket message metadata"
+                    )
+            chunk = payload if size <= first else payload[:first]
+            seq = self._next_seq
+            self._push(
+                Head(seq, chunk, size > first, headers, encoding, request, reply_to, error), len(chunk)
+            )
+            offset = first
+        elif size <= step:
+            self._push(Data(self._next_seq, payload), size)
+            self.messages_sent += 1
+            return self.release(now)
+        else:
+            offset = 0
+        while offset < size:
+            chunk = payload[offset : offset + step]
+            offset += step
+            self._push(Data(self._next_seq, chunk, offset < size), len(chunk))
+        self.messages_sent += 1
+        return self.release(now)
+
+    def send_fin(self, now: float) -> list[Frame]:
+        """Queue our Fin after everything queued so far (it costs no credit)."""
+        self.fin_seq = self._next_seq
+        self._push(Fin(self._next_seq), 0)
+        return self.release(now)
+
+    def _push(self, frame: Sequenced, size: int) -> None:
+        self._next_seq += 1
+        self.queued.append(_Out(frame, size + FRAME_COST if not isinstance(frame, Fin) else 0))
+
+    def release(self, now: float) -> list[Frame]:
+        """Let out the queued frames the peer's credit allows."""
+        out: list[Frame] = []
+        queued = self.queued
+        while queued:
+            o = queued[0]
+            if o.cost and self._sent_cost >= self.peer_limit:
+                break
+            queued.popleft()
+            self._sent_cost += o.cost
+            self.unacked_cost += o.cost
+            o.sent_at = now
+            self.unacked.append(o)
+            out.append(o.frame)
+        if out:
+            self.frames_sent += len(out)
+            if self.retransmit_at is None:
+                self.retransmit_at = now + self.rto
+        return out
+
+    def on_ack(self, frame: Ack, now: float) -> None:
+        """Drop what the peer acknowledged, take its credit, and mark what it says it lacks."""
+        ack = min(frame.ack, self._next_seq - 1)
+        if ack > self.acked:
+            unacked = self.unacked
+            while unacked and unacked[0].frame.seq <= ack:
+                self.unacked_cost -= unacked.popleft().cost
+            self.acked = ack
+            self.rto = self.config.rto_min
+            self.retransmit_at = now + self.rto if unacked else None
+        self.peer_limit = max(self.peer_limit, frame.limit)
+        if frame.missing and self.unacked:
+            self._mark_missing(frame.missing)
+
+    def _mark_missing(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        unacked = self.unacked
+        first = unacked[0].frame.seq
+        marked = 0
+        for lo, hi in ranges[:_MAX_NACK_RANGES]:
+            for seq in range(max(lo, first), min(hi, first + len(unacked) - 1) + 1):
+                o = unacked[seq - first]
+                if not o.nacked:
+                    o.nacked = True
+                    due = o.sent_at + self.config.rto_min / 2
+                    if self.resend_due is None or due < self.resend_due:
+                        self.resend_due = due
+                marked += 1
+                if marked >= _MAX_NACK_FRAMES:
+                    return
+
+    def retransmit(self, now: float, out: list[Frame]) -> None:
+        """Append what is due for resending: everything after ``rto`` without progress, else the
+        frames the peer named missing (each at most once per ``rto_min / 2``)."""
+        unacked = self.unacked
+        if self.retransmit_at is not None and now >= self.retransmit_at and unacked:
+            for o in unacked:
+                o.sent_at = now
+                o.nacked = False
+                out.append(o.frame)
+            self.retransmitted += len(unacked)
+            self.frames_sent += len(unacked)
+            self.rto = min(self.rto * 2, self.config.rto_max)
+            self.retransmit_at = now + self.rto
+            self.resend_due = None
+            return
+        if self.resend_due is not None and now >= self.resend_due:
+            self.resend_due = None
+            gap = self.config.rto_min / 2
+            for o in unacked:
+                if not o.nacked:
+                    continue
+                if o.sent_at + gap <= now:
+                    o.nacked = False
+                    o.sent_at = now
+                    out.append(o.frame)
+                    self.retransmitted += 1
+                    self.frames_sent += 1
+                elif self.resend_due is None or o.sent_at + gap < self.resend_due:
+                    self.resend_due = o.sent_at + gap
+
+    def resend_all(self, now: float) -> list[Frame]:
+        """Every unacknowledged frame, now (the link came back)."""
+        out: list[Frame] = [o.frame for o in self.unacked]
+        for o in self.unacked:
+            o.sent_at = now
+        self.retransmitted += len(out)
+        self.frames_sent += len(out)
+        self.retransmit_at = now + self.rto if self.unacked else None
+        return out
+
+    def probe(self, now: float) -> bool:
+        """True when the window is shut and a probe (Ping) is due; schedules the next one."""
+        if self.queued and not self.unacked and now >= self.probe_at:
+            self.probe_at = now + self.rto
+            return True
+        return False
+
+    def deadline(self) -> float:
+        """When :meth:`retransmit` or :meth:`probe` next has something to do (``inf``: never)."""
+        deadline = math.inf
+        if self.retransmit_at is not None and self.unacked:
+            deadline = self.retransmit_at
+        if self.resend_due is not None:
+            deadline = min(deadline, self.resend_due)
+        if self.queued and not self.unacked:
+            deadline = min(deadline, self.probe_at)
+        return deadline
+
+
+# -- receiving -------------------------------------------------------------------------------------
+
+
+class PeerFault(Exception):
+    """Raised by :class:`Receiver` when the peer broke the protocol or sent too much.
+
+    Internal: the protocol fails the connection with ``error`` and tells the peer with ``reset``.
+    """
+
+    def __init__(self, error: ConatError, reset: Reset) -> None:
+        super().__init__(error)
+        self.error = error
+        self.reset = reset
+
+
+@final
+class Receiver:
+    """The receiving half: ordering, duplicate detection, reassembly, credit grants and acks.
+
+    ``ack_needed`` says an Ack is due (the protocol sends it from ``poll``); ``advertised`` is the
+    credit limit last granted to the peer.
+    """
+
+    def __init__(self, config: SocketConfig, subject: str) -> None:
+        self.config = config
+        self.subject = subject
+        self.held: dict[int, Sequenced] = {}
+        self.advertised = config.window
+        self.ack_needed = False
+        self.eof_received = False
+        self.messages_received = 0
+        self.duplicates_dropped = 0
+        self._expected = 1
+        self._parts: list[bytes] = []
+        self._head: Data | Head | None = None
+        self._partial_size = 0
+        self._partial_cost = 0
+        self._consumed = 0
+
+    def on_sequenced(self, frame: Sequenced, events: list[Event]) -> None:
+        """Take a Data, Head or Fin frame; deliver it and whatever it unblocks, in order.
+
+        Raises:
+            PeerFault: the frame breaks the protocol, or makes a message too large. Events
+                appended before it stand.
+        """
+        self.ack_needed = True
+        seq = frame.seq
+        expected = self._expected
+        if seq != expected:
+            if seq < expected or seq in self.held:
+                self.duplicates_dropped += 1
+            elif seq - expected <= MAX_OUT_OF_ORDER:
+                self.held[seq] = frame
+            return
+        self._deliver(frame, events)
+        held = self.held
+        while held:
+            nxt = held.pop(self._expected, None)
+            if nxt is None:
+                break
+            self._deliver(nxt, events)
+
+    def _deliver(self, frame: Sequenced, events: list[Event]) -> None:
+        self._expected += 1
+        if isinstance(frame, Fin):
+            if self._head is not None:
+                raise self._violation("end of stream inside a fragmented message")
+            self.eof_received = True
+            events.append(StreamEnded())
+            return
+        if self.eof_received:
+            raise self._violation(f"data (seq {frame.seq}) after end of stream")
+        payload = frame.payload
+        head = self._head
+        if head is None:
+            if not frame.more:  # the common case: a whole message in one frame
+                if len(payload) > self.config.max_message:
+                    raise self._too_large(len(payload))
+                self.messages_received += 1
+                cost = len(payload) + FRAME_COST
+                if isinstance(frame, Head):
+                    events.append(
+                        MessageReceived(payload, frame.headers, frame.encoding, frame.request,
+                                        frame.reply_to, frame.error, cost)
+                    )  # fmt: skip
+                else:
+                    events.append(MessageReceived(payload, None, None, 0, 0, None, cost))
+                return
+            self._head = head = frame
+        elif isinstance(frame, Head):
+            raise self._violation(f"a message head (seq {frame.seq}) inside a fragmented message")
+        self._parts.append(payload)
+        self._partial_size += len(payload)
+        self._partial_cost += len(payload) + FRAME_COST
+        if self._partial_size > self.config.max_message:
+            raise self._too_large(self._partial_size)
+        if frame.more:
+            return
+        whole = b"".join(self._parts)
+        cost = self._partial_cost
+        self._parts = []
+        self._head = None
+        self._partial_size = 0
+        # The credit granted for the fragments stays granted (the limit never shrinks), but it now
+        # belongs to an unread message: the application's consume() accounts for it from here on.
+        self.advertised = self.limit()
+        self._partial_cost = 0
+        self.messages_received += 1
+        if isinstance(head, Head):
+            events.append(
+                MessageReceived(
+                    whole, head.headers, head.encoding, head.request, head.reply_to, head.error, cost
+                )
+            )
+        else:
+            events.append(MessageReceived(whole, None, None, 0, 0, None, cost))
+
+    def _too_large(self, size: int) -> PeerFault:
+        limit = self.config.max_message
+        return PeerFault(
+            PayloadTooLarge(size, limit, "socket message from the peer"),
+            Reset(413, f"message of {size} bytes is over the limit of {limit} bytes"),
+        )
+
+    def _violation(self, what: str) -> PeerFault:
+        return PeerFault(
+            SocketProtocolError(self.subject, f"peer broke the protocol: {what}"), Reset(400, what)
+        )
+
+    def consume(self, cost: int) -> bool:
+        """The application read a message of ``cost`` credit units. True if a window update is due."""
+        self._consumed += cost
+        if self._consumed + self.config.window - self.advertised >= self.config.window // 4:
+            self.ack_needed = True
+        return self.ack_needed
+
+    def limit(self) -> int:
+        """The credit limit we grant: consumed + window + the fragments being reassembled."""
+        return max(self.advertised, self._consumed + self.config.window + self._partial_cost)
+
+    def grant(self) -> int:
+        """The current limit, now advertised to the peer (in an Accept)."""
+        self.advertised = limit = self.limit()
+        return limit
+
+    def ack_frame(self) -> Ack:
+        """The Ack to send now: the highest in-order seq, the limit, and the missing ranges."""
+        self.ack_needed = False
+        limit = self.grant()
+        if not self.held:
+            return Ack(self._expected - 1, limit)
+        return Ack(self._expected - 1, limit, self._missing())
+
+    def _missing(self) -> tuple[tuple[int, int], ...]:
+        ranges: list[tuple[int, int]] = []
+        lo = self._expected
+        for seq in sorted(self.held):
+            if seq > lo:
+                ranges.append((lo, seq - 1))
+                if len(ranges) >= _MAX_NACK_RANGES:
+                    break
+            lo = seq + 1
+        return tuple(ranges)

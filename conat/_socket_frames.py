@@ -1,0 +1,282 @@
+"""Wire frames, events and tunables of the reliable-socket protocol (see :mod:`conat._socket_protocol`).
+
+Frames are msgspec structs, a tagged union encoded as msgpack arrays (``[tag, field, ...]``); the
+encoder and decoder are built once::
+
+    Open(id, limit, max_message)   client -> server: connect; retransmitted until Accept comes
+    Accept(limit, max_message)     server -> client: the connection exists
+    Data(seq, payload, more)       one fragment of a message; ``more`` says another one follows
+    Head(seq, payload, more, headers, encoding, request, reply_to, error)
+                                   the first fragment of a message that carries metadata
+    Fin(seq)                       end of stream in this direction (it has a sequence number)
+    Ack(ack, limit, missing)       cumulative ack, credit limit, ranges the receiver lacks
+    Ping()                         keepalive and window probe: the peer answers with an Ack
+    Close()                        the sender is gone for good (after its Fin was acknowledged)
+    Reset(code, reason)            the sender aborted, or does not know this connection
+
+Events are what :meth:`SocketProtocol.receive <conat._socket_protocol.SocketProtocol.receive>`
+reports, in order. :class:`SocketConfig` validates every tunable once, so the protocol can trust them;
+:func:`socket_config` builds one from a client's options and its server's max_payload.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, final
+
+import msgspec
+
+from ._errors import ConatError, ErrorCode, SocketProtocolError
+
+__all__ = [
+    "DATA_OVERHEAD",
+    "FRAME_COST",
+    "FRAME_ROOM",
+    "HEAD_OVERHEAD_BOUND",
+    "MIN_FRAME_SIZE",
+    "Accept",
+    "Ack",
+    "Close",
+    "ConnectionClosed",
+    "Data",
+    "Event",
+    "Fin",
+    "Frame",
+    "Head",
+    "MessageReceived",
+    "Open",
+    "Opened",
+    "Ping",
+    "ProtocolStatistics",
+    "Reset",
+    "Sequenced",
+    "SocketConfig",
+    "StreamEnded",
+    "decode_frame",
+    "encode_frame",
+    "socket_config",
+]
+
+FRAME_COST: Final = 32
+"""Credit units charged per data frame on top of its payload bytes."""
+MIN_FRAME_SIZE: Final = 256
+"""The smallest ``frame_size`` a :class:`SocketConfig` accepts."""
+FRAME_ROOM: Final = 256
+"""Bytes kept free below the server's max_payload in every frame."""
+DATA_OVERHEAD: Final = 24
+"""Bounds an encoded Data frame less its payload: array header, tag, seq (<= 9 bytes), bin32 header, bool."""
+HEAD_OVERHEAD_BOUND: Final = 160
+"""Bounds an encoded Head frame without headers, less its payload (codes and error codes are short)."""
+
+
+# -- frames ----------------------------------------------------------------------------------------
+
+
+class Open(msgspec.Struct, tag=1, array_like=True, frozen=True):
+    id: str
+    limit: int
+    max_message: int
+
+
+class Accept(msgspec.Struct, tag=2, array_like=True, frozen=True):
+    limit: int
+    max_message: int
+
+
+class Data(msgspec.Struct, tag=3, array_like=True, frozen=True):
+    seq: int
+    payload: bytes
+    more: bool = False
+
+
+class Head(msgspec.Struct, tag=4, array_like=True, frozen=True):
+    seq: int
+    payload: bytes
+    more: bool = False
+    headers: dict[str, str] | None = None
+    encoding: str | None = None
+    request: int = 0
+    reply_to: int = 0
+    error: int | str | None = None
+
+
+class Fin(msgspec.Struct, tag=5, array_like=True, frozen=True):
+    seq: int
+
+
+class Ack(msgspec.Struct, tag=6, array_like=True, frozen=True):
+    ack: int
+    limit: int
+    missing: tuple[tuple[int, int], ...] = ()
+
+
+class Ping(msgspec.Struct, tag=7, array_like=True, frozen=True):
+    pass
+
+
+class Close(msgspec.Struct, tag=8, array_like=True, frozen=True):
+    pass
+
+
+class Reset(msgspec.Struct, tag=9, array_like=True, frozen=True):
+    code: int | str
+    reason: str
+
+
+Frame = Open | Accept | Data | Head | Fin | Ack | Ping | Close | Reset
+Sequenced = Data | Head | Fin
+"""The frames that carry a sequence number (and are acknowledged and retransmitted)."""
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Frame)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame (msgpack, as an array)."""
+    return _ENCODER.encode(frame)
+
+
+def decode_frame(raw: bytes | memoryview) -> Frame:
+    """Decode one frame; raises :class:`SocketProtocolError` for anything that is not one."""
+    try:
+        frame: Frame = _DECODER.decode(raw)
+    except (msgspec.DecodeError, ValueError) as e:
+        raise SocketProtocolError("?", f"malformed frame: {e}") from None
+    return frame
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The connection is open. ``peer_id``: the client's id (on the server side), else ``""``."""
+
+    peer_id: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A whole message, in order. Hand ``cost`` back to :meth:`SocketProtocol.consume` once read."""
+
+    payload: bytes
+    headers: dict[str, str] | None
+    encoding: str | None
+    request: int
+    reply_to: int
+    error: ErrorCode | None
+    cost: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The peer's Fin: every message it sent has been delivered before this event."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The protocol reached CLOSED. ``error`` is None for a graceful end."""
+
+    error: ConatError | None
+
+
+Event = Opened | MessageReceived | StreamEnded | ConnectionClosed
+
+
+# -- configuration and statistics ----------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SocketConfig:
+    """Tunables of one socket endpoint; validated here, so the protocol can trust them.
+
+    Attributes:
+        window: credit granted to the peer, in bytes (plus :data:`FRAME_COST` per frame).
+        max_message: the largest message sent or accepted, in bytes (PayloadTooLarge, 413).
+        frame_size: the largest encoded frame (the server's max_payload minus some room).
+        keepalive: send a Ping after this many idle seconds.
+        peer_timeout: fail with PeerDead after this many seconds without a frame from the peer.
+        connect_timeout: give up connecting after this many seconds.
+        rto_min, rto_max: the retransmission timeout's start and cap (it doubles in between).
+    """
+
+    window: int = 2 * 1024 * 1024
+    max_message: int = 16 * 1024 * 1024
+    frame_size: int = 1024 * 1024 - 256
+    keepalive: float = 10.0
+    peer_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    rto_min: float = 0.25
+    rto_max: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.window < FRAME_COST:
+            raise ValueError(f"window must be at least {FRAME_COST} bytes, not {self.window}")
+        if self.max_message < 0:
+            raise ValueError(f"max_message must not be negative, not {self.max_message}")
+        if self.frame_size < MIN_FRAME_SIZE:
+            raise ValueError(f"frame_size must be at least {MIN_FRAME_SIZE} bytes, not {self.frame_size}")
+        for name in ("keepalive", "peer_timeout", "connect_timeout", "rto_min", "rto_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.peer_timeout <= self.keepalive:
+            raise ValueError(
+                f"peer_timeout ({self.peer_timeout}) must be longer than keepalive ({self.keepalive})"
+            )
+        if self.rto_max < self.rto_min:
+            raise ValueError(f"rto_max ({self.rto_max}) must not be below rto_min ({self.rto_min})")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProtocolStatistics:
+    """A snapshot of one protocol endpoint's counters (``window``: the credit the peer still grants)."""
+
+    state: str
+    messages_sent: int
+    messages_received: int
+    frames_sent: int
+    frames_received: int
+    retransmitted: int
+    duplicates_dropped: int
+    out_of_order: int
+    unacked: int
+    unacked_bytes: int
+    queued: int
+    window: int
+    rto: float
+
+
+def socket_config(
+    max_payload: int,
+    *,
+    window: int | None,
+    max_message: int | None,
+    keepalive: float | None,
+    peer_timeout: float | None,
+    connect_timeout: float | None = None,
+) -> SocketConfig:
+    """The config of a socket on a bus whose server takes ``max_payload`` bytes a message.
+
+    Tunables left None take the defaults; ``peer_timeout`` defaults to at least three keepalives,
+    and frames leave :data:`FRAME_ROOM` bytes below ``max_payload``.
+    """
+    defaults = SocketConfig()
+    keepalive = defaults.keepalive if keepalive is None else keepalive
+    if peer_timeout is None:
+        peer_timeout = max(defaults.peer_timeout, 3 * keepalive)
+    return SocketConfig(
+        window=defaults.window if window is None else window,
+        max_message=defaults.max_message if max_message is None else max_message,
+        frame_size=max(max_payload - FRAME_ROOM, MIN_FRAME_SIZE),
+        keepalive=keepalive,
+        peer_timeout=peer_timeout,
+        connect_timeout=defaults.connect_timeout if connect_timeout is None else connect_timeout,
+    )

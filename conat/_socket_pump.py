@@ -1,0 +1,226 @@
+"""The asyncio plumbing under a :class:`~conat._socket.Socket`: an ordered writer, one timer, waits.
+
+The socket's protocol (:mod:`conat._socket_protocol`) is pure; a socket drives it with three parts:
+
+- :class:`Outbox` publishes encoded frames in order, with at most one writer at a time. A publish
+  that fails drops the rest of the queue: the protocol retransmits what matters.
+- :class:`Alarm` is a single re-armable wake-up on any :class:`~conat._clock.Clock`: a
+  ``loop.call_at`` handle on the system clock (no task), a task sleeping on the clock otherwise.
+- :class:`Waits` holds the futures that wait for "something changed" (each waiter re-checks its
+  condition when woken) and the deadlines that expire futures with :class:`Expired`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, final
+
+from ._clock import Clock, SystemClock
+from ._errors import ConatError
+from ._socket_frames import Frame, encode_frame
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["Alarm", "Expired", "Outbox", "Spawn", "Waits"]
+
+log = logging.getLogger("conat.socket")
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+"""Starts a task that its owner tracks (and awaits when it closes)."""
+
+
+class Expired(Exception):
+    """Set on a waiter by its deadline; turned into :class:`~conat.Timeout` by whoever waits."""
+
+
+@final
+class Outbox:
+    """Encoded frames waiting to be published to ``target`` (with ``reply``), in order.
+
+    :meth:`emit` (from synchronous code) starts a writer task if none runs; :meth:`write` (from a
+    coroutine) sends from the calling task unless a writer is already at it. A writer cancelled
+    mid-queue hands the rest to a new writer task, so frames are never stranded.
+    """
+
+    def __init__(
+        self, client: Client, target: str, name: str, spawn: Spawn, on_closed: Callable[[], None]
+    ) -> None:
+        self._client = client
+        self.target = target
+        self.reply = ""
+        self._name = name
+        self._spawn = spawn
+        self._on_closed = on_closed
+        self._frames: deque[bytes] = deque()
+        self._writing = False
+
+    def emit(self, frames: list[Frame]) -> None:
+        """Queue frames and make sure a writer sends them."""
+        self._frames.extend([encode_frame(f) for f in frames])
+        if not self._writing:
+            self._writing = True
+            self._spawn(self._writer())
+
+    async def write(self, frames: list[Frame]) -> None:
+        """Queue frames and send them from the calling task, unless a writer is already at it."""
+        self._frames.extend([encode_frame(f) for f in frames])
+        if not self._writing:
+            self._writing = True
+            await self._writer()
+
+    async def _writer(self) -> None:
+        """Send the queue in order. The caller has set ``_writing``; this clears it."""
+        out = self._frames
+        publish = self._client._transport.publish
+        target, reply = self.target, self.reply
+        try:
+            while out:
+                await publish(target, out.popleft(), reply)
+        except ConatError as e:
+            # ClosedError: the bus client is gone. ConnectError: its outbound buffer is full while
+            # reconnecting. Either way what was lost is retransmitted (or no longer matters).
+            out.clear()
+            log.debug("socket %r: frames not sent: %s", self._name, e)
+            if self._client._closing:
+                self._on_closed()
+        finally:
+            self._writing = False
+            if out and not self._client._closing:
+                self._writing = True
+                self._spawn(self._writer())
+
+
+@final
+class Alarm:
+    """One wake-up at a time on ``clock``: calls ``fire()`` at (or just after) the armed time.
+
+    Arming for a time later than the one pending does nothing: the earlier wake-up's ``fire()`` is
+    expected to re-arm for whatever is next. ``at`` is the pending time (None: disarmed).
+    """
+
+    def __init__(self, clock: Clock, fire: Callable[[], None], spawn: Spawn) -> None:
+        self._clock = clock
+        self._fire = fire
+        self._spawn = spawn
+        self._loop = asyncio.get_running_loop()
+        self._system_time = isinstance(clock, SystemClock)
+        self.at: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        """The sleeping task, on any clock but the system's."""
+
+    def arm(self, deadline: float) -> None:
+        if self._system_time:
+            handle = self._handle
+            if handle is not None:
+                if self.at is not None and self.at <= deadline:
+                    return  # an earlier wake-up re-arms for this one
+                handle.cancel()
+            now = self._loop.time()
+            self.at = deadline = max(deadline, now)
+            self._handle = self._loop.call_at(deadline, self._on_system_timer)
+            return
+        task = self.task
+        if task is not None and not task.done():
+            if task is asyncio.current_task():
+                self.at = deadline  # the timer loop is running: it picks this up
+                return
+            if self.at is not None and self.at <= deadline:
+                return
+            task.cancel()
+        self.at = deadline
+        self.task = self._spawn(self._clock_timer())
+
+    def disarm(self) -> None:
+        self.at = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            self.task = None
+
+    def _on_system_timer(self) -> None:
+        self._handle = None
+        self.at = None
+        self._fire()
+
+    async def _clock_timer(self) -> None:
+        """The timer for any clock but the system's: sleep on the clock, fire, repeat."""
+        clock = self._clock
+        me = asyncio.current_task()
+        try:
+            while (at := self.at) is not None and self.task is me:
+                await clock.sleep_until(at)
+                if self.task is not me:
+                    return
+                if self.at is not None and clock.now() >= self.at:
+                    self.at = None
+                    self._fire()
+        finally:
+            if self.task is me:
+                self.task = None
+
+
+@final
+class Waits:
+    """Futures waiting for a change, and deadlines (on the owner's clock) that expire futures.
+
+    :meth:`notify` wakes every waiter, which then re-checks what it waits for. The owner's timer
+    calls :meth:`expire`, which fails each pending future whose deadline has passed with
+    :class:`Expired`; :meth:`earliest` says when that timer is next needed.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._deadlines: list[tuple[float, int, asyncio.Future[Any]]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future that :meth:`notify` resolves."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(future)
+        return future
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def add_deadline(self, deadline: float, future: asyncio.Future[Any], others: int = 0) -> None:
+        """Fail ``future`` with :class:`Expired` at ``deadline`` if it is still pending then.
+
+        ``others`` counts the futures with deadlines that are not waiters (they bound the heap:
+        it is swept of finished entries when it grows past four times the live ones).
+        """
+        dl = self._deadlines
+        if len(dl) > 64 and len(dl) > 4 * (others + len(self._waiters)):
+            dl[:] = [e for e in dl if not e[2].done()]
+            heapq.heapify(dl)
+        heapq.heappush(dl, (deadline, next(self._order), future))
+
+    def earliest(self) -> float | None:
+        """The first deadline of a pending future (None: none)."""
+        dl = self._deadlines
+        while dl and dl[0][2].done():
+            heapq.heappop(dl)
+        return dl[0][0] if dl else None
+
+    def expire(self, now: float) -> None:
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, _, future = heapq.heappop(dl)
+            if not future.done():
+                future.set_exception(Expired())
