@@ -299,3 +299,39 @@ async def test_start_refuses_duplicates_and_non_actors(system: ActorSystem) -> N
         await system.start(Counter)
     with pytest.raises(ActorDefinitionError):
         await system.start(int)  # type: ignore[arg-type]
+
+
+class SlowExit(Actor, subject="slowexit.*", idle=None):
+    async def on_activate(self) -> None:
+        EVENTS.append(("activate", self.key))
+
+    async def on_deactivate(self) -> None:
+        EVENTS.append(("deactivating", self.key))
+        await GATES["exit"].wait()
+        EVENTS.append(("deactivated", self.key))
+
+    async def leave(self) -> None:
+        self.passivate()
+
+    async def who(self) -> int:
+        return EVENTS.count(("activate", self.key))
+
+
+async def test_a_message_during_passivation_waits_and_reactivates(
+    system: ActorSystem, client: conat.Client
+) -> None:
+    await system.start(SlowExit)
+    GATES["exit"] = asyncio.Event()
+    proxy = actor_proxy(client, SlowExit, "s")
+    await proxy.leave()
+    await eventually(lambda: ("deactivating", "s") in EVENTS, "passivation started")
+    call = asyncio.create_task(proxy.who())
+    await eventually(
+        lambda: (st := system.runtime(SlowExit).mailbox_statistics("s")) is not None and st.buffered == 1,
+        "the call waits in the mailbox",
+    )
+    assert not call.done()
+    GATES["exit"].set()
+    assert await call == 2  # served by a fresh activation, after the old one finished deactivating
+    assert EVENTS.index(("deactivated", "s")) < len(EVENTS) - 1
+    assert EVENTS[-1] == ("activate", "s")
