@@ -17,6 +17,7 @@ a message before ``on_activate`` has returned.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable
@@ -159,6 +160,11 @@ class Actor:
     _activation: Activation
 
     def __init_subclass__(cls, *, subject: str | None = None, **options: Any) -> None:
+        """Bind the class: ``subject=`` plus any :class:`ActorSpec` field as a class keyword.
+
+        A subclass without keywords serves like its parent; one with keywords but no ``subject``
+        keeps the parent's subject and other settings, overriding only what it names.
+        """
         super().__init_subclass__()
         base = cls.__actor_spec__
         if subject is None and not options:
@@ -166,6 +172,12 @@ class Actor:
         if subject is None:
             if base is None:
                 raise ActorDefinitionError(f"actor class {cls.__name__} needs subject=")
+            inherited = {
+                f.name: getattr(base, f.name)
+                for f in dataclasses.fields(base)
+                if f.name not in ("subject", "name", "dead_letter", "key_positions")
+            }
+            options = {**inherited, **options}
             subject = base.subject
         options.setdefault("name", cls.__name__)
         try:

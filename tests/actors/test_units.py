@@ -99,3 +99,23 @@ def test_an_unbound_actor_cannot_be_started() -> None:
 
     with pytest.raises(ActorDefinitionError, match="not bound to a subject"):
         Abstract.spec()
+
+
+def test_a_subclass_with_options_keeps_the_parents_binding() -> None:
+    class Base(Actor, subject="base.*", idle=5.0, max_buffer=7):
+        pass
+
+    class Child(Base, max_buffer=9):
+        pass
+
+    class Same(Base):
+        pass
+
+    child = Child.spec()
+    assert (child.subject, child.idle, child.max_buffer, child.name) == ("base.*", 5.0, 9, "Child")
+    assert child.dead_letter == "deadletter.Child"
+    assert Same.spec() is Base.spec()
+    with pytest.raises(ActorDefinitionError, match="max_bufer"):
+
+        class Typo(Base, max_bufer=3):  # type: ignore[call-arg]
+            pass
