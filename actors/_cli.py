@@ -17,6 +17,7 @@ import click
 
 import conat
 from conat.cli._app import Options, common_options, run, stop_on_signals
+from conat.cli._output import Printer
 
 from ._actor import Actor
 from ._errors import Escalation
@@ -82,11 +83,17 @@ def run_actors(opts: Options, targets: tuple[str, ...], queue: str | None, stop_
 async def _serve(opts: Options, classes: list[type[Actor]], queue: str | None, stop_timeout: float) -> None:
     async with await conat.connect(opts.url, name="conat-run") as client:
         system = ActorSystem(client, stop_timeout=stop_timeout)
+        out = Printer(opts.json)
         with stop_on_signals() as stop:
             for cls in classes:
                 runtime = await system.start(cls, queue=queue)
                 group = f" (queue group {runtime.queue!r})" if runtime.queue else ""
-                click.echo(f"serving {runtime.spec.name} on {runtime.spec.subject}{group}", err=True)
+                text = f"serving {runtime.spec.name} on {runtime.spec.subject}{group}"
+                if opts.json:  # machine output on stdout; people read stderr
+                    out.event(text, event="serving", actor=runtime.spec.name, subject=runtime.spec.subject,
+                              queue=runtime.queue, id=system.instance_id)  # fmt: skip
+                else:
+                    click.echo(text, err=True)
             stopper = asyncio.ensure_future(stop.wait())
             failed = asyncio.ensure_future(system.wait())
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 async def _start(url: str, *targets: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "conat.cli", "run", *targets, "--url", url,
-        cwd=ROOT, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
 
 
@@ -59,3 +61,19 @@ async def test_conat_run_names_a_bad_target(nats_server: NatsServer) -> None:
     err = (await asyncio.wait_for(proc.stderr.read(), 20)).decode()
     assert await proc.wait() == 1
     assert "'tests.actors.sample_actors:Nope' is not an actor class" in err
+
+
+async def test_conat_run_json_reports_each_type_on_stdout(nats_server: NatsServer) -> None:
+    proc = await _start(nats_server.url, "tests.actors.sample_actors:Greeter", "--json", "--queue", "g")
+    try:
+        assert proc.stdout is not None
+        event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert (event["event"], event["actor"], event["subject"], event["queue"]) == (
+            "serving", "Greeter", "greeter.*", "g",
+        )  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
