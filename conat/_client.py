@@ -45,6 +45,7 @@ from ._errors import (
 )
 from ._message import ENCODING_HEADER, ERROR_HEADER, REPLY_HEADER, STATUS_HEADER, Message, parse_error_code
 from ._paths import read_state
+from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
 from ._transfer import TransferEngine
 from ._transport import PermissionViolation, Transport, TransportEvents, check_url
@@ -727,7 +728,7 @@ class Client:
         subject: str,
         *,
         clock: Clock | None = None,
-        backlog: int = 1024,
+        backlog: int = DEFAULT_BACKLOG,
         window: int | None = None,
         max_message: int | None = None,
         keepalive: float | None = None,
@@ -752,7 +753,7 @@ class Client:
         self,
         subject: str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
         clock: Clock | None = None,
         window: int | None = None,
         max_message: int | None = None,

@@ -38,7 +38,6 @@ import logging
 import warnings
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._client import ClientState
@@ -49,13 +48,12 @@ from ._errors import (
     ErrorCode,
     Forbidden,
     NoResponders,
-    RemoteError,
     SocketClosed,
     SocketProtocolError,
     Timeout,
 )
-from ._socket_frames import Event, Frame, MessageReceived, decode_frame, socket_config
-from ._socket_message import SocketMessage, encode_payload
+from ._socket_frames import Event, Frame, MessageReceived, SocketStatistics, decode_frame, socket_config
+from ._socket_message import PendingRequests, SocketMessage, encode_payload
 from ._socket_protocol import SocketProtocol, SocketState
 from ._socket_pump import Alarm, Expired, Outbox, Waits
 
@@ -69,37 +67,6 @@ log = logging.getLogger("conat.socket")
 
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class SocketStatistics:
-    """A snapshot of one socket's counters (see :mod:`conat._socket_protocol` for the terms).
-
-    ``window`` is the credit the peer still grants (bytes, 0 when full); ``unacked`` and
-    ``unacked_bytes`` are frames sent but not acknowledged; ``queued`` frames wait for credit;
-    ``buffered`` messages wait for this side's reader.
-    """
-
-    state: str
-    subject: str
-    id: str
-    messages_sent: int
-    messages_received: int
-    frames_sent: int
-    frames_received: int
-    retransmitted: int
-    duplicates_dropped: int
-    out_of_order: int
-    unacked: int
-    unacked_bytes: int
-    queued: int
-    window: int
-    buffered: int
-    pending_requests: int
-    no_responders: int
-    malformed: int
-    rto: float
 
 
 # -- the socket ------------------------------------------------------------------------------------
@@ -134,8 +101,7 @@ class Socket:
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._inbox: deque[SocketMessage] = deque()
-        self._requests: dict[int, asyncio.Future[SocketMessage]] = {}
-        self._next_request = 0
+        self._requests = PendingRequests(self._loop)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waits = Waits()
         self._outbox = Outbox(client, target, subject, self._spawn, self._on_bus_closed)
@@ -206,6 +172,9 @@ class Socket:
     def _route_failed(self, error: BaseException) -> None:
         """The bus client is closing: its routes are failed before its connection goes."""
         self._on_bus_closed()
+        if self._finished:
+            self._alarm.disarm()
+            self._route_token = None  # the client drops every route itself
 
     def _on_bus_closed(self) -> None:
         self._fail_local(SocketClosed(self.subject, "the bus client is closed"))
@@ -230,28 +199,22 @@ class Socket:
         for event in events:
             if type(event) is MessageReceived:
                 if event.reply_to:
-                    self._on_response(event)
+                    self._proto.consume(event.cost)
+                    self._requests.resolve(self, event)
                     continue
                 self._inbox.append(SocketMessage(self, event))
             # Opened, StreamEnded, ConnectionClosed: state that the waiters re-check.
         if self._waits:
             self._waits.notify()
 
-    def _on_response(self, event: MessageReceived) -> None:
-        self._proto.consume(event.cost)
-        future = self._requests.pop(event.reply_to, None)
-        if future is None or future.done():
-            return  # the requester gave up
-        if event.error is not None:
-            text = event.payload.decode(errors="replace")
-            future.set_exception(RemoteError(event.error, text, self.subject))
-        else:
-            future.set_result(SocketMessage(self, event))
-
     def _end_batch(self) -> None:
         self._batch = False
         if not self._finished:
             self._pump()
+            return
+        frames = self._proto.poll(self._clock.now())  # lingering: a Close for a late frame
+        if frames and not self._client._closing:
+            self._outbox.emit(frames)
 
     def _pump(self) -> None:
         frames = self._proto.poll(self._clock.now())
@@ -275,6 +238,8 @@ class Socket:
         return task
 
     def _rearm(self) -> None:
+        if self._finished:
+            return  # the alarm is the linger's now (see _finish), or disarmed
         deadline = self._proto.next_deadline()
         first = self._waits.earliest()
         if first is not None and (deadline is None or first < deadline):
@@ -286,6 +251,7 @@ class Socket:
 
     def _on_timer(self) -> None:
         if self._finished:
+            self._release_route()  # the linger after a graceful close is over
             return
         self._waits.expire(self._clock.now())
         self._pump()
@@ -375,10 +341,7 @@ class Socket:
             SocketClosed / PeerDead / SocketReset: the socket ended before the response came.
         """
         payload, enc = encode_payload(data, headers, encoding)
-        self._next_request += 1
-        rid = self._next_request
-        future: asyncio.Future[SocketMessage] = self._loop.create_future()
-        self._requests[rid] = future
+        rid, future = self._requests.open()
         started = self._clock.now()
         deadline = started + timeout
         self._add_deadline(deadline, future)
@@ -388,11 +351,7 @@ class Socket:
         except Expired:
             raise Timeout(self.subject, self._clock.now() - started, "socket request") from None
         finally:
-            self._requests.pop(rid, None)
-            if not future.done():
-                future.cancel()
-            elif not future.cancelled():
-                future.exception()  # retrieved: an expiry nobody awaited must not be logged
+            self._requests.close(rid, future)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until the peer has acknowledged everything sent so far.
@@ -434,17 +393,19 @@ class Socket:
             Timeout: nothing within ``timeout`` seconds (408).
             SocketClosed / PeerDead / SocketReset: the socket ended (after the buffered messages).
         """
-        deadline = None
+        started = deadline = None
         while True:
             if self._inbox:
                 return self._take()
             self._check_readable()
-            if deadline is None and timeout is not None:
-                deadline = self._clock.now() + timeout
+            if started is None and timeout is not None:
+                started = self._clock.now()  # not before: a buffered message costs no clock read
+                deadline = started + timeout
             try:
                 await self._wait(deadline)
             except Expired:
-                raise Timeout(self.subject, timeout or 0.0, "socket receive") from None
+                assert started is not None
+                raise Timeout(self.subject, self._clock.now() - started, "socket receive") from None
 
     def _take(self) -> SocketMessage:
         msg = self._inbox.popleft()
@@ -481,9 +442,7 @@ class Socket:
         self._closed_locally = True
         proto = self._proto
         try:
-            if proto.state is SocketState.CONNECTING:
-                self._outbox.emit(proto.abort(499, "connect abandoned", self._clock.now()))
-            elif proto.state is SocketState.OPEN:
+            if proto.state is SocketState.OPEN:  # a Socket is never seen CONNECTING: see connect_socket
                 await self.send_eof()
             if proto.state is SocketState.CLOSING:
                 deadline = self._clock.now() + timeout
@@ -521,25 +480,38 @@ class Socket:
         self._settle()
 
     def _finish(self) -> None:
-        """The protocol reached CLOSED: send the last frames, fail what waits, let go of routes."""
+        """The protocol reached CLOSED: send the last frames, fail what waits, let go of routes.
+
+        After a graceful close the client side keeps its inbox route until the protocol's linger
+        ends, so that late frames get their Close (the server side's listener does the same for
+        its connections: :meth:`SocketServer._forget`).
+        """
         self._finished = True
         proto = self._proto
         frames = proto.poll(self._clock.now())
         if frames and not self._client._closing:
             self._outbox.emit(frames)
         self._alarm.disarm()
-        for future in self._requests.values():
-            if not future.done():
-                future.set_exception(proto.closed_error())
-        self._requests.clear()
+        self._requests.fail_all(proto.closed_error())
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
+        if self._server is not None:
+            self._server._forget(self, proto.linger_until)
+        elif proto.linger_until is not None and self._route_token is not None and not self._client._closing:
+            self._alarm.arm(proto.linger_until)
+        else:
+            self._release_route()
+
+    def _release_route(self) -> None:
         if self._route_token is not None:
             self._client._close_route(self._route_token)
             self._route_token = None
-        if self._server is not None:
-            self._server._forget(self)
+
+    @property
+    def _lingering(self) -> bool:
+        """Closed, and the client side's route still answers late frames (see :meth:`_finish`)."""
+        return self._finished and self._route_token is not None
 
     async def _flush_out(self) -> None:
         """Let the writer finish (the last frames matter: Fin, Close, Reset)."""
@@ -548,7 +520,7 @@ class Socket:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         timer = self._alarm.task
-        if timer is not None and timer is not me:
+        if timer is not None and timer is not me and not self._lingering:
             timer.cancel()
             await asyncio.gather(timer, return_exceptions=True)
 
@@ -575,14 +547,14 @@ async def connect_socket(
     client: Client,
     subject: str,
     *,
-    timeout: float = 10.0,
-    clock: Clock | None = None,
-    window: int | None = None,
-    max_message: int | None = None,
-    keepalive: float | None = None,
-    peer_timeout: float | None = None,
+    timeout: float,
+    clock: Clock | None,
+    window: int | None,
+    max_message: int | None,
+    keepalive: float | None,
+    peer_timeout: float | None,
 ) -> Socket:
-    """See :meth:`conat.Client.socket_connect`."""
+    """See :meth:`conat.Client.socket_connect` (which holds the defaults)."""
     client._check_open()
     client._check_subject(subject)
     if client.permissions is not None and not client.permissions.can_publish(subject):

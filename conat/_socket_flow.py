@@ -340,6 +340,8 @@ class Receiver:
             return
         if self.eof_received:
             raise self._violation(f"data (seq {frame.seq}) after end of stream")
+        if type(frame) is Head and frame.error is not None and not frame.reply_to:
+            raise self._violation(f"an error code on a message that is not a response (seq {frame.seq})")
         payload = frame.payload
         head = self._head
         if head is None:

@@ -11,12 +11,14 @@ encoder and decoder are built once::
     Fin(seq)                       end of stream in this direction (it has a sequence number)
     Ack(ack, limit, missing)       cumulative ack, credit limit, ranges the receiver lacks
     Ping()                         keepalive and window probe: the peer answers with an Ack
-    Close()                        the sender is gone for good (after its Fin was acknowledged)
+    Close()                        the sender is gone for good (after its Fin was acknowledged);
+                                   repeated in answer to late frames while it lingers
     Reset(code, reason)            the sender aborted, or does not know this connection
 
 Events are what :meth:`SocketProtocol.receive <conat._socket_protocol.SocketProtocol.receive>`
 reports, in order. :class:`SocketConfig` validates every tunable once, so the protocol can trust them;
-:func:`socket_config` builds one from a client's options and its server's max_payload.
+:func:`socket_config` builds one from a client's options and its server's max_payload. The statistics
+records of a protocol endpoint and of a :class:`~conat.Socket` are here too.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ._errors import ConatError, ErrorCode, SocketProtocolError
 
 __all__ = [
     "DATA_OVERHEAD",
+    "DEFAULT_BACKLOG",
+    "DEFAULT_CONNECT_TIMEOUT",
     "FRAME_COST",
     "FRAME_ROOM",
     "HEAD_OVERHEAD_BOUND",
@@ -52,6 +56,7 @@ __all__ = [
     "Reset",
     "Sequenced",
     "SocketConfig",
+    "SocketStatistics",
     "StreamEnded",
     "decode_frame",
     "encode_frame",
@@ -68,6 +73,10 @@ DATA_OVERHEAD: Final = 24
 """Bounds an encoded Data frame less its payload: array header, tag, seq (<= 9 bytes), bin32 header, bool."""
 HEAD_OVERHEAD_BOUND: Final = 160
 """Bounds an encoded Head frame without headers, less its payload (codes and error codes are short)."""
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+"""Seconds a client waits for its connection to be accepted (``socket_connect(timeout=)``)."""
+DEFAULT_BACKLOG: Final = 1024
+"""Connections that may wait to be accepted on one listening server (``socket_listen(backlog=)``)."""
 
 
 # -- frames ----------------------------------------------------------------------------------------
@@ -160,7 +169,11 @@ class Opened:
 @final
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """A whole message, in order. Hand ``cost`` back to :meth:`SocketProtocol.consume` once read."""
+    """A whole message, in order. Hand ``cost`` back to :meth:`SocketProtocol.consume` once read.
+
+    ``error`` is set only on a response (``reply_to``): the receiver fails the connection with a
+    protocol error for any other message that carries one.
+    """
 
     payload: bytes
     headers: dict[str, str] | None
@@ -211,20 +224,23 @@ class SocketConfig:
     frame_size: int = 1024 * 1024 - 256
     keepalive: float = 10.0
     peer_timeout: float = 30.0
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     rto_min: float = 0.25
     rto_max: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.window < FRAME_COST:
-            raise ValueError(f"window must be at least {FRAME_COST} bytes, not {self.window}")
-        if self.max_message < 0:
-            raise ValueError(f"max_message must not be negative, not {self.max_message}")
-        if self.frame_size < MIN_FRAME_SIZE:
-            raise ValueError(f"frame_size must be at least {MIN_FRAME_SIZE} bytes, not {self.frame_size}")
+        for name, least in (("window", FRAME_COST), ("max_message", 0), ("frame_size", MIN_FRAME_SIZE)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+                raise ValueError(f"{name} must be an int of at least {least} bytes, not {value!r}")
         for name in ("keepalive", "peer_timeout", "connect_timeout", "rto_min", "rto_max"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and value > 0
+                and math.isfinite(value)
+            ):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if self.peer_timeout <= self.keepalive:
             raise ValueError(
@@ -251,6 +267,37 @@ class ProtocolStatistics:
     unacked_bytes: int
     queued: int
     window: int
+    rto: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SocketStatistics:
+    """A snapshot of one socket's counters (see :mod:`conat._socket_protocol` for the terms).
+
+    ``window`` is the credit the peer still grants (bytes, 0 when full); ``unacked`` and
+    ``unacked_bytes`` are frames sent but not acknowledged; ``queued`` frames wait for credit;
+    ``buffered`` messages wait for this side's reader.
+    """
+
+    state: str
+    subject: str
+    id: str
+    messages_sent: int
+    messages_received: int
+    frames_sent: int
+    frames_received: int
+    retransmitted: int
+    duplicates_dropped: int
+    out_of_order: int
+    unacked: int
+    unacked_bytes: int
+    queued: int
+    window: int
+    buffered: int
+    pending_requests: int
+    no_responders: int
+    malformed: int
     rto: float
 
 

@@ -1,17 +1,19 @@
-"""Messages read from a socket (:class:`SocketMessage`), and the encoding of messages to send."""
+"""Messages read from a socket (:class:`SocketMessage`), the encoding of messages to send, and the
+requests a socket waits on (:class:`PendingRequests`): both ends of request/response."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+import asyncio
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
 from ._codecs import MSGPACK, Codec, get_codec
-from ._errors import ErrorCode, PayloadError
+from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
 from ._socket_frames import MessageReceived
 
 if TYPE_CHECKING:
     from ._socket import Socket
 
-__all__ = ["SocketMessage", "encode_payload"]
+__all__ = ["PendingRequests", "SocketMessage", "encode_payload"]
 
 T = TypeVar("T")
 _UNSET: Final[Any] = object()
@@ -25,7 +27,7 @@ class SocketMessage:
     :meth:`respond` (or :meth:`respond_error`), over the same socket.
     """
 
-    __slots__ = ("_cost", "_data", "_encoding", "_error", "_headers", "_request", "_socket", "raw")
+    __slots__ = ("_cost", "_data", "_encoding", "_headers", "_request", "_socket", "raw")
 
     def __init__(self, socket: Socket, event: MessageReceived) -> None:
         self._socket = socket
@@ -33,7 +35,6 @@ class SocketMessage:
         self._headers = event.headers
         self._encoding = event.encoding
         self._request = event.request
-        self._error = event.error
         self._cost = event.cost
         self._data: Any = _UNSET
 
@@ -60,8 +61,17 @@ class SocketMessage:
             self._data = self.codec.decode(self.raw)
         return self._data
 
-    def decode(self, type_: type[T]) -> T:
-        """Decode the payload into ``type_`` (a msgspec Struct, a builtin, a union…)."""
+    @overload
+    def decode(self, type_: type[T]) -> T: ...
+    @overload
+    def decode(self, type_: Any) -> Any: ...
+    def decode(self, type_: Any) -> Any:
+        """Decode the payload into ``type_``: a msgspec Struct, a builtin, a generic like
+        ``list[int]``, or a union like ``Point | None`` (typed ``Any``: a union is not a ``type``).
+
+        Raises:
+            PayloadError: the payload does not decode as ``type_``, or ``type_`` is unsupported.
+        """
         return self.codec.decode_as(self.raw, type_)
 
     @property
@@ -93,6 +103,54 @@ class SocketMessage:
         """Answer with an error: the requester's ``request()`` raises ``RemoteError(code, message)``."""
         request = self._require_request()
         await self._socket._send(message.encode(), None, "raw", reply_to=request, error=code)
+
+
+@final
+class PendingRequests:
+    """The requests a socket sent whose responses it still waits for, by request id (1, 2, ...).
+
+    A requester takes an entry with :meth:`open` and awaits its future; the socket settles it with
+    :meth:`resolve` (the response) or :meth:`fail_all` (the socket closed); the requester gives it
+    back with :meth:`close` whatever happened. A response that finds no entry is dropped.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._futures: dict[int, asyncio.Future[SocketMessage]] = {}
+        self._last = 0
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def open(self) -> tuple[int, asyncio.Future[SocketMessage]]:
+        self._last += 1
+        future: asyncio.Future[SocketMessage] = self._loop.create_future()
+        self._futures[self._last] = future
+        return self._last, future
+
+    def close(self, rid: int, future: asyncio.Future[SocketMessage]) -> None:
+        self._futures.pop(rid, None)
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: an expiry nobody awaited must not be logged
+
+    def resolve(self, socket: Socket, event: MessageReceived) -> None:
+        """A response (``event.reply_to``): a message, or :class:`RemoteError` if it carries an error."""
+        future = self._futures.pop(event.reply_to, None)
+        if future is None or future.done():
+            return  # the requester gave up
+        if event.error is not None:
+            text = event.payload.decode(errors="replace")
+            future.set_exception(RemoteError(event.error, text, socket.subject))
+        else:
+            future.set_result(SocketMessage(socket, event))
+
+    def fail_all(self, error: ConatError) -> None:
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(error)
+        self._futures.clear()
 
 
 def encode_payload(

@@ -53,6 +53,21 @@ read. ``finish``: our Fin is acknowledged and the peer's Fin received (both dire
 ``close``: the application closes after its Fin was acknowledged (or gave up waiting); the peer is
 told with ``Close``. ``peer_close``: the peer's ``Close``. ``fail``: reset, dead peer, connect
 timeout, protocol violation. ``abort``: the application aborts (the peer gets ``Reset``).
+
+**Closing, and a lost Close.** ``Close`` and ``Reset`` are sent once and never acknowledged. A lost
+``Reset`` still ends the peer with an error, if another one: the listening side answers a client's
+next frame with ``Reset(404)``, and a server connection whose client is gone fails with
+:class:`PeerDead`. A lost ``Close`` would leave the peer open, and its next keepalive would meet "unknown
+connection" (or silence, on the client side), failing a connection that ended cleanly. So a side
+that closed gracefully (``close`` or ``finish``) *lingers* for ``peer_timeout`` seconds
+(:attr:`SocketProtocol.linger_until`): it answers every late frame of the connection but ``Close``
+and ``Reset`` with ``Close``. Until then the client's socket keeps its inbox route (and feeds this
+rule), and the listening side remembers the connection's key and answers the same way.
+The peer, still open, sends something within its own ``keepalive`` (a ping, a retransmit, data),
+which is shorter than our ``peer_timeout`` in any configuration where an idle connection survives
+at all (else we would declare it dead), so it hears ``Close`` unless every answer is lost too. The
+same repairs a lost final ``Ack`` after both Fins: the peer's retransmitted Fin is answered with
+``Close``. A side that received ``Close``, failed or aborted does not linger.
 """
 
 from __future__ import annotations
@@ -152,6 +167,8 @@ class SocketProtocol:
         self.error: ConatError | None = None
         self.closed_by_peer = False
         self.eof_sent = False
+        self.linger_until: float | None = None
+        """After a graceful close: until then, late frames from the peer are answered with Close."""
         self._tx = Sender(config, subject)
         self._rx = Receiver(config, subject)
         self._accept_needed = False
@@ -229,14 +246,14 @@ class SocketProtocol:
             raise SocketProtocolError(self.subject, "send before the connection is open")
         if self.state is SocketState.CLOSING:
             raise SocketClosed(self.subject, "closed for writing (end of stream sent)")
-        if self.closed_by_peer:
-            raise SocketClosed(self.subject, "closed by peer")
-        if self.error is not None:
-            raise self.error
-        raise SocketClosed(self.subject, "closed")
+        raise self.closed_error()
 
     def closed_error(self) -> ConatError:
-        """What ended the connection: its error, else SocketClosed ("closed" / "closed by peer")."""
+        """What ended the connection, as sending and receiving both report it (once CLOSED).
+
+        Its error (reset, dead peer, "aborted: ...", "closed by peer before end of stream"), else
+        :class:`SocketClosed` "closed by peer" (after the peer's end of stream) or "closed".
+        """
         return self.error or SocketClosed(self.subject, "closed by peer" if self.closed_by_peer else "closed")
 
     def send(
@@ -257,8 +274,11 @@ class SocketProtocol:
             PayloadTooLarge: the message is over ``max_message`` (ours or the peer's), or its
                 metadata does not fit in one frame.
             SocketClosed: the socket is closed for writing.
+            SocketProtocolError: ``error`` without ``reply_to`` (only a response carries an error).
         """
         self.check_can_send()
+        if error is not None and not reply_to:
+            raise SocketProtocolError(self.subject, "an error code can only be sent in a response")
         frames = self._tx.send(payload, now, headers, encoding, request, reply_to, error)
         if frames:
             self._last_sent = now
@@ -276,7 +296,7 @@ class SocketProtocol:
     def close(self, now: float) -> list[Frame]:
         """Leave for good after :meth:`send_eof` (normally once :attr:`drained`): tell the peer."""
         self._transition("close")
-        self._close_needed = True
+        self._linger(now)
         return self.poll(now)
 
     def abort(self, code: ErrorCode, reason: str, now: float) -> list[Frame]:
@@ -300,6 +320,9 @@ class SocketProtocol:
     def receive(self, frame: Frame, now: float) -> list[Event]:
         """Take one frame from the peer; return what happened, in order."""
         if self.state is SocketState.CLOSED:
+            linger = self.linger_until
+            if linger is not None and now < linger and not isinstance(frame, Close | Reset):
+                self._close_needed = True  # the peer missed our Close: say it again
             return []
         self._last_received = now
         self.frames_received += 1
@@ -330,9 +353,13 @@ class SocketProtocol:
             self._on_reset(frame, events)
         if self.state is SocketState.CLOSING and self._rx.eof_received and self._fin_acked:
             self._transition("finish")
-            self._close_needed = True
+            self._linger(now)
             events.append(ConnectionClosed(None))
         return events
+
+    def _linger(self, now: float) -> None:
+        self._close_needed = True
+        self.linger_until = now + self.config.peer_timeout
 
     @property
     def _fin_acked(self) -> bool:

@@ -7,6 +7,11 @@ unknown connection are answered with ``Reset(404)``, so a client whose server re
 at once. An ``Open`` makes a new connection (a :class:`~conat._socket.Socket`), which waits in the
 accept backlog until :meth:`SocketServer.accept` returns it; a full backlog, or a closing server,
 answers ``Reset(503)``.
+
+A connection that closed gracefully is let go of at once, but its key lingers until the protocol's
+``linger_until`` (see "Closing, and a lost Close" in :mod:`conat._socket_protocol`): until then its
+late frames are answered with ``Close`` rather than ``Reset(404)``. Lingering keys expire lazily
+(they are kept in closing order, which is expiry order), so they cost no timer.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._client import ClientState
 from ._clock import Clock, SystemClock
@@ -26,6 +31,7 @@ from ._socket import DEFAULT_CLOSE_TIMEOUT, Socket
 from ._socket_frames import (
     Accept,
     Close,
+    Frame,
     Open,
     Reset,
     SocketConfig,
@@ -34,7 +40,7 @@ from ._socket_frames import (
     socket_config,
 )
 from ._socket_protocol import SocketProtocol
-from ._socket_pump import Waits
+from ._socket_pump import Alarm, Expired, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -44,8 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["SocketServer", "SocketServerStatistics", "listen"]
 
 log = logging.getLogger("conat.socket")
-
-DEFAULT_BACKLOG: Final = 1024
 
 
 @final
@@ -75,16 +79,19 @@ class SocketServer:
     def __init__(
         self, client: Client, pattern: str, config: SocketConfig, clock: Clock, backlog: int
     ) -> None:
-        if backlog < 1:
-            raise ValueError(f"backlog must be at least 1, not {backlog}")
+        if not (isinstance(backlog, int) and not isinstance(backlog, bool) and backlog >= 1):
+            raise ValueError(f"backlog must be an int of at least 1, not {backlog!r}")
         self._client = client
         self.pattern = pattern
         self._config = config
         self._clock = clock
         self._backlog = backlog
         self._conns: dict[tuple[str, str], Socket] = {}
+        self._lingering: set[tuple[str, str]] = set()
+        self._linger_order: deque[tuple[float, tuple[str, str]]] = deque()  # in expiry order
         self._pending: deque[Socket] = deque()
         self._waits = Waits()
+        self._alarm = Alarm(clock, self._on_timer, self._client._spawn)
         self._sub: Subscription | None = None
         self._unlisten: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -145,10 +152,22 @@ class SocketServer:
         except SocketProtocolError:
             self._malformed += 1
             return
-        if isinstance(frame, Open):
+        if self._lingering and self._lingers((msg.subject, reply)):
+            if not isinstance(frame, Close | Reset):
+                self._answer(reply, Close())  # it missed our Close (a late Open is no new connection)
+        elif isinstance(frame, Open):
             self._open(msg.subject, reply, frame)
         elif not isinstance(frame, Reset | Close | Accept):
             self._reset(reply, 404, "unknown connection")
+
+    def _lingers(self, key: tuple[str, str]) -> bool:
+        self._expire_lingering()
+        return key in self._lingering
+
+    def _expire_lingering(self) -> None:
+        order, now = self._linger_order, self._clock.now()
+        while order and order[0][0] <= now:
+            self._lingering.discard(order.popleft()[1])
 
     def _open(self, subject: str, reply: str, frame: Open) -> None:
         if self._closing:
@@ -168,9 +187,12 @@ class SocketServer:
 
     def _reset(self, reply: str, code: int, reason: str) -> None:
         self._resets_sent += 1
+        self._answer(reply, Reset(code, reason))
+
+    def _answer(self, reply: str, frame: Frame) -> None:
         if self._client._closing:
             return
-        task = self._client._spawn(self._publish(reply, encode_frame(Reset(code, reason))))
+        task = self._client._spawn(self._publish(reply, encode_frame(frame)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -178,22 +200,31 @@ class SocketServer:
         try:
             await self._client._transport.publish(subject, raw, "")
         except ConatError as e:
-            log.debug("socket server %r: reset not sent: %s", self.pattern, e)
+            log.debug("socket server %r: frame not sent: %s", self.pattern, e)
 
-    def _forget(self, conn: Socket) -> None:
+    def _forget(self, conn: Socket, linger_until: float | None) -> None:
+        """``conn`` is closed; if it closed gracefully, its late frames get Close until ``linger_until``."""
         key = (conn.subject, conn._outbox.target)
         if self._conns.get(key) is conn:
             del self._conns[key]
+        if linger_until is None or self._closing:
+            return
+        self._expire_lingering()
+        self._lingering.add(key)  # a key is never reused: its reply subject is the client socket's
+        self._linger_order.append((linger_until, key))
 
     # -- accepting -------------------------------------------------------------------------------
     async def accept(self, timeout: float | None = None) -> Socket:
         """The next connection (in arrival order). A connection is open when it is returned.
 
+        ``timeout`` runs on the server's clock (``clock=``), like every socket timeout. Cancelling
+        ``accept`` takes no connection: it stays first in line for the next caller.
+
         Raises:
             SocketClosed: the server is closed.
-            Timeout: no connection within ``timeout`` seconds.
+            Timeout: no connection within ``timeout`` seconds (408; ``elapsed`` as measured).
         """
-        started = self._clock.now()
+        started = deadline = None
         while True:
             if self._pending:
                 self._accepted += 1
@@ -201,17 +232,29 @@ class SocketServer:
             if self._closing:
                 raise SocketClosed(self.pattern, "the socket server is closed")
             future = self._waits.waiter()
-            if timeout is None:
-                await future
-                continue
-            remaining = started + timeout - self._clock.now()
-            if remaining <= 0:
-                raise Timeout(self.pattern, self._clock.now() - started, "socket accept")
+            if timeout is not None:
+                if started is None:
+                    started = self._clock.now()
+                    deadline = started + timeout
+                assert deadline is not None
+                self._waits.add_deadline(deadline, future)
+                self._rearm()
             try:
-                async with asyncio.timeout(remaining):
-                    await future
-            except TimeoutError:
+                await future
+            except Expired:
+                assert started is not None
                 raise Timeout(self.pattern, self._clock.now() - started, "socket accept") from None
+
+    def _rearm(self) -> None:
+        at = self._waits.earliest()
+        if at is None:
+            self._alarm.disarm()
+        else:
+            self._alarm.arm(at)
+
+    def _on_timer(self) -> None:
+        self._waits.expire(self._clock.now())
+        self._rearm()
 
     def __aiter__(self) -> SocketServer:
         return self
@@ -224,23 +267,45 @@ class SocketServer:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def aclose(self, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
-        """Stop accepting, close every connection gracefully (up to ``timeout`` s), unsubscribe."""
+        """Stop accepting, close every connection gracefully (up to ``timeout`` s), unsubscribe.
+
+        Idempotent. Cancelling it aborts the connections it was still closing (their peers get
+        ``Reset``) and lets go of the subscription all the same: it never leaves the server half
+        closed.
+        """
         if self._closed:
             return
         self._closing = True
         self._waits.notify()
         conns = {id(c): c for c in [*self._conns.values(), *self._pending]}
         self._pending.clear()
-        if conns:
-            await asyncio.gather(*(c.aclose(timeout) for c in conns.values()), return_exceptions=True)
+        try:
+            if conns:
+                await asyncio.gather(*(c.aclose(timeout) for c in conns.values()), return_exceptions=True)
+        except BaseException:
+            for conn in conns.values():
+                conn.abort("socket server close cancelled")  # each aclose did already; idempotent
+            sub = self._let_go()
+            if sub is not None:
+                self._client._spawn(sub.unsubscribe())  # we were cancelled: do not wait for it
+            raise
+        sub = self._let_go()
+        if sub is not None:
+            await sub.unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _let_go(self) -> Subscription | None:
+        """Mark the server closed and drop its hooks; return the subscription to unsubscribe."""
         self._closed = True
+        self._alarm.disarm()
+        self._lingering.clear()
+        self._linger_order.clear()
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        sub, self._sub = self._sub, None
+        return sub
 
     async def __aenter__(self) -> SocketServer:
         return self
@@ -253,6 +318,7 @@ class SocketServer:
             conn._on_client_state(state)
         if state is ClientState.CLOSED:
             self._closing = self._closed = True
+            self._alarm.disarm()
             self._waits.notify()
 
 
@@ -260,14 +326,14 @@ async def listen(
     client: Client,
     pattern: str,
     *,
-    clock: Clock | None = None,
-    backlog: int = DEFAULT_BACKLOG,
-    window: int | None = None,
-    max_message: int | None = None,
-    keepalive: float | None = None,
-    peer_timeout: float | None = None,
+    clock: Clock | None,
+    backlog: int,
+    window: int | None,
+    max_message: int | None,
+    keepalive: float | None,
+    peer_timeout: float | None,
 ) -> SocketServer:
-    """See :meth:`conat.Client.socket_listen`."""
+    """See :meth:`conat.Client.socket_listen` (which holds the defaults)."""
     config = socket_config(
         client.max_payload,
         window=window,

@@ -458,3 +458,179 @@ async def test_cancel_connect_waiting_for_accept(nats_server) -> None:
             conn = await server.accept(timeout=5)
             await sock.send("hello")
             assert (await conn.recv(timeout=5)).data == "hello"
+
+
+# -- clocks, close and linger ----------------------------------------------------------------------
+
+
+class LateClock:
+    """A fake clock whose sleepers wake ``late`` seconds after their deadline, as real timers may:
+    a timeout then measures more than it was configured for."""
+
+    def __init__(self, late: float) -> None:
+        self.fake = FakeClock()
+        self.late = late
+
+    def now(self) -> float:
+        return self.fake.now()
+
+    def wall(self) -> float:
+        return self.fake.wall()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await self.fake.sleep_until(deadline + self.late)
+
+
+async def test_accept_timeout_runs_on_the_servers_clock(nats_server) -> None:
+    clock = LateClock(0.5)
+    async with (
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("acc.*", clock=clock) as server,
+    ):
+        accepting = asyncio.create_task(server.accept(timeout=5))
+        await clock.fake.advance(4)
+        assert not accepting.done()
+        await clock.fake.advance(2)
+        assert accepting.done()  # no real time passed: the timeout is on the clock
+        with pytest.raises(Timeout) as e:
+            await accepting
+        assert e.value.code == 408 and "socket accept" in str(e.value)
+        assert e.value.elapsed == 5.5  # measured on the clock, not the configured 5
+        assert server.statistics().accepted == 0
+
+
+async def test_recv_timeout_reports_the_measured_time(nats_server) -> None:
+    clock = LateClock(0.5)
+    async with socket_pair(nats_server.url, "late.one", listen={"clock": clock}, clock=clock) as (_, conn, _):
+        receiving = asyncio.create_task(conn.recv(timeout=2))
+        await clock.fake.advance(3)
+        with pytest.raises(Timeout) as e:
+            await receiving
+        assert e.value.elapsed == 2.5 and "socket receive" in str(e.value)
+
+
+async def test_cancelled_server_close_still_lets_go(nats_server) -> None:
+    async with (
+        await conat.connect(nats_server.url) as a,
+        await conat.connect(nats_server.url) as b,
+    ):
+        server = await b.socket_listen("cclose.*")
+        subscriptions = b.statistics().subscriptions
+        sock = await a.socket_connect("cclose.one", window=4096)  # the client grants little credit
+        conn = await server.accept(timeout=5)
+        sent = await _fill_window(conn)  # and reads nothing: the connection cannot finish closing
+        closing = asyncio.create_task(server.aclose(timeout=30))
+        await _started(closing)
+        await _cancelled(closing)
+        assert server.statistics().listening is False and conn.closed
+        for _ in range(100):  # no second aclose() needed: the subscription goes all the same
+            if b.statistics().subscriptions < subscriptions:
+                break
+            await asyncio.sleep(0.01)
+        assert b.statistics().subscriptions == subscriptions - 1
+        await server.aclose()  # idempotent
+        got = [(await sock.recv(timeout=5)).data for _ in range(sent)]
+        assert got == list(range(sent))  # what was delivered stays readable, then the abort:
+        with pytest.raises(SocketReset) as e:
+            await sock.recv(timeout=5)
+        assert e.value.reason_code == 410 and "close cancelled" in str(e.value)
+        await sock.aclose()
+
+
+async def test_a_closed_server_connection_answers_late_frames_with_close(nats_server) -> None:
+    from conat._socket_frames import Accept, Ack, Close, Fin, Open, Ping, Reset, decode_frame, encode_frame
+
+    clock = FakeClock()
+    reply = "raw.linger.reply"
+    async with (
+        await conat.connect(nats_server.url) as raw,
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("linger.*", clock=clock, peer_timeout=30) as server,
+        await raw.subscribe(reply) as inbox,
+    ):
+
+        async def send(frame: object) -> None:
+            await raw._transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
+
+        async def expect(kind: type) -> object:
+            while True:
+                frame = decode_frame((await inbox.next(timeout=5)).raw)
+                if isinstance(frame, kind):
+                    return frame
+                assert isinstance(frame, Accept | Ack | Ping), frame
+
+        await send(Open("raw-1", 1 << 20, 1 << 20))  # a client speaking the protocol by hand
+        conn = await server.accept(timeout=5)
+        await send(Fin(1))
+        closing = asyncio.create_task(conn.aclose())
+        fin = await expect(Fin)
+        await send(Ack(fin.seq, 1 << 20))  # type: ignore[attr-defined]
+        await asyncio.wait_for(closing, 5)
+        assert conn.closed and await expect(Close) == Close()
+        assert server.statistics().connections == 0
+
+        await send(Ping())  # as if that Close had been lost: the peer's keepalive...
+        assert await expect(Close | Reset) == Close()  # ...is answered with Close, not Reset(404)
+        await send(Open("raw-1", 1 << 20, 1 << 20))  # a late duplicate Open is no new connection
+        assert await expect(Close | Reset) == Close()
+        assert server.statistics().resets_sent == 0 and server.statistics().pending_accept == 0
+
+        await clock.advance(30)  # past the linger: the connection is unknown
+        await send(Ping())
+        reset = await expect(Close | Reset)
+        assert isinstance(reset, Reset) and reset.code == 404
+
+
+async def test_a_closed_client_socket_answers_late_frames_with_close(nats_server) -> None:
+    from conat._socket_frames import Close, Ping, decode_frame, encode_frame
+
+    clock = FakeClock()
+    async with (
+        await conat.connect(nats_server.url) as a,
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("clinger.*") as server,
+        await b.subscribe("clinger.one") as wire,  # hears what the client sends the server
+    ):
+        sock = await a.socket_connect("clinger.one", clock=clock, peer_timeout=30)
+        conn = await server.accept(timeout=5)
+        routes = a.statistics().pending_requests
+        await sock.send_eof()
+        await sock.drain(timeout=5)
+        await sock.aclose()  # returns at once; the client's route lingers
+        for _ in range(100):
+            if conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.closed and conn._proto.error is None  # closed by peer, cleanly
+        assert a.statistics().pending_requests == routes
+
+        await b._transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
+        while True:
+            frame = decode_frame((await wire.next(timeout=5)).raw)
+            if isinstance(frame, Close):
+                break  # the client said Close again (what came before it was the first goodbye)
+        with pytest.raises(SocketClosed):
+            await sock.request("too late", timeout=1)  # its deadline must not cut the linger short
+        await clock.advance(2)
+        assert a.statistics().pending_requests == routes
+        await clock.advance(28)
+        assert a.statistics().pending_requests == routes - 1  # the linger is over: route gone
+
+
+def test_socket_defaults_have_one_source() -> None:
+    import inspect
+
+    from conat._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, SocketConfig
+
+    listen = inspect.signature(conat.Client.socket_listen).parameters
+    connect = inspect.signature(conat.Client.socket_connect).parameters
+    assert listen["backlog"].default is DEFAULT_BACKLOG
+    assert connect["timeout"].default is DEFAULT_CONNECT_TIMEOUT == SocketConfig().connect_timeout
+
+
+async def test_backlog_is_validated(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as b:
+        for bad in (0, True, 2.5):
+            with pytest.raises(ValueError, match=r"^backlog must be"):
+                await b.socket_listen("backlog.*", backlog=bad)  # type: ignore[arg-type]
+        assert b.statistics().subscriptions == 0

@@ -126,6 +126,38 @@ def test_config_validation_names_the_field() -> None:
         SocketConfig(rto_min=2, rto_max=1)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("window", 65536.0),
+        ("window", True),
+        ("window", "65536"),
+        ("max_message", 1000.5),
+        ("max_message", -1),
+        ("max_message", False),
+        ("frame_size", 4096.0),
+        ("frame_size", None),
+        ("keepalive", True),
+        ("keepalive", math.nan),
+        ("keepalive", "5"),
+        ("peer_timeout", True),
+        ("peer_timeout", math.inf),
+        ("connect_timeout", True),
+        ("connect_timeout", 0),
+        ("rto_min", True),
+        ("rto_max", True),
+    ],
+)
+def test_config_rejects_wrong_types_and_ranges_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        SocketConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_accepts_ints_for_seconds() -> None:
+    config = SocketConfig(keepalive=5, peer_timeout=15, connect_timeout=3, rto_min=1, rto_max=2)
+    assert config.keepalive == 5 and config.rto_max == 2
+
+
 # -- lifecycle -------------------------------------------------------------------------------------
 
 
@@ -418,6 +450,38 @@ def test_close_before_eof_reaches_the_peer_is_an_error_for_it() -> None:
     assert "before end of stream" in str(event.error)
 
 
+def test_send_and_receive_report_a_peer_close_the_same_way() -> None:
+    client, server = make_pair()
+    client.send_eof(0.0)  # the Fin is lost: the peer closes before our end of stream
+    server.receive(Close(), 0.0)
+    with pytest.raises(SocketClosed) as sent:
+        server.check_can_send()  # what send() raises
+    received = server.closed_error()  # what recv() raises, once the buffered messages are read
+    assert type(sent.value) is type(received) and sent.value.code == received.code == "closed"
+    assert str(sent.value) == str(received) and "closed by peer before end of stream" in str(received)
+
+    client, server = make_pair()
+    exchange(client, server, 0.0, client.send_eof(0.0))
+    deliver(client.close(0.0), server, 0.0)  # after our end of stream: a clean close
+    with pytest.raises(SocketClosed) as sent:
+        server.check_can_send()
+    assert str(sent.value) == str(server.closed_error()) and str(sent.value).endswith(": closed by peer")
+
+
+def test_an_error_code_is_only_for_responses() -> None:
+    client, server = make_pair()
+    with pytest.raises(SocketProtocolError, match="only be sent in a response"):
+        client.send(b"oops", 0.0, error=500)
+    assert client.writable and client.statistics().messages_sent == 0
+    [event] = server.receive(Head(1, b"oops", False, None, "raw", 0, 0, 500), 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketProtocolError)
+    assert "not a response" in str(event.error)
+    assert any(isinstance(f, Reset) and f.code == 400 for f in server.poll(0.0))
+    _, server = make_pair()
+    [response] = server.receive(Head(1, b"no", False, None, "raw", 0, 3, 500), 0.0)
+    assert isinstance(response, MessageReceived) and response.error == 500 and response.reply_to == 3
+
+
 def test_reset_and_abort() -> None:
     client, server = make_pair()
     [event] = client.receive(Reset(404, "unknown connection"), 0.0)
@@ -436,6 +500,122 @@ def test_protocol_violations_reset_the_peer() -> None:
     assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketProtocolError)
     assert "after end of stream" in str(event.error)
     assert any(isinstance(f, Reset) and f.code == 400 for f in server.poll(0.0))
+
+
+# -- a lost Close ----------------------------------------------------------------------------------
+
+
+def test_a_lost_close_is_said_again_to_the_peers_next_frame() -> None:
+    client, server = make_pair(keepalive=5.0, peer_timeout=15.0)
+    exchange(client, server, 0.0, client.send(b"last", 0.0) + client.send_eof(0.0))
+    assert server.eof_received and server.state is SocketState.OPEN
+    close = client.close(1.0)
+    assert Close() in close and client.state is SocketState.CLOSED
+    assert client.linger_until == 16.0  # peer_timeout after the close
+    # ...and the Close is lost. The server, still open, pings after keepalive:
+    ping = server.poll(5.0)
+    assert ping == [Ping()]
+    assert deliver(ping, client, 5.0) == []
+    assert client.next_deadline() == -math.inf
+    again = client.poll(5.0)
+    assert again == [Close()]
+    assert deliver(again, server, 5.0) == [ConnectionClosed(None)]
+    assert server.state is SocketState.CLOSED and server.error is None and server.closed_by_peer
+    # Past the linger, the connection is forgotten: late frames get nothing.
+    assert client.receive(Ping(), 16.0) == [] and client.poll(16.0) == []
+    assert client.next_deadline() is None
+
+
+def test_a_lost_final_ack_and_close_after_both_fins() -> None:
+    client, server = make_pair(keepalive=5.0, peer_timeout=15.0)
+    exchange(client, server, 0.0, client.send_eof(0.0))
+    fin = server.send_eof(1.0)
+    deliver(fin, client, 1.0)  # the client has both Fins, its own acknowledged: it finishes
+    assert client.state is SocketState.CLOSED and client.error is None
+    last = client.poll(1.0)
+    assert [type(f) for f in last] == [Ack, Close]  # ...and both are lost
+    resent = server.poll(1.0 + server.statistics().rto)
+    assert resent == fin  # the server's Fin is retransmitted...
+    deliver(resent, client, 2.0)
+    assert deliver(client.poll(2.0), server, 2.0) == [ConnectionClosed(None)]  # ...and answered
+    assert server.state is SocketState.CLOSED and server.error is None
+
+
+def test_a_side_that_was_closed_or_failed_does_not_linger() -> None:
+    client, server = make_pair()
+    exchange(client, server, 0.0, client.send_eof(0.0))
+    deliver(client.close(0.0), server, 0.0)
+    assert server.linger_until is None
+    server.receive(Ping(), 0.1)
+    assert server.poll(0.1) == []
+    _, aborted = make_pair()
+    aborted.abort(410, "bye", 0.0)
+    assert aborted.linger_until is None and aborted.receive(Ping(), 0.1) == [] and aborted.poll(0.1) == []
+
+
+def _lossy_close(
+    rng: random.Random, drop: float, closer_is_client: bool, both_eof: bool, sent: int
+) -> tuple[SocketProtocol, SocketProtocol]:
+    """Open, send ``sent`` messages each way, end and close over a lossy channel, where the first
+    Close each side sends is always lost. Returns (client, server) once both are CLOSED."""
+    config = SocketConfig(
+        window=4096, frame_size=256, keepalive=1.0, peer_timeout=10_000.0, rto_min=0.1, rto_max=0.8
+    )
+    now = 0.0
+    client = SocketProtocol("client", config, now, id="c", subject=SUBJECT)
+    server = SocketProtocol("server", config, now, subject=SUBJECT)
+    server.receive(client.connect(now)[0], now)
+    client.receive(server.poll(now)[0], now)
+    closer, other = (client, server) if closer_is_client else (server, client)
+    wires: dict[int, list[Frame]] = {id(client): [], id(server): []}  # frames on their way to
+    close_lost = {id(client): False, id(server): False}
+
+    def put(sender: SocketProtocol, frames: list[Frame]) -> None:
+        peer = server if sender is client else client
+        for f in frames:
+            if isinstance(f, Close) and not close_lost[id(sender)]:
+                close_lost[id(sender)] = True  # the point of the test
+                continue
+            if rng.random() >= drop:
+                wires[id(peer)].append(f)
+
+    for proto in (client, server):
+        for i in range(sent):
+            put(proto, proto.send(f"m{i}".encode(), now))
+    put(closer, closer.send_eof(now))
+    if both_eof:
+        put(other, other.send_eof(now))
+    for _ in range(20_000):
+        if client.state is server.state is SocketState.CLOSED:
+            return client, server
+        for proto in (client, server):
+            frames, wires[id(proto)] = wires[id(proto)], []
+            for f in frames:
+                for event in proto.receive(f, now):
+                    if isinstance(event, MessageReceived):
+                        proto.consume(event.cost)
+                    assert not isinstance(event, ConnectionClosed) or event.error is None, event
+        if closer.state is SocketState.CLOSING and closer.drained:
+            put(closer, closer.close(now))  # the application closes once its data is acknowledged
+        now += 0.05
+        put(client, client.poll(now))
+        put(server, server.poll(now))
+    raise AssertionError(f"never closed: {client!r}, {server!r}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    drop=st.floats(0.0, 0.5),
+    closer_is_client=st.booleans(),
+    both_eof=st.booleans(),
+    sent=st.integers(0, 5),
+)
+def test_a_graceful_close_ends_cleanly_on_both_sides_when_the_close_is_lost(
+    seed: int, drop: float, closer_is_client: bool, both_eof: bool, sent: int
+) -> None:
+    client, server = _lossy_close(random.Random(seed), drop, closer_is_client, both_eof, sent)
+    assert client.error is None and server.error is None
 
 
 # -- the property ----------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ async def test_socket_api_types(nats_server: NatsServer) -> None:
                 point = msg.decode(Point)
                 assert_type(point, Point)
                 assert point == Point(1, 2)
+                assert_type(msg.decode(dict[str, int]), dict[str, int])
+                assert msg.decode(dict[str, int]) == {"x": 1, "y": 2}
+                # A union is not a type[T]: it is accepted, and typed loosely (Any, or the union
+                # mypy computes over the overloads).
+                assert msg.decode(Point | None) == Point(1, 2)
+                assert msg.decode(dict[str, int] | None) == {"x": 1, "y": 2}
 
                 async def answer() -> None:
                     request = await conn.recv(timeout=5)
