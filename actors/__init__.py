@@ -8,8 +8,10 @@ crashes with backoff and escalation, answers NATS micro ``$SRV`` discovery, and 
 from ._activation import IllegalTransition as IllegalTransition
 from ._activation import State as State
 from ._activation import Timer as Timer
+from ._actor import NO_REPLY as NO_REPLY
 from ._actor import Actor as Actor
 from ._actor import ActorSpec as ActorSpec
+from ._actor import Reply as Reply
 from ._errors import ACTIVATION_FAILED as ACTIVATION_FAILED
 from ._errors import BUSY as BUSY
 from ._errors import LOOP_DETECTED as LOOP_DETECTED
@@ -54,8 +56,10 @@ __all__ = [
     "LOOP_DETECTED",
     "MailboxStatistics",
     "MemoryReminderStore",
+    "NO_REPLY",
     "Reminder",
     "ReminderStore",
+    "Reply",
     "Restart",
     "RestartPolicy",
     "RestartTracker",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from conat import ConatError, Message
 from conat._service import error_reply, respond_error, respond_result
 
+from ._actor import NO_REPLY, Reply
 from ._chain import CHAIN_HEADER, current_chain
 from ._errors import STOPPING, BrokenInvariant
 from ._mailbox import Mailbox
@@ -132,6 +133,14 @@ class Timer:
     @property
     def active(self) -> bool:
         return self._task is not None and not self._task.done()
+
+
+async def _send_reply(msg: Message, reply: Reply) -> None:
+    if msg.reply:
+        try:
+            await msg.respond(reply.data, encoding=reply.encoding, headers=reply.headers)
+        except ConatError as e:
+            await respond_error(msg, *error_reply(e))
 
 
 class Activation:
@@ -312,7 +321,10 @@ class Activation:
             await respond_error(msg, *error_reply(e))
         else:
             stats.record(endpoint, time.perf_counter_ns() - started, None)
-            await respond_result(msg, result)
+            if result.__class__ is Reply:
+                await _send_reply(msg, result)
+            elif result is not NO_REPLY:
+                await respond_result(msg, result)
 
     async def _call_turn(self, call: _Call) -> None:
         instance = self.instance

@@ -36,12 +36,34 @@ if TYPE_CHECKING:
 
     from ._activation import Activation, Timer
 
-__all__ = ["Actor", "ActorSpec"]
+__all__ = ["NO_REPLY", "Actor", "ActorSpec", "Reply"]
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 _SEMVER_RE: Final = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's return value sent exactly as given (an encoding other than msgpack, headers):
+    e.g. ``return Reply(jwt_bytes, encoding="raw")`` for a peer that is not a conat client."""
+
+    data: Any
+    encoding: str | None = None
+    headers: dict[str, str] | None = None
+
+
+@final
+class _NoReply:
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+
+NO_REPLY: Final = _NoReply()
+"""Return this from a handler that answered by itself (e.g. streamed with ``msg.respond`` and
+``msg.end``): the runtime then sends nothing more."""
 
 
 @final
@@ -205,7 +227,8 @@ class Actor:
         """A persisted reminder set with :meth:`reminder` is due (the key was activated for it)."""
 
     async def receive(self, msg: Message) -> Any:
-        """Handle one message; the return value is the reply. Default: typed RPC to endpoints."""
+        """Handle one message; the return value is the reply (a :class:`Reply` to choose its
+        encoding, :data:`NO_REPLY` if the handler answered by itself). Default: typed RPC."""
         return await self._activation.runtime.dispatcher.invoke(self, msg)
 
     # -- services the runtime gives an activation ------------------------------------------

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 import conat
-from actors import BUSY, Actor, ActorDefinitionError, ActorSystem, actor_proxy
+from actors import BUSY, NO_REPLY, Actor, ActorDefinitionError, ActorSystem, Reply, actor_proxy
 from conat import FakeClock, RemoteError, RpcRequest
 from conat._server import NatsServer
 
@@ -335,3 +335,23 @@ async def test_a_message_during_passivation_waits_and_reactivates(
     assert await call == 2  # served by a fresh activation, after the old one finished deactivating
     assert EVENTS.index(("deactivated", "s")) < len(EVENTS) - 1
     assert EVENTS[-1] == ("activate", "s")
+
+
+class Raw(Actor, subject="rawreply.*"):
+    async def receive(self, msg: conat.Message) -> object:
+        if msg.data == "stream":
+            for i in range(3):
+                await msg.respond(i)
+            await msg.end()
+            return NO_REPLY
+        return Reply(b"plain bytes", encoding="raw", headers={"x-kind": "raw"})
+
+
+async def test_a_handler_chooses_its_reply_encoding_or_answers_by_itself(
+    system: ActorSystem, client: conat.Client
+) -> None:
+    await system.start(Raw)
+    reply = await client.request("rawreply.k", "hi")
+    assert (reply.raw, reply.headers) == (b"plain bytes", {"x-kind": "raw"})
+    streamed = [m.data async for m in client.request_many("rawreply.k", "stream", timeout=5)]
+    assert streamed == [0, 1, 2]
