@@ -552,9 +552,10 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
 def _layer_benches() -> list[Bench]:
     """Rows of the layers above the bus (imported here: they import this module's helpers)."""
     from ._actors import actor_benches
+    from ._auth import auth_benches
     from ._socket import socket_benches
 
-    return [*actor_benches(), *socket_benches()]
+    return [*actor_benches(), *socket_benches(), *auth_benches()]
 
 
 BENCH_NAMES: Final = tuple(b.name for b in make_benches())

@@ -39,6 +39,7 @@ from ._errors import SocketError as SocketError
 from ._errors import SocketProtocolError as SocketProtocolError
 from ._errors import SocketReset as SocketReset
 from ._errors import Timeout as Timeout
+from ._errors import Unauthorized as Unauthorized
 from ._message import Message as Message
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
@@ -103,6 +104,7 @@ __all__ = [
     "SubscriptionStatistics",
     "SystemClock",
     "Timeout",
+    "Unauthorized",
     "WebsocketConfig",
     "connect",
 ]

@@ -33,15 +33,18 @@ from subjects import Permissions, validate_pattern, validate_subject
 
 from ._chunking import CHUNKED_HEADER, PULL_HEADER
 from ._codecs import MSGPACK, get_codec
+from ._credentials import Credentials, CredentialSession, StaticToken, as_credentials
 from ._errors import (
     BadURL,
     ClosedError,
+    ConatError,
     ConnectError,
     Forbidden,
     NoResponders,
     PayloadTooLarge,
     RemoteError,
     Timeout,
+    Unauthorized,
 )
 from ._message import ENCODING_HEADER, ERROR_HEADER, REPLY_HEADER, STATUS_HEADER, Message, parse_error_code
 from ._paths import read_state
@@ -104,6 +107,8 @@ class _Events(TransportEvents):
             self._client._set_state(ClientState.RECONNECTING)
 
     def on_reconnected(self) -> None:
+        if self._client._credentials is not None:
+            self._client._credentials.reconnected()
         self._client._set_state(ClientState.CONNECTED)
 
     def on_closed(self) -> None:
@@ -114,6 +119,9 @@ class _Events(TransportEvents):
 
     def on_error(self, error: BaseException) -> None:
         log.debug("transport error: %s", error)
+
+    def on_auth_refused(self) -> None:
+        self._client._on_auth_refused()
 
 
 class _ReplyStream:
@@ -173,6 +181,9 @@ class Client:
         )
         self._max_inline = 1 * _MIB - _HEADER_OVERHEAD
         self._valid_subjects: set[str] = set()
+        self._credentials: CredentialSession | None = None
+        self.close_reason: ConatError | None = None
+        """Why the client closed by itself (e.g. :class:`Unauthorized`), None otherwise."""
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _connect(self, urls: list[str], **options: Any) -> None:
@@ -187,6 +198,8 @@ class Client:
         if self._closing:
             return
         self._closing = True
+        if self._credentials is not None:
+            await self._credentials.aclose()
         closed = ClosedError("client")
         for route in list(self._routes.values()):
             fail = getattr(route, "fail", None)
@@ -510,6 +523,25 @@ class Client:
         if route is not None:
             route(subject, reply, data, headers)
 
+    @property
+    def principal(self) -> str | None:
+        """Who the bus knows this client as (from its credentials), None without credentials."""
+        return self._credentials.principal if self._credentials is not None else None
+
+    def _on_auth_refused(self) -> None:
+        session = self._credentials
+        error = session.refused() if session is not None else Unauthorized("the bus", "credentials refused")
+        if error is not None and not self._closing:
+            log.error("closing: %s", error)
+            self.close_reason = error
+            self._spawn_detached(self.aclose())
+
+    def _spawn_detached(self, coro: Awaitable[object]) -> None:
+        """Run ``coro`` outside the client's task set (it may close the client itself)."""
+        task = asyncio.ensure_future(coro)
+        _DETACHED.add(task)
+        task.add_done_callback(_DETACHED.discard)
+
     def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task: asyncio.Task[T] = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -774,6 +806,9 @@ class Client:
         )  # fmt: skip
 
 
+_DETACHED: set[asyncio.Task[Any]] = set()
+
+
 class _Expired(Exception):
     """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
 
@@ -840,6 +875,7 @@ async def connect(
     token: str | Callable[[], str] | None = None,
     user: str | None = None,
     password: str | None = None,
+    credentials: Credentials | str | os.PathLike[str] | Callable[[], Awaitable[str]] | None = None,
     inbox_prefix: str = "_INBOX",
     permissions: Permissions | None = None,
     connect_timeout: float = 2.0,
@@ -858,8 +894,22 @@ async def connect(
     several servers of a cluster. The first connect tries ``connect_attempts`` times and raises
     :class:`ConnectError` (or :class:`BadURL`); once connected the client reconnects forever and
     notices a dead link within about ``ping_interval * (max_outstanding_pings + 1)`` seconds.
+
+    ``credentials`` (a conat token, a token file path, a coroutine function returning tokens, or a
+    :class:`Credentials`) authenticate to a bus with the auth callout: the client then uses the
+    inbox prefix and checks the permissions its token grants, refreshes the token before it
+    expires, and closes with :class:`Unauthorized` (``client.close_reason``) if the bus refuses it
+    repeatedly. A refused first connect raises :class:`Unauthorized`.
     """
     urls = resolve_urls(url)
+    session: CredentialSession | None = None
+    if credentials is not None:
+        if token is not None:
+            raise TypeError("connect() takes credentials or token, not both")
+        session = await CredentialSession.open(as_credentials(credentials))
+        inbox_prefix = session.grant.inbox_prefix
+        permissions = session.grant.permissions
+        token = session.token
     client = Client(
         name=name,
         inbox_prefix=inbox_prefix,
@@ -884,5 +934,9 @@ async def connect(
         client._closing = True
         client._state = ClientState.CLOSED
         raise
+    if session is not None:
+        client._credentials = session
+        if not isinstance(session.source, StaticToken):
+            session.start(client)
     return client
 

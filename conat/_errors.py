@@ -6,7 +6,8 @@ builds its own message from them. Callers branch on the class or on ``code``, ne
 
     ConatError                       code
     ├── ConnectError                 "connect"   could not reach or authenticate to the bus
-    │   └── BadURL                   400         the URL itself is malformed
+    │   ├── BadURL                   400         the URL itself is malformed
+    │   └── Unauthorized             401         the bus refused the credentials
     ├── ClosedError                  "closed"    the client (or a subscription) was closed
     ├── NoResponders                 503         nobody listens on a request subject
     ├── Timeout                      408         no reply before the deadline
@@ -57,6 +58,7 @@ __all__ = [
     "SocketProtocolError",
     "SocketReset",
     "Timeout",
+    "Unauthorized",
 ]
 
 ErrorCode = int | str
@@ -82,6 +84,12 @@ class ConnectError(ConatError):
         self.url = url
         self.reason = reason
         super().__init__(f"cannot connect to {url}: {reason}")
+
+
+class Unauthorized(ConnectError):
+    """The bus refused our credentials (at connect, or repeatedly at reconnect)."""
+
+    code: ErrorCode = 401
 
 
 class BadURL(ConnectError):

@@ -49,10 +49,16 @@ from ._errors import (
     Forbidden,
     NoResponders,
     SocketClosed,
-    SocketProtocolError,
     Timeout,
 )
-from ._socket_frames import Event, Frame, MessageReceived, SocketStatistics, decode_frame, socket_config
+from ._socket_frames import (
+    FRAME_DECODER,
+    MALFORMED,
+    Frame,
+    MessageReceived,
+    SocketStatistics,
+    socket_config,
+)
 from ._socket_message import PendingRequests, SocketMessage, encode_payload
 from ._socket_protocol import SocketProtocol, SocketState
 from ._socket_pump import Alarm, Expired, Outbox, Waits
@@ -67,6 +73,12 @@ log = logging.getLogger("conat.socket")
 
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
+
+# Module globals: on CPython 3.11 every ``SocketState.X`` is a metaclass attribute lookup (~0.1 us).
+_CONNECTING: Final = SocketState.CONNECTING
+_OPEN: Final = SocketState.OPEN
+_CLOSING: Final = SocketState.CLOSING
+_CLOSED: Final = SocketState.CLOSED
 
 
 # -- the socket ------------------------------------------------------------------------------------
@@ -100,6 +112,8 @@ class Socket:
         self.subject = subject
         self._server = server
         self._loop = asyncio.get_running_loop()
+        # clock.now, read for every frame in or out: the loop's own clock is SystemClock's time
+        self._now: Callable[[], float] = self._loop.time if isinstance(clock, SystemClock) else clock.now
         self._inbox: deque[SocketMessage] = deque()
         self._requests = PendingRequests(self._loop)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -135,7 +149,7 @@ class Socket:
 
     @property
     def closed(self) -> bool:
-        return self._proto.state is SocketState.CLOSED
+        return self._proto.state is _CLOSED
 
     def statistics(self) -> SocketStatistics:
         p = self._proto.statistics()
@@ -180,50 +194,48 @@ class Socket:
         self._fail_local(SocketClosed(self.subject, "the bus client is closed"))
 
     def _on_raw(self, raw: bytes) -> None:
+        """Feed one frame to the protocol and handle its events; the batch's end polls (acks).
+
+        Runs once per frame on the read loop, so decoding and event handling are inlined here.
+        """
         try:
-            frame = decode_frame(raw)
-        except SocketProtocolError:
+            frame: Frame = FRAME_DECODER.decode(raw)
+        except MALFORMED:
             self._malformed += 1
             return
-        self._on_frame(frame)
-
-    def _on_frame(self, frame: Frame) -> None:
-        events = self._proto.receive(frame, self._clock.now())
+        events = self._proto.receive(frame, self._now())
         if events:
-            self._handle(events)
+            for event in events:
+                if type(event) is MessageReceived:
+                    if event.reply_to:
+                        self._proto.consume(event.cost)
+                        self._requests.resolve(self, event)
+                        continue
+                    self._inbox.append(SocketMessage(self, event))
+                # Opened, StreamEnded, ConnectionClosed: state that the waiters re-check.
+            if self._waits.waiters:
+                self._waits.notify()  # a reader waits: wake it once, it takes what is buffered
         if not self._batch:
             self._batch = True
             self._loop.call_soon(self._end_batch)
-
-    def _handle(self, events: list[Event]) -> None:
-        for event in events:
-            if type(event) is MessageReceived:
-                if event.reply_to:
-                    self._proto.consume(event.cost)
-                    self._requests.resolve(self, event)
-                    continue
-                self._inbox.append(SocketMessage(self, event))
-            # Opened, StreamEnded, ConnectionClosed: state that the waiters re-check.
-        if self._waits:
-            self._waits.notify()
 
     def _end_batch(self) -> None:
         self._batch = False
         if not self._finished:
             self._pump()
             return
-        frames = self._proto.poll(self._clock.now())  # lingering: a Close for a late frame
+        frames = self._proto.poll(self._now())  # lingering: a Close for a late frame
         if frames and not self._client._closing:
             self._outbox.emit(frames)
 
     def _pump(self) -> None:
-        frames = self._proto.poll(self._clock.now())
+        frames = self._proto.poll(self._now())
         if frames:
             self._outbox.emit(frames)
         self._settle()
 
     def _settle(self) -> None:
-        if self._proto.state is SocketState.CLOSED and not self._finished:
+        if self._proto.state is _CLOSED and not self._finished:
             self._finish()
         if self._waits:
             self._waits.notify()
@@ -253,7 +265,7 @@ class Socket:
         if self._finished:
             self._release_route()  # the linger after a graceful close is over
             return
-        self._waits.expire(self._clock.now())
+        self._waits.expire(self._now())
         self._pump()
 
     def _add_deadline(self, deadline: float, future: asyncio.Future[Any]) -> None:
@@ -282,14 +294,24 @@ class Socket:
             SocketClosed: the socket is closed for writing; PeerDead / SocketReset if it failed.
         """
         payload, enc = encode_payload(data, headers, encoding)
-        await self._send(payload, headers, enc)
+        # _send and _queue, inlined (a coroutine and two calls less per message)
+        proto = self._proto
+        if not proto.writable:
+            await self._wait_writable(None)
+        frames = proto.send(payload, self._now(), headers=headers or None, encoding=enc)
+        due = proto.retransmit_at  # the only deadline a send can move earlier
+        alarm = self._alarm
+        if due is not None and (alarm.at is None or due < alarm.at):
+            alarm.arm(due)
+        if frames:
+            await self._outbox.write(frames)
 
     def send_nowait(
         self, data: Any = None, *, headers: dict[str, str] | None = None, encoding: str | None = None
     ) -> None:
         """Send one message now or raise :class:`SocketBusy` (429) if the peer's window is full."""
         payload, enc = encode_payload(data, headers, encoding)
-        frames = self._proto.send(payload, self._clock.now(), headers=headers or None, encoding=enc)
+        frames = self._proto.send(payload, self._now(), headers=headers or None, encoding=enc)
         if frames:
             self._outbox.emit(frames)
         self._rearm()
@@ -305,13 +327,33 @@ class Socket:
         error: ErrorCode | None = None,
         deadline: float | None = None,
     ) -> None:
+        if not self._proto.writable:
+            await self._wait_writable(deadline)
+        frames = self._queue(payload, headers, encoding, request, reply_to, error)
+        if frames:
+            await self._outbox.write(frames)
+
+    async def _wait_writable(self, deadline: float | None) -> None:
+        """Wait until :meth:`_queue` can take a message (raises what sending would raise)."""
         proto = self._proto
         while not proto.writable:
             proto.check_can_send()
             await self._wait(deadline)
+
+    def _queue(
+        self,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        encoding: str | None,
+        request: int,
+        reply_to: int,
+        error: ErrorCode | None,
+    ) -> list[Frame]:
+        """Hand a message to the protocol (the socket is writable); return the frames to write."""
+        proto = self._proto
         frames = proto.send(
             payload,
-            self._clock.now(),
+            self._now(),
             headers=headers or None,
             encoding=encoding,
             request=request,
@@ -322,8 +364,7 @@ class Socket:
         alarm = self._alarm
         if due is not None and (alarm.at is None or due < alarm.at):
             alarm.arm(due)
-        if frames:
-            await self._outbox.write(frames)
+        return frames
 
     async def request(
         self,
@@ -342,14 +383,14 @@ class Socket:
         """
         payload, enc = encode_payload(data, headers, encoding)
         rid, future = self._requests.open()
-        started = self._clock.now()
+        started = self._now()
         deadline = started + timeout
         self._add_deadline(deadline, future)
         try:
             await self._send(payload, headers, enc, request=rid, deadline=deadline)
             return await future
         except Expired:
-            raise Timeout(self.subject, self._clock.now() - started, "socket request") from None
+            raise Timeout(self.subject, self._now() - started, "socket request") from None
         finally:
             self._requests.close(rid, future)
 
@@ -361,15 +402,15 @@ class Socket:
             SocketClosed / PeerDead / SocketReset: the socket ended with data unacknowledged.
         """
         proto = self._proto
-        started = self._clock.now()
+        started = self._now()
         deadline = None if timeout is None else started + timeout
         try:
             while not proto.drained:
-                if proto.state is SocketState.CLOSED:
+                if proto.state is _CLOSED:
                     proto.check_can_send()
                 await self._wait(deadline)
         except Expired:
-            raise Timeout(self.subject, self._clock.now() - started, "socket drain") from None
+            raise Timeout(self.subject, self._now() - started, "socket drain") from None
 
     async def send_eof(self) -> None:
         """Half-close: the peer reads every message sent so far, then end of stream. We can still
@@ -377,9 +418,9 @@ class Socket:
         proto = self._proto
         if proto.eof_sent:
             return
-        if proto.state is not SocketState.OPEN:
+        if proto.state is not _OPEN:
             proto.check_can_send()
-        frames = proto.send_eof(self._clock.now())
+        frames = proto.send_eof(self._now())
         self._rearm()
         if frames:
             await self._outbox.write(frames)
@@ -395,30 +436,28 @@ class Socket:
         """
         started = deadline = None
         while True:
-            if self._inbox:
-                return self._take()
+            inbox = self._inbox
+            if inbox:  # take one, and give back its credit (an ack is due after a quarter window)
+                msg = inbox.popleft()
+                if self._proto.consume(msg._cost) and not self._batch and not self._finished:
+                    self._batch = True
+                    self._loop.call_soon(self._end_batch)
+                return msg
             self._check_readable()
             if started is None and timeout is not None:
-                started = self._clock.now()  # not before: a buffered message costs no clock read
+                started = self._now()  # not before: a buffered message costs no clock read
                 deadline = started + timeout
             try:
                 await self._wait(deadline)
             except Expired:
                 assert started is not None
-                raise Timeout(self.subject, self._clock.now() - started, "socket receive") from None
-
-    def _take(self) -> SocketMessage:
-        msg = self._inbox.popleft()
-        if self._proto.consume(msg._cost) and not self._batch and not self._finished:
-            self._batch = True
-            self._loop.call_soon(self._end_batch)
-        return msg
+                raise Timeout(self.subject, self._now() - started, "socket receive") from None
 
     def _check_readable(self) -> None:
         proto = self._proto
         if proto.eof_received:
             raise EndOfStream(self.subject)
-        if proto.state is SocketState.CLOSED:
+        if proto.state is _CLOSED:
             raise proto.closed_error()
 
     def __aiter__(self) -> Socket:
@@ -442,17 +481,17 @@ class Socket:
         self._closed_locally = True
         proto = self._proto
         try:
-            if proto.state is SocketState.OPEN:  # a Socket is never seen CONNECTING: see connect_socket
+            if proto.state is _OPEN:  # a Socket is never seen CONNECTING: see connect_socket
                 await self.send_eof()
-            if proto.state is SocketState.CLOSING:
-                deadline = self._clock.now() + timeout
+            if proto.state is _CLOSING:
+                deadline = self._now() + timeout
                 try:
-                    while proto.state is SocketState.CLOSING and not proto.drained:
+                    while proto.state is _CLOSING and not proto.drained:
                         await self._wait(deadline)
                 except Expired:
                     log.debug("socket %r: closing without all acks after %ss", self.subject, timeout)
-                if proto.state is SocketState.CLOSING:
-                    self._outbox.emit(proto.close(self._clock.now()))
+                if proto.state is _CLOSING:
+                    self._outbox.emit(proto.close(self._now()))
         except BaseException:
             self.abort("close cancelled")
             raise
@@ -464,8 +503,8 @@ class Socket:
         """Abort at once: unsent data is discarded and the peer's socket fails with SocketReset."""
         self._closed_locally = True
         proto = self._proto
-        if proto.state is not SocketState.CLOSED:
-            self._outbox.emit(proto.abort(410, reason, self._clock.now()))
+        if proto.state is not _CLOSED:
+            self._outbox.emit(proto.abort(410, reason, self._now()))
         self._settle()
 
     async def __aenter__(self) -> Socket:
@@ -475,7 +514,7 @@ class Socket:
         await self.aclose()
 
     def _fail_local(self, error: ConatError) -> None:
-        if self._proto.state is not SocketState.CLOSED:
+        if self._proto.state is not _CLOSED:
             self._proto.fail(error)
         self._settle()
 
@@ -488,7 +527,7 @@ class Socket:
         """
         self._finished = True
         proto = self._proto
-        frames = proto.poll(self._clock.now())
+        frames = proto.poll(self._now())
         if frames and not self._client._closing:
             self._outbox.emit(frames)
         self._alarm.disarm()
@@ -528,7 +567,7 @@ class Socket:
     def _on_client_state(self, state: ClientState) -> None:
         if self._finished:
             return
-        now = self._clock.now()
+        now = self._now()
         if state is ClientState.RECONNECTING:
             self._proto.link_down(now)
         elif state is ClientState.CONNECTED:
@@ -580,13 +619,13 @@ async def connect_socket(
     try:
         await sock._outbox.write(proto.connect(clock.now()))
         sock._rearm()
-        while proto.state is SocketState.CONNECTING:
+        while proto.state is _CONNECTING:
             await sock._wait(None)
     except BaseException:
         sock.abort("connect cancelled")
         await sock._flush_out()
         raise
-    if proto.state is not SocketState.OPEN:
+    if proto.state is not _OPEN:
         error = proto.error
         await sock._flush_out()
         if isinstance(error, Timeout) and sock._no_responders:

@@ -14,6 +14,8 @@ import math
 from collections import deque
 from typing import Final, final
 
+import msgspec
+
 from ._errors import ConatError, ErrorCode, PayloadTooLarge, SocketBusy, SocketProtocolError
 from ._socket_frames import (
     DATA_OVERHEAD,
@@ -42,16 +44,17 @@ _MAX_NACK_RANGES: Final = 32
 _MAX_NACK_FRAMES: Final = 4096
 
 
-class _Out:
-    """One sequenced frame on the sending side, from queued to acknowledged."""
+class _Out(msgspec.Struct, gc=False):
+    """One sequenced frame on the sending side, from queued to acknowledged.
 
-    __slots__ = ("cost", "frame", "nacked", "sent_at")
+    One is made per frame sent: a msgspec struct is built in C, and holding only a frame and
+    numbers it cannot be part of a cycle (``gc=False``).
+    """
 
-    def __init__(self, frame: Sequenced, cost: int) -> None:
-        self.frame = frame
-        self.cost = cost
-        self.sent_at = -math.inf
-        self.nacked = False
+    frame: Sequenced
+    cost: int
+    sent_at: float = -math.inf
+    nacked: bool = False
 
 
 # -- sending ---------------------------------------------------------------------------------------
@@ -61,8 +64,10 @@ class _Out:
 class Sender:
     """The sending half: sequence numbers, fragmentation, credit, retransmission.
 
-    ``queued`` frames wait for credit; ``unacked`` frames were sent and wait for an ack. Counters
-    (``frames_sent`` counts the sequenced frames only) are read by the protocol's statistics.
+    ``queued`` frames wait for credit; ``unacked`` frames were sent and wait for an ack;
+    ``sent_cost`` is the credit used so far (a frame may go out while it is below ``peer_limit``).
+    Counters (``frames_sent`` counts the sequenced frames only) are read by the protocol's
+    statistics.
     """
 
     def __init__(self, config: SocketConfig, subject: str) -> None:
@@ -82,18 +87,18 @@ class Sender:
         self.messages_sent = 0
         self.frames_sent = 0
         self.retransmitted = 0
+        self.sent_cost = 0
         self._next_seq = 1
-        self._sent_cost = 0
         self._fragment = config.frame_size - DATA_OVERHEAD
 
     @property
     def has_credit(self) -> bool:
         """Nothing waits for credit and the peer grants some: a new message can go out now."""
-        return not self.queued and self._sent_cost < self.peer_limit
+        return not self.queued and self.sent_cost < self.peer_limit
 
     @property
     def credit(self) -> int:
-        return max(0, self.peer_limit - self._sent_cost)
+        return max(0, self.peer_limit - self.sent_cost)
 
     @property
     def drained(self) -> bool:
@@ -111,36 +116,50 @@ class Sender:
     ) -> list[Frame]:
         """Queue one message as frames; return those the credit lets out (see SocketProtocol.send)."""
         size = len(payload)
-        limit = min(self.config.max_message, self.peer_max_message)
-        if size > limit:
-            raise PayloadTooLarge(size, limit, "socket message")
-        if not self.has_credit:
-            raise SocketBusy(self.subject, self.unacked_cost, self.config.window)
+        config = self.config
+        if size > config.max_message or size > self.peer_max_message:
+            raise PayloadTooLarge(size, min(config.max_message, self.peer_max_message), "socket message")
+        if self.queued or self.sent_cost >= self.peer_limit:
+            raise SocketBusy(self.subject, self.unacked_cost, config.window)
+        # The common case, a message that fits in one frame, goes out at once: nothing is queued
+        # and the peer grants credit (checked above), which is all release() would check.
+        frame: Sequenced | None = None
+        plain = not (headers or encoding is not None or request or reply_to or error is not None)
+        if plain:
+            if size <= self._fragment:
+                frame = Data(self._next_seq, payload)
+        elif not headers and size + HEAD_OVERHEAD_BOUND <= config.frame_size:
+            frame = Head(self._next_seq, payload, False, headers, encoding, request, reply_to, error)
+        if frame is not None:
+            self._next_seq += 1
+            cost = size + FRAME_COST
+            self.sent_cost += cost
+            self.unacked_cost += cost
+            self.unacked.append(_Out(frame, cost, now))
+            self.frames_sent += 1
+            self.messages_sent += 1
+            if self.retransmit_at is None:
+                self.retransmit_at = now + self.rto
+            return [frame]
+        # Fragments, or headers to measure (the Head without headers above obviously fits: it
+        # skips measuring the metadata, an encode per message).
         step = self._fragment
-        if headers or encoding is not None or request or reply_to or error is not None:
-            if not headers and size + HEAD_OVERHEAD_BOUND <= self.config.frame_size:
-                first = size  # it obviously fits: skip measuring the metadata (an encode per message)
-            else:
-                overhead = len(
-                    encode_frame(Head(2**63 - 1, b"", True, headers, encoding, request, reply_to, error))
+        offset = 0
+        if not plain:
+            overhead = len(
+                encode_frame(Head(2**63 - 1, b"", True, headers, encoding, request, reply_to, error))
+            )
+            first = config.frame_size - overhead - 8
+            if first < MIN_FRAME_SIZE // 2:
+                raise PayloadTooLarge(
+                    overhead, config.frame_size - MIN_FRAME_SIZE // 2, "socket message metadata"
                 )
-                first = self.config.frame_size - overhead - 8
-                if first < MIN_FRAME_SIZE // 2:
-                    raise PayloadTooLarge(
-                        overhead, self.config.frame_size - MIN_FRAME_SIZE // 2, "socket message metadata"
-                    )
             chunk = payload if size <= first else payload[:first]
-            seq = self._next_seq
             self._push(
-                Head(seq, chunk, size > first, headers, encoding, request, reply_to, error), len(chunk)
+                Head(self._next_seq, chunk, size > first, headers, encoding, request, reply_to, error),
+                len(chunk),
             )
             offset = first
-        elif size <= step:
-            self._push(Data(self._next_seq, payload), size)
-            self.messages_sent += 1
-            return self.release(now)
-        else:
-            offset = 0
         while offset < size:
             chunk = payload[offset : offset + step]
             offset += step
@@ -164,10 +183,10 @@ class Sender:
         queued = self.queued
         while queued:
             o = queued[0]
-            if o.cost and self._sent_cost >= self.peer_limit:
+            if o.cost and self.sent_cost >= self.peer_limit:
                 break
             queued.popleft()
-            self._sent_cost += o.cost
+            self.sent_cost += o.cost
             self.unacked_cost += o.cost
             o.sent_at = now
             self.unacked.append(o)
@@ -322,7 +341,26 @@ class Receiver:
             elif seq - expected <= MAX_OUT_OF_ORDER:
                 self.held[seq] = frame
             return
-        self._deliver(frame, events)
+        if not isinstance(frame, Fin) and not frame.more and self._head is None and not self.eof_received:
+            # The common case, _deliver inlined: the next message, whole in one frame.
+            self._expected = seq + 1
+            payload = frame.payload
+            if len(payload) > self.config.max_message:
+                raise self._too_large(len(payload))
+            cost = len(payload) + FRAME_COST
+            if isinstance(frame, Head):
+                if frame.error is not None and not frame.reply_to:
+                    raise self._violation(f"an error code on a message that is not a response (seq {seq})")
+                self.messages_received += 1
+                events.append(
+                    MessageReceived(payload, frame.headers, frame.encoding, frame.request,
+                                    frame.reply_to, frame.error, cost)
+                )  # fmt: skip
+            else:
+                self.messages_received += 1
+                events.append(MessageReceived(payload, None, None, 0, 0, None, cost))
+        else:
+            self._deliver(frame, events)
         held = self.held
         while held:
             nxt = held.pop(self._expected, None)

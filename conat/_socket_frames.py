@@ -1,7 +1,9 @@
 """Wire frames, events and tunables of the reliable-socket protocol (see :mod:`conat._socket_protocol`).
 
 Frames are msgspec structs, a tagged union encoded as msgpack arrays (``[tag, field, ...]``); the
-encoder and decoder are built once::
+encoder and decoder are built once (:data:`FRAME_ENCODER`, :data:`FRAME_DECODER`). A frame holds
+only bytes, strings and numbers, so it can never be part of a reference cycle: frames are
+``gc=False`` structs, and the one or two made per message stay out of the garbage collector::
 
     Open(id, limit, max_message)   client -> server: connect; retransmitted until Accept comes
     Accept(limit, max_message)     server -> client: the connection exists
@@ -36,8 +38,11 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_CONNECT_TIMEOUT",
     "FRAME_COST",
+    "FRAME_DECODER",
+    "FRAME_ENCODER",
     "FRAME_ROOM",
     "HEAD_OVERHEAD_BOUND",
+    "MALFORMED",
     "MIN_FRAME_SIZE",
     "Accept",
     "Ack",
@@ -82,24 +87,24 @@ DEFAULT_BACKLOG: Final = 1024
 # -- frames ----------------------------------------------------------------------------------------
 
 
-class Open(msgspec.Struct, tag=1, array_like=True, frozen=True):
+class Open(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
     id: str
     limit: int
     max_message: int
 
 
-class Accept(msgspec.Struct, tag=2, array_like=True, frozen=True):
+class Accept(msgspec.Struct, tag=2, array_like=True, frozen=True, gc=False):
     limit: int
     max_message: int
 
 
-class Data(msgspec.Struct, tag=3, array_like=True, frozen=True):
+class Data(msgspec.Struct, tag=3, array_like=True, frozen=True, gc=False):
     seq: int
     payload: bytes
     more: bool = False
 
 
-class Head(msgspec.Struct, tag=4, array_like=True, frozen=True):
+class Head(msgspec.Struct, tag=4, array_like=True, frozen=True, gc=False):
     seq: int
     payload: bytes
     more: bool = False
@@ -110,25 +115,25 @@ class Head(msgspec.Struct, tag=4, array_like=True, frozen=True):
     error: int | str | None = None
 
 
-class Fin(msgspec.Struct, tag=5, array_like=True, frozen=True):
+class Fin(msgspec.Struct, tag=5, array_like=True, frozen=True, gc=False):
     seq: int
 
 
-class Ack(msgspec.Struct, tag=6, array_like=True, frozen=True):
+class Ack(msgspec.Struct, tag=6, array_like=True, frozen=True, gc=False):
     ack: int
     limit: int
     missing: tuple[tuple[int, int], ...] = ()
 
 
-class Ping(msgspec.Struct, tag=7, array_like=True, frozen=True):
+class Ping(msgspec.Struct, tag=7, array_like=True, frozen=True, gc=False):
     pass
 
 
-class Close(msgspec.Struct, tag=8, array_like=True, frozen=True):
+class Close(msgspec.Struct, tag=8, array_like=True, frozen=True, gc=False):
     pass
 
 
-class Reset(msgspec.Struct, tag=9, array_like=True, frozen=True):
+class Reset(msgspec.Struct, tag=9, array_like=True, frozen=True, gc=False):
     code: int | str
     reason: str
 
@@ -137,20 +142,24 @@ Frame = Open | Accept | Data | Head | Fin | Ack | Ping | Close | Reset
 Sequenced = Data | Head | Fin
 """The frames that carry a sequence number (and are acknowledged and retransmitted)."""
 
-_ENCODER: Final = msgspec.msgpack.Encoder()
-_DECODER: Final = msgspec.msgpack.Decoder(Frame)
+FRAME_ENCODER: Final = msgspec.msgpack.Encoder()
+"""The one frame encoder. Hot paths call its ``encode`` directly (see :func:`encode_frame`)."""
+FRAME_DECODER: Final = msgspec.msgpack.Decoder(Frame)
+"""The one frame decoder. Its ``decode`` raises one of :data:`MALFORMED` for a malformed frame."""
+MALFORMED: Final = (msgspec.DecodeError, ValueError)
+"""What :data:`FRAME_DECODER` raises for bytes that are not a frame."""
 
 
 def encode_frame(frame: Frame) -> bytes:
     """Encode one frame (msgpack, as an array)."""
-    return _ENCODER.encode(frame)
+    return FRAME_ENCODER.encode(frame)
 
 
 def decode_frame(raw: bytes | memoryview) -> Frame:
     """Decode one frame; raises :class:`SocketProtocolError` for anything that is not one."""
     try:
-        frame: Frame = _DECODER.decode(raw)
-    except (msgspec.DecodeError, ValueError) as e:
+        frame: Frame = FRAME_DECODER.decode(raw)
+    except MALFORMED as e:
         raise SocketProtocolError("?", f"malformed frame: {e}") from None
     return frame
 
@@ -167,12 +176,15 @@ class Opened:
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
+class MessageReceived(msgspec.Struct, frozen=True, gc=False):
     """A whole message, in order. Hand ``cost`` back to :meth:`SocketProtocol.consume` once read.
 
     ``error`` is set only on a response (``reply_to``): the receiver fails the connection with a
     protocol error for any other message that carries one.
+
+    One is made per message, so it is a (frozen) msgspec struct rather than a frozen dataclass,
+    whose ``__init__`` costs ten times as much. It holds bytes, a str dict and scalars, so it
+    cannot be part of a reference cycle: ``gc=False`` keeps it out of the collector.
     """
 
     payload: bytes

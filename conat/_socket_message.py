@@ -157,6 +157,8 @@ def encode_payload(
     data: Any, headers: dict[str, str] | None, encoding: str | None
 ) -> tuple[bytes, str | None]:
     """Check ``headers`` and encode ``data``: the payload, and the encoding to send (None: msgpack)."""
+    if type(data) is bytes and encoding == "raw" and not headers:
+        return data, "raw"  # what the raw codec does with bytes, without the lookups
     if headers:
         for key, value in headers.items():
             if not isinstance(key, str) or not isinstance(value, str):

@@ -124,7 +124,13 @@ class SocketState(enum.Enum):
 Trigger = Literal["accept", "send_eof", "finish", "close", "peer_close", "fail", "abort"]
 Role = Literal["client", "server"]
 
-_C, _O, _CL, _X = SocketState.CONNECTING, SocketState.OPEN, SocketState.CLOSING, SocketState.CLOSED
+# The states as module globals: on CPython 3.11 ``SocketState.OPEN`` costs a metaclass attribute
+# lookup (~0.1 us) at every use, and the per-message paths check the state several times.
+_CONNECTING: Final = SocketState.CONNECTING
+_OPEN: Final = SocketState.OPEN
+_CLOSING: Final = SocketState.CLOSING
+_CLOSED: Final = SocketState.CLOSED
+_C, _O, _CL, _X = _CONNECTING, _OPEN, _CLOSING, _CLOSED
 TRANSITIONS: Final[Mapping[tuple[SocketState, Trigger], SocketState]] = {
     (_C, "accept"): _O,
     (_C, "fail"): _X,
@@ -163,7 +169,7 @@ class SocketProtocol:
         self.config = config
         self.id = id
         self.subject = subject
-        self.state = SocketState.CONNECTING
+        self.state = _CONNECTING
         self.error: ConatError | None = None
         self.closed_by_peer = False
         self.eof_sent = False
@@ -211,7 +217,8 @@ class SocketProtocol:
     @property
     def writable(self) -> bool:
         """True when :meth:`send` would accept a message now (open, and the peer granted credit)."""
-        return self.state is SocketState.OPEN and self._tx.has_credit
+        tx = self._tx  # Sender.has_credit, inlined: this is read before every send
+        return self.state is _OPEN and not tx.queued and tx.sent_cost < tx.peer_limit
 
     @property
     def retransmit_at(self) -> float | None:
@@ -225,7 +232,7 @@ class SocketProtocol:
 
     def connect(self, now: float) -> list[Frame]:
         """Client only: the Open frame (retransmitted by :meth:`poll` until Accept arrives)."""
-        if self.role != "client" or self.state is not SocketState.CONNECTING or self._open_at is not None:
+        if self.role != "client" or self.state is not _CONNECTING or self._open_at is not None:
             raise SocketProtocolError(
                 self.subject, f"connect() on a {self.role} in state {self.state.value!r}"
             )
@@ -240,11 +247,11 @@ class SocketProtocol:
     # -- sending ---------------------------------------------------------------------------------
     def check_can_send(self) -> None:
         """Raise what :meth:`send` would raise for the state alone (closed, closing, connecting)."""
-        if self.state is SocketState.OPEN:
+        if self.state is _OPEN:
             return
-        if self.state is SocketState.CONNECTING:
+        if self.state is _CONNECTING:
             raise SocketProtocolError(self.subject, "send before the connection is open")
-        if self.state is SocketState.CLOSING:
+        if self.state is _CLOSING:
             raise SocketClosed(self.subject, "closed for writing (end of stream sent)")
         raise self.closed_error()
 
@@ -276,7 +283,8 @@ class SocketProtocol:
             SocketClosed: the socket is closed for writing.
             SocketProtocolError: ``error`` without ``reply_to`` (only a response carries an error).
         """
-        self.check_can_send()
+        if self.state is not _OPEN:
+            self.check_can_send()
         if error is not None and not reply_to:
             raise SocketProtocolError(self.subject, "an error code can only be sent in a response")
         frames = self._tx.send(payload, now, headers, encoding, request, reply_to, error)
@@ -309,7 +317,7 @@ class SocketProtocol:
 
     def fail(self, error: ConatError) -> None:
         """Fail for a reason outside the protocol (the bus client closed). The peer is not told."""
-        if self.state is not SocketState.CLOSED:
+        if self.state is not _CLOSED:
             self._fail(error)
 
     def consume(self, cost: int) -> bool:
@@ -319,7 +327,7 @@ class SocketProtocol:
     # -- receiving -------------------------------------------------------------------------------
     def receive(self, frame: Frame, now: float) -> list[Event]:
         """Take one frame from the peer; return what happened, in order."""
-        if self.state is SocketState.CLOSED:
+        if self.state is _CLOSED:
             linger = self.linger_until
             if linger is not None and now < linger and not isinstance(frame, Close | Reset):
                 self._close_needed = True  # the peer missed our Close: say it again
@@ -329,7 +337,7 @@ class SocketProtocol:
         events: list[Event] = []
         kind = type(frame)
         if kind is Data or kind is Head or kind is Fin:
-            if self.state is not SocketState.CONNECTING:
+            if self.state is not _CONNECTING:
                 try:
                     self._rx.on_sequenced(frame, events)  # type: ignore[arg-type]
                 except PeerFault as fault:
@@ -341,7 +349,7 @@ class SocketProtocol:
         elif isinstance(frame, Open):
             self._on_open(frame, events)
         elif isinstance(frame, Accept):
-            if self.role == "client" and self.state is SocketState.CONNECTING:
+            if self.role == "client" and self.state is _CONNECTING:
                 self._transition("accept")
                 self._tx.peer_limit = frame.limit
                 self._tx.peer_max_message = frame.max_message
@@ -351,7 +359,7 @@ class SocketProtocol:
             self._on_close(events)
         elif isinstance(frame, Reset):
             self._on_reset(frame, events)
-        if self.state is SocketState.CLOSING and self._rx.eof_received and self._fin_acked:
+        if self.state is _CLOSING and self._rx.eof_received and self._fin_acked:
             self._transition("finish")
             self._linger(now)
             events.append(ConnectionClosed(None))
@@ -368,7 +376,7 @@ class SocketProtocol:
     def _on_open(self, frame: Open, events: list[Event]) -> None:
         if self.role != "server":
             return
-        if self.state is SocketState.CONNECTING:
+        if self.state is _CONNECTING:
             self._transition("accept")
             self.id = frame.id
             self._tx.peer_limit = frame.limit
@@ -377,7 +385,7 @@ class SocketProtocol:
         self._accept_needed = True  # also for a retransmitted Open: our Accept may have been lost
 
     def _on_close(self, events: list[Event]) -> None:
-        if self.state is SocketState.CONNECTING:
+        if self.state is _CONNECTING:
             return
         self._transition("peer_close")
         self.closed_by_peer = True
@@ -387,7 +395,7 @@ class SocketProtocol:
         events.append(ConnectionClosed(self.error))
 
     def _on_reset(self, frame: Reset, events: list[Event]) -> None:
-        if self.state is SocketState.CLOSING and self._rx.eof_received:
+        if self.state is _CLOSING and self._rx.eof_received:
             # Both Fins were sent and ours was retransmitted only because its ack was lost: the
             # peer finished, forgot us, and answers "unknown connection". Nothing is lost.
             self._transition("finish")
@@ -405,11 +413,11 @@ class SocketProtocol:
         self._link_up = True
         self._last_received = max(self._last_received, now)
         self._tx.rto = self.config.rto_min
-        if self.state is SocketState.CONNECTING:
+        if self.state is _CONNECTING:
             if self.role == "client" and self._open_at is not None:
                 self._open_at = now
             return self.poll(now)
-        if self.state is SocketState.CLOSED:
+        if self.state is _CLOSED:
             return self.poll(now)
         out = self._tx.resend_all(now)
         out.extend(self.poll(now))
@@ -428,11 +436,11 @@ class SocketProtocol:
         """
         state = self.state
         out: list[Frame] = []
-        if state is SocketState.CLOSED:
+        if state is _CLOSED:
             self._final_frames(out)
             return out
         tx = self._tx
-        if state is SocketState.CONNECTING:
+        if state is _CONNECTING:
             if self.role == "client" and self._open_at is not None:
                 if now >= self._connect_deadline:
                     elapsed = now - (self._connect_deadline - self.config.connect_timeout)
@@ -481,12 +489,12 @@ class SocketProtocol:
     def next_deadline(self) -> float | None:
         """When :meth:`poll` next has something to do (``-inf``: now); None if never."""
         state = self.state
-        if state is SocketState.CLOSED:
+        if state is _CLOSED:
             due = self._close_needed or self._reset_needed or self._rx.ack_needed
             return -math.inf if due else None
         if self._rx.ack_needed or self._accept_needed:
             return -math.inf
-        if state is SocketState.CONNECTING:
+        if state is _CONNECTING:
             if self._open_at is None:
                 return None
             return min(self._open_at, self._connect_deadline)

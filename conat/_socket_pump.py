@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from ._clock import Clock, SystemClock
 from ._errors import ConatError
-from ._socket_frames import Frame, encode_frame
+from ._socket_frames import FRAME_ENCODER, Frame
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -62,38 +62,62 @@ class Outbox:
 
     def emit(self, frames: list[Frame]) -> None:
         """Queue frames and make sure a writer sends them."""
-        self._frames.extend([encode_frame(f) for f in frames])
+        self._frames.extend(map(FRAME_ENCODER.encode, frames))
         if not self._writing:
             self._writing = True
             self._spawn(self._writer())
 
     async def write(self, frames: list[Frame]) -> None:
-        """Queue frames and send them from the calling task, unless a writer is already at it."""
-        self._frames.extend([encode_frame(f) for f in frames])
-        if not self._writing:
-            self._writing = True
-            await self._writer()
+        """Queue frames and send them from the calling task, unless a writer is already at it.
 
-    async def _writer(self) -> None:
-        """Send the queue in order. The caller has set ``_writing``; this clears it."""
+        This is :meth:`_writer`'s loop, inlined: every ``Socket.send`` comes here, and a coroutine
+        less per message is worth the repetition.
+        """
         out = self._frames
-        publish = self._client._transport.publish
+        encode = FRAME_ENCODER.encode
+        for frame in frames:
+            out.append(encode(frame))
+        if self._writing:
+            return
+        self._writing = True
+        client = self._client
+        publish = client._transport.publish
         target, reply = self.target, self.reply
         try:
             while out:
                 await publish(target, out.popleft(), reply)
         except ConatError as e:
-            # ClosedError: the bus client is gone. ConnectError: its outbound buffer is full while
-            # reconnecting. Either way what was lost is retransmitted (or no longer matters).
-            out.clear()
-            log.debug("socket %r: frames not sent: %s", self._name, e)
-            if self._client._closing:
-                self._on_closed()
+            self._lost(e)
         finally:
             self._writing = False
-            if out and not self._client._closing:
+            if out and not client._closing:
                 self._writing = True
                 self._spawn(self._writer())
+
+    async def _writer(self) -> None:
+        """Send the queue in order. The caller has set ``_writing``; this clears it."""
+        out = self._frames
+        client = self._client
+        publish = client._transport.publish
+        target, reply = self.target, self.reply
+        try:
+            while out:
+                await publish(target, out.popleft(), reply)
+        except ConatError as e:
+            self._lost(e)
+        finally:
+            self._writing = False
+            if out and not client._closing:  # cancelled mid-queue: a new writer takes the rest
+                self._writing = True
+                self._spawn(self._writer())
+
+    def _lost(self, error: ConatError) -> None:
+        # ClosedError: the bus client is gone. ConnectError: its outbound buffer is full while
+        # reconnecting. Either way what was lost is retransmitted (or no longer matters).
+        self._frames.clear()
+        log.debug("socket %r: frames not sent: %s", self._name, error)
+        if self._client._closing:
+            self._on_closed()
 
 
 @final
@@ -173,28 +197,29 @@ class Alarm:
 class Waits:
     """Futures waiting for a change, and deadlines (on the owner's clock) that expire futures.
 
-    :meth:`notify` wakes every waiter, which then re-checks what it waits for. The owner's timer
+    :meth:`notify` wakes every waiter, which then re-checks what it waits for (``waiters`` is
+    non-empty while someone waits: the read path checks it per frame, without a call). The owner's timer
     calls :meth:`expire`, which fails each pending future whose deadline has passed with
     :class:`Expired`; :meth:`earliest` says when that timer is next needed.
     """
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._waiters: list[asyncio.Future[None]] = []
+        self.waiters: list[asyncio.Future[None]] = []
         self._deadlines: list[tuple[float, int, asyncio.Future[Any]]] = []
         self._order = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._waiters)
+        return len(self.waiters)
 
     def waiter(self) -> asyncio.Future[None]:
         """A future that :meth:`notify` resolves."""
         future: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(future)
+        self.waiters.append(future)
         return future
 
     def notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
+        waiters, self.waiters = self.waiters, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
@@ -206,7 +231,7 @@ class Waits:
         it is swept of finished entries when it grows past four times the live ones).
         """
         dl = self._deadlines
-        if len(dl) > 64 and len(dl) > 4 * (others + len(self._waiters)):
+        if len(dl) > 64 and len(dl) > 4 * (others + len(self.waiters)):
             dl[:] = [e for e in dl if not e[2].done()]
             heapq.heapify(dl)
         heapq.heappush(dl, (deadline, next(self._order), future))

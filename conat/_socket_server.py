@@ -156,7 +156,7 @@ class SocketServer:
             if not isinstance(frame, Close | Reset):
                 self._answer(reply, Close())  # it missed our Close (a late Open is no new connection)
         elif isinstance(frame, Open):
-            self._open(msg.subject, reply, frame)
+            self._open(msg.subject, reply, msg.raw)
         elif not isinstance(frame, Reset | Close | Accept):
             self._reset(reply, 404, "unknown connection")
 
@@ -169,7 +169,8 @@ class SocketServer:
         while order and order[0][0] <= now:
             self._lingering.discard(order.popleft()[1])
 
-    def _open(self, subject: str, reply: str, frame: Open) -> None:
+    def _open(self, subject: str, reply: str, raw: bytes) -> None:
+        """A new connection, from its Open frame (``raw``: the connection decodes it again)."""
         if self._closing:
             self._rejected += 1
             self._reset(reply, 503, "the socket server is closing")
@@ -181,7 +182,7 @@ class SocketServer:
         proto = SocketProtocol("server", self._config, self._clock.now(), subject=subject)
         conn = Socket(self._client, proto, self._clock, subject=subject, target=reply, server=self)
         self._conns[subject, reply] = conn
-        conn._on_frame(frame)
+        conn._on_raw(raw)
         self._pending.append(conn)
         self._waits.notify()
 

@@ -27,7 +27,7 @@ import nats.errors as nats_errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.subscription import Subscription as _NatsSubscription
 
-from ._errors import BadURL, ClosedError, ConnectError, PayloadError, Timeout
+from ._errors import BadURL, ClosedError, ConnectError, PayloadError, Timeout, Unauthorized
 
 __all__ = ["DirectHandler", "PermissionViolation", "Transport", "TransportEvents"]
 
@@ -62,6 +62,7 @@ class TransportEvents:
     def on_closed(self) -> None: ...
     def on_permission_violation(self, violation: PermissionViolation) -> None: ...
     def on_error(self, error: BaseException) -> None: ...
+    def on_auth_refused(self) -> None: ...
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
@@ -154,6 +155,8 @@ class Transport:
         self._events = events
         self._nc = _Connection()
         self._closing = False
+        self._auth_refused = False  # the server refused our credentials at least once
+        self._connected_once = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(
@@ -201,13 +204,19 @@ class Transport:
             await self._nc.connect(**options)
         except nats_errors.NoServersError:
             await self._abandon()
-            reason = _describe(self._nc.last_error) or "no server answered"
+            last = self._nc.last_error
+            if self._auth_refused or _is_auth_refusal(last):
+                raise Unauthorized(", ".join(urls), _describe(last)) from None
+            reason = _describe(last) or "no server answered"
             raise ConnectError(", ".join(urls), reason) from None
         except (OSError, TimeoutError, nats_errors.Error) as e:
             await self._abandon()
+            if self._auth_refused or _is_auth_refusal(e) or _is_auth_refusal(self._nc.last_error):
+                raise Unauthorized(", ".join(urls), "authorization violation (credentials refused)") from None
             raise ConnectError(", ".join(urls), _describe(e)) from None
         self._nc.options["max_reconnect_attempts"] = -1
         self._nc.options["allow_reconnect"] = True
+        self._connected_once = True
 
     async def _abandon(self) -> None:
         self._closing = True
@@ -215,6 +224,8 @@ class Transport:
             await self._nc.close()
         except Exception:  # pragma: no cover - best effort on a half-open client
             log.debug("closing a failed connection", exc_info=True)
+        # nats-py leaves the socket of a refused first connect open (a ResourceWarning later)
+        await _close_socket(self._nc._transport)
 
     async def close(self) -> None:
         """Flush what is pending and close. Idempotent."""
@@ -346,7 +357,18 @@ class Transport:
             raise Timeout("flush", loop.time() - started, what="flush") from None
 
     # -- nats-py callbacks, each made safe ---------------------------------------------------
+    async def force_reconnect(self) -> None:
+        """Reconnect now (the server re-authorizes with fresh credentials); subscriptions re-arm."""
+        await self._nc.force_reconnect()
+
     async def _on_error(self, e: Exception) -> None:
+        if _is_auth_refusal(e):
+            self._auth_refused = True
+            if self._connected_once:  # at a reconnect (the first connect raises instead)
+                # nats-py abandons the refused attempt's socket without closing it
+                await _close_socket(self._nc._transport)
+                self._safe(self._events.on_auth_refused)
+            return
         text = str(e)
         m = _VIOLATION_RE.search(text)
         if m:
@@ -393,6 +415,21 @@ def check_url(url: str) -> str:
     if not hostname:
         raise BadURL(url, "missing host")
     return url
+
+
+async def _close_socket(transport: Any) -> None:
+    """Close a nats-py transport that nats-py itself left open (best effort)."""
+    if transport is None:
+        return
+    try:
+        transport.close()
+        await transport.wait_closed()
+    except Exception:  # best effort on a socket nobody uses any more
+        log.debug("closing an abandoned socket", exc_info=True)
+
+
+def _is_auth_refusal(e: BaseException | None) -> bool:
+    return isinstance(e, nats_errors.AuthorizationError) or "authorization violation" in str(e).lower()
 
 
 def _describe(e: BaseException | None) -> str:

@@ -44,20 +44,36 @@ from ._names import watch_project as watch_project
 from ._names import watch_project_pattern as watch_project_pattern
 from ._permissions import NatsPermissions as NatsPermissions
 from ._permissions import Permissions as Permissions
+from ._policy import DEFAULT_RESPONSES as DEFAULT_RESPONSES
+from ._policy import MASTER_BUS as MASTER_BUS
+from ._policy import Grant as Grant
+from ._policy import InvalidBus as InvalidBus
+from ._policy import Principal as Principal
+from ._policy import ResponsePermission as ResponsePermission
+from ._policy import Scope as Scope
+from ._policy import grant as grant
+from ._policy import parse_bus as parse_bus
 from ._tokens import EMPTY_TOKEN as EMPTY_TOKEN
 from ._tokens import decode_token as decode_token
 from ._tokens import decode_token_str as decode_token_str
 from ._tokens import encode_token as encode_token
 
 __all__ = [
+    "DEFAULT_RESPONSES",
     "EMPTY_TOKEN",
+    "Grant",
     "HUB",
+    "InvalidBus",
     "InvalidSubject",
+    "MASTER_BUS",
     "MAX_SUBJECT_BYTES",
     "NatsPermissions",
     "PUBLIC_PATTERN",
     "Permissions",
+    "Principal",
     "Reason",
+    "ResponsePermission",
+    "Scope",
     "ScopeKind",
     "SubjectIndex",
     "account_scope",
@@ -67,6 +83,7 @@ __all__ = [
     "decode_token_str",
     "encode_token",
     "fs_project",
+    "grant",
     "host_scope",
     "inbox_pattern",
     "inbox_prefix",
@@ -77,6 +94,7 @@ __all__ = [
     "master_account_api",
     "master_host_api",
     "matches",
+    "parse_bus",
     "parse_scope",
     "pattern_is_subset",
     "persist_pattern",

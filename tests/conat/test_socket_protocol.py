@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import random
@@ -111,6 +112,47 @@ def test_frames_round_trip_and_small_overhead() -> None:
     with pytest.raises(SocketProtocolError) as e:
         decode_frame(b"\x00garbage")
     assert e.value.code == "protocol" and "malformed frame" in str(e.value)
+
+
+def test_per_message_objects_stay_out_of_the_garbage_collector() -> None:
+    # Frames and MessageReceived hold only bytes, str dicts and numbers: no cycles, so gc=False.
+    assert not gc.is_tracked(decode_frame(encode_frame(Head(1, b"x", False, {"k": "v"}, "raw"))))
+    assert not gc.is_tracked(MessageReceived(b"x", {"k": "v"}, "raw", 1, 0, None, 33))
+
+
+@pytest.mark.parametrize(
+    ("options", "kind"),
+    [
+        ({}, Data),
+        ({"encoding": "raw"}, Head),
+        ({"request": 4}, Head),
+        ({"headers": {"k": "v"}, "encoding": "json"}, Head),
+        ({"reply_to": 2, "error": 500}, Head),
+    ],
+)
+def test_a_message_that_fits_one_frame_goes_out_at_once(options: dict[str, object], kind: type) -> None:
+    client, server = make_pair(rto_min=0.5)
+    window = client.statistics().window
+    [frame] = client.send(b"abc", 1.0, **options)  # type: ignore[arg-type]
+    assert isinstance(frame, Data | Head) and type(frame) is kind
+    assert frame.seq == 1 and frame.payload == b"abc" and not frame.more
+    stats = client.statistics()
+    assert (stats.messages_sent, stats.unacked, stats.queued) == (1, 1, 0)
+    assert stats.unacked_bytes == 3 + FRAME_COST
+    assert stats.window == window - 3 - FRAME_COST and client.retransmit_at == 1.5
+    [event] = server.receive(frame, 1.0)
+    assert event == MessageReceived(
+        b"abc",
+        options.get("headers"),  # type: ignore[arg-type]
+        options.get("encoding"),  # type: ignore[arg-type]
+        options.get("request", 0),  # type: ignore[arg-type]
+        options.get("reply_to", 0),  # type: ignore[arg-type]
+        options.get("error"),  # type: ignore[arg-type]
+        3 + FRAME_COST,
+    )
+    [ack] = server.poll(1.0)
+    client.receive(ack, 1.0)
+    assert client.drained and client.retransmit_at is None
 
 
 def test_config_validation_names_the_field() -> None:

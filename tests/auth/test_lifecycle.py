@@ -1,0 +1,151 @@
+"""The callout end to end: refused credentials and their audit codes, revocation, refresh across
+token lifetimes, and where secrets live."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+import conat
+from auth import AuthBus
+from conat import ClientState, Unauthorized
+from conat.auth import Keyring, TokenIssuer
+from subjects import Scope
+
+from .conftest import BUS, A, Mint, P, connect_as
+
+pytestmark = pytest.mark.anyio
+
+
+def _flip(token: str, index: int) -> str:
+    chars = list(token)
+    chars[index] = "A" if chars[index] != "A" else "B"
+    return "".join(chars)
+
+
+async def _refused(bus: AuthBus, token: str) -> str:
+    """Connect with ``token``; it must be refused. Returns the reason the audit log recorded."""
+    before = len(await bus.audit.entries())
+    with pytest.raises(Unauthorized):
+        await conat.connect(bus.url, token=token, connect_attempts=1)
+    entries = (await bus.audit.entries())[before:]
+    assert entries, "the refusal was not audited"
+    assert all(e.result == "refuse" for e in entries)
+    return entries[-1].reason
+
+
+async def test_token_attacks_are_refused_each_with_its_code(bus: AuthBus, mint: Mint, tmp_path: Path) -> None:
+    principal, scope = f"account-{A}", Scope(projects=(P,))
+    good = mint.token(principal, scope)
+    head, body, sig = good.split(".")
+    foreign = TokenIssuer(Keyring.open(tmp_path / "foreign"))
+    cases = {
+        "tampered payload": (_flip(good, len(head) + 5), "bad-signature"),
+        "tampered signature": (f"{head}.{body}.{_flip(sig, 3)}", "bad-signature"),
+        "foreign key": (foreign.issue(principal, BUS, scope, 300), "unknown-kid"),
+        "expired": (mint.issuer.issue(principal, BUS, scope, 60, now=1_000_000.0), "expired"),
+        "wrong audience": (mint.token(principal, scope, aud="master"), "wrong-audience"),
+        "truncated": (good[: len(good) // 2], "malformed"),
+        "oversized": ("conat1." + "A" * 20_000 + ".AAAA", "too-large"),
+        "garbage": (base64.urlsafe_b64encode(os.urandom(48)).decode(), "malformed"),
+    }
+    for what, (token, code) in cases.items():
+        assert await _refused(bus, token) == code, what
+    # and the good one passes, audited as a grant without the token in it
+    client = await connect_as(bus, good)
+    await client.aclose()
+    entries = await bus.audit.entries(principal)
+    assert entries[-1].result == "grant"
+    assert all(good not in repr(e) for e in await bus.audit.entries())
+
+
+async def test_revocation_kicks_and_keeps_the_principal_out(bus: AuthBus, mint: Mint) -> None:
+    principal = f"account-{A}"
+    token = mint.token(principal, Scope(projects=(P,)))
+    client = await connect_as(bus, token)
+    observer = await connect_as(bus, mint.token(f"project-{P}"))
+    try:
+        got: list[object] = []
+        await observer.subscribe(f"fs.project-{P}", dispatch=lambda m: got.append(m.data))
+        await client.publish(f"fs.project-{P}", "before")
+        await _until(lambda: got == ["before"])
+        kicked = await bus.revoke(principal)
+        assert kicked == 1
+        # takes effect within 2 s: the kicked client is refused at every reconnect and closes
+        await _until(lambda: client.state is ClientState.CLOSED, timeout=2.0)
+        assert isinstance(client.close_reason, Unauthorized)
+        with pytest.raises(conat.ClosedError):
+            await client.publish(f"fs.project-{P}", "after")
+        # the same (revoked) token cannot come back; a token issued after the revocation can
+        with pytest.raises(Unauthorized):
+            await conat.connect(bus.url, credentials=token, connect_attempts=1)
+        await asyncio.sleep(1.1)  # tokens carry whole seconds: the next one is issued after the revocation
+        again = await connect_as(bus, mint.token(principal, Scope(projects=(P,))))
+        await again.aclose()
+        reasons = [e.reason for e in await bus.audit.entries(principal)]
+        assert "revoked" in reasons
+    finally:
+        await client.aclose()
+        await observer.aclose()
+
+
+async def test_refresh_keeps_a_client_connected_across_token_lifetimes(bus: AuthBus, mint: Mint) -> None:
+    principal, scope = f"account-{A}", Scope(projects=(P,))
+    issued: list[str] = []
+
+    async def provider() -> str:
+        issued.append(mint.token(principal, scope, ttl=3.0))
+        return issued[-1]
+
+    client = await conat.connect(bus.url, credentials=provider)
+    project = await connect_as(bus, mint.token(f"project-{P}"))
+    try:
+        received: list[int] = []
+        sub = await client.subscribe(f"fs.project-{P}", dispatch=lambda m: received.append(m.data))
+        n = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 7.5  # two and a half token lifetimes
+        while loop.time() < deadline:
+            n += 1
+            await project.publish(f"fs.project-{P}", n)
+            await asyncio.sleep(0.1)
+        await project.flush()
+        await _until(lambda: received and received[-1] == n)
+        assert client.state is ClientState.CONNECTED
+        assert len(issued) >= 3  # refreshed at least twice
+        assert not sub.closed
+        assert received == sorted(received)  # in order; a refresh may drop in-flight messages only
+    finally:
+        await client.aclose()
+        await project.aclose()
+
+
+async def test_secrets_are_private_and_never_in_argv_env_or_logs(bus: AuthBus, mint: Mint) -> None:
+    secrets_dir = Path(bus.server.config_path).parent.parent / "secrets"
+    files = sorted(secrets_dir.iterdir())
+    assert {f.name for f in files} >= {"issuer.seed", "xkey.seed", "auth.password", "sys.password"}
+    assert secrets_dir.stat().st_mode & 0o777 == 0o700
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    token = mint.token(f"account-{A}", Scope(projects=(P,)))
+    client = await connect_as(bus, token)
+    await client.aclose()
+    pid = bus.server.pid
+    assert pid is not None
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    log_text = Path(bus.server.log_path).read_text()
+    for secret in [f.read_text().strip() for f in files] + [token]:
+        assert secret.encode() not in cmdline
+        assert secret.encode() not in environ
+        assert secret not in log_text
+
+
+async def _until(check: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.01)

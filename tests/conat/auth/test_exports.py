@@ -1,0 +1,8 @@
+"""conat.auth's public surface is exactly its sorted ``__all__``."""
+
+import conat.auth
+from tests.test_exported_members import check_exports
+
+
+def test_conat_auth_all_sorted_and_complete() -> None:
+    check_exports(conat.auth)
