@@ -127,6 +127,15 @@ class _Disconnect(msgspec.Struct):
     client: _Client = msgspec.field(default_factory=_Client)
 
 
+def _api_error(raw: bytes) -> bool:
+    """Whether a nats-server system API reply reports an error."""
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return True
+    return not isinstance(body, dict) or "error" in body
+
+
 class AuthBus:
     """A running bus with the callout. Create with :meth:`start`; close with :meth:`aclose`."""
 
@@ -224,7 +233,7 @@ class AuthBus:
         kicked = 0
         for server, cid in self.decider.connections.of(principal):
             try:
-                await self._system.request(
+                reply = await self._system.request(
                     f"$SYS.REQ.SERVER.{server}.KICK",
                     msgspec.json.encode({"cid": cid}),
                     encoding="raw",
@@ -234,6 +243,8 @@ class AuthBus:
                 log.warning("could not kick %s (server %s, cid %d): %s", principal, server, cid, e)
                 continue
             self.decider.connections.remove(server, cid)
+            if _api_error(reply.raw):  # already gone (the disconnect event had not arrived yet)
+                continue
             kicked += 1
             self.audit.record(
                 principal=principal, address="", bus=self.bus, result="kick", reason="revoked", server=server, cid=cid

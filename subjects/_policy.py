@@ -93,6 +93,7 @@ Errors::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -374,9 +375,16 @@ def grant(principal: str, scope: Scope, bus: str) -> Grant:
         InvalidBus: ``bus`` is not a bus.
         TypeError: ``scope`` is not a :class:`Scope`.
     """
-    who = Principal.parse(principal)
     if not isinstance(scope, Scope):
         raise TypeError(f"scope must be a Scope, got {type(scope).__name__}")
+    return _cached_grant(principal, scope, bus)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_grant(principal: str, scope: Scope, bus: str) -> Grant:
+    """Grants are immutable and compiling their patterns costs a fraction of a millisecond: both
+    the callout and the client compute the same ones at every (re)connect."""
+    who = Principal.parse(principal)
     host = parse_bus(bus)
     token = who.token
     if who.kind == "hub":

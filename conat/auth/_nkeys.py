@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 from typing import Final, Literal, final
 
 import nacl.exceptions
@@ -218,6 +219,7 @@ def encode_public_key(kind: KeyKind, raw: bytes) -> str:
     return _with_crc(bytes([kind.prefix_byte]) + raw)
 
 
+@functools.lru_cache(maxsize=1024)  # the same server and issuer keys come back at every connect
 def decode_public_key(key: str, what: str = "public key") -> tuple[KeyKind, bytes]:
     """Decode a public nkey into its kind and 32 raw bytes.
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
 import conat
-from auth import AuthBus
+from actors import ActorRuntime, ActorSystem
+from auth import AuthBus, AuthCallout, BusSecrets
 from conat import ClientState, Unauthorized
 from conat.auth import Keyring, TokenIssuer
 from subjects import Scope
@@ -149,3 +151,24 @@ async def _until(check: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():  # type: ignore[operator]
             await asyncio.sleep(0.01)
+
+
+async def test_several_responders_share_the_load_as_a_queue_group(bus: AuthBus, mint: Mint) -> None:
+    secrets_ = BusSecrets.load_or_create(Path(bus.server.config_path).parent.parent / "secrets")
+    async with (
+        await conat.connect(bus.url, user="auth", password=secrets_.auth_password) as second,
+        ActorSystem(second) as system,
+    ):
+        runtime = await system.start(AuthCallout, factory=lambda: AuthCallout(bus.decider))
+        first = bus._actors.runtime(AuthCallout)
+        before = _answered(first)
+        for i in range(40):
+            client = await connect_as(bus, mint.token(f"account-{uuid.UUID(int=900 + i)}"))
+            await client.aclose()
+        by_first, by_second = _answered(first) - before, _answered(runtime)
+        assert by_first + by_second == 40  # exactly one answer per connect
+        assert by_first > 0 and by_second > 0
+
+
+def _answered(runtime: ActorRuntime) -> int:
+    return sum(e.num_requests for e in runtime.statistics().endpoints)
