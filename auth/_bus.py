@@ -29,7 +29,7 @@ import conat
 from actors import ActorSystem
 from conat import ConatError, Message, NatsServer, ServerConfig
 from conat._paths import write_private
-from conat.auth import CurveKeyPair, KeyPair, TokenVerifier
+from conat.auth import CurveKeyPair, KeyPair, MemoryReplayGuard, TokenVerifier
 
 from ._audit import AuditLog
 from ._callout import AuthCallout, Decider
@@ -197,7 +197,10 @@ class AuthBus:
             stack.push_async_callback(system.aclose)
             audit = await AuditLog.open(directory / "audit.sqlite")
             stack.push_async_callback(audit.aclose)
-            verifier = TokenVerifier(public_keys, audience=bus, leeway=leeway, max_size=MAX_TOKEN_BYTES)
+            # one-time tokens (host join) are refused after their first use on this bus
+            verifier = TokenVerifier(
+                public_keys, audience=bus, leeway=leeway, max_size=MAX_TOKEN_BYTES, replay=MemoryReplayGuard()
+            )
             decider = Decider(
                 bus=bus,
                 issuer=secrets_.issuer,

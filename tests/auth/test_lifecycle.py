@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -50,6 +51,7 @@ async def test_token_attacks_are_refused_each_with_its_code(bus: AuthBus, mint: 
         "tampered signature": (f"{head}.{body}.{_flip(sig, 3)}", "bad-signature"),
         "foreign key": (foreign.issue(principal, BUS, scope, 300), "unknown-kid"),
         "expired": (mint.issuer.issue(principal, BUS, scope, 60, now=1_000_000.0), "expired"),
+        "not yet valid": (mint.issuer.issue(principal, BUS, scope, 60, nbf=time.time() + 3600), "not-yet-valid"),
         "wrong audience": (mint.token(principal, scope, aud="master"), "wrong-audience"),
         "truncated": (good[: len(good) // 2], "malformed"),
         "oversized": ("conat1." + "A" * 20_000 + ".AAAA", "too-large"),
@@ -172,3 +174,34 @@ async def test_several_responders_share_the_load_as_a_queue_group(bus: AuthBus, 
 
 def _answered(runtime: ActorRuntime) -> int:
     return sum(e.num_requests for e in runtime.statistics().endpoints)
+
+
+async def test_a_one_time_token_is_refused_after_its_first_use(bus: AuthBus, mint: Mint) -> None:
+    token = mint.issuer.issue(f"host-{uuid.UUID(int=77)}", BUS, Scope(), 300, once=True)
+    client = await connect_as(bus, token)
+    await client.aclose()
+    assert await _refused(bus, token) == "replayed"
+
+
+async def test_connect_attempts_are_rate_limited_per_principal(mint: Mint, tmp_path: Path) -> None:
+    async with await AuthBus.start(
+        bus=BUS, public_keys=mint.keyring.public_keys(), directory=tmp_path / "bus", per_principal=(3.0, 60.0)
+    ) as limited:
+        token = mint.token(f"account-{A}", Scope(projects=(P,)))
+        for _ in range(3):
+            await (await connect_as(limited, token)).aclose()
+        assert await _refused(limited, token) == "rate-limited"
+        # another principal is not affected
+        await (await connect_as(limited, mint.token(f"project-{P}"))).aclose()
+
+
+async def test_a_token_file_is_read_at_connect_and_must_be_private(bus: AuthBus, mint: Mint, tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(mint.token(f"account-{A}", Scope(projects=(P,))))
+    path.chmod(0o600)
+    client = await conat.connect(bus.url, credentials=path)
+    assert client.principal == f"account-{A}"
+    await client.aclose()
+    path.chmod(0o644)
+    with pytest.raises(conat.ConatError, match="readable by others"):
+        await conat.connect(bus.url, credentials=path)

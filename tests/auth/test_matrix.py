@@ -63,6 +63,8 @@ async def test_publish_and_subscribe_equal_the_policy(bus: AuthBus, mint: Mint, 
             await host.subscribe(subject, dispatch=lambda msg: seen.append(msg.subject))
 
         # 1. the client's own check equals the policy, for publish, request and subscribe
+        with pytest.raises(Forbidden):
+            await client.request("$SYS.REQ.SERVER.PING", None, timeout=1)
         for subject in SUBJECTS:
             if policy.can_publish(subject):
                 await client.publish(subject, "local")
@@ -88,6 +90,10 @@ async def test_publish_and_subscribe_equal_the_policy(bus: AuthBus, mint: Mint, 
         delivered = set(seen)
         for subject in SUBJECTS:
             assert (subject in delivered) == policy.can_publish(subject), (who, subject)
+        # requests the server refuses fail with Forbidden (the safety net), not a timeout
+        for subject in ["$SYS.REQ.SERVER.PING", *[s for s in SUBJECTS if not policy.can_publish(s)]]:
+            with pytest.raises(Forbidden):
+                await client.request(subject, None, timeout=5)
         for pattern in PATTERNS:
             allowed = policy.can_subscribe(pattern)
             if allowed:
