@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
-from conat import ConatError, Message
-from conat._service import error_reply, respond_error, respond_result
+from conat import ConatError, Message, PayloadError
+from conat._service import error_reply, respond_error
 
 from ._actor import NO_REPLY, Reply
 from ._chain import CHAIN_HEADER, current_chain
@@ -299,12 +299,15 @@ class Activation:
         endpoint = "receive" if not runtime.default_receive else "unknown"
         try:
             if runtime.default_receive:
-                request = runtime.dispatcher.decode(msg)
-                if request.name in runtime.dispatcher.endpoints:
-                    endpoint = request.name
+                dispatcher = runtime.dispatcher
+                request = dispatcher.decode(msg)
+                target = dispatcher.endpoints.get(request.name)
+                if target is None:
+                    result = await dispatcher.call(instance, request)  # raises the 404
                 else:
-                    endpoint = "unknown"
-                result = await runtime.dispatcher.call(instance, request)
+                    endpoint = request.name
+                    args, kwargs = target.bind(request)
+                    result = await target.fn(instance, *args, **kwargs)
             else:
                 result = await instance.receive(msg)
         except asyncio.CancelledError:
@@ -321,10 +324,15 @@ class Activation:
             await respond_error(msg, *error_reply(e))
         else:
             stats.record(endpoint, time.perf_counter_ns() - started, None)
+            if not msg.reply or result is NO_REPLY:
+                return
             if result.__class__ is Reply:
                 await _send_reply(msg, result)
-            elif result is not NO_REPLY:
-                await respond_result(msg, result)
+                return
+            try:
+                await msg.respond(result)
+            except PayloadError as e:
+                await respond_error(msg, 500, f"cannot encode the result: {e.detail}")
 
     async def _call_turn(self, call: _Call) -> None:
         instance = self.instance
