@@ -15,7 +15,6 @@ from typing import Final
 
 import click
 
-import conat
 from conat.cli._app import Options, common_options, run, stop_on_signals
 from conat.cli._output import Printer
 
@@ -81,7 +80,7 @@ def run_actors(opts: Options, targets: tuple[str, ...], queue: str | None, stop_
 
 
 async def _serve(opts: Options, classes: list[type[Actor]], queue: str | None, stop_timeout: float) -> None:
-    async with await conat.connect(opts.url, name="conat-run") as client:
+    async with await opts.connect("conat-run") as client:
         system = ActorSystem(client, stop_timeout=stop_timeout)
         out = Printer(opts.json)
         with stop_on_signals() as stop:

@@ -25,10 +25,12 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 
+import conat
 from conat import (
     ClosedError,
     ConatError,
@@ -83,6 +85,13 @@ class Options:
     url: str | None = None
     json: bool = False
     debug: bool = False
+    credentials: str | None = None
+    """Path of a 0600 token file (a bus with auth); never the token itself: argv is not secret."""
+
+    async def connect(self, name: str) -> conat.Client:
+        """A client for a command, with the global --url and --credentials."""
+        creds = Path(self.credentials) if self.credentials else None
+        return await conat.connect(self.url, name=name, credentials=creds)
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -214,6 +223,13 @@ def common_options(fn: F) -> F:
     help="NATS server URL(s), comma-separated. Default: $CONAT_URL, else the server of a running "
     "`conat up` / `conat server` (found through its state file).",
 )
+@click.option(
+    "--credentials",
+    metavar="FILE",
+    envvar="CONAT_CREDENTIALS",
+    help="A token file (mode 0600) for a bus with auth; also $CONAT_CREDENTIALS. Holds a path, "
+    "never the token: command lines and environments are not secret.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Machine output on stdout as JSON lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option(
@@ -225,14 +241,16 @@ def common_options(fn: F) -> F:
 )
 @click.version_option(package_name="conat", prog_name="conat")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, json_output: bool, debug: bool, log_level: str) -> None:
+def cli(
+    ctx: click.Context, url: str | None, credentials: str | None, json_output: bool, debug: bool, log_level: str
+) -> None:
     """conat: a message bus for Python services on NATS.
 
     Exit codes: 0 ok, 1 usage/local error, 2 remote error, 3 timeout, 4 no responders,
-    5 forbidden, 6 cannot connect/server error, 130 interrupted.
+    5 forbidden, 6 cannot connect/server error (credentials refused included), 130 interrupted.
     """
     _configure_logging(log_level)
-    ctx.obj = Options(url=url, json=json_output, debug=debug)
+    ctx.obj = Options(url=url, json=json_output, debug=debug, credentials=credentials)
 
 
 # -- event loop -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ _positive_float = click.FloatRange(min=0, min_open=True)
 
 
 async def _connect(opts: Options, role: str) -> conat.Client:
-    return await conat.connect(opts.url, name=f"conat-cli-{role}")
+    return await opts.connect(f"conat-cli-{role}")
 
 
 def _queue_text(queue: str | None) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,7 @@ from conat import ClientState, Unauthorized
 from conat.auth import Keyring, TokenIssuer
 from subjects import Scope
 
-from .conftest import BUS, A, Mint, P, connect_as
+from .conftest import BUS, A, Mint, P, Q, connect_as
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +207,17 @@ async def test_a_token_file_is_read_at_connect_and_must_be_private(bus: AuthBus,
     path.chmod(0o644)
     with pytest.raises(conat.ConatError, match="readable by others"):
         await conat.connect(bus.url, credentials=path)
+
+
+async def test_the_cli_takes_a_token_file_never_the_token(bus: AuthBus, mint: Mint, tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(mint.token(f"account-{A}", Scope(projects=(P,))))
+    path.chmod(0o600)
+
+    def conat_cli(*args: str) -> int:
+        cmd = [sys.executable, "-m", "conat.cli", "--url", bus.url, *args]
+        return subprocess.run(cmd, capture_output=True, timeout=60, check=False).returncode
+
+    assert await asyncio.to_thread(conat_cli, "--credentials", str(path), "pub", f"fs.project-{P}", "hi") == 0
+    assert await asyncio.to_thread(conat_cli, "--credentials", str(path), "pub", f"fs.project-{Q}", "no") == 5
+    assert await asyncio.to_thread(conat_cli, "pub", "public.x", "anonymous") == 6
