@@ -9,7 +9,6 @@ from subjects import InvalidSubject as InvalidSubject
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import ClientStatistics as ClientStatistics
-from ._client import connect as connect
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
@@ -17,6 +16,7 @@ from ._codecs import JSON as JSON
 from ._codecs import MSGPACK as MSGPACK
 from ._codecs import RAW as RAW
 from ._codecs import Codec as Codec
+from ._connect import connect as connect
 from ._errors import BadURL as BadURL
 from ._errors import ClosedError as ClosedError
 from ._errors import ConatError as ConatError

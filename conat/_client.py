@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,12 +32,10 @@ from subjects import Permissions, validate_pattern, validate_subject
 
 from ._chunking import CHUNKED_HEADER, PULL_HEADER
 from ._codecs import MSGPACK, get_codec
-from ._credentials import Credentials, CredentialSession, StaticToken, as_credentials
+from ._credentials import CredentialSession
 from ._errors import (
-    BadURL,
     ClosedError,
     ConatError,
-    ConnectError,
     Forbidden,
     NoResponders,
     PayloadTooLarge,
@@ -47,18 +44,17 @@ from ._errors import (
     Unauthorized,
 )
 from ._message import ENCODING_HEADER, ERROR_HEADER, REPLY_HEADER, STATUS_HEADER, Message, parse_error_code
-from ._paths import read_state
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
 from ._transfer import TransferEngine
-from ._transport import PermissionViolation, Transport, TransportEvents, check_url
+from ._transport import PermissionViolation, Transport, TransportEvents
 
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._socket import Socket
     from ._socket_server import SocketServer
 
-__all__ = ["Client", "ClientState", "ClientStatistics", "connect"]
+__all__ = ["Client", "ClientState", "ClientStatistics"]
 
 log = logging.getLogger("conat.client")
 
@@ -847,96 +843,3 @@ async def _guard(awaitable: Awaitable[object], what: str) -> None:
         await awaitable
     except Exception:
         log.exception("%s failed", what)
-
-
-def resolve_urls(url: str | list[str] | None) -> list[str]:
-    """The server URLs to use: the argument, else ``$CONAT_URL``, else the local ``conat up`` server."""
-    if url is None:
-        url = os.environ.get("CONAT_URL") or None
-    if url is None:
-        state = read_state()
-        if state is None:
-            raise ConnectError(
-                "(no URL)", "no server URL given, $CONAT_URL is unset and no local server is running "
-                "(start one with `conat up` or `conat server`)"
-            )
-        url = state.url
-    urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
-    urls = [u for u in urls if u]
-    if not urls:
-        raise BadURL(repr(url), "expected a non-empty URL string")
-    return [check_url(u) for u in urls]
-
-
-async def connect(
-    url: str | list[str] | None = None,
-    *,
-    name: str | None = None,
-    token: str | Callable[[], str] | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    credentials: Credentials | str | os.PathLike[str] | Callable[[], Awaitable[str]] | None = None,
-    inbox_prefix: str = "_INBOX",
-    permissions: Permissions | None = None,
-    connect_timeout: float = 2.0,
-    connect_attempts: int = 3,
-    reconnect_time_wait: float = 0.5,
-    ping_interval: float = 4.0,
-    max_outstanding_pings: int = 2,
-    max_reassembly_bytes: int = 256 * _MIB,
-    max_outgoing_bytes: int = 512 * _MIB,
-    transfer_timeout: float = 60.0,
-) -> Client:
-    """Connect to the bus and return a :class:`Client` (also an async context manager).
-
-    With no ``url``: ``$CONAT_URL``, else the server that ``conat up`` / ``conat server`` started
-    (found through the state file in the data dir). A comma-separated string or a list names
-    several servers of a cluster. The first connect tries ``connect_attempts`` times and raises
-    :class:`ConnectError` (or :class:`BadURL`); once connected the client reconnects forever and
-    notices a dead link within about ``ping_interval * (max_outstanding_pings + 1)`` seconds.
-
-    ``credentials`` (a conat token, a token file path, a coroutine function returning tokens, or a
-    :class:`Credentials`) authenticate to a bus with the auth callout: the client then uses the
-    inbox prefix and checks the permissions its token grants, refreshes the token before it
-    expires, and closes with :class:`Unauthorized` (``client.close_reason``) if the bus refuses it
-    repeatedly. A refused first connect raises :class:`Unauthorized`.
-    """
-    urls = resolve_urls(url)
-    session: CredentialSession | None = None
-    if credentials is not None:
-        if token is not None:
-            raise TypeError("connect() takes credentials or token, not both")
-        session = await CredentialSession.open(as_credentials(credentials))
-        inbox_prefix = session.grant.inbox_prefix
-        permissions = session.grant.permissions
-        token = session.token
-    client = Client(
-        name=name,
-        inbox_prefix=inbox_prefix,
-        permissions=permissions,
-        max_reassembly_bytes=max_reassembly_bytes,
-        max_outgoing_bytes=max_outgoing_bytes,
-        transfer_timeout=transfer_timeout,
-    )
-    try:
-        await client._connect(
-            urls,
-            token=token,
-            user=user,
-            password=password,
-            connect_timeout=connect_timeout,
-            connect_attempts=connect_attempts,
-            reconnect_time_wait=reconnect_time_wait,
-            ping_interval=ping_interval,
-            max_outstanding_pings=max_outstanding_pings,
-        )
-    except BaseException:
-        client._closing = True
-        client._state = ClientState.CLOSED
-        raise
-    if session is not None:
-        client._credentials = session
-        if not isinstance(session.source, StaticToken):
-            session.start(client)
-    return client
-
