@@ -37,7 +37,7 @@ from conat import ConatError, Message, PayloadError
 from conat._service import error_reply, respond_error
 
 from ._actor import NO_REPLY, Reply
-from ._chain import CHAIN_HEADER, current_chain
+from ._chain import CHAIN_HEADER, current_turn
 from ._errors import STOPPING, BrokenInvariant
 from ._mailbox import Mailbox
 from ._policy import Backoff
@@ -150,6 +150,7 @@ class Activation:
         "backoff",
         "head_failures",
         "ident",
+        "incoming_chain",
         "instance",
         "key",
         "last_used",
@@ -167,6 +168,7 @@ class Activation:
         self.runtime = runtime
         self.key = key
         self.ident = f"{runtime.spec.name}/{key}"  # this activation in a call chain
+        self.incoming_chain: str | None = None  # the chain the running turn's message came with
         self.state = State.INACTIVE
         self.mailbox: Mailbox[Item] = Mailbox(key, runtime.spec.max_buffer)
         self.instance: Actor | None = None
@@ -215,6 +217,7 @@ class Activation:
         """Drain the mailbox (started by the runtime when messages arrive; exits when empty)."""
         runtime = self.runtime
         mailbox = self.mailbox
+        current_turn.set(self)  # this task's own context: calls from its turns carry the chain
         try:
             while runtime.running:
                 if not mailbox:
@@ -231,17 +234,12 @@ class Activation:
                     continue
                 mailbox.get()
                 if isinstance(item, Message):
-                    token = current_chain.set((item.header(CHAIN_HEADER), self.ident))
-                    try:
-                        await self._message_turn(item)
-                    finally:
-                        current_chain.reset(token)
+                    self.incoming_chain = item.header(CHAIN_HEADER)
+                    await self._message_turn(item)
                 else:
-                    token = current_chain.set((None, self.ident))
-                    try:
-                        await self._call_turn(item)
-                    finally:
-                        current_chain.reset(token)
+                    self.incoming_chain = None
+                    await self._call_turn(item)
+                self.incoming_chain = None
                 if self.passivate_requested and self.state is State.ACTIVE:
                     await self.deactivate()
         finally:

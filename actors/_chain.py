@@ -10,25 +10,32 @@ the router refuses, before queueing, a message whose chain already contains the 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Final
+from typing import Final, Protocol
 
-__all__ = ["CHAIN_HEADER", "MAX_DEPTH", "chain_headers", "current_chain", "refusal"]
+__all__ = ["CHAIN_HEADER", "MAX_DEPTH", "Turn", "chain_headers", "current_turn", "refusal"]
 
 CHAIN_HEADER: Final = "Conat-Chain"
 MAX_DEPTH: Final = 32
 _SEPARATOR: Final = " "  # never inside a subject token, so never inside a key or an actor name
 
-current_chain: ContextVar[tuple[str | None, str] | None] = ContextVar("conat_actor_chain", default=None)
-"""The running turn's ``(incoming chain header or None, own Name/key)``, joined only when a call
-is actually made (most turns make none)."""
+class Turn(Protocol):
+    """What a running turn exposes for the chain: its own ``Name/key`` and the chain it came with."""
+
+    ident: str
+    incoming_chain: str | None
+
+
+current_turn: ContextVar[Turn | None] = ContextVar("conat_actor_turn", default=None)
+"""The activation whose task is running: set once when its task starts (each task has its own
+context), so a turn costs an attribute store, and the chain is joined only when a call is made."""
 
 
 def chain_headers() -> dict[str, str] | None:
     """Headers that carry the current turn's call chain (None outside any turn)."""
-    chain = current_chain.get()
-    if chain is None:
+    turn = current_turn.get()
+    if turn is None:
         return None
-    incoming, ident = chain
+    incoming, ident = turn.incoming_chain, turn.ident
     return {CHAIN_HEADER: f"{incoming}{_SEPARATOR}{ident}" if incoming else ident}
 
 
