@@ -1,0 +1,217 @@
+"""persist's error tree.
+
+Every error carries a stable symbolic ``code`` and structured fields, and builds its own message from
+them. The persist service sends ``code`` over the bus (a caller sees it as
+:class:`conat.RemoteError` with the same code), so these strings are part of the wire contract::
+
+    ConatError
+    └── PersistError               "persist"
+        ├── Rejected               "reject"               a configured limit refused a write (``limit``)
+        ├── WrongLastSequence      "wrong-last-sequence"  a compare-and-set write saw another last seq
+        ├── BadPath                "bad-path"             a storage path is malformed
+        ├── OutsideScope           "outside-scope"        a storage path (or file) escapes its scope
+        ├── TooLarge               "too-large"            input over a hard, non-configurable bound
+        ├── BadConfig              "bad-config"           a config field has a bad type or value
+        ├── BadRequest             "bad-request"          an operation's arguments are malformed
+        ├── NotFound               "not-found"            the stream (or object) does not exist
+        └── Corrupt                "corrupt"              stored data cannot be read back
+
+``reject`` versus ``too-large``: ``reject`` means the stream's *configuration* refused the write
+(``max_msg_size``, ``max_msgs`` with discard new, a rate limit...), so another stream, or the same one
+reconfigured, would accept it. ``too-large`` means the input is over a bound built into persist
+(:data:`persist.MAX_MESSAGE_BYTES`, :data:`persist.MAX_KEY_BYTES`...), which no config lifts.
+
+What to do on each: ``reject`` — slow down, shrink, or reconfigure; ``wrong-last-sequence`` — read
+again and retry the compare-and-set with the new ``actual`` seq; ``bad-path``/``outside-scope``/
+``too-large``/``bad-config``/``bad-request`` — fix the caller (retrying cannot help); ``not-found`` —
+create the stream first; ``corrupt`` — restore from backup.
+
+:class:`BadConfig`, :class:`BadRequest` and :class:`BadPath` (with :class:`OutsideScope`) are also
+builtin :class:`ValueError` s, as configuration errors are throughout conat.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from conat._errors import ConatError, ErrorCode
+
+__all__ = [
+    "BadConfig",
+    "BadPath",
+    "BadRequest",
+    "Corrupt",
+    "Limit",
+    "NotFound",
+    "OutsideScope",
+    "PersistError",
+    "Rejected",
+    "TooLarge",
+    "WrongLastSequence",
+]
+
+Limit = Literal[
+    "max_msgs",
+    "max_bytes",
+    "max_msg_size",
+    "max_msgs_per_second",
+    "max_bytes_per_second",
+    "max_memory",
+    "allow_msg_ttl",
+]
+"""The config field whose limit refused a write (:attr:`Rejected.limit`)."""
+
+
+class PersistError(ConatError):
+    """Base of every error persist raises. Branch on the class or on ``code``, never on the text."""
+
+    code: ErrorCode = "persist"
+
+
+class Rejected(PersistError):
+    """A configured limit refused a write; nothing was written.
+
+    Attributes:
+        limit: the config field that refused it (``"max_msgs"``, ``"max_bytes_per_second"``...).
+        value: the limit's configured value.
+        detail: what the write would have needed (for people).
+    """
+
+    code: ErrorCode = "reject"
+
+    def __init__(self, limit: Limit, value: float | bool, detail: str) -> None:
+        self.limit = limit
+        self.value = value
+        self.detail = detail
+        super().__init__(f"write rejected by {limit}={value!r}: {detail}")
+
+
+class WrongLastSequence(PersistError):
+    """A compare-and-set write (``previous_seq``) found another last seq; nothing was written.
+
+    Attributes:
+        expected: the ``previous_seq`` the caller gave.
+        actual: the seq it was compared with (the key's last seq for a keyed write, 0 when the key
+            does not exist; the stream's last assigned seq otherwise).
+        key: the key of a keyed write, else ``None``.
+    """
+
+    code: ErrorCode = "wrong-last-sequence"
+
+    def __init__(self, expected: int, actual: int, key: str | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.key = key
+        what = f"key {key!r}" if key is not None else "stream"
+        super().__init__(f"wrong last sequence for {what}: expected {expected}, actual {actual}")
+
+
+class BadPath(PersistError, ValueError):
+    """A storage path is malformed: unknown scope kind, bad id, empty/absolute/overlong name, NUL...
+
+    Attributes:
+        path: the path as given (``repr`` of it if it was not a string).
+        reason: what is wrong with it.
+    """
+
+    code: ErrorCode = "bad-path"
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"bad storage path {path!r}: {reason}")
+
+
+class OutsideScope(BadPath):
+    """A storage path climbs out of its scope (``..``), or a resolved file falls outside its root.
+
+    Attributes:
+        path: the path as given.
+        scope: the scope (``projects/<id>``, ``hub``) or root directory it had to stay inside.
+    """
+
+    code: ErrorCode = "outside-scope"
+
+    def __init__(self, path: str, scope: str) -> None:
+        self.scope = scope
+        super().__init__(path, f"it is outside its scope {scope!r}")
+
+
+class TooLarge(PersistError, ValueError):
+    """Input is over a bound built into persist (not a configured limit: that is :class:`Rejected`).
+
+    Attributes:
+        what: what is too large (``"message"``, ``"key"``, ``"headers"``).
+        size: its size in bytes.
+        limit: the bound, in bytes.
+    """
+
+    code: ErrorCode = "too-large"
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} of {size} bytes is over persist's limit of {limit} bytes")
+
+
+class BadConfig(PersistError, ValueError):
+    """A configuration field has a bad type or value, or is unknown.
+
+    Attributes:
+        field: the field's name or path (``"max_msgs"``, ``"sync.projects"``, ``"CONAT_SYNC_HUB"``).
+        reason: what is wrong with it.
+    """
+
+    code: ErrorCode = "bad-config"
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"bad config {field}: {reason}")
+
+
+class BadRequest(PersistError, ValueError):
+    """An operation's arguments are malformed (wrong type, conflicting selectors, negative seq...).
+
+    Attributes:
+        op: the operation (``"set"``, ``"delete"``...).
+        reason: what is wrong.
+    """
+
+    code: ErrorCode = "bad-request"
+
+    def __init__(self, op: str, reason: str) -> None:
+        self.op = op
+        self.reason = reason
+        super().__init__(f"bad {op} request: {reason}")
+
+
+class NotFound(PersistError):
+    """The stream (or another named object) does not exist.
+
+    Attributes:
+        what: what was looked for (``"stream projects/<id>/x"``).
+    """
+
+    code: ErrorCode = "not-found"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what} not found")
+
+
+class Corrupt(PersistError):
+    """Stored data cannot be read back (bad row, undecodable payload, failed integrity check).
+
+    Attributes:
+        what: the file or object (``path``, ``"seq 17 of projects/<id>/x"``).
+        detail: what was found wrong.
+    """
+
+    code: ErrorCode = "corrupt"
+
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        self.detail = detail
+        super().__init__(f"{what} is corrupt: {detail}")
