@@ -1,7 +1,9 @@
 """persist: SQLite-persisted streams and KV stores (DESIGN.md §6).
 
-This layer is the pure foundation: the error tree, stream configuration, storage placement, and the
-reference model of a stream's semantics (which the SQLite engine implements and is tested against).
+So far: the error tree, stream configuration, storage placement, the reference model of a stream's
+semantics, and the SQLite engine that implements it (:class:`StreamFile`, one file per stream, group
+commit) with :class:`StreamStore` (many streams, bounded open files and threads). The persist
+service actor, the changefeed and the clients come next.
 """
 
 from ._config import DEFAULT_DUPLICATE_WINDOW as DEFAULT_DUPLICATE_WINDOW
@@ -13,6 +15,10 @@ from ._config import UNLIMITED as UNLIMITED
 from ._config import Discard as Discard
 from ._config import StreamConfig as StreamConfig
 from ._config import SyncMode as SyncMode
+from ._engine import StoredMessage as StoredMessage
+from ._engine import StreamFile as StreamFile
+from ._engine import StreamFileStatistics as StreamFileStatistics
+from ._engine import Write as Write
 from ._errors import BadConfig as BadConfig
 from ._errors import BadPath as BadPath
 from ._errors import BadRequest as BadRequest
@@ -37,6 +43,8 @@ from ._placement import MAX_PART_BYTES as MAX_PART_BYTES
 from ._placement import Placement as Placement
 from ._placement import PlacementConfig as PlacementConfig
 from ._placement import StoragePath as StoragePath
+from ._store import StreamStore as StreamStore
+from ._store import StreamStoreStatistics as StreamStoreStatistics
 
 __all__ = [
     "BadConfig",
@@ -65,11 +73,17 @@ __all__ = [
     "Rejected",
     "SetResult",
     "StoragePath",
+    "StoredMessage",
     "StreamConfig",
+    "StreamFile",
+    "StreamFileStatistics",
     "StreamModel",
+    "StreamStore",
+    "StreamStoreStatistics",
     "SyncMode",
     "TooLarge",
     "UNLIMITED",
+    "Write",
     "WrongLastSequence",
     "message_size",
 ]

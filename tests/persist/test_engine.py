@@ -1,0 +1,355 @@
+"""StreamFile on real SQLite files: limits, TTL sweep, CAS, group commit, corruption, backup, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conat import FakeClock
+from persist import BadRequest, Corrupt, Rejected, StreamConfig, WrongLastSequence
+from persist._codec import COMPRESS_THRESHOLD, decode, encode
+from persist._engine import StreamFile, Write
+
+pytestmark = pytest.mark.anyio
+
+
+# ---- codec -----------------------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=5000))
+@settings(max_examples=100)
+def test_codec_round_trip(payload: bytes) -> None:
+    stored, compressed = encode(payload)
+    assert decode(stored, compressed) == payload
+    if compressed:
+        assert len(payload) > COMPRESS_THRESHOLD
+        assert len(stored) < len(payload)
+
+
+def test_codec_compresses_only_when_it_shrinks() -> None:
+    assert encode(b"a" * COMPRESS_THRESHOLD) == (b"a" * COMPRESS_THRESHOLD, False)
+    stored, compressed = encode(b"a" * 10_000)
+    assert compressed and len(stored) < 100
+    noise = os.urandom(10_000)
+    assert encode(noise) == (noise, False)
+
+
+def test_codec_bad_frame_is_value_error() -> None:
+    with pytest.raises(ValueError):
+        decode(b"not zstd at all", True)
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    ex = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-persist")
+    yield ex
+    ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def stream(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor, clock: FakeClock
+) -> AsyncIterator[StreamFile]:
+    async with await StreamFile.open(tmp_path / "s.db", executor=executor, clock=clock) as s:
+        yield s
+
+
+def rows_in_file(file: Path) -> int:
+    db = sqlite3.connect(file)
+    try:
+        return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    finally:
+        db.close()
+
+
+# ---- basics -----------------------------------------------------------------------------------------
+
+
+async def test_set_get_keys_inventory(stream: StreamFile, clock: FakeClock) -> None:
+    r1 = await stream.set(b"v1", key="a", headers={"h": "x"})
+    r2 = await stream.set(b"x" * 5000)
+    r3 = await stream.set(b"v2", key="a")
+    assert (r1.seq, r2.seq, r3.seq) == (1, 2, 3)
+    assert r1.time == clock.wall()
+    assert await stream.get(seq=1) is None  # replaced by seq 3
+    got = await stream.get(key="a")
+    assert got is not None and got.payload == b"v2" and got.seq == 3
+    big = await stream.get(seq=2)
+    assert big is not None and big.payload == b"x" * 5000 and big.headers == {}
+    assert await stream.keys() == ["a"]
+    inv = await stream.inventory()
+    assert (inv.count, inv.first_seq, inv.last_seq) == (2, 2, 3)
+    assert inv.bytes == 5000 + 3
+    with pytest.raises(BadRequest):
+        await stream.get()
+
+
+async def test_seqs_never_reused_after_delete_and_reopen(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "r.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        for i in range(5):
+            await s.set(b"%d" % i)
+        assert (await s.delete(up_to=5)).seqs == [1, 2, 3, 4, 5]
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert (await s.set(b"next")).seq == 6
+        assert (await s.inventory()).last_seq == 6
+
+
+async def test_get_all_batches(stream: StreamFile) -> None:
+    await stream.set_many([Write(payload=b"%d" % i) for i in range(25)])
+    batches = [b async for b in stream.get_all(from_seq=3, batch=10)]
+    assert [len(b) for b in batches] == [10, 10, 3]
+    assert [m.seq for b in batches for m in b] == list(range(3, 26))
+
+
+async def test_msg_id_dedup_survives_reopen(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "d.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        first = await s.set(b"a", msg_id="m")
+    async with await StreamFile.open(file, executor=executor) as s:
+        again = await s.set(b"b", msg_id="m")
+        assert again.duplicate and again.seq == first.seq
+        assert (await s.inventory()).count == 1
+
+
+# ---- group commit -----------------------------------------------------------------------------------
+
+
+async def test_group_commit_batches_concurrent_writes(stream: StreamFile) -> None:
+    results = await asyncio.gather(*(stream.set(b"%d" % i) for i in range(2000)))
+    assert sorted(r.seq for r in results) == list(range(1, 2001))
+    stats = stream.statistics()
+    assert stats.writes == 2000
+    assert stats.transactions <= 200, stats  # far fewer transactions than writes
+
+
+# ---- limits -----------------------------------------------------------------------------------------
+
+
+async def test_max_msgs_discard_old_and_new(stream: StreamFile) -> None:
+    await stream.set_config({"max_msgs": 3})
+    for i in range(5):
+        await stream.set(b"%d" % i)
+    assert [m.seq for b in [x async for x in stream.get_all()] for m in b] == [3, 4, 5]
+    await stream.set_config({"discard": "new"})
+    with pytest.raises(Rejected) as e:
+        await stream.set(b"x")
+    assert e.value.code == "reject" and e.value.limit == "max_msgs"
+    assert (await stream.inventory()).last_seq == 5  # nothing changed
+
+
+async def test_max_bytes_and_max_msg_size(stream: StreamFile) -> None:
+    await stream.set_config({"max_bytes": 10, "max_msg_size": 8})
+    with pytest.raises(Rejected) as e:
+        await stream.set(b"123456789")
+    assert e.value.limit == "max_msg_size"
+    for _ in range(3):
+        await stream.set(b"1234")
+    inv = await stream.inventory()
+    assert (inv.count, inv.bytes) == (2, 8)
+    await stream.set_config({"discard": "new"})
+    with pytest.raises(Rejected) as e:
+        await stream.set(b"1234")
+    assert e.value.limit == "max_bytes"
+
+
+async def test_rate_limits(stream: StreamFile, clock: FakeClock) -> None:
+    await stream.set_config({"max_msgs_per_second": 2, "max_bytes_per_second": 100})
+    await stream.set(b"a")
+    await stream.set(b"b")
+    with pytest.raises(Rejected) as e:
+        await stream.set(b"c")
+    assert e.value.limit == "max_msgs_per_second"
+    await clock.advance(1.0)
+    with pytest.raises(Rejected) as e:
+        await stream.set(b"x" * 101)
+    assert e.value.limit == "max_bytes_per_second"
+    await stream.set(b"c")
+
+
+async def test_ttl_needs_allow_msg_ttl(stream: StreamFile) -> None:
+    with pytest.raises(Rejected) as e:
+        await stream.set(b"a", ttl=5)
+    assert e.value.limit == "allow_msg_ttl"
+
+
+async def test_cas_conflicts(stream: StreamFile) -> None:
+    await stream.set(b"1", key="k", previous_seq=0)
+    with pytest.raises(WrongLastSequence) as e:
+        await stream.set(b"2", key="k", previous_seq=0)
+    assert e.value.code == "wrong-last-sequence" and e.value.actual == 1
+    await stream.set(b"2", key="k", previous_seq=1)
+    with pytest.raises(WrongLastSequence) as e:
+        await stream.set(b"3", previous_seq=1)
+    assert e.value.actual == 2
+    assert (await stream.set(b"3", previous_seq=2)).seq == 3
+
+
+async def test_ephemeral_max_memory(executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    config = StreamConfig(ephemeral=True, max_memory=100, discard="new")
+    async with await StreamFile.open(None, executor=executor, config=config) as s:
+        assert s.file is None
+        await s.set(b"x" * 60)
+        with pytest.raises(Rejected) as e:
+            await s.set(b"x" * 60)
+        assert e.value.limit == "max_memory"
+        assert (await s.get(seq=1)) is not None
+
+
+# ---- TTL sweep ---------------------------------------------------------------------------------------
+
+
+async def test_sweep_deletes_expired_rows_from_the_file(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor, clock: FakeClock
+) -> None:
+    file = tmp_path / "ttl.db"
+    config = StreamConfig(allow_msg_ttl=True, max_age=100)
+    async with await StreamFile.open(file, executor=executor, config=config, clock=clock) as s:
+        await s.set(b"short", ttl=5)
+        await s.set(b"long")
+        await clock.advance(5)
+        assert await s.get(seq=1) is None  # hidden at once
+        assert rows_in_file(file) == 2  # not yet deleted
+        assert await s.sweep() == 1
+        assert rows_in_file(file) == 1
+        await clock.advance(95)
+        assert (await s.inventory()).count == 0
+        assert await s.sweep() == 1
+        assert rows_in_file(file) == 0
+
+
+# ---- corruption ---------------------------------------------------------------------------------------
+
+
+async def test_corrupt_file_is_moved_aside(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "bad.db"
+    garbage = b"this is not a database " * 500
+    file.write_bytes(garbage)
+    with pytest.raises(Corrupt) as e:
+        await StreamFile.open(file, executor=executor)
+    assert e.value.code == "corrupt"
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("bad.db.corrupt-")]
+    assert len(moved) == 1 and moved[0].read_bytes() == garbage
+    assert str(file) in str(e.value) and str(moved[0]) in str(e.value)
+    assert not file.exists()
+    async with await StreamFile.open(file, executor=executor) as s:  # a fresh one can be created
+        assert (await s.set(b"ok")).seq == 1
+
+
+# ---- backup -------------------------------------------------------------------------------------------
+
+
+async def test_backup_under_concurrent_writes(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    async with await StreamFile.open(tmp_path / "live.db", executor=executor) as s:
+        before = await s.set_many([Write(payload=b"x" * 2000, msg_id=f"b{i}") for i in range(500)])
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            i = 0
+            while not stop.is_set():
+                await s.set(b"y" * 100, msg_id=f"l{i}")
+                i += 1
+
+        task = asyncio.create_task(load())
+        await asyncio.sleep(0.01)
+        dest = tmp_path / "backup" / "copy.db"
+        await s.backup(dest)
+        stop.set()
+        await task
+    db = sqlite3.connect(dest)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        seqs = {r[0] for r in db.execute("SELECT seq FROM messages")}
+    finally:
+        db.close()
+    assert all(not isinstance(r, Exception) and r.seq in seqs for r in before)
+
+
+# ---- durability: kill -9 --------------------------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import asyncio, concurrent.futures, sys
+    from persist._engine import StreamFile, Write
+
+    async def main(file: str, start: int) -> None:
+        ex = concurrent.futures.ThreadPoolExecutor(2)
+        s = await StreamFile.open(file, executor=ex)
+        for b in range(start, 10_000, 100):
+            writes = [Write(payload=b"%d" % i, msg_id=f"m{i}") for i in range(b, b + 100)]
+            results = await s.set_many(writes)
+            assert not any(isinstance(r, Exception) for r in results)
+            print(b + 99, flush=True)
+        await s.aclose()
+        ex.shutdown()
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    file = tmp_path / "durable.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(file), "0"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    acked = -1
+    for line in proc.stdout:
+        acked = int(line)
+        if acked >= 4999:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert acked >= 4999
+
+    async def check() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            async with await StreamFile.open(file, executor=ex) as s:
+                assert await s.integrity_check() == []
+                payloads = [m.payload for b in [x async for x in s.get_all()] for m in b]
+                present = {int(p) for p in payloads}
+                assert set(range(acked + 1)) <= present
+                assert len(payloads) == len(present)  # no duplicates
+                # Retry everything after the last acknowledged batch, with the same msg-ids.
+                for b in range(acked + 1, 10_000, 100):
+                    results = await s.set_many(
+                        [Write(payload=b"%d" % i, msg_id=f"m{i}") for i in range(b, b + 100)]
+                    )
+                    for i, r in zip(range(b, b + 100), results, strict=True):
+                        assert not isinstance(r, Exception)
+                        assert r.duplicate == (i in present)
+                payloads = [m.payload for b in [x async for x in s.get_all()] for m in b]
+                assert sorted(int(p) for p in payloads) == list(range(10_000))
+                assert await s.integrity_check() == []
+
+    asyncio.run(check())

@@ -1,0 +1,150 @@
+"""StreamStore: bounded open files (LRU), idle close on a fake clock, shared threads, clean aclose, backup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from conat import ClosedError, FakeClock
+from persist import NotFound, StreamConfig
+from persist._store import StreamStore
+
+pytestmark = pytest.mark.anyio
+
+
+def resolver(root: Path):  # type: ignore[no-untyped-def]
+    return lambda path: root / f"{path}.db"
+
+
+def persist_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("conat-persist")]
+
+
+def open_db_fds(root: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            found.append(target)
+    return found
+
+
+async def settle(pred, tries: int = 500) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(tries):
+        if pred():
+            return
+        await asyncio.sleep(0.005)
+    assert pred()
+
+
+async def test_lru_cap_with_200_streams(tmp_path: Path) -> None:
+    async with StreamStore(resolver(tmp_path), max_open=8, executor_threads=3) as store:
+        for i in range(200):
+            async with store.stream(f"hub/s{i}") as s:
+                await s.set(b"%d" % i, key="k")
+            assert store.statistics().open <= 8
+        assert store.statistics().opened == 200
+        for i in (0, 77, 199):
+            async with store.stream(f"hub/s{i}", create=False) as s:
+                got = await s.get(key="k")
+                assert got is not None and got.payload == b"%d" % i
+        assert len(persist_threads()) <= 3
+    assert persist_threads() == []
+    assert open_db_fds(tmp_path) == []
+
+
+async def test_leased_streams_are_not_evicted(tmp_path: Path) -> None:
+    async with StreamStore(resolver(tmp_path), max_open=2) as store:
+        opened = asyncio.Event()
+
+        async def use_c() -> None:
+            async with store.stream("hub/c") as c:
+                await c.set(b"x")
+                opened.set()
+
+        async with store.stream("hub/a") as a, store.stream("hub/b") as b:
+            user = asyncio.create_task(use_c())
+            await asyncio.sleep(0.05)
+            assert not opened.is_set()  # waits: every open stream is leased
+            assert not a.closed and not b.closed
+        await user
+        assert a.closed or b.closed
+        assert store.statistics().open == 2
+        await store.drop("hub/c")
+        assert store.statistics().open == 1
+    assert persist_threads() == []
+
+
+async def test_idle_close_on_fake_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with StreamStore(resolver(tmp_path), idle_close=60, clock=clock) as store:
+        for i in range(3):
+            async with store.stream(f"hub/s{i}") as s:
+                await s.set(b"x")
+        assert store.statistics().open == 3
+        await clock.advance(30)
+        assert store.statistics().open == 3
+        await clock.advance(60)
+        await settle(lambda: store.statistics().open == 0)
+        assert store.statistics().closed == 3
+        assert open_db_fds(tmp_path) == []
+        async with store.stream("hub/s1") as s:  # reopened on demand
+            assert (await s.inventory()).count == 1
+    assert persist_threads() == []
+
+
+async def test_not_found_and_closed(tmp_path: Path) -> None:
+    store = StreamStore(resolver(tmp_path))
+    with pytest.raises(NotFound):
+        async with store.stream("hub/missing", create=False):
+            pass
+    await store.aclose()
+    with pytest.raises(ClosedError):
+        async with store.stream("hub/x"):
+            pass
+
+
+async def test_ephemeral_streams_stay_in_memory(tmp_path: Path) -> None:
+    config = StreamConfig(ephemeral=True)
+    async with StreamStore(resolver(tmp_path), max_open=1) as store:
+        async with store.stream("hub/mem", config=config) as s:
+            await s.set(b"v", key="k")
+        for i in range(3):
+            async with store.stream(f"hub/f{i}") as f:
+                await f.set(b"x")
+        async with store.stream("hub/mem") as s:
+            assert s.file is None and (await s.get(key="k")) is not None
+    assert not any(p.name.startswith("mem") for p in (tmp_path / "hub").iterdir())
+
+
+async def test_backup_under_concurrent_write_load(tmp_path: Path) -> None:
+    store = StreamStore(resolver(tmp_path / "data"), executor_threads=4)
+    async with store, store.stream("hub/live") as s:
+        acked = [r.seq for r in await asyncio.gather(*(s.set(b"a" * 3000) for i in range(300)))]
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            while not stop.is_set():
+                await asyncio.gather(*(s.set(b"b" * 500) for _ in range(20)))
+
+        task = asyncio.create_task(load())
+        await asyncio.sleep(0.02)
+        dest = tmp_path / "backup" / "live.db"
+        await store.backup("hub/live", dest)
+        stop.set()
+        await task
+    db = sqlite3.connect(dest)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        seqs = {r[0] for r in db.execute("SELECT seq FROM messages")}
+    finally:
+        db.close()
+    assert set(acked) <= seqs
