@@ -1,7 +1,9 @@
 """The reference model of one stream (and KV): the semantics the SQLite engine must implement.
 
 Pure and in memory; time is always passed in (``now``, seconds on the caller's wall clock). The engine
-is tested against this model, operation by operation, so every rule below is a contract.
+is tested against this model, operation by operation, so every rule below is a contract. The argument
+checks (:mod:`persist._checks`) and the admission rules of steps 3 to 7 and of the trim
+(:mod:`persist._admission`) are written once and shared with the engine.
 
 Theory of operation
 -------------------
@@ -54,14 +56,21 @@ only about new writes), and sweeps with the new ``max_age``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import final
 
 import msgspec
 
-from ._config import MAX_HEADER_BYTES, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, UNLIMITED, StreamConfig
-from ._errors import BadRequest, Limit, Rejected, TooLarge, WrongLastSequence
+from ._admission import Rates, admit, trim
+from ._checks import (  # message_size: defined with the checks, exported here (persist.message_size)
+    check_delete_args,
+    check_now,
+    check_selector,
+    check_seq,
+    check_set_args,
+    message_size,
+)
+from ._config import UNLIMITED, StreamConfig
 
 __all__ = [
     "DeleteResult",
@@ -121,69 +130,6 @@ class Inventory(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int
 
 
-def message_size(key: str | None, headers: Mapping[str, str] | None, payload: bytes) -> int:
-    """The size a message counts for in every byte limit: payload + key + header names and values (UTF-8)."""
-    size = len(payload)
-    if key is not None:
-        size += len(key.encode())
-    if headers:
-        size += sum(len(name.encode()) + len(value.encode()) for name, value in headers.items())
-    return size
-
-
-class _Bucket:
-    """A token bucket holding at most one second of ``rate``, full at first use."""
-
-    __slots__ = ("rate", "stamp", "tokens")
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp: float | None = None
-
-    def available(self, now: float) -> float:
-        if self.stamp is None:
-            return self.tokens
-        return min(self.rate, self.tokens + max(0.0, now - self.stamp) * self.rate)
-
-    def take(self, now: float, cost: float) -> None:
-        self.tokens = self.available(now) - cost
-        self.stamp = now if self.stamp is None else max(self.stamp, now)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_now(op: str, now: object) -> float:
-    if not _is_number(now):
-        raise BadRequest(op, f"now must be a finite number, not {now!r}")
-    assert isinstance(now, int | float)
-    return float(now)
-
-
-def _check_seq(op: str, name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(op, f"{name} must be a non-negative int, not {value!r}")
-    return value
-
-
-def _check_utf8(op: str, name: str, text: str) -> int:
-    try:
-        return len(text.encode())
-    except UnicodeEncodeError:
-        raise BadRequest(op, f"{name} is not valid UTF-8 text") from None
-
-
-def _check_key(op: str, key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise BadRequest(op, f"key must be a non-empty string, not {key!r}")
-    size = _check_utf8(op, "key", key)
-    if size > MAX_KEY_BYTES:
-        raise TooLarge("key", size, MAX_KEY_BYTES)
-    return key
-
-
 @final
 class StreamModel:
     """One stream or KV, in memory (module docstring). Not thread-safe; never does I/O.
@@ -199,9 +145,7 @@ class StreamModel:
         self._bytes = 0
         self._last_seq = 0
         self._dedup: dict[str, SetResult] = {}
-        self._msg_bucket: _Bucket | None = None
-        self._byte_bucket: _Bucket | None = None
-        self._reset_buckets()
+        self._rates = Rates(self._config)
 
     @property
     def config(self) -> StreamConfig:
@@ -231,43 +175,45 @@ class StreamModel:
             Rejected: a configured limit refused the write (``limit`` names it).
             WrongLastSequence: ``previous_seq`` did not match.
         """
-        now = _check_now("set", now)
-        data, hdrs, size = self._check_set_args(payload, key, headers, ttl, previous_seq, msg_id)
+        now = check_now("set", now)
+        args = check_set_args(payload, key, headers, ttl, previous_seq, msg_id)
         self.sweep(now)
-        if msg_id is not None and msg_id in self._dedup:
-            return msgspec.structs.replace(self._dedup[msg_id], duplicate=True)
-        config = self._config
-        if ttl is not None and not config.allow_msg_ttl:
-            raise Rejected("allow_msg_ttl", False, "this stream does not allow a per-message ttl")
-        if config.max_msg_size != UNLIMITED and size > config.max_msg_size:
-            raise Rejected("max_msg_size", config.max_msg_size, f"the message is {size} bytes")
-        replaced = self._keys.get(key) if key is not None else None
-        if previous_seq is not None:
-            actual = (replaced or 0) if key is not None else self._last_seq
-            if previous_seq != actual:
-                raise WrongLastSequence(previous_seq, actual, key)
-        self._check_rates(now, size)
-        evict = self._make_room(size, replaced)
-
-        if self._msg_bucket is not None:
-            self._msg_bucket.take(now, 1)
-        if self._byte_bucket is not None:
-            self._byte_bucket.take(now, size)
+        if args.msg_id is not None and args.msg_id in self._dedup:
+            return msgspec.structs.replace(self._dedup[args.msg_id], duplicate=True)
+        current = self._keys.get(args.key) if args.key is not None else None
+        evict = admit(
+            self._config,
+            self._rates,
+            args,
+            now=now,
+            replaced=None if current is None else (current, self._messages[current].size),
+            last_seq=self._last_seq,
+            count=len(self._messages),
+            nbytes=self._bytes,
+            oldest=((seq, m.size) for seq, m in self._messages.items()),
+        )
+        # ---- every check passed: from here on, change things ----
         for seq in evict:
             self._remove(seq)
-        if replaced is not None:
-            self._remove(replaced)
+        if current is not None:
+            self._remove(current)
         self._last_seq += 1
         message = Message(
-            seq=self._last_seq, time=now, key=key, headers=hdrs, payload=data, ttl=ttl, size=size
+            seq=self._last_seq,
+            time=now,
+            key=args.key,
+            headers=args.headers,
+            payload=args.payload,
+            ttl=args.ttl,
+            size=args.size,
         )
         self._messages[message.seq] = message
-        self._bytes += size
-        if key is not None:
-            self._keys[key] = message.seq
+        self._bytes += args.size
+        if args.key is not None:
+            self._keys[args.key] = message.seq
         result = SetResult(seq=message.seq, time=now)
-        if msg_id is not None:
-            self._dedup[msg_id] = result
+        if args.msg_id is not None:
+            self._dedup[args.msg_id] = result
         return result
 
     def delete(
@@ -286,21 +232,16 @@ class StreamModel:
         Raises:
             BadRequest: not exactly one selector, or a malformed one.
         """
-        now = _check_now("delete", now)
-        given = [s for s in (seq, seqs, up_to, key) if s is not None]
-        if len(given) != 1:
-            raise BadRequest("delete", "give exactly one of seq, seqs, up_to, key")
-        if seq is not None:
-            targets = [_check_seq("delete", "seq", seq)]
-        elif seqs is not None:
-            if isinstance(seqs, str | bytes) or not isinstance(seqs, Iterable):
-                raise BadRequest("delete", f"seqs must be a list of ints, not {seqs!r}")
-            targets = sorted({_check_seq("delete", "seqs", s) for s in seqs})
-        elif up_to is not None:
-            limit = _check_seq("delete", "up_to", up_to)
+        now = check_now("delete", now)
+        selector = check_delete_args(seq, seqs, up_to, key)
+        if selector.targets is not None:
+            targets = selector.targets
+        elif selector.up_to is not None:
+            limit = selector.up_to
             targets = [s for s in self._messages if s <= limit]
         else:
-            found = self._keys.get(_check_key("delete", key))
+            assert selector.key is not None
+            found = self._keys.get(selector.key)
             targets = [] if found is None else [found]
         self.sweep(now)
         removed = [s for s in targets if s in self._messages]
@@ -314,7 +255,7 @@ class StreamModel:
         Returns:
             the removed seqs, ascending.
         """
-        now = _check_now("sweep", now)
+        now = check_now("sweep", now)
         expired = [m.seq for m in self._messages.values() if self._expired(m, now)]
         for seq in expired:
             self._remove(seq)
@@ -331,22 +272,13 @@ class StreamModel:
         Raises:
             BadConfig: a bad change; nothing changes.
         """
-        now = _check_now("config", now)
+        now = check_now("config", now)
         new = self._config.merge(changes)
-        old = self._config
+        self._rates = self._rates.reconfigured(self._config, new)
         self._config = new
-        if (new.max_msgs_per_second, new.max_bytes_per_second) != (
-            old.max_msgs_per_second,
-            old.max_bytes_per_second,
-        ):
-            self._reset_buckets()
         self.sweep(now)
-        cap = new.byte_cap
-        for seq in list(self._messages):
-            over_count = new.max_msgs != UNLIMITED and len(self._messages) > new.max_msgs
-            over_bytes = cap != UNLIMITED and self._bytes > cap
-            if not (over_count or over_bytes):
-                break
+        oldest = ((seq, m.size) for seq, m in self._messages.items())
+        for seq in trim(new, len(self._messages), self._bytes, oldest):
             self._remove(seq)
         return new
 
@@ -354,13 +286,9 @@ class StreamModel:
 
     def get(self, *, now: float, seq: int | None = None, key: str | None = None) -> Message | None:
         """The live message with ``seq``, or the live message of ``key`` (exactly one), or ``None``."""
-        now = _check_now("get", now)
-        if (seq is None) == (key is None):
-            raise BadRequest("get", "give exactly one of seq, key")
-        if key is not None:
-            found = self._keys.get(_check_key("get", key))
-        else:
-            found = _check_seq("get", "seq", seq)
+        now = check_now("get", now)
+        by_seq, by_key = check_selector("get", seq, key)
+        found = self._keys.get(by_key) if by_key is not None else by_seq
         message = self._messages.get(found) if found is not None else None
         if message is None or self._expired(message, now):
             return None
@@ -368,13 +296,13 @@ class StreamModel:
 
     def get_all(self, *, now: float, from_seq: int = 0) -> list[Message]:
         """Every live message with ``seq >= from_seq``, in seq order."""
-        now = _check_now("get_all", now)
-        start = _check_seq("get_all", "from_seq", from_seq)
+        now = check_now("get_all", now)
+        start = check_seq("get_all", "from_seq", from_seq)
         return [m for m in self._messages.values() if m.seq >= start and not self._expired(m, now)]
 
     def keys(self, *, now: float) -> list[str]:
         """The keys with a live message, sorted."""
-        now = _check_now("keys", now)
+        now = check_now("keys", now)
         return sorted(k for k, s in self._keys.items() if not self._expired(self._messages[s], now))
 
     def inventory(self, *, now: float) -> Inventory:
@@ -400,108 +328,3 @@ class StreamModel:
         self._bytes -= message.size
         if message.key is not None and self._keys.get(message.key) == seq:
             del self._keys[message.key]
-
-    def _reset_buckets(self) -> None:
-        config = self._config
-        rate = config.max_msgs_per_second
-        self._msg_bucket = None if rate == UNLIMITED else _Bucket(rate)
-        rate = config.max_bytes_per_second
-        self._byte_bucket = None if rate == UNLIMITED else _Bucket(rate)
-
-    def _check_rates(self, now: float, size: int) -> None:
-        config = self._config
-        bucket = self._msg_bucket
-        if bucket is not None and bucket.available(now) < 1:
-            raise Rejected("max_msgs_per_second", config.max_msgs_per_second, "too many writes this second")
-        bucket = self._byte_bucket
-        if bucket is not None and bucket.available(now) < size:
-            raise Rejected(
-                "max_bytes_per_second", config.max_bytes_per_second, f"no room for {size} bytes this second"
-            )
-
-    def _byte_limit(self) -> Limit:
-        config = self._config
-        if config.ephemeral and (config.max_bytes == UNLIMITED or config.max_memory < config.max_bytes):
-            return "max_memory"
-        return "max_bytes"
-
-    def _make_room(self, size: int, replaced: int | None) -> list[int]:
-        """The seqs to evict so a message of ``size`` fits (``replaced`` goes anyway), or reject."""
-        config = self._config
-        cap = config.byte_cap
-        count = len(self._messages) + 1
-        total = self._bytes + size
-        if replaced is not None:
-            count -= 1
-            total -= self._messages[replaced].size
-        if cap != UNLIMITED and size > cap:
-            raise Rejected(
-                self._byte_limit(), cap, f"the message is {size} bytes, more than the whole stream may hold"
-            )
-
-        def over(count: int, total: int) -> Limit | None:
-            if config.max_msgs != UNLIMITED and count > config.max_msgs:
-                return "max_msgs"
-            if cap != UNLIMITED and total > cap:
-                return self._byte_limit()
-            return None
-
-        limit = over(count, total)
-        if limit is None:
-            return []
-        if config.discard == "new":
-            value = config.max_msgs if limit == "max_msgs" else cap
-            raise Rejected(limit, value, "the stream is full (discard new)")
-        evict: list[int] = []
-        for seq, message in self._messages.items():
-            if seq == replaced:
-                continue
-            evict.append(seq)
-            count -= 1
-            total -= message.size
-            if over(count, total) is None:
-                break
-        return evict
-
-    def _check_set_args(
-        self,
-        payload: object,
-        key: object,
-        headers: object,
-        ttl: object,
-        previous_seq: object,
-        msg_id: object,
-    ) -> tuple[bytes, dict[str, str], int]:
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise BadRequest("set", f"payload must be bytes, not {type(payload).__name__}")
-        data = bytes(payload)
-        if key is not None:
-            _check_key("set", key)
-        hdrs: dict[str, str] = {}
-        if headers is not None:
-            if not isinstance(headers, Mapping):
-                raise BadRequest(
-                    "set", f"headers must be a mapping of str to str, not {type(headers).__name__}"
-                )
-            header_bytes = 0
-            for name, value in headers.items():
-                if not isinstance(name, str) or not isinstance(value, str) or not name:
-                    raise BadRequest("set", f"headers must map non-empty str to str, not {name!r}: {value!r}")
-                header_bytes += _check_utf8("set", "a header", name) + _check_utf8("set", "a header", value)
-                hdrs[name] = value
-            if header_bytes > MAX_HEADER_BYTES:
-                raise TooLarge("headers", header_bytes, MAX_HEADER_BYTES)
-        if ttl is not None and (not _is_number(ttl) or ttl <= 0):  # type: ignore[operator]
-            raise BadRequest("set", f"ttl must be a positive number of seconds, not {ttl!r}")
-        if previous_seq is not None:
-            _check_seq("set", "previous_seq", previous_seq)
-        if msg_id is not None:
-            if not isinstance(msg_id, str) or not msg_id:
-                raise BadRequest("set", f"msg_id must be a non-empty string, not {msg_id!r}")
-            size = _check_utf8("set", "msg_id", msg_id)
-            if size > MAX_KEY_BYTES:
-                raise TooLarge("msg_id", size, MAX_KEY_BYTES)
-        size = message_size(key if isinstance(key, str) else None, hdrs, data)
-        if size > MAX_MESSAGE_BYTES:
-            raise TooLarge("message", size, MAX_MESSAGE_BYTES)
-        return data, hdrs, size

@@ -443,9 +443,9 @@ def test_too_large() -> None:
 
 
 def test_too_large_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    import persist._model
+    import persist._checks
 
-    monkeypatch.setattr(persist._model, "MAX_MESSAGE_BYTES", 10)
+    monkeypatch.setattr(persist._checks, "MAX_MESSAGE_BYTES", 10)
     with pytest.raises(TooLarge) as info:
         model().set(b"x" * 11, now=0)
     assert info.value.what == "message"

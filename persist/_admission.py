@@ -1,0 +1,243 @@
+"""Write admission: whether a stream takes a write, and what it evicts to make room (sans-IO).
+
+The rules of steps 3 to 7 of ``set`` and the trim of ``update_config`` (:mod:`persist._model`'s
+docstring is the contract), written once for both :class:`persist.StreamModel` and
+:class:`persist.StreamFile`. Nothing here does I/O: a caller passes in what it knows of the stream
+(its config, counts, the key's current message) and, for eviction, an iterable of its oldest messages,
+which it may produce lazily (the engine passes a SQL cursor, read only as far as needed).
+
+Each function either raises (and changes nothing) or returns its decision; the caller applies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import final
+
+from ._checks import SetArgs
+from ._config import UNLIMITED, StreamConfig
+from ._errors import Limit, Rejected, WrongLastSequence
+
+__all__ = ["Rates", "TokenBucket", "admit", "byte_limit", "trim"]
+
+
+@final
+class TokenBucket:
+    """A token bucket holding at most one second of ``rate``, full at first use.
+
+    It refills continuously from the ``now`` of the last :meth:`take`; time going backwards refills
+    nothing (the stamp never moves back).
+
+    Args:
+        rate: tokens per second, which is also the capacity.
+    """
+
+    __slots__ = ("rate", "stamp", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp: float | None = None
+
+    def available(self, now: float) -> float:
+        """The tokens there are at ``now`` (may be negative after a take larger than what was there)."""
+        if self.stamp is None:
+            return self.tokens
+        return min(self.rate, self.tokens + max(0.0, now - self.stamp) * self.rate)
+
+    def take(self, now: float, cost: float) -> None:
+        """Take ``cost`` tokens at ``now`` (no check: call :meth:`available` first)."""
+        self.tokens = self.available(now) - cost
+        self.stamp = now if self.stamp is None else max(self.stamp, now)
+
+    def copy(self) -> TokenBucket:
+        """An independent bucket in the same state."""
+        other = TokenBucket(self.rate)
+        other.tokens, other.stamp = self.tokens, self.stamp
+        return other
+
+
+@final
+class Rates:
+    """The two rate limits of a stream: a message bucket and a byte bucket (``None`` if unlimited).
+
+    Args:
+        config: the config whose ``max_msgs_per_second`` and ``max_bytes_per_second`` apply.
+    """
+
+    __slots__ = ("bytes", "msgs")
+
+    def __init__(self, config: StreamConfig) -> None:
+        rate = config.max_msgs_per_second
+        self.msgs = None if rate == UNLIMITED else TokenBucket(rate)
+        rate = config.max_bytes_per_second
+        self.bytes = None if rate == UNLIMITED else TokenBucket(rate)
+
+    def reconfigured(self, old: StreamConfig, new: StreamConfig) -> Rates:
+        """The rates under ``new``: these same buckets if neither rate changed, else new, full ones."""
+        if (new.max_msgs_per_second, new.max_bytes_per_second) != (
+            old.max_msgs_per_second,
+            old.max_bytes_per_second,
+        ):
+            return Rates(new)
+        return self
+
+    def check(self, config: StreamConfig, now: float, size: int) -> None:
+        """Raise :class:`Rejected` unless a write of ``size`` bytes has its tokens at ``now``."""
+        bucket = self.msgs
+        if bucket is not None and bucket.available(now) < 1:
+            raise Rejected("max_msgs_per_second", config.max_msgs_per_second, "too many writes this second")
+        bucket = self.bytes
+        if bucket is not None and bucket.available(now) < size:
+            raise Rejected(
+                "max_bytes_per_second", config.max_bytes_per_second, f"no room for {size} bytes this second"
+            )
+
+    def take(self, now: float, size: int) -> None:
+        """Take the tokens of an accepted write of ``size`` bytes."""
+        if self.msgs is not None:
+            self.msgs.take(now, 1)
+        if self.bytes is not None:
+            self.bytes.take(now, size)
+
+    def copy(self) -> Rates:
+        """Independent buckets in the same state (to restore if a transaction fails)."""
+        other = Rates.__new__(Rates)
+        other.msgs = None if self.msgs is None else self.msgs.copy()
+        other.bytes = None if self.bytes is None else self.bytes.copy()
+        return other
+
+
+def byte_limit(config: StreamConfig) -> Limit:
+    """The limit that sets ``config.byte_cap``: ``max_memory`` (ephemeral, and the lower) or ``max_bytes``."""
+    if config.ephemeral and (config.max_bytes == UNLIMITED or config.max_memory < config.max_bytes):
+        return "max_memory"
+    return "max_bytes"
+
+
+def admit(
+    config: StreamConfig,
+    rates: Rates,
+    write: SetArgs,
+    *,
+    now: float,
+    replaced: tuple[int, int] | None,
+    last_seq: int,
+    count: int,
+    nbytes: int,
+    oldest: Iterable[tuple[int, int]],
+) -> list[int]:
+    """Steps 3 to 7 of ``set``, in order: ttl allowed, ``max_msg_size``, compare-and-set, rates, capacity.
+
+    Args:
+        config: the config in force.
+        rates: the stream's rate buckets.
+        write: the write's checked arguments.
+        now: the write's time.
+        replaced: ``(seq, size)`` of the key's current live message, which the write replaces.
+        last_seq: the last seq the stream ever assigned.
+        count, nbytes: the live messages and bytes the stream holds.
+        oldest: ``(seq, size)`` of the stream's messages, ascending; read only if eviction is needed,
+            and only as far as needed.
+
+    Returns:
+        the seqs to evict (ascending; never ``replaced``, which goes anyway). The write is accepted:
+        its tokens are taken from ``rates``.
+
+    Raises:
+        Rejected: a configured limit refused the write; nothing changed.
+        WrongLastSequence: ``previous_seq`` did not match; nothing changed.
+    """
+    size, key, previous_seq = write.size, write.key, write.previous_seq
+    if write.ttl is not None and not config.allow_msg_ttl:
+        raise Rejected("allow_msg_ttl", False, "this stream does not allow a per-message ttl")
+    if config.max_msg_size != UNLIMITED and size > config.max_msg_size:
+        raise Rejected("max_msg_size", config.max_msg_size, f"the message is {size} bytes")
+    replaced_seq = replaced[0] if replaced is not None else None
+    if previous_seq is not None:
+        actual = (replaced_seq or 0) if key is not None else last_seq
+        if previous_seq != actual:
+            raise WrongLastSequence(previous_seq, actual, key)
+    rates.check(config, now, size)
+    evict = _make_room(config, size, replaced, count, nbytes, oldest)
+    rates.take(now, size)
+    return evict
+
+
+def _make_room(
+    config: StreamConfig,
+    size: int,
+    replaced: tuple[int, int] | None,
+    count: int,
+    nbytes: int,
+    oldest: Iterable[tuple[int, int]],
+) -> list[int]:
+    """The seqs to evict so a message of ``size`` fits (``replaced`` goes anyway), or reject."""
+    cap = config.byte_cap
+    count += 1
+    total = nbytes + size
+    replaced_seq = None
+    if replaced is not None:
+        replaced_seq = replaced[0]
+        count -= 1
+        total -= replaced[1]
+    if cap != UNLIMITED and size > cap:
+        raise Rejected(
+            byte_limit(config), cap, f"the message is {size} bytes, more than the whole stream may hold"
+        )
+
+    def over(count: int, total: int) -> Limit | None:
+        if config.max_msgs != UNLIMITED and count > config.max_msgs:
+            return "max_msgs"
+        if cap != UNLIMITED and total > cap:
+            return byte_limit(config)
+        return None
+
+    limit = over(count, total)
+    if limit is None:
+        return []
+    if config.discard == "new":
+        value = config.max_msgs if limit == "max_msgs" else cap
+        raise Rejected(limit, value, "the stream is full (discard new)")
+    evict: list[int] = []
+    for seq, message_size in oldest:
+        if seq == replaced_seq:
+            continue
+        evict.append(seq)
+        count -= 1
+        total -= message_size
+        if over(count, total) is None:
+            break
+    return evict
+
+
+def trim(config: StreamConfig, count: int, nbytes: int, oldest: Iterable[tuple[int, int]]) -> list[int]:
+    """The oldest seqs to remove so a stream fits ``config``'s ``max_msgs`` and byte cap (``update_config``).
+
+    Whatever ``discard`` says: it decides only about new writes.
+
+    Args:
+        config: the new config.
+        count, nbytes: the live messages and bytes the stream holds (after the sweep).
+        oldest: ``(seq, size)`` of its messages, ascending; read only as far as needed.
+
+    Returns:
+        the seqs to remove, ascending (a prefix of ``oldest``).
+    """
+    cap = config.byte_cap
+
+    def over() -> bool:
+        return bool(config.max_msgs != UNLIMITED and count > config.max_msgs) or bool(
+            cap != UNLIMITED and nbytes > cap
+        )
+
+    removed: list[int] = []
+    if not over():
+        return removed
+    for seq, message_size in oldest:
+        removed.append(seq)
+        count -= 1
+        nbytes -= message_size
+        if not over():
+            break
+    return removed

@@ -1,0 +1,319 @@
+"""The plumbing of a stream file: threads, connections, the group-commit queue, and the error boundary.
+
+The pieces :class:`persist.StreamFile` is built from (its docstring is the theory of operation):
+
+- :func:`storage_errors`, the one boundary where ``sqlite3`` and ``OSError`` errors become
+  :class:`persist.Corrupt` or :class:`persist.PersistError` (STYLE rule 5). Every call into
+  ``sqlite3`` or the file system made for a stream file runs inside it;
+- :class:`Conn`, a connection with the lock that keeps it to one thread at a time;
+- :class:`Jobs`, the caller's executor plus the jobs submitted to it and not yet finished;
+- :class:`ReaderPool`, the ``query_only`` reader connections of a file (at most ``max_readers``);
+- :class:`GroupCommit`, the writer's queue and the task that drains it one transaction at a time;
+- :func:`open_writer`, which opens (or creates) a file, checks it, and moves a corrupt one aside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, final
+
+from . import _sql
+from ._config import StreamConfig
+from ._errors import Corrupt, NotFound, PersistError
+
+__all__ = [
+    "Apply",
+    "Conn",
+    "GroupCommit",
+    "Jobs",
+    "ReaderPool",
+    "close_all",
+    "locked",
+    "open_writer",
+    "storage_errors",
+]
+
+_T = TypeVar("_T")
+
+Apply = Callable[[sqlite3.Connection, float], object]
+"""A queued mutation: ``apply(db, now)`` runs inside the writer's transaction and returns its result."""
+
+
+# ---- error translation (the one boundary for sqlite3/OSError, STYLE rule 5) ------------------------
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Translate storage errors raised inside: a corrupt or unreadable file becomes :class:`Corrupt`,
+    any other ``sqlite3`` or ``OSError`` error a plain :class:`PersistError` (``what`` names the file).
+    """
+    try:
+        yield
+    except PersistError:
+        raise
+    except sqlite3.Error as e:
+        name = getattr(e, "sqlite_errorname", "")
+        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(e):
+            raise Corrupt(what, f"{name or type(e).__name__}: {e}") from None
+        raise PersistError(f"storage failure on {what}: {name or type(e).__name__}: {e}") from None
+    except OSError as e:
+        raise PersistError(f"storage failure on {what}: {e.strerror or e}") from None
+
+
+# ---- connections and threads -------------------------------------------------------------------------
+
+
+@final
+class Conn:
+    """A sqlite3 connection and the lock that keeps it to one thread at a time."""
+
+    __slots__ = ("db", "lock")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.lock = threading.Lock()
+
+
+def locked(conn: Conn, work: Callable[[sqlite3.Connection], _T], what: str) -> _T:
+    """Run ``work(conn.db)`` under the connection's lock (in the executor)."""
+    with conn.lock, storage_errors(what):
+        return work(conn.db)
+
+
+def close_all(conns: Sequence[Conn]) -> None:
+    """Close every connection, each under its lock (in the executor); close errors are ignored."""
+    for conn in conns:
+        with conn.lock, contextlib.suppress(sqlite3.Error):
+            conn.db.close()
+
+
+@final
+class Jobs:
+    """Submits work to the owner's executor and remembers what is still running (to wait for it)."""
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self._executor = executor
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
+
+    def submit(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        """Run ``fn()`` in the executor; the result as an asyncio future of the running loop."""
+        cf = self._executor.submit(fn)
+        self._inflight.add(cf)
+        cf.add_done_callback(self._inflight.discard)
+        return asyncio.wrap_future(cf)
+
+    async def join(self) -> None:
+        """Wait for every job submitted so far (whatever its outcome)."""
+        pending = [asyncio.wrap_future(f) for f in list(self._inflight)]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+@final
+class ReaderPool:
+    """The reader connections of one file: opened on demand, at most ``max_readers``, reused.
+
+    Each reader is ``query_only``, so WAL lets reads run beside the writer.
+    """
+
+    def __init__(self, file: Path, jobs: Jobs, max_readers: int, what: str) -> None:
+        self._file = file
+        self._jobs = jobs
+        self._what = what
+        self._slots = asyncio.Semaphore(max_readers)
+        self._idle: list[Conn] = []
+        self.all: list[Conn] = []
+
+    async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work(db)`` on a reader connection in the executor; wait for a free one if all are busy."""
+        await self._slots.acquire()
+        try:
+            fut = self._jobs.submit(functools.partial(self._with_reader, work))
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._slots.release())
+        return await fut
+
+    def take_all(self) -> list[Conn]:
+        """Forget every connection (to close them); the pool is unusable afterwards."""
+        conns = list(self.all)
+        self.all.clear()
+        self._idle.clear()
+        return conns
+
+    def _with_reader(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with storage_errors(self._what):
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                conn = Conn(_sql.connect(self._file, reader=True))
+                self.all.append(conn)
+            try:
+                with conn.lock:
+                    return work(conn.db)
+            finally:
+                self._idle.append(conn)
+
+
+# ---- the writer's queue ------------------------------------------------------------------------------
+
+
+class _Op:
+    __slots__ = ("apply", "future")
+
+    def __init__(self, apply: Apply, future: asyncio.Future[Any]) -> None:
+        self.apply = apply
+        self.future = future
+
+
+@final
+class GroupCommit:
+    """The writer's queue: a drain task runs *everything queued* in one ``commit`` call in the executor.
+
+    ``commit(applies)`` runs in one transaction and returns, per mutation, its result or the
+    :class:`PersistError` that refused it; if it raises, every mutation of the batch fails with that
+    error (a :class:`PersistError`, or one wrapping anything else). Mutations queued while a batch
+    commits go into the next one. A caller's future resolves only after its batch has committed.
+
+    Args:
+        loop: the event loop the owner is bound to.
+        jobs: runs ``commit`` in the executor.
+        commit: runs a batch in one transaction (in the executor).
+        what: names the file in errors and in the drain task's name.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        jobs: Jobs,
+        commit: Callable[[Sequence[Apply]], list[object]],
+        what: str,
+    ) -> None:
+        self._loop = loop
+        self._jobs = jobs
+        self._commit = commit
+        self._what = what
+        self._queue: list[_Op] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Mutations waiting for the next transaction."""
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """Whether mutations are queued or a transaction is running."""
+        return bool(self._queue) or (self._drainer is not None and not self._drainer.done())
+
+    def put(self, applies: Sequence[Apply]) -> list[asyncio.Future[Any]]:
+        """Queue ``applies`` (in order, into the same or consecutive transactions); one future each."""
+        futures = [self._loop.create_future() for _ in applies]
+        self._queue.extend(_Op(a, f) for a, f in zip(applies, futures, strict=True))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = self._loop.create_task(self._drain(), name=f"persist-writer {self._what}")
+        return futures
+
+    async def wait(self) -> None:
+        """Wait until the drain task has emptied the queue (not cancelled by the caller's cancellation)."""
+        if self._drainer is not None:
+            await asyncio.shield(self._drainer)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [op for op in self._queue if not op.future.done()]
+            self._queue = []
+            if not batch:
+                continue
+            applies = [op.apply for op in batch]
+            try:
+                results = await asyncio.shield(self._jobs.submit(functools.partial(self._commit, applies)))
+            except BaseException as e:
+                error = (
+                    e if isinstance(e, PersistError) else PersistError(f"write failed on {self._what}: {e!r}")
+                )
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(error)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                continue
+            for op, res in zip(batch, results, strict=True):
+                if op.future.done():
+                    continue
+                if isinstance(res, PersistError):
+                    op.future.set_exception(res)
+                else:
+                    op.future.set_result(res)
+
+
+# ---- opening -----------------------------------------------------------------------------------------
+
+
+def open_writer(file: Path | None, wanted: StreamConfig, create: bool, what: str) -> tuple[Conn, _sql.Opened]:
+    """Open the writer connection of ``file`` (``None``: a private in-memory database), in the executor.
+
+    A file that exists is checked with ``PRAGMA quick_check`` first; a corrupt one is moved aside.
+
+    Raises:
+        NotFound: ``create`` is false and the file does not exist.
+        Corrupt: the file failed its check and was moved aside (both paths are in the detail).
+        PersistError: the file could not be opened.
+    """
+    if file is None:
+        with storage_errors(what):
+            memory = _sql.connect(":memory:")
+            return Conn(memory), _sql.init_db(memory, wanted, what, durable=False)
+    with storage_errors(what):
+        exists = file.exists()
+        if not exists and not create:
+            raise NotFound(f"stream file {file}")
+        if not exists:
+            file.parent.mkdir(parents=True, exist_ok=True)
+    db: sqlite3.Connection | None = None
+    try:
+        with storage_errors(what):
+            db = _sql.connect(file)
+            if exists:
+                problems = _sql.problems(db)
+                if problems:
+                    raise Corrupt(str(file), "; ".join(problems[:5]))
+            return Conn(db), _sql.init_db(db, wanted, what, durable=True)
+    except Corrupt as e:
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        moved = _quarantine(file)
+        raise Corrupt(str(file), f"{e.detail}; moved aside to {moved}") from None
+    except BaseException:
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        raise
+
+
+def _quarantine(file: Path) -> Path:
+    """Rename a corrupt ``file`` (and its ``-wal``/``-shm``) aside; never delete it. Returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = file.with_name(f"{file.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = file.with_name(f"{file.name}.corrupt-{stamp}-{n}")
+        n += 1
+    with storage_errors(str(file)):
+        os.rename(file, target)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(file) + suffix)
+            if side.exists():
+                os.rename(side, Path(str(target) + suffix))
+    return target

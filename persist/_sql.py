@@ -1,0 +1,391 @@
+"""The SQLite side of a stream file: schema, statements, and rows to and from messages.
+
+Every function here takes a ``sqlite3.Connection`` and runs its statements on it, nothing more: no
+transactions (the caller begins and commits them), no threads, no error translation. They are only
+called inside :func:`persist._engine_io.storage_errors`, the one place where ``sqlite3`` errors
+become persist errors.
+
+Schema (``meta.schema = 1``)::
+
+    messages(seq INTEGER PRIMARY KEY, time REAL, key TEXT UNIQUE NULL, headers BLOB NULL,
+             payload BLOB, encoding TEXT, compressed INT, size INT, ttl REAL NULL,
+             expires REAL NULL /* time + ttl */, msg_id TEXT NULL)
+    dedup(msg_id TEXT PRIMARY KEY, seq INT, time REAL)          -- msg-id -> original SetResult
+    meta(name TEXT PRIMARY KEY, value)                            -- schema, config (JSON), last_seq
+
+A payload is stored as :mod:`persist._codec` encodes it (maybe compressed), headers as a msgpack map
+(``NULL`` when there are none). Reads filter expired rows in SQL (:func:`live_clause`) with the same
+float arithmetic as the model's expiry rule, so an expired message is never returned, swept or not.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from . import _codec
+from ._checks import SetArgs
+from ._config import UNLIMITED, StreamConfig
+from ._errors import Corrupt, PersistError
+from ._model import Inventory, Message
+
+__all__ = [
+    "DEFAULT_ENCODING",
+    "SCHEMA_VERSION",
+    "Opened",
+    "StoredMessage",
+    "connect",
+    "decode_row",
+    "delete_by",
+    "delete_seq",
+    "delete_through",
+    "find_key",
+    "find_msg_id",
+    "init_db",
+    "insert",
+    "oldest",
+    "problems",
+    "select_inventory",
+    "select_keys",
+    "select_message",
+    "select_messages",
+    "set_meta",
+    "set_synchronous",
+    "sweep",
+    "write_backup",
+]
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_ENCODING: Final = "msgpack"
+_BUSY_TIMEOUT_MS: Final = 10_000
+_SYNC_PRAGMA: Final = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    key TEXT UNIQUE,
+    headers BLOB,
+    payload BLOB NOT NULL,
+    encoding TEXT NOT NULL,
+    compressed INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    ttl REAL,
+    expires REAL,
+    msg_id TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_time ON messages(time);
+CREATE INDEX IF NOT EXISTS messages_expires ON messages(expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dedup (
+    msg_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_time ON dedup(time);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+_COLUMNS: Final = "seq, time, key, headers, payload, encoding, compressed, size, ttl"
+
+_headers_encoder: Final = msgspec.msgpack.Encoder()
+_headers_decoder: Final = msgspec.msgpack.Decoder(dict[str, str])
+
+
+class StoredMessage(Message, frozen=True, kw_only=True):
+    """A :class:`persist.Message` as read back from storage, with the payload's ``encoding`` label.
+
+    ``encoding`` is opaque to persist (the client's codec name, ``"msgpack"`` by default).
+    """
+
+    encoding: str = DEFAULT_ENCODING
+
+
+# ---- opening -----------------------------------------------------------------------------------------
+
+
+def connect(file: Path | str, *, reader: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), usable from any one thread at a time.
+
+    ``reader`` makes it ``query_only``. ``":memory:"`` opens a private in-memory database.
+    """
+    db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+    if file != ":memory:":
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    if reader:
+        db.execute("PRAGMA query_only = 1")
+    return db
+
+
+def problems(db: sqlite3.Connection, pragma: str = "quick_check") -> list[str]:
+    """What ``PRAGMA quick_check`` (or ``integrity_check``) finds wrong; empty when the file is sound."""
+    rows = [str(r[0]) for r in db.execute(f"PRAGMA {pragma}")]
+    return [] if rows == ["ok"] else rows
+
+
+class Opened(msgspec.Struct, frozen=True):
+    """What :func:`init_db` read back: the stored config, ``last_seq``, and the rows' count and bytes."""
+
+    config: StreamConfig
+    last_seq: int
+    count: int
+    nbytes: int
+
+
+def init_db(db: sqlite3.Connection, wanted: StreamConfig, what: str, *, durable: bool) -> Opened:
+    """Create the schema if missing (storing ``wanted`` as the config) and read the stream's state back.
+
+    ``durable`` (a file, not ``:memory:``) switches to WAL and to the config's ``synchronous`` level.
+
+    Raises:
+        Corrupt: an unknown schema version or an unreadable stored config.
+        PersistError: WAL cannot be used.
+    """
+    if durable:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise PersistError(f"storage failure on {what}: cannot use WAL (journal_mode={mode})")
+    db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = _meta(db, "schema", None)
+        if version is None:
+            set_meta(db, "schema", SCHEMA_VERSION)
+            set_meta(db, "config", wanted)
+            set_meta(db, "last_seq", 0)
+        elif version != SCHEMA_VERSION:
+            raise Corrupt(what, f"unknown schema version {version!r}")
+        stored = _meta(db, "config", None)
+        try:
+            config = StreamConfig.from_dict(msgspec.json.decode(str(stored)))
+        except (PersistError, msgspec.DecodeError, TypeError) as e:
+            raise Corrupt(what, f"bad stored config: {e}") from None
+        last_seq = int(_meta(db, "last_seq", 0))
+        count, nbytes = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    if durable:
+        set_synchronous(db, config)
+    return Opened(config, last_seq, count, nbytes)
+
+
+def set_synchronous(db: sqlite3.Connection, config: StreamConfig) -> None:
+    """Set ``PRAGMA synchronous`` from ``config.sync`` (outside a transaction: SQLite ignores it inside)."""
+    db.execute(f"PRAGMA synchronous = {_SYNC_PRAGMA[config.sync]}")
+
+
+def _meta(db: sqlite3.Connection, name: str, default: Any) -> Any:
+    row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return default if row is None else row[0]
+
+
+def set_meta(db: sqlite3.Connection, name: str, value: int | StreamConfig) -> None:
+    """Store ``meta.name`` (a config is stored as JSON)."""
+    stored = msgspec.json.encode(value).decode() if isinstance(value, StreamConfig) else value
+    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, stored))
+
+
+# ---- writes (in the writer's transaction) ------------------------------------------------------------
+
+
+def _slack(x: float) -> float:
+    """A margin so an indexed ``time <= now - age + slack`` pre-filter never misses a row."""
+    return 1e-6 * max(1.0, abs(x))
+
+
+def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[int, int]:
+    """Delete what is expired at ``now`` and the msg-ids older than the dedup window.
+
+    Returns:
+        how many messages were deleted, and their bytes.
+    """
+    age = config.max_age
+    removed = 0
+    freed = 0
+    if age != UNLIMITED:
+        rows = db.execute(
+            "DELETE FROM messages WHERE time <= ? AND time + ? <= ? RETURNING size",
+            (now - age + _slack(now), float(age), now),
+        ).fetchall()
+        removed += len(rows)
+        freed += sum(r[0] for r in rows)
+    rows = db.execute("DELETE FROM messages WHERE expires <= ? RETURNING size", (now,)).fetchall()
+    removed += len(rows)
+    freed += sum(r[0] for r in rows)
+    window = config.duplicate_window
+    if window != UNLIMITED:
+        db.execute(
+            "DELETE FROM dedup WHERE time <= ? AND time + ? <= ?",
+            (now - window + _slack(now), float(window), now),
+        )
+    return removed, freed
+
+
+def find_msg_id(db: sqlite3.Connection, msg_id: str) -> tuple[int, float] | None:
+    """The ``(seq, time)`` a remembered msg-id was written with, or ``None``."""
+    row = db.execute("SELECT seq, time FROM dedup WHERE msg_id = ?", (msg_id,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def find_key(db: sqlite3.Connection, key: str) -> tuple[int, int] | None:
+    """The ``(seq, size)`` of the key's message, or ``None`` (call after a sweep: no expiry filter)."""
+    row = db.execute("SELECT seq, size FROM messages WHERE key = ?", (key,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def oldest(db: sqlite3.Connection) -> Generator[tuple[int, int], None, None]:
+    """``(seq, size)`` of every message, ascending; the query runs only when first iterated.
+
+    Close the generator (``contextlib.closing``) to close the cursor if it is not run to the end.
+    """
+    cur = db.execute("SELECT seq, size FROM messages ORDER BY seq")
+    try:
+        yield from cur
+    finally:
+        cur.close()
+
+
+def delete_seq(db: sqlite3.Connection, seq: int) -> int:
+    """Delete the message ``seq``, which exists; return its size."""
+    size: int = db.execute("DELETE FROM messages WHERE seq = ? RETURNING size", (seq,)).fetchone()[0]
+    return size
+
+
+def delete_through(db: sqlite3.Connection, seq: int) -> int:
+    """Delete every message with a seq ``<= seq``; return their bytes."""
+    rows = db.execute("DELETE FROM messages WHERE seq <= ? RETURNING size", (seq,)).fetchall()
+    return sum(r[0] for r in rows)
+
+
+def delete_by(
+    db: sqlite3.Connection, targets: list[int] | None, up_to: int | None, key: str | None
+) -> list[tuple[int, int]]:
+    """Delete the messages ``targets``, else those ``<= up_to``, else the key's; return ``(seq, size)`` of each."""
+    rows: list[Any] = []
+    if targets is not None:
+        for s in targets:
+            rows.extend(db.execute("DELETE FROM messages WHERE seq = ? RETURNING seq, size", (s,)).fetchall())
+    elif up_to is not None:
+        rows = db.execute("DELETE FROM messages WHERE seq <= ? RETURNING seq, size", (up_to,)).fetchall()
+    else:
+        rows = db.execute("DELETE FROM messages WHERE key = ? RETURNING seq, size", (key,)).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def insert(db: sqlite3.Connection, seq: int, now: float, args: SetArgs, encoding: str) -> None:
+    """Store the message ``seq`` written at ``now`` (and its msg-id, if any, in ``dedup``)."""
+    stored, compressed = _codec.encode(args.payload)
+    ttl = float(args.ttl) if args.ttl is not None else None
+    db.execute(
+        "INSERT INTO messages (seq, time, key, headers, payload, encoding, compressed, size, ttl,"
+        " expires, msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            seq,
+            now,
+            args.key,
+            _headers_encoder.encode(args.headers) if args.headers else None,
+            stored,
+            encoding,
+            int(compressed),
+            args.size,
+            ttl,
+            now + ttl if ttl is not None else None,
+            args.msg_id,
+        ),
+    )
+    if args.msg_id is not None:
+        db.execute(
+            "INSERT OR REPLACE INTO dedup (msg_id, seq, time) VALUES (?, ?, ?)", (args.msg_id, seq, now)
+        )
+
+
+# ---- reads -------------------------------------------------------------------------------------------
+
+
+def live_clause(config: StreamConfig) -> str:
+    """SQL that keeps rows live at ``:now`` (the model's ``_expired``, in the same float arithmetic)."""
+    clause = "(expires IS NULL OR expires > :now)"
+    if config.max_age != UNLIMITED:
+        clause += " AND time + :age > :now"
+    return clause
+
+
+def _live_params(config: StreamConfig, now: float) -> dict[str, object]:
+    return {"now": now, "age": float(config.max_age)}
+
+
+def select_message(
+    db: sqlite3.Connection, config: StreamConfig, now: float, seq: int | None, key: str | None
+) -> list[Any]:
+    """The row of the live message ``seq`` (or of ``key``, if given), as a list of at most one row."""
+    where, arg = ("key = :sel", key) if key is not None else ("seq = :sel", seq)
+    sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} AND {live_clause(config)}"
+    return db.execute(sql, {**_live_params(config, now), "sel": arg}).fetchall()
+
+
+def select_messages(
+    db: sqlite3.Connection, config: StreamConfig, now: float, start: int, batch: int
+) -> list[Any]:
+    """The rows of the first ``batch`` live messages with ``seq >= start``, in seq order."""
+    sql = (
+        f"SELECT {_COLUMNS} FROM messages WHERE seq >= :start AND {live_clause(config)}"
+        " ORDER BY seq LIMIT :batch"
+    )
+    return db.execute(sql, {**_live_params(config, now), "start": start, "batch": batch}).fetchall()
+
+
+def select_keys(db: sqlite3.Connection, config: StreamConfig, now: float) -> list[str]:
+    """The keys with a live message, sorted by code point."""
+    sql = f"SELECT key FROM messages WHERE key IS NOT NULL AND {live_clause(config)} ORDER BY key"
+    return [r[0] for r in db.execute(sql, _live_params(config, now))]
+
+
+def select_inventory(db: sqlite3.Connection, config: StreamConfig, now: float) -> Inventory:
+    """Live count and bytes, lowest live seq and ``last_seq``, read in one read transaction."""
+    sql = (
+        "SELECT count(*), coalesce(sum(size), 0), coalesce(min(seq), 0) FROM messages"
+        f" WHERE {live_clause(config)}"
+    )
+    db.execute("BEGIN")
+    try:
+        count, nbytes, first = db.execute(sql, _live_params(config, now)).fetchone()
+        last = _meta(db, "last_seq", 0)
+    finally:
+        db.execute("COMMIT")
+    return Inventory(count=count, bytes=nbytes, first_seq=first, last_seq=int(last))
+
+
+def decode_row(row: Any, what: str) -> StoredMessage:
+    """The message of a row selected by :func:`select_message` or :func:`select_messages`.
+
+    Raises:
+        Corrupt: its headers or payload cannot be decoded (``what`` names the stream).
+    """
+    seq, at, key, headers, payload, encoding, compressed, size, ttl = row
+    try:
+        hdrs = _headers_decoder.decode(headers) if headers is not None else {}
+        data = _codec.decode(payload, bool(compressed))
+    except (ValueError, msgspec.DecodeError) as e:
+        raise Corrupt(f"seq {seq} of {what}", str(e)) from None
+    return StoredMessage(
+        seq=seq, time=at, key=key, headers=hdrs, payload=data, ttl=ttl, size=size, encoding=encoding
+    )
+
+
+def write_backup(db: sqlite3.Connection, target: Path) -> None:
+    """Copy the database to ``target`` with the online backup API, through a temporary file beside it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    out = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.backup(out)
+    finally:
+        out.close()
+    os.replace(tmp, target)
