@@ -553,9 +553,10 @@ def _layer_benches() -> list[Bench]:
     """Rows of the layers above the bus (imported here: they import this module's helpers)."""
     from ._actors import actor_benches
     from ._auth import auth_benches
+    from ._persist import persist_benches
     from ._socket import socket_benches
 
-    return [*actor_benches(), *socket_benches(), *auth_benches()]
+    return [*actor_benches(), *socket_benches(), *auth_benches(), *persist_benches()]
 
 
 BENCH_NAMES: Final = tuple(b.name for b in make_benches())
