@@ -61,6 +61,7 @@ import nats
 from conat._server import NatsServer
 from conat._server_config import ServerConfig
 from persist import StreamConfig, StreamFile, StreamStore, Write
+from persist._sql import MESSAGES_TABLE
 
 from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, resources
 
@@ -89,23 +90,7 @@ GOAL: Final = "vs_goal"
 Sync = Literal["full", "normal"]
 _T = TypeVar("_T")
 
-_RAW_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    key TEXT UNIQUE,
-    headers BLOB,
-    payload BLOB NOT NULL,
-    encoding TEXT NOT NULL,
-    compressed INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    ttl REAL,
-    expires REAL,
-    msg_id TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_time ON messages(time);
-CREATE INDEX IF NOT EXISTS messages_expires ON messages(expires) WHERE expires IS NOT NULL;
-"""
+_RAW_SCHEMA: Final = MESSAGES_TABLE
 """The engine's message table (persist/_sql.py), so both sides write rows of the same layout."""
 _RAW_INSERT: Final = (
     "INSERT INTO messages (seq, time, payload, encoding, compressed, size) VALUES (?, ?, ?, 'msgpack', 0, ?)"

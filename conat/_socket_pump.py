@@ -80,19 +80,7 @@ class Outbox:
         if self._writing:
             return
         self._writing = True
-        client = self._client
-        publish = client._transport.publish
-        target, reply = self.target, self.reply
-        try:
-            while out:
-                await publish(target, out.popleft(), reply)
-        except ConatError as e:
-            self._lost(e)
-        finally:
-            self._writing = False
-            if out and not client._closing:
-                self._writing = True
-                self._spawn(self._writer())
+        await self._writer()
 
     async def _writer(self) -> None:
         """Send the queue in order. The caller has set ``_writing``; this clears it."""
