@@ -111,8 +111,7 @@ class Subscription:
         still arriving: then it waits in the buffer, so dispatch order is arrival order."""
         if not self._items and isinstance(item, Message):
             self._delivered += 1
-            assert self._dispatch is not None
-            self._dispatch(item)
+            self._call_dispatch(item)
             return
         self._items.append(item)
         if self._task is None:
@@ -122,14 +121,20 @@ class Subscription:
 
     async def _drain_to_dispatch(self) -> None:
         try:
-            dispatch = self._dispatch
-            assert dispatch is not None
             while self._items and not self._closed:
                 msg = await self._next_buffered()
                 if msg is not None:
-                    dispatch(msg)
+                    self._call_dispatch(msg)
         finally:
             self._task = None
+
+    def _call_dispatch(self, msg: Message) -> None:
+        """A router's bug must not reach the connection's read loop (it would break the link)."""
+        assert self._dispatch is not None
+        try:
+            self._dispatch(msg)
+        except Exception:
+            log.exception("dispatch on %r failed for %s", self.pattern, msg.subject)
 
     def _fail(self, error: ConatError) -> None:
         """End iteration with ``error`` (e.g. the server refused the subscription)."""

@@ -65,3 +65,22 @@ async def _until(check: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():  # type: ignore[operator]
             await asyncio.sleep(0.005)
+
+
+async def test_a_failing_dispatch_is_logged_and_the_connection_lives(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await conat.connect(nats_server.url) as c:
+        seen: list[int] = []
+
+        def flaky(msg: conat.Message) -> None:
+            if msg.data == 1:
+                raise RuntimeError("router bug")
+            seen.append(msg.data)
+
+        await c.subscribe("dispatch.flaky", dispatch=flaky)
+        for i in range(3):
+            await c.publish("dispatch.flaky", i)
+        await _until(lambda: seen == [0, 2])
+        assert "router bug" in caplog.text
+        assert c.is_connected
