@@ -28,6 +28,7 @@ from ._errors import NotFound as NotFound
 from ._errors import OutsideScope as OutsideScope
 from ._errors import PersistError as PersistError
 from ._errors import Rejected as Rejected
+from ._errors import StorageError as StorageError
 from ._errors import TooLarge as TooLarge
 from ._errors import WrongLastSequence as WrongLastSequence
 from ._model import DeleteResult as DeleteResult
@@ -72,6 +73,7 @@ __all__ = [
     "PlacementConfig",
     "Rejected",
     "SetResult",
+    "StorageError",
     "StoragePath",
     "StoredMessage",
     "StreamConfig",

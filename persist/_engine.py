@@ -40,8 +40,8 @@ in memory only: they start full when a file is opened.
 
 **Errors.** No ``sqlite3`` (or ``OSError``) error leaves the engine: they are translated at one
 boundary (:func:`persist._engine_io.storage_errors`), inside which every storage call runs. A
-corrupt or unreadable file becomes :class:`persist.Corrupt`, any other storage failure a plain
-:class:`persist.PersistError`. On open a file is checked with ``PRAGMA quick_check``; a corrupt one is renamed to
+corrupt or unreadable file becomes :class:`persist.Corrupt`, any other storage failure (disk
+full, I/O error, permission) :class:`persist.StorageError` (code ``storage``). On open a file is checked with ``PRAGMA quick_check``; a corrupt one is renamed to
 ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``), never deleted, and ``Corrupt`` names
 both paths.
 

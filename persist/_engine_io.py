@@ -3,7 +3,7 @@
 The pieces :class:`persist.StreamFile` is built from (its docstring is the theory of operation):
 
 - :func:`storage_errors`, the one boundary where ``sqlite3`` and ``OSError`` errors become
-  :class:`persist.Corrupt` or :class:`persist.PersistError` (STYLE rule 5). Every call into
+  :class:`persist.Corrupt` or :class:`persist.StorageError` (STYLE rule 5). Every call into
   ``sqlite3`` or the file system made for a stream file runs inside it;
 - :class:`Conn`, a connection with the lock that keeps it to one thread at a time;
 - :class:`Jobs`, the caller's executor plus the jobs submitted to it and not yet finished;
@@ -28,7 +28,7 @@ from typing import Any, TypeVar, final
 
 from . import _sql
 from ._config import StreamConfig
-from ._errors import Corrupt, NotFound, PersistError
+from ._errors import Corrupt, NotFound, PersistError, StorageError
 
 __all__ = [
     "Apply",
@@ -51,10 +51,26 @@ Apply = Callable[[sqlite3.Connection, float], object]
 # ---- error translation (the one boundary for sqlite3/OSError, STYLE rule 5) ------------------------
 
 
+_MISUSE: tuple[type[sqlite3.Error], ...] = (
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.NotSupportedError,
+)
+"""``sqlite3`` errors that mean persist misused SQLite (a bug), not that the storage failed."""
+
+
 @contextlib.contextmanager
-def storage_errors(what: str) -> Iterator[None]:
-    """Translate storage errors raised inside: a corrupt or unreadable file becomes :class:`Corrupt`,
-    any other ``sqlite3`` or ``OSError`` error a plain :class:`PersistError` (``what`` names the file).
+def storage_errors(what: str, operation: str = "write") -> Iterator[None]:
+    """Translate storage errors raised inside (``what`` names the file, ``operation`` what was done).
+
+    A corrupt or unreadable file becomes :class:`Corrupt`; any other failure of the storage (an
+    ``OSError``, or a ``sqlite3`` error such as ``SQLITE_FULL``, ``SQLITE_IOERR``, ``SQLITE_CANTOPEN``,
+    ``SQLITE_READONLY``, ``SQLITE_BUSY``) becomes :class:`StorageError`; a ``sqlite3`` error that
+    means persist misused SQLite (:data:`_MISUSE`) becomes a plain :class:`PersistError`.
+    ``operation`` defaults to ``"write"``: the writer's transaction
+    (:meth:`persist._engine_writer.Writer.commit`) relies on it.
     """
     try:
         yield
@@ -62,11 +78,15 @@ def storage_errors(what: str) -> Iterator[None]:
         raise
     except sqlite3.Error as e:
         name = getattr(e, "sqlite_errorname", "")
+        detail = f"{name or type(e).__name__}: {e}"
         if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(e):
-            raise Corrupt(what, f"{name or type(e).__name__}: {e}") from None
-        raise PersistError(f"storage failure on {what}: {name or type(e).__name__}: {e}") from None
+            raise Corrupt(what, detail) from None
+        if isinstance(e, _MISUSE):
+            raise PersistError(f"{operation} failed on {what}: {detail}") from None
+        raise StorageError(operation, what, detail) from None
     except OSError as e:
-        raise PersistError(f"storage failure on {what}: {e.strerror or e}") from None
+        detail = f"{e.strerror or e}" if e.filename is None else f"{e.strerror or e}: {e.filename}"
+        raise StorageError(operation, what, detail) from None
 
 
 # ---- connections and threads -------------------------------------------------------------------------
@@ -83,9 +103,9 @@ class Conn:
         self.lock = threading.Lock()
 
 
-def locked(conn: Conn, work: Callable[[sqlite3.Connection], _T], what: str) -> _T:
-    """Run ``work(conn.db)`` under the connection's lock (in the executor)."""
-    with conn.lock, storage_errors(what):
+def locked(conn: Conn, work: Callable[[sqlite3.Connection], _T], what: str, operation: str = "read") -> _T:
+    """Run ``work(conn.db)`` under the connection's lock (in the executor); ``operation`` is for errors."""
+    with conn.lock, storage_errors(what, operation):
         return work(conn.db)
 
 
@@ -152,7 +172,7 @@ class ReaderPool:
         return conns
 
     def _with_reader(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with storage_errors(self._what):
+        with storage_errors(self._what, "read"):
             try:
                 conn = self._idle.pop()
             except IndexError:
@@ -268,13 +288,13 @@ def open_writer(file: Path | None, wanted: StreamConfig, create: bool, what: str
     Raises:
         NotFound: ``create`` is false and the file does not exist.
         Corrupt: the file failed its check and was moved aside (both paths are in the detail).
-        PersistError: the file could not be opened.
+        StorageError: the file could not be opened (permission, I/O error, disk full...).
     """
     if file is None:
-        with storage_errors(what):
+        with storage_errors(what, "open"):
             memory = _sql.connect(":memory:")
             return Conn(memory), _sql.init_db(memory, wanted, what, durable=False)
-    with storage_errors(what):
+    with storage_errors(what, "open"):
         exists = file.exists()
         if not exists and not create:
             raise NotFound(f"stream file {file}")
@@ -282,7 +302,7 @@ def open_writer(file: Path | None, wanted: StreamConfig, create: bool, what: str
             file.parent.mkdir(parents=True, exist_ok=True)
     db: sqlite3.Connection | None = None
     try:
-        with storage_errors(what):
+        with storage_errors(what, "open"):
             db = _sql.connect(file)
             if exists:
                 problems = _sql.problems(db)
@@ -310,7 +330,7 @@ def _quarantine(file: Path) -> Path:
     while target.exists():
         target = file.with_name(f"{file.name}.corrupt-{stamp}-{n}")
         n += 1
-    with storage_errors(str(file)):
+    with storage_errors(str(file), "quarantine"):
         os.rename(file, target)
         for suffix in ("-wal", "-shm"):
             side = Path(str(file) + suffix)

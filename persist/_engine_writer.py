@@ -83,7 +83,7 @@ class Writer:
         Raises:
             PersistError: the transaction failed; it was rolled back and the state restored.
         """
-        with self.conn.lock, storage_errors(self._what):
+        with self.conn.lock, storage_errors(self._what, "write"):
             db = self.conn.db
             saved = self.state.copy()
             last_seq = saved.last_seq

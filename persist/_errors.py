@@ -14,7 +14,8 @@ them. The persist service sends ``code`` over the bus (a caller sees it as
         ├── BadConfig              "bad-config"           a config field has a bad type or value
         ├── BadRequest             "bad-request"          an operation's arguments are malformed
         ├── NotFound               "not-found"            the stream (or object) does not exist
-        └── Corrupt                "corrupt"              stored data cannot be read back
+        ├── Corrupt                "corrupt"              stored data cannot be read back
+        └── StorageError           "storage"              the disk or file system failed (full, I/O...)
 
 ``reject`` versus ``too-large``: ``reject`` means the stream's *configuration* refused the write
 (``max_msg_size``, ``max_msgs`` with discard new, a rate limit...), so another stream, or the same one
@@ -24,7 +25,9 @@ reconfigured, would accept it. ``too-large`` means the input is over a bound bui
 What to do on each: ``reject`` — slow down, shrink, or reconfigure; ``wrong-last-sequence`` — read
 again and retry the compare-and-set with the new ``actual`` seq; ``bad-path``/``outside-scope``/
 ``too-large``/``bad-config``/``bad-request`` — fix the caller (retrying cannot help); ``not-found`` —
-create the stream first; ``corrupt`` — restore from backup.
+create the stream first; ``corrupt`` — restore from backup; ``storage`` — fix the host (free space,
+permissions, the disk), then retry: a write transaction that failed was rolled back whole, so none of
+its writes was stored (retry them with the same msg-ids).
 
 :class:`BadConfig`, :class:`BadRequest` and :class:`BadPath` (with :class:`OutsideScope`) are also
 builtin :class:`ValueError` s, as configuration errors are throughout conat.
@@ -46,6 +49,7 @@ __all__ = [
     "OutsideScope",
     "PersistError",
     "Rejected",
+    "StorageError",
     "TooLarge",
     "WrongLastSequence",
 ]
@@ -215,3 +219,24 @@ class Corrupt(PersistError):
         self.what = what
         self.detail = detail
         super().__init__(f"{what} is corrupt: {detail}")
+
+
+class StorageError(PersistError):
+    """The disk or file system failed under an operation (disk full, file too large, I/O error,
+    permission denied, database locked...); not corruption, which is :class:`Corrupt`.
+
+    The data already stored is unaffected: a write transaction that fails is rolled back whole.
+
+    Attributes:
+        operation: what was being done (``"open"``, ``"read"``, ``"write"``, ``"quarantine"``).
+        path: the stream's file (``"ephemeral stream"`` for a memory-only one).
+        detail: the underlying error (``"SQLITE_FULL: database or disk is full"``).
+    """
+
+    code: ErrorCode = "storage"
+
+    def __init__(self, operation: str, path: str, detail: str) -> None:
+        self.operation = operation
+        self.path = path
+        self.detail = detail
+        super().__init__(f"storage failure during {operation} on {path}: {detail}")

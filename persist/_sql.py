@@ -31,7 +31,7 @@ import msgspec
 from . import _codec
 from ._checks import SetArgs
 from ._config import UNLIMITED, StreamConfig
-from ._errors import Corrupt, PersistError
+from ._errors import Corrupt, PersistError, StorageError
 from ._model import Inventory, Message
 
 __all__ = [
@@ -147,12 +147,12 @@ def init_db(db: sqlite3.Connection, wanted: StreamConfig, what: str, *, durable:
 
     Raises:
         Corrupt: an unknown schema version or an unreadable stored config.
-        PersistError: WAL cannot be used.
+        StorageError: WAL cannot be used.
     """
     if durable:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
-            raise PersistError(f"storage failure on {what}: cannot use WAL (journal_mode={mode})")
+            raise StorageError("open", what, f"cannot use WAL (journal_mode={mode})")
     db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
     db.execute("BEGIN IMMEDIATE")
     try:

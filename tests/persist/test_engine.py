@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import json
 import os
 import signal
 import sqlite3
@@ -18,9 +20,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conat import FakeClock
-from persist import BadRequest, Corrupt, Rejected, StreamConfig, WrongLastSequence
+from persist import (
+    BadRequest,
+    Corrupt,
+    PersistError,
+    Rejected,
+    StorageError,
+    StreamConfig,
+    WrongLastSequence,
+)
 from persist._codec import COMPRESS_THRESHOLD, decode, encode
 from persist._engine import StreamFile, Write
+from persist._engine_io import storage_errors
 
 pytestmark = pytest.mark.anyio
 
@@ -351,5 +362,94 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
                 payloads = [m.payload for b in [x async for x in s.get_all()] for m in b]
                 assert sorted(int(p) for p in payloads) == list(range(10_000))
                 assert await s.integrity_check() == []
+
+    asyncio.run(check())
+
+
+# ---- storage failures ----------------------------------------------------------------------------------
+
+
+def test_storage_error_fields_and_message() -> None:
+    error = StorageError("write", "/d/s.db", "SQLITE_FULL: database or disk is full")
+    assert isinstance(error, PersistError) and error.code == "storage"
+    assert (error.operation, error.path, error.detail) == ("write", "/d/s.db", error.detail)
+    assert str(error) == error.message
+    assert all(part in str(error) for part in ("write", "/d/s.db", "SQLITE_FULL"))
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/d/s.db-wal"), StorageError),
+        (PermissionError(errno.EACCES, "Permission denied"), StorageError),
+        (sqlite3.OperationalError("disk I/O error"), StorageError),
+        (sqlite3.DatabaseError("database disk image is malformed"), Corrupt),
+        (sqlite3.ProgrammingError("Cannot operate on a closed database."), PersistError),
+    ],
+)
+def test_storage_errors_boundary(raised: Exception, expected: type[PersistError]) -> None:
+    with pytest.raises(PersistError) as e, storage_errors("/d/s.db", "open"):
+        raise raised
+    assert type(e.value) is expected
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    if isinstance(e.value, StorageError):
+        assert (e.value.operation, e.value.path) == ("open", "/d/s.db")
+        assert (getattr(raised, "strerror", None) or str(raised)) in e.value.detail
+
+
+_FILLER = textwrap.dedent(
+    """
+    import asyncio, concurrent.futures, json, os, resource, signal, sys
+    from persist import PersistError, StorageError
+    from persist._engine import StreamFile
+
+    async def main(file: str) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        ex = concurrent.futures.ThreadPoolExecutor(2)
+        s = await StreamFile.open(file, executor=ex)
+        acked = [(await s.set(b"small %d" % i, msg_id=f"m{i}")).seq for i in range(20)]
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+        error = None
+        for i in range(20):  # 20 x 256 KiB of noise (not compressible): far past the 1 MiB limit
+            try:
+                acked.append((await s.set(os.urandom(256 * 1024), msg_id=f"big{i}")).seq)
+            except PersistError as e:
+                error = {"type": type(e).__name__, "code": e.code, "message": str(e)}
+                if isinstance(e, StorageError):
+                    error |= {"operation": e.operation, "path": e.path, "detail": e.detail}
+                break
+        print(json.dumps({"acked": acked, "error": error}), flush=True)
+        await s.aclose()
+        ex.shutdown()
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def test_file_size_limit_fails_the_write_with_storage_error(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE (no root needed) makes the writer's file writes fail with EFBIG mid-transaction."""
+    file = tmp_path / "full.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FILLER, str(file)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    error = report["error"]
+    assert error is not None, "no write failed under RLIMIT_FSIZE"
+    assert (error["type"], error["code"], error["operation"]) == ("StorageError", "storage", "write")
+    assert error["path"] == str(file) and error["detail"].startswith("SQLITE_")
+    acked: list[int] = report["acked"]
+    assert acked[:20] == list(range(1, 21))
+
+    async def check() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            async with await StreamFile.open(file, executor=ex) as s:
+                assert await s.integrity_check() == []
+                stored = [m for b in [x async for x in s.get_all()] for m in b]
+                assert [m.seq for m in stored] == acked  # every acknowledged write, nothing else
+                assert [m.payload for m in stored[:20]] == [b"small %d" % i for i in range(20)]
+                assert (await s.set(b"after")).seq > acked[-1]
 
     asyncio.run(check())

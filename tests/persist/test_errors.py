@@ -43,6 +43,12 @@ from conat import ConatError
             {"what": "/a.db", "detail": "bad page"},
             "bad page",
         ),
+        (
+            persist.StorageError("write", "/a.db", "SQLITE_FULL: database or disk is full"),
+            "storage",
+            {"operation": "write", "path": "/a.db"},
+            "SQLITE_FULL",
+        ),
     ],
 )
 def test_codes_fields_and_messages(
@@ -74,6 +80,7 @@ def test_codes_are_distinct() -> None:
         persist.BadRequest,
         persist.NotFound,
         persist.Corrupt,
+        persist.StorageError,
     ]
     codes = [cls.code for cls in classes]
     assert len(set(codes)) == len(codes)
