@@ -10,7 +10,6 @@ from ._audit import AuditLog as AuditLog
 from ._bus import AuthBus as AuthBus
 from ._bus import BusSecrets as BusSecrets
 from ._bus import callout_blocks as callout_blocks
-from ._callout import CALLOUT_SUBJECT as CALLOUT_SUBJECT
 from ._callout import AuthCallout as AuthCallout
 from ._callout import Connections as Connections
 from ._callout import Decider as Decider
@@ -18,7 +17,6 @@ from ._callout import Decision as Decision
 from ._callout import Revocations as Revocations
 
 __all__ = [
-    "CALLOUT_SUBJECT",
     "AuditEntry",
     "AuditLog",
     "AuthBus",

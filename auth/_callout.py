@@ -28,6 +28,8 @@ from aiolimiter import AsyncLimiter
 from actors import Actor, Reply
 from conat import ConatError, Message
 from conat.auth import (
+    AUTH_CALLOUT_SUBJECT,
+    XKEY_HEADER,
     AuthorizationRequest,
     CurveKeyPair,
     KeyPair,
@@ -41,12 +43,10 @@ from subjects import grant
 
 from ._audit import AuditLog
 
-__all__ = ["CALLOUT_SUBJECT", "AuthCallout", "Connections", "Decider", "Decision", "Revocations"]
+__all__ = ["AuthCallout", "Connections", "Decider", "Decision", "Revocations"]
 
 log = logging.getLogger("conat.auth.callout")
 
-CALLOUT_SUBJECT: Final = "$SYS.REQ.USER.AUTH"
-XKEY_HEADER: Final = "Nats-Server-Xkey"
 _LIMITER_CAP: Final = 50_000
 
 
@@ -241,7 +241,7 @@ class Decider:
         return data
 
 
-class AuthCallout(Actor, subject=CALLOUT_SUBJECT, queue="conat-auth", idle=None, max_buffer=10_000):
+class AuthCallout(Actor, subject=AUTH_CALLOUT_SUBJECT, queue="conat-auth", idle=None, max_buffer=10_000):
     """Answers nats-server's authorization requests (build with ``factory=lambda: AuthCallout(d)``)."""
 
     def __init__(self, decider: Decider) -> None:

@@ -34,6 +34,7 @@ timeouts can be driven by a :class:`~conat._clock.FakeClock` in tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import warnings
 from collections import deque
@@ -154,25 +155,13 @@ class Socket:
     def statistics(self) -> SocketStatistics:
         p = self._proto.statistics()
         return SocketStatistics(
-            state=p.state,
+            **{f.name: getattr(p, f.name) for f in dataclasses.fields(p)},
             subject=self.subject,
             id=self.id,
-            messages_sent=p.messages_sent,
-            messages_received=p.messages_received,
-            frames_sent=p.frames_sent,
-            frames_received=p.frames_received,
-            retransmitted=p.retransmitted,
-            duplicates_dropped=p.duplicates_dropped,
-            out_of_order=p.out_of_order,
-            unacked=p.unacked,
-            unacked_bytes=p.unacked_bytes,
-            queued=p.queued,
-            window=p.window,
             buffered=len(self._inbox),
             pending_requests=len(self._requests),
             no_responders=self._no_responders,
             malformed=self._malformed,
-            rto=p.rto,
         )
 
     # -- frames in -------------------------------------------------------------------------------

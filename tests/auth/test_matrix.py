@@ -124,7 +124,14 @@ async def test_services_answer_through_response_permissions_only(bus: AuthBus, m
         assert reply.data == {"echo": 7}
         assert reply.subject.startswith(f"_INBOX.account-{A}.")
         # the service cannot publish into the caller's inbox outside a reply
+        spied: list[object] = []
+        await caller.subscribe(f"_INBOX.account-{A}.spy", dispatch=lambda m: spied.append(m.data))
+        await caller.subscribe("public.sentinel.inbox", dispatch=lambda m: spied.append(m.data))
         project.permissions = None
+        await project.publish(f"_INBOX.account-{A}.spy", "unsolicited")
+        await project.publish("public.sentinel.inbox", "end")  # routed after the refused one
+        await _until(lambda: "end" in spied)
+        assert spied == ["end"]
         stranger.permissions = None
         with pytest.raises(Forbidden):
             await stranger.subscribe(f"_INBOX.account-{A}.>")

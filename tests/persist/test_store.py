@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import pytest
 from conat import ClosedError, FakeClock
 from persist import NotFound, StreamConfig
 from persist._store import StreamStore
+
+from .conftest import assert_backup_holds
 
 pytestmark = pytest.mark.anyio
 
@@ -141,10 +142,4 @@ async def test_backup_under_concurrent_write_load(tmp_path: Path) -> None:
         await store.backup("hub/live", dest)
         stop.set()
         await task
-    db = sqlite3.connect(dest)
-    try:
-        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        seqs = {r[0] for r in db.execute("SELECT seq FROM messages")}
-    finally:
-        db.close()
-    assert set(acked) <= seqs
+    assert_backup_holds(dest, acked)
