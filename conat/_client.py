@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
+import msgspec
+
 from subjects import Permissions, validate_pattern, validate_subject
 
 from ._chunking import CHUNKED_HEADER, PULL_HEADER
@@ -43,7 +45,15 @@ from ._errors import (
     Timeout,
     Unauthorized,
 )
-from ._message import ENCODING_HEADER, ERROR_HEADER, REPLY_HEADER, STATUS_HEADER, Message, parse_error_code
+from ._message import (
+    ENCODING_HEADER,
+    ERROR_DATA_HEADER,
+    ERROR_HEADER,
+    REPLY_HEADER,
+    STATUS_HEADER,
+    Message,
+    parse_error_code,
+)
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
 from ._transfer import TransferEngine
@@ -834,8 +844,24 @@ def _check_reply(msg: Message, subject: str) -> Message:
         if h.get(STATUS_HEADER) == "503":
             raise NoResponders(subject)
         if ERROR_HEADER in h:
-            raise RemoteError(parse_error_code(h[ERROR_HEADER]), msg.raw.decode(errors="replace"), subject)
+            raise RemoteError(
+                parse_error_code(h[ERROR_HEADER]),
+                msg.raw.decode(errors="replace"),
+                subject,
+                _error_data(h.get(ERROR_DATA_HEADER)),
+            )
     return msg
+
+
+def _error_data(text: str | None) -> dict[str, Any] | None:
+    """The fields of an error reply; a malformed header is ignored (the code and text still hold)."""
+    if not text:
+        return None
+    try:
+        data = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def _guard(awaitable: Awaitable[object], what: str) -> None:

@@ -33,7 +33,7 @@ Subject grammar errors are :class:`subjects.InvalidSubject` (code 400): ``subjec
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "BadURL",
@@ -146,10 +146,14 @@ class Forbidden(ConatError, PermissionError):
 class RemoteError(ConatError):
     """A handler answered with an error (or raised one). ``code`` is the handler's."""
 
-    def __init__(self, code: ErrorCode, message: str, subject: str = "") -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, subject: str = "", data: dict[str, Any] | None = None
+    ) -> None:
         self.code = code
         self.remote_message = message
         self.subject = subject
+        self.data: dict[str, Any] = data if data is not None else {}
+        """The handler's structured fields (``Message.respond_error(data=)``), else empty."""
         where = f" from {subject!r}" if subject else ""
         super().__init__(f"remote error {code}{where}: {message}")
 

@@ -7,7 +7,10 @@ own; :attr:`Message.headers` shows only the user's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+
+import msgspec
 
 from ._codecs import Codec, get_codec
 from ._errors import ErrorCode
@@ -15,12 +18,22 @@ from ._errors import ErrorCode
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["END_HEADER", "ENCODING_HEADER", "ERROR_HEADER", "REPLY_HEADER", "STATUS_HEADER", "Message"]
+__all__ = [
+    "END_HEADER",
+    "ENCODING_HEADER",
+    "ERROR_DATA_HEADER",
+    "ERROR_HEADER",
+    "REPLY_HEADER",
+    "STATUS_HEADER",
+    "Message",
+]
 
 T = TypeVar("T")
 
 ENCODING_HEADER: Final = "Conat-Encoding"
 ERROR_HEADER: Final = "Conat-Error"
+ERROR_DATA_HEADER: Final = "Conat-Error-Data"
+"""Structured fields of an error reply (a JSON object), beside the code and the text."""
 END_HEADER: Final = "Conat-End"
 REPLY_HEADER: Final = "Conat-Reply"
 STATUS_HEADER: Final = "Status"  # nats-py's key for the server's inline status ("503")
@@ -111,10 +124,19 @@ class Message:
         client = self._require_reply()
         await client._reply(self.reply, data, headers, encoding)
 
-    async def respond_error(self, code: ErrorCode, message: str) -> None:
-        """Reply with an error; the requester's ``request()`` raises ``RemoteError(code, message)``."""
+    async def respond_error(
+        self, code: ErrorCode, message: str, *, data: Mapping[str, Any] | None = None
+    ) -> None:
+        """Reply with an error; the requester's ``request()`` raises ``RemoteError(code, message)``.
+
+        ``data`` (JSON-encodable) reaches the requester as ``RemoteError.data``, so a client can
+        rebuild a typed error with its fields (not only its text).
+        """
         client = self._require_reply()
-        await client._publish_control(self.reply, {ERROR_HEADER: str(code)}, message.encode())
+        headers = {ERROR_HEADER: str(code)}
+        if data:
+            headers[ERROR_DATA_HEADER] = msgspec.json.encode(data).decode()
+        await client._publish_control(self.reply, headers, message.encode())
 
     async def end(self) -> None:
         """Send the end-of-stream marker that ends the caller's ``request_many`` iteration."""

@@ -6,6 +6,11 @@ commit) with :class:`StreamStore` (many streams, bounded open files and threads)
 service actor, the changefeed and the clients come next.
 """
 
+from . import bootlog as bootlog
+from ._client import AKV as AKV
+from ._client import AStream as AStream
+from ._client import Change as Change
+from ._client import list_streams as list_streams
 from ._config import DEFAULT_DUPLICATE_WINDOW as DEFAULT_DUPLICATE_WINDOW
 from ._config import DEFAULT_MAX_MEMORY as DEFAULT_MAX_MEMORY
 from ._config import MAX_HEADER_BYTES as MAX_HEADER_BYTES
@@ -15,6 +20,7 @@ from ._config import UNLIMITED as UNLIMITED
 from ._config import Discard as Discard
 from ._config import StreamConfig as StreamConfig
 from ._config import SyncMode as SyncMode
+from ._engine import ChangePage as ChangePage
 from ._engine import StoredMessage as StoredMessage
 from ._engine import StreamFile as StreamFile
 from ._engine import StreamFileStatistics as StreamFileStatistics
@@ -30,6 +36,7 @@ from ._errors import PersistError as PersistError
 from ._errors import Rejected as Rejected
 from ._errors import StorageError as StorageError
 from ._errors import TooLarge as TooLarge
+from ._errors import TooSlow as TooSlow
 from ._errors import WrongLastSequence as WrongLastSequence
 from ._model import DeleteResult as DeleteResult
 from ._model import Inventory as Inventory
@@ -44,18 +51,35 @@ from ._placement import MAX_PART_BYTES as MAX_PART_BYTES
 from ._placement import Placement as Placement
 from ._placement import PlacementConfig as PlacementConfig
 from ._placement import StoragePath as StoragePath
+from ._reminders import DurableReminderStore as DurableReminderStore
+from ._service import BOOTLOG_CONFIG as BOOTLOG_CONFIG
+from ._service import BootlogService as BootlogService
+from ._service import PersistServer as PersistServer
+from ._service import PersistService as PersistService
 from ._store import StreamStore as StreamStore
 from ._store import StreamStoreStatistics as StreamStoreStatistics
+from ._wire import StreamInventory as StreamInventory
+from ._wire import api_subject as api_subject
+from .bootlog import BootlogEvent as BootlogEvent
+from .bootlog import bootlog_stream as bootlog_stream
 
 __all__ = [
+    "AKV",
+    "AStream",
+    "BOOTLOG_CONFIG",
     "BadConfig",
     "BadPath",
     "BadRequest",
+    "BootlogEvent",
+    "BootlogService",
+    "Change",
+    "ChangePage",
     "Corrupt",
     "DEFAULT_DUPLICATE_WINDOW",
     "DEFAULT_MAX_MEMORY",
     "DeleteResult",
     "Discard",
+    "DurableReminderStore",
     "ENV_VARS",
     "FILE_SUFFIX",
     "Inventory",
@@ -69,6 +93,8 @@ __all__ = [
     "NotFound",
     "OutsideScope",
     "PersistError",
+    "PersistServer",
+    "PersistService",
     "Placement",
     "PlacementConfig",
     "Rejected",
@@ -79,13 +105,19 @@ __all__ = [
     "StreamConfig",
     "StreamFile",
     "StreamFileStatistics",
+    "StreamInventory",
     "StreamModel",
     "StreamStore",
     "StreamStoreStatistics",
     "SyncMode",
     "TooLarge",
+    "TooSlow",
     "UNLIMITED",
     "Write",
     "WrongLastSequence",
+    "api_subject",
+    "bootlog",
+    "bootlog_stream",
+    "list_streams",
     "message_size",
 ]

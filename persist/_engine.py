@@ -93,7 +93,7 @@ from ._errors import BadRequest, PersistError
 from ._model import DeleteResult, Inventory, SetResult
 from ._sql import DEFAULT_ENCODING, StoredMessage
 
-__all__ = ["StoredMessage", "StreamFile", "StreamFileStatistics", "Write"]
+__all__ = ["ChangePage", "StoredMessage", "StreamFile", "StreamFileStatistics", "Write"]
 
 _T = TypeVar("_T")
 
@@ -108,6 +108,30 @@ class Write(msgspec.Struct, frozen=True, kw_only=True):
     ttl: float | None = None
     msg_id: str | None = None
     previous_seq: int | None = None
+
+
+@final
+class ChangePage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a stream's changes after a cursor (:meth:`StreamFile.changes`), read as one snapshot.
+
+    Attributes:
+        messages: live messages with ``seq > after_seq``, in seq order (a keyed one replaces the
+            key's previous message).
+        deletes: ``(low, high)`` ranges of seqs removed since ``after_delete`` (explicit deletes,
+            evictions, trims, expiry); applying one to seqs never held is harmless.
+        delete_cursor: pass it as ``after_delete`` next time.
+        last_seq: the last seq ever assigned at the snapshot.
+        stream_id: changes when the file is re-created; a cursor is only valid for one id.
+        resync: the deletes since ``after_delete`` are no longer all in the log (the consumer fell
+            too far behind, or ``stream_id`` changed): reload instead of applying ``deletes``.
+    """
+
+    messages: list[StoredMessage]
+    deletes: list[tuple[int, int]]
+    delete_cursor: int
+    last_seq: int
+    stream_id: str
+    resync: bool = False
 
 
 @final
@@ -176,6 +200,8 @@ class StreamFile:
         self._jobs = Jobs(executor)
         self._readers = ReaderPool(file, self._jobs, max_readers, self._what) if file is not None else None
         self._closing = False
+        self._version = 0
+        self._change: asyncio.Future[None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -220,7 +246,15 @@ class StreamFile:
         conn, opened = await self._jobs.submit(
             functools.partial(open_writer, path, wanted, create, self._what)
         )
-        self._writer = Writer(conn, opened, self._clock, durable=path is not None, what=self._what)
+        loop = self._loop
+        self._writer = Writer(
+            conn,
+            opened,
+            self._clock,
+            durable=path is not None,
+            what=self._what,
+            on_commit=lambda: loop.call_soon_threadsafe(self._changed),
+        )
         self._queue = GroupCommit(self._loop, self._jobs, self._writer.commit, self._what)
         self._closed = False
         return self
@@ -243,6 +277,7 @@ class StreamFile:
         conns: list[Conn] = [*readers, self._writer.conn]
         await asyncio.wrap_future(self._executor.submit(close_all, conns))
         self._closed = True
+        self._changed()  # wake changefeed waiters: they find the file closed
 
     @property
     def closed(self) -> bool:
@@ -423,6 +458,91 @@ class StreamFile:
         name beside it and renamed into place.
         """
         await self._read(functools.partial(_sql.write_backup, target=Path(dest)))
+
+    # ---- changes ---------------------------------------------------------------------------------
+
+    @property
+    def stream_id(self) -> str:
+        """A random id made when the file was created: a changefeed cursor belongs to one id."""
+        return self._writer.stream_id
+
+    @property
+    def version(self) -> int:
+        """Counts committed transactions that changed messages (since open); see :meth:`wait_changed`."""
+        return self._version
+
+    async def wait_changed(self, version: int, timeout: float) -> bool:
+        """Wait until :attr:`version` differs from ``version`` (or the file closes), at most ``timeout`` s.
+
+        Returns:
+            whether it changed (false on timeout).
+        """
+        if self._version != version or self._closed:
+            return True
+        if self._change is None:
+            self._change = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._change), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _changed(self) -> None:
+        self._version += 1
+        change, self._change = self._change, None
+        if change is not None and not change.done():
+            change.set_result(None)
+
+    async def changes(
+        self,
+        after_seq: int = 0,
+        *,
+        after_delete: int | None = None,
+        stream_id: str | None = None,
+        max_msgs: int = 1000,
+        max_deletes: int = 1000,
+    ) -> ChangePage:
+        """The changes after a cursor, as one consistent page (the changefeed's read).
+
+        Args:
+            after_seq: return messages with a higher seq.
+            after_delete: the ``delete_cursor`` of the previous page (``None``: no deletes wanted,
+                e.g. the first page of a consumer holding nothing).
+            stream_id: the ``stream_id`` the cursor came from; another one sets ``resync``.
+            max_msgs, max_deletes: page bounds (the rest comes in the next pages).
+        """
+        start = check_seq("changes", "after_seq", after_seq)
+        if after_delete is not None:
+            check_seq("changes", "after_delete", after_delete)
+        for name, bound in (("max_msgs", max_msgs), ("max_deletes", max_deletes)):
+            if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
+                raise BadRequest("changes", f"{name} must be a positive int, not {bound!r}")
+        if stream_id is not None and stream_id != self.stream_id:
+            after_delete, resync = None, True
+        else:
+            resync = False
+        config, now = self._writer.state.config, self._clock.wall()
+        rows, deletes, cursor, first_delete, last_seq = await self._read(
+            functools.partial(
+                _sql.select_changes,
+                config=config,
+                now=now,
+                after_seq=start,
+                after_delete=after_delete,
+                max_msgs=max_msgs,
+                max_deletes=max_deletes,
+            )
+        )
+        if after_delete is not None and after_delete + 1 < first_delete:
+            deletes, resync = [], True  # the log no longer reaches back to the cursor
+        return ChangePage(
+            messages=[_sql.decode_row(r, self._what) for r in rows],
+            deletes=deletes,
+            delete_cursor=cursor,
+            last_seq=last_seq,
+            stream_id=self.stream_id,
+            resync=resync,
+        )
 
     # ---- plumbing --------------------------------------------------------------------------------
 

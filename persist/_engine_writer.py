@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import final
 
 from conat._clock import Clock
@@ -31,24 +31,22 @@ __all__ = ["State", "Writer"]
 class State:
     """What the writer keeps in memory, restored as a whole if a transaction fails."""
 
-    __slots__ = ("bytes", "config", "count", "last_seq", "rates")
+    __slots__ = ("bytes", "config", "count", "first_delete", "last_delete", "last_seq", "rates")
 
-    def __init__(self, config: StreamConfig, last_seq: int, count: int, nbytes: int) -> None:
-        self.config = config
-        self.last_seq = last_seq
-        self.count = count
-        self.bytes = nbytes
-        self.rates = Rates(config)
+    def __init__(self, opened: _sql.Opened) -> None:
+        self.config = opened.config
+        self.last_seq = opened.last_seq
+        self.count = opened.count
+        self.bytes = opened.nbytes
+        self.first_delete = opened.first_delete
+        self.last_delete = opened.last_delete
+        self.rates = Rates(opened.config)
 
     def copy(self) -> State:
         """An independent copy (the rate buckets too)."""
         other = State.__new__(State)
-        other.config, other.last_seq, other.count, other.bytes = (
-            self.config,
-            self.last_seq,
-            self.count,
-            self.bytes,
-        )
+        for name in State.__slots__:
+            setattr(other, name, getattr(self, name))
         other.rates = self.rates.copy()
         return other
 
@@ -63,12 +61,27 @@ class Writer:
         clock: ``wall()`` gives each transaction its time.
         durable: a file (not ``:memory:``): apply the config's ``synchronous`` level.
         what: names the file in errors.
+        on_commit: called (in the executor thread) after each committed transaction that changed
+            messages, so the owner can wake changefeed readers.
     """
 
-    def __init__(self, conn: Conn, opened: _sql.Opened, clock: Clock, *, durable: bool, what: str) -> None:
+    def __init__(
+        self,
+        conn: Conn,
+        opened: _sql.Opened,
+        clock: Clock,
+        *,
+        durable: bool,
+        what: str,
+        on_commit: Callable[[], object] = lambda: None,
+    ) -> None:
         self.conn = conn
-        self.state = State(opened.config, opened.last_seq, opened.count, opened.nbytes)
+        self.state = State(opened)
+        self.stream_id = opened.stream_id
         self.transactions = 0
+        self._on_commit = on_commit
+        self._deleted: list[int] = []
+        self._deleted_through = 0
         self.writes = 0
         self._clock = clock
         self._durable = durable
@@ -91,6 +104,7 @@ class Writer:
             results: list[object] = []
             db.execute("BEGIN IMMEDIATE")
             self._swept_at = None
+            self._deleted, self._deleted_through = [], 0
             try:
                 for apply in batch:
                     try:
@@ -99,6 +113,7 @@ class Writer:
                         results.append(e)
                 if self.state.last_seq != last_seq:
                     _sql.set_meta(db, "last_seq", self.state.last_seq)
+                changed = self.state.last_seq != last_seq or self._log_deletes(db)
                 db.execute("COMMIT")
             except BaseException:
                 self.state = saved
@@ -109,7 +124,20 @@ class Writer:
             self.writes += len(batch)
             if self.state.config.sync != saved.config.sync and self._durable:
                 _sql.set_synchronous(db, self.state.config)
+            if changed:
+                self._on_commit()
             return results
+
+    def _log_deletes(self, db: sqlite3.Connection) -> bool:
+        """Append this transaction's deletes to the delete log; whether there were any."""
+        through, seqs = self._deleted_through, self._deleted
+        ranges = [(0, through)] if through else []
+        ranges += _sql.as_ranges([s for s in seqs if s > through])
+        if not ranges:
+            return False
+        st = self.state
+        st.first_delete, st.last_delete = _sql.log_deletes(db, ranges, st.first_delete, st.last_delete)
+        return True
 
     # ---- mutations (each runs inside commit's transaction) ------------------------------------------
 
@@ -118,9 +146,10 @@ class Writer:
         self._swept_at = now
         st = self.state
         removed, freed = _sql.sweep(db, st.config, now)
-        st.count -= removed
+        st.count -= len(removed)
         st.bytes -= freed
-        return removed
+        self._deleted.extend(removed)
+        return len(removed)
 
     def _presweep(self, db: sqlite3.Connection, now: float) -> None:
         """The model's sweep before each mutation, done once per transaction (same ``now``)."""
@@ -150,6 +179,7 @@ class Writer:
             )
         # ---- every check passed: from here on, change things ----
         doomed = [*evict, replaced[0]] if replaced is not None else evict
+        self._deleted.extend(evict)  # not the replaced message: the new one says it is gone
         if doomed:
             st.count -= len(doomed)
             st.bytes -= sum(_sql.delete_seq(db, s) for s in doomed)
@@ -171,6 +201,10 @@ class Writer:
         self._presweep(db, now)
         st = self.state
         rows = _sql.delete_by(db, targets, up_to, key)
+        if up_to is not None:
+            self._deleted_through = max(self._deleted_through, up_to)
+        else:
+            self._deleted.extend(seq for seq, _ in rows)
         st.count -= len(rows)
         st.bytes -= sum(size for _, size in rows)
         return DeleteResult(seqs=sorted(seq for seq, _ in rows))
@@ -191,4 +225,5 @@ class Writer:
         if seqs:
             st.count -= len(seqs)
             st.bytes -= _sql.delete_through(db, seqs[-1])
+            self._deleted_through = max(self._deleted_through, seqs[-1])
         return new

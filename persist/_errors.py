@@ -15,7 +15,8 @@ them. The persist service sends ``code`` over the bus (a caller sees it as
         ├── BadRequest             "bad-request"          an operation's arguments are malformed
         ├── NotFound               "not-found"            the stream (or object) does not exist
         ├── Corrupt                "corrupt"              stored data cannot be read back
-        └── StorageError           "storage"              the disk or file system failed (full, I/O...)
+        ├── StorageError           "storage"              the disk or file system failed (full, I/O...)
+        └── TooSlow                "too-slow"             a change-event reader fell behind its bounded buffer
 
 ``reject`` versus ``too-large``: ``reject`` means the stream's *configuration* refused the write
 (``max_msg_size``, ``max_msgs`` with discard new, a rate limit...), so another stream, or the same one
@@ -35,9 +36,10 @@ builtin :class:`ValueError` s, as configuration errors are throughout conat.
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
-from conat._errors import ConatError, ErrorCode
+from conat._errors import ConatError, ErrorCode, RemoteError
 
 __all__ = [
     "BadConfig",
@@ -51,7 +53,10 @@ __all__ = [
     "Rejected",
     "StorageError",
     "TooLarge",
+    "TooSlow",
     "WrongLastSequence",
+    "error_fields",
+    "error_from_remote",
 ]
 
 Limit = Literal[
@@ -240,3 +245,58 @@ class StorageError(PersistError):
         self.path = path
         self.detail = detail
         super().__init__(f"storage failure during {operation} on {path}: {detail}")
+
+
+class TooSlow(PersistError):
+    """A reader of change events fell behind its bounded buffer and was cut off.
+
+    The cache it reads from stays consistent (it applies every change whether or not events are
+    read); only this iterator ended. Start a new one and read the current state from the cache.
+
+    Attributes:
+        what: the stream whose events were dropped.
+        limit: the buffer's bound, in events.
+    """
+
+    code: ErrorCode = "too-slow"
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        super().__init__(f"change events of {what} were not read fast enough (more than {limit} pending)")
+
+
+_BY_CODE: dict[ErrorCode, type[PersistError]] = {
+    cls.code: cls
+    for cls in (
+        Rejected,
+        WrongLastSequence,
+        BadPath,
+        OutsideScope,
+        TooLarge,
+        BadConfig,
+        BadRequest,
+        NotFound,
+        Corrupt,
+        StorageError,
+        TooSlow,
+    )
+}
+
+
+def error_fields(error: PersistError) -> dict[str, Any]:
+    """The constructor arguments of ``error`` (every subclass keeps them as same-named attributes),
+    sent as the error reply's data so the client can rebuild it."""
+    params = inspect.signature(type(error).__init__).parameters
+    return {name: getattr(error, name) for name in params if name != "self" and hasattr(error, name)}
+
+
+def error_from_remote(error: RemoteError) -> PersistError | RemoteError:
+    """The typed error a persist service sent as ``error`` (``error`` itself if it is not one)."""
+    cls = _BY_CODE.get(error.code)
+    if cls is None:
+        return error
+    try:
+        return cls(**error.data)
+    except TypeError:  # an older or newer service: keep the code, the text and the fields
+        return error

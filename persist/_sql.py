@@ -11,7 +11,15 @@ Schema (``meta.schema = 1``)::
              payload BLOB, encoding TEXT, compressed INT, size INT, ttl REAL NULL,
              expires REAL NULL /* time + ttl */, msg_id TEXT NULL)
     dedup(msg_id TEXT PRIMARY KEY, seq INT, time REAL)          -- msg-id -> original SetResult
-    meta(name TEXT PRIMARY KEY, value)                            -- schema, config (JSON), last_seq
+    meta(name TEXT PRIMARY KEY, value)                   -- schema, config (JSON), last_seq, stream_id
+    deletes(id INTEGER PRIMARY KEY, low INT, high INT)   -- the delete log: seqs low..high are gone
+
+The **delete log** lets a changefeed tell a consumer which messages it holds were removed: every
+transaction that deletes messages (an explicit delete, an eviction, a trim, an expiry sweep) appends
+rows naming the removed seqs as ranges, in the same transaction. A keyed write's replacement of the
+key's previous message is not logged (the new message says it). The log keeps its last
+:data:`DELETE_LOG_KEEP` rows; ``stream_id`` (random, made when the file is created) tells a
+consumer's cursor into the log from one of a re-created file.
 
 A payload is stored as :mod:`persist._codec` encodes it (maybe compressed), headers as a msgpack map
 (``NULL`` when there are none). Reads filter expired rows in SQL (:func:`live_clause`) with the same
@@ -21,12 +29,15 @@ float arithmetic as the model's expiry rule, so an expired message is never retu
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
+
+from conat._codecs import get_codec
 
 from . import _codec
 from ._checks import SetArgs
@@ -44,6 +55,9 @@ __all__ = [
     "delete_by",
     "delete_seq",
     "delete_through",
+    "as_ranges",
+    "log_deletes",
+    "select_changes",
     "find_key",
     "find_msg_id",
     "init_db",
@@ -63,6 +77,8 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 DEFAULT_ENCODING: Final = "msgpack"
 _BUSY_TIMEOUT_MS: Final = 10_000
+DELETE_LOG_KEEP: Final = 10_000
+"""Rows of the delete log kept (at least); a changefeed cursor older than that must resync."""
 _SYNC_PRAGMA: Final = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 MESSAGES_TABLE: Final = """
@@ -84,7 +100,9 @@ CREATE INDEX IF NOT EXISTS messages_expires ON messages(expires) WHERE expires I
 """
 """The message table and its indexes (the bench's raw-sqlite3 baseline writes the same rows)."""
 
-_SCHEMA: Final = MESSAGES_TABLE + """
+_SCHEMA: Final = (
+    MESSAGES_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS dedup (
     msg_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -92,7 +110,15 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_time ON dedup(time);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deletes (
+    id INTEGER PRIMARY KEY,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL
+);
 """
+)
+
+T = TypeVar("T")
 
 _COLUMNS: Final = "seq, time, key, headers, payload, encoding, compressed, size, ttl"
 
@@ -107,6 +133,15 @@ class StoredMessage(Message, frozen=True, kw_only=True):
     """
 
     encoding: str = DEFAULT_ENCODING
+
+    def value(self, type_: type[T] | None = None) -> Any:
+        """The payload decoded with its ``encoding`` (a conat codec), into ``type_`` if given.
+
+        Raises:
+            conat.PayloadError: the payload does not decode (or not into ``type_``).
+        """
+        codec = get_codec(self.encoding)
+        return codec.decode(self.payload) if type_ is None else codec.decode_as(self.payload, type_)
 
 
 # ---- opening -----------------------------------------------------------------------------------------
@@ -138,6 +173,10 @@ class Opened(msgspec.Struct, frozen=True):
     last_seq: int
     count: int
     nbytes: int
+    stream_id: str
+    first_delete: int
+    """The lowest id still in the delete log (``last_delete + 1`` when it is empty)."""
+    last_delete: int
 
 
 def init_db(db: sqlite3.Connection, wanted: StreamConfig, what: str, *, durable: bool) -> Opened:
@@ -169,14 +208,20 @@ def init_db(db: sqlite3.Connection, wanted: StreamConfig, what: str, *, durable:
         except (PersistError, msgspec.DecodeError, TypeError) as e:
             raise Corrupt(what, f"bad stored config: {e}") from None
         last_seq = int(_meta(db, "last_seq", 0))
+        stream_id = _meta(db, "stream_id", None)
+        if stream_id is None:
+            stream_id = secrets.token_hex(8)
+            db.execute("INSERT INTO meta (name, value) VALUES ('stream_id', ?)", (stream_id,))
         count, nbytes = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+        low, high = db.execute("SELECT min(id), max(id) FROM deletes").fetchone()
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     if durable:
         set_synchronous(db, config)
-    return Opened(config, last_seq, count, nbytes)
+    last_delete = high or 0
+    return Opened(config, last_seq, count, nbytes, str(stream_id), low or last_delete + 1, last_delete)
 
 
 def set_synchronous(db: sqlite3.Connection, config: StreamConfig) -> None:
@@ -203,25 +248,25 @@ def _slack(x: float) -> float:
     return 1e-6 * max(1.0, abs(x))
 
 
-def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[int, int]:
+def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[list[int], int]:
     """Delete what is expired at ``now`` and the msg-ids older than the dedup window.
 
     Returns:
-        how many messages were deleted, and their bytes.
+        the seqs of the messages deleted, and their bytes.
     """
     age = config.max_age
-    removed = 0
+    removed: list[int] = []
     freed = 0
     if age != UNLIMITED:
         rows = db.execute(
-            "DELETE FROM messages WHERE time <= ? AND time + ? <= ? RETURNING size",
+            "DELETE FROM messages WHERE time <= ? AND time + ? <= ? RETURNING seq, size",
             (now - age + _slack(now), float(age), now),
         ).fetchall()
-        removed += len(rows)
-        freed += sum(r[0] for r in rows)
-    rows = db.execute("DELETE FROM messages WHERE expires <= ? RETURNING size", (now,)).fetchall()
-    removed += len(rows)
-    freed += sum(r[0] for r in rows)
+        removed.extend(r[0] for r in rows)
+        freed += sum(r[1] for r in rows)
+    rows = db.execute("DELETE FROM messages WHERE expires <= ? RETURNING seq, size", (now,)).fetchall()
+    removed.extend(r[0] for r in rows)
+    freed += sum(r[1] for r in rows)
     window = config.duplicate_window
     if window != UNLIMITED:
         db.execute(
@@ -280,6 +325,39 @@ def delete_by(
     else:
         rows = db.execute("DELETE FROM messages WHERE key = ? RETURNING seq, size", (key,)).fetchall()
     return [(r[0], r[1]) for r in rows]
+
+
+def log_deletes(
+    db: sqlite3.Connection, ranges: list[tuple[int, int]], first: int, last: int
+) -> tuple[int, int]:
+    """Append ``ranges`` to the delete log after id ``last``; prune it to about :data:`DELETE_LOG_KEEP` rows.
+
+    Args:
+        first, last: the lowest and highest ids in the log now.
+
+    Returns:
+        the new ``(first, last)``.
+    """
+    db.executemany(
+        "INSERT INTO deletes (id, low, high) VALUES (?, ?, ?)",
+        [(last + i, low, high) for i, (low, high) in enumerate(ranges, 1)],
+    )
+    last += len(ranges)
+    if last - first + 1 > 2 * DELETE_LOG_KEEP:  # amortized: prune in steps of KEEP rows
+        first = last - DELETE_LOG_KEEP + 1
+        db.execute("DELETE FROM deletes WHERE id < ?", (first,))
+    return first, last
+
+
+def as_ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted, merged ``(low, high)`` runs of consecutive seqs."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(seqs)):
+        if out and out[-1][1] + 1 == s:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
 
 
 def insert(db: sqlite3.Connection, seq: int, now: float, args: SetArgs, encoding: str) -> None:
@@ -342,6 +420,51 @@ def select_messages(
         " ORDER BY seq LIMIT :batch"
     )
     return db.execute(sql, {**_live_params(config, now), "start": start, "batch": batch}).fetchall()
+
+
+def select_changes(
+    db: sqlite3.Connection,
+    config: StreamConfig,
+    now: float,
+    after_seq: int,
+    after_delete: int | None,
+    max_msgs: int,
+    max_deletes: int,
+) -> tuple[list[Any], list[tuple[int, int]], int, int, int]:
+    """One consistent page of a changefeed, read in one read transaction.
+
+    Returns:
+        the rows of up to ``max_msgs`` live messages with ``seq > after_seq``; the delete-log ranges
+        with ``id > after_delete`` (up to ``max_deletes``; none if ``after_delete`` is None); the id
+        of the last log row read (the cursor for the next page); the lowest id in the log; and
+        ``last_seq``.
+    """
+    db.execute("BEGIN")
+    try:
+        sql = (
+            f"SELECT {_COLUMNS} FROM messages WHERE seq > :start AND {live_clause(config)}"
+            " ORDER BY seq LIMIT :batch"
+        )
+        rows = db.execute(
+            sql, {**_live_params(config, now), "start": after_seq, "batch": max_msgs}
+        ).fetchall()
+        low, high = db.execute("SELECT min(id), max(id) FROM deletes").fetchone()
+        last_delete = high or 0
+        first_delete = low or last_delete + 1
+        deletes: list[tuple[int, int]] = []
+        cursor = last_delete
+        if after_delete is not None and after_delete < last_delete:
+            logged = db.execute(
+                "SELECT id, low, high FROM deletes WHERE id > ? ORDER BY id LIMIT ?",
+                (after_delete, max_deletes),
+            ).fetchall()
+            deletes = [(r[1], r[2]) for r in logged]
+            if len(logged) == max_deletes:
+                cursor = logged[-1][0]
+        last_seq = int(_meta(db, "last_seq", 0))
+    finally:
+        db.execute("COMMIT")
+    return rows, deletes, cursor, first_delete, last_seq
 
 
 def select_keys(db: sqlite3.Connection, config: StreamConfig, now: float) -> list[str]:

@@ -329,6 +329,16 @@ class StreamStore:
 
     # ---- internals -------------------------------------------------------------------------------
 
+    @property
+    def idle_close(self) -> float:
+        """Seconds after its last lease ends that a stream is closed."""
+        return self._idle_close
+
+    def is_open(self, path: str) -> bool:
+        """Whether the stream at ``path`` is open now (leasing it would not open a file)."""
+        entry = self._entries.get(path)
+        return entry is not None and entry.ready.done() and not entry.ready.cancelled()
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("persist store")

@@ -1,0 +1,441 @@
+"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>`` (DESIGN.md §6).
+
+Theory of operation
+-------------------
+
+**One activation per scope, turns stay short.** The actor's key is the scope token
+(``project-<uuid>``, ``account-<uuid>``, ``host-<uuid>``, ``hub``), so a scope's requests arrive in one
+mailbox, in order. A turn only decodes the request, leases the stream from the shared
+:class:`~persist.StreamStore` (opening it if needed) and starts the operation; the reply is sent by
+the operation's own task when it finishes (the turn returns :data:`actors.NO_REPLY`). So many writes
+of a scope wait on the same group commit instead of one transaction each, and a long-polling
+changefeed never blocks the scope.
+
+**Order.** An operation's task starts with the stream already leased, and its first step queues the
+write on the stream's writer (nothing awaits before that), so writes of one scope are queued in the
+order their requests arrived: a client that sends ``set a`` then ``set b`` gets ``seq(a) < seq(b)``.
+
+**Acknowledgement.** A write is answered after the transaction holding it has committed (with
+``sync="full"``, after the fsync), never before: an acknowledged write survives a kill -9 of the
+service. A client retrying with the same ``msg_id`` after a crash gets the original result, since
+msg-ids are stored with the write.
+
+**Bounds.** At most ``max_inflight`` operations of a scope run at once (beyond that the turn waits,
+the mailbox fills, and callers get 429), and at most ``max_waiters`` changefeed reads of a scope are
+held waiting; one more gets 429 at once. A changefeed page is bounded in messages and bytes. The
+service holds no per-consumer buffer: a consumer pulls the next page when it is ready (the cursor is
+its own), so a slow consumer costs nothing here; one that falls behind the delete log gets a page
+with ``resync`` set and reloads.
+
+**Expiry.** Each activation sweeps the streams it used within ``idle_close`` every
+``sweep_interval`` seconds, so expired messages are removed (and reach changefeeds as deletes) even
+when nobody writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final, Self
+
+import msgspec
+
+from actors import NO_REPLY, Actor, ActorSystem
+from conat import Client, Message
+from conat._errors import ClosedError, ConatError, PayloadError
+from conat._service import error_reply, respond_error
+from subjects import ScopeKind, parse_scope
+
+from ._config import StreamConfig
+from ._engine import ChangePage, StreamFile
+from ._errors import BadRequest, NotFound, PersistError, error_fields
+from ._model import DeleteResult
+from ._placement import FILE_SUFFIX, Placement, StoragePath
+from ._store import StreamStore
+from ._wire import (
+    MAX_WAIT,
+    REQUEST_DECODER,
+    ConfigOp,
+    DeleteOp,
+    GetOp,
+    InventoryOp,
+    KeysOp,
+    ReadOp,
+    Request,
+    SetManyOp,
+    SetOp,
+    StreamInventory,
+)
+
+__all__ = ["BOOTLOG_CONFIG", "BOOTLOG_STREAM", "BootlogService", "PersistServer", "PersistService"]
+
+log = logging.getLogger("persist.service")
+
+DEFAULT_MAX_INFLIGHT: Final = 4096
+DEFAULT_MAX_WAITERS: Final = 4096
+DEFAULT_SWEEP_INTERVAL: Final = 30.0
+BOOTLOG_STREAM: Final = "bootlog"
+BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
+"""A bootlog keeps an hour of events (at most 10,000)."""
+BUSY: Final = 429
+
+
+class _Shared:
+    """What every activation of the service shares: the store, placement, bounds and live tasks."""
+
+    def __init__(
+        self, store: StreamStore, placement: Placement, max_inflight: int, max_waiters: int, sweep: float
+    ) -> None:
+        self.store = store
+        self.placement = placement
+        self.max_inflight = max_inflight
+        self.max_waiters = max_waiters
+        self.sweep_interval = sweep
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000):
+    """The persist service of one scope (the key). Built by :class:`PersistServer`."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self._shared = shared
+        self._inflight = asyncio.Semaphore(shared.max_inflight)
+        self._waiters = 0
+        self._used: dict[str, float] = {}
+
+    def _scope(self) -> tuple[ScopeKind, str | None]:
+        """The storage scope of this activation's key."""
+        return parse_scope(self.key)
+
+    def _check(self, request: Request | InventoryOp) -> None:
+        """Refuse operations this service does not offer (all are offered here)."""
+
+    def _new_config(self, request: Request) -> StreamConfig | None:
+        """The config of a stream this request creates (the caller's, else the defaults)."""
+        raw = getattr(request, "config", None)
+        return None if raw is None else StreamConfig.from_dict(raw)
+
+    async def on_activate(self) -> None:
+        self._kind, self._id = self._scope()
+        interval = self._shared.sweep_interval
+        if interval > 0:
+            self.timer(interval, self._sweep, period=interval)
+
+    async def receive(self, msg: Message) -> Any:
+        try:
+            # conat's own clients send msgpack bytes as "raw"; any other codec is honoured
+            raw = msg.codec.name == "raw"
+            request = REQUEST_DECODER.decode(msg.raw) if raw else msg.decode(Request)  # type: ignore[arg-type]
+        except (msgspec.DecodeError, msgspec.ValidationError, PayloadError) as e:
+            await respond_error(msg, BadRequest.code, f"bad persist request: {e}")
+            return NO_REPLY
+        try:
+            self._check(request)
+        except PersistError as e:
+            await _respond_failure(msg, e)
+            return NO_REPLY
+        if isinstance(request, InventoryOp):
+            self._spawn(msg, self._inventory(request))
+            return NO_REPLY
+        if isinstance(request, ReadOp) and request.wait > 0 and self._waiters >= self._shared.max_waiters:
+            await respond_error(msg, BUSY, f"persist {self.key}: {self._waiters} changefeed reads waiting")
+            return NO_REPLY
+        await self._inflight.acquire()
+        try:
+            path = self._storage_path(request.stream)
+            create = isinstance(request, SetOp | SetManyOp | ConfigOp) or (
+                isinstance(request, ReadOp) and request.wait > 0
+            )
+            config = self._new_config(request)
+            lease = self._shared.store.stream(path, config=config, create=create)
+            file = await lease.__aenter__()
+        except BaseException as e:
+            self._inflight.release()
+            if isinstance(e, NotFound) and not isinstance(request, ConfigOp):
+                await _respond(msg, _EMPTY[type(request)](request))
+                return NO_REPLY
+            if not isinstance(e, Exception):
+                raise
+            await _respond_failure(msg, e)
+            return NO_REPLY
+        self._used[path] = self.clock.now()
+        self._spawn(msg, self._operate(file, request), lease=lease)
+        return NO_REPLY
+
+    # ---- operations (each in its own task, replying when done) -----------------------------------
+
+    def _operate(self, file: StreamFile, request: Request) -> Awaitable[object]:
+        """Start ``request`` on ``file``: the returned awaitable's first step queues a write."""
+        match request:
+            case SetOp():
+                return file.set(
+                    request.payload,
+                    key=request.key,
+                    headers=request.headers,
+                    encoding=request.encoding,
+                    ttl=request.ttl,
+                    msg_id=request.msg_id,
+                    previous_seq=request.previous_seq,
+                )
+            case SetManyOp():
+                return self._set_many(file, request)
+            case GetOp():
+                return file.get(seq=request.seq, key=request.key)
+            case DeleteOp():
+                return file.delete(seq=request.seq, seqs=request.seqs, up_to=request.up_to, key=request.key)
+            case ReadOp():
+                return self._read(file, request)
+            case KeysOp():
+                return file.keys()
+            case ConfigOp():
+                if request.changes is None:
+                    return _ready(file.config())
+                return file.set_config(request.changes)
+        raise BadRequest("persist", f"unknown operation {type(request).__name__}")  # pragma: no cover
+
+    async def _set_many(self, file: StreamFile, request: SetManyOp) -> list[Any]:
+        out: list[Any] = []
+        for result in await file.set_many(request.writes):
+            if isinstance(result, PersistError):
+                out.append({"error": result.code, "message": str(result), "data": error_fields(result)})
+            else:
+                out.append(result)
+        return out
+
+    async def _read(self, file: StreamFile, request: ReadOp) -> ChangePage:
+        wait = min(max(request.wait, 0.0), MAX_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        waiting = False
+        after_delete, stream_id = request.after_delete, request.stream_id
+        try:
+            while True:
+                version = file.version
+                page = await file.changes(
+                    request.after_seq,
+                    after_delete=after_delete,
+                    stream_id=stream_id,
+                    max_msgs=request.max_msgs,
+                )
+                left = deadline - loop.time()
+                if page.messages or page.deletes or page.resync or left <= 0 or file.closed:
+                    return _trim(page, request.max_bytes)
+                # a first read holds no delete cursor: from now on, deletes while it waits count
+                after_delete, stream_id = page.delete_cursor, page.stream_id
+                if not waiting:
+                    waiting = True
+                    self._waiters += 1
+                await file.wait_changed(version, left)
+        finally:
+            if waiting:
+                self._waiters -= 1
+
+    async def _inventory(self, request: InventoryOp) -> list[StreamInventory]:
+        placement, store = self._shared.placement, self._shared.store
+        probe = placement.path(StoragePath.of(self._kind, self._id, "x"))
+        root = probe.parent
+        out: list[StreamInventory] = []
+        if not isinstance(request.prefix, str) or request.limit < 1:
+            raise BadRequest("inventory", "prefix must be a string and limit positive")
+        for name in sorted(await asyncio.to_thread(_stream_names, root)):
+            if not name.startswith(request.prefix):
+                continue
+            if len(out) >= request.limit:
+                break
+            path = str(StoragePath.of(self._kind, self._id, name))
+            try:
+                async with store.stream(path, create=False) as file:
+                    inventory = await file.inventory()
+                    config = msgspec.to_builtins(file.config())
+            except NotFound:
+                continue
+            out.append(StreamInventory(name=name, inventory=inventory, config=config))
+        return out
+
+    # ---- plumbing --------------------------------------------------------------------------------
+
+    def _storage_path(self, name: str) -> str:
+        return str(StoragePath.of(self._kind, self._id, name))
+
+    def _spawn(self, msg: Message, work: Awaitable[object], *, lease: Any = None) -> None:
+        async def run() -> None:
+            try:
+                result = await work
+            except asyncio.CancelledError:
+                await respond_error(msg, 503, "persist service stopping")
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure becomes the caller's error reply
+                await _respond_failure(msg, e)
+            else:
+                await _respond(msg, result)
+            finally:
+                if lease is not None:
+                    self._inflight.release()
+                    with contextlib.suppress(Exception):
+                        await lease.__aexit__(None, None, None)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"persist {self.key} {msg.subject}")
+        self._shared.tasks.add(task)
+        task.add_done_callback(self._shared.tasks.discard)
+
+    async def _sweep(self) -> None:
+        horizon = self.clock.now() - self._shared.store.idle_close
+        for path, used in list(self._used.items()):
+            if used < horizon:
+                del self._used[path]
+                continue
+            if not self._shared.store.is_open(path):
+                continue
+            try:
+                async with self._shared.store.stream(path, create=False) as file:
+                    await file.sweep()
+            except PersistError as e:
+                log.warning("sweep of %s failed: %s", path, e)
+
+
+class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buffer=10_000):
+    """The bootlogs, on their own subjects (``bootlog.project.<p>``, ``bootlog.host.<h>``).
+
+    A bootlog is the stream ``bootlog`` of its project's (host's) scope, with the config
+    :data:`BOOTLOG_CONFIG` (messages kept for an hour). It has its own subject because the auth
+    policy grants a host's bootlog to the host's owners and collaborators, who may not use the
+    host's persist scope; on it only writes and reads of that one stream are served.
+    """
+
+    def _scope(self) -> tuple[ScopeKind, str | None]:
+        kind, _, ident = self.key.partition(".")
+        return parse_scope(f"{kind}-{ident}")
+
+    def _new_config(self, request: Request) -> StreamConfig | None:
+        return BOOTLOG_CONFIG
+
+    def _check(self, request: Request | InventoryOp) -> None:
+        if not isinstance(request, SetOp | ReadOp | GetOp) or request.stream != BOOTLOG_STREAM:
+            raise BadRequest(
+                "bootlog", f"only set, get and read of stream {BOOTLOG_STREAM!r} are served here"
+            )
+
+
+class PersistServer:
+    """Runs the persist service on a connection: one :class:`PersistService` activation per scope.
+
+    Args:
+        client: the connection to serve on.
+        placement: where stream files live (``Placement.from_sources()`` reads the environment).
+        store: the stream store (default: one over ``placement`` with its defaults).
+        subject: the pattern served (default ``persist.*.>``, every scope of the bus).
+        bootlog: also serve the bootlogs (:class:`BootlogService`) from the same store.
+        max_inflight, max_waiters, sweep_interval: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        placement: Placement,
+        *,
+        store: StreamStore | None = None,
+        subject: str = "persist.*.>",
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+        bootlog: bool = True,
+    ) -> None:
+        self.client = client
+        self._bootlog = bootlog
+        self.placement = placement
+        self.store = store if store is not None else StreamStore(placement.path)
+        self._owns_store = store is None
+        self._shared = _Shared(self.store, placement, max_inflight, max_waiters, sweep_interval)
+        self._system = ActorSystem(client)
+        self._subject = subject
+
+    async def start(self) -> Self:
+        cls: type[PersistService] = PersistService
+        if self._subject != PersistService.spec().subject:
+            cls = type("PersistService", (PersistService,), {}, subject=self._subject)
+        shared = self._shared
+        await self._system.start(cls, factory=lambda: cls(shared))
+        if self._bootlog:
+            await self._system.start(BootlogService, factory=lambda: BootlogService(shared))
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop taking requests, let the operations in flight answer, then close the store."""
+        await self._system.stop(timeout)
+        tasks = list(self._shared.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._owns_store:
+            await self.store.aclose()
+
+
+# ---- replies -----------------------------------------------------------------------------------------
+
+
+async def _respond(msg: Message, result: object) -> None:
+    if not msg.reply:
+        return
+    try:
+        await msg.respond(result)
+    except ConatError as e:
+        log.debug("could not answer %s: %s", msg.subject, e)
+
+
+async def _respond_failure(msg: Message, error: Exception) -> None:
+    if isinstance(error, PersistError):
+        if msg.reply:
+            with contextlib.suppress(ConatError):
+                await msg.respond_error(error.code, str(error), data=error_fields(error))
+        return
+    if isinstance(error, ClosedError):
+        await respond_error(msg, 503, f"persist service stopping: {error}")
+        return
+    if not isinstance(error, ConatError):
+        log.exception("persist operation on %s failed", msg.subject, exc_info=error)
+    await respond_error(msg, *error_reply(error))
+
+
+async def _ready(value: object) -> object:
+    return value
+
+
+def _trim(page: ChangePage, max_bytes: int) -> ChangePage:
+    """Keep the page's messages within ``max_bytes`` of payload (at least one message)."""
+    total = 0
+    for n, message in enumerate(page.messages):
+        total += len(message.payload)
+        if n and total > max_bytes:
+            return msgspec.structs.replace(page, messages=page.messages[:n])
+    return page
+
+
+# What a read of a stream that does not exist answers (nothing to report; no file is created).
+_EMPTY: Final[dict[type, Callable[[Any], object]]] = {
+    GetOp: lambda r: None,
+    KeysOp: lambda r: [],
+    ReadOp: lambda r: ChangePage(messages=[], deletes=[], delete_cursor=0, last_seq=0, stream_id=""),
+    DeleteOp: lambda r: DeleteResult(seqs=[]),
+}
+
+
+def _stream_names(root: Path) -> list[str]:
+    """Names of the streams stored under a scope's directory (``<name>.db`` files, recursively)."""
+    if not root.is_dir():
+        return []
+    return [
+        str(p.relative_to(root))[: -len(FILE_SUFFIX)]
+        for p in root.rglob("*" + FILE_SUFFIX)
+        if p.is_file() and not p.is_symlink()
+    ]

@@ -1,0 +1,135 @@
+"""The persist service's wire protocol: one request struct per operation, msgpack-encoded.
+
+A request goes to ``persist.<scope>.api`` (:func:`api_subject`); its body is one of the structs
+below, told apart by the ``op`` tag. A success reply is the operation's result (msgpack); a refusal
+is an error reply whose code is the :class:`~persist.PersistError` code and whose data carries the
+error's fields, so the client raises the same typed error the engine raised
+(:func:`persist._errors.error_from_remote`).
+
+``stream`` is the stream's name inside the scope (``"bootlog"``, ``"patches/a.txt"``); the scope comes
+from the subject, so a caller allowed on one scope can never name another's stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from subjects import persist_scope
+
+from ._engine import Write
+from ._model import Inventory
+
+__all__ = [
+    "DEFAULT_PAGE_BYTES",
+    "DEFAULT_PAGE_MSGS",
+    "MAX_WAIT",
+    "ConfigOp",
+    "DeleteOp",
+    "GetOp",
+    "InventoryOp",
+    "KeysOp",
+    "ReadOp",
+    "Request",
+    "SetManyOp",
+    "SetOp",
+    "StreamInventory",
+    "api_subject",
+]
+
+DEFAULT_PAGE_MSGS: Final = 1000
+DEFAULT_PAGE_BYTES: Final = 4 * 1024 * 1024
+MAX_WAIT: Final = 60.0
+"""The longest a changefeed read waits for a change before answering with an empty page (s)."""
+
+
+class _Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unknown_fields=True):
+    stream: str
+
+
+class SetOp(_Op, frozen=True, tag="set"):
+    """Write one message. ``config`` is the config of the stream if this write creates it."""
+
+    payload: bytes
+    key: str | None = None
+    headers: dict[str, str] | None = None
+    encoding: str = "msgpack"
+    ttl: float | None = None
+    msg_id: str | None = None
+    previous_seq: int | None = None
+    config: dict[str, Any] | None = None
+
+
+class SetManyOp(_Op, frozen=True, tag="set_many"):
+    """Write several messages in one transaction; each is judged on its own."""
+
+    writes: list[Write]
+    config: dict[str, Any] | None = None
+
+
+class GetOp(_Op, frozen=True, tag="get"):
+    seq: int | None = None
+    key: str | None = None
+
+
+class DeleteOp(_Op, frozen=True, tag="delete"):
+    """Delete by exactly one of ``seq``, ``seqs``, ``up_to`` (every seq at or below), ``key``."""
+
+    seq: int | None = None
+    seqs: list[int] | None = None
+    up_to: int | None = None
+    key: str | None = None
+
+
+class ReadOp(_Op, frozen=True, tag="read"):
+    """One page of changes after a cursor: ``get_all`` (``wait=0``) and the changefeed (``wait>0``).
+
+    With ``wait`` > 0 and nothing to report, the service holds the request until a change commits
+    or ``wait`` seconds pass (a long poll), so history and live updates come through the same
+    cursor: no gap, no duplicate, and a restart of the service only delays the next page.
+    ``max_bytes`` bounds the payload bytes of a page (at least one message is always sent).
+    """
+
+    after_seq: int = 0
+    after_delete: int | None = None
+    stream_id: str | None = None
+    max_msgs: int = DEFAULT_PAGE_MSGS
+    max_bytes: int = DEFAULT_PAGE_BYTES
+    wait: float = 0.0
+    config: dict[str, Any] | None = None
+
+
+class KeysOp(_Op, frozen=True, tag="keys"):
+    pass
+
+
+class ConfigOp(_Op, frozen=True, tag="config"):
+    """Read the config (``changes`` is None) or change it (then trim and sweep under it)."""
+
+    changes: dict[str, Any] | None = None
+
+
+class InventoryOp(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", tag="inventory"):
+    """List the streams of the scope whose name starts with ``prefix`` (at most ``limit``)."""
+
+    prefix: str = ""
+    limit: int = 10_000
+
+
+class StreamInventory(msgspec.Struct, frozen=True, kw_only=True):
+    """One stream of a scope: its name, what it holds, and its limits."""
+
+    name: str
+    inventory: Inventory
+    config: dict[str, Any]
+
+
+Request = SetOp | SetManyOp | GetOp | DeleteOp | ReadOp | KeysOp | ConfigOp | InventoryOp
+
+REQUEST_DECODER: Final = msgspec.msgpack.Decoder(Request)
+
+
+def api_subject(scope: str) -> str:
+    """``persist.<scope>.api``: where the persist service of ``scope`` takes requests."""
+    return persist_scope(scope, "api")

@@ -1,0 +1,215 @@
+"""The persist service over a real nats-server and real SQLite files, through AStream/AKV."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import conat
+from conat import RemoteError
+from conat._server import NatsServer
+from persist import (
+    AKV,
+    AStream,
+    BadPath,
+    BadRequest,
+    OutsideScope,
+    PersistServer,
+    Placement,
+    PlacementConfig,
+    Rejected,
+    TooLarge,
+    WrongLastSequence,
+    api_subject,
+    list_streams,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
+    async with await conat.connect(nats_server.url) as c:
+        yield c
+
+
+@pytest.fixture
+def placement(tmp_path: Path) -> Placement:
+    return Placement(PlacementConfig(root=str(tmp_path / "sync")))
+
+
+@pytest.fixture
+async def server(client: conat.Client, placement: Placement) -> AsyncIterator[PersistServer]:
+    async with PersistServer(client, placement, sweep_interval=0.2) as s:
+        yield s
+
+
+@pytest.fixture
+def scope() -> str:
+    return f"project-{uuid.uuid4()}"
+
+
+async def test_set_get_delete_keys_config(server: PersistServer, client: conat.Client, scope: str) -> None:
+    s = AStream(client, scope, "chat", config={"max_msgs": 100})
+    r1 = await s.publish({"text": "hi"})
+    r2 = await s.publish("second", key="k")
+    assert (r1.seq, r2.seq) == (1, 2)
+    got = await s.get(seq=1)
+    assert got is not None and got.value() == {"text": "hi"}
+    by_key = await s.get(key="k")
+    assert by_key is not None and by_key.seq == 2 and by_key.value() == "second"
+    assert await s.keys() == ["k"]
+    assert (await s.config()).max_msgs == 100
+    assert (await s.config({"max_msgs": 1})).max_msgs == 1  # trims at once: only seq 2 is left
+    assert await s.get(seq=1) is None
+    assert (await s.delete(key="k")).seqs == [2]
+    assert await s.keys() == []
+    path = server.placement.path(f"projects/{scope.removeprefix('project-')}/chat")
+    assert path.is_file()  # the stream lives in the scope's own directory
+
+
+async def test_writes_of_a_scope_keep_arrival_order_and_share_commits(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    s = AStream(client, scope, "log")
+    results = await asyncio.gather(*(s.publish(i) for i in range(500)))
+    assert sorted(r.seq for r in results) == list(range(1, 501))
+    values = [m.value() for batch in [b async for b in s.get_all()] for m in batch]
+    assert len(values) == 500 and set(values) == set(range(500))
+    # sequential publishes from one task: seq order is publish order
+    seqs = [(await s.publish(("x", i))).seq for i in range(20)]
+    assert seqs == sorted(seqs)
+
+
+async def test_get_all_streams_in_pages(server: PersistServer, client: conat.Client, scope: str) -> None:
+    s = AStream(client, scope, "big")
+    from persist import Write
+
+    for start in range(0, 2500, 500):
+        results = await s.publish_many([Write(payload=msgspec.msgpack.encode(i)) for i in range(start, start + 500)])
+        assert all(not isinstance(r, Exception) for r in results)
+    batches = [b async for b in s.get_all(max_msgs=1000)]
+    assert [len(b) for b in batches] == [1000, 1000, 500]
+    assert [m.value() for b in batches for m in b] == list(range(2500))
+    tail = [m.seq for b in [b async for b in s.get_all(2400)] for m in b]
+    assert tail == list(range(2400, 2501))
+
+
+async def test_refusals_arrive_typed(server: PersistServer, client: conat.Client, scope: str) -> None:
+    s = AStream(client, scope, "limited", config={"max_msg_size": 10, "discard": "new", "max_msgs": 2})
+    await s.publish(1, key="a")
+    with pytest.raises(Rejected) as rejected:
+        await s.publish("x" * 100)
+    assert rejected.value.code == "reject" and rejected.value.limit == "max_msg_size"
+    kv = AKV(client, scope, "limited")
+    with pytest.raises(WrongLastSequence) as cas:
+        await kv.set("a", 2, previous_seq=99)
+    assert cas.value.actual == 1 and cas.value.key == "a"
+    assert (await kv.set("a", 2, previous_seq=1)).seq == 2
+    with pytest.raises(OutsideScope) as outside:
+        await AStream(client, scope, "../../x").publish(1)
+    assert outside.value.code == "outside-scope"
+    with pytest.raises(BadPath):
+        await AStream(client, scope, "a//b").publish(1)
+    with pytest.raises(TooLarge):
+        await s.publish(1, key="k" * 100_000)
+    with pytest.raises(BadRequest):
+        await s.delete()
+    # garbage and wrong types: a clear code, and the service still answers afterwards
+    with pytest.raises(RemoteError) as garbage:
+        await client.request(api_subject(scope), b"\xc1\x00", encoding="raw")
+    assert garbage.value.code == "bad-request"
+    with pytest.raises(RemoteError) as wrong_type:
+        await client.request(api_subject(scope), {"op": "set", "stream": "x", "payload": "not bytes", "ttl": "1"})
+    assert wrong_type.value.code == "bad-request"
+    assert (await s.get(key="a")) is not None
+
+
+async def test_reads_of_a_missing_stream_create_nothing(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    s = AStream(client, scope, "nothing")
+    assert await s.get(seq=1) is None
+    assert await s.keys() == []
+    assert [b async for b in s.get_all()] == []
+    assert await s.inventory() is None
+    assert not server.placement.path(f"projects/{scope.removeprefix('project-')}/nothing").exists()
+
+
+async def test_inventory_lists_the_streams_of_a_scope(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    for name, n in (("a", 3), ("logs/b", 1)):
+        s = AStream(client, scope, name, config={"max_msgs": 50})
+        for i in range(n):
+            await s.publish(i)
+    listed = await list_streams(client, scope)
+    assert [(e.name, e.inventory.count, e.inventory.last_seq) for e in listed] == [("a", 3, 3), ("logs/b", 1, 1)]
+    assert listed[0].config["max_msgs"] == 50
+    assert [e.name for e in await list_streams(client, scope, prefix="logs/")] == ["logs/b"]
+    other = f"project-{uuid.uuid4()}"
+    assert await list_streams(client, other) == []
+
+
+async def test_changefeed_joins_history_and_live(server: PersistServer, client: conat.Client, scope: str) -> None:
+    s = AStream(client, scope, "feed")
+    for i in range(5):
+        await s.publish(i)
+    seen: list[int] = []
+    deleted: list[tuple[int, int]] = []
+
+    async def consume() -> None:
+        async for change in s.changefeed(2, wait=1.0):
+            seen.extend(m.seq for m in change.messages)
+            deleted.extend(change.deletes)
+            if len(seen) >= 8 and deleted:
+                return
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    for i in range(5):
+        await s.publish(10 + i)
+    await s.delete(seq=1)
+    await asyncio.wait_for(task, 10)
+    assert seen == list(range(3, 11))
+    assert (1, 1) in deleted
+
+
+async def test_expired_messages_are_swept_without_writes(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    s = AStream(client, scope, "ttl", config={"allow_msg_ttl": True})
+    await s.publish("short", ttl=0.3)
+    await s.publish("long")
+    deletes: list[tuple[int, int]] = []
+
+    async def watch() -> None:
+        async for change in s.changefeed(2, wait=1.0):
+            deletes.extend(change.deletes)
+            if deletes:
+                return
+
+    await asyncio.wait_for(watch(), 10)  # the service's sweep removed seq 1 and the feed said so
+    assert deletes == [(1, 1)]
+    assert [m.seq for b in [b async for b in s.get_all()] for m in b] == [2]
+
+
+async def test_a_stopped_service_answers_what_it_took(
+    client: conat.Client, placement: Placement, scope: str
+) -> None:
+    server = await PersistServer(client, placement).start()
+    s = AStream(client, scope, "drain")
+    pending = [asyncio.ensure_future(s.publish(i)) for i in range(200)]
+    await asyncio.sleep(0)
+    await server.aclose()
+    restarted = await PersistServer(client, placement).start()
+    try:
+        results = await asyncio.gather(*pending)  # each answered (before the stop or by the retry)
+        assert sorted(r.seq for r in results) == list(range(1, 201))
+    finally:
+        await restarted.aclose()
