@@ -27,8 +27,9 @@ def resolve_urls(url: str | list[str] | None) -> list[str]:
         state = read_state()
         if state is None:
             raise ConnectError(
-                "(no URL)", "no server URL given, $CONAT_URL is unset and no local server is running "
-                "(start one with `conat up` or `conat server`)"
+                "(no URL)",
+                "no server URL given, $CONAT_URL is unset and no local server is running "
+                "(start one with `conat up` or `conat server`)",
             )
         url = state.url
     urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
@@ -109,4 +110,3 @@ async def connect(
         if not isinstance(session.source, StaticToken):
             session.start(client)
     return client
-

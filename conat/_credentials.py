@@ -75,7 +75,9 @@ class TokenFile:
         def read() -> str:
             mode = self.path.stat().st_mode
             if mode & 0o077:
-                raise ConatError(f"token file {self.path} is readable by others (mode {mode & 0o777:o}); make it 0600")
+                raise ConatError(
+                    f"token file {self.path} is readable by others (mode {mode & 0o777:o}); make it 0600"
+                )
             return self.path.read_text().strip()
 
         try:
@@ -202,7 +204,9 @@ class CredentialSession:
         the error the client must close with."""
         self.refusals += 1
         if self.refusals >= self.max_refusals:
-            return Unauthorized("the bus", f"credentials of {self.principal} refused {self.refusals} times in a row")
+            return Unauthorized(
+                "the bus", f"credentials of {self.principal} refused {self.refusals} times in a row"
+            )
         if self._refetch is None or self._refetch.done():
             self._refetch = asyncio.get_running_loop().create_task(self._refetch_once())
         return None

@@ -86,6 +86,7 @@ _CHILD_ENV_KEYS: Final = frozenset(
 )
 """The only variables the child inherits: nothing else of ours (tokens, passwords) leaks into it."""
 
+
 def find_binary(binary: str | os.PathLike[str] | None = None) -> Path:
     """Locate the nats-server executable.
 

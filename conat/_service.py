@@ -180,12 +180,18 @@ class _Endpoint:
         ]
         self.positional: tuple[tuple[str, Any], ...] | None = tuple(plain) if simple else None
         self.required = sum(
-            1 for p in self.signature.parameters.values() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+            1
+            for p in self.signature.parameters.values()
+            if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
         )
 
     def bind(self, request: RpcRequest) -> tuple[list[Any], dict[str, Any]]:
         positional = self.positional
-        if positional is not None and not request.kwargs and self.required <= len(request.args) <= len(positional):
+        if (
+            positional is not None
+            and not request.kwargs
+            and self.required <= len(request.args) <= len(positional)
+        ):
             return [
                 self._convert(request.name, name, value, annotation)
                 for (name, annotation), value in zip(positional, request.args, strict=False)
@@ -224,9 +230,7 @@ class Dispatcher:
     """
 
     def __init__(self, cls: type, namespace: str = "") -> None:
-        self.endpoints = {
-            _qualify(namespace, name): _Endpoint(fn) for name, fn in rpc_methods(cls).items()
-        }
+        self.endpoints = {_qualify(namespace, name): _Endpoint(fn) for name, fn in rpc_methods(cls).items()}
 
     def decode(self, msg: Message) -> RpcRequest:
         try:

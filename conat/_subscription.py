@@ -258,4 +258,3 @@ class Subscription:
                         await msg.respond_error(code, f"{type(e).__name__}: {e}")
                     except ConatError:
                         pass
-

@@ -189,4 +189,3 @@ def _chunk_route(
             queue.put_nowait((ref.index, data))
 
     return route
-

@@ -72,7 +72,9 @@ def encode_headers(headers: dict[str, str]) -> bytes:
         if not isinstance(key, str) or not _HEADER_KEY_RE.fullmatch(key):
             raise PayloadError("encode", "headers", f"invalid header name {key!r}")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise PayloadError("encode", "headers", f"header {key!r} needs a string without newlines, not {value!r}")
+            raise PayloadError(
+                "encode", "headers", f"header {key!r} needs a string without newlines, not {value!r}"
+            )
         parts.append(f"{key}: {value.strip()}\r\n".encode())
     parts.append(_CRLF)
     return b"".join(parts)
@@ -132,9 +134,7 @@ class _Connection(_NatsClient):
             self._parsed[raw] = parsed
         return parsed
 
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-    ) -> None:
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         handler = self.direct.get(sid)
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)
@@ -288,7 +288,12 @@ class Transport:
         if headers:
             block = nc.header_block(headers)
             cmd = b"".join(
-                (f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(), block, payload, _CRLF)
+                (
+                    f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
+                    block,
+                    payload,
+                    _CRLF,
+                )
             )
         else:
             cmd = b"".join((f"PUB {subject} {reply} {size}\r\n".encode(), payload, _CRLF))

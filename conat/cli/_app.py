@@ -242,7 +242,12 @@ def common_options(fn: F) -> F:
 @click.version_option(package_name="conat", prog_name="conat")
 @click.pass_context
 def cli(
-    ctx: click.Context, url: str | None, credentials: str | None, json_output: bool, debug: bool, log_level: str
+    ctx: click.Context,
+    url: str | None,
+    credentials: str | None,
+    json_output: bool,
+    debug: bool,
+    log_level: str,
 ) -> None:
     """conat: a message bus for Python services on NATS.
 
