@@ -554,9 +554,16 @@ def _layer_benches() -> list[Bench]:
     from ._actors import actor_benches
     from ._auth import auth_benches
     from ._persist import persist_benches
+    from ._persist_service import persist_service_benches
     from ._socket import socket_benches
 
-    return [*actor_benches(), *socket_benches(), *auth_benches(), *persist_benches()]
+    return [
+        *actor_benches(),
+        *socket_benches(),
+        *auth_benches(),
+        *persist_benches(),
+        *persist_service_benches(),
+    ]
 
 
 BENCH_NAMES: Final = tuple(b.name for b in make_benches())

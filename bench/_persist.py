@@ -1,10 +1,11 @@
 """Persist benchmarks: the SQLite stream engine, in-process, against raw ``sqlite3`` and JetStream KV.
 
-The persist *service* (the actor that serves streams over the bus) does not exist yet, so these rows
-measure the **engine** in-process: :class:`persist.StreamFile` and :class:`persist.StreamStore`
-called directly on the harness's event loop, with their SQLite work in a thread pool. The issue's
-changefeed latency row (p50/p99) needs the service's changefeed and comes with it; once the service
-exists, the KV row should also go through the bus.
+These rows measure the **engine** in-process: :class:`persist.StreamFile` and
+:class:`persist.StreamStore` called directly on the harness's event loop, with their SQLite work in
+a thread pool, so they show what the storage layer costs without the bus. The persist *service*
+(the actor serving streams over the bus, used through :class:`persist.AStream` and
+:class:`persist.AKV`) has its own rows in :mod:`bench._persist_service`: acknowledged publishes, KV
+set/get and the changefeed latency (p50/p99), each against JetStream on the same kind of server.
 
 Every run works in its own temporary directory under the system temp dir (which must be a real
 disk for the ``sync`` figures to mean anything: fsync is free on tmpfs), removed afterwards. Payloads are 128 random (incompressible) bytes, so the engine stores them as is.

@@ -20,6 +20,25 @@ from ._config import UNLIMITED as UNLIMITED
 from ._config import Discard as Discard
 from ._config import StreamConfig as StreamConfig
 from ._config import SyncMode as SyncMode
+from ._dkv import DKV as DKV
+from ._dkv import MISSING as MISSING
+from ._dkv import DKVStatistics as DKVStatistics
+from ._dkv import KeyChanged as KeyChanged
+from ._dkv import KeyDeleted as KeyDeleted
+from ._dkv import KeyReject as KeyReject
+from ._dkv import KVEvent as KVEvent
+from ._dkv import Merge as Merge
+from ._dstream import Added as Added
+from ._dstream import Deleted as Deleted
+from ._dstream import DStream as DStream
+from ._dstream import DStreamStatistics as DStreamStatistics
+from ._dstream import Entry as Entry
+from ._dstream import Events as Events
+from ._dstream import Older as Older
+from ._dstream import Reject as Reject
+from ._dstream import Resync as Resync
+from ._dstream import Saved as Saved
+from ._dstream import StreamEvent as StreamEvent
 from ._engine import ChangePage as ChangePage
 from ._engine import StoredMessage as StoredMessage
 from ._engine import StreamFile as StreamFile
@@ -66,6 +85,7 @@ from .bootlog import bootlog_stream as bootlog_stream
 __all__ = [
     "AKV",
     "AStream",
+    "Added",
     "BOOTLOG_CONFIG",
     "BadConfig",
     "BadPath",
@@ -77,32 +97,50 @@ __all__ = [
     "Corrupt",
     "DEFAULT_DUPLICATE_WINDOW",
     "DEFAULT_MAX_MEMORY",
+    "DKV",
+    "DKVStatistics",
+    "DStream",
+    "DStreamStatistics",
     "DeleteResult",
+    "Deleted",
     "Discard",
     "DurableReminderStore",
     "ENV_VARS",
+    "Entry",
+    "Events",
     "FILE_SUFFIX",
     "Inventory",
+    "KVEvent",
+    "KeyChanged",
+    "KeyDeleted",
+    "KeyReject",
     "Limit",
     "MAX_HEADER_BYTES",
     "MAX_KEY_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_NAME_BYTES",
     "MAX_PART_BYTES",
+    "MISSING",
+    "Merge",
     "Message",
     "NotFound",
+    "Older",
     "OutsideScope",
     "PersistError",
     "PersistServer",
     "PersistService",
     "Placement",
     "PlacementConfig",
+    "Reject",
     "Rejected",
+    "Resync",
+    "Saved",
     "SetResult",
     "StorageError",
     "StoragePath",
     "StoredMessage",
     "StreamConfig",
+    "StreamEvent",
     "StreamFile",
     "StreamFileStatistics",
     "StreamInventory",

@@ -215,6 +215,7 @@ class StreamFile:
         clock: Clock | None = None,
         create: bool = True,
         max_readers: int = 2,
+        root: str | os.PathLike[str] | None = None,
     ) -> StreamFile:
         """Open (creating it if ``create``) the stream stored in ``file``.
 
@@ -226,9 +227,13 @@ class StreamFile:
             clock: the source of ``wall()`` times (default: the system clock).
             create: create a missing file; if false, a missing file raises :class:`NotFound`.
             max_readers: most reader connections at once.
+            root: the trusted directory ``file`` lies in (default: ``file``'s directory). It may be
+                a symlink; beneath it no symlink is followed, and missing directories are created
+                if ``create`` (:mod:`persist._beneath`).
 
         Raises:
             Corrupt: the file failed its check; it was moved aside (both paths are in the error).
+            BadPath: a symlink beneath ``root``, or at the file (``OutsideScope``: not in ``root``).
             NotFound: ``create`` is false and the file does not exist.
             BadRequest: neither a file nor an ephemeral config.
             PersistError: the file could not be opened.
@@ -244,7 +249,15 @@ class StreamFile:
         )
         wanted = config if config is not None else StreamConfig()
         conn, opened = await self._jobs.submit(
-            functools.partial(open_writer, path, wanted, create, self._what)
+            functools.partial(
+                open_writer,
+                path,
+                wanted,
+                create,
+                self._what,
+                root=None if root is None else Path(root),
+                readers=self._readers,
+            )
         )
         loop = self._loop
         self._writer = Writer(
@@ -517,6 +530,8 @@ class StreamFile:
         for name, bound in (("max_msgs", max_msgs), ("max_deletes", max_deletes)):
             if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
                 raise BadRequest("changes", f"{name} must be a positive int, not {bound!r}")
+        if stream_id is not None and not isinstance(stream_id, str):
+            raise BadRequest("changes", f"stream_id must be a string, not {stream_id!r}")
         if stream_id is not None and stream_id != self.stream_id:
             after_delete, resync = None, True
         else:

@@ -10,6 +10,10 @@ The pieces :class:`persist.StreamFile` is built from (its docstring is the theor
 - :class:`ReaderPool`, the ``query_only`` reader connections of a file (at most ``max_readers``);
 - :class:`GroupCommit`, the writer's queue and the task that drains it one transaction at a time;
 - :func:`open_writer`, which opens (or creates) a file, checks it, and moves a corrupt one aside.
+
+Files are reached from their root without following a symlink (:mod:`persist._beneath`): the writer
+and every reader connect through the one :class:`persist._beneath.Anchor` the writer's :class:`Conn`
+owns, which is closed after every connection.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import os
 import sqlite3
 import threading
 import time
@@ -27,8 +30,9 @@ from pathlib import Path
 from typing import Any, TypeVar, final
 
 from . import _sql
+from ._beneath import Anchor
 from ._config import StreamConfig
-from ._errors import Corrupt, NotFound, PersistError, StorageError
+from ._errors import Corrupt, PersistError, StorageError
 
 __all__ = [
     "Apply",
@@ -94,12 +98,17 @@ def storage_errors(what: str, operation: str = "write") -> Iterator[None]:
 
 @final
 class Conn:
-    """A sqlite3 connection and the lock that keeps it to one thread at a time."""
+    """A sqlite3 connection and the lock that keeps it to one thread at a time.
 
-    __slots__ = ("db", "lock")
+    ``anchor``, if any, is the directory the connection's file was reached through; the connection
+    owns it and :func:`close_all` closes it after the connection.
+    """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    __slots__ = ("anchor", "db", "lock")
+
+    def __init__(self, db: sqlite3.Connection, anchor: Anchor | None = None) -> None:
         self.db = db
+        self.anchor = anchor
         self.lock = threading.Lock()
 
 
@@ -110,10 +119,18 @@ def locked(conn: Conn, work: Callable[[sqlite3.Connection], _T], what: str, oper
 
 
 def close_all(conns: Sequence[Conn]) -> None:
-    """Close every connection, each under its lock (in the executor); close errors are ignored."""
+    """Close every connection, each under its lock (in the executor), then the anchors they own.
+
+    Anchors are closed last: SQLite may still name ``-wal``/``-shm`` through one until every
+    connection to the file is closed. Close errors are ignored.
+    """
     for conn in conns:
         with conn.lock, contextlib.suppress(sqlite3.Error):
             conn.db.close()
+    for conn in conns:
+        if conn.anchor is not None:
+            with contextlib.suppress(OSError):
+                conn.anchor.close()
 
 
 @final
@@ -142,11 +159,13 @@ class Jobs:
 class ReaderPool:
     """The reader connections of one file: opened on demand, at most ``max_readers``, reused.
 
-    Each reader is ``query_only``, so WAL lets reads run beside the writer.
+    Each reader is ``query_only``, so WAL lets reads run beside the writer. Once :meth:`attach` ed
+    to the writer's anchor, readers connect through it (and are verified like the writer).
     """
 
     def __init__(self, file: Path, jobs: Jobs, max_readers: int, what: str) -> None:
         self._file = file
+        self._anchor: Anchor | None = None
         self._jobs = jobs
         self._what = what
         self._slots = asyncio.Semaphore(max_readers)
@@ -164,6 +183,10 @@ class ReaderPool:
         fut.add_done_callback(lambda _: self._slots.release())
         return await fut
 
+    def attach(self, anchor: Anchor) -> None:
+        """Connect readers through ``anchor`` (owned by the writer, open longer than every reader)."""
+        self._anchor = anchor
+
     def take_all(self) -> list[Conn]:
         """Forget every connection (to close them); the pool is unusable afterwards."""
         conns = list(self.all)
@@ -176,7 +199,13 @@ class ReaderPool:
             try:
                 conn = self._idle.pop()
             except IndexError:
-                conn = Conn(_sql.connect(self._file, reader=True))
+                anchor = self._anchor
+                db = (
+                    anchor.connect(reader=True)
+                    if anchor is not None
+                    else _sql.connect(self._file, reader=True)
+                )
+                conn = Conn(db)
                 self.all.append(conn)
             try:
                 with conn.lock:
@@ -280,13 +309,27 @@ class GroupCommit:
 # ---- opening -----------------------------------------------------------------------------------------
 
 
-def open_writer(file: Path | None, wanted: StreamConfig, create: bool, what: str) -> tuple[Conn, _sql.Opened]:
+def open_writer(
+    file: Path | None,
+    wanted: StreamConfig,
+    create: bool,
+    what: str,
+    *,
+    root: Path | None = None,
+    readers: ReaderPool | None = None,
+) -> tuple[Conn, _sql.Opened]:
     """Open the writer connection of ``file`` (``None``: a private in-memory database), in the executor.
 
-    A file that exists is checked with ``PRAGMA quick_check`` first; a corrupt one is moved aside.
+    ``file`` is reached from ``root`` (default: its own directory) without following a symlink
+    (:mod:`persist._beneath`); missing directories beneath the root are created if ``create``. A file
+    that exists is checked with ``PRAGMA quick_check`` first; a corrupt one is moved aside. On
+    success ``readers`` (the file's pool) is attached to the writer's anchor.
 
     Raises:
         NotFound: ``create`` is false and the file does not exist.
+        BadPath: a symlink beneath ``root`` or at the file (its ``-wal``/``-shm``); nothing was created
+            through it.
+        OutsideScope: ``file`` is not inside ``root``.
         Corrupt: the file failed its check and was moved aside (both paths are in the detail).
         StorageError: the file could not be opened (permission, I/O error, disk full...).
     """
@@ -295,45 +338,55 @@ def open_writer(file: Path | None, wanted: StreamConfig, create: bool, what: str
             memory = _sql.connect(":memory:")
             return Conn(memory), _sql.init_db(memory, wanted, what, durable=False)
     with storage_errors(what, "open"):
-        exists = file.exists()
-        if not exists and not create:
-            raise NotFound(f"stream file {file}")
-        if not exists:
-            file.parent.mkdir(parents=True, exist_ok=True)
+        anchor = Anchor.open(file.parent if root is None else root, file, create=create)
     db: sqlite3.Connection | None = None
     try:
         with storage_errors(what, "open"):
-            db = _sql.connect(file)
-            if exists:
+            db = anchor.connect()
+            if anchor.existed:
                 problems = _sql.problems(db)
                 if problems:
                     raise Corrupt(str(file), "; ".join(problems[:5]))
-            return Conn(db), _sql.init_db(db, wanted, what, durable=True)
+            opened = _sql.init_db(db, wanted, what, durable=True)
+            anchor.verify(db)  # again, now that SQLite has made -wal and -shm
     except Corrupt as e:
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-        moved = _quarantine(file)
+        _close_quietly(db)
+        try:
+            moved = _quarantine(anchor)
+        finally:
+            anchor.close()
         raise Corrupt(str(file), f"{e.detail}; moved aside to {moved}") from None
     except BaseException:
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
+        _close_quietly(db)
+        anchor.close()
         raise
+    if readers is not None:
+        readers.attach(anchor)
+    return Conn(db, anchor), opened
 
 
-def _quarantine(file: Path) -> Path:
-    """Rename a corrupt ``file`` (and its ``-wal``/``-shm``) aside; never delete it. Returns the new path."""
+def _close_quietly(db: sqlite3.Connection | None) -> None:
+    if db is not None:
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+
+
+def _quarantine(anchor: Anchor) -> Path:
+    """Rename a corrupt file (and its ``-wal``/``-shm``) aside in its directory; never delete it.
+
+    Renames go through the anchor's directory fd, so they stay in the directory that was checked.
+    Returns the new path.
+    """
+    file, name = anchor.file, anchor.name
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = file.with_name(f"{file.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target = file.with_name(f"{file.name}.corrupt-{stamp}-{n}")
-        n += 1
     with storage_errors(str(file), "quarantine"):
-        os.rename(file, target)
+        target = f"{name}.corrupt-{stamp}"
+        n = 1
+        while anchor.lstat(target) is not None:
+            target = f"{name}.corrupt-{stamp}-{n}"
+            n += 1
+        anchor.rename(name, target)
         for suffix in ("-wal", "-shm"):
-            side = Path(str(file) + suffix)
-            if side.exists():
-                os.rename(side, Path(str(target) + suffix))
-    return target
+            if anchor.lstat(name + suffix) is not None:
+                anchor.rename(name + suffix, target + suffix)
+    return file.with_name(target)

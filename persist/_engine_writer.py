@@ -113,7 +113,8 @@ class Writer:
                         results.append(e)
                 if self.state.last_seq != last_seq:
                     _sql.set_meta(db, "last_seq", self.state.last_seq)
-                changed = self.state.last_seq != last_seq or self._log_deletes(db)
+                logged = self._log_deletes(db)  # before the test below, which must not skip it
+                changed = logged or self.state.last_seq != last_seq
                 db.execute("COMMIT")
             except BaseException:
                 self.state = saved
@@ -179,7 +180,7 @@ class Writer:
             )
         # ---- every check passed: from here on, change things ----
         doomed = [*evict, replaced[0]] if replaced is not None else evict
-        self._deleted.extend(evict)  # not the replaced message: the new one says it is gone
+        self._deleted.extend(doomed)  # the replaced one too: its replacement may be gone before it is read
         if doomed:
             st.count -= len(doomed)
             st.bytes -= sum(_sql.delete_seq(db, s) for s in doomed)
@@ -202,7 +203,8 @@ class Writer:
         st = self.state
         rows = _sql.delete_by(db, targets, up_to, key)
         if up_to is not None:
-            self._deleted_through = max(self._deleted_through, up_to)
+            if rows:  # never past last_seq: later messages with a seq <= up_to are not deleted
+                self._deleted_through = max(self._deleted_through, min(up_to, st.last_seq))
         else:
             self._deleted.extend(seq for seq, _ in rows)
         st.count -= len(rows)

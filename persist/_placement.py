@@ -36,16 +36,24 @@ variable counts as unset.
 
 Resolution is a pure function of its inputs: nothing is created or read. The check that the file stays
 inside its root is on the normalized *text*; symlinks inside the root are the engine's to refuse when
-it opens the file (``openat2(RESOLVE_BENEATH)``, notes/reliability.md lesson 5).
+it opens the file (``openat2(RESOLVE_BENEATH)``, notes/reliability.md lesson 5, :mod:`persist._beneath`).
+
+**Where checking starts.** :meth:`Placement.locate` splits a file into the trusted root the engine
+walks from and the path beneath it, for :class:`persist.StreamStore`. The root is the configured
+directory, except for a template with its placeholder: there it is the directory *above* the id
+(``/data/projects`` for ``/data/projects/[project_id]/.local/share/conat/persist``), because the id's
+directory and all below it may belong to the scope's owner (a project's home, where ``.local`` could
+be a symlink to ``/etc``). The root itself may be a symlink; nothing beneath it may be.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Final, final
 from uuid import UUID
 
@@ -102,6 +110,9 @@ ENV_VARS: Final[dict[str, str]] = {
 """The environment variable of each :class:`PlacementConfig` field."""
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _canonical_uuid(value: object) -> str | None:
     if isinstance(value, str) and len(value) == 36:
         try:
@@ -115,7 +126,7 @@ def _canonical_uuid(value: object) -> str | None:
 
 def _check_text(shown: str, text: str) -> None:
     """NUL/control characters and text that cannot be UTF-8 (lone surrogates) are refused."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         raise BadPath(shown, "it contains a NUL or control character")
     try:
         text.encode()
@@ -370,6 +381,27 @@ class Placement:
         sp = _coerce(path)
         root, relative = self._split(sp)
         return _inside(str(sp), root, relative + FILE_SUFFIX)
+
+    def locate(self, path: StoragePath | str) -> tuple[Path, PurePosixPath]:
+        """The trusted root of ``path``'s file and the file relative to it (module docstring).
+
+        ``root / relative == self.path(path)``, and ``relative`` has no ``.`` or ``..`` part. This is
+        the resolver :class:`persist.StreamStore` wants: the engine refuses a symlink anywhere below
+        ``root``.
+
+        Raises:
+            BadPath, OutsideScope: as :meth:`path`.
+        """
+        sp = _coerce(path)
+        file = self.path(sp)
+        root = posixpath.normpath(self._split(sp)[0])
+        template: str | None = getattr(self.config, _KIND_DIRS[sp.kind])
+        placeholder = _PLACEHOLDERS.get(sp.kind)
+        if template is not None and placeholder is not None and placeholder in template:
+            above = posixpath.normpath(posixpath.dirname(template.split(placeholder, 1)[0]))
+            if str(file).startswith(above.rstrip("/") + "/"):
+                root = above
+        return Path(root), PurePosixPath(posixpath.relpath(str(file), root))
 
     def archive_path(self, path: StoragePath | str) -> Path | None:
         """The archive copy of ``path``: ``<archive>/<storage path>.db``, or ``None`` if no archive."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -54,7 +55,7 @@ from ._engine import ChangePage, StreamFile
 from ._errors import BadRequest, NotFound, PersistError, error_fields
 from ._model import DeleteResult
 from ._placement import FILE_SUFFIX, Placement, StoragePath
-from ._store import StreamStore
+from ._store import Lease, StreamStore
 from ._wire import (
     MAX_WAIT,
     REQUEST_DECODER,
@@ -95,6 +96,36 @@ class _Shared:
         self.max_waiters = max_waiters
         self.sweep_interval = sweep
         self.tasks: set[asyncio.Task[None]] = set()
+        self.waiting: set[asyncio.Task[Any]] = set()
+        """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
+
+
+class _Hold:
+    """What one operation holds: an in-flight slot of its scope and a lease on its stream.
+
+    Both are given back by :meth:`release` (idempotent); a waiting changefeed read releases them
+    while it waits and leases the stream again (without a slot) if the file was closed meanwhile.
+    """
+
+    __slots__ = ("_lease", "_slots")
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+        self._lease: Lease | None = None
+
+    async def lease(
+        self, store: StreamStore, path: str, config: StreamConfig | None, create: bool
+    ) -> StreamFile:
+        self._lease = await store.lease(path, config=config, create=create)
+        return self._lease.file
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
 
 class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000):
@@ -116,7 +147,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
     def _new_config(self, request: Request) -> StreamConfig | None:
         """The config of a stream this request creates (the caller's, else the defaults)."""
         raw = getattr(request, "config", None)
-        return None if raw is None else StreamConfig.from_dict(raw)
+        return None if raw is None else _parse_config(msgspec.msgpack.encode(raw))
 
     async def on_activate(self) -> None:
         self._kind, self._id = self._scope()
@@ -144,16 +175,15 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             await respond_error(msg, BUSY, f"persist {self.key}: {self._waiters} changefeed reads waiting")
             return NO_REPLY
         await self._inflight.acquire()
+        hold = _Hold(self._inflight)
         try:
             path = self._storage_path(request.stream)
             create = isinstance(request, SetOp | SetManyOp | ConfigOp) or (
                 isinstance(request, ReadOp) and request.wait > 0
             )
-            config = self._new_config(request)
-            lease = self._shared.store.stream(path, config=config, create=create)
-            file = await lease.__aenter__()
+            file = await hold.lease(self._shared.store, path, self._new_config(request), create)
         except BaseException as e:
-            self._inflight.release()
+            hold.release()
             if isinstance(e, NotFound) and not isinstance(request, ConfigOp):
                 await _respond(msg, _EMPTY[type(request)](request))
                 return NO_REPLY
@@ -162,7 +192,10 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             await _respond_failure(msg, e)
             return NO_REPLY
         self._used[path] = self.clock.now()
-        self._spawn(msg, self._operate(file, request), lease=lease)
+        work = (
+            self._read(file, request, hold) if isinstance(request, ReadOp) else self._operate(file, request)
+        )
+        self._spawn(msg, work, hold)
         return NO_REPLY
 
     # ---- operations (each in its own task, replying when done) -----------------------------------
@@ -186,8 +219,6 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 return file.get(seq=request.seq, key=request.key)
             case DeleteOp():
                 return file.delete(seq=request.seq, seqs=request.seqs, up_to=request.up_to, key=request.key)
-            case ReadOp():
-                return self._read(file, request)
             case KeysOp():
                 return file.keys()
             case ConfigOp():
@@ -205,7 +236,13 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 out.append(result)
         return out
 
-    async def _read(self, file: StreamFile, request: ReadOp) -> ChangePage:
+    async def _read(self, file: StreamFile, request: ReadOp, hold: _Hold) -> ChangePage:
+        """A page after the request's cursor; with ``wait``, a long poll until there is one.
+
+        While it waits it holds no lease and no in-flight slot (a thousand idle feeds must not
+        pin a thousand open files, nor block writes); the file's change signal wakes it, and so
+        does the file being closed meanwhile, after which it leases the stream again.
+        """
         wait = min(max(request.wait, 0.0), MAX_WAIT)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -221,14 +258,25 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                     max_msgs=request.max_msgs,
                 )
                 left = deadline - loop.time()
-                if page.messages or page.deletes or page.resync or left <= 0 or file.closed:
+                if page.messages or page.deletes or page.resync or left <= 0:
                     return _trim(page, request.max_bytes)
                 # a first read holds no delete cursor: from now on, deletes while it waits count
                 after_delete, stream_id = page.delete_cursor, page.stream_id
                 if not waiting:
                     waiting = True
                     self._waiters += 1
-                await file.wait_changed(version, left)
+                hold.release()
+                task = asyncio.current_task()
+                if task is not None:
+                    self._shared.waiting.add(task)
+                try:
+                    await file.wait_changed(version, left)
+                finally:
+                    if task is not None:
+                        self._shared.waiting.discard(task)
+                if file.closed:
+                    path = self._storage_path(request.stream)
+                    file = await hold.lease(self._shared.store, path, self._new_config(request), True)
         finally:
             if waiting:
                 self._waiters -= 1
@@ -258,9 +306,9 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
     # ---- plumbing --------------------------------------------------------------------------------
 
     def _storage_path(self, name: str) -> str:
-        return str(StoragePath.of(self._kind, self._id, name))
+        return _storage_path(self._kind, self._id, name)
 
-    def _spawn(self, msg: Message, work: Awaitable[object], *, lease: Any = None) -> None:
+    def _spawn(self, msg: Message, work: Awaitable[object], hold: _Hold | None = None) -> None:
         async def run() -> None:
             try:
                 result = await work
@@ -272,10 +320,8 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             else:
                 await _respond(msg, result)
             finally:
-                if lease is not None:
-                    self._inflight.release()
-                    with contextlib.suppress(Exception):
-                        await lease.__aexit__(None, None, None)
+                if hold is not None:
+                    hold.release()
 
         task = asyncio.get_running_loop().create_task(run(), name=f"persist {self.key} {msg.subject}")
         self._shared.tasks.add(task)
@@ -346,7 +392,9 @@ class PersistServer:
         self.client = client
         self._bootlog = bootlog
         self.placement = placement
-        self.store = store if store is not None else StreamStore(placement.path)
+        self.store = (
+            store if store is not None else StreamStore(placement.locate, archive=placement.archive_path)
+        )
         self._owns_store = store is None
         self._shared = _Shared(self.store, placement, max_inflight, max_waiters, sweep_interval)
         self._system = ActorSystem(client)
@@ -371,6 +419,8 @@ class PersistServer:
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop taking requests, let the operations in flight answer, then close the store."""
         await self._system.stop(timeout)
+        for task in list(self._shared.waiting):  # their callers retry on the next service
+            task.cancel()
         tasks = list(self._shared.tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -405,6 +455,18 @@ async def _respond_failure(msg: Message, error: Exception) -> None:
     if not isinstance(error, ConatError):
         log.exception("persist operation on %s failed", msg.subject, exc_info=error)
     await respond_error(msg, *error_reply(error))
+
+
+@functools.lru_cache(maxsize=4096)
+def _storage_path(kind: ScopeKind, ident: str | None, name: str) -> str:
+    """The storage path of a stream (validated once per name: every request names its stream)."""
+    return str(StoragePath.of(kind, ident, name))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_config(raw: bytes) -> StreamConfig:
+    """A requested config, parsed once (a client sends the same one with every write)."""
+    return StreamConfig.from_dict(msgspec.msgpack.decode(raw))
 
 
 async def _ready(value: object) -> object:

@@ -15,9 +15,9 @@ Schema (``meta.schema = 1``)::
     deletes(id INTEGER PRIMARY KEY, low INT, high INT)   -- the delete log: seqs low..high are gone
 
 The **delete log** lets a changefeed tell a consumer which messages it holds were removed: every
-transaction that deletes messages (an explicit delete, an eviction, a trim, an expiry sweep) appends
-rows naming the removed seqs as ranges, in the same transaction. A keyed write's replacement of the
-key's previous message is not logged (the new message says it). The log keeps its last
+transaction that deletes messages (an explicit delete, an eviction, a trim, an expiry sweep, a
+keyed write replacing the key's previous message) appends rows naming the removed seqs as ranges, in
+the same transaction. The log keeps its last
 :data:`DELETE_LOG_KEEP` rows; ``stream_id`` (random, made when the file is created) tells a
 consumer's cursor into the log from one of a re-created file.
 

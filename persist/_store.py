@@ -4,8 +4,7 @@ Theory of operation
 -------------------
 
 A :class:`StreamStore` maps storage paths (``projects/<id>/<name>``) to files with ``root_resolver``
-(usually :meth:`persist.Placement.path`) and opens each file the first time it is used. Callers use a
-stream through a *lease*::
+and opens each file the first time it is used. Callers use a stream through a *lease*::
 
     async with store.stream("hub/config") as s:
         await s.set(b"...")
@@ -21,6 +20,37 @@ A leased stream is never closed under its user. Resources are bounded three ways
 
 Ephemeral streams (``config.ephemeral``) live in memory and would lose their data if closed, so they
 count against neither cap and stay open until :meth:`StreamStore.drop` or :meth:`StreamStore.aclose`.
+
+Files and symlinks
+------------------
+
+``root_resolver`` returns either a ``(root, relative)`` pair, as :meth:`persist.Placement.locate`
+does, or a plain file path (as :meth:`persist.Placement.path` does), whose root is then its own
+directory. The engine reaches the file from the root without following a symlink and refuses one
+(:class:`persist.BadPath`) anywhere beneath it: the root may be a symlink, nothing below it may
+(:mod:`persist._beneath`). So pass ``placement.locate``: with a plain path only the file itself is
+checked.
+
+Archive
+-------
+
+With an ``archive`` resolver (usually :meth:`persist.Placement.archive_path`), each file-backed
+stream has an archive copy, ``<archive>/<storage path>.db``:
+
+- **Written** when the stream is closed (idle close, LRU eviction, :meth:`StreamStore.aclose`) if it
+  took writes since it was opened or last archived, and on demand by :meth:`StreamStore.archive`.
+  :meth:`StreamStore.drop` does not archive. A copy is made with SQLite's backup API (never a file
+  copy), after the stream is closed, so it holds every write the stream acknowledged; it goes to a
+  temporary name and is renamed into place. A failed archive at close is logged and counted
+  (``archive_failures``); the live file is intact.
+- **Restored** when a stream is opened, before the file is, if the archive is newer: the live file is
+  missing, or its ``meta.last_seq`` (the last seq ever assigned, read through its WAL) is lower than
+  the archive's. A tie keeps the live file; so does a live file that is corrupt (opening it moves it
+  aside and raises :class:`persist.Corrupt`; the next open restores). Deletes, config changes and
+  sweeps do not change ``last_seq``, so they alone never make a copy newer, and two copies that each
+  took writes the other lacks are not merged. The restore is a backup-API copy written beside the
+  live file and renamed over it (:mod:`persist._archive`). So a stream whose file was deleted to
+  save space, or lost with its disk, comes back from the archive on its next use.
 """
 
 from __future__ import annotations
@@ -28,23 +58,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, final
+from pathlib import Path
+from typing import Any, Final, TypeAlias, TypeVar, final
 
 import msgspec
 
 from conat._clock import Clock, SystemClock
 from conat._errors import ClosedError
 
+from ._archive import archive_stream, restore_if_newer
 from ._config import StreamConfig
 from ._engine import StreamFile
 from ._errors import BadRequest
 
-__all__ = ["StreamStore", "StreamStoreStatistics"]
+__all__ = ["Lease", "Resolved", "StreamStore", "StreamStoreStatistics"]
+
+_T = TypeVar("_T")
+
+Resolved: TypeAlias = str | os.PathLike[str] | tuple[str | os.PathLike[str], str | os.PathLike[str]]
+"""What a ``root_resolver`` returns: a ``(root, relative)`` pair, or a file (its directory is its root)."""
 
 logger = logging.getLogger("conat.persist.store")
 
@@ -63,6 +101,9 @@ class StreamStoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
         opened: streams opened since the store was created.
         closed: streams closed since (by LRU, idle time or ``drop``).
         threads: the executor's thread bound.
+        archived: archive copies written (at close or by :meth:`StreamStore.archive`).
+        restored: streams restored from their archive when opened.
+        archive_failures: archive copies at close that failed (logged; the live file is intact).
     """
 
     open: int
@@ -70,16 +111,25 @@ class StreamStoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
     opened: int
     closed: int
     threads: int
+    archived: int
+    restored: int
+    archive_failures: int
 
 
 class _Entry:
-    __slots__ = ("ephemeral", "last_used", "leases", "ready")
+    __slots__ = ("archive", "archived_writes", "ephemeral", "last_used", "leases", "ready", "where")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, now: float, ephemeral: bool) -> None:
         self.ready: asyncio.Future[StreamFile] = loop.create_future()
         self.leases = 0
         self.last_used = now
         self.ephemeral = ephemeral
+        self.where: tuple[Path, Path] | None = None
+        """The file's (root, path), once resolved; ``None`` for an ephemeral stream."""
+        self.archive: Path | None = None
+        """Its archive copy, if it has one."""
+        self.archived_writes = 0
+        """``statistics().writes`` when the last archive copy began (writes after it need another)."""
 
     @property
     def file(self) -> StreamFile | None:
@@ -93,11 +143,31 @@ class _Entry:
 
 
 @final
+class Lease:
+    """A hold on an open stream (:meth:`StreamStore.lease`): it stays open until :meth:`release`."""
+
+    __slots__ = ("_entry", "_store", "file")
+
+    def __init__(self, store: StreamStore, entry: _Entry) -> None:
+        self._store = store
+        self._entry: _Entry | None = entry
+        self.file: StreamFile = entry.ready.result()
+
+    def release(self) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._store._release(entry)
+
+
+@final
 class StreamStore:
     """Opens streams by storage path on demand, within bounds on threads, open files and idle time.
 
     Args:
-        root_resolver: maps a storage path to its database file (e.g. ``Placement(...).path``).
+        root_resolver: maps a storage path to ``(root, relative)`` (``Placement(...).locate``) or to its
+            database file (``Placement(...).path``; the file's directory is then its root).
+        archive: maps a storage path to its archive copy, or ``None`` if it has none
+            (``Placement(...).archive_path``); module docstring, "Archive".
         max_open: most file-backed streams open at once.
         idle_close: seconds after its last lease ends that a stream is closed.
         executor_threads: threads running SQLite work, shared by every stream.
@@ -107,8 +177,9 @@ class StreamStore:
 
     def __init__(
         self,
-        root_resolver: Callable[[str], str | os.PathLike[str]],
+        root_resolver: Callable[[str], Resolved],
         *,
+        archive: Callable[[str], str | os.PathLike[str] | None] | None = None,
         max_open: int = DEFAULT_MAX_OPEN,
         idle_close: float = DEFAULT_IDLE_CLOSE,
         executor_threads: int = DEFAULT_EXECUTOR_THREADS,
@@ -122,6 +193,7 @@ class StreamStore:
         if executor_threads < 1:
             raise ValueError(f"executor_threads must be at least 1, not {executor_threads!r}")
         self._resolve = root_resolver
+        self._archive_of = archive
         self._max_open = max_open
         self._idle_close = float(idle_close)
         self._threads = executor_threads
@@ -132,10 +204,14 @@ class StreamStore:
         )
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._closing: dict[str, asyncio.Task[None]] = {}
+        self._loading: set[asyncio.Task[StreamFile]] = set()
         self._changed: asyncio.Event | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._opened = 0
         self._closed_count = 0
+        self._archived = 0
+        self._restored = 0
+        self._archive_failures = 0
         self._closed = False
         self._started = False
 
@@ -151,12 +227,28 @@ class StreamStore:
             path: the storage path (``root_resolver`` maps it to a file).
             config: the config of a new stream (an existing one keeps its own); an ephemeral config
                 makes an in-memory stream.
-            create: create a missing stream; if false, a missing one raises :class:`NotFound`.
+            create: create a missing stream; if false, a missing one raises :class:`NotFound` (unless
+                its archive restores it).
 
         Raises:
             ClosedError: the store is closed.
-            NotFound, Corrupt, PersistError: from :meth:`StreamFile.open`.
+            BadPath: a symlink beneath the stream's root (nothing was created through it).
+            NotFound, Corrupt, PersistError: from :meth:`StreamFile.open` or the restore.
         """
+        lease = await self.lease(path, config=config, create=create)
+        try:
+            yield lease.file
+        finally:
+            lease.release()
+
+    async def lease(self, path: str, *, config: StreamConfig | None = None, create: bool = True) -> Lease:
+        """Lease the stream at ``path`` like :meth:`stream`, for holders whose hold does not fit a
+        ``with`` block (the persist service takes it in one task and gives it back in another).
+        Call :meth:`Lease.release` exactly when done; it is idempotent."""
+        return Lease(self, await self._acquire(path, config, create))
+
+    async def _acquire(self, path: str, config: StreamConfig | None, create: bool) -> _Entry:
+        """Take a lease on ``path``'s entry, opening the stream if needed."""
         self._check_open()
         if not isinstance(path, str) or not path:
             raise BadRequest("open", f"path must be a non-empty string, not {path!r}")
@@ -166,24 +258,34 @@ class StreamStore:
         if entry is None:
             entry = await self._open(loop, path, config, create)
         else:
-            entry.leases += 1
-            try:
-                await asyncio.shield(entry.ready)
-            except BaseException:
-                entry.leases -= 1
-                raise
+            await self._lease(entry)
         if path in self._entries:
             self._entries.move_to_end(path)
+        return entry
+
+    async def _lease(self, entry: _Entry) -> None:
+        entry.leases += 1
         try:
-            yield entry.ready.result()
-        finally:
+            await asyncio.shield(entry.ready)
+        except BaseException:
             entry.leases -= 1
-            entry.last_used = self._clock.now()
             self._notify()
+            raise
+
+    def _release(self, entry: _Entry) -> None:
+        entry.leases -= 1
+        entry.last_used = self._clock.now()
+        self._notify()
 
     async def _open(
         self, loop: asyncio.AbstractEventLoop, path: str, config: StreamConfig | None, create: bool
     ) -> _Entry:
+        """Open ``path`` in a task of its own, and lease it.
+
+        The task (restore, then open) is not cancelled with its caller: it settles the entry either
+        way, so a restore never runs under a stream opened meanwhile, and an open that completes after
+        its caller left is an idle stream like any other (closed in time), not a leaked one.
+        """
         ephemeral = config is not None and config.ephemeral
         closing = self._closing.get(path)
         if closing is not None:
@@ -192,40 +294,63 @@ class StreamStore:
             await self._make_room()
         existing = self._entries.get(path)  # another task may have opened it while we waited
         if existing is not None:
-            existing.leases += 1
-            try:
-                await asyncio.shield(existing.ready)
-            except BaseException:
-                existing.leases -= 1
-                raise
+            await self._lease(existing)
             return existing
+        self._check_open()  # aclose may have run while we waited: it would not close this one
         entry = _Entry(loop, self._clock.now(), ephemeral)
-        entry.leases += 1
         self._entries[path] = entry
-        try:
-            file = None if ephemeral else self._resolve(path)
-            opened = await asyncio.shield(
-                StreamFile.open(
-                    file,
-                    executor=self._executor,
-                    config=config,
-                    clock=self._clock,
-                    create=create,
-                    max_readers=self._max_readers,
-                )
-            )
-        except BaseException as e:
-            entry.leases -= 1
+        task = loop.create_task(self._load(path, entry, config, create), name=f"persist-open {path}")
+        self._loading.add(task)
+        task.add_done_callback(functools.partial(self._loaded, path, entry))
+        await self._lease(entry)
+        return entry
+
+    async def _load(self, path: str, entry: _Entry, config: StreamConfig | None, create: bool) -> StreamFile:
+        root = file = None
+        if not entry.ephemeral:
+            root, file = self._locate(path)
+            entry.where = (root, file)
+            archive = self._archive_of(path) if self._archive_of is not None else None
+            entry.archive = None if archive is None else Path(archive)
+            if entry.archive is not None and await self._run(
+                functools.partial(restore_if_newer, root, file, entry.archive)
+            ):
+                self._restored += 1
+                logger.info("restored %s from its newer archive %s", file, entry.archive)
+        return await StreamFile.open(
+            file,
+            root=root,
+            executor=self._executor,
+            config=config,
+            clock=self._clock,
+            create=create,
+            max_readers=self._max_readers,
+        )
+
+    def _loaded(self, path: str, entry: _Entry, task: asyncio.Task[StreamFile]) -> None:
+        self._loading.discard(task)
+        error = ClosedError("persist store") if task.cancelled() else task.exception()
+        if error is None:
+            self._opened += 1
+            entry.ready.set_result(task.result())
+        else:
             if self._entries.get(path) is entry:
                 del self._entries[path]
-            if not entry.ready.done():
-                entry.ready.set_exception(e if isinstance(e, Exception) else ClosedError("persist store"))
-                entry.ready.exception()  # mark retrieved: the waiters, if any, re-raise it
-            self._notify()
-            raise
-        self._opened += 1
-        entry.ready.set_result(opened)
-        return entry
+            entry.ready.set_exception(error if isinstance(error, Exception) else ClosedError("persist store"))
+            entry.ready.exception()  # mark retrieved: the leaseholders, if any, re-raise it
+        self._notify()
+
+    def _locate(self, path: str) -> tuple[Path, Path]:
+        """``(root, file)`` of ``path``, from either form ``root_resolver`` may return."""
+        resolved = self._resolve(path)
+        if isinstance(resolved, tuple):
+            root, relative = resolved
+            return Path(root), Path(root, relative)
+        file = Path(resolved)
+        return file.parent, file
+
+    def _run(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        return asyncio.wrap_future(self._executor.submit(fn))
 
     async def _make_room(self) -> None:
         assert self._changed is not None
@@ -242,14 +367,16 @@ class StreamStore:
 
     # ---- closing ---------------------------------------------------------------------------------
 
-    async def _close(self, path: str) -> None:
+    async def _close(self, path: str, *, archive: bool = True) -> None:
         entry = self._entries.pop(path, None)
         if entry is None:
             return
         file = entry.file
         if file is None:
             return
-        task = asyncio.get_running_loop().create_task(file.aclose(), name=f"persist-close {path}")
+        task = asyncio.get_running_loop().create_task(
+            self._shut(path, entry, file, archive), name=f"persist-close {path}"
+        )
         self._closing[path] = task
         try:
             await asyncio.shield(task)
@@ -259,12 +386,31 @@ class StreamStore:
             self._closed_count += 1
             self._notify()
 
+    async def _shut(self, path: str, entry: _Entry, file: StreamFile, archive: bool) -> None:
+        """Close ``file``; then, if ``archive`` and it took writes since its last copy, archive it."""
+        await file.aclose()
+        dest, where = entry.archive, entry.where
+        if not archive or dest is None or where is None:
+            return
+        if file.statistics().writes <= entry.archived_writes:
+            return
+        try:
+            await self._run(functools.partial(archive_stream, where[0], where[1], dest))
+        except Exception:
+            self._archive_failures += 1
+            logger.exception("archiving %s to %s failed (the live file is intact)", path, dest)
+        else:
+            self._archived += 1
+
     async def drop(self, path: str) -> None:
-        """Close the stream at ``path`` now (an ephemeral stream's data is gone). Waits for its leases."""
+        """Close the stream at ``path`` now (an ephemeral stream's data is gone). Waits for its leases.
+
+        Does not archive it (call :meth:`archive` first for that).
+        """
         while (entry := self._entries.get(path)) is not None and entry.leases > 0:
             assert self._changed is not None
             await self._changed.wait()
-        await self._close(path)
+        await self._close(path, archive=False)
 
     async def _reap(self) -> None:
         interval = self._idle_close / 4
@@ -291,8 +437,35 @@ class StreamStore:
         async with self.stream(path, create=False) as s:
             await s.backup(dest)
 
+    async def archive(self, path: str) -> Path | None:
+        """Write the archive copy of the stream at ``path`` now (online: it may be in use meanwhile).
+
+        The copy holds every write committed before it began; later ones are archived when the
+        stream is closed.
+
+        Returns:
+            the archive file, or ``None`` if the stream has no archive (no ``archive`` resolver, the
+            resolver said ``None``, or the stream is ephemeral).
+
+        Raises:
+            NotFound: no such stream (and no archive to restore it from).
+            PersistError: opening the stream or writing the copy failed.
+        """
+        entry = await self._acquire(path, None, False)
+        try:
+            dest, where = entry.archive, entry.where
+            if dest is None or where is None:
+                return None
+            written = entry.ready.result().statistics().writes
+            await self._run(functools.partial(archive_stream, where[0], where[1], dest))
+            entry.archived_writes = max(entry.archived_writes, written)
+            self._archived += 1
+            return dest
+        finally:
+            self._release(entry)
+
     async def aclose(self) -> None:
-        """Close every stream (finishing queued writes), stop the idle timer, join the threads."""
+        """Close every stream (finishing queued writes, then archiving), stop the idle timer, join the threads."""
         if self._closed:
             return
         self._closed = True
@@ -300,6 +473,8 @@ class StreamStore:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        if self._loading:  # opens under way finish first, so that they are closed below
+            await asyncio.gather(*self._loading, return_exceptions=True)
         for path in list(self._entries):
             await self._close(path)
         if self._closing:
@@ -325,6 +500,9 @@ class StreamStore:
             opened=self._opened,
             closed=self._closed_count,
             threads=self._threads,
+            archived=self._archived,
+            restored=self._restored,
+            archive_failures=self._archive_failures,
         )
 
     # ---- internals -------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ from persist import (
     AStream,
     BadPath,
     BadRequest,
+    Corrupt,
     OutsideScope,
     PersistServer,
     Placement,
     PlacementConfig,
     Rejected,
+    StreamStore,
     TooLarge,
     WrongLastSequence,
     api_subject,
@@ -91,7 +93,9 @@ async def test_get_all_streams_in_pages(server: PersistServer, client: conat.Cli
     from persist import Write
 
     for start in range(0, 2500, 500):
-        results = await s.publish_many([Write(payload=msgspec.msgpack.encode(i)) for i in range(start, start + 500)])
+        results = await s.publish_many(
+            [Write(payload=msgspec.msgpack.encode(i)) for i in range(start, start + 500)]
+        )
         assert all(not isinstance(r, Exception) for r in results)
     batches = [b async for b in s.get_all(max_msgs=1000)]
     assert [len(b) for b in batches] == [1000, 1000, 500]
@@ -125,7 +129,9 @@ async def test_refusals_arrive_typed(server: PersistServer, client: conat.Client
         await client.request(api_subject(scope), b"\xc1\x00", encoding="raw")
     assert garbage.value.code == "bad-request"
     with pytest.raises(RemoteError) as wrong_type:
-        await client.request(api_subject(scope), {"op": "set", "stream": "x", "payload": "not bytes", "ttl": "1"})
+        await client.request(
+            api_subject(scope), {"op": "set", "stream": "x", "payload": "not bytes", "ttl": "1"}
+        )
     assert wrong_type.value.code == "bad-request"
     assert (await s.get(key="a")) is not None
 
@@ -149,14 +155,19 @@ async def test_inventory_lists_the_streams_of_a_scope(
         for i in range(n):
             await s.publish(i)
     listed = await list_streams(client, scope)
-    assert [(e.name, e.inventory.count, e.inventory.last_seq) for e in listed] == [("a", 3, 3), ("logs/b", 1, 1)]
+    assert [(e.name, e.inventory.count, e.inventory.last_seq) for e in listed] == [
+        ("a", 3, 3),
+        ("logs/b", 1, 1),
+    ]
     assert listed[0].config["max_msgs"] == 50
     assert [e.name for e in await list_streams(client, scope, prefix="logs/")] == ["logs/b"]
     other = f"project-{uuid.uuid4()}"
     assert await list_streams(client, other) == []
 
 
-async def test_changefeed_joins_history_and_live(server: PersistServer, client: conat.Client, scope: str) -> None:
+async def test_changefeed_joins_history_and_live(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
     s = AStream(client, scope, "feed")
     for i in range(5):
         await s.publish(i)
@@ -213,3 +224,78 @@ async def test_a_stopped_service_answers_what_it_took(
         assert sorted(r.seq for r in results) == list(range(1, 201))
     finally:
         await restarted.aclose()
+
+
+async def test_a_corrupt_file_is_reported_with_its_code_and_moved_aside(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    path = server.placement.path(f"projects/{scope.removeprefix('project-')}/broken")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    s = AStream(client, scope, "broken")
+    with pytest.raises(Corrupt) as corrupt:
+        await s.publish(1)
+    assert corrupt.value.code == "corrupt"
+    assert list(path.parent.glob("broken.db.corrupt-*"))  # moved aside, never deleted
+    assert (await s.publish(2)).seq == 1  # the scope's service is alive; a fresh stream starts
+
+
+async def test_waiting_changefeed_reads_are_bounded(
+    client: conat.Client, placement: Placement, scope: str
+) -> None:
+    async with PersistServer(client, placement, max_waiters=2):
+        s = AStream(client, scope, "w")
+        await s.publish(0)
+        feeds = [s.changefeed(1, wait=5.0) for _ in range(2)]
+        waiting = [asyncio.ensure_future(anext(f)) for f in feeds]
+        await asyncio.sleep(0.2)
+        with pytest.raises(RemoteError) as busy:
+            await client.request(
+                api_subject(scope),
+                {"op": "read", "stream": "w", "after_seq": 1, "wait": 5.0},
+                timeout=2,
+            )
+        assert busy.value.code == 429
+        await s.publish(1)
+        changes = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert [[m.seq for m in c.messages] for c in changes] == [[2], [2]]
+        for f in feeds:
+            await f.aclose()
+
+
+async def test_a_recreated_stream_makes_its_feeds_resync(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    s = AStream(client, scope, "again")
+    await s.publish("old")
+    feed = s.changefeed(0, wait=0.5)
+    first = await anext(feed)
+    assert [m.value() for m in first.messages] == ["old"]
+    path = server.placement.path(f"projects/{scope.removeprefix('project-')}/again")
+    await server.store.drop(f"projects/{scope.removeprefix('project-')}/again")
+    path.unlink()
+    await s.publish("new")
+    change = await asyncio.wait_for(anext(feed), 5)
+    assert change.resync and not change.messages  # the consumer learns its view is stale
+    again = await asyncio.wait_for(anext(feed), 5)
+    assert [(m.seq, m.value()) for m in again.messages] == [(1, "new")]  # and the feed starts over
+    await feed.aclose()
+
+
+async def test_waiting_feeds_pin_no_files(client: conat.Client, placement: Placement, scope: str) -> None:
+    """More feeds wait than files may be open, and writes to other streams still go through."""
+    store = StreamStore(placement.path, max_open=2)
+    async with PersistServer(client, placement, store=store):
+        feeds = [AStream(client, scope, f"f{i}").changefeed(0, wait=30.0) for i in range(4)]
+        waiting = [asyncio.ensure_future(anext(f)) for f in feeds]
+        await asyncio.sleep(0.3)
+        result = await asyncio.wait_for(AStream(client, scope, "other").publish("x"), 5)
+        assert result.seq == 1
+        for i in range(4):
+            await AStream(client, scope, f"f{i}").publish(i)
+        changes = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert [c.messages[0].value() for c in changes] == [0, 1, 2, 3]
+        assert store.statistics().open <= 2
+        for f in feeds:
+            await f.aclose()
+    await store.aclose()

@@ -1,0 +1,196 @@
+"""Archive copies of stream files: write one, and restore one into place when it is newer.
+
+Blocking functions, run in :class:`persist.StreamStore`'s executor; the store decides when
+(its docstring states the rule). Each runs inside :func:`persist._engine_io.storage_errors`, so only
+persist errors leave.
+
+**Copies.** An archive copy is written with SQLite's online backup API (never a file copy: a WAL
+database's main file alone can lack committed data, notes/reliability.md lesson 4) into a temporary
+file beside the archive, switched to ``journal_mode=DELETE`` so it is one self-contained file (no
+``-wal``/``-shm`` ever appears beside it, and it can be read with ``mode=ro``), flushed, then renamed
+over the archive. A reader never sees half a copy.
+
+**Newer.** Which of the live file and the archive is newer is decided by ``meta.last_seq``, the last
+seq ever assigned (:mod:`persist._sql`): it only grows, and every message write bumps it. The live
+file's is read through its WAL (a connection, not the main file alone), so frames not yet
+checkpointed count. The archive is restored when the live file is missing or its ``last_seq`` is
+lower; a tie keeps the live file. mtime is not used: a copy, a restore or a clock step changes it
+without changing the data. A delete, a config change or a sweep does not bump ``last_seq``, so an
+archive that differs only by those is never newer; and two copies that each took writes the other
+lacks are not merged (the higher ``last_seq`` wins whole).
+
+**Restore.** The archive is copied (backup API again) into a temporary file created beside the live
+file through its checked directory (:class:`persist._beneath.Anchor`), checked with ``quick_check``,
+flushed, and renamed over the live name. Any ``-wal``/``-shm`` of the file it replaces are removed
+first: SQLite would otherwise replay the old file's WAL frames into the restored one. The old file's
+WAL was already read (and, by the connection's close, checkpointed) when its ``last_seq`` was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import tempfile
+import urllib.parse
+from pathlib import Path
+
+from . import _sql
+from ._beneath import Anchor
+from ._engine_io import storage_errors
+from ._errors import Corrupt
+
+__all__ = ["archive_stream", "restore_if_newer"]
+
+
+def last_seq(db: sqlite3.Connection) -> int | None:
+    """``meta.last_seq`` of a stream database; ``None`` if it has no ``meta`` table (not a stream yet)."""
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if has_meta is None:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE name = 'last_seq'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def archive_stream(root: Path, file: Path, dest: Path) -> None:
+    """Write a consistent copy of the stream file ``file`` (reached from ``root``) to ``dest``.
+
+    Safe while the stream is open and being written: the copy holds every write committed before
+    it started.
+
+    Raises:
+        NotFound: ``file`` does not exist.
+        BadPath: a symlink beneath ``root`` (nothing is read through it).
+        StorageError: the copy could not be written.
+    """
+    what = str(file)
+    with storage_errors(what, "archive"):
+        anchor = Anchor.open(root, file, create=False)
+        try:
+            src = anchor.connect(reader=True)
+            try:
+                _write_copy(src, dest)
+            finally:
+                src.close()
+        finally:
+            anchor.close()
+
+
+def restore_if_newer(root: Path, file: Path, archive: Path) -> bool:
+    """Restore ``archive`` over ``file`` (reached from ``root``) if it is newer (module docstring).
+
+    Call only while nothing has ``file`` open. A live file that cannot be read because it is corrupt
+    is left alone: opening it moves it aside (:class:`Corrupt`), and the next open restores.
+
+    Returns:
+        whether the archive was restored.
+
+    Raises:
+        Corrupt: the archive cannot be read, or its copy fails ``quick_check`` (nothing was replaced).
+        BadPath: a symlink beneath ``root``.
+        StorageError: reading or writing failed.
+    """
+    with storage_errors(str(archive), "restore"):
+        if not archive.exists():
+            return False
+        newest = _archive_seq(archive)
+    what = str(file)
+    with storage_errors(what, "restore"):
+        anchor = Anchor.open(root, file, create=False, create_dirs=True, missing_ok=True)
+        try:
+            if anchor.existed:
+                try:
+                    live = _live_seq(anchor)
+                except Corrupt:
+                    return False
+                if live >= newest:
+                    return False
+            _restore(anchor, archive)
+            return True
+        finally:
+            anchor.close()
+
+
+# ---- internals ---------------------------------------------------------------------------------------
+
+
+def _archive_seq(archive: Path) -> int:
+    with storage_errors(str(archive), "restore"):
+        db = _open_read_only(archive)
+        try:
+            seq = last_seq(db)
+        finally:
+            db.close()
+    if seq is None:
+        raise Corrupt(str(archive), "it is not a stream file (no meta table)")
+    return seq
+
+
+def _open_read_only(file: Path) -> sqlite3.Connection:
+    uri = f"file:{urllib.parse.quote(str(file))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+
+def _live_seq(anchor: Anchor) -> int:
+    with storage_errors(str(anchor.file), "restore"):
+        db = anchor.connect()
+        try:
+            return last_seq(db) or 0  # an empty database (created, never initialized) has nothing
+        finally:
+            db.close()
+
+
+def _restore(anchor: Anchor, archive: Path) -> None:
+    tmp = f"{anchor.name}.restore-{secrets.token_hex(4)}"
+    anchor.create_temp(tmp)
+    try:
+        out = anchor.connect(tmp)
+        try:
+            src = _open_read_only(archive)
+            try:
+                src.backup(out)
+            finally:
+                src.close()
+            problems = _sql.problems(out)
+            if problems:
+                raise Corrupt(str(archive), "its copy failed quick_check: " + "; ".join(problems[:5]))
+        finally:
+            out.close()
+        anchor.fsync(tmp)
+        for side in ("-wal", "-shm"):
+            anchor.unlink(anchor.name + side)
+        anchor.rename(tmp, anchor.name)
+        anchor.fsync()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            anchor.unlink(tmp)
+        raise
+
+
+def _write_copy(src: sqlite3.Connection, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        out = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            src.backup(out)
+            out.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            out.close()
+        _fsync_path(tmp)
+        os.replace(tmp, dest)
+        _fsync_path(dest.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
