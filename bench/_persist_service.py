@@ -71,10 +71,11 @@ from nats.js.api import StorageType
 import conat
 from conat._server import NatsServer
 from conat._server_config import ServerConfig
-from persist import AKV, AStream, PersistServer, Placement, PlacementConfig, StreamConfig
+from persist import AKV, AStream, PersistServer, Placement, PlacementConfig, StreamConfig, Write
 
 from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, percentile
 from ._persist import (
+    GOAL,
     KV_CONCURRENCY,
     PAYLOAD,
     SIZE,
@@ -92,6 +93,12 @@ __all__ = ["persist_service_benches"]
 
 IN_FLIGHT: Final = 100
 """Concurrent acknowledged publishes of the set rows."""
+BATCH: Final = 100
+"""Writes per ``publish_many`` request of the batched row."""
+BATCHES_IN_FLIGHT: Final = 10
+"""Concurrent ``publish_many`` requests of the batched row (so BATCH x this writes outstanding)."""
+BATCHED_GOAL: Final = 20_000.0
+"""The issue's target for batched acknowledged writes, msgs/s."""
 WAIT_S: Final = 30.0
 """How long the latency loop waits for one message to arrive before giving up."""
 FEED_WAIT: Final = 5.0
@@ -202,6 +209,48 @@ def _set(sync: Sync) -> tuple[Measure, Measure]:
         if stored != total:
             raise PersistBenchError(f"jetstream publish {sync}: {stored} of {total} messages stored")
         return _rate(done, spent)
+
+    return service, jetstream
+
+
+def _set_batched() -> tuple[Measure, Measure]:
+    """``publish_many`` of :data:`BATCH` writes, :data:`BATCHES_IN_FLIGHT` requests in flight,
+    ``sync="full"``; JetStream gets the same number of acked publishes outstanding."""
+    outstanding = BATCH * BATCHES_IN_FLIGHT
+
+    async def service(url: str, count: int) -> Sample:
+        async with _server("full") as (server_url, d), _persist(server_url, d / "persist") as client:
+            s = _stream(client, "batched", "full")
+            writes = [Write(payload=PAYLOAD, encoding="raw") for _ in range(BATCH)]
+
+            async def writer(n: int) -> None:
+                for _ in range(n):
+                    results = await s.publish_many(writes)
+                    if any(isinstance(r, Exception) for r in results):
+                        raise PersistBenchError(f"persist service batched: {results!r:.200}")
+
+            per = max(1, count // outstanding)
+            await asyncio.gather(*(writer(1) for _ in range(BATCHES_IN_FLIGHT)))
+            t0 = _Clock()
+            await asyncio.gather(*(writer(per) for _ in range(BATCHES_IN_FLIGHT)))
+            spent = _Clock().since(t0)
+        return _rate(per * outstanding, spent, {GOAL: per * outstanding / spent[0]})
+
+    async def jetstream(url: str, count: int) -> Sample:
+        async with _server("full") as (server_url, _), _nats(server_url, "bench-jetstream") as nc:
+            js = nc.jetstream()
+            await js.add_stream(name=JS_STREAM, subjects=[JS_SUBJECT], storage=StorageType.FILE)
+
+            async def writer(n: int) -> None:
+                for _ in range(n):
+                    await js.publish(JS_SUBJECT, PAYLOAD)
+
+            per = max(1, count // outstanding)
+            await asyncio.gather(*(writer(1) for _ in range(outstanding)))
+            t0 = _Clock()
+            await asyncio.gather(*(writer(per) for _ in range(outstanding)))
+            spent = _Clock().since(t0)
+        return _rate(per * outstanding, spent, {GOAL: BATCHED_GOAL})
 
     return service, jetstream
 
@@ -367,6 +416,16 @@ def persist_service_benches() -> list[Bench]:
               " vs js.publish (default sync)",
               set_n, set_n_js, (Metric("persist_service_set_normal", "msgs/s", SET_TARGET),),
               20_000, 2_000, {"size": SIZE, "sync": "normal", "in_flight": IN_FLIGHT}, baseline=js),
+        Bench("persist_service_set_batched",
+              f"service: AStream.publish_many of {BATCH}, {BATCHES_IN_FLIGHT} in flight, sync=full,"
+              f" 128 B, vs js.publish ({BATCH * BATCHES_IN_FLIGHT} in flight, sync_interval: always);"
+              f" goal row: the issue's >= {BATCHED_GOAL:,.0f} msgs/s",
+              *_set_batched(),
+              (Metric("persist_service_set_batched", "msgs/s", SET_TARGET),
+               Metric("persist_service_set_batched_goal", "msgs/s", 1.0, GOAL)),
+              100_000, 10_000,
+              {"size": SIZE, "sync": "full", "batch": BATCH, "in_flight": BATCHES_IN_FLIGHT},
+              baseline=js),
         Bench("persist_service_kv",
               f"service: N AKV.set then N AKV.get, {KV_CONCURRENCY} at a time, sync=normal, 128 B,"
               " vs JetStream KV put/get",

@@ -33,10 +33,8 @@ from ._dstream import Deleted as Deleted
 from ._dstream import DStream as DStream
 from ._dstream import DStreamStatistics as DStreamStatistics
 from ._dstream import Entry as Entry
-from ._dstream import Events as Events
 from ._dstream import Older as Older
 from ._dstream import Reject as Reject
-from ._dstream import Resync as Resync
 from ._dstream import Saved as Saved
 from ._dstream import StreamEvent as StreamEvent
 from ._engine import ChangePage as ChangePage
@@ -57,6 +55,8 @@ from ._errors import StorageError as StorageError
 from ._errors import TooLarge as TooLarge
 from ._errors import TooSlow as TooSlow
 from ._errors import WrongLastSequence as WrongLastSequence
+from ._follower import Events as Events
+from ._follower import Resync as Resync
 from ._model import DeleteResult as DeleteResult
 from ._model import Inventory as Inventory
 from ._model import Message as Message

@@ -5,9 +5,9 @@ Theory of operation
 
 **Cache and overlay.** The cache holds, per key, the last message the feed reported (value, seq,
 tombstone or not); it follows the store exactly as a :class:`~persist.DStream` does (same cursor,
-same feed task: see :mod:`persist._dstream`). Local writes sit in an overlay above it until they are
-saved, and reads look at the overlay first, so a write is visible at once. A key has at most one
-write in flight; writes made meanwhile are folded into the next one.
+same feed task, same saver: see :mod:`persist._follower`). Local writes sit in an overlay above it
+until they are saved, and reads look at the overlay first, so a write is visible at once. A key
+has at most one write in flight; writes made meanwhile are folded into the next one.
 
 **Who wins.** Without a merge hook a write is a plain set, so the last write the service commits
 wins, and every cache converges to it: a message whose seq is not above the one held for its key
@@ -44,19 +44,19 @@ from conat._errors import ConatError, PayloadError
 from ._checks import check_set_args
 from ._client import DEFAULT_FEED_WAIT, DEFAULT_TIMEOUT, AStream
 from ._config import StreamConfig
-from ._dstream import (
+from ._engine import StoredMessage, Write
+from ._errors import BadRequest, PersistError, Rejected, WrongLastSequence
+from ._follower import (
     DEFAULT_MAX_EVENTS,
     MSG_ID_HEADER,
+    Follower,
     Ranges,
     Resync,
-    _Follower,
     batch_of,
     decode,
     new_msg_id,
     seqs_in,
 )
-from ._engine import StoredMessage, Write
-from ._errors import BadRequest, PersistError, Rejected, WrongLastSequence
 from ._model import SetResult
 
 __all__ = [
@@ -195,7 +195,7 @@ _OPEN_TOKEN: Final = object()
 
 
 @final
-class DKV(_Follower[KVEvent, str]):
+class DKV(Follower[KVEvent, str]):
     """A local cache of a persist key-value store with optimistic writes (module docstring).
 
     Open with :meth:`open` (or :meth:`from_stream`), close with :meth:`aclose` or ``async with``.

@@ -3,25 +3,18 @@
 Theory of operation
 -------------------
 
-**One cursor, no gap.** The cache follows the stream with the changefeed's own read (a page of
-changes after ``(after_seq, after_delete, stream_id)``): history in pages that do not wait, then
-live pages that long-poll, all from the *same* cursor. So history and live updates join with no gap
-and no duplicate, deletes made while history was loading are reported, and a restart of the
-service (or of the bus) only delays the next page. Loading history with ``get_all`` and then
-starting :meth:`AStream.changefeed` would lose the deletes made between the two (the changefeed's
-first page carries no delete cursor), which is why the follower reads pages itself
-(``AStream._page``, the changefeed's own step).
+**Following and saving.** A DStream is a :class:`~persist._follower.Follower`, like a
+:class:`~persist.DKV`: it reads the stream from one cursor ``(after_seq, after_delete, stream_id)``,
+history then live, so no change (delete included) is missed or seen twice; one feed task applies
+each page and one saver task sends the unsaved publishes in publish order, each with a msg-id so a
+resend is not stored twice. Every change is pushed to each :meth:`DStream.events` iterator without
+waiting, and one holding ``max_events`` unread events is cut off (:class:`~persist.TooSlow`): the
+reader starts a new one and re-reads the view. :mod:`persist._follower` tells how and why; what
+follows is DStream's own part.
 
-**One feed task, one saver at a time.** The feed task applies each page to the cache: deletes
-first (a page's messages are live at its snapshot, so no range of the same page can hold one of
-them), then messages, a keyed one replacing the key's cached message. Writes go out through one
-saver task, started when there is something to save and gone when there is not, which sends the
-unsaved writes in publish order, many per request (:meth:`AStream.publish_many`: one transaction,
-each write judged on its own). Every write carries a msg-id, so resending after a failure is
-answered with the original result instead of storing twice (within the stream's
-``duplicate_window``, 120 s by default).
+**Applying a page.** Deletes first, then messages, a keyed one replacing the key's cached message.
 
-**Echo.** A write also carries its msg-id in the ``conat-msg-id`` header, because its copy in the
+**Echo.** A publish also carries its msg-id in the ``conat-msg-id`` header, because its copy in the
 feed can arrive before or after the write's own reply: whichever comes first marks the local entry
 saved and the other changes nothing, so a local write is never shown twice. A saved write the feed
 never shows (deleted or replaced before the feed read it) leaves the view once the feed's cursor
@@ -32,77 +25,56 @@ one saver sends them in that order, a local message keeps its place when it is s
 publish replaces the key's previous message when it is saved (until then both are shown).
 
 **Resync.** A page with ``resync`` (the consumer fell behind the delete log, or the stream was
-re-created) reloads the cached window from scratch and emits :class:`Resync`: a reader re-reads the
-view instead of patching it.
-
-**Events are bounded per iterator.** Every change is pushed to each :meth:`DStream.events`
-iterator without waiting; one holding ``max_events`` unread events is cut off and raises
-:class:`~persist.TooSlow`. The cache applies every change whether or not anyone reads events, so it
-stays correct; the reader starts a new iterator and re-reads the view.
+re-created) reloads the cached window and emits :class:`~persist.Resync`: a reader re-reads the
+view instead of patching it. The window is every message from the oldest seq the view held
+(:meth:`DStream.load_older` included), or, for a re-created stream, what :meth:`DStream.open` asked
+for (``from_seq`` or the last ``last`` messages). A :meth:`DStream.load_older` that spans a reload
+is discarded: the reloaded view is whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import secrets
-import warnings
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Generic, Self, TypeVar, cast, final
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any, Final, cast, final
 
 import msgspec
 
 from conat import Client
-from conat._codecs import get_codec
-from conat._errors import ClosedError, ConatError, PayloadError
 
 from ._checks import check_set_args
 from ._client import DEFAULT_FEED_WAIT, DEFAULT_TIMEOUT, AStream
 from ._config import StreamConfig
-from ._engine import ChangePage, StoredMessage, Write
-from ._errors import BadRequest, PersistError, TooSlow
+from ._engine import StoredMessage, Write
+from ._errors import BadRequest, PersistError
+from ._follower import (
+    DEFAULT_MAX_EVENTS,
+    MSG_ID_HEADER,
+    Follower,
+    Ranges,
+    Resync,
+    batch_of,
+    decode,
+    in_ranges,
+    new_msg_id,
+    seqs_in,
+)
 from ._model import SetResult
-from ._wire import DEFAULT_PAGE_BYTES, DEFAULT_PAGE_MSGS
+from ._wire import DEFAULT_PAGE_MSGS
 
 __all__ = [
-    "DEFAULT_CLOSE_TIMEOUT",
-    "DEFAULT_MAX_EVENTS",
-    "MSG_ID_HEADER",
     "Added",
     "DStream",
     "DStreamStatistics",
     "Deleted",
     "Entry",
-    "Events",
     "Older",
     "Reject",
-    "Resync",
     "Saved",
     "StreamEvent",
 ]
-
-log = logging.getLogger("persist.dstream")
-
-MSG_ID_HEADER: Final = "conat-msg-id"
-"""The header carrying a DStream/DKV write's msg-id, so the writer recognises its copy in the feed."""
-
-DEFAULT_MAX_EVENTS: Final = 10_000
-DEFAULT_CLOSE_TIMEOUT: Final = 5.0
-_BATCH_MSGS: Final = 1000
-_BATCH_BYTES: Final = 4 * 1024 * 1024
-_BACKOFF_MIN: Final = 0.05
-_BACKOFF_MAX: Final = 2.0
-
-E = TypeVar("E")
-T = TypeVar("T")
-Ranges = Sequence[tuple[int, int]]
-
-
-def new_msg_id() -> str:
-    """A random msg-id (128 bits), unique across writers."""
-    return secrets.token_urlsafe(16)
 
 
 # ---- events ----------------------------------------------------------------------------------------
@@ -175,379 +147,7 @@ class Older(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[Entry]
 
 
-@final
-class Resync(msgspec.Struct, frozen=True, kw_only=True):
-    """The cache was reloaded (the feed could not tell every change): re-read it whole."""
-
-
 StreamEvent = Added | Saved | Deleted | Reject | Older | Resync
-
-
-@final
-class Events(Generic[E]):
-    """An async iterator of a cache's change events, bounded (see the module docstring).
-
-    Ends (``StopAsyncIteration``) when the cache closes or :meth:`aclose` is called.
-
-    Raises:
-        TooSlow: more than ``limit`` events were left unread: events were dropped. Start a new
-            iterator and re-read the cache.
-    """
-
-    def __init__(self, what: str, limit: int, unsubscribe: Callable[[Events[E]], None]) -> None:
-        self._what = what
-        self._limit = limit
-        self._unsubscribe = unsubscribe
-        self._queue: deque[E] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._too_slow = False
-        self._ended = False
-
-    @property
-    def pending(self) -> int:
-        """Events waiting to be read."""
-        return len(self._queue)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> E:
-        while not self._queue:
-            if self._too_slow:
-                raise TooSlow(self._what, self._limit)
-            if self._ended:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._queue.popleft()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop receiving events (the iterator ends)."""
-        self._queue.clear()
-        self._end()
-
-    def _push(self, event: E) -> None:
-        if self._ended:
-            return
-        if len(self._queue) >= self._limit:
-            self._too_slow = True
-            self._queue.clear()
-            self._end()
-            return
-        self._queue.append(event)
-        self._wake()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._unsubscribe(self)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-
-# ---- the follower: cursor, feed task, saver, events, lifecycle ----------------------------------
-
-
-class _Follower(Generic[E, T]):
-    """What DStream and DKV share: a cache kept in step with one stream, plus a background saver.
-
-    Subclasses hold the cache (:meth:`_replace`, :meth:`_apply`) and the unsaved writes, each
-    identified by a token ``T`` (:meth:`_take_batch`, :meth:`_saved`, :meth:`_refuse`,
-    :meth:`_unsend`).
-    """
-
-    _kind = "cache"
-
-    def __init__(self, stream: AStream, *, wait: float, max_events: int) -> None:
-        if max_events < 1:
-            raise BadRequest(self._kind, f"max_events must be positive, not {max_events!r}")
-        self._stream = stream
-        self._codec = get_codec(stream.encoding)
-        self._wait = wait
-        self._max_events = max_events
-        self._events: dict[Events[E], None] = {}
-        self._after_seq = 0
-        self._after_delete: int | None = None
-        self._stream_id: str | None = None
-        self._feed: asyncio.Task[None] | None = None
-        self._saver: asyncio.Task[None] | None = None
-        self._opened = False
-        self._closing = False
-        self._closed = False
-        self._resyncs = 0
-        self._generation = 0  # bumps on every reload: a load that spans one is discarded
-
-    @property
-    def stream(self) -> AStream:
-        """The stream this cache follows."""
-        return self._stream
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._stream.scope!r}, {self._stream.name!r})"
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_opened", False) and not self._closed:
-            _warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
-
-    # ---- lifecycle ---------------------------------------------------------------------------------
-
-    async def _open(self) -> Self:
-        self._replace(await self._initial_load())
-        self._opened = True
-        self._feed = asyncio.get_running_loop().create_task(self._follow(), name=f"{self!r} feed")
-        return self
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
-        """Save what is unsaved (waiting at most ``timeout`` s), then stop. Idempotent.
-
-        Writes still unsaved after ``timeout`` are dropped (and logged); event iterators end.
-        """
-        if self._closing:
-            return
-        self._closing = True
-        if self._saver is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_saved(), timeout)
-        tasks = [t for t in (self._feed, self._saver) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._saver = None
-        if self.has_unsaved_changes():
-            log.warning("%r closed with unsaved writes; they are dropped", self)
-        self._closed = True
-        self._drop_unsaved()
-        for events in list(self._events):
-            events._end()
-
-    def _check_open(self) -> None:
-        if self._closing:
-            raise ClosedError(repr(self))
-
-    # ---- events ------------------------------------------------------------------------------------
-
-    def events(self, max_events: int | None = None) -> Events[E]:
-        """A new iterator of the changes made from now on (at most ``max_events`` unread)."""
-        limit = self._max_events if max_events is None else max_events
-        if limit < 1:
-            raise BadRequest(self._kind, f"max_events must be positive, not {limit!r}")
-        events: Events[E] = Events(repr(self), limit, self._unsubscribe)
-        if self._closed:
-            events._end()
-        else:
-            self._events[events] = None
-        return events
-
-    def _unsubscribe(self, events: Events[E]) -> None:
-        self._events.pop(events, None)
-
-    def _emit(self, event: E) -> None:
-        for events in list(self._events):
-            events._push(event)
-
-    # ---- saving ------------------------------------------------------------------------------------
-
-    def has_unsaved_changes(self) -> bool:
-        """Whether some local write is neither committed nor refused yet."""
-        raise NotImplementedError
-
-    async def save(self) -> None:
-        """Wait until every write made so far is committed or refused (refusals are events).
-
-        Raises:
-            ClosedError: the cache closed before they were all saved.
-        """
-        await self._wait_saved()
-        if self._closed and self.has_unsaved_changes():
-            raise ClosedError(f"{self!r} (closed with unsaved writes)")
-
-    async def _wait_saved(self) -> None:
-        waiting = self._unsaved_futures()
-        if waiting:
-            await asyncio.wait(waiting)
-
-    def _kick_saver(self) -> None:
-        if self._saver is None and not self._closed:
-            name = f"{self!r} saver"
-            self._saver = asyncio.get_running_loop().create_task(self._save_loop(), name=name)
-
-    async def _save_loop(self) -> None:
-        delay = _BACKOFF_MIN
-        try:
-            while batch := self._take_batch():
-                tokens = [token for token, _ in batch]
-                try:
-                    results = await self._stream.publish_many([write for _, write in batch])
-                except (ValueError, PermissionError) as e:  # malformed or forbidden: resending cannot help
-                    self._refuse(tokens, e)
-                    continue
-                except (ConatError, OSError) as e:
-                    log.warning("%r: saving failed, retrying in %.2fs: %s", self, delay, e)
-                    self._unsend(tokens)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX)
-                    continue
-                delay = _BACKOFF_MIN
-                await self._saved(list(zip(tokens, results, strict=True)))
-        finally:
-            self._saver = None  # no await between the last (empty) take and this
-
-    # ---- following ---------------------------------------------------------------------------------
-
-    async def _read_from(
-        self, after_seq: int, after_delete: int | None = None, stream_id: str | None = None
-    ) -> list[StoredMessage]:
-        """Every live message after ``after_seq``, in pages that do not wait; leaves the cursor there.
-
-        Deletes reported by later pages are applied to the messages of earlier ones.
-        """
-        start = after_seq
-        messages: list[StoredMessage] = []
-        while True:
-            page = await self._page(after_seq, after_delete, stream_id, 0.0)
-            if page.resync:  # the stream was re-created (or the log cut) while we read: start over
-                after_seq, after_delete, stream_id, messages = start, None, None, []
-                continue
-            if page.deletes:
-                messages = [m for m in messages if not in_ranges(m.seq, page.deletes)]
-            messages.extend(page.messages)
-            after_delete = page.delete_cursor
-            stream_id = page.stream_id or stream_id
-            if page.messages:
-                after_seq = page.messages[-1].seq
-            if not page.messages or after_seq >= page.last_seq:
-                break
-        self._after_seq, self._after_delete, self._stream_id = after_seq, after_delete, stream_id
-        return messages
-
-    async def _page(
-        self, after_seq: int, after_delete: int | None, stream_id: str | None, wait: float, max_msgs: int = 0
-    ) -> ChangePage:
-        # the changefeed's own step, so this cursor carries the delete cursor too (module docstring)
-        return await self._stream._page(
-            after_seq, after_delete, stream_id, max_msgs or DEFAULT_PAGE_MSGS, DEFAULT_PAGE_BYTES, wait
-        )
-
-    async def _follow(self) -> None:
-        delay = _BACKOFF_MIN
-        while True:
-            try:
-                page = await self._page(self._after_seq, self._after_delete, self._stream_id, self._wait)
-                if page.resync:
-                    await self._reload(new_stream=page.stream_id != self._stream_id)
-                else:
-                    self._advance(page)
-            except (ConatError, OSError) as e:
-                log.warning("%r: feed failed, retrying in %.2fs: %s", self, delay, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-            except Exception:  # a bug must not stop the cache from following: log it, go on
-                log.exception("%r: applying a page failed, retrying in %.2fs", self, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-            else:
-                delay = _BACKOFF_MIN
-
-    def _advance(self, page: ChangePage) -> None:
-        if page.messages:
-            self._after_seq = page.messages[-1].seq
-        self._after_delete = page.delete_cursor
-        self._stream_id = page.stream_id or self._stream_id
-        self._apply(page.deletes, page.messages)
-
-    async def _reload(self, *, new_stream: bool) -> None:
-        messages = await self._reload_messages(new_stream)
-        self._generation += 1
-        self._resyncs += 1
-        self._replace(messages, resync=True, new_stream=new_stream)
-
-    # ---- subclass hooks ----------------------------------------------------------------------------
-
-    async def _initial_load(self) -> list[StoredMessage]:
-        raise NotImplementedError
-
-    async def _reload_messages(self, new_stream: bool) -> list[StoredMessage]:
-        raise NotImplementedError
-
-    def _replace(
-        self, messages: list[StoredMessage], *, resync: bool = False, new_stream: bool = False
-    ) -> None:
-        raise NotImplementedError
-
-    def _apply(self, deletes: Ranges, messages: list[StoredMessage]) -> None:
-        raise NotImplementedError
-
-    def _unsaved_futures(self) -> list[asyncio.Future[None]]:
-        raise NotImplementedError
-
-    def _drop_unsaved(self) -> None:
-        raise NotImplementedError
-
-    def _take_batch(self) -> list[tuple[T, Write]]:
-        raise NotImplementedError
-
-    async def _saved(self, results: list[tuple[T, SetResult | PersistError]]) -> None:
-        raise NotImplementedError
-
-    def _refuse(self, tokens: list[T], error: Exception) -> None:
-        raise NotImplementedError
-
-    def _unsend(self, tokens: list[T]) -> None:
-        raise NotImplementedError
-
-
-def in_ranges(seq: int, ranges: Ranges) -> bool:
-    return any(low <= seq <= high for low, high in ranges)
-
-
-def seqs_in(ranges: Ranges, held: Mapping[int, object]) -> list[int]:
-    """The seqs of ``held`` inside ``ranges`` (a range may be far wider than what is held)."""
-    out: list[int] = []
-    for low, high in ranges:
-        if high - low < len(held):
-            out.extend(s for s in range(low, high + 1) if s in held)
-        else:
-            out.extend(s for s in held if low <= s <= high)
-    return out
-
-
-def decode(message: StoredMessage) -> Any:
-    """The message's value; its raw payload if it does not decode (logged, never fatal to a cache)."""
-    try:
-        return message.value()
-    except PayloadError as e:
-        log.warning("seq %d does not decode (%s); keeping its raw payload", message.seq, e)
-        return message.payload
-
-
-def batch_of(items: Iterable[T], write_of: Callable[[T], Write]) -> list[tuple[T, Write]]:
-    """The first items that fit in one request (at least one)."""
-    batch: list[tuple[T, Write]] = []
-    size = 0
-    for item in items:
-        write = write_of(item)
-        size += len(write.payload)
-        if batch and (len(batch) >= _BATCH_MSGS or size > _BATCH_BYTES):
-            break
-        batch.append((item, write))
-    return batch
 
 
 # ---- DStream -----------------------------------------------------------------------------------------
@@ -588,7 +188,7 @@ _OPEN_TOKEN: Final = object()
 
 
 @final
-class DStream(_Follower[StreamEvent, _Pending]):
+class DStream(Follower[StreamEvent, _Pending]):
     """A local ordered cache of a persist stream, with optimistic publishing (module docstring).
 
     Open with :meth:`open` (or :meth:`from_stream`), close with :meth:`aclose` or ``async with``.
@@ -798,7 +398,7 @@ class DStream(_Follower[StreamEvent, _Pending]):
         if self._last is None:
             self._low = self._from_seq
             return await self._read_from(self._from_seq - 1)
-        probe = await self._page(0, None, None, 0.0, max_msgs=1)
+        probe = await self._stream.read_page(0, max_msgs=1)
         after = max(probe.last_seq - self._last, 0)
         messages = await self._read_from(after, probe.delete_cursor, probe.stream_id or None)
         self._low = after + 1
