@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, final
 
+from conat._errors import ClosedError
+
 from . import _sql
 from ._beneath import Anchor
 from ._config import StreamConfig
@@ -161,6 +163,11 @@ class ReaderPool:
 
     Each reader is ``query_only``, so WAL lets reads run beside the writer. Once :meth:`attach` ed
     to the writer's anchor, readers connect through it (and are verified like the writer).
+
+    **Group reads.** Reads queued while every reader is busy run together, in one executor call on
+    one connection, as writes share a transaction: a thread hop costs more than a point query, so
+    under concurrency (a service answering many ``get`` s of one stream) this is what keeps reads
+    from paying one hop each. Each read still gets its own result or error.
     """
 
     def __init__(self, file: Path, jobs: Jobs, max_readers: int, what: str) -> None:
@@ -168,20 +175,61 @@ class ReaderPool:
         self._anchor: Anchor | None = None
         self._jobs = jobs
         self._what = what
-        self._slots = asyncio.Semaphore(max_readers)
+        self._max = max_readers
+        self._running = 0
+        self._closed = False
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._idle: list[Conn] = []
         self.all: list[Conn] = []
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``work(db)`` on a reader connection in the executor; wait for a free one if all are busy."""
-        await self._slots.acquire()
-        try:
-            fut = self._jobs.submit(functools.partial(self._with_reader, work))
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda _: self._slots.release())
+        """Run ``work(db)`` on a reader connection in the executor (with the reads queued beside it)."""
+        fut: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, fut))
+        self._start()
         return await fut
+
+    def _start(self) -> None:
+        if self._closed:
+            queued, self._queue = self._queue, []
+            for _, fut in queued:
+                if not fut.done():
+                    fut.set_exception(ClosedError(f"persist stream {self._what}"))
+            return
+        while self._queue and self._running < self._max:
+            batch, self._queue = self._queue, []
+            batch = [(w, f) for w, f in batch if not f.cancelled()]
+            if not batch:
+                continue
+            self._running += 1
+            try:
+                job = self._jobs.submit(functools.partial(self._with_reader, [w for w, _ in batch]))
+            except BaseException as e:
+                self._running -= 1
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(e)
+                raise
+            job.add_done_callback(functools.partial(self._finished, batch))
+
+    def _finished(
+        self,
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
+        job: asyncio.Future[list[tuple[bool, Any]]],
+    ) -> None:
+        self._running -= 1
+        failure = None if job.cancelled() else job.exception()
+        outcomes = job.result() if failure is None and not job.cancelled() else None
+        for n, (_, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            if outcomes is None:
+                fut.set_exception(failure if failure is not None else asyncio.CancelledError())
+            elif outcomes[n][0]:
+                fut.set_result(outcomes[n][1])
+            else:
+                fut.set_exception(outcomes[n][1])
+        self._start()
 
     def attach(self, anchor: Anchor) -> None:
         """Connect readers through ``anchor`` (owned by the writer, open longer than every reader)."""
@@ -189,12 +237,15 @@ class ReaderPool:
 
     def take_all(self) -> list[Conn]:
         """Forget every connection (to close them); the pool is unusable afterwards."""
+        self._closed = True
+        self._start()  # fails the reads still queued
         conns = list(self.all)
         self.all.clear()
         self._idle.clear()
         return conns
 
-    def _with_reader(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _with_reader(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        """Run ``works`` on one reader connection (in the executor): per work, (ok, result or error)."""
         with storage_errors(self._what, "read"):
             try:
                 conn = self._idle.pop()
@@ -207,11 +258,18 @@ class ReaderPool:
                 )
                 conn = Conn(db)
                 self.all.append(conn)
-            try:
-                with conn.lock:
-                    return work(conn.db)
-            finally:
-                self._idle.append(conn)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with conn.lock:
+                for work in works:
+                    try:
+                        with storage_errors(self._what, "read"):
+                            outcomes.append((True, work(conn.db)))
+                    except Exception as e:  # noqa: BLE001 - handed to that read's caller
+                        outcomes.append((False, e))
+        finally:
+            self._idle.append(conn)
+        return outcomes
 
 
 # ---- the writer's queue ------------------------------------------------------------------------------

@@ -4,11 +4,8 @@ and plugin commands such as ``run`` (from ``actors``).
 ``main`` is the console-script entry point; ``cli`` is the click group (for ``CliRunner``).
 """
 
-import importlib.metadata
 import io
 import sys
-
-import click
 
 from ._app import cli as cli
 from ._bench import bench
@@ -19,22 +16,6 @@ __all__ = ["cli", "main"]
 
 for _command in (up, server, pub, sub, req, reply, bench):
     cli.add_command(_command)
-
-
-def _add_plugin_commands() -> None:
-    """Commands of higher layers (``conat run`` from ``actors``) arrive through the
-    ``conat.commands`` entry point group, so this package never imports them directly."""
-    for entry in importlib.metadata.entry_points(group="conat.commands"):
-        try:
-            command = entry.load()
-        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the CLI
-            print(f"conat: warning: command {entry.name!r} failed to load: {e}", file=sys.stderr)
-            continue
-        if isinstance(command, click.Command):
-            cli.add_command(command, entry.name)
-
-
-_add_plugin_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -130,8 +131,36 @@ def _usage(error: click.UsageError) -> click.UsageError:
     return _UsageError(error.format_message(), error.ctx)
 
 
+PLUGIN_GROUP: Final = "conat.commands"
+"""The entry point group of higher layers' commands."""
+
+
 class ConatGroup(click.Group):
-    """A click group with conat's exit codes: usage errors exit 1, library errors map by class."""
+    """A click group with conat's exit codes: usage errors exit 1, library errors map by class.
+
+    Commands of higher layers (``conat run`` from ``actors``, ``conat stream`` from ``persist``)
+    arrive through the :data:`PLUGIN_GROUP` entry point group, loaded the first time a command is
+    looked up (not at import: a plugin module importing ``conat.cli`` must find it whole).
+    """
+
+    _plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            try:
+                command = entry.load()
+            except Exception as e:  # noqa: BLE001 - a broken plugin must not break the CLI
+                print(f"conat: warning: command {entry.name!r} failed to load: {e}", file=sys.stderr)
+                continue
+            if isinstance(command, click.Command):
+                self.add_command(command, entry.name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load_plugins()
+        return super().get_command(ctx, cmd_name)
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -142,6 +171,7 @@ class ConatGroup(click.Group):
             raise _usage(e) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
         return list(self.commands)  # the order they were added in: the order a newcomer needs them
 
     def invoke(self, ctx: click.Context) -> Any:

@@ -12,6 +12,9 @@ The service lives on its own connection and answers on three subjects built with
 
 The conversation exercises each feature once and prints one line per step; any wrong answer raises
 :class:`DemoFailed`.
+
+Higher layers take part in ``conat up`` through :class:`UpExtension` (a service run in-process on the
+embedded bus, and a step of the conversation), found through entry points: conat never imports them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.metadata
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -36,15 +41,21 @@ __all__ = [
     "COUNT",
     "EVENTS",
     "GREETER",
+    "PLUGIN_GROUP",
     "SOCKETS",
     "DemoFailed",
     "Greeter",
     "GreeterService",
     "GreeterStats",
+    "UpExtension",
     "conversation",
     "demo_service",
     "hint_commands",
+    "line",
+    "up_extensions",
 ]
+
+log = logging.getLogger("conat.cli")
 
 GREETER: Final = subjects.public("demo", "greeter")
 COUNT: Final = subjects.public("demo", "count")
@@ -54,6 +65,9 @@ CHUNKED_BYTES: Final = 8 * 1024 * 1024
 MAX_COUNT: Final = 1000
 _MIB: Final = 1024 * 1024
 _LABEL: Final = 9
+
+PLUGIN_GROUP: Final = "conat.up"
+"""The entry point group of :class:`UpExtension` instances."""
 
 
 class DemoFailed(conat.ConatError):
@@ -140,6 +154,52 @@ async def demo_service(url: str) -> AsyncIterator[GreeterService]:
             finally:
                 shouting.cancel()
                 await asyncio.gather(shouting, return_exceptions=True)
+
+
+class UpExtension:
+    """A higher layer's part in ``conat up``: a service run in-process on the embedded bus, a demo
+    step, and commands to try. Subclass it and name an instance in the :data:`PLUGIN_GROUP` entry
+    point group (``persist = "persist._up:up_extension"``); ``conat up`` uses them in entry point
+    name order.
+
+    So the layering holds (subjects <- conat <- actors <- persist): conat defines the hook, the
+    higher layer fills it, and nothing in conat names the higher layer.
+    """
+
+    name: str = "extension"
+
+    def serve(self, url: str, out: Printer) -> contextlib.AbstractAsyncContextManager[object]:
+        """Run the service on the bus at ``url`` while the block runs.
+
+        Print one ``service`` line once it is up. Errors propagate: ``conat up`` stops and reports them.
+        """
+        raise NotImplementedError
+
+    async def demo(self, url: str, out: Printer) -> None:
+        """A step of the conversation, after the built-in ones: one printed line per step.
+
+        Raises:
+            DemoFailed: a wrong answer.
+        """
+
+    def hints(self) -> list[str]:
+        """Commands to suggest once ``conat up`` is running."""
+        return []
+
+
+def up_extensions() -> list[UpExtension]:
+    """The installed :class:`UpExtension` s, in entry point name order."""
+    found: list[UpExtension] = []
+    entries = sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)
+    for entry in entries:
+        try:
+            obj = entry.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break conat up
+            log.warning("conat up: entry point %r failed to load: %s", entry.name, e)
+            continue
+        if isinstance(obj, UpExtension):
+            found.append(obj)
+    return found
 
 
 def hint_commands() -> list[str]:

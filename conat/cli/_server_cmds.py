@@ -3,11 +3,15 @@
 Both publish the server in the state file while it runs, so other commands (and
 ``conat.connect()`` with no URL) find it; both stop cleanly on Ctrl-C or SIGTERM (exit code 0) and
 remove the state file.
+
+``conat up`` also runs the service and demo step of every installed :class:`~conat.cli._demo.UpExtension`
+(persist's, found through an entry point, so this module never imports persist).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,17 @@ from conat._server import NatsServer, serve_forever
 from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerConfig, WebsocketConfig
 
 from ._app import Options, json_option, run, stop_on_signals, until_stopped
-from ._demo import COUNT, GREETER, SOCKETS, conversation, demo_service, hint_commands, line
+from ._demo import (
+    COUNT,
+    GREETER,
+    SOCKETS,
+    UpExtension,
+    conversation,
+    demo_service,
+    hint_commands,
+    line,
+    up_extensions,
+)
 from ._output import Printer
 
 __all__ = ["server", "up"]
@@ -124,10 +138,12 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
 def up(opts: Options, port: int, once: bool) -> None:
     """Start the local bus and a demo service on it, show them talking, and keep running.
 
-    Starts a nats-server (like `conat server`), serves a small greeter service on public.demo.*,
-    then, as a client, makes typed requests, reads a stream, does a pub/sub round trip and sends
-    an 8 MiB (chunked) request, printing one line per step. Then it keeps the bus and the demo
-    service up until Ctrl-C (with --once: it stops and exits 0).
+    Starts a nats-server (like `conat server`), serves a small greeter service on public.demo.*
+    and the services of installed extensions (persist: streams and KV stores in SQLite files
+    under the data dir), then, as a client, makes typed requests, reads a stream, does a pub/sub
+    round trip, sends an 8 MiB (chunked) request, and writes and reads back a persisted stream
+    and a KV key, printing one line per step. Then it keeps the bus and the services up until
+    Ctrl-C (with --once: it stops and exits 0).
     """
     out = Printer(opts.json)
     try:
@@ -172,7 +188,8 @@ async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
 
 
 async def _demo(out: Printer, url: str, once: bool, stop: asyncio.Event) -> None:
-    async with demo_service(url):
+    extensions = up_extensions()  # persist's service and demo step, when installed (no import of it here)
+    async with demo_service(url), contextlib.AsyncExitStack() as running:
         out.event(
             line(
                 "service",
@@ -185,21 +202,26 @@ async def _demo(out: Printer, url: str, once: bool, stop: asyncio.Event) -> None
             stream=COUNT,
             socket=f"{SOCKETS}.*",
         )
-        if await until_stopped(stop, _converse(out, url)) is None:
+        for extension in extensions:
+            await running.enter_async_context(extension.serve(url, out))
+        if await until_stopped(stop, _converse(out, url, extensions)) is None:
             return  # interrupted
         out.event(line("demo", "ok"), event="demo", ok=True)
         if once:
             return
-        first, second = hint_commands()
+        hints = hint_commands() + [hint for extension in extensions for hint in extension.hints()]
+        first, *others = hints
         out.event(
-            f"conat is up at {url} — try: {first}\nCtrl-C stops the bus (also try: {second})",
+            f"conat is up at {url} — try: {first}\nCtrl-C stops the bus (also try: {'; '.join(others)})",
             event="up",
             url=url,
-            try_commands=[first, second],
+            try_commands=hints,
         )
         await stop.wait()
 
 
-async def _converse(out: Printer, url: str) -> bool:
+async def _converse(out: Printer, url: str, extensions: list[UpExtension]) -> bool:
     await conversation(url, out)
+    for extension in extensions:
+        await extension.demo(url, out)
     return True

@@ -380,11 +380,16 @@ def test_up_once_runs_the_demo_conversation(tmp_path: Path, procs: list[Proc]) -
         "pubsub   public.demo.events: published 3, received 3 in order",
         "socket   public.demo.socket.conat-up: sent one two three -> ONE TWO THREE in order",
         "chunked  public.demo.greeter echo(8 MiB) -> 8 MiB back, identical",
+        # persist's part (an UpExtension found through an entry point): its service and demo step
+        f"service  persist.*.>: persisted streams and KV stores, SQLite files under {tmp_path / 'sync'}",
+        "persist  hub/demo: published 3 (seq 1..3), read back 3 in order",
+        'kv       hub/demo-kv: put greeting="hello from conat up" (seq 1), get -> "hello from conat up"',
     ):
         assert any(line.startswith(expected) for line in lines), (expected, out)
     assert lines[-2:] == ["demo     ok", "bus      stopped"]
     assert err == ""
     assert not (tmp_path / "server.json").exists()
+    assert (tmp_path / "sync" / "hub" / "demo.db").is_file()  # under the data dir
 
 
 def test_up_once_json_lines(tmp_path: Path) -> None:
@@ -392,11 +397,15 @@ def test_up_once_json_lines(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     events = json_lines(result.stdout)
     assert [e["event"] for e in events] == [
-        "server", "service", "request", "request", "request", "stream", "pubsub", "socket", "chunked", "demo",
-        "stopped",
+        "server", "service", "service", "request", "request", "request", "stream", "pubsub", "socket",
+        "chunked", "persist", "kv", "demo", "stopped",
     ]  # fmt: skip
-    chunked = events[8]
+    chunked, stored, kv = events[9:12]
     assert chunked["bytes"] == 8 * 1024 * 1024 and chunked["identical"] is True
+    assert (events[2]["name"], events[2]["subject"]) == ("persist", "persist.*.>")
+    assert (stored["scope"], stored["stream"], stored["seqs"]) == ("hub", "demo", [1, 2, 3])
+    assert stored["values"] == [{"n": n, "text": f"message {n}"} for n in (1, 2, 3)]
+    assert (kv["kv"], kv["key"], kv["value"]) == ("demo-kv", "greeting", "hello from conat up")
     assert not (tmp_path / "server.json").exists()
 
 
@@ -415,6 +424,8 @@ def test_up_keeps_serving_until_sigint(tmp_path: Path, procs: list[Proc]) -> Non
     assert [line["data"] for line in json_lines(count.stdout)] == [1, 2, 3]
     bad = invoke(["req", "public.demo.count", "0"], env=found)
     assert bad.exit_code == 2 and "(code 400)" in bad.stderr
+    stored = invoke(["kv", "get", "hub", "demo-kv", "greeting"], env=found)  # up's persist service
+    assert (stored.exit_code, stored.stdout) == (0, "hello from conat up\n")
 
     up.popen.send_signal(signal.SIGINT)
     code, out, err = up.finish()
