@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, Self
@@ -52,7 +53,7 @@ from subjects import ScopeKind, parse_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
-from ._errors import BadRequest, NotFound, PersistError, error_fields
+from ._errors import BadPath, BadRequest, NotFound, PersistError, error_fields
 from ._model import DeleteResult
 from ._placement import FILE_SUFFIX, Placement, StoragePath
 from ._store import Lease, StreamStore
@@ -298,7 +299,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 async with store.stream(path, create=False) as file:
                     inventory = await file.inventory()
                     config = msgspec.to_builtins(file.config())
-            except NotFound:
+            except (NotFound, BadPath):  # gone meanwhile, or a name no stream may have
                 continue
             out.append(StreamInventory(name=name, inventory=inventory, config=config))
         return out
@@ -493,11 +494,17 @@ _EMPTY: Final[dict[type, Callable[[Any], object]]] = {
 
 
 def _stream_names(root: Path) -> list[str]:
-    """Names of the streams stored under a scope's directory (``<name>.db`` files, recursively)."""
-    if not root.is_dir():
-        return []
-    return [
-        str(p.relative_to(root))[: -len(FILE_SUFFIX)]
-        for p in root.rglob("*" + FILE_SUFFIX)
-        if p.is_file() and not p.is_symlink()
-    ]
+    """Names of the streams stored under a scope's directory (``<name>.db`` files, recursively).
+
+    Symlinks are not followed (the engine refuses them anyway): a listing never leaves the scope.
+    """
+    names: list[str] = []
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        base = Path(directory).relative_to(root)
+        subdirs[:] = [d for d in subdirs if not (Path(directory) / d).is_symlink()]
+        names.extend(
+            (base / file).as_posix()[: -len(FILE_SUFFIX)]
+            for file in files
+            if file.endswith(FILE_SUFFIX) and not (Path(directory) / file).is_symlink()
+        )
+    return names

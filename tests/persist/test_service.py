@@ -163,6 +163,14 @@ async def test_inventory_lists_the_streams_of_a_scope(
     assert [e.name for e in await list_streams(client, scope, prefix="logs/")] == ["logs/b"]
     other = f"project-{uuid.uuid4()}"
     assert await list_streams(client, other) == []
+    # a symlink planted in the scope's directory is not followed out of it
+    outside = AStream(client, other, "secret")
+    await outside.publish("x")
+    scope_dir = server.placement.path(f"projects/{scope.removeprefix('project-')}/a").parent
+    other_dir = server.placement.path(f"projects/{other.removeprefix('project-')}/secret").parent
+    (scope_dir / "link").symlink_to(other_dir)
+    (scope_dir / "file.db").symlink_to(other_dir / "secret.db")
+    assert [e.name for e in await list_streams(client, scope)] == ["a", "logs/b"]
 
 
 async def test_changefeed_joins_history_and_live(
