@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 import conat
 from conat import RemoteError
-from conat._server import NatsServer
 from persist import (
     BOOTLOG_CONFIG,
     AStream,
     BadRequest,
     BootlogEvent,
     PersistServer,
-    Placement,
-    PlacementConfig,
     bootlog,
 )
 from subjects import bootlog_project, project_scope
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
-    async with await conat.connect(nats_server.url) as c:
-        yield c
-
-
-@pytest.fixture
-async def server(client: conat.Client, tmp_path: Path) -> AsyncIterator[PersistServer]:
-    async with PersistServer(client, Placement(PlacementConfig(root=str(tmp_path)))) as s:
-        yield s
 
 
 async def test_history_then_live_events(server: PersistServer, client: conat.Client) -> None:

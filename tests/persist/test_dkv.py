@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +21,6 @@ from persist import (
     KeyReject,
     KVEvent,
     PersistServer,
-    Placement,
-    PlacementConfig,
     Rejected,
 )
 from persist._dkv import TOMBSTONE_HEADER
@@ -35,27 +31,9 @@ WAIT = 0.25  # feed long-poll: short, so that stopping the server never waits lo
 
 
 @pytest.fixture
-async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
-    async with await conat.connect(nats_server.url) as c:
-        yield c
-
-
-@pytest.fixture
 async def client2(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
     async with await conat.connect(nats_server.url) as c:
         yield c
-
-
-@pytest.fixture
-async def server(client: conat.Client, tmp_path: Path) -> AsyncIterator[PersistServer]:
-    placement = Placement(PlacementConfig(root=str(tmp_path / "sync")))
-    async with PersistServer(client, placement, sweep_interval=0.1) as s:
-        yield s
-
-
-@pytest.fixture
-def scope() -> str:
-    return f"project-{uuid.uuid4()}"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

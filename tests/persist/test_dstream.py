@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import conat
 from conat._errors import ClosedError
-from conat._server import NatsServer
 from persist import (
     Added,
     AStream,
@@ -21,7 +19,6 @@ from persist import (
     Older,
     PersistServer,
     Placement,
-    PlacementConfig,
     Reject,
     Rejected,
     Resync,
@@ -33,28 +30,6 @@ from persist import (
 pytestmark = pytest.mark.anyio
 
 WAIT = 0.25  # feed long-poll: short, so that stopping a server never waits long for held reads
-
-
-@pytest.fixture
-async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
-    async with await conat.connect(nats_server.url) as c:
-        yield c
-
-
-@pytest.fixture
-def placement(tmp_path: Path) -> Placement:
-    return Placement(PlacementConfig(root=str(tmp_path / "sync")))
-
-
-@pytest.fixture
-async def server(client: conat.Client, placement: Placement) -> AsyncIterator[PersistServer]:
-    async with PersistServer(client, placement, sweep_interval=0.2) as s:
-        yield s
-
-
-@pytest.fixture
-def scope() -> str:
-    return f"project-{uuid.uuid4()}"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

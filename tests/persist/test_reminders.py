@@ -17,7 +17,6 @@ import conat
 from actors import Actor, ActorSystem, Reminder, ReminderStore, actor_proxy
 from conat import FakeClock
 from conat._errors import ClosedError
-from conat._server import NatsServer
 from persist import BadRequest, Corrupt, DurableReminderStore, StreamStore, TooLarge
 
 pytestmark = pytest.mark.anyio
@@ -231,12 +230,6 @@ class DurablySleepy(Actor, subject="durable-reminders.*"):
 
     async def on_reminder(self, name: str) -> None:
         FIRED.append((self.key, name))
-
-
-@pytest.fixture
-async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
-    async with await conat.connect(nats_server.url) as c:
-        yield c
 
 
 async def _eventually(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

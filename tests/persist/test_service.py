@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import pytest
 
 import conat
 from conat import RemoteError
-from conat._server import NatsServer
 from persist import (
     AKV,
     AStream,
@@ -22,7 +19,6 @@ from persist import (
     OutsideScope,
     PersistServer,
     Placement,
-    PlacementConfig,
     Rejected,
     StreamStore,
     TooLarge,
@@ -32,28 +28,6 @@ from persist import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
-    async with await conat.connect(nats_server.url) as c:
-        yield c
-
-
-@pytest.fixture
-def placement(tmp_path: Path) -> Placement:
-    return Placement(PlacementConfig(root=str(tmp_path / "sync")))
-
-
-@pytest.fixture
-async def server(client: conat.Client, placement: Placement) -> AsyncIterator[PersistServer]:
-    async with PersistServer(client, placement, sweep_interval=0.2) as s:
-        yield s
-
-
-@pytest.fixture
-def scope() -> str:
-    return f"project-{uuid.uuid4()}"
 
 
 async def test_set_get_delete_keys_config(server: PersistServer, client: conat.Client, scope: str) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,12 +64,6 @@ def service(nats_server: NatsServer, tmp_path: Path) -> Iterator[ServiceProcess]
     yield svc
     if svc.proc is not None and svc.proc.poll() is None:
         svc.kill()
-
-
-@pytest.fixture
-async def client(nats_server: NatsServer) -> AsyncIterator[conat.Client]:
-    async with await conat.connect(nats_server.url) as c:
-        yield c
 
 
 async def test_kill_9_during_10k_acknowledged_writes(service: ServiceProcess, client: conat.Client) -> None:
