@@ -202,6 +202,9 @@ class StreamFile:
         self._closing = False
         self._version = 0
         self._change: asyncio.Future[None] | None = None
+        self.on_change: Callable[[], object] | None = None
+        """Called on the event loop after each committed transaction that changed messages (the
+        store signals changefeed readers through it: they must not need the file to stay open)."""
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -502,6 +505,8 @@ class StreamFile:
 
     def _changed(self) -> None:
         self._version += 1
+        if self.on_change is not None and not self._closed:
+            self.on_change()
         change, self._change = self._change, None
         if change is not None and not change.done():
             change.set_result(None)

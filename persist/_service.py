@@ -241,46 +241,46 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         """A page after the request's cursor; with ``wait``, a long poll until there is one.
 
         While it waits it holds no lease and no in-flight slot (a thousand idle feeds must not
-        pin a thousand open files, nor block writes); the file's change signal wakes it, and so
-        does the file being closed meanwhile, after which it leases the stream again.
+        pin a thousand open files, nor block writes): it waits on the store's change signal of the
+        stream, taken before the page is read so no commit can slip between the two, and leases
+        the stream again when woken.
         """
         wait = min(max(request.wait, 0.0), MAX_WAIT)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        store = self._shared.store
+        path = self._storage_path(request.stream)
+        task = asyncio.current_task()
         waiting = False
         after_delete, stream_id = request.after_delete, request.stream_id
         try:
             while True:
-                version = file.version
-                page = await file.changes(
-                    request.after_seq,
-                    after_delete=after_delete,
-                    stream_id=stream_id,
-                    max_msgs=request.max_msgs,
-                )
-                left = deadline - loop.time()
-                if page.messages or page.deletes or page.resync or left <= 0:
-                    return _trim(page, request.max_bytes)
-                # a first read holds no delete cursor: from now on, deletes while it waits count
-                after_delete, stream_id = page.delete_cursor, page.stream_id
-                if not waiting:
-                    waiting = True
-                    self._waiters += 1
-                hold.release()
-                task = asyncio.current_task()
-                if task is not None:
-                    self._shared.waiting.add(task)
-                try:
-                    await file.wait_changed(version, left)
-                finally:
-                    if task is not None:
-                        self._shared.waiting.discard(task)
-                if file.closed:
-                    path = self._storage_path(request.stream)
-                    file = await hold.lease(self._shared.store, path, self._new_config(request), True)
+                with store.watching(path) as changed:
+                    page = await file.changes(
+                        request.after_seq,
+                        after_delete=after_delete,
+                        stream_id=stream_id,
+                        max_msgs=request.max_msgs,
+                    )
+                    left = deadline - loop.time()
+                    if page.messages or page.deletes or page.resync or left <= 0:
+                        return _trim(page, request.max_bytes)
+                    # a first read holds no delete cursor: from now on, deletes while it waits count
+                    after_delete, stream_id = page.delete_cursor, page.stream_id
+                    if not waiting and task is not None:
+                        waiting = True
+                        self._waiters += 1
+                        self._shared.waiting.add(task)
+                    hold.release()
+                    try:
+                        await asyncio.wait_for(asyncio.shield(changed), left)
+                    except TimeoutError:
+                        return page  # nothing changed: the empty page stands
+                file = await hold.lease(store, path, self._new_config(request), True)
         finally:
             if waiting:
                 self._waiters -= 1
+                self._shared.waiting.discard(task)
 
     async def _inventory(self, request: InventoryOp) -> list[StreamInventory]:
         placement, store = self._shared.placement, self._shared.store

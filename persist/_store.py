@@ -63,7 +63,7 @@ import logging
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar, final
 
@@ -143,6 +143,17 @@ class _Entry:
 
 
 @final
+class _Signal:
+    """The change signal of one path while someone waits on it (:meth:`StreamStore.watching`)."""
+
+    __slots__ = ("future", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.waiters = 0
+
+
+@final
 class Lease:
     """A hold on an open stream (:meth:`StreamStore.lease`): it stays open until :meth:`release`."""
 
@@ -203,6 +214,7 @@ class StreamStore:
             max_workers=executor_threads, thread_name_prefix="conat-persist"
         )
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._signals: dict[str, _Signal] = {}
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._loading: set[asyncio.Task[StreamFile]] = set()
         self._changed: asyncio.Event | None = None
@@ -317,7 +329,7 @@ class StreamStore:
             ):
                 self._restored += 1
                 logger.info("restored %s from its newer archive %s", file, entry.archive)
-        return await StreamFile.open(
+        opened = await StreamFile.open(
             file,
             root=root,
             executor=self._executor,
@@ -326,6 +338,35 @@ class StreamStore:
             create=create,
             max_readers=self._max_readers,
         )
+        opened.on_change = functools.partial(self._signal_change, path)
+        return opened
+
+    # ---- change signals --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watching(self, path: str) -> Iterator[asyncio.Future[None]]:
+        """A future resolved by the next committed change of the stream at ``path``.
+
+        Unlike :meth:`StreamFile.wait_changed` it outlives the file: a reader can wait without
+        holding a lease, so many idle changefeeds pin no open file (and a file closed by the LRU
+        cap wakes nobody). Take it *before* reading, then wait on it: a change committed after the
+        read resolves it.
+        """
+        signal = self._signals.get(path)
+        if signal is None or signal.future.done():
+            signal = self._signals[path] = _Signal(asyncio.get_running_loop())
+        signal.waiters += 1
+        try:
+            yield signal.future
+        finally:
+            signal.waiters -= 1
+            if signal.waiters == 0 and self._signals.get(path) is signal:
+                del self._signals[path]
+
+    def _signal_change(self, path: str) -> None:
+        signal = self._signals.pop(path, None)
+        if signal is not None and not signal.future.done():
+            signal.future.set_result(None)
 
     def _loaded(self, path: str, entry: _Entry, task: asyncio.Task[StreamFile]) -> None:
         self._loading.discard(task)

@@ -271,6 +271,9 @@ async def test_waiting_feeds_pin_no_files(client: conat.Client, placement: Place
         feeds = [AStream(client, scope, f"f{i}").changefeed(0, wait=30.0) for i in range(4)]
         waiting = [asyncio.ensure_future(anext(f)) for f in feeds]
         await asyncio.sleep(0.3)
+        opened = store.statistics().opened
+        await asyncio.sleep(0.3)
+        assert store.statistics().opened == opened  # idle feeds do not churn files open and shut
         result = await asyncio.wait_for(AStream(client, scope, "other").publish("x"), 5)
         assert result.seq == 1
         for i in range(4):

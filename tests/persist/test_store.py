@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conat import ClosedError, FakeClock
-from persist import NotFound, StreamConfig
+from persist import NotFound, Rejected, StreamConfig
 from persist._store import StreamStore
 
 from .conftest import assert_backup_holds
@@ -143,3 +143,24 @@ async def test_backup_under_concurrent_write_load(tmp_path: Path) -> None:
         stop.set()
         await task
     assert_backup_holds(dest, acked)
+
+
+async def test_change_signals_outlive_the_file(tmp_path: Path) -> None:
+    """A reader waits on a path, not a file: a close wakes nobody, the next commit does."""
+    async with StreamStore(resolver(tmp_path), max_open=1) as store:
+        async with store.stream("hub/a", config=StreamConfig(max_msg_size=10)) as a:
+            await a.set(b"1")
+        with store.watching("hub/a") as changed:
+            async with store.stream("hub/b") as b:  # max_open=1: closes hub/a
+                await b.set(b"x")
+            await settle(lambda: not store.is_open("hub/a"))
+            assert not changed.done()  # neither the close nor another stream's write woke it
+            async with store.stream("hub/a") as a:  # opened again
+                with pytest.raises(Rejected):
+                    await a.set(b"too long for the limit")
+                assert not changed.done()  # a refused write changes nothing
+                await a.set(b"2")
+            await asyncio.wait_for(changed, 1)
+        with store.watching("hub/a") as again:
+            assert not again.done()  # a fresh signal for the next change
+        assert store._signals == {}  # nobody waits: nothing kept
