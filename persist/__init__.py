@@ -1,9 +1,11 @@
-"""persist: SQLite-persisted streams and KV stores (DESIGN.md §6).
+"""persist: SQLite-persisted streams and KV stores, placed per subject scope (DESIGN.md §6).
 
-So far: the error tree, stream configuration, storage placement, the reference model of a stream's
-semantics, and the SQLite engine that implements it (:class:`StreamFile`, one file per stream, group
-commit) with :class:`StreamStore` (many streams, bounded open files and threads). The persist
-service actor, the changefeed and the clients come next.
+Layers, bottom up: the error tree, stream configuration and storage placement; the reference model
+of a stream's semantics and the SQLite engine that implements it (:class:`StreamFile`, one file per
+stream, group commit, a delete log for changefeeds) with :class:`StreamStore` (many streams, bounded
+open files and threads, archives); the persist service (:class:`PersistServer`: a keyed actor per
+scope on ``persist.<scope>.>``, and the bootlogs); its clients (:class:`AStream`, :class:`AKV`
+direct; :class:`DStream`, :class:`DKV` cached); :mod:`persist.bootlog`; durable actor reminders.
 """
 
 from . import bootlog as bootlog
