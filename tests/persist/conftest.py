@@ -1,18 +1,42 @@
-"""Shared fixtures and checks of the persist tests: a client on the session nats-server, a persist
-service over a temporary storage root, a fresh scope."""
+"""Shared fixtures and checks of the persist tests: an executor, a fake clock and a stream file for
+engine tests; a client on the session nats-server, a persist service over a temporary storage root
+and a fresh scope for service tests."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 
 import pytest
 
 import conat
+from conat import FakeClock
 from conat._server import NatsServer
-from persist import PersistServer, Placement, PlacementConfig
+from persist import PersistServer, Placement, PlacementConfig, StreamFile
+
+
+@pytest.fixture
+def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    ex = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-persist")
+    yield ex
+    ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def stream(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor, clock: FakeClock
+) -> AsyncIterator[StreamFile]:
+    """A stream file on the fake clock (engine tests)."""
+    async with await StreamFile.open(tmp_path / "s.db", executor=executor, clock=clock) as s:
+        yield s
 
 
 @pytest.fixture

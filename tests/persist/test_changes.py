@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,26 +130,6 @@ class Consumer:
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    ex = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-changes")
-    yield ex
-    ex.shutdown(wait=True)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def stream(
-    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor, clock: FakeClock
-) -> AsyncIterator[StreamFile]:
-    async with await StreamFile.open(tmp_path / "s.db", executor=executor, clock=clock) as s:
-        yield s
 
 
 def remove_db(file: Path) -> None:

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,26 +64,6 @@ def test_codec_bad_frame_is_value_error() -> None:
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    ex = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-persist")
-    yield ex
-    ex.shutdown(wait=True)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def stream(
-    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor, clock: FakeClock
-) -> AsyncIterator[StreamFile]:
-    async with await StreamFile.open(tmp_path / "s.db", executor=executor, clock=clock) as s:
-        yield s
 
 
 def rows_in_file(file: Path) -> int:

@@ -41,13 +41,6 @@ def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 @pytest.fixture
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    ex = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-persist")
-    yield ex
-    ex.shutdown(wait=True)
-
-
-@pytest.fixture
 def outside(tmp_path: Path) -> Iterator[Path]:
     """A directory outside every root: it must still be empty when the test ends."""
     path = tmp_path / "outside"
