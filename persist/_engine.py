@@ -201,7 +201,6 @@ class StreamFile:
         self._readers = ReaderPool(file, self._jobs, max_readers, self._what) if file is not None else None
         self._closing = False
         self._version = 0
-        self._change: asyncio.Future[None] | None = None
         self.on_change: Callable[[], object] | None = None
         """Called on the event loop after each committed transaction that changed messages (the
         store signals changefeed readers through it: they must not need the file to stay open)."""
@@ -293,7 +292,6 @@ class StreamFile:
         conns: list[Conn] = [*readers, self._writer.conn]
         await asyncio.wrap_future(self._executor.submit(close_all, conns))
         self._closed = True
-        self._changed()  # wake changefeed waiters: they find the file closed
 
     @property
     def closed(self) -> bool:
@@ -484,32 +482,13 @@ class StreamFile:
 
     @property
     def version(self) -> int:
-        """Counts committed transactions that changed messages (since open); see :meth:`wait_changed`."""
+        """Counts committed transactions that changed messages (since open)."""
         return self._version
-
-    async def wait_changed(self, version: int, timeout: float) -> bool:
-        """Wait until :attr:`version` differs from ``version`` (or the file closes), at most ``timeout`` s.
-
-        Returns:
-            whether it changed (false on timeout).
-        """
-        if self._version != version or self._closed:
-            return True
-        if self._change is None:
-            self._change = self._loop.create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._change), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     def _changed(self) -> None:
         self._version += 1
         if self.on_change is not None and not self._closed:
             self.on_change()
-        change, self._change = self._change, None
-        if change is not None and not change.done():
-            change.set_result(None)
 
     async def changes(
         self,

@@ -347,7 +347,7 @@ class StreamStore:
     def watching(self, path: str) -> Iterator[asyncio.Future[None]]:
         """A future resolved by the next committed change of the stream at ``path``.
 
-        Unlike :meth:`StreamFile.wait_changed` it outlives the file: a reader can wait without
+        It outlives the file (it is fed by :attr:`StreamFile.on_change`): a reader can wait without
         holding a lease, so many idle changefeeds pin no open file (and a file closed by the LRU
         cap wakes nobody). Take it *before* reading, then wait on it: a change committed after the
         read resolves it.

@@ -1,4 +1,4 @@
-"""StreamFile.changes on real SQLite files: the changefeed page contract, restarts, resync, wait_changed.
+"""StreamFile.changes on real SQLite files: the changefeed page contract, restarts, resync, change hook.
 
 A consumer keeps a local copy of a stream by pulling :class:`ChangePage` s from its cursor
 (``after_seq``, ``after_delete``, ``stream_id``): it adds the page's messages (a keyed one replaces the
@@ -393,52 +393,32 @@ async def test_delete_log_boundary(stream: StreamFile, monkeypatch: pytest.Monke
         assert sorted(c.cache) == [12]
 
 
-# ---- version and wait_changed -------------------------------------------------------------------------
+# ---- version and the change hook ---------------------------------------------------------------------
 
 
-async def test_wait_changed_wakes_on_a_committed_write(stream: StreamFile) -> None:
+async def test_on_change_runs_once_per_changing_commit_before_the_ack(stream: StreamFile) -> None:
+    calls: list[int] = []
+    stream.on_change = lambda: calls.append(stream.version)
     v = stream.version
-    waiter = asyncio.create_task(stream.wait_changed(v, 30.0))
-    await asyncio.sleep(0.01)
-    assert not waiter.done()
+    await stream.delete(up_to=0)  # a write that changes nothing calls nobody
+    assert calls == [] and stream.version == v
     await stream.set(b"a")
-    assert stream.version != v  # already bumped when the write is acknowledged
-    assert await asyncio.wait_for(waiter, 2.0) is True
-    # A version already behind returns at once.
-    assert await asyncio.wait_for(stream.wait_changed(v, 30.0), 2.0) is True
+    assert calls == [v + 1]  # already called when the write is acknowledged
+    await asyncio.gather(*(stream.set(b"%d" % i) for i in range(20)))
+    transactions = stream.statistics().transactions
+    assert transactions < 1 + 1 + 20  # the 20 sets shared transactions (group commit)
+    assert len(calls) == transactions - 1  # once per transaction that changed messages (not the delete)
+    assert calls == sorted(calls)
 
 
-async def test_wait_changed_wakes_every_waiter(stream: StreamFile) -> None:
-    v = stream.version
-    waiters = [asyncio.create_task(stream.wait_changed(v, 30.0)) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    await stream.delete(up_to=0)  # a write that changes nothing wakes nobody
-    await asyncio.sleep(0.01)
-    assert not any(w.done() for w in waiters)
-    task = asyncio.create_task(stream.set(b"a"))
-    assert await asyncio.wait_for(asyncio.gather(*waiters), 2.0) == [True, True, True]
-    await task
-
-
-async def test_wait_changed_times_out_without_a_write(stream: StreamFile) -> None:
-    await stream.set(b"a")
-    v = stream.version
-    started = asyncio.get_running_loop().time()
-    assert await stream.wait_changed(v, 0.05) is False
-    assert asyncio.get_running_loop().time() - started >= 0.04
-    assert stream.version == v
-
-
-async def test_wait_changed_returns_when_the_file_closes(
+async def test_on_change_is_not_called_after_close(
     tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
 ) -> None:
     s = await StreamFile.open(tmp_path / "c.db", executor=executor)
-    v = s.version
-    waiter = asyncio.create_task(s.wait_changed(v, 30.0))
-    await asyncio.sleep(0.01)
+    calls: list[int] = []
+    s.on_change = lambda: calls.append(1)
     await s.aclose()
-    assert await asyncio.wait_for(waiter, 2.0) is True
-    assert await s.wait_changed(s.version, 30.0) is True  # closed: never blocks
+    assert calls == []
     with pytest.raises(ClosedError):
         await s.changes()
 
