@@ -37,3 +37,9 @@ def test_conat_all_sorted_and_complete() -> None:
     import conat
 
     check_exports(conat)
+
+
+def test_cli_plugin_all_sorted_and_complete() -> None:
+    from conat.cli import plugin
+
+    check_exports(plugin)
