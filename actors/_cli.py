@@ -2,8 +2,10 @@
 
 Registered with the ``conat`` CLI through the ``conat.commands`` entry point, so ``conat`` itself
 never imports the actor layer (imports point downwards). A target is ``module:Class`` or a bare
-``module`` (every actor class bound to a subject that the module defines). Exit codes: the CLI's,
-plus 7 when the system gave up after repeated crashes (an escalation reached the root).
+``module`` (every actor class bound to a subject that the module defines), imported with the current
+directory first on the import path (as uvicorn and FastStream do: ``conat run myapp.services:Counter``
+works from the project directory). Exit codes: the CLI's table; 7 (``EXIT_GAVE_UP``) when the system
+gave up after repeated crashes (an escalation reached the root).
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 from typing import Final
 
 import click
 
 from conat.cli._app import Options, common_options, run, stop_on_signals
 from conat.cli._output import Printer
+from conat.cli.plugin import EXIT_GAVE_UP
 
 from ._actor import Actor
 from ._errors import Escalation
@@ -24,11 +29,14 @@ from ._system import ActorSystem
 
 __all__ = ["EXIT_ESCALATED", "resolve_targets", "run_actors"]
 
-EXIT_ESCALATED: Final = 7
+EXIT_ESCALATED: Final = EXIT_GAVE_UP
 
 
 def resolve_targets(targets: tuple[str, ...]) -> list[type[Actor]]:
     """The actor classes ``targets`` name; raises ``click.UsageError`` naming a bad target."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # the `conat` script's own directory is sys.path[0], not the project's
+        sys.path.insert(0, cwd)
     classes: list[type[Actor]] = []
     for target in targets:
         module_name, _, attr = target.partition(":")

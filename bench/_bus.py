@@ -606,7 +606,7 @@ async def run(
         for name in selected:
             bench = benches[name]
             count = max(1, round((bench.quick_count if quick else bench.count) * scale))
-            rows, runs = await run_bench(bench, url, count=count, reps=reps, log=_log)
+            rows, runs = await run_bench(bench, url, count=count, reps=reps, log=_log, judge=not quick)
             report.rows.extend(rows)
             all_runs[name] = runs
             report.params[name] = {"description": bench.description, "count": count, **bench.params}
@@ -638,8 +638,11 @@ def _log(line: str) -> None:
 
 
 def _print_verdict(rows: list[RowResult], metrics: dict[str, Metric]) -> None:
-    failed = [r.name for r in rows if not r.ok]
     print()
+    if any(r.ok is None for r in rows):
+        print("quick run: too few operations to judge, so no verdicts (run without --quick for them)")
+        return
+    failed = [r.name for r in rows if not r.ok]
     if failed:
         print(f"below target ({len(failed)} of {len(rows)}): {', '.join(failed)}")
     else:

@@ -24,11 +24,14 @@ than wall time). The table flags a row whose paired ratio would flip its verdict
 
 A :class:`Metric` turns the samples into one table row: ``ratio = conat / nats_py``, compared with
 the row's target (``>=`` for throughput, ``<=`` for latency). Targets are reported, never asserted.
+A quick run (small counts, one repetition) is too short to judge: its rows carry no verdict
+(``ok`` is ``None``, the table shows ``-``).
+
+The command line (``conat bench``, ``python -m bench``) is :mod:`bench._cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -37,9 +40,7 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -63,14 +64,12 @@ __all__ = [
     "percentile",
     "resources",
     "run_bench",
-    "run_cli",
     "write_json",
 ]
 
 Side = Literal["conat", "nats_py"]
 SIDES: Final[tuple[Side, Side]] = ("conat", "nats_py")
 SIDE_LABEL: Final[dict[Side, str]] = {"conat": "conat", "nats_py": "nats-py"}
-DEFAULT_JSON: Final = Path("bench") / "results.json"
 DEFAULT_REPS: Final = 5
 CPU_KEY: Final = "cpu_us_per_op"
 """Sample extra: this process's CPU time per operation (the client side's own cost)."""
@@ -175,7 +174,8 @@ class RowResult:
     ratio: float
     target: float
     target_op: str
-    ok: bool
+    ok: bool | None
+    """Whether the ratio meets the target; ``None``: not judged (a quick run)."""
     ratio_paired: float
     """Median over reps of conat/nats-py within one rep (the two ran back to back): drift-proof."""
     samples: dict[str, list[float]]
@@ -259,9 +259,12 @@ def resources() -> Resources:
 
 
 async def run_bench(
-    bench: Bench, url: str, *, count: int, reps: int, log: Callable[[str], None]
+    bench: Bench, url: str, *, count: int, reps: int, log: Callable[[str], None], judge: bool = True
 ) -> tuple[list[RowResult], list[SideRun]]:
-    """Run both sides ``reps`` times, alternating which goes first; return the rows and every run."""
+    """Run both sides ``reps`` times, alternating which goes first; return the rows and every run.
+
+    ``judge=False`` (a quick run) leaves every row's ``ok`` at ``None``.
+    """
     runs: list[SideRun] = []
     for rep in range(reps):
         order = SIDES if rep % 2 == 0 else SIDES[::-1]
@@ -303,7 +306,7 @@ async def run_bench(
                 ratio=ratio,
                 target=metric.target,
                 target_op=">=" if metric.higher_is_better else "<=",
-                ok=metric.passes(ratio),
+                ok=metric.passes(ratio) if judge else None,
                 ratio_paired=paired,
                 samples=samples,
                 informational=metric.informational,
@@ -324,7 +327,7 @@ def _fmt(value: float) -> str:
 
 
 def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
-    """Fixed-width ``row | unit | conat | baseline | ratio | target | ok``."""
+    """Fixed-width ``row | unit | conat | baseline | ratio | target | ok`` (``-``: no verdict)."""
     header = ("row", "unit", "conat", "baseline", "ratio", "target", "ok")
     body = [
         (
@@ -334,7 +337,7 @@ def format_table(rows: Sequence[RowResult], metrics: dict[str, Metric]) -> str:
             _fmt(r.nats_py),
             "-" if r.informational else f"{r.ratio:.2f}",
             metrics[r.name].target_text,
-            "-" if metrics[r.name].informational else "ok" if r.ok else "FAIL",
+            "-" if metrics[r.name].informational or r.ok is None else "ok" if r.ok else "FAIL",
         )
         for r in rows
     ]
@@ -416,100 +419,3 @@ def environment(*, uvloop: bool, nats_server: str) -> Environment:
         usable_cores=usable,
         platform=platform.platform(terse=True),
     )
-
-
-# -- command line --------------------------------------------------------------------------------
-
-
-def _parser(names: Sequence[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="conat bench",
-        description="Measure conat against raw nats-py doing the same thing, on one private nats-server.",
-    )
-    p.add_argument("--quick", action="store_true", help="small counts and one repetition (CI smoke run)")
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=DEFAULT_JSON,
-        metavar="PATH",
-        help=f"where to write results (default {DEFAULT_JSON})",
-    )
-    p.add_argument(
-        "--rows",
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=None,
-        metavar="NAME,...",
-        help=f"only these benches (of: {', '.join(names)})",
-    )
-    p.add_argument(
-        "--reps", type=int, default=None, help=f"repetitions per side (default {DEFAULT_REPS}; --quick 1)"
-    )
-    p.add_argument(
-        "--scale", type=float, default=1.0, help="multiply every operation count by this factor (default 1)"
-    )
-    p.add_argument(
-        "--uvloop", action=argparse.BooleanOptionalAction, default=True, help="run on uvloop (default: on)"
-    )
-    p.add_argument(
-        "--encoding",
-        choices=("raw", "msgpack"),
-        default="raw",
-        help="conat's payload encoding (raw: the same payload bytes as nats-py plus a Conat-Encoding header)",
-    )
-    return p
-
-
-Runner = Callable[..., Coroutine[Any, Any, Report]]
-"""``run(selected, *, quick, reps, scale, uvloop, encoding, directory) -> Report`` (see bench._bus.run)."""
-
-
-def run_cli(argv: Sequence[str] | None, names: Sequence[str], run: Runner) -> int:
-    """Parse ``argv`` and run the benches; returns the exit status (0 even if targets are missed)."""
-    parser = _parser(names)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    selected = list(names) if args.rows is None else args.rows
-    unknown = [n for n in selected if n not in names]
-    if unknown or not selected:
-        parser.print_usage(sys.stderr)
-        print(
-            f"conat bench: unknown row(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(names)}",
-            file=sys.stderr,
-        )
-        return 2
-    reps = args.reps if args.reps is not None else (QUICK_REPS if args.quick else DEFAULT_REPS)
-    if reps < 1 or args.scale <= 0:
-        print("conat bench: --reps must be >= 1 and --scale > 0", file=sys.stderr)
-        return 2
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    use_uvloop = bool(args.uvloop)
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            print("conat bench: uvloop is not installed; running on plain asyncio", file=sys.stderr)
-            use_uvloop = False
-        else:
-            loop_factory = uvloop.new_event_loop
-    started = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(prefix="conat-bench-") as tmp,
-        asyncio.Runner(loop_factory=loop_factory) as r,
-    ):
-        report = r.run(
-            run(
-                selected,
-                quick=bool(args.quick),
-                reps=reps,
-                scale=float(args.scale),
-                uvloop=use_uvloop,
-                encoding=str(args.encoding),
-                directory=Path(tmp),
-            )
-        )
-    report.elapsed_s = time.perf_counter() - started
-    write_json(report, args.json)
-    print(f"\nwrote {args.json} ({report.elapsed_s:.1f}s)")
-    return 0

@@ -35,6 +35,7 @@ __all__ = [
     "ensure_private_dir",
     "pid_alive",
     "read_state",
+    "read_state_file",
     "state_path",
     "write_private",
     "write_state",
@@ -55,6 +56,9 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
         config_path: the generated nats-server config file.
         log_path: the nats-server log file.
         websocket_url: the websocket URL (``ws://...``) if a websocket listener is configured.
+        manager_pid: the process that manages the server (``conat up`` / ``conat server``), which
+            ``conat down`` stops; ``None`` in a file written without one. A live server whose manager
+            is gone is an orphan: ``conat up`` stops it instead of calling it "already running".
     """
 
     url: str
@@ -63,6 +67,7 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     config_path: str
     log_path: str
     websocket_url: str | None = None
+    manager_pid: int | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -150,6 +155,16 @@ def read_state() -> ServerState | None:
     ``None`` means: no state file, an unreadable or corrupt one, or one whose nats-server process is
     no longer alive. Never raises for any of those.
     """
+    state = read_state_file()
+    if state is not None and not pid_alive(state.pid, expect="nats-server"):
+        logger.debug("ignoring stale state file %s (pid %d is gone)", state_path(), state.pid)
+        return None
+    return state
+
+
+def read_state_file() -> ServerState | None:
+    """The state file's content, whether or not its server still runs (``conat status`` tells stale
+    files apart); ``None`` if there is no readable, well-formed file. Never raises for those."""
     path = state_path()
     try:
         raw = path.read_bytes()
@@ -162,9 +177,6 @@ def read_state() -> ServerState | None:
         state = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         logger.warning("ignoring corrupt state file %s: %s", path, exc)
-        return None
-    if not pid_alive(state.pid, expect="nats-server"):
-        logger.debug("ignoring stale state file %s (pid %d is gone)", path, state.pid)
         return None
     return state
 

@@ -5,7 +5,9 @@ Theory of operation
 :class:`NatsServer` writes the config rendered by :mod:`conat._server_config` to a 0600 file and runs
 ``nats-server -c <file>`` in its own session (a Ctrl-C in the parent's terminal does not reach it; the
 parent stops it). Nothing secret is ever put in argv or the environment: secrets live in the file, and
-the child gets a small allow-listed environment.
+the child gets a small allow-listed environment. Unless ``die_with_parent=False``, the kernel also
+stops it (SIGTERM) when the thread that started it exits, even by ``kill -9``: see
+:func:`conat._process.die_with_parent`.
 
 The child's stdout and stderr share one pipe, read by an asyncio *subprocess protocol*: every chunk
 the loop reads is appended to the log file and fed to :class:`StartupLog` (in :mod:`conat._server_log`), a sans-IO parser. Because
@@ -58,6 +60,7 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.from_thread import BlockingPortal
 
+from . import _process
 from ._errors import ServerBinaryNotFound, ServerError
 from ._paths import (
     ServerState,
@@ -255,6 +258,8 @@ class NatsServer:
         log_path: the log file (appended, mode 0600). Default ``<directory>/nats-server.log``.
         binary: the nats-server executable; default :func:`find_binary`.
         startup_timeout: seconds to wait for readiness before giving up.
+        die_with_parent: the server gets SIGTERM when the thread that started it (the event loop's;
+            :meth:`start_sync`'s private thread) exits, however it exits (Linux).
 
     Not safe to share between event loops: use it from the loop that started it (or, for a server
     started with :meth:`start_sync`, through :meth:`stop_sync`).
@@ -268,12 +273,14 @@ class NatsServer:
         log_path: str | os.PathLike[str] | None = None,
         binary: str | os.PathLike[str] | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        die_with_parent: bool = True,
     ) -> None:
         self._config = config if config is not None else ServerConfig()
         self._directory = Path(directory) if directory is not None else data_dir() / "server"
         self._log_path = Path(log_path) if log_path is not None else self._directory / LOG_FILE_NAME
         self._binary = binary
         self._startup_timeout = startup_timeout
+        self._die_with_parent = die_with_parent
         self._ports: ServerPorts | None = None
         self._run: _Run | None = None
         self._portal: tuple[AbstractContextManager[BlockingPortal], BlockingPortal] | None = None
@@ -388,10 +395,13 @@ class NatsServer:
         binary, config, sink = self._prepare()
         loop = asyncio.get_running_loop()
         parser = StartupLog(expected_listeners(config))
+        argv = [str(binary), "-c", str(self.config_path)]
+        if self._die_with_parent:
+            argv = _process.die_with_parent(argv)
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _Protocol(parser, sink, loop),
-                str(binary), "-c", str(self.config_path),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -539,7 +549,9 @@ async def serve_forever(
     directory: str | os.PathLike[str] | None = None,
     on_ready: Callable[[NatsServer], object] | None = None,
 ) -> None:
-    """Run a nats-server until SIGINT/SIGTERM or cancellation, then stop it. For ``conat up``/``server``.
+    """Run a nats-server until SIGINT, SIGTERM, SIGHUP or cancellation, then stop it (``conat up``/``server``).
+
+    A closed terminal (SIGHUP) stops it like Ctrl-C: the state file is removed and the server stopped.
 
     Args:
         config: server options.
@@ -562,7 +574,7 @@ async def serve_forever(
             stop_requested.set_result(None)
 
     installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
@@ -581,6 +593,7 @@ async def serve_forever(
                         config_path=str(server.config_path),
                         log_path=str(server.log_path),
                         websocket_url=server.websocket_url,
+                        manager_pid=os.getpid(),
                     )
                 )
             try:

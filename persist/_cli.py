@@ -36,6 +36,7 @@ import msgspec
 from conat import InvalidSubject, PayloadError
 from conat.cli._app import EXIT_REMOTE, Options, common_options, run, stop_on_signals, until_stopped
 from conat.cli._output import Printer, format_value, to_json
+from conat.cli.plugin import read_data
 from subjects import parse_scope
 
 from ._client import AKV, AStream, list_streams
@@ -268,7 +269,7 @@ def stream_get(
     """Print the messages of stream NAME: all of them, --from SEQ on, one --seq, or one --key.
 
     Each line: seq, time (UTC), key (- if none) and the value decoded (strings as-is, other values
-    as JSON). With --json, one object per message. A missing --seq or --key exits 1.
+    as JSON). With --json, one object per message. A missing stream, --seq or --key exits 1.
     """
     if sum(x is not None for x in (seq, key, from_seq)) > 1:
         raise click.UsageError("--seq, --key and --from exclude each other")
@@ -278,6 +279,8 @@ def stream_get(
 
 async def _get(target: _Target, out: Printer, seq: int | None, key: str | None, from_seq: int) -> None:
     async with target.stream() as s:
+        if await s.inventory() is None:  # say so, rather than print nothing as for an empty stream
+            raise NotFound(f"stream {target}")
         if seq is not None or key is not None:
             message = await s.get(seq=seq, key=key)
             if message is None:
@@ -381,7 +384,7 @@ def kv_get(opts: Options, scope: str, name: str, key: str, timeout: float) -> No
 @_scope_arg
 @_name_arg
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), help="Seconds the value lives.")
 @click.option("--json-value", is_flag=True, help="Parse VALUE as JSON (default: it is a string).")
 @_timeout_option
@@ -392,21 +395,24 @@ def kv_put(
     scope: str,
     name: str,
     key: str,
-    value: str,
+    value: str | None,
     ttl: float | None,
     json_value: bool,
     timeout: float,
 ) -> None:
     """Set KEY to VALUE in KV store NAME (created if needed) and print its seq once committed.
 
+    VALUE omitted or '-': read it from stdin (as `conat pub` does).
+
     --ttl needs a store that allows per-message TTLs: one this command creates does, an existing
     one without allow_msg_ttl refuses it (exit 2, code reject).
     """
     target = _target(opts, scope, name, timeout)
-    parsed: Any = value
+    text = read_data(value)
+    parsed: Any = text
     if json_value:
         try:
-            parsed = msgspec.json.decode(value)
+            parsed = msgspec.json.decode(text)
         except msgspec.DecodeError as e:
             raise click.BadParameter(f"not JSON: {e}", param_hint="'VALUE'") from None
 

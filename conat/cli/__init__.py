@@ -1,5 +1,5 @@
-"""The ``conat`` command line: ``conat up``, ``server``, ``pub``, ``sub``, ``req``, ``reply``, ``bench``,
-and plugin commands such as ``run`` (from ``actors``).
+"""The ``conat`` command line: ``conat up``, ``server``, ``status``, ``down``, ``pub``, ``sub``, ``req``,
+``reply``, and plugin commands such as ``run`` (from ``actors``) and ``bench`` (from ``bench``).
 
 ``main`` is the console-script entry point; ``cli`` is the click group (for ``CliRunner``).
 """
@@ -8,13 +8,13 @@ import io
 import sys
 
 from ._app import cli as cli
-from ._bench import bench
 from ._bus import pub, reply, req, sub
+from ._lifecycle import down, status
 from ._server_cmds import server, up
 
 __all__ = ["cli", "main"]
 
-for _command in (up, server, pub, sub, req, reply, bench):
+for _command in (up, server, status, down, pub, sub, req, reply):
     cli.add_command(_command)
 
 

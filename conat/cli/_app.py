@@ -1,15 +1,12 @@
 """The ``conat`` click group: global options, exit codes, error reporting, and the event loop.
 
-Exit codes (one table for every command; see :func:`exit_code_for`)::
+Exit codes: one table, :data:`EXIT_CODES`, for every command (plugins' included). ``conat --help``
+prints it and the README shows the same table (a test holds them together); :func:`exit_code_for`
+maps an error to its code.
 
-    0    ok (also: Ctrl-C stopping `sub`, `reply`, `server`, `up`)
-    1    usage error, bad subject, payload error, or any other local failure
-    2    remote error: the handler replied with an error
-    3    timeout
-    4    no responders
-    5    forbidden
-    6    cannot connect, server error, or the connection was closed
-    130  interrupted (Ctrl-C) during a one-shot command
+Global options (``--url``, ``--credentials``, ``--json``, ``--debug``, ``--log-level``) work before
+the command and after it (``conat --json req x 1`` = ``conat req x 1 --json``): :class:`ConatGroup`
+gives every command it holds, plugins' and subgroups' included, the ones it lacks.
 
 Errors are reported as one line on stderr, ``conat: error: <message> (code <code>)``; ``--debug``
 adds the traceback. Commands raise; only :meth:`ConatGroup.invoke` turns exceptions into exit codes.
@@ -33,6 +30,7 @@ import click
 
 import conat
 from conat import (
+    BadURL,
     ClosedError,
     ConatError,
     ConnectError,
@@ -45,16 +43,22 @@ from conat import (
 )
 
 __all__ = [
+    "EXIT_CODES",
     "EXIT_CONNECT",
     "EXIT_FORBIDDEN",
+    "EXIT_GAVE_UP",
     "EXIT_INTERRUPTED",
+    "EXIT_NOT_RUNNING",
     "EXIT_NO_RESPONDERS",
     "EXIT_OK",
     "EXIT_REMOTE",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
+    "GLOBAL_OPTIONS",
+    "STOP_SIGNALS",
     "ConatGroup",
     "Options",
+    "add_global_options",
     "cli",
     "common_options",
     "exit_code_for",
@@ -74,7 +78,26 @@ EXIT_TIMEOUT: Final = 3
 EXIT_NO_RESPONDERS: Final = 4
 EXIT_FORBIDDEN: Final = 5
 EXIT_CONNECT: Final = 6
+EXIT_GAVE_UP: Final = 7
+EXIT_NOT_RUNNING: Final = 8
 EXIT_INTERRUPTED: Final = 130
+
+EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
+    (EXIT_OK, "ok; also: Ctrl-C, SIGTERM or SIGHUP stopping sub, reply, server, up, run..."),
+    (EXIT_USAGE, "usage error, bad input (option, URL, subject, payload), not found, other local error"),
+    (EXIT_REMOTE, "remote error: the handler (or the persist service) replied with an error"),
+    (EXIT_TIMEOUT, "timeout"),
+    (EXIT_NO_RESPONDERS, "no responders: nobody serves the subject"),
+    (EXIT_FORBIDDEN, "forbidden: the credentials do not allow the subject"),
+    (EXIT_CONNECT, "cannot connect (credentials refused too), server error, connection closed"),
+    (EXIT_GAVE_UP, "a service gave up after repeated crashes (e.g. conat run)"),
+    (EXIT_NOT_RUNNING, "no bus is running (conat status, conat down)"),
+    (EXIT_INTERRUPTED, "interrupted by Ctrl-C during a one-shot command"),
+)
+"""Every exit code of ``conat`` and what it means, in order: the one table (``--help``, README)."""
+
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops a long-running command cleanly (exit 0). SIGHUP: the terminal was closed."""
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -96,7 +119,9 @@ class Options:
 
 
 def exit_code_for(error: BaseException) -> int:
-    """The process exit code for an error that ended a command."""
+    """The process exit code for an error that ended a command (:data:`EXIT_CODES`)."""
+    if isinstance(error, BadURL):  # a ConnectError, but the user's typo: nothing was tried
+        return EXIT_USAGE
     if isinstance(error, NoResponders):
         return EXIT_NO_RESPONDERS
     if isinstance(error, Timeout):
@@ -131,8 +156,99 @@ def _usage(error: click.UsageError) -> click.UsageError:
     return _UsageError(error.format_message(), error.ctx)
 
 
+def _show_help(error: click.exceptions.NoArgsIsHelpError) -> click.exceptions.Exit:
+    """A bare group (``conat``, ``conat stream``): its help on stdout, exit 0. Asking what there is
+    is not an error, and click's own way (help as an error message on stderr) reads like one."""
+    click.echo(error.ctx.get_help(), color=error.ctx.color)
+    return click.exceptions.Exit(EXIT_OK)
+
+
 PLUGIN_GROUP: Final = "conat.commands"
 """The entry point group of higher layers' commands."""
+
+
+# -- global options -----------------------------------------------------------------------------
+
+
+def _setter(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A callback storing an option's value in the :class:`Options` of the invocation (if given)."""
+
+    def store(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None and value is not False:
+            setattr(ctx.ensure_object(Options), field, value)
+
+    return store
+
+
+def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _configure_logging(value)
+
+
+def _global_option_specs(*, on_group: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The global options, for the group (defaults, ``$CONAT_CREDENTIALS``) or for a command.
+
+    On a command an option only overrides what the group set: no defaults, no environment.
+    """
+    url_help = (
+        "NATS server URL(s), comma-separated. Default: $CONAT_URL, else the server of a running "
+        "`conat up` / `conat server` (found through its state file)."
+    )
+    credentials_help = (
+        "A token file (mode 0600) for a bus with auth; also $CONAT_CREDENTIALS. Holds a path, never the "
+        "token: command lines and environments are not secret."
+    )
+    url = {"metavar": "URL", "help": url_help if on_group else "Server URL(s)."}
+    credentials = {
+        "metavar": "FILE",
+        "envvar": "CONAT_CREDENTIALS" if on_group else None,
+        "help": credentials_help if on_group else "A token file for a bus with auth.",
+    }
+    log_level = {
+        "type": click.Choice(LOG_LEVELS, case_sensitive=False),
+        "default": "WARNING" if on_group else None,
+        "show_default": on_group,
+        "callback": _set_log_level,
+        "help": "Level of the log lines written to stderr.",
+    }
+    return [
+        ("--url", {"callback": _setter("url"), **url}),
+        ("--credentials", {"callback": _setter("credentials"), **credentials}),
+        (
+            "--json",
+            {"is_flag": True, "callback": _setter("json"), "help": "Machine output as JSON lines."},
+        ),
+        (
+            "--debug",
+            {"is_flag": True, "callback": _setter("debug"), "help": "Show tracebacks on errors."},
+        ),
+        ("--log-level", log_level),
+    ]
+
+
+def _global_options(*, on_group: bool) -> list[click.Option]:
+    return [
+        click.Option([name], expose_value=False, **attrs)
+        for name, attrs in _global_option_specs(on_group=on_group)
+    ]
+
+
+GLOBAL_OPTIONS: Final = tuple(option.opts[0] for option in _global_options(on_group=True))
+"""The options that work before and after the command."""
+
+
+def _has_option(command: click.Command, name: str) -> bool:
+    return any(name in param.opts for param in command.params)
+
+
+def add_global_options(command: click.Command) -> None:
+    """Give ``command`` (and, for a group, every command in it) each global option it lacks."""
+    for option in _global_options(on_group=False):
+        if not _has_option(command, option.opts[0]):
+            command.params.append(option)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_global_options(sub)
 
 
 class ConatGroup(click.Group):
@@ -140,16 +256,21 @@ class ConatGroup(click.Group):
 
     Commands of higher layers (``conat run`` from ``actors``, ``conat stream`` from ``persist``)
     arrive through the :data:`PLUGIN_GROUP` entry point group, loaded the first time a command is
-    looked up (not at import: a plugin module importing ``conat.cli`` must find it whole).
+    looked up (not at import: a plugin module importing ``conat.cli`` must find it whole). Every
+    command added gets the global options it lacks (:func:`add_global_options`).
     """
 
-    _plugins_loaded = False
+    _plugins_tried: frozenset[str] = frozenset()
 
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
+    def _load_plugins(self, name: str | None = None) -> None:
+        """Load the plugin command ``name`` (every plugin command if ``None``), once each.
+
+        One command's run imports only its own plugin: ``conat pub`` never imports persist.
+        """
         for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            if entry.name in self._plugins_tried or (name is not None and entry.name != name):
+                continue
+            self._plugins_tried |= {entry.name}
             try:
                 command = entry.load()
             except Exception as e:  # noqa: BLE001 - a broken plugin must not break the CLI
@@ -158,8 +279,13 @@ class ConatGroup(click.Group):
             if isinstance(command, click.Command):
                 self.add_command(command, entry.name)
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        add_global_options(cmd)
+        super().add_command(cmd, name)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        self._load_plugins()
+        if cmd_name not in self.commands:
+            self._load_plugins(cmd_name)
         return super().get_command(ctx, cmd_name)
 
     def make_context(
@@ -167,6 +293,8 @@ class ConatGroup(click.Group):
     ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            raise _show_help(e) from None
         except click.UsageError as e:
             raise _usage(e) from None
 
@@ -177,6 +305,8 @@ class ConatGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare subgroup: `conat stream`
+            raise _show_help(e) from None
         except click.UsageError as e:
             raise _usage(e) from None
         except (
@@ -217,75 +347,46 @@ def _configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Options).json = True
-
-
-def _set_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        ctx.ensure_object(Options).url = value
+def _decorate(fn: F, names: tuple[str, ...]) -> F:
+    for name, attrs in reversed(_global_option_specs(on_group=False)):
+        if name in names:
+            fn = click.option(name, expose_value=False, **attrs)(fn)
+    return fn
 
 
 def json_option(fn: F) -> F:
-    """``--json`` on a subcommand too: ``conat req x 1 --json`` works like ``conat --json req x 1``."""
-    return click.option(
-        "--json", is_flag=True, expose_value=False, callback=_set_json, help="Machine output: JSON lines."
-    )(fn)
+    """``--json`` on a command run on its own (under ``conat``, every command has every global option)."""
+    return _decorate(fn, ("--json",))
 
 
 def common_options(fn: F) -> F:
-    """``--json`` and ``--url`` on a subcommand too (as well as on the group)."""
-    fn = json_option(fn)
-    return click.option(
-        "--url",
-        metavar="URL",
-        expose_value=False,
-        callback=_set_url,
-        help="Server URL (as the global --url).",
-    )(fn)
+    """Every global option on a command run on its own (``python -m bench``), with the same meaning.
+
+    Under ``conat`` this changes nothing: the group gives each command the global options anyway.
+    """
+    return _decorate(fn, GLOBAL_OPTIONS)
 
 
-@click.group(cls=ConatGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--url",
-    metavar="URL",
-    help="NATS server URL(s), comma-separated. Default: $CONAT_URL, else the server of a running "
-    "`conat up` / `conat server` (found through its state file).",
-)
-@click.option(
-    "--credentials",
-    metavar="FILE",
-    envvar="CONAT_CREDENTIALS",
-    help="A token file (mode 0600) for a bus with auth; also $CONAT_CREDENTIALS. Holds a path, "
-    "never the token: command lines and environments are not secret.",
-)
-@click.option("--json", "json_output", is_flag=True, help="Machine output on stdout as JSON lines.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="WARNING",
-    show_default=True,
-    help="Level of the log lines written to stderr.",
+def _exit_code_lines() -> str:
+    """The exit code table as help text (``\\b``: click keeps the lines as they are)."""
+    return "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
+
+
+@click.group(
+    cls=ConatGroup,
+    params=_global_options(on_group=True),
+    epilog=_exit_code_lines(),
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(package_name="conat", prog_name="conat")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    url: str | None,
-    credentials: str | None,
-    json_output: bool,
-    debug: bool,
-    log_level: str,
-) -> None:
+def cli(ctx: click.Context) -> None:
     """conat: a message bus for Python services on NATS.
 
-    Exit codes: 0 ok, 1 usage/local error, 2 remote error, 3 timeout, 4 no responders,
-    5 forbidden, 6 cannot connect/server error (credentials refused included), 130 interrupted.
+    Global options work before the command and after it: `conat --json req x 1` is `conat req x 1
+    --json`. Run `conat up` to start a local bus and see it work.
     """
-    _configure_logging(log_level)
-    ctx.obj = Options(url=url, json=json_output, debug=debug, credentials=credentials)
+    ctx.ensure_object(Options)
 
 
 # -- event loop -------------------------------------------------------------------------------
@@ -307,11 +408,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[asyncio.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs (long-running commands stop cleanly)."""
+    """An event set by SIGINT, SIGTERM or SIGHUP while the block runs (long-running commands stop cleanly)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows

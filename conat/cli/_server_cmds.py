@@ -1,8 +1,10 @@
 """``conat server`` (a private nats-server in the foreground) and ``conat up`` (the bus plus a demo).
 
 Both publish the server in the state file while it runs, so other commands (and
-``conat.connect()`` with no URL) find it; both stop cleanly on Ctrl-C or SIGTERM (exit code 0) and
-remove the state file.
+``conat.connect()`` with no URL) find it; both stop cleanly on Ctrl-C, SIGTERM or SIGHUP (a closed
+terminal), with exit code 0, and remove the state file. Their nats-server dies with them even when
+they are killed (``kill -9``): see :mod:`conat._process`. ``conat status`` shows them, ``conat down``
+stops them (:mod:`conat.cli._lifecycle`), and an orphaned nats-server is stopped before a new start.
 
 ``conat up`` also runs the service and demo step of every installed :class:`~conat.cli._demo.UpExtension`
 (persist's, found through an entry point, so this module never imports persist).
@@ -34,6 +36,7 @@ from ._demo import (
     line,
     up_extensions,
 )
+from ._lifecycle import ensure_not_running
 from ._output import Printer
 
 __all__ = ["server", "up"]
@@ -88,7 +91,7 @@ def server(
     websocket_port: int | None,
     data_dir: Path | None,
 ) -> None:
-    """Run a private nats-server in the foreground until Ctrl-C or SIGTERM.
+    """Run a private nats-server in the foreground until Ctrl-C, SIGTERM or SIGHUP (`conat down`).
 
     Prints its URL once it is ready and publishes it in the state file, so that `conat pub`,
     `conat req`, ... (and conat.connect() with no URL) find it.
@@ -97,6 +100,7 @@ def server(
     if data_dir is not None:
         os.environ["CONAT_DATA_DIR"] = str(data_dir.absolute())
     out = Printer(opts.json)
+    ensure_not_running(out)
     try:
         run(serve_forever(config, on_ready=lambda s: _announce_server(out, s)))
     except KeyboardInterrupt:
@@ -143,9 +147,11 @@ def up(opts: Options, port: int, once: bool) -> None:
     under the data dir), then, as a client, makes typed requests, reads a stream, does a pub/sub
     round trip, sends an 8 MiB (chunked) request, and writes and reads back a persisted stream
     and a KV key, printing one line per step. Then it keeps the bus and the services up until
-    Ctrl-C (with --once: it stops and exits 0).
+    Ctrl-C, SIGTERM or SIGHUP, or `conat down` from another terminal (with --once: it stops and
+    exits 0). The nats-server dies with this process, even if it is killed.
     """
     out = Printer(opts.json)
+    ensure_not_running(out)
     try:
         run(_up(out, ServerConfig(port=port), once))
     except KeyboardInterrupt:

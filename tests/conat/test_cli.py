@@ -7,13 +7,9 @@ also exercises signals, flushing of piped output, and the state file.
 
 from __future__ import annotations
 
+import ast
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -22,106 +18,15 @@ from typing import Any
 import anyio.from_thread
 import click
 import pytest
-from click.testing import CliRunner, Result
 
 import conat
 from conat.cli import cli
-from conat.cli._app import exit_code_for
+from conat.cli._app import EXIT_CODES, GLOBAL_OPTIONS, exit_code_for
 from conat.cli._output import Printer, message_fields, parse_headers, payload
 
-STARTUP = 15.0  # seconds a subprocess gets to print its ready line
+from .cli_support import Proc, invoke, json_lines, procs
 
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def invoke(args: list[str], env: dict[str, str | None] | None = None) -> Result:
-    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-class Proc:
-    """``python -m conat.cli ARGS`` with its stdout/stderr read line by line on threads."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        child_env = {k: v for k, v in os.environ.items() if k != "CONAT_URL"}
-        child_env.update(env or {})
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "conat.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            env=child_env,
-        )
-        self.lines: dict[str, queue.Queue[str | None]] = {"stdout": queue.Queue(), "stderr": queue.Queue()}
-        self.seen: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._threads = [
-            threading.Thread(target=self._pump, args=(name, stream), daemon=True)
-            for name, stream in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr))
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _pump(self, name: str, stream: Any) -> None:
-        for line in stream:
-            self.lines[name].put(line.rstrip("\n"))
-        self.lines[name].put(None)
-
-    def expect(self, name: str, needle: str, timeout: float = STARTUP) -> str:
-        """Wait for a line of ``name`` (stdout/stderr) containing ``needle``; return it."""
-        while True:
-            try:
-                line = self.lines[name].get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no {needle!r} on {name} after {timeout} s; saw {self.seen}") from None
-            if line is None:
-                raise AssertionError(f"{name} ended without {needle!r}; saw {self.seen}")
-            self.seen[name].append(line)
-            if needle in line:
-                return line
-
-    def finish(self, timeout: float = 15.0) -> tuple[int, str, str]:
-        """Wait for exit; return (code, rest of stdout, rest of stderr)."""
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            raise
-        for t in self._threads:
-            t.join(5)
-        rest = {}
-        for name, q in self.lines.items():
-            items = []
-            while not q.empty():
-                item = q.get()
-                if item is not None:
-                    items.append(item)
-            self.seen[name].extend(items)
-            rest[name] = "\n".join(items)
-        assert self.popen.stdout is not None and self.popen.stderr is not None
-        self.popen.stdout.close()
-        self.popen.stderr.close()
-        return code, rest["stdout"], rest["stderr"]
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.finish()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Subprocesses a test starts; any still running at the end are killed."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
+__all__ = ["procs"]  # a fixture: imported to be found, used by name
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +106,26 @@ def test_exit_code_table() -> None:
     assert exit_code_for(conat.ClosedError()) == 6
     assert exit_code_for(conat.InvalidSubject("a..b", "empty-token")) == 1
     assert exit_code_for(conat.PayloadError("encode", "raw", "x")) == 1
+    assert exit_code_for(conat.BadURL("foo://x", "unsupported scheme")) == 1  # a typo, not the network
+
+
+def _readme_exit_codes() -> list[tuple[int, str]]:
+    """The rows of the README's exit code table (``| code | meaning |``)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text.split("| exit code | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in table.splitlines()[2:]]
+    return [(int(code), meaning.strip().replace("`", "")) for code, meaning in rows]
+
+
+def test_one_exit_code_table_in_help_and_readme() -> None:
+    codes = [code for code, _ in EXIT_CODES]
+    assert codes == sorted(codes) and len(set(codes)) == len(codes)
+    assert {0, 1, 2, 3, 4, 5, 6, 7, 8, 130} == set(codes)
+    assert _readme_exit_codes() == list(EXIT_CODES)
+    shown = invoke(["--help"]).stdout.split("Exit codes:\n", 1)[1].splitlines()
+    assert [line.split(None, 1) for line in shown[: len(EXIT_CODES)]] == [
+        [str(code), meaning] for code, meaning in EXIT_CODES
+    ]
 
 
 # -- usage ------------------------------------------------------------------------------------
@@ -209,8 +134,60 @@ def test_exit_code_table() -> None:
 def test_help_lists_commands() -> None:
     result = invoke(["--help"])
     assert result.exit_code == 0
-    for command in ("up", "server", "pub", "sub", "req", "reply", "bench"):
+    for command in ("up", "server", "status", "down", "pub", "sub", "req", "reply", "bench", "run"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["stream"], ["kv"]])
+def test_a_bare_group_prints_its_help(args: list[str]) -> None:
+    result = invoke(args)
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: {' '.join(['conat', *args])} [OPTIONS] COMMAND [ARGS]...")
+    assert "Commands:" in result.stdout
+    assert result.stderr == "" and "Error" not in result.output
+
+
+def _commands(group: click.Group, ctx: click.Context) -> Iterator[tuple[str, click.Command]]:
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        yield name, command
+        if isinstance(command, click.Group):
+            yield from ((f"{name} {sub}", c) for sub, c in _commands(command, ctx))
+
+
+def test_every_command_takes_every_global_option() -> None:
+    commands = dict(_commands(cli, click.Context(cli)))
+    assert {"run", "stream ls", "kv put", "persist serve", "bench", "status", "down"} <= set(commands)
+    for name, command in commands.items():
+        for option in GLOBAL_OPTIONS:
+            assert any(option in param.opts for param in command.params), (name, option)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_options_work_before_and_after_the_command(where: str, tmp_path: Path) -> None:
+    def run(options: list[str], command: list[str]) -> Any:
+        args = [*options, *command] if where == "before" else [*command, *options]
+        return invoke(args)
+
+    debug = run(["--debug", "--url", "nats://127.0.0.1:1"], ["req", "a b", "1"])
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+
+    missing = tmp_path / "no-such-token"
+    credentials = run(["--credentials", str(missing), "--url", "nats://127.0.0.1:1"], ["req", "x", "1"])
+    assert credentials.exit_code == 1
+    assert (
+        credentials.stderr
+        == f"conat: error: cannot read token file {missing}: No such file or directory (code error)\n"
+    )
+
+    logged = run(["--log-level", "debug", "--url", "nats://127.0.0.1:1"], ["req", "x", "1"])
+    assert logged.exit_code == 6 and " DEBUG conat." in logged.stderr
+
+    plugin = run(
+        ["--debug", "--json", "--url", "foo://x"], ["kv", "get", "hub", "x", "k"]
+    )  # a plugin's subcommand
+    assert plugin.exit_code == 1 and "Traceback" in plugin.stderr and "(code 400)" in plugin.stderr
 
 
 @pytest.mark.parametrize(
@@ -247,12 +224,34 @@ def test_debug_adds_the_traceback() -> None:
     assert result.stderr.rstrip().endswith("contains whitespace (code 400)")
 
 
-@pytest.mark.parametrize("url", ["nats://127.0.0.1:1", "foo://nowhere"])
-def test_cannot_connect_exits_6(url: str) -> None:
+def test_cannot_connect_exits_6() -> None:
+    url = "nats://127.0.0.1:1"
     result = invoke(["--url", url, "req", "clitest.echo", "1"])
     assert result.exit_code == 6
     assert result.stderr.startswith(f"conat: error: cannot connect to {url}")
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("url", ["foo://nowhere", "nats://h:99999", "localhost:4222", "nats://"])
+def test_a_malformed_url_is_a_usage_error(url: str) -> None:
+    for args in (["--url", url, "req", "clitest.echo", "1"], ["pub", "x", "1", "--url", url]):
+        result = invoke(args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"conat: error: cannot connect to {url}: ")
+        assert result.stderr.endswith("(code 400)\n") and len(result.stderr.splitlines()) == 1
+
+
+def test_conat_never_names_the_bench_package() -> None:
+    """``conat bench`` is the bench package's plugin: no module of conat imports or names it."""
+    root = Path(conat.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "bench" for a in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "bench", path
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value != "bench" and not node.value.startswith("bench."), path
 
 
 def test_interrupt_exits_130_for_one_shot_and_0_for_sub(monkeypatch: pytest.MonkeyPatch) -> None:

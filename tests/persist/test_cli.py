@@ -222,6 +222,15 @@ def test_raw_bytes_show_as_text_or_base64(bus: Bus, scope: str) -> None:
     assert (got[0]["value"], got[1]["value_base64"], got[1]["encoding"]) == ("text", "/wA=", "raw")
 
 
+def test_stream_get_of_a_missing_stream_says_so(bus: Bus, scope: str) -> None:
+    for args in ([], ["--from", "2"], ["--seq", "1"], ["--key", "k"]):
+        result = bus.invoke("stream", "get", scope, "nothing", *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stdout == ""
+        assert result.stderr == f"conat: error: stream {scope}/nothing not found (code not-found)\n"
+    assert bus.invoke("--json", "stream", "ls", scope).stdout == ""  # looking did not create it
+
+
 # -- conat kv -----------------------------------------------------------------------------------
 
 
@@ -261,6 +270,19 @@ def test_kv_put_with_ttl_and_refusals(bus: Bus, scope: str) -> None:
 
     not_json = bus.invoke("kv", "put", scope, "plain", "c", "{nope", "--json-value")
     assert not_json.exit_code == 1 and "not JSON" in not_json.stderr
+
+
+def test_kv_put_reads_the_value_from_stdin(bus: Bus, scope: str) -> None:
+    def put(*args: str, stdin: str) -> Result:
+        command = ["--url", bus.url, "kv", "put", scope, "notes", *args]
+        return CliRunner().invoke(cli, command, input=stdin, catch_exceptions=False)
+
+    assert put("dash", "-", stdin="from stdin\n").exit_code == 0  # `-`: stdin, as for `conat pub`
+    assert put("none", stdin="no VALUE").exit_code == 0  # no VALUE: stdin too
+    assert put("json", "-", "--json-value", stdin='{"a": [1]}').exit_code == 0
+    assert bus.invoke("kv", "get", scope, "notes", "dash").stdout == "from stdin\n\n"
+    assert bus.invoke("kv", "get", scope, "notes", "none").stdout == "no VALUE\n"
+    assert bus.invoke("kv", "get", scope, "notes", "json").stdout == '{"a":[1]}\n'
 
 
 @pytest.mark.parametrize(
