@@ -88,12 +88,12 @@ class AuthStore:
         """
         try:
             db = await connect_private(path, synchronous="FULL")
-        except (OSError, sqlite3.Error, ConatError) as exc:
+        except (OSError, sqlite3.Error, ValueError, ConatError) as exc:
             raise AuthStoreError(path, "open", str(exc)) from None
         try:
             await db.executescript(_SCHEMA)
             await db.commit()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             await db.close()
             raise AuthStoreError(path, "open", str(exc)) from None
         return cls(db, path)
@@ -105,7 +105,7 @@ class AuthStore:
                 "SELECT below FROM revocations WHERE principal = ?", (principal,)
             ) as cur:
                 row = await cur.fetchone()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             raise AuthStoreError(self.path, "read a revocation", str(exc)) from None
         return int(row[0]) if row is not None else 0
 
@@ -114,7 +114,7 @@ class AuthStore:
         try:
             async with self._db.execute("SELECT principal, below FROM revocations ORDER BY principal") as cur:
                 rows = await cur.fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             raise AuthStoreError(self.path, "read revocations", str(exc)) from None
         return {str(p): int(b) for p, b in rows}
 
@@ -154,7 +154,7 @@ class AuthStore:
             async with self._db.execute(sql, args) as cur:
                 row = await cur.fetchone()
             await self._db.commit()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             await self._rollback()
             raise AuthStoreError(self.path, "record a revocation", str(exc)) from None
         assert row is not None  # RETURNING always yields the row
@@ -179,7 +179,7 @@ class AuthStore:
             if self._inserts % _PRUNE_EVERY == 0:
                 await self._db.execute("DELETE FROM used_tokens WHERE expires <= ?", (stamp,))
             await self._db.commit()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             await self._rollback()
             raise AuthStoreError(self.path, "record a one-time token", str(exc)) from None
         return first
@@ -187,7 +187,7 @@ class AuthStore:
     async def _rollback(self) -> None:
         try:
             await self._db.rollback()
-        except sqlite3.Error:
+        except (sqlite3.Error, ValueError):
             log.exception("rollback failed on %s", self.path)
 
     async def aclose(self) -> None:

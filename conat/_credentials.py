@@ -248,8 +248,6 @@ class CredentialSession:
         if found is None:
             return None
         code, why = found
-        if code == "expired" and isinstance(self.source, StaticToken):
-            why += " (a static token cannot be refreshed: pass a token file or a token provider)"
         return Unauthorized(self.url, why, refusal=code)
 
     def refusal(self) -> Unauthorized:
@@ -261,9 +259,17 @@ class CredentialSession:
                 "the token was not sent",
                 refusal="wrong-bus",
             )
-        local = self.problem()
+        now = time.time()
+        local = self.problem(now)
         if local is not None:
             return local
+        if now >= self.claims.exp:
+            return Unauthorized(
+                self.url,
+                f"the token expired at {_utc(self.claims.exp)}, {now - self.claims.exp:.0f}s ago; the bus allows "
+                "for some clock skew but refused it: get a fresh one",
+                refusal="expired",
+            )
         return Unauthorized(
             self.url,
             f"the bus refused the token of {self.principal} for {self.claims.aud!r}; a bus does not tell "
@@ -351,7 +357,13 @@ class CredentialSession:
         no fresh one in time) ends the client."""
         if not auth_expired:
             return None
-        why = f"the token expired at {_utc(self.claims.exp)} and no fresh one replaced it in time"
-        if isinstance(self.source, StaticToken):
-            why += " (a static token cannot be refreshed: pass a token file or a token provider)"
+        if time.time() < self.claims.exp:
+            why = (
+                "the bus ended the connection at its lifetime cap, before the token's exp at "
+                f"{_utc(self.claims.exp)} (the bus's max_lifetime is shorter than the token's lifetime)"
+            )
+        else:
+            why = f"the token expired at {_utc(self.claims.exp)} and no fresh one replaced it in time"
+            if isinstance(self.source, StaticToken):
+                why += " (a static token cannot be refreshed: pass a token file or a token provider)"
         return Unauthorized(self.url, why, refusal="expired")
