@@ -100,14 +100,15 @@ class AuthStore:
 
     async def floor(self, principal: str) -> int:
         """The revision below which ``principal``'s tokens are refused (0: none are)."""
-        try:
-            async with self._db.execute(
+        try:  # one round trip to the SQLite thread: this is on every connect's path
+            rows = await self._db.execute_fetchall(
                 "SELECT below FROM revocations WHERE principal = ?", (principal,)
-            ) as cur:
-                row = await cur.fetchone()
+            )
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             raise AuthStoreError(self.path, "read a revocation", str(exc)) from None
-        return int(row[0]) if row is not None else 0
+        for (below,) in rows:
+            return int(below)
+        return 0
 
     async def floors(self) -> dict[str, int]:
         """Every revocation floor, by principal (for operators and tests)."""
