@@ -59,6 +59,8 @@ from ._nkeys import encode_public_key as encode_public_key
 from ._nkeys import encode_seed as encode_seed
 from ._nkeys import public_key_kind as public_key_kind
 from ._nkeys import verify_signature as verify_signature
+from ._replay import MemoryReplayGuard as MemoryReplayGuard
+from ._replay import ReplayGuard as ReplayGuard
 from ._tokens import MASTER_AUDIENCE as MASTER_AUDIENCE
 from ._tokens import MAX_REVISION as MAX_REVISION
 from ._tokens import MAX_TOKEN_SIZE as MAX_TOKEN_SIZE
@@ -70,9 +72,7 @@ from ._tokens import ApiKeyError as ApiKeyError
 from ._tokens import ApiKeyErrorCode as ApiKeyErrorCode
 from ._tokens import KeyringError as KeyringError
 from ._tokens import KeyringErrorCode as KeyringErrorCode
-from ._tokens import MemoryReplayGuard as MemoryReplayGuard
 from ._tokens import PublicKeySource as PublicKeySource
-from ._tokens import ReplayGuard as ReplayGuard
 from ._tokens import SigningKeys as SigningKeys
 from ._tokens import TokenClaims as TokenClaims
 from ._tokens import TokenError as TokenError

@@ -70,11 +70,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import heapq
 import math
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Final, Literal, Protocol, final, runtime_checkable
@@ -86,6 +84,7 @@ from nacl.signing import VerifyKey
 from subjects import InvalidSubject, Scope, parse_scope
 
 from ._nkeys import CredentialError
+from ._replay import ReplayGuard
 
 __all__ = [
     "MASTER_AUDIENCE",
@@ -99,9 +98,7 @@ __all__ = [
     "ApiKeyErrorCode",
     "KeyringError",
     "KeyringErrorCode",
-    "MemoryReplayGuard",
     "PublicKeySource",
-    "ReplayGuard",
     "SigningKeys",
     "TokenClaims",
     "TokenError",
@@ -456,59 +453,6 @@ class TokenIssuer:
 
     def __repr__(self) -> str:
         return f"TokenIssuer(issuer={self._issuer!r})"
-
-
-# -- replay protection ----------------------------------------------------------------------------
-
-
-class ReplayGuard(Protocol):
-    """Remembers which one-time tokens were used.
-
-    A guard must remember a ``jti`` at least until ``expires`` (after that the token is refused as
-    expired anyway), and :meth:`first_use` must be atomic: of two concurrent uses, one wins.
-    """
-
-    def first_use(self, jti: str, expires: float, now: float) -> bool:
-        """Record ``jti`` as used; return whether this is its first use."""
-        ...
-
-
-@final
-class MemoryReplayGuard:
-    """A :class:`ReplayGuard` in process memory, pruned of expired entries as it goes.
-
-    Memory holds one entry per one-time token verified and not yet expired. It forgets everything
-    when the process restarts, so a one-time token could then be used again within its lifetime: it
-    suits tests and a single verifier process. A bus keeps its one-time tokens durably instead, in
-    its own store shared by all of its callout responders (``auth.AuthStore``).
-
-    Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._used: dict[str, float] = {}
-        self._expiries: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-
-    def first_use(self, jti: str, expires: float, now: float) -> bool:
-        with self._lock:
-            self._prune(now)
-            if jti in self._used:
-                return False
-            self._used[jti] = expires
-            heapq.heappush(self._expiries, (expires, jti))
-            return True
-
-    def _prune(self, now: float) -> None:
-        while self._expiries and self._expiries[0][0] <= now:
-            _, jti = heapq.heappop(self._expiries)
-            self._used.pop(jti, None)
-
-    def __len__(self) -> int:
-        return len(self._used)
-
-    def __repr__(self) -> str:
-        return f"MemoryReplayGuard(entries={len(self._used)})"
 
 
 # -- verifying ------------------------------------------------------------------------------------
