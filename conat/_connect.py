@@ -125,6 +125,10 @@ async def connect(
                     "this bus requires credentials: connect(credentials=<token, token file or provider>)",
                     refusal="no-credentials",
                 ) from None
+            raise Unauthorized(
+                where,
+                "the server refused the credentials (authorization violation); it does not tell clients why",
+            ) from None
         raise
     if session is not None:
         client._credentials = session

@@ -77,6 +77,9 @@ async def test_no_credentials_and_refusals_by_the_bus_say_so(bus: AuthBus, mint:
         await conat.connect(bus.url, connect_attempts=1)
     assert (e.value.code, e.value.refusal) == (401, "no-credentials")
     assert "credentials=" in e.value.reason
+    with pytest.raises(Unauthorized) as e:
+        await conat.connect(bus.url, token="let-me-in")  # the low-level path: sent as given, retried
+    assert e.value.refusal == "refused" and "no servers available" not in str(e.value)
     principal = account(3)
     token = mint.token(principal)
     await mint.revoke(bus, principal)
