@@ -29,7 +29,9 @@ project ``p`` / master             pub                                          
 hub / any bus                      everything                                      everything
 =================================  ==============================================  ==============================
 
-"Everything" is an unrestricted allow list minus the explicit denies above.
+"Everything" is an unrestricted allow list minus the explicit denies above; it reaches nats-server as
+an explicit ``allow: [">"]`` (an empty list next to the response permissions every grant carries
+would mean "publish nothing" to nats-server, see :mod:`subjects._permissions`).
 
 Decisions (and where they depart from the AUTH.md table)
 --------------------------------------------------------

@@ -263,11 +263,14 @@ def test_admin_flag_widens_nothing() -> None:
 
 
 def test_to_nats_is_never_unrestricted_by_accident() -> None:
+    # an open grant is an explicit ">": next to response permissions (every grant has them)
+    # nats-server reads an empty publish allow list as "nothing"
     nats = grant("hub", Scope(), MASTER_BUS).permissions.to_nats()
     assert nats == {
-        "pub": {"allow": [], "deny": ["$SYS.>", "_INBOX.>"]},
-        "sub": {"allow": [], "deny": ["$SYS.>"]},
+        "pub": {"allow": [">"], "deny": ["$SYS.>", "_INBOX.>"]},
+        "sub": {"allow": [">"], "deny": ["$SYS.>"]},
     }
+    assert grant(f"host-{H}", Scope(), f"host-{H}").permissions.to_nats() == nats
     minimal = grant(f"project-{P}", Scope(), MASTER_BUS).permissions.to_nats()
     assert minimal["pub"] == {"allow": ["public.>"], "deny": ["$SYS.>", "_INBOX.>"]}
 
