@@ -1,0 +1,156 @@
+"""A network namespace per project whose only reachable endpoint is the host bus.
+
+Design (and why not a veth pair): the namespace (made with pyroute2, named ``conat-<project id>``
+under ``/run/netns``) has only its loopback interface, up. The host creates one listening TCP socket
+*inside* it (``127.0.0.1:4222`` there, bound from a short-lived thread that enters the namespace)
+and relays every connection accepted on it to the bus's real listener. So from inside, the bus
+answers on ``nats://127.0.0.1:4222`` and nothing else exists: no other port of the host, loopback
+or not, no other project, no outside network. A veth pair into the host's stack would expose every
+service the host has bound to a wildcard address unless a packet filter is programmed as well, and
+these hosts ship no iptables/nft tooling; the in-namespace listener needs none and cannot leak.
+
+The relay lives in the host process: if the host dies, projects lose the bus until the restarted
+host re-creates the listener in the same namespace (the namespace outlives the host, pinned by its
+``/run/netns`` mount), and their clients reconnect on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import socket
+import threading
+from typing import Final
+
+__all__ = ["BUS_PORT_INSIDE", "NetnsRelay", "create_netns", "netns_path", "remove_netns"]
+
+log = logging.getLogger("conat.host.netns")
+
+CLONE_NEWNET: Final = 0x40000000
+BUS_PORT_INSIDE: Final = 4222
+NETNS_DIR: Final = "/run/netns"
+_RELAY_BUFFER: Final = 256 * 1024
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def create_netns(name: str) -> None:
+    """Create (or reuse) the namespace and bring its loopback up.
+
+    Raises:
+        OSError: the namespace cannot be made (not root, no CAP_NET_ADMIN).
+    """
+    from pyroute2 import NetNS, netns  # imported here: pyroute2 is heavy and only needed as root
+
+    if name not in netns.listnetns():
+        netns.create(name)
+    with NetNS(name) as ns:
+        index = ns.link_lookup(ifname="lo")[0]
+        ns.link("set", index=index, state="up")
+
+
+def remove_netns(name: str) -> None:
+    from pyroute2 import netns
+
+    with contextlib.suppress(OSError, FileNotFoundError):
+        if name in netns.listnetns():
+            netns.remove(name)
+
+
+def _listen_inside(name: str, port: int) -> socket.socket:
+    """A listening socket bound to ``127.0.0.1:port`` inside namespace ``name``.
+
+    ``setns`` changes only the calling thread's namespace, so a throwaway thread does it and the
+    event loop's thread never leaves the host's namespace. A socket keeps the namespace it was made in.
+    """
+    result: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        try:
+            with open(netns_path(name), "rb") as ns:
+                _setns(ns.fileno())
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(128)
+            sock.setblocking(False)
+            result.append(sock)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            result.append(e)
+
+    thread = threading.Thread(target=work, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    outcome = result[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_RELAY_BUFFER):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            writer.close()
+
+
+class NetnsRelay:
+    """The bus endpoint inside one project's namespace: accepts there, connects to ``bus`` here."""
+
+    def __init__(self, name: str, bus_host: str, bus_port: int, *, port: int = BUS_PORT_INSIDE) -> None:
+        self.name = name
+        self.bus = (bus_host, bus_port)
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url_inside(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        sock = await asyncio.to_thread(_listen_inside, self.name, self.port)
+        self._server = await asyncio.start_server(self._accept, sock=sock)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.bus)
+            except OSError as e:
+                log.warning("netns %s: cannot reach the bus at %s:%d: %s", self.name, *self.bus, e)
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._tasks.discard(task)
+
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
