@@ -167,14 +167,14 @@ class HostProjects:
         state.chmod(0o711)  # the project may open its token file here, never list or change the dir
 
     # -- credentials --------------------------------------------------------------------------------
-    def write_credentials(self, record: ProjectRecord, token: str | None) -> Path:
-        """The project's token file (0400, owned by the project), from ``token`` or minted here.
+    def check_token(self, project_id: str, token: str | None) -> None:
+        """Refuse a start whose credentials cannot work, before anything changes.
 
         Raises:
             BadArgument: ``token`` is not a token for this project on this host.
             NoCredentials: no token given and no key to mint one.
         """
-        principal = project_scope(record.project_id)
+        principal = project_scope(project_id)
         if token is not None:
             try:
                 claims = peek_claims(token)
@@ -182,12 +182,19 @@ class HostProjects:
                 raise BadArgument("token", str(e)) from None
             if claims.sub != principal or claims.aud != host_scope(self.host_id):
                 raise BadArgument("token", f"is for {claims.sub} on {claims.aud}, not {principal} here")
-        elif self.issuer is not None:
+        elif self.issuer is None:
+            raise NoCredentials(project_id)
+
+    def write_credentials(self, record: ProjectRecord, token: str | None) -> Path:
+        """The project's token file (0400, owned by the project), from ``token`` or minted here
+        (after :meth:`check_token`)."""
+        principal = project_scope(record.project_id)
+        self.check_token(record.project_id, token)
+        if token is None:
+            assert self.issuer is not None
             token = self.issuer.issue(
                 principal, host_scope(self.host_id), Scope(), self.config.project_token_ttl
             )
-        else:
-            raise NoCredentials(record.project_id)
         path = self.state_dir(record.project_id) / "credentials"
         temp = path.with_name(f".credentials.{os.getpid()}.{time.monotonic_ns()}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
@@ -439,13 +446,15 @@ class HostProjects:
         return buffer.getvalue()
 
     def import_home(self, record: ProjectRecord, data: bytes) -> None:
-        """Unpack an export into the (new) project's home; refuses anything unsafe (tarfile's
-        ``data`` filter: no absolute paths, no ``..``, no links out, no devices)."""
+        """Unpack an export into the (new) project's home; refuses anything unsafe: tarfile's
+        ``tar`` filter (no absolute or ``..`` paths, nothing written through a link out of the home,
+        no setuid bits) plus no device files. Symlinks are kept as links, even absolute ones: a
+        project's own links are its business, and nothing is ever written through them here."""
         self.prepare_home(record)
         home = self.home(record.project_id)
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                tar.extractall(home, filter="data")
+                tar.extractall(home, filter=_import_filter)
         except (tarfile.TarError, OSError, EOFError) as e:
             shutil.rmtree(home, ignore_errors=True)
             raise BadArgument("data", f"not a usable project export: {e}") from None
@@ -457,6 +466,13 @@ class HostProjects:
     def remove_home(self, project_id: str) -> None:
         shutil.rmtree(self.home(project_id), ignore_errors=True)
         shutil.rmtree(self.state_dir(project_id), ignore_errors=True)
+
+
+def _import_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    checked = tarfile.tar_filter(member, path)
+    if checked.isdev():
+        raise tarfile.FilterError(f"{member.name!r} is a device file")
+    return checked
 
 
 def default_limits(config: HostConfig, limits: Limits | None) -> Limits:

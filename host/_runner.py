@@ -116,6 +116,8 @@ class ProjectActor(Actor, subject="runner.host-00000000-0000-0000-0000-000000000
 
     async def start(self, token: str | None = None) -> ProjectStatus:
         record = self._require()
+        transition(record.state, "start", self.key)  # checked first: a refused start changes nothing
+        self.projects.check_token(self.key, token)
         await self._move(record, "start")
         self.attempt += 1
         await self.projects.bootlog(self.key, "start", "starting", 0)
