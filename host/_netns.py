@@ -23,11 +23,14 @@ import logging
 import os
 import socket
 import threading
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 __all__ = ["BUS_PORT_INSIDE", "NetnsRelay", "create_netns", "netns_path", "remove_netns"]
 
 log = logging.getLogger("conat.host.netns")
+
+T = TypeVar("T")
 
 CLONE_NEWNET: Final = 0x40000000
 BUS_PORT_INSIDE: Final = 4222
@@ -47,18 +50,59 @@ def _setns(fd: int) -> None:
 
 
 def create_netns(name: str) -> None:
-    """Create (or reuse) the namespace and bring its loopback up.
+    """Create (or reuse) the namespace and bring its loopback up. Blocking: call it in a thread.
+
+    No fork (pyroute2's ``netns.create`` forks a child, which can deadlock in a threaded host on a
+    lock held at fork time): a throwaway thread unshares its own network namespace, pins it with
+    pyroute2's bind mount at ``/run/netns/<name>``, and brings ``lo`` up from inside.
 
     Raises:
         OSError: the namespace cannot be made (not root, no CAP_NET_ADMIN).
     """
-    from pyroute2 import NetNS, netns  # imported here: pyroute2 is heavy and only needed as root
+    from pyroute2 import netns
 
     if name not in netns.listnetns():
-        netns.create(name)
-    with NetNS(name) as ns:
-        index = ns.link_lookup(ifname="lo")[0]
-        ns.link("set", index=index, state="up")
+        _in_thread(lambda: _make(name))
+    _in_thread(lambda: _loopback_up(name))
+
+
+def _make(name: str) -> None:
+    from pyroute2 import netns
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    netns.attach(name, f"self/task/{threading.get_native_id()}")
+
+
+def _loopback_up(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with open(netns_path(name), "rb") as ns:
+        _setns(ns.fileno())
+    with IPRoute() as ip:
+        index = ip.link_lookup(ifname="lo")[0]
+        ip.link("set", index=index, state="up")
+
+
+def _in_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` in a fresh thread (namespace changes stay in it) and return its result."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="conat-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def remove_netns(name: str) -> None:
@@ -75,28 +119,18 @@ def _listen_inside(name: str, port: int) -> socket.socket:
     ``setns`` changes only the calling thread's namespace, so a throwaway thread does it and the
     event loop's thread never leaves the host's namespace. A socket keeps the namespace it was made in.
     """
-    result: list[socket.socket | BaseException] = []
 
-    def work() -> None:
-        try:
-            with open(netns_path(name), "rb") as ns:
-                _setns(ns.fileno())
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
-            sock.listen(128)
-            sock.setblocking(False)
-            result.append(sock)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            result.append(e)
+    def work() -> socket.socket:
+        with open(netns_path(name), "rb") as ns:
+            _setns(ns.fileno())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
 
-    thread = threading.Thread(target=work, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join()
-    outcome = result[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    return _in_thread(work)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

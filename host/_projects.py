@@ -396,6 +396,13 @@ class HostProjects:
                     swept += 1
         return swept
 
+    def remove_host_groups(self) -> None:
+        """Remove this host's (empty) parent cgroups at shutdown; busy ones (projects left running)
+        stay for the next start."""
+        for controller, mount in available_controllers().items():
+            with contextlib.suppress(OSError):
+                host_parent(controller, mount, self.tag).rmdir()
+
     def alive(self, record: ProjectRecord) -> bool:
         return process_alive(record.pid, record.pid_started)
 

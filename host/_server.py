@@ -335,6 +335,7 @@ class HostServer:
                 await relay.aclose()
             projects.relays.clear()
             await projects.stop_activity()
+            await asyncio.to_thread(projects.remove_host_groups)
         if self.system is not None:
             await self.system.stop(timeout)
             self.system = None

@@ -8,6 +8,7 @@ uid and must reach its home and token file (the host reports ``uid`` missing oth
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -34,7 +35,8 @@ def searchable_tmp(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get("CONAT_KEEP_TMP") is None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
