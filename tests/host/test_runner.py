@@ -20,10 +20,10 @@ pytestmark = pytest.mark.anyio
 
 
 async def phases(host: Host, project: str) -> list[str]:
-    seen = []
-    async for event in bootlog.events(host.client, project_id=project, follow=False):
-        seen.append(event.phase if event.error is None else f"{event.phase}!")
-    return seen
+    return [
+        event.phase if event.error is None else f"{event.phase}!"
+        async for event in bootlog.events(host.client, project_id=project, follow=False)
+    ]
 
 
 async def test_lifecycle_with_every_phase_on_the_bootlog(host: Host) -> None:
