@@ -12,7 +12,7 @@ from host import BadArgument, ExecRequest, Limits
     ("fields", "field"),
     [
         ({"memory_mb": 1}, "limits.memory_mb"),
-        ({"pids": True}, "limits.pids"),
+        ({"pids": 3}, "limits.pids"),
         ({"cpu_percent": 0}, "limits.cpu_percent"),
         ({"idle_timeout": -1}, "limits.idle_timeout"),
         ({"idle_timeout": float("nan")}, "limits.idle_timeout"),
