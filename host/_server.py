@@ -134,6 +134,7 @@ class HostServer:
         self.projects: HostProjects | None = None
         self.project_type: type[ProjectActor] = project_actor_type(self.host_id)
         self.reconciled: dict[str, str] = {}
+        self.reconcile_seconds = 0.0
         self._issuer: TokenIssuer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
@@ -236,7 +237,9 @@ class HostServer:
             await service(context)
         await projects.start_activity()
         await self._bootlog("reconcile", "matching project records with running processes", 60)
+        began = time.monotonic()
         await self.reconcile()
+        self.reconcile_seconds = time.monotonic() - began
         self._write_state()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
         missing = capabilities.report().missing
