@@ -18,9 +18,9 @@ project is stopped first; otherwise projects keep running (their records say so,
 adopts them). Then the actors drain, persist commits and closes, and the bus stops. Nothing
 acknowledged is lost: every state change was committed before it was reported.
 
-How many may run: exactly one host server per host id and data dir (the bus port, the pid file
-and the project records are its own; a second one on the same data dir fails at start when the
-port or the persist files' leases are taken). Its actors are unkeyed/keyed without queue groups:
+How many may run: exactly one host server per host id and data dir. It holds an exclusive lock on
+``<data_dir>/host.lock`` while it runs; a second one on the same data dir fails at once with
+:class:`~host.HostError` (and never touches the first one's bus). Its actors are unkeyed/keyed without queue groups:
 the runner and the per-project actors must have exactly one owner, this process.
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from persist import PersistServer, Placement, PlacementConfig
 from subjects import HUB, Scope, host_scope
 
 from ._config import HostConfig
+from ._errors import HostError
 from ._isolation import probe
 from ._projects import HostProjects
 from ._runner import ProjectActor, project_actor_type, runner_type, watch_exits
@@ -59,6 +61,7 @@ __all__ = ["HOST_SERVICES", "HostContext", "HostServer", "HostService", "read_ho
 log = logging.getLogger("conat.host.server")
 
 STATE_FILE: Final = "host.json"
+LOCK_FILE: Final = "host.lock"
 ADMIN_TOKEN: Final = "admin.token"
 BUS_PID: Final = "bus.pid"
 _HOST_TOKEN_TTL: Final = 3600.0
@@ -138,6 +141,7 @@ class HostServer:
         self._issuer: TokenIssuer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -181,9 +185,22 @@ class HostServer:
             raise
         return self
 
+    def _lock(self, data: Path) -> None:
+        """One host per data dir: an exclusive lock held while this server runs (released by the
+        kernel if the process dies, so a killed host never blocks its restart)."""
+        fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            state = read_host_state(data) or {}
+            raise HostError(f"another host runs on {data} (pid {state.get('pid', '?')})") from None
+        self._lock_fd = fd
+
     async def _start(self, data: Path) -> None:
         config = self.config
         started = time.monotonic()
+        self._lock(data)  # before anything: the stale-bus cleanup below must never hit a live host
         await asyncio.to_thread(_kill_stale_bus, data)
         public_keys, self._issuer = self._keys()
         state = read_host_state(data) or {}
@@ -356,10 +373,13 @@ class HostServer:
             self.bus = None
             with contextlib.suppress(OSError):
                 (self.config.data / BUS_PID).unlink()
-        with contextlib.suppress(OSError):
-            state = read_host_state(self.config.data)
-            if state is not None and state.get("pid") == os.getpid():
-                (self.config.data / STATE_FILE).write_text(json.dumps({**state, "pid": None}))
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                state = read_host_state(self.config.data)
+                if state is not None and state.get("pid") == os.getpid():
+                    _write_private(self.config.data / STATE_FILE, json.dumps({**state, "pid": None}))
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     async def _stop_all(self, timeout: float) -> None:
         assert self.projects is not None and self.client is not None

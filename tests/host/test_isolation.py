@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from host import HostConfig, exec_command
+from host import HostConfig, HostError, HostServer, exec_command
 from host._isolation import probe
 from host._netns import BUS_PORT_INSIDE
 
@@ -99,6 +99,13 @@ async def test_status_names_what_is_missing_and_why() -> None:
             assert (await exec_command(bare.client, project, ["true"])).code == 0
         finally:
             await stop_host(bare)
+
+
+async def test_a_second_host_on_the_same_data_dir_is_refused(host: Host) -> None:
+    second = HostServer(host.server.config)
+    with pytest.raises(HostError, match="another host runs on"):
+        await second.start()
+    assert (await host.runner.list()) is not None  # the first one is untouched
 
 
 def test_probe_reports_a_reason_for_everything_missing() -> None:
