@@ -56,13 +56,16 @@ def host_group() -> None:
     """A project host: its runner, project processes, persist and bootlogs on its own bus."""
 
 
-@host_group.command("serve", short_help="Run a project host until Ctrl-C.")
-@click.option(
+_config_option: Final = click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A TOML file with a [host] table (default: a local host under <data dir>/host).",
 )
+
+
+@host_group.command("serve", short_help="Run a project host until Ctrl-C.")
+@_config_option
 @common_options
 @click.pass_obj
 def serve(opts: Options, config_file: Path | None) -> None:
@@ -92,12 +95,7 @@ async def _serve(config: HostConfig, out: Printer) -> None:
 
 
 @host_group.command("status", short_help="The host's projects, states and resource use.")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The host's config file (to find its data dir).",
-)
+@_config_option
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="The host's data dir.")
 @click.option("--host-id", help="The host's id (with --url, for a host whose data dir is elsewhere).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)

@@ -151,6 +151,8 @@ async def serve_exec(
         first = await sock.recv(timeout=30.0)
         request = _decode_request(first.raw)
         cwd = os.path.normpath(os.path.join(home, request.cwd))  # noqa: ASYNC240 - no I/O
+        if os.path.commonpath([home, cwd]) != os.path.normpath(home):  # noqa: ASYNC240 - no I/O
+            raise BadArgument("cwd", f"{request.cwd!r} leaves the project's home")
         if not await asyncio.to_thread(os.path.isdir, cwd):
             raise BadArgument("cwd", f"{request.cwd!r} is not a directory in the project")
     except (BadArgument, conat.ConatError) as e:

@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,9 +234,7 @@ class ProjectProcess:
 
     def usage(self) -> ProjectUsage:
         """Resource use: the cgroups' figures when there are any, else the process tree's."""
-        uptime = 0.0
-        with contextlib.suppress(psutil.Error):
-            uptime = max(0.0, psutil.Process(self.pid).create_time() and (_now() - self.started))
+        uptime = max(0.0, time.time() - self.started) if self.running else 0.0
         from_cgroups = self.cgroups.usage()
         if from_cgroups is not None:
             return ProjectUsage(
@@ -258,8 +257,3 @@ class ProjectProcess:
                 count += 1
         return ProjectUsage(cpu_seconds=cpu, memory_bytes=memory, pids=count, uptime=uptime)
 
-
-def _now() -> float:
-    import time
-
-    return time.time()
