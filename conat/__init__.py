@@ -41,6 +41,7 @@ from ._errors import SocketReset as SocketReset
 from ._errors import Timeout as Timeout
 from ._errors import Unauthorized as Unauthorized
 from ._message import Message as Message
+from ._paths import data_dir as data_dir
 from ._process import die_with_parent as die_with_parent
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
@@ -108,5 +109,6 @@ __all__ = [
     "Unauthorized",
     "WebsocketConfig",
     "connect",
+    "data_dir",
     "die_with_parent",
 ]

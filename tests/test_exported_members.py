@@ -43,3 +43,9 @@ def test_cli_plugin_all_sorted_and_complete() -> None:
     from conat.cli import plugin
 
     check_exports(plugin)
+
+
+def test_host_all_sorted_and_complete() -> None:
+    import host
+
+    check_exports(host)
