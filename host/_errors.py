@@ -3,8 +3,9 @@
 message from its fields::
 
     ConatError
+    ├── BadArgument               400                 a malformed or out-of-range argument
+    │                                                 (conat.platform's: the wire types raise it)
     └── HostError                 "host"
-        ├── BadArgument           400                 a malformed or out-of-range argument
         ├── UnknownProject        "unknown-project"   no such project on this host
         ├── ProjectExists         "project-exists"    create/import of a project this host has
         ├── WrongState            "wrong-state"       the operation is illegal in the project's state
@@ -17,6 +18,7 @@ A refused operation changes nothing: the state machine is checked before anythin
 from __future__ import annotations
 
 from conat import ConatError, ErrorCode
+from conat.platform import BadArgument
 
 __all__ = [
     "BadArgument",
@@ -33,17 +35,6 @@ class HostError(ConatError):
     """Base of the host's errors."""
 
     code: ErrorCode = "host"
-
-
-class BadArgument(HostError):
-    """A malformed or out-of-range argument; ``field`` names it."""
-
-    code: ErrorCode = 400
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"bad argument {field}: {reason}")
 
 
 class UnknownProject(HostError):
