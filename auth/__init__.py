@@ -12,6 +12,7 @@ from ._bus import callout_blocks as callout_blocks
 from ._callout import MIN_CONNECTION_LIFETIME as MIN_CONNECTION_LIFETIME
 from ._callout import AuthCallout as AuthCallout
 from ._callout import Connections as Connections
+from ._callout import CredentialExchange as CredentialExchange
 from ._callout import Decider as Decider
 from ._callout import Decision as Decision
 from ._responder import REVOCATION_SUBJECT as REVOCATION_SUBJECT
@@ -32,6 +33,7 @@ __all__ = [
     "AuthStoreError",
     "BusSecrets",
     "Connections",
+    "CredentialExchange",
     "Decider",
     "Decision",
     "MIN_CONNECTION_LIFETIME",

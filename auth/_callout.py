@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 from aiolimiter import AsyncLimiter
 
@@ -45,10 +45,12 @@ from actors import Actor, Reply
 from conat import ConatError, Message
 from conat.auth import (
     AUTH_CALLOUT_SUBJECT,
+    TOKEN_PREFIX,
     XKEY_HEADER,
     AuthorizationRequest,
     CurveKeyPair,
     KeyPair,
+    TokenClaims,
     TokenError,
     TokenVerifier,
     authorization_response,
@@ -60,7 +62,7 @@ from subjects import grant
 from ._audit import AuditLog
 from ._store import AuthStore, AuthStoreError
 
-__all__ = ["MIN_CONNECTION_LIFETIME", "AuthCallout", "Connections", "Decider", "Decision"]
+__all__ = ["MIN_CONNECTION_LIFETIME", "AuthCallout", "Connections", "CredentialExchange", "Decider", "Decision"]
 
 log = logging.getLogger("conat.auth.callout")
 
@@ -69,6 +71,19 @@ _LIMITER_CAP: Final = 50_000
 MIN_CONNECTION_LIFETIME: Final = 3.0
 """A token with less time than this (seconds) left in the bus's acceptance window is refused as
 expired: its user JWT would expire (by whole seconds) before or as the client gets to use it."""
+
+
+class CredentialExchange(Protocol):
+    """Judges credentials that are not conat tokens, for the bus's issuer (master's API keys).
+
+    :meth:`claims` gets the credential as the client sent it and returns the claims it stands for
+    (principal, audience = this bus, revision, a short expiry), or ``None`` to refuse it
+    (``bad-credential``). The decision then goes on exactly as for a verified token: rate limits,
+    grant, revocation floor, audit. Raising :class:`conat.ConatError` refuses the connection as
+    ``exchange-unavailable`` (fail closed).
+    """
+
+    async def claims(self, credential: str, bus: str) -> TokenClaims | None: ...
 
 
 @final
@@ -178,6 +193,7 @@ class Decider:
         allowed_types: connection types accepted (``nats``, ``websocket``; nats-server does not
             enforce ``allowed_connection_types`` on the callout path, so we do).
         allowed_kinds: client kinds accepted (``Client``; leaf nodes use static config).
+        exchange: judges credentials that are not conat tokens (None: only tokens are accepted).
     """
 
     bus: str
@@ -194,6 +210,7 @@ class Decider:
     per_principal: tuple[float, float] = (20.0, 1.0)
     clock: Callable[[], float] = time.time
     connections: Connections = field(default_factory=Connections)
+    exchange: CredentialExchange | None = None
 
     def __post_init__(self) -> None:
         self._by_address = _Limiters(*self.per_address)
@@ -248,10 +265,22 @@ class Decider:
         token = request.connect_opts.auth_token or request.connect_opts.password
         if not token:
             return refuse("no-credentials")
-        try:
-            claims = self.verifier.verify(token, check_replay=False)
-        except TokenError as e:
-            return refuse(str(e.code))
+        if self.exchange is not None and not token.startswith(f"{TOKEN_PREFIX}."):
+            try:
+                exchanged = await self.exchange.claims(token, self.bus)
+            except ConatError as e:
+                log.error("credential exchange failed: %s", e)
+                return refuse("exchange-unavailable")
+            if exchanged is None:
+                return refuse("bad-credential")
+            if exchanged.aud != self.bus:
+                return refuse("wrong-audience", exchanged.sub)
+            claims = exchanged
+        else:
+            try:
+                claims = self.verifier.verify(token, check_replay=False)
+            except TokenError as e:
+                return refuse(str(e.code))
         principal = claims.sub
         if not await self._by_principal.allow(principal):
             return refuse("rate-limited", principal)

@@ -45,7 +45,7 @@ from conat.auth import MAX_TOKEN_SIZE, TOKEN_LEEWAY, PublicKeySource, TokenVerif
 from subjects import InvalidSubject, Principal
 
 from ._audit import AuditLog
-from ._callout import AuthCallout, Decider
+from ._callout import AuthCallout, CredentialExchange, Decider
 from ._secrets import BusSecrets
 from ._store import AuthStore
 
@@ -166,6 +166,7 @@ class AuthResponder:
         max_lifetime: float = 3600.0,
         per_address: tuple[float, float] = (200.0, 1.0),
         per_principal: tuple[float, float] = (20.0, 1.0),
+        exchange: CredentialExchange | None = None,
     ) -> Self:
         """Start answering the callout of ``bus``, whose server is at ``url``.
 
@@ -174,6 +175,7 @@ class AuthResponder:
         bus. ``public_keys`` are master's token keys by kid (pinned: tokens are verified locally).
         ``per_address``/``per_principal``: connect attempts allowed as (count, per seconds), per
         responder, with bursts up to the count; beyond them a connect is refused ``rate-limited``.
+        ``exchange`` judges credentials that are not conat tokens (see :class:`CredentialExchange`).
         """
         secrets_ = BusSecrets.load(directory / "secrets")
         async with contextlib.AsyncExitStack() as stack:
@@ -201,6 +203,7 @@ class AuthResponder:
                 max_lifetime=max_lifetime,
                 per_address=per_address,
                 per_principal=per_principal,
+                exchange=exchange,
             )
             actors = ActorSystem(responder)
             self = cls(bus, responder, system, actors, decider, audit, store)
