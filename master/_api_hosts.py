@@ -201,19 +201,22 @@ class HostNamespace:
             if fresh_key is not None:
                 await tx.execute("DELETE FROM api_keys WHERE host_id = ?", (caller.id,))
                 await tx.insert_key(record, now, host_id=caller.id, name="host key")
+            serving = bool(request.bus_url)  # a joining host has no bus yet: online once it has
             await tx.update_host(
-                caller.id, bus_url=request.bus_url, capacity=request.capacity, region=request.region or row.region,
-                public_key=request.public_key, status="online", last_seen=now,
+                caller.id, bus_url=request.bus_url or row.bus_url, capacity=request.capacity,
+                region=request.region or row.region, public_key=request.public_key or row.public_key,
+                status="online" if serving else row.status, last_seen=now,
             )  # fmt: skip
             await tx.audit(now, caller.principal, "host.register", f"host-{caller.id}",
                            f"bus {request.bus_url}" + (", new key" if fresh_key else ""))  # fmt: skip
         if fresh_key is not None:
             for old, _, _ in keys:
                 ctx.exchange.forget(old)
-        was = ctx.liveness.status(caller.id)
-        ctx.liveness.track(caller.id, "online")
-        if was != "online" and ctx.liveness.on_online is not None:
-            await ctx.liveness.on_online(caller.id)
+        if serving:
+            was = ctx.liveness.status(caller.id)
+            ctx.liveness.track(caller.id, "online")
+            if was != "online" and ctx.liveness.on_online is not None:
+                await ctx.liveness.on_online(caller.id)
         return Registration(
             host_id=caller.id, public_keys=ctx.issuer.public_keys(), api_key=fresh_key,
             revocation_seq=ctx.revoker.latest, keepalive_interval=ctx.config.keepalive_interval,

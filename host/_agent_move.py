@@ -1,0 +1,394 @@
+"""Moving a project's home between hosts (and snapshots): one archive, streamed over a conat socket.
+
+**The archive** (:func:`build_archive`): an uncompressed tar of the project's home, symlinks kept
+as links (never followed, not even in a race: every file is opened beneath its directory's
+descriptor with ``O_NOFOLLOW``). Each SQLite file (the project's persist stores, its bootlog) is
+archived as one consistent file: its bytes and its WAL are copied aside, checked
+(``PRAGMA quick_check``) and folded into one file by SQLite's backup API; copying a WAL database's
+main file alone can lose everything in its WAL. During a move the project is stopped and writes
+are blocked, so the copy is exact; a clone or snapshot of a running project retries a store that
+changed under it and gives up (:class:`StoreChanged`) rather than archive a torn one.
+
+**The stream.** The source's agent connects to the *destination's* bus with a project token
+master minted for that bus (grant: the project's own subjects) and opens a socket on
+``move.project-<p>``, where the destination's agent listens (:class:`Incoming`). It sends a
+:class:`Offer` (transfer id, size, SHA-256), the archive in 1 MiB messages (the socket's flow
+control paces it), and waits for the :class:`Ack`. The destination accepts only a transfer id
+master announced with ``move_in`` for that project, counts and hashes what arrives into a staging
+file, and refuses (nothing unpacked) if the size or SHA-256 differ. Then it creates the project
+through its runner, unpacks into the new home with the same filter as the runner's imports (no
+absolute or ``..`` paths, nothing written through links, no devices, no setuid bits), gives the
+files to the project's uid, and answers ``ok`` with the digest it computed.
+
+A marker file ``moves/<p>.json`` remembers which transfer created the project, so an abort of
+that transfer (a rolled-back move) deletes exactly that copy and an abort of any other transfer
+does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+import conat
+from conat.platform import BadArgument, Limits, SnapshotInfo, TransferResult
+from subjects import project_scope, service_subject
+
+from ._projects import HostProjects, _import_filter
+from ._runner import runner_proxy
+
+__all__ = ["Incoming", "StoreChanged", "build_archive", "move_subject", "send_archive", "snapshot"]
+
+log = logging.getLogger("conat.host.move")
+
+CHUNK: Final = 1024 * 1024
+MOVE_PATTERN: Final = "move.*"
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+_COMPANIONS: Final = ("-wal", "-shm", "-journal")
+_ACK_TIMEOUT: Final = 600.0
+
+
+class Offer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    transfer_id: str
+    project_id: str
+    bytes: int
+    sha256: str
+    files: int = 0
+
+
+class Ack(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    bytes: int = 0
+    sha256: str = ""
+    error: str = ""
+
+
+def move_subject(project_id: str) -> str:
+    """``move.project-<p>``: where a project's archive is sent on its destination's bus."""
+    return service_subject("move", project_scope(project_id))
+
+
+class StoreChanged(conat.ConatError):
+    """A SQLite store kept changing while it was copied (the project is running): stop it and retry."""
+
+    code = "store-changed"
+
+
+def _copy_fd(fd: int, out: Path) -> None:
+    with os.fdopen(os.dup(fd), "rb") as src, out.open("wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+
+
+def _open_beneath(dirfd: int, name: str) -> int | None:
+    """A regular file of the walked directory, opened without following a link (None otherwise)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _store_copy(dirfd: int, name: str, fd: int, scratch: Path) -> Path:
+    """A consistent single-file copy of the SQLite store ``name`` (its file and WAL copied as
+    bytes, checked, then backed up by SQLite into one file); retried while it changes."""
+    for _attempt in range(3):
+        work = Path(tempfile.mkdtemp(dir=scratch))
+        _copy_fd(fd, work / "store.db")
+        wal = _open_beneath(dirfd, name + "-wal")
+        if wal is not None:
+            try:
+                _copy_fd(wal, work / "store.db-wal")
+            finally:
+                os.close(wal)
+        try:
+            source = sqlite3.connect(work / "store.db")
+            try:
+                if source.execute("PRAGMA quick_check").fetchone() == ("ok",):
+                    target = sqlite3.connect(work / "single.db")
+                    try:
+                        source.backup(target)
+                    finally:
+                        target.close()
+                    return work / "single.db"
+            finally:
+                source.close()
+        except sqlite3.DatabaseError:
+            pass
+        shutil.rmtree(work, ignore_errors=True)
+    raise StoreChanged(f"the store {name!r} changed while it was copied: stop the project and try again")
+
+
+def _member(dirfd: int, name: str, arcname: str) -> tarfile.TarInfo | None:
+    """The tar header of a directory or symlink entry (None for other non-regular files)."""
+    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    info = tarfile.TarInfo(arcname)
+    info.mode, info.uid, info.gid, info.mtime = (
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        int(st.st_mtime),
+    )
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dirfd)
+    else:
+        return None
+    return info
+
+
+def build_archive(home: Path, out: Path) -> TransferResult:
+    """Write the archive of ``home`` to ``out`` (see the module docstring); blocking.
+
+    The tree is walked with directory descriptors (``os.fwalk``) and every file is opened relative
+    to its directory without following links, so a project that swaps a file or directory for a
+    symlink during the copy gets the link archived, never what it points to.
+    """
+    began = time.monotonic()
+    files = 0
+    with (
+        tempfile.TemporaryDirectory(prefix=".conat-archive-", dir=out.parent) as scratch,
+        tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for directory, dirnames, filenames, dirfd in os.fwalk(home, follow_symlinks=False):
+            dirnames.sort()
+            base = Path(directory).relative_to(home)
+            names = set(filenames)
+            for name in sorted(dirnames + filenames):
+                arcname = str(base / name)
+                if any(name.endswith(c) and name[: -len(c)] in names for c in _COMPANIONS):
+                    continue  # a store's WAL or journal: part of the store's copy
+                fd = _open_beneath(dirfd, name) if name in names else None
+                if fd is None:
+                    info = _member(dirfd, name, arcname)
+                    if info is not None:
+                        tar.addfile(info)
+                        files += 1
+                    continue
+                try:
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        info = tar.gettarinfo(arcname=arcname, fileobj=f)
+                        if f.read(16) == _SQLITE_MAGIC:
+                            copy = _store_copy(dirfd, name, fd, Path(scratch))
+                            info.size = copy.stat().st_size
+                            with copy.open("rb") as c:
+                                tar.addfile(info, c)
+                            shutil.rmtree(copy.parent, ignore_errors=True)
+                        else:
+                            f.seek(0)
+                            tar.addfile(info, f)
+                finally:
+                    os.close(fd)
+                files += 1
+    digest = hashlib.sha256()
+    with out.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return TransferResult(
+        bytes=out.stat().st_size, sha256=digest.hexdigest(), files=files, seconds=time.monotonic() - began
+    )
+
+
+def _unpack(archive: Path, home: Path, uid: int | None) -> None:
+    with tarfile.open(archive, "r") as tar:
+        tar.extractall(home, filter=_import_filter)
+    if uid is not None:
+        for path in [home, *home.rglob("*")]:
+            with contextlib.suppress(OSError):
+                os.lchown(path, uid, uid)
+
+
+async def snapshot(projects: HostProjects, project_id: str, name: str) -> SnapshotInfo:
+    """An archive of the project's home kept on this host under ``snapshots/<p>/<name>.tar``."""
+    home = projects.home(project_id)
+    if not home.is_dir():
+        raise BadArgument("project_id", f"project {project_id} has no home on this host")
+    folder = projects.config.data / "snapshots" / project_id
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    result = await asyncio.to_thread(build_archive, home, folder / f"{name}.tar")
+    return SnapshotInfo(name=name, created=time.time(), bytes=result.bytes, sha256=result.sha256)
+
+
+async def send_archive(
+    projects: HostProjects,
+    project_id: str,
+    transfer_id: str,
+    url: str,
+    token: str,
+    target: str,
+    progress: Callable[[str, float], Awaitable[None]],
+) -> TransferResult:
+    """Archive ``project_id``'s home and stream it to the host at ``url`` as project ``target``."""
+    home = projects.home(project_id)
+    if not home.is_dir():
+        raise BadArgument("project_id", f"project {project_id} has no home on this host")
+    staging = projects.config.data / "moves"
+    staging.mkdir(exist_ok=True, mode=0o700)
+    archive = staging / f"out-{transfer_id}.tar"
+    began = time.monotonic()
+    try:
+        built = await asyncio.to_thread(build_archive, home, archive)
+        await progress(f"archive ready: {built.files} files, {built.bytes} bytes", 30)
+        async with await conat.connect(url, credentials=token, name="conat-move-out") as client:
+            sock = await client.socket_connect(move_subject(target), timeout=30.0)
+            try:
+                offer = Offer(transfer_id=transfer_id, project_id=target, bytes=built.bytes, sha256=built.sha256,
+                              files=built.files)  # fmt: skip
+                await sock.send(msgspec.msgpack.encode(offer), encoding="raw")
+                sent, reported = 0, 0.0
+                with archive.open("rb") as f:
+                    while block := await asyncio.to_thread(f.read, CHUNK):
+                        await sock.send(block, encoding="raw")
+                        sent += len(block)
+                        share = sent / max(built.bytes, 1)
+                        if share - reported >= 0.1:
+                            reported = share
+                            await progress(f"sent {sent} of {built.bytes} bytes", 30 + 40 * share)
+                ack = msgspec.msgpack.decode((await sock.recv(timeout=_ACK_TIMEOUT)).raw, type=Ack)
+            finally:
+                with contextlib.suppress(conat.ConatError):
+                    await sock.aclose(timeout=5.0)
+    finally:
+        archive.unlink(missing_ok=True)
+    if not ack.ok:
+        raise conat.ConatError(f"the destination refused the archive: {ack.error}")
+    if (ack.bytes, ack.sha256) != (built.bytes, built.sha256):
+        raise conat.ConatError(
+            f"checksum mismatch: sent {built.bytes} bytes sha256 {built.sha256}, got {ack.bytes} {ack.sha256}"
+        )
+    return TransferResult(
+        bytes=built.bytes, sha256=built.sha256, files=built.files, seconds=time.monotonic() - began
+    )
+
+
+class Incoming:
+    """The destination side: expected transfers, the socket server on ``move.*``, aborts."""
+
+    def __init__(self, projects: HostProjects, client: conat.Client) -> None:
+        self.projects = projects
+        self.client = client
+        self.expected: dict[str, tuple[str, Limits | None]] = {}
+        self.folder = projects.config.data / "moves"
+        self._server: conat.SocketServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.folder.mkdir(exist_ok=True, mode=0o700)
+        self._server = await self.client.socket_listen(MOVE_PATTERN)
+        self._task = asyncio.ensure_future(self._accept(self._server))
+
+    async def _accept(self, server: conat.SocketServer) -> None:
+        async for sock in server:
+            task = asyncio.ensure_future(self._receive(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def expect(self, project_id: str, transfer_id: str, limits: Limits | None) -> None:
+        self.expected[project_id] = (transfer_id, limits)
+
+    def _marker(self, project_id: str) -> Path:
+        return self.folder / f"{project_id}.json"
+
+    async def _receive(self, sock: conat.Socket) -> None:
+        staging: Path | None = None
+        try:
+            offer = msgspec.msgpack.decode((await sock.recv(timeout=60.0)).raw, type=Offer)
+            expected = self.expected.get(offer.project_id)
+            if (
+                sock.subject != move_subject(offer.project_id)
+                or expected is None
+                or expected[0] != offer.transfer_id
+            ):
+                raise BadArgument("transfer_id", "this host expects no such transfer")
+            del self.expected[offer.project_id]
+            staging = self.folder / f"in-{offer.transfer_id}.tar"
+            digest, size = hashlib.sha256(), 0
+            with staging.open("wb") as f:
+                while size < offer.bytes:
+                    block = (await sock.recv(timeout=120.0)).raw
+                    size += len(block)
+                    if size > offer.bytes:
+                        raise BadArgument("archive", f"more than the {offer.bytes} bytes offered")
+                    digest.update(block)
+                    await asyncio.to_thread(f.write, block)
+            if digest.hexdigest() != offer.sha256:
+                raise BadArgument("archive", f"sha256 {digest.hexdigest()} is not the {offer.sha256} offered")
+            await self._install(offer, staging, expected[1])
+            ack = Ack(ok=True, bytes=size, sha256=digest.hexdigest())
+        except (conat.ConatError, msgspec.MsgspecError, OSError, tarfile.TarError) as e:
+            log.warning("incoming transfer on %s refused: %s", sock.subject, e)
+            ack = Ack(ok=False, error=str(e))
+        finally:
+            if staging is not None:
+                staging.unlink(missing_ok=True)
+        with contextlib.suppress(conat.ConatError):
+            await sock.send(msgspec.msgpack.encode(ack), encoding="raw")
+            await sock.aclose(timeout=10.0)
+
+    async def _install(self, offer: Offer, archive: Path, limits: Limits | None) -> None:
+        projects = self.projects
+        if await projects.load(offer.project_id) is not None:
+            raise BadArgument("project_id", f"project {offer.project_id} exists on this host already")
+        runner = runner_proxy(self.client, projects.host_id, timeout=120.0)
+        await runner.create(offer.project_id, limits)
+        try:
+            record = await projects.load(offer.project_id)
+            await asyncio.to_thread(
+                _unpack, archive, projects.home(offer.project_id), record.uid if record else None
+            )
+        except BaseException:
+            with contextlib.suppress(conat.ConatError):
+                await runner.delete(offer.project_id)
+            raise
+        self._marker(offer.project_id).write_text(json.dumps({"transfer_id": offer.transfer_id}))
+        await projects.bootlog(offer.project_id, "import", f"arrived: {offer.files} files, {offer.bytes} bytes, "
+                               f"sha256 {offer.sha256[:16]}... verified", 75)  # fmt: skip
+
+    async def abort(self, project_id: str, transfer_id: str) -> None:
+        """Drop transfer ``transfer_id`` of ``project_id``: forget it, and delete the project if
+        that transfer created it here."""
+        expected = self.expected.get(project_id)
+        if expected is not None and expected[0] == transfer_id:
+            del self.expected[project_id]
+        marker = self._marker(project_id)
+        try:
+            made_by = json.loads(marker.read_text()).get("transfer_id")
+        except (OSError, ValueError):
+            made_by = None
+        if made_by == transfer_id:
+            runner = runner_proxy(self.client, self.projects.host_id, timeout=120.0)
+            with contextlib.suppress(conat.RemoteError):
+                await runner.delete(project_id)
+            marker.unlink(missing_ok=True)
+        (self.folder / f"in-{transfer_id}.tar").unlink(missing_ok=True)
+
+    async def aclose(self) -> None:
+        for task in (self._task, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._task, *self._tasks) if t is not None), return_exceptions=True
+        )
+        if self._server is not None:
+            await self._server.aclose()
+            self._server = None
+        shutil.rmtree(self.folder / "tmp", ignore_errors=True)
