@@ -90,8 +90,12 @@ class StoreChanged(conat.ConatError):
 
 
 def _copy_fd(fd: int, out: Path) -> None:
-    with os.fdopen(os.dup(fd), "rb") as src, out.open("wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK)
+    """Copy the whole file open at ``fd`` (from its start, whatever its offset) to ``out``."""
+    with out.open("wb") as dst:
+        offset = 0
+        while block := os.pread(fd, CHUNK, offset):
+            dst.write(block)
+            offset += len(block)
 
 
 def _open_beneath(dirfd: int, name: str) -> int | None:
@@ -186,14 +190,13 @@ def build_archive(home: Path, out: Path) -> TransferResult:
                 try:
                     with os.fdopen(os.dup(fd), "rb") as f:
                         info = tar.gettarinfo(arcname=arcname, fileobj=f)
-                        if f.read(16) == _SQLITE_MAGIC:
+                        if os.pread(fd, 16, 0) == _SQLITE_MAGIC or f"{name}-wal" in names:
                             copy = _store_copy(dirfd, name, fd, Path(scratch))
                             info.size = copy.stat().st_size
                             with copy.open("rb") as c:
                                 tar.addfile(info, c)
                             shutil.rmtree(copy.parent, ignore_errors=True)
                         else:
-                            f.seek(0)
                             tar.addfile(info, f)
                 finally:
                     os.close(fd)
