@@ -196,6 +196,7 @@ class MasterServer:
         await self.system.start(api, factory=lambda: api(ctx, accounts, hosts, limit))
         queue.start()
         stack.push_async_callback(queue.aclose)
+        await ctx.providers.reconcile()  # hosts of an earlier run: started again
         ctx.providers.start()
         self._tasks.append(asyncio.ensure_future(self._keep_time()))
         write_private_file(
