@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -361,15 +362,29 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` if the block raises), under :attr:`lock`."""
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` if the block raises), under :attr:`lock`.
+
+        Atomic with respect to cancellation: a statement handed to the SQLite thread runs even if
+        its caller is cancelled meanwhile (a ``BEGIN`` included), so whatever was cancelled, a
+        ``ROLLBACK`` is queued behind it (the thread runs statements in order) before the lock is
+        released; "no transaction is active" from it is expected and ignored.
+        """
         async with self.lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield Tx(self._db)
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await asyncio.shield(self._rollback())
                 raise
-            await self._db.execute("COMMIT")
+            try:
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await asyncio.shield(self._rollback())
+                raise
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self._db.execute("ROLLBACK")
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[Tx]:
