@@ -25,7 +25,7 @@ from subjects import InvalidSubject, parse_scope
 
 from ._context import Caller, MasterContext
 from ._errors import UnknownAccount, UnknownHost
-from ._rpc import Router
+from ._rpc import AfterReply, Router
 
 __all__ = ["MasterApi", "api_type"]
 
@@ -91,6 +91,9 @@ class MasterApi(Actor, subject="master.*.api", idle=600.0, max_buffer=10_000):
                     with contextlib.suppress(conat.ConatError):
                         await msg.respond_error(code, text)
                 return
+        after = result if isinstance(result, AfterReply) else None
+        if after is not None:
+            result = after.value
         if msg.reply:
             try:
                 await msg.respond(result)
@@ -99,6 +102,13 @@ class MasterApi(Actor, subject="master.*.api", idle=600.0, max_buffer=10_000):
                     await msg.respond_error(500, f"cannot encode the result: {e.detail}")
             except conat.ConatError:
                 pass
+        if after is not None:
+            with contextlib.suppress(conat.ConatError):
+                await self.ctx.client.flush()  # the reply is with the server before any kick
+            try:
+                await after.then()
+            except Exception:
+                log.exception("the work after answering %s failed", msg.subject)
 
 
 def api_type() -> type[MasterApi]:

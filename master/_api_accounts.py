@@ -19,6 +19,7 @@ from conat.platform import Account, ApiKeyInfo, BadArgument, Connection, NewAcco
 from ._context import Caller, MasterContext, account_info
 from ._db import AccountRow
 from ._errors import HostOffline, NotAllowed, UnknownApiKey, UnknownHost, UnknownProject
+from ._rpc import AfterReply
 
 __all__ = ["AccountsNamespace", "TokensNamespace", "create_account"]
 
@@ -78,7 +79,14 @@ class AccountsNamespace:
             await tx.audit(now, caller.principal, "account.delete", f"account-{account_id}")
         for key_id, _, _ in keys:
             ctx.exchange.forget(key_id)
-        await ctx.revoker.revoke("account", account_id, actor=caller.principal, why="account deleted")
+
+        async def revoke() -> None:
+            await ctx.revoker.revoke("account", account_id, actor=caller.principal, why="account deleted")
+
+        if account_id != caller.id:
+            await revoke()
+            return None
+        return AfterReply(None, revoke)  # type: ignore[return-value]  # deleting yourself: answer first
 
     async def create_api_key(self, caller: Caller, name: str = "") -> NewApiKey:
         """A new API key of the calling account, shown once."""
@@ -109,9 +117,13 @@ class AccountsNamespace:
             await tx.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
             await tx.audit(now, caller.principal, "api_key.delete", f"key-{key_id}")
         ctx.exchange.forget(key_id)
-        await ctx.revoker.revoke(
-            "account", caller.id, actor=caller.principal, why=f"API key {key_id} deleted"
-        )
+
+        async def revoke() -> None:  # after the answer: the caller's own connections are cut too
+            await ctx.revoker.revoke(
+                "account", caller.id, actor=caller.principal, why=f"API key {key_id} deleted"
+            )
+
+        return AfterReply(None, revoke)  # type: ignore[return-value]
 
 
 class TokensNamespace:

@@ -38,6 +38,7 @@ from conat.platform import (
 from ._context import Caller, MasterContext, host_info
 from ._db import HostRow
 from ._errors import UnknownAccount, UnknownHost, WrongState
+from ._rpc import AfterReply
 
 __all__ = ["HostNamespace", "HostsNamespace"]
 
@@ -162,10 +163,14 @@ class HostsNamespace:
                            f"host-{host_id}", f"account-{account_id}")  # fmt: skip
             row = await tx.host(host_id)
         assert row is not None
+        info = await self._info(row)
         if not present:
-            await ctx.revoker.revoke("account", account_id, actor=caller.principal,
-                                     why=f"no longer a collaborator of host {host_id}")  # fmt: skip
-        return await self._info(row)
+            revoke = ctx.revoker.revoke("account", account_id, actor=caller.principal,
+                                        why=f"no longer a collaborator of host {host_id}")  # fmt: skip
+            if account_id == caller.id:  # answer before the caller's own connections are cut
+                return AfterReply(info, lambda: revoke)  # type: ignore[return-value]
+            await revoke
+        return info
 
     async def add_collaborator(self, caller: Caller, host_id: str, account_id: str) -> HostInfo:
         return await self._collaborator(caller, host_id, account_id, True)

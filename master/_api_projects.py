@@ -26,6 +26,7 @@ from ._db import ProjectRow
 from ._errors import AlreadyRunning, Busy, HostFailed, HostOffline, UnknownAccount, WrongState
 from ._links import host_errors
 from ._placement import place
+from ._rpc import AfterReply
 
 __all__ = ["ProjectsNamespace"]
 
@@ -254,8 +255,11 @@ class ProjectsNamespace:
             await tx.audit(ctx.wall(), caller.principal, "collaborator.remove", f"project-{project_id}",
                            f"account-{account_id}")  # fmt: skip
             row = await tx.project(project_id) or row
-        await ctx.revoker.revoke("account", account_id, actor=caller.principal,
-                                 why=f"no longer a collaborator of project {project_id}")  # fmt: skip
+        revoke = ctx.revoker.revoke("account", account_id, actor=caller.principal,
+                                    why=f"no longer a collaborator of project {project_id}")  # fmt: skip
+        if account_id == caller.id:  # an admin leaving: answer before its own connections are cut
+            return AfterReply(project_info(row), lambda: revoke)  # type: ignore[return-value]
+        await revoke
         return project_info(row)
 
     async def create_snapshot(self, caller: Caller, project_id: str, name: str | None = None) -> SnapshotInfo:

@@ -23,9 +23,21 @@ import msgspec
 from conat import RemoteError, RpcRequest
 from conat.platform import BadArgument
 
-__all__ = ["Router"]
+__all__ = ["AfterReply", "Router"]
 
 NOT_FOUND: Final = 404
+
+
+class AfterReply:
+    """A method's result plus work to do once the reply is out: a method that revokes its own
+    caller's tokens (deleting the key it is not using) must answer before the caller's connection
+    is cut, or the caller never hears back."""
+
+    __slots__ = ("then", "value")
+
+    def __init__(self, value: Any, then: Callable[[], Awaitable[object]]) -> None:
+        self.value = value
+        self.then = then
 
 
 class _Endpoint:

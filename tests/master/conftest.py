@@ -36,12 +36,16 @@ class Platform:
         key = ApiKeyFile(master=self.url, account_id=made.account.account_id, api_key=made.api_key)
         return await connect(key)
 
-    async def host(self, owner: MasterApi, name: str, **options: object) -> tuple[str, conat.Client, MasterHostApi]:
+    async def host(
+        self, owner: MasterApi, name: str, **options: object
+    ) -> tuple[str, conat.Client, MasterHostApi]:
         """A host that joined and sends keepalives by hand: (host id, its client, its host API)."""
         made = await owner.hosts.create(name, **options)  # type: ignore[arg-type]
         client = await conat.connect(self.url, credentials=made.join_token)
         api = client.service(MasterHostApi, master_host_api(made.host.host_id), timeout=10.0)
-        await api.register(RegisterRequest(bus_url="nats://127.0.0.1:9", capacity=int(options.get("capacity", 100))))
+        await api.register(
+            RegisterRequest(bus_url="nats://127.0.0.1:9", capacity=int(options.get("capacity", 100)))
+        )
         await api.keepalive(Keepalive(capacity=int(options.get("capacity", 100))))
         return made.host.host_id, client, api
 

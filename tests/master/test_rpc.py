@@ -28,7 +28,9 @@ def router() -> tuple[Router, Things]:
     return Router({"things": things}), things
 
 
-async def test_positional_and_keyword_arguments_are_bound_and_converted(router: tuple[Router, Things]) -> None:
+async def test_positional_and_keyword_arguments_are_bound_and_converted(
+    router: tuple[Router, Things],
+) -> None:
     table, things = router
     assert await table.call("ada", RpcRequest("things.make", ["t"], {"count": 3})) == "ada:tx3"
     await table.call("ada", RpcRequest("things.make", [], {"title": "u", "limits": {"memory_mb": 64}}))
@@ -55,7 +57,9 @@ async def test_bad_arguments_are_refused_before_the_method_runs(
     assert things.calls == []
 
 
-async def test_nested_validation_keeps_its_field_and_unknown_methods_are_404(router: tuple[Router, Things]) -> None:
+async def test_nested_validation_keeps_its_field_and_unknown_methods_are_404(
+    router: tuple[Router, Things],
+) -> None:
     table, things = router
     with pytest.raises(BadArgument) as refused:
         await table.call("ada", RpcRequest("things.make", ["t"], {"limits": {"memory_mb": 1}}))
