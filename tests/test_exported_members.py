@@ -43,3 +43,9 @@ def test_cli_plugin_all_sorted_and_complete() -> None:
     from conat.cli import plugin
 
     check_exports(plugin)
+
+
+def test_conat_beneath_all_sorted_and_complete() -> None:
+    from conat import beneath
+
+    check_exports(beneath)
