@@ -6,10 +6,11 @@ header ``fs`` (``start``, ``end``, ``error``); data messages are raw bytes witho
 - **read**: the server answers ``start`` (the file's :class:`~host._fs_types.Stat`), then the
   contents in chunks of ``chunk`` bytes, then ``end`` (a :class:`~host._fs_types.WriteResult` with the
   size sent and the SHA-256 of what was sent), then closes.
-- **write**: the client sends chunks, then end of stream; the server writes them to an unnamed
-  temporary file beside the target, and only when the stream ended cleanly fsyncs it, renames it
+- **write**: the client sends chunks, then ``commit``; the server writes them to an unnamed
+  temporary file beside the target, and only on ``commit`` fsyncs it, renames it
   over the target and fsyncs the directory; then answers ``end`` (size, SHA-256). A reader of the
-  path sees the old file until then. Any failure discards the temporary file and answers ``error``
+  path sees the old file until then. A stream that ends without ``commit`` (the client failed or
+  left), or any failure, discards the temporary file and answers ``error``
   (``{code, message}``, the file server's codes).
 
 Memory: the socket's credit window bounds what is in flight in each direction, and each side
@@ -149,16 +150,25 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
     old = await shared.run(sandbox.file_size, request.path)
     file, parent, _ = await shared.run(sandbox.begin_write, request.path)
     charged = 0
+    committed = False
     try:
         async for msg in sock:
-            if msg.header(KIND) is not None:
-                raise FsError("EINVAL", request.path, "a control message in the data")
+            kind = msg.header(KIND)
+            if kind == "commit":
+                committed = True
+                break
+            if kind is not None:
+                raise FsError("EINVAL", request.path, f"unexpected control message {kind!r}")
             data = msg.raw
             grow = max(0, file.size + len(data) - old) - charged
             if grow > 0:
                 project.usage.charge(grow, request.path)
                 charged += grow
             await shared.run(file.write, data)
+        if not committed:
+            raise FsError(
+                "EIO", request.path, "the writer left before the end of the data: nothing was written"
+            )
         await shared.run(file.commit)
         project.usage.charge(min(0, file.size - old), request.path)
     except BaseException:
@@ -230,9 +240,13 @@ async def write_chunks(
                 view = memoryview(chunk)
                 for start in range(0, len(view), _CHUNK):
                     await sock.send(bytes(view[start : start + _CHUNK]), encoding="raw")
+            await sock.send(None, headers={KIND: "commit"})
             await sock.send_eof()
         except ConatError:
             pass  # the server stopped reading: its answer says why
+        except BaseException:
+            sock.abort()  # the data source failed: the server discards what it got
+            raise
         msg = await sock.recv(timeout=timeout)
         _raise(msg, subject)
         return msg.decode(WriteResult)

@@ -335,7 +335,7 @@ class _Copy:
         for entry in list(os.scandir(sdir)):
             if is_temp_name(entry.name):
                 continue
-            sub = f"{rel}/{entry.name}"
+            sub = f"{rel}/{entry.name}" if rel else entry.name
             kind = _entry_type(entry)
             if kind == "file":
                 self.file(sdir, entry.name, ddir, entry.name, sub)
@@ -401,7 +401,7 @@ def copy_tree(
                 dfd = open_dir_beneath(dst_fd, dst, create=True)
             try:
                 with translate(dst):
-                    copy.tree(sfd, dfd, dst.strip("/"), 1)
+                    copy.tree(sfd, dfd, src.strip("/"), 1)
                     _syncfs(dfd)
             finally:
                 os.close(dfd)
