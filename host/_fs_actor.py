@@ -243,9 +243,8 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
 
     async def write_file(self, path: str, data: Any, echo: str | None = None) -> WriteResult:
         project, sandbox = await self._sandbox()
-        result = await self._shared.run(_write, sandbox, project, path, _bytes(data, path))
-        self._echo(project, path, echo)
-        return result
+        self._echo(project, path, echo)  # before the write: its event may come before we resume
+        return await self._shared.run(_write, sandbox, project, path, _bytes(data, path))
 
     async def write_file_delta(
         self, path: str, patch: str, base_sha256: str, echo: str | None = None
@@ -255,21 +254,19 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
             raise FsError(
                 PATCH_TOO_LARGE, path, f"the patch is over {self._shared.config.max_patch} characters"
             )
-        result = await self._shared.run(_write_delta, sandbox, project, path, patch, base_sha256)
         self._echo(project, path, echo)
-        return result
+        return await self._shared.run(_write_delta, sandbox, project, path, patch, base_sha256)
 
     async def append_file(self, path: str, data: Any, echo: str | None = None) -> WriteResult:
         project, sandbox = await self._sandbox()
         raw = _bytes(data, path)
         project.usage.charge(len(raw), path)
+        self._echo(project, path, echo)
         try:
-            result = await self._shared.run(sandbox.append_file, path, raw)
+            return await self._shared.run(sandbox.append_file, path, raw)
         except BaseException:
             project.usage.credit(len(raw))
             raise
-        self._echo(project, path, echo)
-        return result
 
     async def truncate(self, path: str, size: int = 0) -> None:
         project, sandbox = await self._sandbox()

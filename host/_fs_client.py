@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import os
 import secrets
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Final, Self, final
 
@@ -42,27 +43,26 @@ class FsWatch:
 
     def __init__(self, sock: Socket) -> None:
         self._sock = sock
+        self._ready: deque[WatchEvent] = deque()
 
     def __aiter__(self) -> FsWatch:
         return self
 
     async def __anext__(self) -> WatchEvent:
         try:
-            msg = await self._sock.recv()
+            return await self.next()
         except (EndOfStream, asyncio.CancelledError):
             raise StopAsyncIteration from None
-        if msg.header("fs") == "error":
-            data = msg.data
-            raise RemoteError(data.get("code", 500), data.get("message", ""), self._sock.subject)
-        return msg.decode(WatchEvent)
 
     async def next(self, timeout: float | None = None) -> WatchEvent:
         """The next event, waiting at most ``timeout`` seconds (:class:`conat.Timeout`)."""
-        msg = await self._sock.recv(timeout=timeout)
-        if msg.header("fs") == "error":
-            data = msg.data
-            raise RemoteError(data.get("code", 500), data.get("message", ""), self._sock.subject)
-        return msg.decode(WatchEvent)
+        while not self._ready:
+            msg = await self._sock.recv(timeout=timeout)
+            if msg.header("fs") == "error":
+                data = msg.data
+                raise RemoteError(data.get("code", 500), data.get("message", ""), self._sock.subject)
+            self._ready.extend(msg.decode(list[WatchEvent]))
+        return self._ready.popleft()
 
     async def aclose(self) -> None:
         try:
@@ -173,10 +173,15 @@ class FsClient(FileSystem):
 
     # ---- watch ------------------------------------------------------------------------------------
 
-    async def watch(self, path: str = "", *, echo: bool = True) -> FsWatch:
+    async def watch(self, path: str = "", *, echo: bool = True, window: int | None = None) -> FsWatch:
         """Watch ``path`` (a directory, recursively, or a file). ``echo=False``: skip events of
-        this client's own writes. Close the returned :class:`FsWatch` when done."""
-        sock = await self.client.socket_connect(watch_subject(self.project_id), timeout=self.timeout)
+        this client's own writes. ``window``: bytes of events the server may send ahead of what
+        this client has read (the socket's default if ``None``); beyond that and the server's
+        per-subscriber queue, events are dropped and an ``overflow`` event says so. Close the
+        returned :class:`FsWatch` when done."""
+        sock = await self.client.socket_connect(
+            watch_subject(self.project_id), timeout=self.timeout, window=window
+        )
         try:
             await sock.send(WatchRequest(path, None if echo else self.writer))
         except BaseException:

@@ -169,6 +169,7 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
             raise FsError(
                 "EIO", request.path, "the writer left before the end of the data: nothing was written"
             )
+        project.echoes.wrote(request.path.strip("/"), request.echo, shared.clock.now())
         await shared.run(file.commit)
         project.usage.charge(min(0, file.size - old), request.path)
     except BaseException:
@@ -177,7 +178,6 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
     finally:
         await shared.run(file.abort)
         os.close(parent)
-    project.echoes.wrote(request.path.strip("/"), request.echo, shared.clock.now())
     await sock.send(WriteResult(file.size, file.sha256), headers={KIND: "end"})
 
 

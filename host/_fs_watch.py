@@ -16,7 +16,8 @@ root is ever reported. The server's own temporary files are never reported.
 or this subscriber's was full; re-read what you follow). A file created or moved in is ``add`` the
 first time the watcher sees its name and ``change`` after (an editor's atomic save is a change).
 
-**Subscribers** each have a queue of ``watch_queue`` events; one that reads too slowly loses events
+**Subscribers** each have a queue of ``watch_queue`` events, sent as lists (one socket message
+carries everything queued); a subscriber that reads too slowly loses events
 and gets one ``overflow`` when it catches up; it never slows the watcher or other subscribers. A
 subscriber may pass its writer token (``echo``): events for paths it wrote through the file server
 within the last two seconds are not sent to it.
@@ -93,15 +94,18 @@ class Subscriber:
         self.wake.set()
 
     async def pump(self) -> None:
-        """Send queued events until the socket closes."""
+        """Send queued events until the socket closes: everything queued goes in one message (a
+        list), so a burst costs one message, not one per event."""
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.queue:
-                await self.sock.send(self.queue.popleft())
-            if self.overflowed:
-                self.overflowed = False
-                await self.sock.send(WatchEvent("overflow", self.prefix))
+            while self.queue or self.overflowed:
+                batch = list(self.queue)
+                self.queue.clear()
+                if self.overflowed:
+                    self.overflowed = False
+                    batch.append(WatchEvent("overflow", self.prefix))
+                await self.sock.send(batch)
 
 
 def _join(a: str, b: str) -> str:
@@ -263,6 +267,13 @@ class SharedWatcher:
             self.inotify.close()
 
 
+async def _until_closed(sock: Socket) -> None:
+    """Return when the subscriber ends its side (or the socket fails); what it sends is ignored."""
+    with contextlib.suppress(ConatError):
+        while True:
+            await sock.recv()
+
+
 @final
 class WatchHub:
     """Every shared watcher of the server, by (project, directory, file name)."""
@@ -346,16 +357,24 @@ class WatchHub:
     async def serve(self, project: ProjectFs, path: str, sock: Socket, echo: str | None) -> None:
         """Stream ``path``'s events to ``sock`` until it closes."""
         watcher = await self.watcher(project, path)
-        prefix = "/".join(split_path(path))
+        names = split_path(path)
+        shown = "/".join(names)
+        # events are named as the caller named the watched directory (it may have come through a symlink)
+        prefix = "/".join(names[:-1]) if watcher.only is not None else shown
         sub = Subscriber(sock, prefix, echo, self.queue)
         watcher.subscribers.add(sub)
         try:
-            sub.push(WatchEvent("ready", prefix))
+            sub.push(WatchEvent("ready", shown))
             if watcher.truncated:
-                sub.push(WatchEvent("overflow", prefix))
-            await sub.pump()
-        except ConatError:
-            pass  # the subscriber left
+                sub.push(WatchEvent("overflow", shown))
+            pump = asyncio.ensure_future(sub.pump())
+            left = asyncio.ensure_future(_until_closed(sock))  # the pump alone would not notice
+            try:
+                await asyncio.wait((pump, left), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (pump, left):
+                    task.cancel()
+                await asyncio.gather(pump, left, return_exceptions=True)
         finally:
             watcher.subscribers.discard(sub)
             watcher.held_until = max(watcher.held_until, self.clock.now() + self.idle)
