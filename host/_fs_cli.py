@@ -233,9 +233,9 @@ def serve(
         config = FileServerConfig(
             projects=projects,
             snapshots=snapshots,
-            backend=backend,
+            backend="btrfs" if backend == "btrfs" else "plain",
             quota=quota,
-            audit=audit,  # type: ignore[arg-type]
+            audit=audit,
         )
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
