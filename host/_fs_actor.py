@@ -42,7 +42,7 @@ from conat.beneath import open_root, split_path
 
 from ._fs_audit import claimed_principal
 from ._fs_backend import check_snapshot_name, default_snapshot_name, list_snapshots
-from ._fs_errors import ETAG_MISMATCH, PATCH_FAILED, PATCH_TOO_LARGE, FsError
+from ._fs_errors import ETAG_MISMATCH, PATCH_FAILED, PATCH_TOO_LARGE, FsError, from_os_error
 from ._fs_ops import Sandbox
 from ._fs_project import ProjectFs
 from ._fs_search import search as search_tree
@@ -193,6 +193,10 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
             outcome = str(e.code)
             text = e.remote_message if isinstance(e, RemoteError) else str(e)
             await _respond_error(msg, e.code, text)
+        except OSError as e:  # the boundary: never a host path in a reply
+            error = from_os_error(e, "")
+            outcome = str(error.code)
+            await _respond_error(msg, error.code, str(error))
         except Exception as e:
             outcome = "500"
             log.exception("fs %s %s failed", self.key, request.name)

@@ -135,7 +135,7 @@ def from_os_error(error: OSError, path: str) -> FsError:
         code = _errno.errorcode.get(error.errno or 0, "EINVAL")
         return FsError(code, path, str(error.strerror))
     code = _errno.errorcode.get(error.errno or 0, "EIO")
-    if code == "EOPNOTSUPP":
+    if code in ("EOPNOTSUPP", "ENOTSUP"):
         code = "EINVAL"
     if code not in _KERNEL:
         code = "EIO"

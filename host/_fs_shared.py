@@ -127,7 +127,9 @@ class FsShared:
             project.sandbox = Sandbox(
                 fd, allow_hardlinks=self.config.allow_hardlinks, max_read=self.config.max_read
             )
-        self.rescan(project)
+            if self._counts_usage(project):
+                project.scanned_at = self.clock.now()
+                await self._scan(project)  # the first count: no write is admitted before it
 
     async def sandbox(self, project: ProjectFs) -> Sandbox:
         """The project's open root, or ``ENOPROJECT``."""
@@ -144,9 +146,12 @@ class FsShared:
             self.rescan(project)
         return project.sandbox
 
+    def _counts_usage(self, project: ProjectFs) -> bool:
+        return not self.backend.kernel_quota and project.usage.limit is not None
+
     def rescan(self, project: ProjectFs) -> None:
         """Count the project's usage again in the background (plain backend with a quota only)."""
-        if self.backend.kernel_quota or project.usage.limit is None or project.sandbox is None:
+        if not self._counts_usage(project) or project.sandbox is None:
             return
         project.scanned_at = self.clock.now()
         self.spawn(self._scan(project))

@@ -32,7 +32,7 @@ import msgspec
 from conat import Client, ConatError, RemoteError, Socket, SocketMessage
 from subjects import service_subject
 
-from ._fs_errors import FsError
+from ._fs_errors import FsError, from_os_error
 from ._fs_ops import to_stat
 from ._fs_project import ProjectFs
 from ._fs_shared import FsShared, project_of
@@ -80,6 +80,7 @@ class _Failure(msgspec.Struct, frozen=True):
 async def serve_transfer(shared: FsShared, sock: Socket) -> None:
     """Answer one transfer socket (see the module docstring); closes it."""
     project: ProjectFs | None = None
+    request: TransferRequest | None = None
     try:
         try:
             first = await sock.recv(timeout=_FIRST_TIMEOUT)
@@ -99,6 +100,9 @@ async def serve_transfer(shared: FsShared, sock: Socket) -> None:
             project.background -= 1
     except FsError as e:
         await _fail(sock, e.code, str(e))
+    except OSError as e:  # the boundary: a host path never reaches the caller
+        error = from_os_error(e, request.path if request is not None else "")
+        await _fail(sock, error.code, str(error))
     except ConatError as e:
         log.debug("transfer on %s ended: %s", sock.subject, e)
     except Exception as e:

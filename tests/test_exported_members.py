@@ -49,3 +49,9 @@ def test_conat_beneath_all_sorted_and_complete() -> None:
     from conat import beneath
 
     check_exports(beneath)
+
+
+def test_host_all_sorted_and_complete() -> None:
+    import host
+
+    check_exports(host)
