@@ -5,8 +5,8 @@ swap race run for seconds with zero escapes."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
-import shutil
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -154,6 +154,16 @@ async def test_writing_through_an_escape_is_refused(
     assert os.readlink(traps / "secretlink") == str(outside / "secret")
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """``renameat2(RENAME_EXCHANGE)``: swap two names atomically (no moment without either)."""
+    if _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 @pytest.mark.parametrize("path", ["fifo", "zero"])
 async def test_special_files_are_refused_without_blocking(f: FsClient, traps: Path, path: str) -> None:
     for call in (
@@ -238,20 +248,16 @@ async def test_symlink_swap_race_never_escapes(
     (root / "d").mkdir()
     (root / "d" / "secret").write_text("inside\n")
     (root / "d" / "dir").mkdir()
+    os.symlink(outside, root / "evil")
     stop = time.monotonic() + (3.0 if resolution == "openat2" else 2.0)
     swaps = 0
 
     def swapper() -> None:
+        """Exchange "d" (the directory) and "evil" (a symlink out) atomically, over and over."""
         nonlocal swaps
         while time.monotonic() < stop:
-            os.rename(root / "d", root / "d.real")
-            os.symlink(outside, root / "d")
-            os.unlink(root / "d")
-            try:
-                os.rename(root / "d.real", root / "d")
-            except OSError:  # a call recreated "d" meanwhile (mkdir with parents): start over
-                shutil.rmtree(root / "d")
-                os.rename(root / "d.real", root / "d")
+            exchange(root / "d", root / "evil")
+            exchange(root / "d", root / "evil")
             swaps += 1
 
     escapes: list[str] = []
