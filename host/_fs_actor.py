@@ -2,12 +2,15 @@
 
 Theory of operation
 -------------------
-**Order.** A project's calls arrive in its mailbox and run one at a time in arrival order (the
-actor contract), so mutations of one project never interleave, and the ``read_file`` lock window
-has exactly one winner. Each call's file work runs on the server's worker threads; the event loop
-only routes. The long read-only calls — ``search``, ``find``, ``du`` and recursive ``readdir`` —
-run *beside* the mailbox (at most ``background`` per project; one more gets 429 at once), each
-bounded in output and time, so a slow search never holds up a save.
+**Order.** A project's calls arrive in its mailbox in arrival order (the actor contract). Calls
+that change anything run there one at a time, so mutations of one project never interleave, and
+a ``read_file`` with a lock window has exactly one winner. Each call's file work runs on the
+server's worker threads; the event loop only routes. Read-only calls run *beside* the mailbox,
+concurrently: the quick ones (``read_file``, ``stat``, ``readdir``...; up to :data:`MAX_READS` at
+once per project, beyond that they wait their turn in the mailbox) and the long ones (``search``,
+``find``, ``du``, recursive ``readdir``; up to ``background`` at once, one more gets 429), each
+long one bounded in output and time, so a slow search never holds up a save. A read therefore
+sees every write whose reply its caller has received (not necessarily one still in the mailbox).
 
 **Errors** are :class:`~host._fs_errors.FsError` with errno-style codes; the reply carries the
 code, a message naming the relative path, and ``data={"path": ...}``. Bad requests (unknown
@@ -70,7 +73,23 @@ log = logging.getLogger("conat.host.fs")
 
 BUSY: Final = 429
 BESIDE: Final = frozenset({"search", "find", "du"})
-"""Calls that run beside the mailbox (``readdir`` too when recursive)."""
+"""Long calls that run beside the mailbox (``readdir`` too when recursive)."""
+READS: Final = frozenset(
+    {
+        "read_file",
+        "exists",
+        "stat",
+        "lstat",
+        "readlink",
+        "realpath",
+        "readdir",
+        "listing",
+        "quota",
+        "list_snapshots",
+    }
+)
+"""Quick read-only calls that run beside the mailbox (``read_file`` only without a lock window)."""
+MAX_READS: Final = 64
 MUTATING: Final = frozenset(
     {
         "write_file",
@@ -160,24 +179,31 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
             await _respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
             return NO_REPLY
         await self._limiter.acquire()
-        beside = request.name in BESIDE or (request.name == "readdir" and _recursive(request))
         project = self._project
-        if beside and project is not None:
-            if project.background >= self._shared.config.background:
-                await _respond_error(msg, BUSY, f"{self.key}: too many long calls running")
+        if project is not None:
+            if request.name in BESIDE or (request.name == "readdir" and _recursive(request)):
+                if project.background >= self._shared.config.background:
+                    await _respond_error(msg, BUSY, f"{self.key}: too many long calls running")
+                    return NO_REPLY
+                project.background += 1
+                self._shared.spawn(self._beside(project, msg, request, long=True))
                 return NO_REPLY
-            project.background += 1
-            self._shared.spawn(self._beside(project, msg, request))
-            return NO_REPLY
+            if request.name in READS and project.reads < MAX_READS and not _locking(request):
+                project.reads += 1
+                self._shared.spawn(self._beside(project, msg, request, long=False))
+                return NO_REPLY
         await self._answer(msg, request)
         return NO_REPLY
 
-    async def _beside(self, project: ProjectFs, msg: Message, request: RpcRequest) -> None:
+    async def _beside(self, project: ProjectFs, msg: Message, request: RpcRequest, *, long: bool) -> None:
         project.refs += 1
         try:
             await self._answer(msg, request)
         finally:
-            project.background -= 1
+            if long:
+                project.background -= 1
+            else:
+                project.reads -= 1
             self._shared.release(project)
 
     async def _answer(self, msg: Message, request: RpcRequest) -> None:
@@ -462,6 +488,15 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
 
 
 _DISPATCHER: Final = Dispatcher(FileServerActor)
+
+
+def _locking(request: RpcRequest) -> bool:
+    """A ``read_file`` with a lock window (it must take its turn: one winner per window)."""
+    if request.name != "read_file":
+        return False
+    if "lock" in request.kwargs:
+        return request.kwargs["lock"] is not None
+    return len(request.args) > 2 and request.args[2] is not None
 
 
 def _recursive(request: RpcRequest) -> bool:

@@ -104,4 +104,5 @@ class ProjectFs:
     echoes: EchoTable = field(default_factory=EchoTable)
     refs: int = 0
     background: int = 0
+    reads: int = 0
     scanned_at: float | None = None
