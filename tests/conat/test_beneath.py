@@ -126,6 +126,8 @@ def test_special_files_are_refused_without_blocking(
         with pytest.raises(OutsideRoot):
             open_regular(fd, path, os.O_RDONLY)
         os.unlink(root / "devnull")
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root (CAP_MKNOD)")
         os.mknod(root / "devnull", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
     for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
         with pytest.raises(SpecialFile) as info:

@@ -37,7 +37,8 @@ def traps(root: Path, outside: Path) -> Path:
     (root / "fd").symlink_to("/proc/self/fd/0")
     (root / "procrel").symlink_to("../" * 30 + "proc/self/root")
     os.mkfifo(root / "fifo")
-    os.mknod(root / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    if os.geteuid() == 0:  # making a device node needs CAP_MKNOD
+        os.mknod(root / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
     os.link(outside / "secret", root / "hardlink")
     return root
 
@@ -166,6 +167,8 @@ def exchange(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("path", ["fifo", "zero"])
 async def test_special_files_are_refused_without_blocking(f: FsClient, traps: Path, path: str) -> None:
+    if not os.path.lexists(traps / path):
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
     for call in (
         f.read_file(path),
         f.append_file(path, "x"),
