@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -53,6 +52,7 @@ import conat
 from host import FileServer, FileServerConfig, FsClient, fs
 
 from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, percentile
+from ._persist import _Clock, _workdir
 
 __all__ = ["fs_benches"]
 
@@ -75,26 +75,9 @@ class FsBenchError(RuntimeError):
     pass
 
 
-class _Clock:
-    __slots__ = ("cpu", "wall")
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def since(self, start: _Clock) -> tuple[float, float]:
-        return self.wall - start.wall, self.cpu - start.cpu
-
-
 def _rate(count: float, spent: tuple[float, float], extra: dict[str, float] | None = None) -> Sample:
     wall, cpu = spent
     return Sample(count / wall, {CPU_KEY: cpu / max(count, 1) * 1e6, **(extra or {})}, int(count), wall)
-
-
-@contextlib.contextmanager
-def _workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="conat-bench-fs-", dir=os.environ.get("CONAT_BENCH_DIR")) as d:
-        yield Path(d)
 
 
 @contextlib.asynccontextmanager
@@ -311,8 +294,8 @@ def _delta() -> tuple[Measure, Measure]:
 def _latency(samples: list[float], count: int, spent: tuple[float, float]) -> Sample:
     ms = sorted(s * 1000 for s in samples)
     return Sample(
-        percentile(ms, 50),
-        {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), CPU_KEY: spent[1] / count * 1e6},
+        percentile(ms, 0.5),
+        {"p50_ms": percentile(ms, 0.5), "p99_ms": percentile(ms, 0.99), CPU_KEY: spent[1] / count * 1e6},
         count,
         spent[0],
     )

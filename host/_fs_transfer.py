@@ -14,7 +14,8 @@ header ``fs`` (``start``, ``end``, ``error``); data messages are raw bytes witho
   (``{code, message}``, the file server's codes).
 
 Memory: the socket's credit window bounds what is in flight in each direction, and each side
-handles one chunk at a time, so neither side holds more than a window and a chunk of the file,
+handles at most :data:`BATCH` (1 MiB) at a time, so neither side holds more than a window and a
+batch of the file,
 whatever its size. The quota is checked as data arrives (a write that would exceed it stops with
 ``EDQUOT`` at the chunk that crosses it).
 """
@@ -33,7 +34,7 @@ from conat import Client, ConatError, RemoteError, Socket, SocketMessage
 from subjects import service_subject
 
 from ._fs_errors import FsError, from_os_error
-from ._fs_ops import to_stat
+from ._fs_ops import AtomicFile, to_stat
 from ._fs_project import ProjectFs
 from ._fs_shared import FsShared, project_of
 from ._fs_types import Stat, WriteResult
@@ -55,6 +56,8 @@ KIND: Final = "fs"
 WINDOW: Final = 8 << 20
 """Credit window of transfer sockets (bytes in flight per direction)."""
 _FIRST_TIMEOUT: Final = 30.0
+BATCH: Final = 1 << 20
+"""Bytes read or written per trip to a worker thread (a few chunks)."""
 _CHUNK: Final = 256 << 10
 
 
@@ -130,6 +133,11 @@ def _read_chunk(fd: int, size: int, offset: int, sha: Any) -> bytes:
     return chunk
 
 
+def _write_all(file: AtomicFile, parts: list[bytes]) -> None:
+    for part in parts:
+        file.write(part)
+
+
 async def _serve_read(shared: FsShared, project: ProjectFs, sock: Socket, request: TransferRequest) -> None:
     sandbox = await shared.sandbox(project)
     fd, st = await shared.run(sandbox.open_read, request.path)
@@ -138,12 +146,14 @@ async def _serve_read(shared: FsShared, project: ProjectFs, sock: Socket, reques
         sha = hashlib.sha256()
         offset = 0
         chunk_size = shared.config.chunk
-        while True:
-            chunk = await shared.run(_read_chunk, fd, chunk_size, offset, sha)
-            if not chunk:
+        while True:  # one trip to a worker thread per BATCH bytes, sent as chunk-sized messages
+            block = await shared.run(_read_chunk, fd, max(chunk_size, BATCH), offset, sha)
+            if not block:
                 break
-            offset += len(chunk)
-            await sock.send(chunk, encoding="raw")
+            offset += len(block)
+            view = memoryview(block)
+            for start in range(0, len(view), chunk_size):
+                await sock.send(view[start : start + chunk_size], encoding="raw")
         await sock.send(WriteResult(offset, sha.hexdigest()), headers={KIND: "end"})
     finally:
         os.close(fd)
@@ -155,6 +165,8 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
     file, parent, _ = await shared.run(sandbox.begin_write, request.path)
     charged = 0
     committed = False
+    pending: list[bytes] = []
+    buffered = 0
     try:
         async for msg in sock:
             kind = msg.header(KIND)
@@ -168,7 +180,13 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
             if grow > 0:
                 project.usage.charge(grow, request.path)
                 charged += grow
-            await shared.run(file.write, data)
+            pending.append(data)
+            buffered += len(data)
+            if buffered >= BATCH:  # one trip to a worker thread per BATCH bytes
+                await shared.run(_write_all, file, pending)
+                pending, buffered = [], 0
+        if pending:
+            await shared.run(_write_all, file, pending)
         if not committed:
             raise FsError(
                 "EIO", request.path, "the writer left before the end of the data: nothing was written"
