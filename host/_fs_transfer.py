@@ -166,7 +166,7 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
     charged = 0
     committed = False
     pending: list[bytes] = []
-    buffered = 0
+    buffered = received = 0
     try:
         async for msg in sock:
             kind = msg.header(KIND)
@@ -176,7 +176,8 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
             if kind is not None:
                 raise FsError("EINVAL", request.path, f"unexpected control message {kind!r}")
             data = msg.raw
-            grow = max(0, file.size + len(data) - old) - charged
+            received += len(data)
+            grow = max(0, received - old) - charged  # charged as it arrives, before it is written
             if grow > 0:
                 project.usage.charge(grow, request.path)
                 charged += grow
