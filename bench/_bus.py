@@ -553,6 +553,7 @@ def _layer_benches() -> list[Bench]:
     """Rows of the layers above the bus (imported here: they import this module's helpers)."""
     from ._actors import actor_benches
     from ._auth import auth_benches
+    from ._fs import fs_benches
     from ._host import host_benches
     from ._persist import persist_benches
     from ._persist_service import persist_service_benches
@@ -565,6 +566,7 @@ def _layer_benches() -> list[Bench]:
         *persist_benches(),
         *persist_service_benches(),
         *host_benches(),
+        *fs_benches(),
     ]
 
 

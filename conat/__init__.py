@@ -48,6 +48,7 @@ from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
+from ._service import Dispatcher as Dispatcher
 from ._service import RpcRequest as RpcRequest
 from ._socket import Socket as Socket
 from ._socket import SocketStatistics as SocketStatistics
@@ -69,6 +70,7 @@ __all__ = [
     "Codec",
     "ConatError",
     "ConnectError",
+    "Dispatcher",
     "EndOfStream",
     "ErrorCode",
     "FakeClock",

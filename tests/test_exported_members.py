@@ -45,6 +45,12 @@ def test_cli_plugin_all_sorted_and_complete() -> None:
     check_exports(plugin)
 
 
+def test_conat_beneath_all_sorted_and_complete() -> None:
+    from conat import beneath
+
+    check_exports(beneath)
+
+
 def test_host_all_sorted_and_complete() -> None:
     import host
 
