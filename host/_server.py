@@ -79,16 +79,22 @@ class HostContext:
     host_id: str
     config: HostConfig
     projects_dir: Path
+    closing: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    """What to close when the host stops (before its actors), in reverse order."""
 
 
 HostService = Callable[[HostContext], Awaitable[None]]
 """A service of the host: called once at start-up, after the runner, to start its actors."""
 
-HOST_SERVICES: list[HostService] = []
-"""The host's services besides persist and the runner, started in order.
-TODO(lead): the file server joins here when the ``fs`` branch merges, one line:
-``HOST_SERVICES.append(start_file_server)`` with ``async def start_file_server(ctx: HostContext)``
-starting its actor on ``ctx.system`` (it reports activity with ``host.report_activity``)."""
+
+async def _file_server(ctx: HostContext) -> None:
+    from ._fs_host import start_file_server  # imports this module
+
+    await start_file_server(ctx)
+
+
+HOST_SERVICES: list[HostService] = [_file_server]
+"""The host's services besides persist and the runner, started in order: the file server."""
 
 
 def read_host_state(data_dir: str | Path) -> dict[str, Any] | None:
@@ -142,6 +148,7 @@ class HostServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+        self._closing: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def url(self) -> str:
@@ -249,7 +256,7 @@ class HostServer:
         await self.system.start(project_type, factory=lambda: project_type(projects))
         await self.system.start(runner, factory=lambda: runner(projects, project_type))
         watch_exits(projects, project_type, self._tasks)
-        context = HostContext(self.client, self.system, self.host_id, config, config.projects)
+        context = HostContext(self.client, self.system, self.host_id, config, config.projects, self._closing)
         for service in self.services:
             await service(context)
         await projects.start_activity()
@@ -356,6 +363,12 @@ class HostServer:
             projects.relays.clear()
             await projects.stop_activity()
             await asyncio.to_thread(projects.remove_host_groups)
+        for close in reversed(self._closing):
+            try:
+                await close()
+            except Exception:
+                log.exception("a host service did not close cleanly")
+        self._closing.clear()
         if self.system is not None:
             await self.system.stop(timeout)
             self.system = None
