@@ -115,20 +115,27 @@ class HostLiveness:
         ]  # fmt: skip
         for host_id in silent:
             live = self.hosts[host_id]
-            async with self.db.transaction() as tx:
-                await tx.update_host(host_id, status="offline", last_seen=live.last_seen)
-                await tx.execute(
-                    "UPDATE projects SET state = 'unknown', reason = 'its host is offline' "
-                    "WHERE host_id = ? AND deleted IS NULL AND state != 'moving'",
-                    (host_id,),
-                )
-                await tx.audit(
-                    now, "master", "offline", f"host-{host_id}",
-                    f"no keepalive for {now - live.last_seen:.1f}s (limit {self.offline_seconds:.1f}s)",
-                )  # fmt: skip
-            live.status, live.dirty = "offline", False
+            await self.mark_offline(
+                host_id, f"no keepalive for {now - live.last_seen:.1f}s (limit {self.offline_seconds:.1f}s)"
+            )
             log.warning("host %s is offline (silent for %.1fs)", host_id, now - live.last_seen)
         return silent
+
+    async def mark_offline(self, host_id: str, why: str) -> None:
+        """Mark an online host offline now (silent, or its provider says its machine is down)."""
+        live = self.hosts.get(host_id)
+        if live is None or live.status != "online":
+            return
+        now = self._wall()
+        async with self.db.transaction() as tx:
+            await tx.update_host(host_id, status="offline", last_seen=live.last_seen)
+            await tx.execute(
+                "UPDATE projects SET state = 'unknown', reason = 'its host is offline' "
+                "WHERE host_id = ? AND deleted IS NULL AND state != 'moving'",
+                (host_id,),
+            )
+            await tx.audit(now, "master", "offline", f"host-{host_id}", why)
+        live.status, live.dirty = "offline", False
 
     async def flush(self) -> int:
         """Write back ``last_seen`` (and capacity) of hosts heard from since the last flush."""

@@ -124,6 +124,7 @@ class Providers:
         async with ctx.db.reading() as tx:
             rows = await tx.hosts(include_deleted=True)
         queued = 0
+        offline: list[tuple[str, str]] = []
         async with ctx.db.transaction() as tx:
             for name, provider in self.providers.items():
                 try:
@@ -142,6 +143,8 @@ class Providers:
                         kind = "start"
                     else:
                         kind = None
+                    if kind in ("create", "start"):  # its machine is down: it cannot be online
+                        offline.append((host_id, f"provider {name}: {seen.state if seen else 'missing'}"))
                     if kind is not None:
                         await ctx.queue.enqueue(tx, f"provider.{kind}", f"host-{host_id}", {"host_id": host_id},
                                                 dedup=f"provider:{host_id}")  # fmt: skip
@@ -152,6 +155,8 @@ class Providers:
                     )
                     with contextlib.suppress(Exception):
                         await provider.delete(host_id)
+        for host_id, why in offline:
+            await ctx.liveness.mark_offline(host_id, why)
         if queued:
             ctx.queue.wake()
         return queued
