@@ -231,7 +231,7 @@ class HostAgent:
         )  # fmt: skip
         self.server = await HostServer(config).start()
         assert self.server.client is not None and self.server.projects is not None
-        self.incoming = Incoming(self.server.projects, self.server.client)
+        self.incoming = Incoming(self.server.projects, self.server.client, self.server.persist)
         await self.incoming.start()
         self._tasks.append(asyncio.ensure_future(self._link(key)))
 

@@ -41,18 +41,28 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 import conat
 from conat.platform import BadArgument, Limits, SnapshotInfo, TransferResult
+from persist import PersistServer
 from subjects import project_scope, service_subject
 
 from ._projects import HostProjects, _import_filter
 from ._runner import runner_proxy
 
-__all__ = ["Incoming", "StoreChanged", "build_archive", "move_subject", "send_archive", "snapshot"]
+__all__ = [
+    "Incoming",
+    "StoreChanged",
+    "build_archive",
+    "forget_streams",
+    "move_subject",
+    "send_archive",
+    "snapshot",
+    "stream_names",
+]
 
 log = logging.getLogger("conat.host.move")
 
@@ -61,6 +71,14 @@ MOVE_PATTERN: Final = "move.*"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _COMPANIONS: Final = ("-wal", "-shm", "-journal")
 _ACK_TIMEOUT: Final = 600.0
+_PERSIST_DIR: Final = ".local/share/conat/persist"
+_DROP_TIMEOUT: Final = 5.0
+PEER_TIMEOUT: Final = 10.0
+"""A transfer whose other end is silent this long fails (and the move rolls back): both ends
+acknowledge continuously while data flows, so only a dead peer is this quiet."""
+KEEPALIVE: Final = 2.0
+_WATCH_STEP: Final = 0.5
+_T = TypeVar("_T")
 
 
 class Offer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -210,13 +228,39 @@ def build_archive(home: Path, out: Path) -> TransferResult:
     )
 
 
-def _unpack(archive: Path, home: Path, uid: int | None) -> None:
+def _extract(archive: Path, into: Path) -> None:
+    into.mkdir(mode=0o700)
     with tarfile.open(archive, "r") as tar:
-        tar.extractall(home, filter=_import_filter)
-    if uid is not None:
-        for path in [home, *home.rglob("*")]:
-            with contextlib.suppress(OSError):
-                os.lchown(path, uid, uid)
+        tar.extractall(into, filter=_import_filter)
+
+
+def _chown(home: Path, uid: int) -> None:
+    for path in [home, *home.rglob("*")]:
+        with contextlib.suppress(OSError):
+            os.lchown(path, uid, uid)
+
+
+def stream_names(home: Path) -> list[str]:
+    """The project's persist streams (stores and bootlog): the ``.db`` files under its home."""
+    base = home / _PERSIST_DIR
+    return [str(p.relative_to(base))[: -len(".db")] for p in base.rglob("*.db")] if base.is_dir() else []
+
+
+async def forget_streams(
+    persist: PersistServer | None, home: Path, project_id: str, names: list[str] | None = None
+) -> None:
+    """Close the host's persist streams of ``project_id`` (``names``, default: those of ``home``),
+    so none keeps a file that a move or a delete removed or replaced: the next use opens what is
+    on disk then."""
+    if persist is None:
+        return
+    for name in stream_names(home) if names is None else names:
+        path = f"projects/{project_id}/{name}"
+        if persist.store.is_open(path):
+            try:
+                await asyncio.wait_for(persist.store.drop(path), _DROP_TIMEOUT)
+            except (TimeoutError, conat.ConatError) as e:
+                log.warning("stream %s of project %s stays open: %s", name, project_id, e)
 
 
 async def snapshot(projects: HostProjects, project_id: str, name: str) -> SnapshotInfo:
@@ -228,6 +272,34 @@ async def snapshot(projects: HostProjects, project_id: str, name: str) -> Snapsh
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     result = await asyncio.to_thread(build_archive, home, folder / f"{name}.tar")
     return SnapshotInfo(name=name, created=time.time(), bytes=result.bytes, sha256=result.sha256)
+
+
+async def _watched(client: conat.Client, work: Awaitable[_T], what: str) -> _T:
+    """``work``, failed if ``client``'s connection stays down for :data:`PEER_TIMEOUT`.
+
+    A socket pauses its dead-peer detection while its bus connection is down (it survives a
+    broker restart), so a transfer to a host whose whole bus died would wait forever: this bounds
+    it (and the move then rolls back).
+    """
+    task = asyncio.ensure_future(work)
+    down_since: float | None = None
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_WATCH_STEP)
+            if done:
+                return task.result()
+            if client.state is conat.ClientState.CONNECTED:
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since > PEER_TIMEOUT:
+                raise conat.ConatError(
+                    f"{what}: the destination's bus has been unreachable for {PEER_TIMEOUT:g}s"
+                )
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def send_archive(
@@ -251,24 +323,9 @@ async def send_archive(
         built = await asyncio.to_thread(build_archive, home, archive)
         await progress(f"archive ready: {built.files} files, {built.bytes} bytes", 30)
         async with await conat.connect(url, credentials=token, name="conat-move-out") as client:
-            sock = await client.socket_connect(move_subject(target), timeout=30.0)
-            try:
-                offer = Offer(transfer_id=transfer_id, project_id=target, bytes=built.bytes, sha256=built.sha256,
-                              files=built.files)  # fmt: skip
-                await sock.send(msgspec.msgpack.encode(offer), encoding="raw")
-                sent, reported = 0, 0.0
-                with archive.open("rb") as f:
-                    while block := await asyncio.to_thread(f.read, CHUNK):
-                        await sock.send(block, encoding="raw")
-                        sent += len(block)
-                        share = sent / max(built.bytes, 1)
-                        if share - reported >= 0.1:
-                            reported = share
-                            await progress(f"sent {sent} of {built.bytes} bytes", 30 + 40 * share)
-                ack = msgspec.msgpack.decode((await sock.recv(timeout=_ACK_TIMEOUT)).raw, type=Ack)
-            finally:
-                with contextlib.suppress(conat.ConatError):
-                    await sock.aclose(timeout=5.0)
+            ack = await _watched(
+                client, _stream(client, archive, built, transfer_id, target, progress), "transfer"
+            )
     finally:
         archive.unlink(missing_ok=True)
     if not ack.ok:
@@ -282,12 +339,39 @@ async def send_archive(
     )
 
 
+async def _stream(
+    client: conat.Client, archive: Path, built: TransferResult, transfer_id: str, target: str,
+    progress: Callable[[str, float], Awaitable[None]],
+) -> Ack:  # fmt: skip
+    sock = await client.socket_connect(
+        move_subject(target), timeout=30.0, keepalive=KEEPALIVE, peer_timeout=PEER_TIMEOUT
+    )
+    try:
+        offer = Offer(transfer_id=transfer_id, project_id=target, bytes=built.bytes, sha256=built.sha256,
+                      files=built.files)  # fmt: skip
+        await sock.send(msgspec.msgpack.encode(offer), encoding="raw")
+        sent, reported = 0, 0.0
+        with archive.open("rb") as f:
+            while block := await asyncio.to_thread(f.read, CHUNK):
+                await sock.send(block, encoding="raw")
+                sent += len(block)
+                share = sent / max(built.bytes, 1)
+                if share - reported >= 0.1:
+                    reported = share
+                    await progress(f"sent {sent} of {built.bytes} bytes", 30 + 40 * share)
+        return msgspec.msgpack.decode((await sock.recv(timeout=_ACK_TIMEOUT)).raw, type=Ack)
+    finally:
+        with contextlib.suppress(conat.ConatError):
+            await sock.aclose(timeout=5.0)
+
+
 class Incoming:
     """The destination side: expected transfers, the socket server on ``move.*``, aborts."""
 
-    def __init__(self, projects: HostProjects, client: conat.Client) -> None:
+    def __init__(self, projects: HostProjects, client: conat.Client, persist: PersistServer | None) -> None:
         self.projects = projects
         self.client = client
+        self.persist = persist
         self.expected: dict[str, tuple[str, Limits | None]] = {}
         self.folder = projects.config.data / "moves"
         self._server: conat.SocketServer | None = None
@@ -296,7 +380,9 @@ class Incoming:
 
     async def start(self) -> None:
         self.folder.mkdir(exist_ok=True, mode=0o700)
-        self._server = await self.client.socket_listen(MOVE_PATTERN)
+        self._server = await self.client.socket_listen(
+            MOVE_PATTERN, keepalive=KEEPALIVE, peer_timeout=PEER_TIMEOUT
+        )
         self._task = asyncio.ensure_future(self._accept(self._server))
 
     async def _accept(self, server: conat.SocketServer) -> None:
@@ -348,19 +434,30 @@ class Incoming:
             await sock.aclose(timeout=10.0)
 
     async def _install(self, offer: Offer, archive: Path, limits: Limits | None) -> None:
+        """Unpack beside the homes, move into place, then create the project (whose first bootlog
+        entry then goes to the bootlog that arrived), and give the files to its uid."""
         projects = self.projects
-        if await projects.load(offer.project_id) is not None:
+        home = projects.home(offer.project_id)
+        if await projects.load(offer.project_id) is not None or home.exists():
             raise BadArgument("project_id", f"project {offer.project_id} exists on this host already")
-        runner = runner_proxy(self.client, projects.host_id, timeout=120.0)
-        await runner.create(offer.project_id, limits)
+        staging = projects.config.projects / f".incoming-{offer.transfer_id}"
         try:
+            await asyncio.to_thread(_extract, archive, staging)
+            await forget_streams(self.persist, staging, offer.project_id)
+            staging.rename(home)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        runner = runner_proxy(self.client, projects.host_id, timeout=120.0)
+        try:
+            await runner.create(offer.project_id, limits)
             record = await projects.load(offer.project_id)
-            await asyncio.to_thread(
-                _unpack, archive, projects.home(offer.project_id), record.uid if record else None
-            )
+            if record is not None and record.uid is not None:
+                await asyncio.to_thread(_chown, home, record.uid)
         except BaseException:
             with contextlib.suppress(conat.ConatError):
                 await runner.delete(offer.project_id)
+            shutil.rmtree(home, ignore_errors=True)
             raise
         self._marker(offer.project_id).write_text(json.dumps({"transfer_id": offer.transfer_id}))
         await projects.bootlog(offer.project_id, "import", f"arrived: {offer.files} files, {offer.bytes} bytes, "
@@ -379,10 +476,13 @@ class Incoming:
             made_by = None
         if made_by == transfer_id:
             runner = runner_proxy(self.client, self.projects.host_id, timeout=120.0)
+            home = self.projects.home(project_id)
+            await forget_streams(self.persist, home, project_id)
             with contextlib.suppress(conat.RemoteError):
                 await runner.delete(project_id)
             marker.unlink(missing_ok=True)
         (self.folder / f"in-{transfer_id}.tar").unlink(missing_ok=True)
+        shutil.rmtree(self.projects.config.projects / f".incoming-{transfer_id}", ignore_errors=True)
 
     async def aclose(self) -> None:
         for task in (self._task, *self._tasks):

@@ -29,7 +29,7 @@ from conat.platform import (
 )
 from subjects import runner_host
 
-from ._agent_move import Incoming, send_archive, snapshot
+from ._agent_move import Incoming, forget_streams, send_archive, snapshot, stream_names
 from ._exec import exec_command
 from ._runner import runner_proxy
 
@@ -78,7 +78,13 @@ class AgentRunner:
         return await self._local.host_status()  # type: ignore[no-any-return]
 
     async def delete(self, project_id: str) -> None:
+        """Delete, and close the host's persist streams of the project (their files are gone: a
+        project that comes back later must not find them open)."""
+        assert self.server.projects is not None
+        home = self.server.projects.home(project_id)
+        names = stream_names(home)
         await self._local.delete(project_id)
+        await forget_streams(self.server.persist, home, project_id, names)
 
     # -- the agent's own ----------------------------------------------------------------------------
     async def exec(

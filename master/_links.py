@@ -98,21 +98,35 @@ class Revoker:
         await self.push(principal, below)
         return below
 
+    async def revoke_on(self, kind: str, ident: str, hosts: Iterable[str], *, actor: str, why: str) -> int:
+        """Refuse ``<kind>-<ident>``'s tokens minted so far on ``hosts``' buses only (not on master's,
+        not recorded for catch-up): what a move does to block a project's members on its source
+        host without cutting their connections to master or to other hosts. Tokens minted from now
+        on carry the new revision, which every bus accepts."""
+        principal = f"{kind}-{ident}"
+        async with self.db.transaction() as tx:
+            below = await tx.bump_revision(_TABLES[kind], ident)
+            await tx.audit(self._wall(), actor, "revoke", principal, f"{why} (on {', '.join(hosts)})")
+        targets = list(hosts)
+        await asyncio.gather(*(self._tell(h, principal, below) for h in targets))
+        return below
+
+    async def _tell(self, host_id: str, principal: str, below: int) -> bool:
+        try:
+            await self.links.runner(host_id, timeout=PUSH_TIMEOUT).revoke(principal, below)
+        except conat.ConatError as e:
+            log.warning("host %s did not take the revocation of %s yet: %s", host_id, principal, e)
+            return False
+        return True
+
     async def push(self, principal: str, below: int, hosts: Iterable[str] | None = None) -> int:
         """Tell master's bus and the hosts (default: every online one); returns how many hosts
         confirmed. A host that did not is caught up later (see the module docstring)."""
         targets = list(self._online() if hosts is None else hosts)
-
-        async def tell(host_id: str) -> bool:
-            try:
-                await self.links.runner(host_id, timeout=PUSH_TIMEOUT).revoke(principal, below)
-            except conat.ConatError as e:
-                log.warning("host %s did not take the revocation of %s yet: %s", host_id, principal, e)
-                return False
-            return True
-
         own = self.bus.revoke(principal, below=below)
-        results = await asyncio.gather(own, *(tell(h) for h in targets), return_exceptions=True)
+        results = await asyncio.gather(
+            own, *(self._tell(h, principal, below) for h in targets), return_exceptions=True
+        )
         if isinstance(results[0], BaseException):
             log.error("master's bus did not take the revocation of %s: %s", principal, results[0])
         return sum(1 for r in results[1:] if r is True)

@@ -8,9 +8,10 @@ the project ``moving`` (which refuses start, stop, exec, snapshot and delete, an
 new host tokens) and queues a ``project.move`` action. The action runs these phases, each written
 to the ``moves`` row and to the project's bootlog:
 
-1. **block**: every member's token revision is bumped and revoked on every bus, so their open
-   connections (file server, persist, the project's subjects) are cut; the tokens they get
-   meanwhile do not name the project;
+1. **block**: every member's token revision is bumped and revoked on the source host's bus, so
+   their open connections there (file server, persist, the project's subjects) are cut, and the
+   tokens they get meanwhile do not name the project (their connections to master and to other
+   hosts are left alone: the caller waiting for the move keeps its answer);
 2. **stop** the project on the source, if it runs (downtime starts);
 3. **prepare** the destination (``move_in``: it expects one transfer id, and nothing else);
 4. **transfer**: the source's agent builds one archive of the home (files, and the persist stores
@@ -198,7 +199,15 @@ class Moves:
             log.info("bootlog of %s on %s not written: %s", project_id, host_id, e)
 
     async def _phase(self, move: _MoveRow, phase: str, message: str, progress: float) -> None:
-        await self._set(move.id, phase=phase)
+        """Record the phase (the project's ``reason`` shows it while its members are blocked out
+        of the host bus, bootlog included), and write it to the project's bootlog."""
+        async with self.ctx.db.transaction() as tx:
+            await tx.execute("UPDATE moves SET phase = ? WHERE id = ?", (phase, move.id))
+            if move.kind == "move":
+                await tx.execute(
+                    "UPDATE projects SET reason = ? WHERE id = ? AND state = 'moving'",
+                    (f"moving to host {move.destination}: {phase} ({progress:.0f}%)", move.project_id),
+                )
         host = move.destination if phase in _AFTER_SWITCH else move.source
         await self._bootlog(host, move.project_id, f"move-{phase}", message, progress)
 
@@ -234,9 +243,13 @@ class Moves:
             raise Permanent(f"project {move.project_id} was deleted")
         if not clone:
             await self._phase(move, "block", f"blocking writes: moving to host {move.destination}", 5)
-            for member in project.members():
-                await ctx.revoker.revoke(
-                    "account", member, actor="master", why=f"project {move.project_id} is moving"
+            for member in project.members():  # on the source host only: their master connections stay
+                await ctx.revoker.revoke_on(
+                    "account",
+                    member,
+                    [move.source],
+                    actor="master",
+                    why=f"project {move.project_id} is moving",
                 )
         stopped_at = None
         if move.was_running:
@@ -374,4 +387,6 @@ class Moves:
             async with ctx.db.reading() as tx:
                 project = await tx.project(move.project_id)
             for member in project.members() if project else ():
-                await ctx.revoker.revoke("account", member, actor="master", why="a move was rolled back")
+                await ctx.revoker.revoke_on(
+                    "account", member, [move.source], actor="master", why="a move was rolled back"
+                )
