@@ -555,6 +555,7 @@ def _layer_benches() -> list[Bench]:
     from ._auth import auth_benches
     from ._fs import fs_benches
     from ._host import host_benches
+    from ._master import master_benches
     from ._persist import persist_benches
     from ._persist_service import persist_service_benches
     from ._socket import socket_benches
@@ -567,6 +568,7 @@ def _layer_benches() -> list[Bench]:
         *persist_service_benches(),
         *host_benches(),
         *fs_benches(),
+        *master_benches(),
     ]
 
 

@@ -1,0 +1,302 @@
+"""master benchmarks: a real master (its own bus, SQLite) with real hosts (``conat host serve``
+processes of the local provider), each row against a baseline measured in the same run.
+
+Rows (all informational: the table shows both sides, there is no target to pass)
+---------------------------------------------------------------------------------
+* ``master_start_p50`` / ``_p99`` (ms): ``projects.start(wait=True)`` through master, request ->
+  ``running``. Baseline: the host's runner asked directly on its own bus (what master adds: its
+  checks, the token it mints, the relay through the host's agent).
+* ``master_status`` (calls/s): ``projects.status`` from ``clients`` concurrent clients (100 in a
+  full run), each its own connection with its own API key. Baseline: the host runner's ``status``
+  asked directly by as many clients.
+* ``master_keepalive_cpu`` (%) and ``master_keepalive_p99`` (ms): ``hosts`` simulated hosts (1,000
+  in a full run) each sending a keepalive every 2 s to master running as its own process: master's
+  CPU and the keepalive's round trip. Baseline: the same requests to an echo service on master's bus
+  (the bus's own floor; master's CPU then is what an idle master costs).
+* ``master_placement`` (s): placing ``n`` projects (10,000 in a full run) on 100 hosts, each
+  decision with the hosts as they are after the ones before. Baseline: a bare loop picking the host
+  with the most free slots (no usability, status or tie rules, no reason).
+* ``master_move`` (MB/s) and ``master_move_downtime`` (s): moving a running project with a file of
+  ``mb`` MiB (1 GiB in a full run) between two hosts, from the request to its answer. Baseline: a
+  local ``cp`` of the same file (the disk's own floor); downtime 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+import conat
+from conat.auth import Keyring, TokenIssuer
+from conat.platform import Keepalive
+from host import runner_proxy
+from master import ApiKeyFile, Candidate, MasterApi, MasterConfig, MasterServer, connect, place
+from subjects import HUB, MASTER_BUS, Scope, host_scope, master_host_api
+
+from ._harness import Bench, Measure, Metric, Sample, percentile
+from ._host import _host
+
+__all__ = ["master_benches"]
+
+_WAIT: Final = 300.0
+_MIB: Final = 1024 * 1024
+KEEPALIVE_INTERVAL: Final = 2.0
+
+
+@contextlib.asynccontextmanager
+async def _platform(hosts: int) -> AsyncIterator[tuple[MasterServer, MasterApi, list[str]]]:
+    """A master in this process with ``hosts`` local hosts (processes), online; torn down after."""
+    tmp = Path(tempfile.mkdtemp(prefix="conat-bench-master-", dir="/tmp"))
+    tmp.chmod(0o711)  # noqa: ASYNC240 - setup, not timed
+    try:
+        config = MasterConfig(
+            data_dir=str(tmp / "master"), local_hosts_dir=str(tmp / "hosts"), keepalive_interval=0.5,
+            local_host_options={"stop_grace": 2.0},
+        )  # fmt: skip
+        async with MasterServer(config) as server:
+            admin = await connect(await server.ensure_admin())
+            try:
+                made = [
+                    await admin.hosts.create(f"bench-{i}", provider="local", capacity=100_000)
+                    for i in range(hosts)
+                ]
+                ids = [m.host.host_id for m in made]
+                deadline = time.monotonic() + _WAIT
+                while not all(h.status == "online" for h in [await admin.hosts.get(i) for i in ids]):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the bench's hosts did not come online")
+                    await asyncio.sleep(0.2)
+                yield server, admin, ids
+            finally:
+                await admin.aclose()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _latencies(values: list[float], count: int) -> Sample:
+    values.sort()
+    return Sample(
+        percentile(values, 0.50) * 1e3, {"p99_ms": percentile(values, 0.99) * 1e3}, count=count,
+        elapsed_s=sum(values),
+    )  # fmt: skip
+
+
+def _start(through_master: bool) -> Measure:
+    async def measure(url: str, count: int) -> Sample:
+        latencies = []
+        if not through_master:  # the host's runner, asked directly on its own bus
+            async with _host() as (_server, _client, runner, _issuer):
+                for _ in range(count):
+                    project = str(uuid.uuid4())
+                    await runner.create(project)
+                    t = time.perf_counter()
+                    status = await runner.start(project, wait=_WAIT)
+                    latencies.append(time.perf_counter() - t)
+                    if status.state != "running":
+                        raise RuntimeError(f"a bench project did not start: {status.reason}")
+                    await runner.stop(project, wait=_WAIT)
+            return _latencies(latencies, count)
+        async with _platform(1) as (_server, admin, (host_id,)):
+            for _ in range(count):
+                made = await admin.projects.create("bench", host_id=host_id)
+                t = time.perf_counter()
+                state = (await admin.projects.start(made.project_id, wait=True)).state
+                latencies.append(time.perf_counter() - t)
+                if state != "running":
+                    raise RuntimeError(f"a bench project did not start: {state}")
+                await admin.projects.stop(made.project_id, wait=True)
+        return _latencies(latencies, count)
+
+    return measure
+
+
+def _status(through_master: bool) -> Measure:
+    async def measure(url: str, count: int) -> Sample:
+        clients = 100 if count >= 1000 else 10
+        per = max(1, count // clients)
+        if not through_master:  # the host's runner, asked directly by as many clients
+            async with _host() as (server, _client, runner, issuer):
+                project = str(uuid.uuid4())
+                await runner.create(project)
+                token = issuer.issue(HUB, host_scope(server.host_id), Scope(), 3600)
+                hubs = [await conat.connect(server.url, credentials=token) for _ in range(clients)]
+                try:
+                    runners = [runner_proxy(hub, server.host_id, timeout=_WAIT) for hub in hubs]
+                    return await _rate(clients, per, lambda i: runners[i].status(project))
+                finally:
+                    for hub in hubs:
+                        await hub.aclose()
+        async with _platform(1) as (server, admin, (host_id,)):
+            placed = (await admin.projects.create("bench", host_id=host_id)).project_id
+            apis: list[MasterApi] = []
+            try:
+                for _ in range(clients):
+                    made = await admin.accounts.create_api_key("bench")
+                    key = ApiKeyFile(master=server.url, account_id=made.account_id, api_key=made.api_key)
+                    apis.append(await connect(key))
+                return await _rate(clients, per, lambda i: apis[i].projects.status(placed))
+            finally:
+                for api in apis:
+                    await api.aclose()
+
+    return measure
+
+
+async def _rate(clients: int, per: int, call: Callable[[int], Awaitable[object]]) -> Sample:
+    """Calls/s of ``clients`` loops of ``per`` calls each (after a short warm-up)."""
+
+    async def loop(i: int, n: int) -> None:
+        for _ in range(n):
+            await call(i)
+
+    await asyncio.gather(*(loop(i, 2) for i in range(clients)))
+    t = time.perf_counter()
+    await asyncio.gather(*(loop(i, per) for i in range(clients)))
+    elapsed = time.perf_counter() - t
+    return Sample(per * clients / elapsed, count=per * clients, elapsed_s=elapsed)
+
+
+def _keepalives(to_master: bool) -> Measure:
+    async def measure(url: str, count: int) -> Sample:
+        hosts, seconds = (count, 10.0) if count >= 1000 else (count, 2.0)
+        tmp = Path(tempfile.mkdtemp(prefix="conat-bench-keepalive-", dir="/tmp"))
+        data = tmp / "master"
+        proc = subprocess.Popen(  # noqa: ASYNC220 - master as its own process: its CPU alone
+            [sys.executable, "-m", "conat.cli", "master", "serve", "--data-dir", str(data), "--admin-key",
+             str(tmp / "admin.key")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            await asyncio.to_thread(proc.stdout.readline)  # "master ready on ..."
+            key = ApiKeyFile.load(tmp / "admin.key")
+            issuer = TokenIssuer(Keyring.open(data / "keys"))
+            async with await connect(key) as admin, await conat.connect(
+                key.master, credentials=issuer.issue(HUB, MASTER_BUS, Scope(), 3600)
+            ) as hub:  # fmt: skip
+                ids = [(await admin.hosts.create(f"sim-{i}")).host.host_id for i in range(hosts)]
+                echo = "public.bench.keepalive"
+                if not to_master:
+                    await hub.subscribe(echo, callback=lambda m: m.respond(b"ok"))
+                body = conat.RpcRequest("host.keepalive", [Keepalive()])
+                latencies: list[float] = []
+
+                async def one(host_id: str, offset: float) -> None:
+                    await asyncio.sleep(offset)
+                    end = time.monotonic() + seconds
+                    while time.monotonic() < end:
+                        t = time.perf_counter()
+                        subject = master_host_api(host_id) if to_master else echo
+                        await hub.request(subject, body, timeout=30)
+                        latencies.append(time.perf_counter() - t)
+                        await asyncio.sleep(max(0.0, KEEPALIVE_INTERVAL - (time.perf_counter() - t)))
+
+                master = psutil.Process(proc.pid)
+                master.cpu_percent(None)
+                spread = KEEPALIVE_INTERVAL / max(hosts, 1)
+                await asyncio.gather(*(one(h, i * spread) for i, h in enumerate(ids)))
+                cpu = master.cpu_percent(None)
+        finally:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait)
+            shutil.rmtree(tmp, ignore_errors=True)
+        latencies.sort()
+        return Sample(
+            cpu, {"p99_ms": percentile(latencies, 0.99) * 1e3}, count=len(latencies), elapsed_s=seconds
+        )
+
+    return measure
+
+
+def _placement(full_rules: bool) -> Measure:
+    async def measure(url: str, count: int) -> Sample:
+        account = str(uuid.uuid4())
+        hosts = [str(uuid.uuid4()) for _ in range(100)]
+        assigned = dict.fromkeys(hosts, 0)
+        t = time.perf_counter()
+        for _ in range(count):
+            if full_rules:
+                candidates = [
+                    Candidate(host_id=h, owner=account, status="online", capacity=1_000_000, assigned=n)
+                    for h, n in assigned.items()
+                ]
+                chosen = place(candidates, account).host_id
+            else:
+                chosen = max(assigned, key=lambda h: 1_000_000 - assigned[h])
+            assigned[chosen] += 1
+        elapsed = time.perf_counter() - t
+        return Sample(elapsed, count=count, elapsed_s=elapsed)
+
+    return measure
+
+
+def _move(through_master: bool) -> Measure:
+    async def measure(url: str, count: int) -> Sample:
+        size = count * _MIB
+        if not through_master:
+            tmp = Path(tempfile.mkdtemp(prefix="conat-bench-copy-", dir="/tmp"))
+            try:
+                source = tmp / "big.bin"
+                with source.open("wb") as f:
+                    for _ in range(count):
+                        f.write(os.urandom(_MIB))
+                t = time.perf_counter()
+                await asyncio.to_thread(shutil.copyfile, source, tmp / "copy.bin")
+                elapsed = time.perf_counter() - t
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return Sample(size / _MIB / elapsed, {"downtime_s": 0.0}, count=1, elapsed_s=elapsed)
+        async with _platform(2) as (_server, admin, (first, second)):
+            project = await admin.projects.create("bench-move", host_id=first)
+            await admin.projects.start(project.project_id, wait=True)
+            made = await admin.projects.exec(
+                project.project_id, ["sh", "-c", f"head -c {size} /dev/urandom > big.bin"], timeout=3600
+            )
+            if made.code != 0:
+                raise RuntimeError(f"could not make the bench file: {made.stderr!r}")
+            t = time.perf_counter()
+            result = await admin.projects.move(project.project_id, second)
+            elapsed = time.perf_counter() - t
+            await admin.projects.stop(project.project_id, wait=True)
+        return Sample(size / _MIB / elapsed, {"downtime_s": result.downtime}, count=1, elapsed_s=elapsed)
+
+    return measure
+
+
+def master_benches() -> list[Bench]:
+    return [
+        Bench("master_start", "projects.start(wait) -> running through master",
+              _start(True), _start(False),
+              (Metric("master_start_p50", "ms", 0.0, higher_is_better=False, informational=True),
+               Metric("master_start_p99", "ms", 0.0, "p99_ms", higher_is_better=False, informational=True)),
+              20, 1, {}, baseline="host runner"),
+        Bench("master_status", "projects.status from many concurrent clients (100 in a full run)",
+              _status(True), _status(False),
+              (Metric("master_status", "calls/s", 0.0, informational=True),),
+              5000, 50, {"clients": 100}, baseline="host runner"),
+        Bench("master_keepalive", "simulated hosts (1000 in a full run) sending a keepalive every 2 s",
+              _keepalives(True), _keepalives(False),
+              (Metric("master_keepalive_cpu", "%", 0.0, higher_is_better=False, informational=True),
+               Metric("master_keepalive_p99", "ms", 0.0, "p99_ms", higher_is_better=False, informational=True)),
+              1000, 10, {"interval_s": KEEPALIVE_INTERVAL}, baseline="echo on bus"),
+        Bench("master_placement", "placing N projects (10,000 in a full run) on 100 hosts",
+              _placement(True), _placement(False),
+              (Metric("master_placement", "s", 0.0, higher_is_better=False, informational=True),),
+              10_000, 500, {"hosts": 100}, baseline="bare max-free loop"),
+        Bench("master_move", "move of a running project with an N MiB file (1 GiB in a full run)",
+              _move(True), _move(False),
+              (Metric("master_move", "MB/s", 0.0, informational=True),
+               Metric("master_move_downtime", "s", 0.0, "downtime_s", higher_is_better=False, informational=True)),
+              1024, 8, {}, baseline="local cp"),
+    ]  # fmt: skip
