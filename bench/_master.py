@@ -3,22 +3,24 @@ processes of the local provider), each row against a baseline measured in the sa
 
 Rows (all informational: the table shows both sides, there is no target to pass)
 ---------------------------------------------------------------------------------
+``master_platform`` starts one platform (master and two local hosts) per run and measures three
+things on it (the baseline side: one host's runner asked directly, and a local copy):
+
 * ``master_start_p50`` / ``_p99`` (ms): ``projects.start(wait=True)`` through master, request ->
-  ``running``. Baseline: the host's runner asked directly on its own bus (what master adds: its
-  checks, the token it mints, the relay through the host's agent).
-* ``master_status`` (calls/s): ``projects.status`` from ``clients`` concurrent clients (100 in a
-  full run), each its own connection with its own API key. Baseline: the host runner's ``status``
-  asked directly by as many clients.
-* ``master_keepalive_cpu`` (%) and ``master_keepalive_p99`` (ms): ``hosts`` simulated hosts (1,000
-  in a full run) each sending a keepalive every 2 s to master running as its own process: master's
-  CPU and the keepalive's round trip. Baseline: the same requests to an echo service on master's bus
-  (the bus's own floor; master's CPU then is what an idle master costs).
-* ``master_placement`` (s): placing ``n`` projects (10,000 in a full run) on 100 hosts, each
-  decision with the hosts as they are after the ones before. Baseline: a bare loop picking the host
-  with the most free slots (no usability, status or tie rules, no reason).
-* ``master_move`` (MB/s) and ``master_move_downtime`` (s): moving a running project with a file of
-  ``mb`` MiB (1 GiB in a full run) between two hosts, from the request to its answer. Baseline: a
-  local ``cp`` of the same file (the disk's own floor); downtime 0.
+  ``running`` (20 starts in a full run). Baseline: the host runner's ``start`` (what master adds:
+  its checks, the token it mints, the relay through the host's agent).
+* ``master_status`` (calls/s): ``projects.status`` from 100 concurrent clients (10 in a quick run),
+  each its own connection with its own API key. Baseline: the host runner's ``status`` from as many.
+* ``master_move`` (MB/s) and ``master_move_downtime`` (s): moving the running project with a file
+  of 1 GiB (8 MiB in a quick run) to the other host, request to answer. Baseline: a local ``cp`` of
+  as many bytes (the disk's floor); downtime 0.
+
+``master_keepalive_cpu`` (%) and ``master_keepalive_p99`` (ms): 1,000 simulated hosts (10 in a
+quick run) each sending a keepalive every 2 s to master running as its own process: master's CPU
+and the round trip. Baseline: the same requests to an echo on master's bus (an idle master's CPU).
+
+``master_placement`` (s): placing 10,000 projects (500 in a quick run) on 100 hosts, each decision
+seeing the ones before. Baseline: a bare loop picking the host with the most free slots.
 """
 
 from __future__ import annotations
@@ -93,12 +95,49 @@ def _latencies(values: list[float], count: int) -> Sample:
     )  # fmt: skip
 
 
-def _start(through_master: bool) -> Measure:
+def _platform_rows(through_master: bool) -> Measure:
+    """Start latency, status calls/s and a move, on one platform (master and two local hosts), so
+    a run starts it once. The baseline asks one host's runner directly (start, status) and copies
+    the file locally (move)."""
+
     async def measure(url: str, count: int) -> Sample:
-        latencies = []
-        if not through_master:  # the host's runner, asked directly on its own bus
-            async with _host() as (_server, _client, runner, _issuer):
-                for _ in range(count):
+        starts, clients, per, size = (20, 100, 50, 1024) if count >= 1000 else (2, 10, 5, 8)
+        extra: dict[str, float] = {}
+        if through_master:
+            async with _platform(2) as (server, admin, (first, second)):
+                latencies = []
+                for _ in range(starts):
+                    made = await admin.projects.create("bench", host_id=first)
+                    t = time.perf_counter()
+                    state = (await admin.projects.start(made.project_id, wait=True)).state
+                    latencies.append(time.perf_counter() - t)
+                    if state != "running":
+                        raise RuntimeError(f"a bench project did not start: {state}")
+                apis: list[MasterApi] = []
+                try:
+                    for _ in range(clients):
+                        key = await admin.accounts.create_api_key("bench")
+                        apis.append(await connect(ApiKeyFile(master=server.url, account_id=key.account_id,
+                                                             api_key=key.api_key)))  # fmt: skip
+                    rate = await _rate(clients, per, lambda i: apis[i].projects.status(made.project_id))
+                finally:
+                    for api in apis:
+                        await api.aclose()
+                filled = await admin.projects.exec(
+                    made.project_id,
+                    ["sh", "-c", f"head -c {size * _MIB} /dev/urandom > big.bin"],
+                    timeout=3600,
+                )
+                if filled.code != 0:
+                    raise RuntimeError(f"could not make the bench file: {filled.stderr!r}")
+                t = time.perf_counter()
+                moved = await admin.projects.move(made.project_id, second)
+                extra["move_mb_s"] = size / (time.perf_counter() - t)
+                extra["downtime_s"] = moved.downtime
+        else:
+            latencies = []
+            async with _host() as (hosted, _client, runner, issuer):
+                for _ in range(starts):
                     project = str(uuid.uuid4())
                     await runner.create(project)
                     t = time.perf_counter()
@@ -106,52 +145,36 @@ def _start(through_master: bool) -> Measure:
                     latencies.append(time.perf_counter() - t)
                     if status.state != "running":
                         raise RuntimeError(f"a bench project did not start: {status.reason}")
-                    await runner.stop(project, wait=_WAIT)
-            return _latencies(latencies, count)
-        async with _platform(1) as (_server, admin, (host_id,)):
-            for _ in range(count):
-                made = await admin.projects.create("bench", host_id=host_id)
-                t = time.perf_counter()
-                state = (await admin.projects.start(made.project_id, wait=True)).state
-                latencies.append(time.perf_counter() - t)
-                if state != "running":
-                    raise RuntimeError(f"a bench project did not start: {state}")
-                await admin.projects.stop(made.project_id, wait=True)
-        return _latencies(latencies, count)
-
-    return measure
-
-
-def _status(through_master: bool) -> Measure:
-    async def measure(url: str, count: int) -> Sample:
-        clients = 100 if count >= 1000 else 10
-        per = max(1, count // clients)
-        if not through_master:  # the host's runner, asked directly by as many clients
-            async with _host() as (server, _client, runner, issuer):
-                project = str(uuid.uuid4())
-                await runner.create(project)
-                token = issuer.issue(HUB, host_scope(server.host_id), Scope(), 3600)
-                hubs = [await conat.connect(server.url, credentials=token) for _ in range(clients)]
+                token = issuer.issue(HUB, host_scope(hosted.host_id), Scope(), 3600)
+                hubs = [await conat.connect(hosted.url, credentials=token) for _ in range(clients)]
                 try:
-                    runners = [runner_proxy(hub, server.host_id, timeout=_WAIT) for hub in hubs]
-                    return await _rate(clients, per, lambda i: runners[i].status(project))
+                    runners = [runner_proxy(hub, hosted.host_id, timeout=_WAIT) for hub in hubs]
+                    rate = await _rate(clients, per, lambda i: runners[i].status(project))
                 finally:
                     for hub in hubs:
                         await hub.aclose()
-        async with _platform(1) as (server, admin, (host_id,)):
-            placed = (await admin.projects.create("bench", host_id=host_id)).project_id
-            apis: list[MasterApi] = []
-            try:
-                for _ in range(clients):
-                    made = await admin.accounts.create_api_key("bench")
-                    key = ApiKeyFile(master=server.url, account_id=made.account_id, api_key=made.api_key)
-                    apis.append(await connect(key))
-                return await _rate(clients, per, lambda i: apis[i].projects.status(placed))
-            finally:
-                for api in apis:
-                    await api.aclose()
+            extra["move_mb_s"] = await asyncio.to_thread(_copy_rate, size)
+            extra["downtime_s"] = 0.0
+        sample = _latencies(latencies, starts)
+        sample.extra.update(extra, status_rate=rate.value)
+        return sample
 
     return measure
+
+
+def _copy_rate(mib: int) -> float:
+    """MB/s of a local copy of a fresh file of ``mib`` MiB (the disk's own floor)."""
+    tmp = Path(tempfile.mkdtemp(prefix="conat-bench-copy-", dir="/tmp"))
+    try:
+        source = tmp / "big.bin"
+        with source.open("wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(_MIB))
+        t = time.perf_counter()
+        shutil.copyfile(source, tmp / "copy.bin")
+        return mib / (time.perf_counter() - t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _rate(clients: int, per: int, call: Callable[[int], Awaitable[object]]) -> Sample:
@@ -170,7 +193,7 @@ async def _rate(clients: int, per: int, call: Callable[[int], Awaitable[object]]
 
 def _keepalives(to_master: bool) -> Measure:
     async def measure(url: str, count: int) -> Sample:
-        hosts, seconds = (count, 10.0) if count >= 1000 else (count, 2.0)
+        hosts, seconds = (count, 10.0) if count >= 1000 else (count, 1.0)
         tmp = Path(tempfile.mkdtemp(prefix="conat-bench-keepalive-", dir="/tmp"))
         data = tmp / "master"
         proc = subprocess.Popen(  # noqa: ASYNC220 - master as its own process: its CPU alone
@@ -241,50 +264,16 @@ def _placement(full_rules: bool) -> Measure:
     return measure
 
 
-def _move(through_master: bool) -> Measure:
-    async def measure(url: str, count: int) -> Sample:
-        size = count * _MIB
-        if not through_master:
-            tmp = Path(tempfile.mkdtemp(prefix="conat-bench-copy-", dir="/tmp"))
-            try:
-                source = tmp / "big.bin"
-                with source.open("wb") as f:
-                    for _ in range(count):
-                        f.write(os.urandom(_MIB))
-                t = time.perf_counter()
-                await asyncio.to_thread(shutil.copyfile, source, tmp / "copy.bin")
-                elapsed = time.perf_counter() - t
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            return Sample(size / _MIB / elapsed, {"downtime_s": 0.0}, count=1, elapsed_s=elapsed)
-        async with _platform(2) as (_server, admin, (first, second)):
-            project = await admin.projects.create("bench-move", host_id=first)
-            await admin.projects.start(project.project_id, wait=True)
-            made = await admin.projects.exec(
-                project.project_id, ["sh", "-c", f"head -c {size} /dev/urandom > big.bin"], timeout=3600
-            )
-            if made.code != 0:
-                raise RuntimeError(f"could not make the bench file: {made.stderr!r}")
-            t = time.perf_counter()
-            result = await admin.projects.move(project.project_id, second)
-            elapsed = time.perf_counter() - t
-            await admin.projects.stop(project.project_id, wait=True)
-        return Sample(size / _MIB / elapsed, {"downtime_s": result.downtime}, count=1, elapsed_s=elapsed)
-
-    return measure
-
-
 def master_benches() -> list[Bench]:
     return [
-        Bench("master_start", "projects.start(wait) -> running through master",
-              _start(True), _start(False),
+        Bench("master_platform", "through master: start -> running, status from many clients, a move",
+              _platform_rows(True), _platform_rows(False),
               (Metric("master_start_p50", "ms", 0.0, higher_is_better=False, informational=True),
-               Metric("master_start_p99", "ms", 0.0, "p99_ms", higher_is_better=False, informational=True)),
-              20, 1, {}, baseline="host runner"),
-        Bench("master_status", "projects.status from many concurrent clients (100 in a full run)",
-              _status(True), _status(False),
-              (Metric("master_status", "calls/s", 0.0, informational=True),),
-              5000, 50, {"clients": 100}, baseline="host runner"),
+               Metric("master_start_p99", "ms", 0.0, "p99_ms", higher_is_better=False, informational=True),
+               Metric("master_status", "calls/s", 0.0, "status_rate", informational=True),
+               Metric("master_move", "MB/s", 0.0, "move_mb_s", informational=True),
+               Metric("master_move_downtime", "s", 0.0, "downtime_s", higher_is_better=False, informational=True)),
+              1000, 1, {"starts": 20, "clients": 100, "move_mib": 1024}, baseline="host runner / cp"),
         Bench("master_keepalive", "simulated hosts (1000 in a full run) sending a keepalive every 2 s",
               _keepalives(True), _keepalives(False),
               (Metric("master_keepalive_cpu", "%", 0.0, higher_is_better=False, informational=True),
@@ -294,9 +283,4 @@ def master_benches() -> list[Bench]:
               _placement(True), _placement(False),
               (Metric("master_placement", "s", 0.0, higher_is_better=False, informational=True),),
               10_000, 500, {"hosts": 100}, baseline="bare max-free loop"),
-        Bench("master_move", "move of a running project with an N MiB file (1 GiB in a full run)",
-              _move(True), _move(False),
-              (Metric("master_move", "MB/s", 0.0, informational=True),
-               Metric("master_move_downtime", "s", 0.0, "downtime_s", higher_is_better=False, informational=True)),
-              1024, 8, {}, baseline="local cp"),
     ]  # fmt: skip
