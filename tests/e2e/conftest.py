@@ -96,6 +96,8 @@ def platform() -> Iterator[Platform]:
                     proc.popen.wait(30)
             for proc in reversed(running.procs):
                 proc.kill()
+                if proc.popen.stdout is not None and not proc.popen.stdout.closed:
+                    proc.finish()  # it had exited already: read what is left and close its pipes
             if os.environ.get("CONAT_KEEP_TMP") is not None:  # keep what the processes said, to debug
                 for i, proc in enumerate(running.procs):
                     text = "\n".join(proc.seen["stdout"] + ["--- stderr"] + proc.seen["stderr"])
