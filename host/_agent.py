@@ -22,9 +22,11 @@ keepalives, so master reconciles), and applies revocations: pushed ones at once,
 missed (the keepalive answer names the newest) before it reports itself healthy again.
 
 **Restarts.** Everything the agent needs is in the data dir, so a restarted host registers again
-with its own key (no join token), reconciles with master, and catches up on revocations. If
-master is down at start-up, the host server starts with the credentials it has and the agent keeps
-trying to reach master in the background.
+with its own key (no join token), reconciles with master, and catches up on revocations *before*
+its bus serves anyone: the revocations it missed are written into the bus's store (which the
+callout reads at every connect) before the bus starts. If master is down at start-up, the host
+server starts with the credentials and revocations it has, and the agent keeps trying to reach
+master in the background (and catches up as soon as it does).
 
 How many may run: one agent per host data dir (an exclusive lock on ``agent.lock``, besides the
 host server's own); a second one fails at once.
@@ -48,6 +50,7 @@ import psutil
 import tenacity
 
 import conat
+from auth import AuthStore
 from conat.auth import PublicKeys, peek_claims, read_private_file, write_private_file
 from conat.cli.plugin import Printer, stop_on_signals
 from conat.platform import (
@@ -218,7 +221,7 @@ class HostAgent:
         self.host_id = key.host_id
         (self.data / "host-id").write_text(key.host_id + "\n")
         try:
-            await asyncio.wait_for(self._renew_tokens(key), _CALL_TIMEOUT)
+            await asyncio.wait_for(self._renew_tokens(key, catch_up=True), _CALL_TIMEOUT)
         except (conat.ConatError, TimeoutError) as e:
             if not (self.data / HOST_TOKEN).exists():
                 raise HostError(
@@ -259,13 +262,17 @@ class HostAgent:
         log.info("host %s joined master at %s", host_id, self.agent.master)
         return key
 
-    async def _renew_tokens(self, key: _HostKey, projects: list[str] | None = None) -> None:
+    async def _renew_tokens(
+        self, key: _HostKey, projects: list[str] | None = None, *, catch_up: bool = False
+    ) -> None:
         async with await conat.connect(
             key.master, credentials=_KeyExchange(key.master, key.host_id, key.api_key), name="conat-agent-tokens",
             connect_attempts=2,
         ) as client:  # fmt: skip
             api = client.service(MasterHostApi, master_host_api(key.host_id), timeout=_CALL_TIMEOUT)
             tokens = await api.tokens(projects)
+            if catch_up:  # before the bus serves anyone: into its store, which the callout reads
+                await self._catch_up_store(api)
         write_private_file(self.data / HOST_TOKEN, tokens.host_token.encode())
         self._token_renew_at = time.time() + (tokens.expires - time.time()) / 2
         if tokens.projects and self.server is not None and self.server.projects is not None:
@@ -325,6 +332,24 @@ class HostAgent:
     def _on_state(self, state: conat.ClientState) -> None:
         if state is conat.ClientState.CONNECTED:
             self._reported.clear()  # master may have restarted: the next report is a complete one
+
+    async def _catch_up_store(self, api: MasterHostApi) -> None:
+        """Apply the revocations missed while this host was down to its bus's store, before the
+        bus starts (its callout reads the floors from there at every connect)."""
+        entries = await api.revocations(self.revocation_seq)
+        if not entries:
+            return
+        (self.data / "bus").mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = await AuthStore.open(self.data / "bus" / "auth.sqlite")
+        try:
+            while entries:
+                for entry in entries:
+                    await store.raise_floor(entry.principal, entry.below)
+                    self.revocation_seq = entry.seq
+                self._save_state()
+                entries = await api.revocations(self.revocation_seq)
+        finally:
+            await store.aclose()
 
     async def _catch_up(self, api: MasterHostApi, newest: int) -> None:
         """Apply the revocations this host has not seen (up to ``newest``)."""

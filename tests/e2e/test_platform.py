@@ -145,14 +145,24 @@ async def _flow(platform: Platform, url: str, admin: MasterApi) -> None:
         moving
     ), moving
 
-    step("a move whose destina")
+    # carol holds a token for h1's bus from before h1 goes down
+    carol_made = await admin.accounts.create("carol")
+    await admin.projects.add_collaborator(pid, carol_made.account.account_id)
+    carol_key = ApiKeyFile(master=url, account_id=carol_made.account.account_id, api_key=carol_made.api_key)
+    async with await connect(carol_key) as carol:
+        carol_old = await carol.tokens.connect(h1)
+
+    step("a move whose destination dies")
     # -- a move whose destination dies halfway leaves the project intact on its source -------------
     await _failed_move(platform, admin, pid, h1, h2, big_sha)
+    await admin.projects.remove_collaborator(pid, carol_made.account.account_id)  # h1 is down: it misses it
 
-    step("the killed host rest")
-    # -- the killed host restarts and reconciles ---------------------------------------------------
+    step("the killed host restarts")
+    # -- the killed host restarts, catches up on revocations and reconciles ------------------------
     platform.start_host(h1, url)  # no join token: it registers again with its own key
     await until(lambda: _online(admin, h1), timeout=60)
+    with pytest.raises(conat.Unauthorized):  # revoked while h1 was down: refused there from the start
+        await conat.connect(carol_old.url, credentials=carol_old.token, connect_attempts=1)
     leftovers = platform.host_dir(h1) / "projects" / pid
     await until(lambda: not leftovers.exists(), timeout=30)  # the aborted transfer is dropped there
 
