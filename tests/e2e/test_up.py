@@ -5,8 +5,11 @@ stop their projects on the way out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
+import subprocess
 import sys
 
 import psutil
@@ -34,9 +37,10 @@ async def test_kill_9_of_conat_up_leaves_no_process_behind() -> None:
             assert "  master:    nats://127.0.0.1:" in status.stdout and "1 local host(s)" in status.stdout
             assert (data / "admin.key").stat().st_mode & 0o777 == 0o600
 
+            project_id = await asyncio.to_thread(_cli_walk, env)
             async with await connect(ApiKeyFile.load(data / "admin.key")) as admin:
-                project = await admin.projects.create("left running")
-                assert (await admin.projects.start(project.project_id, wait=True)).state == "running"
+                project = await admin.projects.get(project_id)
+                assert (project.state, project.desired) == ("running", "running")  # left running
             family = psutil.Process(up.popen.pid).children(recursive=True)
             names = {p.name() for p in family}
             assert "nats-server" in names and len(family) >= 5  # buses, master's host, the project
@@ -50,3 +54,34 @@ async def test_kill_9_of_conat_up_leaves_no_process_behind() -> None:
             return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
 
         await until(all_gone, timeout=60, step=0.2)
+
+
+def _conat(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conat.cli", *args], env={**os.environ, **env}, capture_output=True, text=True, check=False,
+        timeout=120,
+    )  # fmt: skip
+
+
+def _cli_walk(env: dict[str, str]) -> str:
+    """The API commands, as the admin of conat up's key file (the default): returns a running project."""
+    made = _conat(env, "--json", "projects", "create", "from the cli")
+    assert made.returncode == 0, made.stderr
+    project_id = json.loads(made.stdout)["project_id"]
+    started = _conat(env, "projects", "start", project_id, "--wait")
+    assert started.returncode == 0 and " running " in started.stdout, started
+    again = _conat(env, "projects", "start", project_id)
+    assert again.returncode == 2 and "(code already-running)" in again.stderr, again
+    ran = _conat(env, "projects", "exec", project_id, "--", "sh", "-c", "echo out; exit 3")
+    assert (ran.returncode, ran.stdout) == (3, "out\n"), ran
+    listed = _conat(env, "--json", "projects", "list")
+    assert project_id in {json.loads(line)["project_id"] for line in listed.stdout.splitlines()}
+    status = _conat(env, "projects", "status", project_id)
+    assert status.returncode == 0 and project_id in status.stdout and " running " in status.stdout
+    boot = _conat(env, "bootlog", "follow", project_id, "--until-ready")
+    assert boot.returncode == 0 and "ready" in boot.stdout and "launch" in boot.stdout, boot
+    hosts = _conat(env, "--json", "hosts", "list")
+    assert [json.loads(line)["status"] for line in hosts.stdout.splitlines()] == ["online"]
+    unknown = _conat(env, "projects", "status", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 2 and "(code unknown-project)" in unknown.stderr
+    return project_id
