@@ -199,6 +199,8 @@ class ProjectsNamespace:
             raise Busy(project_id, "it is being moved")
         if row.host_id is None or ctx.liveness.status(row.host_id) != "online":
             raise HostOffline(row.host_id or "-", ctx.liveness.status(row.host_id or ""))
+        if row.desired != "running":
+            raise WrongState(f"project {project_id}", row.state, "start it first")
         with host_errors(row.host_id):
             return await ctx.links.runner(row.host_id, timeout=timeout + _EXEC_SLACK).exec(
                 project_id, command, timeout, cwd, stdin
