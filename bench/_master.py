@@ -64,7 +64,7 @@ async def _platform(hosts: int) -> AsyncIterator[tuple[MasterServer, MasterApi, 
     tmp.chmod(0o711)  # noqa: ASYNC240 - setup, not timed
     try:
         config = MasterConfig(
-            data_dir=str(tmp / "master"), local_hosts_dir=str(tmp / "hosts"), keepalive_interval=0.5,
+            data_dir=str(tmp / "master"), local_hosts_dir=str(tmp / "hosts"), keepalive_interval=1.0,
             local_host_options={"stop_grace": 2.0},
         )  # fmt: skip
         async with MasterServer(config) as server:

@@ -114,18 +114,25 @@ class HostLiveness:
             if live.status == "online" and now - live.last_seen > self.offline_seconds
         ]  # fmt: skip
         for host_id in silent:
-            live = self.hosts[host_id]
-            await self.mark_offline(
-                host_id, f"no keepalive for {now - live.last_seen:.1f}s (limit {self.offline_seconds:.1f}s)"
-            )
-            log.warning("host %s is offline (silent for %.1fs)", host_id, now - live.last_seen)
+            quiet = now - self.hosts[host_id].last_seen
+            if await self.mark_offline(
+                host_id, f"no keepalive for {quiet:.1f}s (limit {self.offline_seconds:.1f}s)", unless_seen_after=now
+            ):
+                log.warning("host %s is offline (silent for %.1fs)", host_id, quiet)
         return silent
 
-    async def mark_offline(self, host_id: str, why: str) -> None:
-        """Mark an online host offline now (silent, or its provider says its machine is down)."""
+    async def mark_offline(self, host_id: str, why: str, *, unless_seen_after: float | None = None) -> bool:
+        """Mark an online host offline now (silent, or its provider says its machine is down);
+        returns whether it was. The status changes in memory before the commit, so a keepalive
+        that arrives meanwhile brings the host back online (committed after this) rather than
+        being overwritten by it; one that arrived since ``unless_seen_after - offline_seconds``
+        keeps it online."""
         live = self.hosts.get(host_id)
         if live is None or live.status != "online":
-            return
+            return False
+        if unless_seen_after is not None and unless_seen_after - live.last_seen <= self.offline_seconds:
+            return False
+        live.status = "offline"
         now = self._wall()
         async with self.db.transaction() as tx:
             await tx.update_host(host_id, status="offline", last_seen=live.last_seen)
@@ -135,7 +142,8 @@ class HostLiveness:
                 (host_id,),
             )
             await tx.audit(now, "master", "offline", f"host-{host_id}", why)
-        live.status, live.dirty = "offline", False
+        live.dirty = False
+        return True
 
     async def flush(self) -> int:
         """Write back ``last_seen`` (and capacity) of hosts heard from since the last flush."""
