@@ -60,6 +60,8 @@ class MasterApi(Actor, subject="master.*.api", idle=600.0, max_buffer=10_000):
 
     async def _caller(self) -> Caller:
         ctx = self.ctx
+        if self.kind == "host" and ctx.liveness.status(self.ident) not in ("deleted", "unknown"):
+            return Caller("host", self.ident)  # a host master tracks (keepalives: no database read)
         async with ctx.db.reading() as tx:
             if self.kind == "account":
                 account = await tx.account(self.ident)

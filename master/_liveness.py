@@ -21,10 +21,12 @@ States::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import conat
 from conat.platform import HostLoad
 
 from ._db import Database
@@ -60,6 +62,9 @@ class HostLiveness:
         self.offline_seconds = offline_seconds
         self.on_online = on_online
         self.hosts: dict[str, Liveness] = {}
+        self._pending: list[tuple[str, int, str, float, asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flusher: asyncio.Future[None] | None = None
 
     async def load(self) -> None:
         """Take the hosts table as it is; hosts believed online get a fresh grace period."""
@@ -89,7 +94,9 @@ class HostLiveness:
             live.last_seen = self._wall()
 
     async def seen(self, host_id: str, capacity: int, load: HostLoad) -> bool:
-        """A keepalive from ``host_id``; returns whether the host just came online."""
+        """A keepalive from ``host_id``; returns whether the host just came online (then only
+        once that is committed: group-committed with the other hosts coming online meanwhile, so
+        a thousand hosts reconnecting at once cost a few commits, not a thousand)."""
         now = self._wall()
         live = self.hosts.get(host_id)
         if live is None or live.status == "deleted":
@@ -97,14 +104,44 @@ class HostLiveness:
         live.last_seen, live.capacity, live.load, live.dirty = now, capacity, load, True
         if live.status == "online":
             return False
-        was = live.status
-        async with self.db.transaction() as tx:
-            await tx.update_host(host_id, status="online", last_seen=now, capacity=capacity)
-            await tx.audit(now, f"host-{host_id}", "online", f"host-{host_id}", f"was {was}")
-        live.status, live.dirty = "online", False
+        was, live.status = live.status, "online"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((host_id, capacity, was, now, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = asyncio.ensure_future(self._commit_online())
+        await future
+        live.dirty = False
         if self.on_online is not None:
             await self.on_online(host_id)
         return True
+
+    async def _commit_online(self) -> None:
+        """Commit every pending "online" in one transaction, until none is left (group commit)."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self.db.transaction() as tx:
+                        for host_id, capacity, was, when, _ in batch:
+                            await tx.update_host(host_id, status="online", last_seen=when, capacity=capacity)
+                            await tx.audit(when, f"host-{host_id}", "online", f"host-{host_id}", f"was {was}")
+                except BaseException as e:
+                    for host_id, _, was, _, future in batch:
+                        if self.hosts[host_id].status == "online":
+                            self.hosts[host_id].status = was
+                        if not future.done():
+                            future.set_exception(
+                                e if isinstance(e, Exception) else conat.ClosedError("master")
+                            )
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._flushing = False
 
     async def sweep(self) -> list[str]:
         """Mark hosts silent for ``offline_seconds`` offline; returns them."""
@@ -116,7 +153,9 @@ class HostLiveness:
         for host_id in silent:
             quiet = now - self.hosts[host_id].last_seen
             if await self.mark_offline(
-                host_id, f"no keepalive for {quiet:.1f}s (limit {self.offline_seconds:.1f}s)", unless_seen_after=now
+                host_id,
+                f"no keepalive for {quiet:.1f}s (limit {self.offline_seconds:.1f}s)",
+                unless_seen_after=now,
             ):
                 log.warning("host %s is offline (silent for %.1fs)", host_id, quiet)
         return silent
