@@ -177,10 +177,9 @@ async def test_every_responder_of_the_bus_hears_a_revoke(mint: Mint, tmp_path: P
                 )
                 revocation = await mint.revoke(b, principal)
                 assert revocation.kicked == 0  # this responder granted none of them...
-                await until(lambda: all(c.state is ClientState.CLOSED for c in clients), timeout=15)
-                assert all(
-                    isinstance(c.close_reason, Unauthorized) for c in clients
-                )  # ...the other kicked them
+                await until(lambda: all(c.state is ClientState.CLOSED for c in clients), timeout=20)
+                reasons = [c.close_reason for c in clients]  # ...the other kicked them
+                assert all(isinstance(r, Unauthorized) for r in reasons), reasons
                 assert await refused_reason(b, once) == "replayed"
 
                 async def kicks() -> int:
