@@ -243,6 +243,7 @@ class AuthResponder:
         notice = RevocationNotice(principal=principal, below=floor, origin=self.origin)
         try:
             await self._responder.publish(REVOCATION_SUBJECT, msgspec.json.encode(notice), encoding="raw")
+            await self._responder.flush()  # on its way to the others before we kick our own
         except ConatError as e:  # the floor is committed: responders sharing the store refuse anyway
             log.error("could not tell the other responders that %s is revoked: %s", principal, e)
         kicked = await self._kick_below(principal, floor)

@@ -357,7 +357,7 @@ class CredentialSession:
         no fresh one in time) ends the client."""
         if not auth_expired:
             return None
-        if time.time() < self.claims.exp:
+        if time.time() < self.claims.exp - 1:  # - 1: the user JWT's expiry is in whole seconds
             why = (
                 "the bus ended the connection at its lifetime cap, before the token's exp at "
                 f"{_utc(self.claims.exp)} (the bus's max_lifetime is shorter than the token's lifetime)"

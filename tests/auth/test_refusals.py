@@ -118,7 +118,7 @@ async def test_a_static_token_that_expires_closes_the_client_saying_why(mint: Mi
     async with await AuthBus.start(
         bus=BUS, public_keys=mint.keyring.public_keys(), directory=tmp_path / "bus", leeway=0
     ) as strict:
-        client = await conat.connect(strict.url, credentials=mint.token(account(5), ttl=4.0))
+        client = await conat.connect(strict.url, credentials=mint.token(account(5), ttl=6.0))
         try:
             await until(lambda: client.state is ClientState.CLOSED, timeout=15)
             assert isinstance(client.close_reason, Unauthorized)
@@ -133,7 +133,7 @@ async def test_a_refresh_that_fails_closes_the_client_saying_why(mint: Mint, tmp
     async with await AuthBus.start(
         bus=BUS, public_keys=mint.keyring.public_keys(), directory=tmp_path / "bus", leeway=0
     ) as strict:
-        first = mint.token(account(6), Scope(hosts=(H,)), ttl=4.0)
+        first = mint.token(account(6), Scope(hosts=(H,)), ttl=6.0)
 
         async def provider() -> str:
             return first  # never a fresh one
