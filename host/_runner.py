@@ -92,9 +92,13 @@ class ProjectActor(Actor, subject="runner.host-00000000-0000-0000-0000-000000000
         return self.record
 
     async def _move(self, record: ProjectRecord, event: Any, reason: str = "") -> ProjectState:
+        """Transition, commit, and note it on the host's bootlog (every project operation is there)."""
+        before = record.state
         record.state = transition(record.state, event, record.project_id)
         record.reason = reason
         await self.projects.save(record)
+        note = f"project {self.key}: {before} -> {record.state}" + (f" ({reason})" if reason else "")
+        await self.projects.bootlog(None, "project", note)
         return record.state
 
     def _status(self) -> ProjectStatus:

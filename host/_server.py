@@ -84,11 +84,12 @@ class HostContext:
 HostService = Callable[[HostContext], Awaitable[None]]
 """A service of the host: called once at start-up, after the runner, to start its actors."""
 
+# TODO(lead): the file server joins here when the ``fs`` branch merges, as one entry:
+# ``HOST_SERVICES: list[HostService] = [start_file_server]``, where ``async def start_file_server(ctx:
+# HostContext) -> None`` starts its actor on ``ctx.system`` (homes under ``ctx.projects_dir``; it
+# reports use with ``host.report_activity``).
 HOST_SERVICES: list[HostService] = []
-"""The host's services besides persist and the runner, started in order.
-TODO(lead): the file server joins here when the ``fs`` branch merges, one line:
-``HOST_SERVICES.append(start_file_server)`` with ``async def start_file_server(ctx: HostContext)``
-starting its actor on ``ctx.system`` (it reports activity with ``host.report_activity``)."""
+"""The host's services besides persist and the runner, started in order after the runner."""
 
 
 def read_host_state(data_dir: str | Path) -> dict[str, Any] | None:

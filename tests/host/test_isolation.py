@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -35,8 +36,14 @@ async def _probe_port(host: Host, project: str, address: str, port: int) -> str:
     return result.stdout.decode().strip()
 
 
-async def test_inside_the_namespace_only_the_bus_answers(host: Host) -> None:
-    project = await host.new_project()
+@pytest.fixture(scope="module")
+async def project(host: Host) -> AsyncIterator[str]:
+    started = await host.new_project()
+    yield started
+    await host.runner.stop(started, wait=30)
+
+
+async def test_inside_the_namespace_only_the_bus_answers(host: Host, project: str) -> None:
     status = await host.runner.status(project)
     if "netns" not in status.isolation.applied:
         pytest.skip(f"no network namespace here: {status.isolation.missing.get('netns')}")
@@ -50,11 +57,9 @@ async def test_inside_the_namespace_only_the_bus_answers(host: Host) -> None:
         assert (await _probe_port(host, project, "10.0.0.1", 80)).startswith("closed")  # no route out
     finally:
         other.close()
-        await host.runner.stop(project, wait=30)
 
 
-async def test_the_mount_view_shows_only_the_home(host: Host) -> None:
-    project = await host.new_project()
+async def test_the_mount_view_shows_only_the_home(host: Host, project: str) -> None:
     other = await host.new_project(start=False)
     status = await host.runner.status(project)
     data = host.server.config.data
@@ -75,7 +80,6 @@ async def test_the_mount_view_shows_only_the_home(host: Host) -> None:
         assert b"Permission denied" in listing.stderr
     else:
         pytest.skip(f"neither a mount view nor a uid here: {status.isolation.missing}")
-    await host.runner.stop(project, wait=30)
 
 
 async def test_status_names_what_is_missing_and_why() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,16 @@ async def test_bad_input_gets_a_code_and_changes_nothing(host: Host) -> None:
     await host.runner.stop(project, wait=30)
 
 
-async def test_exec_streams_output_exit_code_stdin_and_timeout(host: Host) -> None:
+@pytest.fixture(scope="module")
+async def running(host: Host) -> AsyncIterator[str]:
+    """A running project shared by the tests that only run commands in it."""
     project = await host.new_project()
+    yield project
+    await host.runner.stop(project, wait=30)
+
+
+async def test_exec_streams_output_exit_code_stdin_and_timeout(host: Host, running: str) -> None:
+    project = running
     result = await exec_command(host.client, project, ["sh", "-c", "echo out; echo err >&2; exit 7"])
     assert (result.stdout, result.stderr, result.code) == (b"out\n", b"err\n", 7)
     result = await exec_command(host.client, project, ["cat"], stdin=b"x" * 300_000)
@@ -140,11 +149,10 @@ async def test_exec_streams_output_exit_code_stdin_and_timeout(host: Host) -> No
     await asyncio.sleep(0.5)
     ps = await exec_command(host.client, project, ["sh", "-c", "ps -eo args 2>/dev/null || ls /proc"])
     assert b"sleep 30" not in ps.stdout
-    await host.runner.stop(project, wait=30)
 
 
 async def test_project_environment_is_scrubbed(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONAT_TEST_HOST_SECRET", "s3cr3t-of-the-host")
+    monkeypatch.setenv("CONAT_TEST_HOST_SECRET", "s3cr3t-of-the-host")  # in the host's environment
     project = await host.new_project()
     pid = (await host.runner.status(project)).pid
     assert pid is not None
