@@ -5,6 +5,7 @@ cannot isolate. Each check skips, with the host's own reason, where the mechanis
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ import pytest
 
 from host import HostConfig, HostError, HostServer, exec_command
 from host._isolation import probe
-from host._netns import BUS_PORT_INSIDE
+from host._netns import BUS_PORT_INSIDE, _listen_inside, create_netns, remove_netns
 
 from .conftest import Host, searchable_tmp, start_host, stop_host
 
@@ -110,6 +111,27 @@ async def test_a_second_host_on_the_same_data_dir_is_refused(host: Host) -> None
     with pytest.raises(HostError, match="another host runs on"):
         await second.start()
     assert (await host.runner.list()) is not None  # the first one is untouched
+
+
+def test_namespaces_are_made_without_forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: pyroute2's ``netns.create`` forks a child, which hung a threaded host (a lock
+    held by another thread at fork time); the host makes and configures namespaces in a thread."""
+    if not probe().netns:
+        pytest.skip(f"no network namespaces here: {probe().missing.get('netns')}")
+
+    def no_fork() -> int:
+        raise AssertionError("forked while making a network namespace")
+
+    name = f"conat-test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(os, "fork", no_fork)
+    try:
+        create_netns(name)
+        relay_socket = _listen_inside(name, BUS_PORT_INSIDE)
+        relay_socket.close()
+    finally:
+        monkeypatch.undo()
+        remove_netns(name)
+    assert not os.path.exists(f"/run/netns/{name}")
 
 
 def test_probe_reports_a_reason_for_everything_missing() -> None:
