@@ -52,7 +52,9 @@ async def _host(**options: object) -> AsyncIterator[tuple[HostServer, conat.Clie
     try:
         keys = tmp / "keys"
         issuer = TokenIssuer(Keyring.open(keys))
-        settings: dict[str, object] = {"stop_projects_on_shutdown": True, "stop_grace": 2.0, **options}
+        settings: dict[str, object] = {
+            "stop_projects_on_shutdown": True, "stop_grace": 2.0, "start_timeout": _WAIT, **options
+        }  # fmt: skip
         config = HostConfig(data_dir=str(tmp / "data"), signing_keys=str(keys), **settings)  # type: ignore[arg-type]
         server = await HostServer(config).start()
         try:
