@@ -72,7 +72,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     cgroups: bool = True
     stop_grace: float = 10.0
     start_timeout: float = 30.0
-    max_parallel_starts: int = 4
+    max_parallel_starts: int = 8
     stop_projects_on_shutdown: bool = False
     idle_check: float = 30.0
     log_max_bytes: int = 10 * 1024 * 1024

@@ -114,6 +114,7 @@ async def test_kill_9_and_restart_adopts_running_projects_and_reports_lost_ones(
                     status = await runner.status(project)
                     assert status.state == "running" and status.pid == pids[project]
                     assert len(_project_processes(project)) == 1  # adopted, never started twice
+                    survivors = [p.pid for p in _project_processes(project)]
                     result = await exec_command(client, project, ["echo", "still here"])
                     assert result.stdout == b"still here\n"
                 status = await runner.status(lost)
@@ -121,8 +122,19 @@ async def test_kill_9_and_restart_adopts_running_projects_and_reports_lost_ones(
                 assert _project_processes(lost) == []
                 events = [e async for e in bootlog.events(client, host_id=host_id, follow=False)]
                 assert any(e.phase == "reconcile" and "1 adopted, 1 lost" in e.message for e in events)
-                for project in projects[:1]:
-                    assert (await runner.stop(project, wait=30)).state == "opened"
+            # a clean stop (SIGTERM) leaves projects running by default; the next start adopts them
+            host.send_signal(signal.SIGTERM)
+            assert host.wait(30) == 0
+            _close(host)
+            assert [p.pid for p in _project_processes(projects[0])] == survivors
+            host, ready = _serve(config)
+            assert ready["reconciled"] == {projects[0]: "adopted", lost: "unchanged"}
+            async with await conat.connect(
+                str(ready["url"]), credentials=issuer.issue(HUB, host_scope(host_id), Scope(), 600)
+            ) as client:
+                runner = runner_proxy(client, host_id)
+                assert (await runner.stop(projects[0], wait=30)).state == "opened"
+                assert (await runner.status(lost)).state == "error"
             host.send_signal(signal.SIGTERM)
             assert host.wait(30) == 0
         finally:
