@@ -81,13 +81,17 @@ class HostContext:
     projects_dir: Path
 
 
-HostService = Callable[[HostContext], Awaitable[None]]
-"""A service of the host: called once at start-up, after the runner, to start its actors."""
+HostService = Callable[[HostContext], Awaitable[object]]
+"""A service of the host: called once at start-up, after the runner, to start itself (its actors on
+``ctx.system``). What it returns, if it has an ``aclose()``, is closed at shutdown (newest first,
+before the actors stop)."""
 
 # TODO(lead): the file server joins here when the ``fs`` branch merges, as one entry:
-# ``HOST_SERVICES: list[HostService] = [start_file_server]``, where ``async def start_file_server(ctx:
-# HostContext) -> None`` starts its actor on ``ctx.system`` (homes under ``ctx.projects_dir``; it
-# reports use with ``host.report_activity``).
+# ``HOST_SERVICES: list[HostService] = [start_file_server]`` with
+#     async def start_file_server(ctx: HostContext) -> FileServer:
+#         config = FileServerConfig(projects=str(ctx.projects_dir / "[project_id]"))
+#         return await FileServer(ctx.client, config, system=ctx.system).start()
+# (closed at shutdown through its aclose(); it reports use with ``host.report_activity``).
 HOST_SERVICES: list[HostService] = []
 """The host's services besides persist and the runner, started in order after the runner."""
 
@@ -143,6 +147,7 @@ class HostServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+        self._handles: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -252,7 +257,9 @@ class HostServer:
         watch_exits(projects, project_type, self._tasks)
         context = HostContext(self.client, self.system, self.host_id, config, config.projects)
         for service in self.services:
-            await service(context)
+            handle = await service(context)
+            if callable(getattr(handle, "aclose", None)):
+                self._handles.append(handle)
         await projects.start_activity()
         await self._bootlog("reconcile", "matching project records with running processes", 60)
         began = time.monotonic()
@@ -357,6 +364,12 @@ class HostServer:
             projects.relays.clear()
             await projects.stop_activity()
             await asyncio.to_thread(projects.remove_host_groups)
+        for handle in reversed(self._handles):
+            try:
+                await handle.aclose()
+            except Exception:
+                log.exception("a host service failed to close")
+        self._handles.clear()
         if self.system is not None:
             await self.system.stop(timeout)
             self.system = None

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from host import HostConfig, HostError, HostServer, exec_command
+from host import HostConfig, HostContext, HostError, HostServer, exec_command
 from host._isolation import probe
 from host._netns import BUS_PORT_INSIDE, _listen_inside, create_netns, remove_netns
 
-from .conftest import Host, searchable_tmp, start_host, stop_host
+from .conftest import Host, make_config, searchable_tmp, start_host, stop_host
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +132,27 @@ def test_namespaces_are_made_without_forking(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.undo()
         remove_netns(name)
     assert not os.path.exists(f"/run/netns/{name}")
+
+
+async def test_host_services_start_with_the_host_and_close_with_it() -> None:
+    """The hook the file server joins through: started after the runner, closed at shutdown."""
+    events: list[str] = []
+
+    class Service:
+        async def aclose(self) -> None:
+            events.append("closed")
+
+    async def start(ctx: HostContext) -> Service:
+        events.append(f"started {ctx.host_id} {ctx.projects_dir.name}")
+        assert ctx.system.runtimes  # the runner's actors are up already
+        return Service()
+
+    with searchable_tmp("hook") as tmp:
+        server = HostServer(make_config(tmp), services=[start])
+        await server.start()
+        assert events == [f"started {server.host_id} projects"]
+        await server.aclose()
+        assert events[-1] == "closed"
 
 
 def test_probe_reports_a_reason_for_everything_missing() -> None:
