@@ -38,6 +38,7 @@ __all__ = ["ExecResult", "exec_command", "exec_stream", "exec_subject", "serve_e
 log = logging.getLogger("conat.host.exec")
 
 CHUNK: Final = 64 * 1024
+COMMAND_OOM_SCORE_ADJ: Final = 500
 _EVENTS: Final = msgspec.msgpack.Decoder(ExecOutput | ExecExit)
 
 
@@ -131,6 +132,14 @@ def _decode_request(raw: bytes) -> ExecRequest:
         raise BadArgument("request", str(e)) from None
 
 
+def _oom_first(pid: int) -> None:
+    """Make the command, not the project program that serves it, what the kernel kills first when
+    the project hits its memory cap: a raised ``oom_score_adj`` (raising needs no privilege, and the
+    command's own children inherit it)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write(str(COMMAND_OOM_SCORE_ADJ))
+
+
 def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -181,6 +190,7 @@ async def _run(sock: conat.Socket, request: ExecRequest, cwd: str, env: dict[str
     except OSError as e:
         return ExecExit(code=None, error=f"cannot run {request.command[0]!r}: {e.strerror or e}")
     assert proc.stdout is not None and proc.stderr is not None
+    _oom_first(proc.pid)
     if request.stdin is not None and proc.stdin is not None:
         with contextlib.suppress(OSError):
             proc.stdin.write(request.stdin)

@@ -36,6 +36,8 @@ async def test_a_memory_hog_is_stopped(host: Host, project: str) -> None:
     assert b"survived" not in result.stdout
     assert result.exit.signal == signal.SIGKILL or result.code not in (0, None)
     assert (await host.runner.status(project)).state == "running"  # the project itself survives
+    adj = await exec_command(host.client, project, ["sh", "-c", "cat /proc/self/oom_score_adj"])
+    assert adj.stdout.strip() == b"500"  # commands go first when memory runs out
     assert (await exec_command(host.client, project, ["true"])).code == 0
 
 
