@@ -47,7 +47,9 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         uid_base, uid_count: the uid range projects get (one each) when the host runs as root.
         netns, mountns, cgroups: use these isolation mechanisms where the host can.
         stop_grace: seconds between SIGTERM and SIGKILL when stopping a project.
-        start_timeout: seconds a start may take until the project answers on the bus.
+        start_timeout: seconds a start may take, once launched, until the project answers on the bus.
+        max_parallel_starts: starts launched at once; more wait their turn (a project's Python
+            starting costs about a CPU-second: fifty at once on two cores would all time out).
         stop_projects_on_shutdown: stop every project when the host stops (else they keep running
             and the next start adopts them).
         idle_check: seconds between checks for idle projects (and log rotation, token renewal).
@@ -70,6 +72,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     cgroups: bool = True
     stop_grace: float = 10.0
     start_timeout: float = 30.0
+    max_parallel_starts: int = 8
     stop_projects_on_shutdown: bool = False
     idle_check: float = 30.0
     log_max_bytes: int = 10 * 1024 * 1024
@@ -88,6 +91,8 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                     raise ValueError
             except ValueError:
                 raise BadArgument("host.host_id", f"must be a canonical UUID, not {self.host_id!r}") from None
+        if self.max_parallel_starts < 1:
+            raise BadArgument("host.max_parallel_starts", "must be at least 1")
         if not 0 <= self.port <= 65535:
             raise BadArgument("host.port", f"must be 0..65535, not {self.port}")
         if self.uid_base < 1000 or self.uid_count < 1 or self.uid_base + self.uid_count > 2**31:

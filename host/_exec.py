@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ __all__ = ["ExecResult", "exec_command", "exec_stream", "exec_subject", "serve_e
 log = logging.getLogger("conat.host.exec")
 
 CHUNK: Final = 64 * 1024
+COMMAND_OOM_SCORE_ADJ: Final = 500
+"""Commands run with this ``oom_score_adj`` (raising needs no privilege; their children inherit it):
+under the project's memory cap the kernel kills the hungry command, not the program serving it."""
+_SHELL: Final = "/bin/sh"
 _EVENTS: Final = msgspec.msgpack.Decoder(ExecOutput | ExecExit)
 
 
@@ -167,10 +172,26 @@ async def serve_exec(
         await sock.aclose(timeout=5.0)
 
 
+def _argv(command: list[str], env: dict[str, str], cwd: str) -> list[str] | str:
+    """The argv that runs ``command`` with a raised ``oom_score_adj`` set by the child itself before
+    it execs (no race with a parent-side write), or why it cannot run."""
+    program = command[0]
+    found = shutil.which(program, path=env.get("PATH")) if "/" not in program else os.path.join(cwd, program)
+    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+        return f"cannot run {program!r}: not found or not executable"
+    if not os.path.exists(_SHELL):
+        return [found, *command[1:]]
+    return [_SHELL, "-c", f'echo {COMMAND_OOM_SCORE_ADJ} > /proc/self/oom_score_adj 2>/dev/null; exec "$@"',
+            program, found, *command[1:]]  # fmt: skip
+
+
 async def _run(sock: conat.Socket, request: ExecRequest, cwd: str, env: dict[str, str]) -> ExecExit:
+    argv = await asyncio.to_thread(_argv, request.command, env, cwd)
+    if isinstance(argv, str):
+        return ExecExit(code=None, error=argv)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *request.command,
+            *argv,
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.PIPE if request.stdin is not None else asyncio.subprocess.DEVNULL,

@@ -111,13 +111,18 @@ def probe(
     own_uid = root
     if not root:
         missing["uid"] = "the host does not run as root"
-    for directory in reachable:
+    python = project_python()
+    for directory in (*reachable, *(Path(r) for r in python.roots)):
         blocked = unreachable_parent(directory)
         if root and blocked is not None:
             own_uid = False
             missing["uid"] = (
                 f"{blocked} is not searchable by other users (chmod o+x), so no project uid can reach {directory}"
             )
+            break
+    if root and own_uid and not _world_usable(python.executable):
+        own_uid = False
+        missing["uid"] = f"no Python other users may run (the host's is {python.executable})"
     controllers: tuple[str, ...] = ()
     if want_cgroups and root:
         controllers = tuple(c for c in available_controllers() if c in CONTROLLERS)

@@ -175,6 +175,10 @@ class NetnsRelay:
                 writer.close()
                 return
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            # the relay is closing: end this connection quietly (asyncio's stream server logs a
+            # connection task that ends cancelled as an error)
+            writer.close()
         finally:
             self._tasks.discard(task)
 

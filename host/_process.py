@@ -256,4 +256,3 @@ class ProjectProcess:
                 memory += proc.memory_info().rss
                 count += 1
         return ProjectUsage(cpu_seconds=cpu, memory_bytes=memory, pids=count, uptime=uptime)
-

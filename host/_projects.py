@@ -77,6 +77,7 @@ class HostProjects:
         self.activity: dict[str, float] = {}
         self._changed = asyncio.Event()
         self.on_exit: Callable[[str, ProjectProcess, int | None], None] | None = None
+        self._starts = asyncio.Semaphore(config.max_parallel_starts)
         self._subscription: conat.Subscription | None = None
 
     # -- records ------------------------------------------------------------------------------------
@@ -230,6 +231,14 @@ class HostProjects:
             LaunchFailed, NoCredentials, BadArgument: the start cannot complete (nothing is left
                 running: the caller cleans up with :meth:`cleanup`).
         """
+        if self._starts.locked():
+            await step("queued", "waiting for other starts to finish", 5)
+        async with self._starts:
+            await self._launch(record, token, step)
+
+    async def _launch(
+        self, record: ProjectRecord, token: str | None, step: Callable[[str, str, float], Any]
+    ) -> None:
         p = record.project_id
         caps = self.capabilities
         await step("prepare", "preparing the home directory", 10)

@@ -32,8 +32,10 @@ import contextlib
 import contextvars
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 import conat
 from actors import NO_REPLY, Actor, actor_proxy
@@ -50,6 +52,23 @@ __all__ = ["ProjectActor", "Runner", "project_actor_type", "runner_proxy", "runn
 log = logging.getLogger("conat.host.runner")
 
 _CALL_TIMEOUT: Final = 60.0
+_REPORT_PATIENCE: Final = 300.0
+
+
+async def deliver(call: Callable[[], Awaitable[None]], project_id: str) -> None:
+    """Deliver a task's report to a project's actor, retrying while the host is too busy to commit
+    it (a report is idempotent: one for a superseded attempt or another pid is ignored)."""
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(_REPORT_PATIENCE),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+            retry=retry_if_exception_type(conat.ConatError),
+            reraise=True,
+        ):
+            with attempt:
+                await call()
+    except Exception:
+        log.exception("project %s: a state report was lost; a host restart reconciles it", project_id)
 
 
 def check_project_id(project_id: object) -> str:
@@ -92,9 +111,17 @@ class ProjectActor(Actor, subject="runner.host-00000000-0000-0000-0000-000000000
         return self.record
 
     async def _move(self, record: ProjectRecord, event: Any, reason: str = "") -> ProjectState:
+        """Transition, commit, and note it on the host's bootlog (every project operation is there)."""
+        before, before_reason = record.state, record.reason
         record.state = transition(record.state, event, record.project_id)
         record.reason = reason
-        await self.projects.save(record)
+        try:
+            await self.projects.save(record)
+        except BaseException:  # not committed: not done (the caller sees the error)
+            record.state, record.reason = before, before_reason
+            raise
+        note = f"project {self.key}: {before} -> {record.state}" + (f" ({reason})" if reason else "")
+        await self.projects.bootlog(None, "project", note)
         return record.state
 
     def _status(self) -> ProjectStatus:
@@ -136,9 +163,12 @@ class ProjectActor(Actor, subject="runner.host-00000000-0000-0000-0000-000000000
             raise
         except Exception as e:  # noqa: BLE001 - every failure is reported, whatever it is
             reason = str(e) if isinstance(e, conat.ConatError) else f"{type(e).__name__}: {e}"
-            await self._self().launched(attempt, reason)
+            await self._report(lambda: self._self().launched(attempt, reason))
             return
-        await self._self().launched(attempt, "")
+        await self._report(lambda: self._self().launched(attempt, ""))
+
+    async def _report(self, call: Callable[[], Awaitable[None]]) -> None:
+        await deliver(call, self.key)
 
     async def launched(self, attempt: int, error: str) -> None:
         """The launch task's report (internal)."""
@@ -170,7 +200,8 @@ class ProjectActor(Actor, subject="runner.host-00000000-0000-0000-0000-000000000
                 await boot
         status = await self.projects.terminate(self.key)
         await self.projects.cleanup(record)
-        await self._self().stopped(attempt, describe_status(status) if status is not None else "")
+        how = describe_status(status) if status is not None else ""
+        await self._report(lambda: self._self().stopped(attempt, how))
 
     async def stopped(self, attempt: int, how: str) -> None:
         """The stop task's report (internal)."""
@@ -388,12 +419,6 @@ def watch_exits(
         proxy = actor_proxy(projects.client, project_type, project_id, timeout=_CALL_TIMEOUT)
         projects.processes.pop(project_id, None)
 
-        async def report() -> None:
-            try:
-                await proxy.exited(process.pid, status)
-            except conat.ConatError as e:
-                log.warning("project %s exited (%s) but its actor was not told: %s", project_id, status, e)
-
-        _detached(report(), tasks)
+        _detached(deliver(lambda: proxy.exited(process.pid, status), project_id), tasks)
 
     projects.on_exit = on_exit

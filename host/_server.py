@@ -52,6 +52,7 @@ from subjects import HUB, Scope, host_scope
 
 from ._config import HostConfig
 from ._errors import HostError
+from ._fs_host import start_file_server
 from ._isolation import probe
 from ._projects import HostProjects
 from ._runner import ProjectActor, project_actor_type, runner_type, watch_exits
@@ -79,22 +80,16 @@ class HostContext:
     host_id: str
     config: HostConfig
     projects_dir: Path
-    closing: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
-    """What to close when the host stops (before its actors), in reverse order."""
 
 
-HostService = Callable[[HostContext], Awaitable[None]]
-"""A service of the host: called once at start-up, after the runner, to start its actors."""
+HostService = Callable[[HostContext], Awaitable[object]]
+"""A service of the host: called once at start-up, after the runner, to start itself (its actors on
+``ctx.system``). What it returns, if it has an ``aclose()``, is closed at shutdown (newest first,
+before the actors stop)."""
 
-
-async def _file_server(ctx: HostContext) -> None:
-    from ._fs_host import start_file_server  # imports this module
-
-    await start_file_server(ctx)
-
-
-HOST_SERVICES: list[HostService] = [_file_server]
-"""The host's services besides persist and the runner, started in order: the file server."""
+HOST_SERVICES: list[HostService] = [start_file_server]
+"""The host's services besides persist and the runner, started in order after the runner: the file
+server (``fs.project-<p>`` over the project homes; closed at shutdown through its ``aclose()``)."""
 
 
 def read_host_state(data_dir: str | Path) -> dict[str, Any] | None:
@@ -148,7 +143,7 @@ class HostServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
-        self._closing: list[Callable[[], Awaitable[None]]] = []
+        self._handles: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -256,9 +251,11 @@ class HostServer:
         await self.system.start(project_type, factory=lambda: project_type(projects))
         await self.system.start(runner, factory=lambda: runner(projects, project_type))
         watch_exits(projects, project_type, self._tasks)
-        context = HostContext(self.client, self.system, self.host_id, config, config.projects, self._closing)
+        context = HostContext(self.client, self.system, self.host_id, config, config.projects)
         for service in self.services:
-            await service(context)
+            handle = await service(context)
+            if callable(getattr(handle, "aclose", None)):
+                self._handles.append(handle)
         await projects.start_activity()
         await self._bootlog("reconcile", "matching project records with running processes", 60)
         began = time.monotonic()
@@ -363,12 +360,12 @@ class HostServer:
             projects.relays.clear()
             await projects.stop_activity()
             await asyncio.to_thread(projects.remove_host_groups)
-        for close in reversed(self._closing):
+        for handle in reversed(self._handles):
             try:
-                await close()
+                await handle.aclose()
             except Exception:
-                log.exception("a host service did not close cleanly")
-        self._closing.clear()
+                log.exception("a host service failed to close")
+        self._handles.clear()
         if self.system is not None:
             await self.system.stop(timeout)
             self.system = None

@@ -5,15 +5,17 @@ cannot isolate. Each check skips, with the host's own reason, where the mechanis
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
-from host import HostConfig, HostError, HostServer, exec_command
+from host import HostConfig, HostContext, HostError, HostServer, exec_command
 from host._isolation import probe
-from host._netns import BUS_PORT_INSIDE
+from host._netns import BUS_PORT_INSIDE, _listen_inside, create_netns, remove_netns
 
-from .conftest import Host, searchable_tmp, start_host, stop_host
+from .conftest import Host, make_config, searchable_tmp, start_host, stop_host
 
 pytestmark = pytest.mark.anyio
 
@@ -35,8 +37,14 @@ async def _probe_port(host: Host, project: str, address: str, port: int) -> str:
     return result.stdout.decode().strip()
 
 
-async def test_inside_the_namespace_only_the_bus_answers(host: Host) -> None:
-    project = await host.new_project()
+@pytest.fixture(scope="module")
+async def project(host: Host) -> AsyncIterator[str]:
+    started = await host.new_project()
+    yield started
+    await host.runner.stop(started, wait=30)
+
+
+async def test_inside_the_namespace_only_the_bus_answers(host: Host, project: str) -> None:
     status = await host.runner.status(project)
     if "netns" not in status.isolation.applied:
         pytest.skip(f"no network namespace here: {status.isolation.missing.get('netns')}")
@@ -50,11 +58,9 @@ async def test_inside_the_namespace_only_the_bus_answers(host: Host) -> None:
         assert (await _probe_port(host, project, "10.0.0.1", 80)).startswith("closed")  # no route out
     finally:
         other.close()
-        await host.runner.stop(project, wait=30)
 
 
-async def test_the_mount_view_shows_only_the_home(host: Host) -> None:
-    project = await host.new_project()
+async def test_the_mount_view_shows_only_the_home(host: Host, project: str) -> None:
     other = await host.new_project(start=False)
     status = await host.runner.status(project)
     data = host.server.config.data
@@ -75,7 +81,6 @@ async def test_the_mount_view_shows_only_the_home(host: Host) -> None:
         assert b"Permission denied" in listing.stderr
     else:
         pytest.skip(f"neither a mount view nor a uid here: {status.isolation.missing}")
-    await host.runner.stop(project, wait=30)
 
 
 async def test_status_names_what_is_missing_and_why() -> None:
@@ -106,6 +111,48 @@ async def test_a_second_host_on_the_same_data_dir_is_refused(host: Host) -> None
     with pytest.raises(HostError, match="another host runs on"):
         await second.start()
     assert (await host.runner.list()) is not None  # the first one is untouched
+
+
+def test_namespaces_are_made_without_forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: pyroute2's ``netns.create`` forks a child, which hung a threaded host (a lock
+    held by another thread at fork time); the host makes and configures namespaces in a thread."""
+    if not probe().netns:
+        pytest.skip(f"no network namespaces here: {probe().missing.get('netns')}")
+
+    def no_fork() -> int:
+        raise AssertionError("forked while making a network namespace")
+
+    name = f"conat-test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(os, "fork", no_fork)
+    try:
+        create_netns(name)
+        relay_socket = _listen_inside(name, BUS_PORT_INSIDE)
+        relay_socket.close()
+    finally:
+        monkeypatch.undo()
+        remove_netns(name)
+    assert not os.path.exists(f"/run/netns/{name}")
+
+
+async def test_host_services_start_with_the_host_and_close_with_it() -> None:
+    """The hook the file server joins through: started after the runner, closed at shutdown."""
+    events: list[str] = []
+
+    class Service:
+        async def aclose(self) -> None:
+            events.append("closed")
+
+    async def start(ctx: HostContext) -> Service:
+        events.append(f"started {ctx.host_id} {ctx.projects_dir.name}")
+        assert ctx.system.runtimes  # the runner's actors are up already
+        return Service()
+
+    with searchable_tmp("hook") as tmp:
+        server = HostServer(make_config(tmp), services=[start])
+        await server.start()
+        assert events == [f"started {server.host_id} projects"]
+        await server.aclose()
+        assert events[-1] == "closed"
 
 
 def test_probe_reports_a_reason_for_everything_missing() -> None:

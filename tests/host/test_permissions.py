@@ -87,6 +87,8 @@ async def test_collaborators_reach_their_project_and_nothing_else(host: Host, tw
         phases = [e.phase async for e in bootlog.events(collaborator, project_id=p, follow=False)]
         assert "ready" in phases
         await AKV(collaborator, f"project-{p}", "notes").set("k", "v")
+        stored = host.server.config.projects / p / ".local/share/conat/persist/notes.db"
+        assert stored.is_file()  # a project's stores live in its own home
         await _both_ways(collaborator, lambda c: c.request(project_subject(q, "status"), STATUS, timeout=5))
         await _no_exec(host, collaborator, q)
         await _both_ways(collaborator, lambda c: anext(bootlog.events(c, project_id=q, follow=False)))

@@ -81,7 +81,7 @@ async def test_kill_9_and_restart_adopts_running_projects_and_reports_lost_ones(
                 url, credentials=issuer.issue(HUB, host_scope(host_id), Scope(), 600)
             ) as client:
                 runner = runner_proxy(client, host_id)
-                projects = [str(uuid.uuid4()) for _ in range(3)]
+                projects = [str(uuid.uuid4()) for _ in range(2)]
                 pids = {}
                 for project in projects:
                     await runner.create(project)
@@ -96,7 +96,7 @@ async def test_kill_9_and_restart_adopts_running_projects_and_reports_lost_ones(
             host.send_signal(signal.SIGKILL)
             host.wait(10)
             _close(host)
-            lost = projects[2]
+            lost = projects[1]
             for proc in _project_processes(lost):
                 proc.kill()
             os.kill(pids[lost], signal.SIGKILL)  # its launcher/bubblewrap too
@@ -104,25 +104,37 @@ async def test_kill_9_and_restart_adopts_running_projects_and_reports_lost_ones(
             host, ready = _serve(config)
             assert ready["host_id"] == host_id
             reconciled = ready["reconciled"]
-            assert reconciled == {projects[0]: "adopted", projects[1]: "adopted", lost: "lost"}
+            assert reconciled == {projects[0]: "adopted", lost: "lost"}
             url = str(ready["url"])
             async with await conat.connect(
                 url, credentials=issuer.issue(HUB, host_scope(host_id), Scope(), 600)
             ) as client:
                 runner = runner_proxy(client, host_id)
-                for project in projects[:2]:
+                for project in projects[:1]:
                     status = await runner.status(project)
                     assert status.state == "running" and status.pid == pids[project]
                     assert len(_project_processes(project)) == 1  # adopted, never started twice
+                    survivors = [p.pid for p in _project_processes(project)]
                     result = await exec_command(client, project, ["echo", "still here"])
                     assert result.stdout == b"still here\n"
                 status = await runner.status(lost)
                 assert status.state == "error" and "while the host was down" in status.reason
                 assert _project_processes(lost) == []
                 events = [e async for e in bootlog.events(client, host_id=host_id, follow=False)]
-                assert any(e.phase == "reconcile" and "2 adopted" in e.message for e in events)
-                for project in projects[:2]:
-                    assert (await runner.stop(project, wait=30)).state == "opened"
+                assert any(e.phase == "reconcile" and "1 adopted, 1 lost" in e.message for e in events)
+            # a clean stop (SIGTERM) leaves projects running by default; the next start adopts them
+            host.send_signal(signal.SIGTERM)
+            assert host.wait(30) == 0
+            _close(host)
+            assert [p.pid for p in _project_processes(projects[0])] == survivors
+            host, ready = _serve(config)
+            assert ready["reconciled"] == {projects[0]: "adopted", lost: "unchanged"}
+            async with await conat.connect(
+                str(ready["url"]), credentials=issuer.issue(HUB, host_scope(host_id), Scope(), 600)
+            ) as client:
+                runner = runner_proxy(client, host_id)
+                assert (await runner.stop(projects[0], wait=30)).state == "opened"
+                assert (await runner.status(lost)).state == "error"
             host.send_signal(signal.SIGTERM)
             assert host.wait(30) == 0
         finally:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,16 @@ async def test_bad_input_gets_a_code_and_changes_nothing(host: Host) -> None:
     await host.runner.stop(project, wait=30)
 
 
-async def test_exec_streams_output_exit_code_stdin_and_timeout(host: Host) -> None:
+@pytest.fixture(scope="module")
+async def running(host: Host) -> AsyncIterator[str]:
+    """A running project shared by the tests that only run commands in it."""
     project = await host.new_project()
+    yield project
+    await host.runner.stop(project, wait=30)
+
+
+async def test_exec_streams_output_exit_code_stdin_and_timeout(host: Host, running: str) -> None:
+    project = running
     result = await exec_command(host.client, project, ["sh", "-c", "echo out; echo err >&2; exit 7"])
     assert (result.stdout, result.stderr, result.code) == (b"out\n", b"err\n", 7)
     result = await exec_command(host.client, project, ["cat"], stdin=b"x" * 300_000)
@@ -140,11 +149,10 @@ async def test_exec_streams_output_exit_code_stdin_and_timeout(host: Host) -> No
     await asyncio.sleep(0.5)
     ps = await exec_command(host.client, project, ["sh", "-c", "ps -eo args 2>/dev/null || ls /proc"])
     assert b"sleep 30" not in ps.stdout
-    await host.runner.stop(project, wait=30)
 
 
 async def test_project_environment_is_scrubbed(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONAT_TEST_HOST_SECRET", "s3cr3t-of-the-host")
+    monkeypatch.setenv("CONAT_TEST_HOST_SECRET", "s3cr3t-of-the-host")  # in the host's environment
     project = await host.new_project()
     pid = (await host.runner.status(project)).pid
     assert pid is not None
@@ -214,10 +222,12 @@ async def test_export_then_import_elsewhere(host: Host) -> None:
 async def test_idle_projects_stop_and_activity_keeps_them(host: Host) -> None:
     idle = await host.new_project(Limits(idle_timeout=1.5))
     busy = await host.new_project(Limits(idle_timeout=1.5))
-    for _ in range(8):
-        await report_activity(host.client, busy)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (await host.runner.status(idle)).state != "opened" and loop.time() < deadline:
+        await report_activity(host.client, busy)  # every 0.4 s, well inside busy's 1.5 s
         await asyncio.sleep(0.4)
-    assert (await host.runner.status(idle)).state == "opened"
-    assert (await host.runner.status(idle)).reason == "idle"
+    status = await host.runner.status(idle)
+    assert status.state == "opened" and status.reason == "idle"
     assert (await host.runner.status(busy)).state == "running"
     await host.runner.stop(busy, wait=30)

@@ -85,3 +85,25 @@ def test_only_quiet_states_allow_delete_and_export() -> None:
             with pytest.raises(WrongState):
                 check_quiet(state, "delete")  # type: ignore[arg-type]
     assert QUIET == {"opened", "error"}
+
+
+def test_the_status_table_shows_every_project() -> None:
+    from host import HostStatus, Isolation, ProjectStatus, ProjectUsage
+    from host._cli import status_lines
+
+    running = ProjectStatus(
+        project_id="p1",
+        state="running",
+        pid=42,
+        usage=ProjectUsage(cpu_seconds=1.5, memory_bytes=64 << 20, pids=3),
+    )
+    broken = ProjectStatus(project_id="p2", state="error", reason="the project process exited with code 3")
+    lines = status_lines(
+        HostStatus(host_id="h", url="nats://x:1", projects=[running, broken],
+                   capabilities=Isolation(applied=("env",), missing={"netns": "not root"}))
+    )  # fmt: skip
+    assert lines[0] == "host h on nats://x:1: 2 projects"
+    assert "  missing netns: not root" in lines
+    header = next(i for i, line in enumerate(lines) if line.startswith("PROJECT"))
+    assert lines[header + 1].split()[:6] == ["p1", "running", "42", "1.5", "64/1024", "3/256"]
+    assert lines[header + 2].split()[:3] == ["p2", "error", "-"] and "exited with code 3" in lines[header + 2]
