@@ -93,16 +93,21 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         join_token_file: the one-time join token (0600), needed until the host has registered.
         capacity: projects this host offers (placement counts against it).
         region: free-form, for people and placement.
+        transfer_timeout: seconds a move's transfer waits for a silent (or unreachable) other
+            host before it fails (and the move rolls back).
     """
 
     master: str
     join_token_file: str | None = None
     capacity: int = 100
     region: str = ""
+    transfer_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.capacity <= 1_000_000:
             raise BadArgument("agent.capacity", "must be 0..1000000")
+        if not 1.0 <= self.transfer_timeout <= 3600.0:
+            raise BadArgument("agent.transfer_timeout", "must be 1..3600 seconds")
 
 
 class _HostKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,7 +239,9 @@ class HostAgent:
         )  # fmt: skip
         self.server = await HostServer(config).start()
         assert self.server.client is not None and self.server.projects is not None
-        self.incoming = Incoming(self.server.projects, self.server.client, self.server.persist)
+        self.incoming = Incoming(
+            self.server.projects, self.server.client, self.server.persist, self.agent.transfer_timeout
+        )
         await self.incoming.start()
         self._tasks.append(asyncio.ensure_future(self._link(key)))
 

@@ -274,8 +274,8 @@ async def snapshot(projects: HostProjects, project_id: str, name: str) -> Snapsh
     return SnapshotInfo(name=name, created=time.time(), bytes=result.bytes, sha256=result.sha256)
 
 
-async def _watched(client: conat.Client, work: Awaitable[_T], what: str) -> _T:
-    """``work``, failed if ``client``'s connection stays down for :data:`PEER_TIMEOUT`.
+async def _watched(client: conat.Client, work: Awaitable[_T], what: str, limit: float) -> _T:
+    """``work``, failed if ``client``'s connection stays down for ``limit`` seconds.
 
     A socket pauses its dead-peer detection while its bus connection is down (it survives a
     broker restart), so a transfer to a host whose whole bus died would wait forever: this bounds
@@ -292,10 +292,8 @@ async def _watched(client: conat.Client, work: Awaitable[_T], what: str) -> _T:
                 down_since = None
             elif down_since is None:
                 down_since = time.monotonic()
-            elif time.monotonic() - down_since > PEER_TIMEOUT:
-                raise conat.ConatError(
-                    f"{what}: the destination's bus has been unreachable for {PEER_TIMEOUT:g}s"
-                )
+            elif time.monotonic() - down_since > limit:
+                raise conat.ConatError(f"{what}: the destination's bus has been unreachable for {limit:g}s")
     finally:
         if not task.done():
             task.cancel()
@@ -310,8 +308,10 @@ async def send_archive(
     token: str,
     target: str,
     progress: Callable[[str, float], Awaitable[None]],
+    peer_timeout: float = PEER_TIMEOUT,
 ) -> TransferResult:
-    """Archive ``project_id``'s home and stream it to the host at ``url`` as project ``target``."""
+    """Archive ``project_id``'s home and stream it to the host at ``url`` as project ``target``;
+    fails once the destination has been silent (or its bus unreachable) for ``peer_timeout``."""
     home = projects.home(project_id)
     if not home.is_dir():
         raise BadArgument("project_id", f"project {project_id} has no home on this host")
@@ -323,9 +323,8 @@ async def send_archive(
         built = await asyncio.to_thread(build_archive, home, archive)
         await progress(f"archive ready: {built.files} files, {built.bytes} bytes", 30)
         async with await conat.connect(url, credentials=token, name="conat-move-out") as client:
-            ack = await _watched(
-                client, _stream(client, archive, built, transfer_id, target, progress), "transfer"
-            )
+            streaming = _stream(client, archive, built, transfer_id, target, progress, peer_timeout)
+            ack = await _watched(client, streaming, "transfer", peer_timeout)
     finally:
         archive.unlink(missing_ok=True)
     if not ack.ok:
@@ -341,10 +340,13 @@ async def send_archive(
 
 async def _stream(
     client: conat.Client, archive: Path, built: TransferResult, transfer_id: str, target: str,
-    progress: Callable[[str, float], Awaitable[None]],
+    progress: Callable[[str, float], Awaitable[None]], peer_timeout: float,
 ) -> Ack:  # fmt: skip
     sock = await client.socket_connect(
-        move_subject(target), timeout=30.0, keepalive=KEEPALIVE, peer_timeout=PEER_TIMEOUT
+        move_subject(target),
+        timeout=30.0,
+        keepalive=min(KEEPALIVE, peer_timeout / 3),
+        peer_timeout=peer_timeout,
     )
     try:
         offer = Offer(transfer_id=transfer_id, project_id=target, bytes=built.bytes, sha256=built.sha256,
@@ -368,10 +370,14 @@ async def _stream(
 class Incoming:
     """The destination side: expected transfers, the socket server on ``move.*``, aborts."""
 
-    def __init__(self, projects: HostProjects, client: conat.Client, persist: PersistServer | None) -> None:
+    def __init__(
+        self, projects: HostProjects, client: conat.Client, persist: PersistServer | None,
+        peer_timeout: float = PEER_TIMEOUT,
+    ) -> None:  # fmt: skip
         self.projects = projects
         self.client = client
         self.persist = persist
+        self.peer_timeout = peer_timeout
         self.expected: dict[str, tuple[str, Limits | None]] = {}
         self.folder = projects.config.data / "moves"
         self._server: conat.SocketServer | None = None
@@ -381,7 +387,7 @@ class Incoming:
     async def start(self) -> None:
         self.folder.mkdir(exist_ok=True, mode=0o700)
         self._server = await self.client.socket_listen(
-            MOVE_PATTERN, keepalive=KEEPALIVE, peer_timeout=PEER_TIMEOUT
+            MOVE_PATTERN, keepalive=min(KEEPALIVE, self.peer_timeout / 3), peer_timeout=self.peer_timeout
         )
         self._task = asyncio.ensure_future(self._accept(self._server))
 

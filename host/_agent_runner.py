@@ -48,6 +48,7 @@ class AgentRunner:
     def __init__(self, server: HostServer, incoming: Incoming) -> None:
         self.server = server
         self.incoming = incoming
+        self.peer_timeout = incoming.peer_timeout
 
     @property
     def _local(self) -> Any:
@@ -136,7 +137,14 @@ class AgentRunner:
             await projects.bootlog(project_id, "move-transfer", message, percent)
 
         return await send_archive(
-            projects, project_id, transfer_id, url, token, new_project_id or project_id, progress
+            projects,
+            project_id,
+            transfer_id,
+            url,
+            token,
+            new_project_id or project_id,
+            progress,
+            self.peer_timeout,
         )
 
     async def move_abort(self, project_id: str, transfer_id: str) -> None:

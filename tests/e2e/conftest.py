@@ -67,7 +67,7 @@ class Platform:
             f'[host]\ndata_dir = "{home / "data"}"\nhost_id = "{host_id}"\n'
             f'public_keys = "{home / "data" / "master.pub"}"\ncredentials = "{home / "data" / "host.token"}"\n'
             "stop_grace = 2.0\nidle_check = 1.0\nstop_projects_on_shutdown = true\n\n"
-            f'[agent]\nmaster = "{master_url}"\njoin_token_file = "{home / "join.token"}"\n'
+            f'[agent]\nmaster = "{master_url}"\njoin_token_file = "{home / "join.token"}"\ntransfer_timeout = 3.0\n'
         )
         proc = Proc(["--json", "host", "serve", "--config", str(config)])
         self.procs.append(proc)
