@@ -57,6 +57,8 @@ __all__ = [
     "Keepalive",
     "KeepaliveReply",
     "Limits",
+    "MAX_NAME",
+    "MAX_TITLE",
     "MasterHostApi",
     "MoveResult",
     "NewAccount",
@@ -76,6 +78,7 @@ __all__ = [
     "TokensApi",
     "TransferResult",
     "check_id",
+    "check_text",
     "convert",
 ]
 
@@ -111,9 +114,33 @@ def _int_in(field: str, value: object, low: int, high: int) -> None:
         raise BadArgument(field, f"must be an integer in {low}..{high}, got {value!r}")
 
 
+def check_text(value: object, field: str, limit: int, *, empty: bool = False) -> str:
+    """``value`` as a name or title: at most ``limit`` characters, none a control character.
+
+    A control character (C0 or DEL) in a name would reach terminals and logs, so it is refused.
+
+    Args:
+        value: what the caller sent.
+        field: the argument's name, for the error.
+        limit: most characters allowed.
+        empty: whether "" is allowed (an optional field); otherwise at least one character.
+
+    Raises:
+        BadArgument: ``value`` is not such a string.
+    """
+    if (
+        not isinstance(value, str)
+        or len(value) > limit
+        or (not value and not empty)
+        or any(ord(c) < 32 or c == "\x7f" for c in value)
+    ):
+        least = 0 if empty else 1
+        raise BadArgument(field, f"must be {least} to {limit} printable characters")
+    return value
+
+
 def _text(field: str, value: object, limit: int) -> None:
-    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
-        raise BadArgument(field, f"must be at most {limit} printable characters")
+    check_text(value, field, limit, empty=True)
 
 
 # -- the runner's types (moved here from the host package) -------------------------------------------

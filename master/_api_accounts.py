@@ -14,7 +14,17 @@ import uuid
 from typing import Final
 
 from conat.auth import new_api_key
-from conat.platform import Account, ApiKeyInfo, BadArgument, Connection, NewAccount, NewApiKey, check_id
+from conat.platform import (
+    MAX_NAME,
+    Account,
+    ApiKeyInfo,
+    BadArgument,
+    Connection,
+    NewAccount,
+    NewApiKey,
+    check_id,
+    check_text,
+)
 
 from ._context import Caller, MasterContext, account_info
 from ._db import AccountRow
@@ -25,18 +35,11 @@ __all__ = ["AccountsNamespace", "TokensNamespace", "create_account"]
 
 MAX_SCOPE_PROJECTS: Final = 300
 """Projects one host-bus token may name (a token stays well under conat's 16 KiB cap)."""
-_MAX_NAME: Final = 100
-
-
-def _name(value: str, field: str = "name") -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_NAME or any(ord(c) < 32 for c in value):
-        raise BadArgument(field, f"must be 1 to {_MAX_NAME} printable characters")
-    return value
 
 
 async def create_account(ctx: MasterContext, name: str, *, admin: bool, actor: str) -> NewAccount:
     """A new account and its first API key (the key is shown once, only its hash is kept)."""
-    _name(name)
+    check_text(name, "name", MAX_NAME)
     key_id, key, record = await asyncio.to_thread(new_api_key)
     now = ctx.wall()
     row = AccountRow(id=str(uuid.uuid4()), name=name, admin=admin, revision=0, created=now)
@@ -91,7 +94,7 @@ class AccountsNamespace:
     async def create_api_key(self, caller: Caller, name: str = "") -> NewApiKey:
         """A new API key of the calling account, shown once."""
         if name:
-            _name(name)
+            check_text(name, "name", MAX_NAME)
         key_id, key, record = await asyncio.to_thread(new_api_key)
         now = self.ctx.wall()
         async with self.ctx.db.transaction() as tx:

@@ -22,6 +22,7 @@ from typing import Final
 
 from conat.auth import new_api_key
 from conat.platform import (
+    MAX_NAME,
     BadArgument,
     HostInfo,
     HostTokens,
@@ -33,6 +34,7 @@ from conat.platform import (
     RevocationEntry,
     StateReport,
     check_id,
+    check_text,
 )
 
 from ._context import Caller, MasterContext, host_info
@@ -42,14 +44,7 @@ from ._rpc import AfterReply
 
 __all__ = ["HostNamespace", "HostsNamespace"]
 
-_MAX_NAME: Final = 100
 _QUIET: Final = frozenset({"moving", "creating"})
-
-
-def _name(value: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_NAME or any(ord(c) < 32 for c in value):
-        raise BadArgument("name", f"must be 1 to {_MAX_NAME} printable characters")
-    return value
 
 
 class HostsNamespace:
@@ -83,9 +78,8 @@ class HostsNamespace:
     ) -> NewHost:  # fmt: skip
         """A new host owned by the caller, and its one-time join token (none with ``provider``:
         master starts it)."""
-        _name(name)
-        if region and len(region) > _MAX_NAME:
-            raise BadArgument("region", f"at most {_MAX_NAME} characters")
+        check_text(name, "name", MAX_NAME)
+        check_text(region, "region", MAX_NAME, empty=True)
         if not isinstance(capacity, int) or not 0 <= capacity <= 1_000_000:
             raise BadArgument("capacity", "must be 0..1000000")
         ctx = self.ctx

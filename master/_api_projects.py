@@ -19,7 +19,17 @@ from typing import Final
 import msgspec
 
 import conat
-from conat.platform import BadArgument, ExecReply, Limits, MoveResult, Project, SnapshotInfo, check_id
+from conat.platform import (
+    MAX_TITLE,
+    BadArgument,
+    ExecReply,
+    Limits,
+    MoveResult,
+    Project,
+    SnapshotInfo,
+    check_id,
+    check_text,
+)
 
 from ._context import Caller, MasterContext, project_info
 from ._db import ProjectRow
@@ -30,15 +40,8 @@ from ._rpc import AfterReply
 
 __all__ = ["ProjectsNamespace"]
 
-_MAX_TITLE: Final = 200
 _SNAPSHOT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _EXEC_SLACK: Final = 10.0
-
-
-def _title(title: str) -> str:
-    if not isinstance(title, str) or not 0 < len(title) <= _MAX_TITLE or any(ord(c) < 32 for c in title):
-        raise BadArgument("title", f"must be 1 to {_MAX_TITLE} printable characters")
-    return title
 
 
 class ProjectsNamespace:
@@ -53,7 +56,7 @@ class ProjectsNamespace:
     ) -> Project:
         """A new project (id chosen by master) on ``host_id`` or the host placement picks; the
         decision and its reason go to the audit log."""
-        _title(title)
+        check_text(title, "title", MAX_TITLE)
         if host_id is not None:
             check_id(host_id, "host_id")
         ctx = self.ctx
@@ -107,6 +110,17 @@ class ProjectsNamespace:
                 await tx.update_project(project_id, state=status.state, reason=status.reason,
                                         last_activity=status.last_activity or row.last_activity)  # fmt: skip
         return project_info(_with(row, reason=status.reason), state=status.state)
+
+    async def _on_its_host(self, caller: Caller, project_id: str) -> tuple[ProjectRow, str]:
+        """The project (if the caller may see it) and its host, which must be online; not moving."""
+        ctx = self.ctx
+        async with ctx.db.reading() as tx:
+            row = await ctx.project(tx, caller, project_id)
+        if row.state == "moving":
+            raise Busy(project_id, "it is being moved")
+        if row.host_id is None or ctx.liveness.status(row.host_id) != "online":
+            raise HostOffline(row.host_id or "-", ctx.liveness.status(row.host_id or ""))
+        return row, row.host_id
 
     # -- run ----------------------------------------------------------------------------------------
     async def _ready(self, caller: Caller, project_id: str, desired: str, action: str) -> ProjectRow:
@@ -193,16 +207,11 @@ class ProjectsNamespace:
         if not 0 < timeout <= 3600:
             raise BadArgument("timeout", "must be in (0, 3600] seconds")
         ctx = self.ctx
-        async with ctx.db.reading() as tx:
-            row = await ctx.project(tx, caller, project_id)
-        if row.state == "moving":
-            raise Busy(project_id, "it is being moved")
-        if row.host_id is None or ctx.liveness.status(row.host_id) != "online":
-            raise HostOffline(row.host_id or "-", ctx.liveness.status(row.host_id or ""))
+        row, host_id = await self._on_its_host(caller, project_id)
         if row.desired != "running":
             raise WrongState(f"project {project_id}", row.state, "start it first")
-        with host_errors(row.host_id):
-            return await ctx.links.runner(row.host_id, timeout=timeout + _EXEC_SLACK).exec(
+        with host_errors(host_id):
+            return await ctx.links.runner(host_id, timeout=timeout + _EXEC_SLACK).exec(
                 project_id, command, timeout, cwd, stdin
             )
 
@@ -271,19 +280,14 @@ class ProjectsNamespace:
         name = name or f"snapshot-{int(ctx.wall())}"
         if not _SNAPSHOT_NAME.fullmatch(name):
             raise BadArgument("name", "1 to 64 of [A-Za-z0-9._-], starting with a letter or digit")
-        async with ctx.db.reading() as tx:
-            row = await ctx.project(tx, caller, project_id)
-        if row.state == "moving":
-            raise Busy(project_id, "it is being moved")
-        if row.host_id is None or ctx.liveness.status(row.host_id) != "online":
-            raise HostOffline(row.host_id or "-", ctx.liveness.status(row.host_id or ""))
-        with host_errors(row.host_id):
-            info = await ctx.links.runner(row.host_id, timeout=600).snapshot(project_id, name)
+        _, host_id = await self._on_its_host(caller, project_id)
+        with host_errors(host_id):
+            info = await ctx.links.runner(host_id, timeout=600).snapshot(project_id, name)
         async with ctx.db.transaction() as tx:
             await tx.execute(
                 "INSERT OR REPLACE INTO snapshots (project_id, name, host_id, created, bytes, sha256) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (project_id, info.name, row.host_id, info.created, info.bytes, info.sha256),
+                (project_id, info.name, host_id, info.created, info.bytes, info.sha256),
             )
             await tx.audit(
                 ctx.wall(), caller.principal, "project.snapshot", f"project-{project_id}", info.name
@@ -300,7 +304,9 @@ class ProjectsNamespace:
     ) -> MoveResult:
         """A new project with a copy of this one's files and persist stores."""
         assert self.ctx.moves is not None
-        return await self.ctx.moves.request(caller, project_id, host_id, wait=wait, clone_title=_title(title))
+        return await self.ctx.moves.request(
+            caller, project_id, host_id, wait=wait, clone_title=check_text(title, "title", MAX_TITLE)
+        )
 
     async def list(self, caller: Caller) -> list[Project]:
         """The caller's projects (owned or collaborating; an admin: every project)."""

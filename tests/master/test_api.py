@@ -136,6 +136,9 @@ async def test_refusals_have_clear_codes(platform: Platform) -> None:
         finally:
             await full.aclose()
         assert await _code(bob.projects.create("")) == 400
+        assert await _code(bob.projects.create("rm\x7f")) == 400  # DEL is a control character too
+        assert await _code(bob.hosts.create("h", "eu\x1b[2J")) == 400  # a region that clears a screen
+        assert await _code(bob.accounts.create_api_key("k" * 101)) == 400
         assert await _code(bob.projects.create("p", "not-a-uuid")) == 400
         assert await _code(bob.projects.create("p", None, {"memory_mb": 1})) == 400  # type: ignore[arg-type]
         unknown = str(uuid.uuid4())
