@@ -28,7 +28,11 @@ INFO_SCHEMA = {
             "items": {
                 "type": "object",
                 "required": ["name", "subject"],
-                "properties": {"name": _NAME, "subject": {"type": "string", "minLength": 1}, "metadata": _META},
+                "properties": {
+                    "name": _NAME,
+                    "subject": {"type": "string", "minLength": 1},
+                    "metadata": _META,
+                },
             },
         },
     },
