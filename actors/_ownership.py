@@ -147,7 +147,8 @@ class Ownership:
         self._acquired = False
         self._sub: Subscription | None = None
         self._forget_state: Callable[[], None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # answers and announcements
+        self._releasing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Ownership {self.name} {self.subject!r} {self.instance}>"
@@ -241,7 +242,7 @@ class Ownership:
         if sub is not None:
             with contextlib.suppress(ConatError):
                 await sub.unsubscribe()
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -272,7 +273,7 @@ class Ownership:
         self._lost = lost
         if running:  # else acquire() raises it: the caller reports it
             log.error("%s", lost)
-        self._spawn(self.release())
+        self._releasing = asyncio.ensure_future(self.release())
         if running and self._on_lost is not None:
             self._on_lost(lost)
 
