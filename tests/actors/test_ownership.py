@@ -310,7 +310,7 @@ async def test_conat_run_twice_at_the_same_moment_leaves_one_serving(nats_server
 
 
 async def test_two_processes_claiming_at_the_same_instant_end_with_one_owner(nats_server: NatsServer) -> None:
-    for _ in range(3):
+    for _ in range(2):
         start_at = time.time() + 2.5  # both are connected and waiting by then
         procs = [
             await asyncio.create_subprocess_exec(
