@@ -36,12 +36,19 @@ def _reset() -> None:
     GATES.clear()
 
 
-async def _caller_and_server(url: str) -> tuple[conat.Client, conat.Client]:
+async def _server_and_caller(url: str) -> tuple[conat.Client, conat.Client]:
     return await conat.connect(url), await conat.connect(url)
 
 
 def _all_stopping(results: list[object]) -> bool:
     return all(isinstance(r, RemoteError) and r.code == STOPPING for r in results)
+
+
+async def _stop_and_expect_503s(system: ActorSystem, calls: list[asyncio.Task[str]]) -> None:
+    """Stop past the deadline: every queued call must get 503 (not its own 30 s timeout)."""
+    await system.stop(timeout=0.2)
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    assert _all_stopping(results), results
 
 
 class Loading(Actor, subject="stopping.loading.*"):
@@ -54,18 +61,16 @@ class Loading(Actor, subject="stopping.loading.*"):
 
 
 async def test_stop_answers_callers_queued_behind_a_key_that_is_activating(nats_server: NatsServer) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     async with server_side, caller:
         GATES["load"] = asyncio.Event()  # never set: on_activate hangs
         system = ActorSystem(server_side)
         await system.start(Loading)
         proxy = actor_proxy(caller, Loading, "k", timeout=30)
-        calls = [asyncio.ensure_future(proxy.ping()) for _ in range(3)]
+        calls = [asyncio.create_task(proxy.ping()) for _ in range(3)]
         await eventually(lambda: LOG == ["activate:k"], "activation started")
         await eventually(lambda: system.runtime(Loading).statistics().buffered == 3, "three queued")
-        await system.stop(timeout=0.2)
-        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
-        assert _all_stopping(results), results
+        await _stop_and_expect_503s(system, calls)
         assert system.runtime(Loading).statistics().rejected_stopping == 3
 
 
@@ -80,17 +85,15 @@ class Flaky(Actor, subject="stopping.flaky.*", policy=SLOW_BACKOFF):
 
 
 async def test_stop_answers_callers_of_a_key_waiting_out_its_restart_backoff(nats_server: NatsServer) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     async with server_side, caller:
         system = ActorSystem(server_side, clock=FakeClock())  # the clock never moves: backoff lasts
         await system.start(Flaky)
         proxy = actor_proxy(caller, Flaky, "k", timeout=30)
-        calls = [asyncio.ensure_future(proxy.ping()) for _ in range(2)]
+        calls = [asyncio.create_task(proxy.ping()) for _ in range(2)]
         await eventually(lambda: LOG == ["activate:k"], "first activation failed")
         await eventually(lambda: system.runtime(Flaky).statistics().buffered == 2, "both wait")
-        await system.stop(timeout=0.2)
-        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
-        assert _all_stopping(results), results
+        await _stop_and_expect_503s(system, calls)
 
 
 class Leaving(Actor, subject="stopping.leaving.*", idle=None):
@@ -106,7 +109,7 @@ class Leaving(Actor, subject="stopping.leaving.*", idle=None):
 
 
 async def test_stop_answers_callers_of_a_key_running_on_deactivate(nats_server: NatsServer) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     async with server_side, caller:
         GATES["leave"] = asyncio.Event()  # never set: on_deactivate hangs
         system = ActorSystem(server_side)
@@ -114,11 +117,9 @@ async def test_stop_answers_callers_of_a_key_running_on_deactivate(nats_server: 
         proxy = actor_proxy(caller, Leaving, "k", timeout=30)
         await proxy.leave()
         await eventually(lambda: LOG == ["deactivating:k"], "passivation started")
-        calls = [asyncio.ensure_future(proxy.ping()) for _ in range(2)]
+        calls = [asyncio.create_task(proxy.ping()) for _ in range(2)]
         await eventually(lambda: system.runtime(Leaving).statistics().buffered == 2, "both wait")
-        await system.stop(timeout=0.2)
-        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
-        assert _all_stopping(results), results
+        await _stop_and_expect_503s(system, calls)
 
 
 class Crashing(
@@ -139,7 +140,7 @@ class Crashing(
 
 
 async def test_escalation_answers_callers_queued_behind_an_activating_key(nats_server: NatsServer) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     async with server_side, caller:
         GATES["load"] = asyncio.Event()
         clock = FakeClock()  # the system's restart backoff never passes
@@ -166,7 +167,7 @@ class Broken(Actor, subject="stopping.broken.*", policy=SLOW_BACKOFF):
 async def test_restart_backoff_is_kept_when_the_mailbox_was_empty_at_the_crash(
     nats_server: NatsServer,
 ) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     clock = FakeClock()
     async with server_side, caller, ActorSystem(server_side, clock=clock) as system:
         await system.start(Broken)
@@ -229,7 +230,7 @@ class Counted(
 
 
 async def test_a_failed_start_leaves_nothing_behind_and_a_retry_serves_once(nats_server: NatsServer) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     async with server_side, caller:
         system = ActorSystem(server_side, reminders=FailingStore(failures=1))
         with pytest.raises(OSError, match="reminder store unavailable"):
@@ -260,7 +261,7 @@ async def _discovered(client: conat.Client, name: str) -> list[str]:
 
 
 async def test_a_failed_restart_is_retried_and_leaves_nothing_half_started(nats_server: NatsServer) -> None:
-    server_side, caller = await _caller_and_server(nats_server.url)
+    server_side, caller = await _server_and_caller(nats_server.url)
     clock = FakeClock()
     store = FailingStore(failures=0)
     policy = RestartPolicy(max_restarts=5, within=600.0, backoff_min=1.0, backoff_max=1.0, jitter=0.0)
