@@ -2,8 +2,11 @@
 
 An :class:`Actor` subclass is bound to a subject pattern; an :class:`ActorSystem` runs actor types
 on one connection, activates one instance per key on demand, passivates idle keys, supervises
-crashes with backoff and escalation, answers NATS micro ``$SRV`` discovery, and stops gracefully.
+crashes with backoff and escalation, answers NATS micro ``$SRV`` discovery, guards the single owner
+of a keyed type on the bus, and stops gracefully.
 """
+
+from conat import EndpointStatistics as EndpointStatistics
 
 from ._activation import IllegalTransition as IllegalTransition
 from ._activation import State as State
@@ -20,7 +23,9 @@ from ._errors import ActorDefinitionError as ActorDefinitionError
 from ._errors import ActorError as ActorError
 from ._errors import BrokenInvariant as BrokenInvariant
 from ._errors import Escalation as Escalation
+from ._errors import OwnedElsewhere as OwnedElsewhere
 from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._ownership import OwnerNotice as OwnerNotice
 from ._policy import Backoff as Backoff
 from ._policy import Escalate as Escalate
 from ._policy import Restart as Restart
@@ -32,7 +37,6 @@ from ._reminders import ReminderStore as ReminderStore
 from ._runtime import ActorRuntime as ActorRuntime
 from ._runtime import ActorStatistics as ActorStatistics
 from ._runtime import DeadLetter as DeadLetter
-from ._runtime import EndpointStatistics as EndpointStatistics
 from ._system import ActorSystem as ActorSystem
 from ._system import actor_proxy as actor_proxy
 
@@ -57,6 +61,8 @@ __all__ = [
     "MailboxStatistics",
     "MemoryReminderStore",
     "NO_REPLY",
+    "OwnedElsewhere",
+    "OwnerNotice",
     "Reminder",
     "ReminderStore",
     "Reply",

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
-from conat import ConatError, Message, PayloadError
+from conat import ConatError, Message, PayloadError, reply_encoding
 from conat._service import error_reply, respond_error
 
 from ._actor import NO_REPLY, Reply
@@ -136,9 +136,11 @@ class Timer:
 
 
 async def _send_reply(msg: Message, reply: Reply) -> None:
+    """Send a handler's :class:`Reply`: its encoding if it chose one, else the caller's."""
     if msg.reply:
+        encoding = reply.encoding or reply_encoding(msg, reply.data)
         try:
-            await msg.respond(reply.data, encoding=reply.encoding, headers=reply.headers)
+            await msg.respond(reply.data, encoding=encoding, headers=reply.headers)
         except ConatError as e:
             await respond_error(msg, *error_reply(e))
 
@@ -292,9 +294,9 @@ class Activation:
         runtime = self.runtime
         instance = self.instance
         assert instance is not None
-        stats = runtime.stats
+        micro = runtime.micro
         started = time.perf_counter_ns()
-        endpoint = "receive" if not runtime.default_receive else "unknown"
+        endpoint = "receive" if not runtime.default_receive else None  # None: not an endpoint's
         try:
             if runtime.default_receive:
                 dispatcher = runtime.dispatcher
@@ -312,23 +314,23 @@ class Activation:
             await respond_error(msg, STOPPING, f"actor {runtime.spec.name} stopped during the call")
             raise
         except BrokenInvariant as e:
-            stats.record(endpoint, time.perf_counter_ns() - started, e)
+            micro.record(endpoint, time.perf_counter_ns() - started, e)
             await respond_error(msg, *error_reply(e))
             self.crash(e)
         except Exception as e:
             if not isinstance(e, ConatError):
                 log.exception("%s/%r: handler failed on %s", runtime.spec.name, self.key, msg.subject)
-            stats.record(endpoint, time.perf_counter_ns() - started, e)
+            micro.record(endpoint, time.perf_counter_ns() - started, e)
             await respond_error(msg, *error_reply(e))
         else:
-            stats.record(endpoint, time.perf_counter_ns() - started, None)
+            micro.record(endpoint, time.perf_counter_ns() - started, None)
             if not msg.reply or result is NO_REPLY:
                 return
             if result.__class__ is Reply:
                 await _send_reply(msg, result)
                 return
             try:
-                await msg.respond(result)
+                await msg.respond(result, encoding=reply_encoding(msg, result))
             except PayloadError as e:
                 await respond_error(msg, 500, f"cannot encode the result: {e.detail}")
 

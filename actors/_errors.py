@@ -5,7 +5,9 @@
         ├── BrokenInvariant      500                  raise in a handler: this activation's state is
         │                                             broken; the caller gets 500, the key restarts
         ├── ActorDefinitionError "bad-actor"          an actor class or its options are invalid
-        └── Escalation           "escalated"          a supervisor gave up (N restarts in T seconds)
+        ├── Escalation           "escalated"          a supervisor gave up (N restarts in T seconds)
+        └── OwnedElsewhere       "owned-elsewhere"    another process owns this keyed actor type
+                                                      on the bus (refused at start, or lost later)
 
 Codes callers see in :class:`conat.RemoteError` from the runtime itself (not from a handler):
 ``429`` the key's mailbox is full, ``503`` the actor is stopping, ``404``/``400`` unknown method or
@@ -16,7 +18,8 @@ would deadlock (the key is already waiting in the call chain).
 
 from __future__ import annotations
 
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from conat import ConatError, ErrorCode
 
@@ -29,6 +32,7 @@ __all__ = [
     "ActorError",
     "BrokenInvariant",
     "Escalation",
+    "OwnedElsewhere",
 ]
 
 BUSY: Final = 429
@@ -76,3 +80,39 @@ class Escalation(ActorError):
         self.restarts = restarts
         self.within = within
         self.cause = cause
+
+
+class OwnedElsewhere(ActorError):
+    """Another process owns this keyed actor type on the bus, so this one must not serve it.
+
+    A keyed type has exactly one owner per bus (one activation per key). Raised by
+    :meth:`ActorSystem.start` when an owner answers (``running`` False), or by
+    :meth:`ActorSystem.wait` when two owners met after both started and this one yielded
+    (``running`` True). ``owner`` holds what the owner said about itself: ``instance``, ``pid``,
+    ``host``, ``client`` (its connection name) and ``since`` (epoch seconds).
+    """
+
+    code = "owned-elsewhere"
+
+    def __init__(self, actor: str, subject: str, owner: dict[str, Any], *, running: bool) -> None:
+        self.actor = actor
+        self.subject = subject
+        self.owner = owner
+        self.running = running
+        who = f"process {owner.get('pid') or '?'} on host {owner.get('host') or '?'}"
+        if owner.get("client"):
+            who += f" (connection {owner['client']!r})"
+        since = owner.get("since")
+        if isinstance(since, int | float) and since > 0:
+            who += f", owner since {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M:%S}Z"
+        what = (
+            "this process stops serving it"
+            if running
+            else "this process refuses to serve it too"
+        )
+        super().__init__(
+            f"keyed actor {actor} ({subject}) is already served by {who}; {what}. A keyed actor "
+            "type has one owner per bus, so that no key is ever active twice: to scale, run it in "
+            "one process (its keys run concurrently there), or split the keys over types with "
+            "subjects of their own; unkeyed types may run in many processes with a queue group"
+        )

@@ -95,6 +95,11 @@ class Backoff:
         self.attempt = 0
         self._last_crash = None
 
+    def expired(self, now: float) -> bool:
+        """Whether the next delay would start from ``backoff_min`` again (no crash for
+        ``reset_after`` seconds): until then the sequence is state worth keeping."""
+        return self._last_crash is None or now - self._last_crash >= self.policy.reset_after
+
 
 @final
 class RestartTracker:

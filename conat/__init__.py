@@ -41,6 +41,13 @@ from ._errors import SocketReset as SocketReset
 from ._errors import Timeout as Timeout
 from ._errors import Unauthorized as Unauthorized
 from ._message import Message as Message
+from ._micro import EndpointInfo as EndpointInfo
+from ._micro import EndpointStatistics as EndpointStatistics
+from ._micro import EndpointStats as EndpointStats
+from ._micro import InfoResponse as InfoResponse
+from ._micro import MicroService as MicroService
+from ._micro import PingResponse as PingResponse
+from ._micro import StatsResponse as StatsResponse
 from ._process import die_with_parent as die_with_parent
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
@@ -48,6 +55,7 @@ from ._server_config import LeafNodeConfig as LeafNodeConfig
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import RpcRequest as RpcRequest
+from ._service import reply_encoding as reply_encoding
 from ._socket import Socket as Socket
 from ._socket import SocketStatistics as SocketStatistics
 from ._socket_message import SocketMessage as SocketMessage
@@ -69,19 +77,25 @@ __all__ = [
     "ConatError",
     "ConnectError",
     "EndOfStream",
+    "EndpointInfo",
+    "EndpointStatistics",
+    "EndpointStats",
     "ErrorCode",
     "FakeClock",
     "Forbidden",
+    "InfoResponse",
     "InvalidSubject",
     "JSON",
     "LeafNodeConfig",
     "MSGPACK",
     "Message",
+    "MicroService",
     "NatsServer",
     "NoResponders",
     "PayloadError",
     "PayloadTooLarge",
     "PeerDead",
+    "PingResponse",
     "PortInUse",
     "RAW",
     "RemoteError",
@@ -101,6 +115,7 @@ __all__ = [
     "SocketServerStatistics",
     "SocketState",
     "SocketStatistics",
+    "StatsResponse",
     "Subscription",
     "SubscriptionStatistics",
     "SystemClock",
@@ -109,4 +124,5 @@ __all__ = [
     "WebsocketConfig",
     "connect",
     "die_with_parent",
+    "reply_encoding",
 ]

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
 import msgspec
 
+from ._codecs import DEFAULT_ENCODING, Encoding
 from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
 from ._message import Message
+from ._micro import MicroService, micro_name
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -34,6 +37,7 @@ __all__ = [
     "RpcRequest",
     "error_reply",
     "make_proxy",
+    "reply_encoding",
     "respond_error",
     "respond_result",
     "rpc_methods",
@@ -258,12 +262,30 @@ def error_reply(error: BaseException) -> tuple[ErrorCode, str]:
     return INTERNAL, f"{type(error).__name__}: {error}"
 
 
+def reply_encoding(request: Message, result: Any) -> Encoding:
+    """The encoding to answer ``request`` with ``result`` in: the caller's own.
+
+    A JSON request gets a JSON reply and a msgpack request a msgpack one, so a client answers
+    in the encoding it asked in. A raw request gets raw bytes back when the result is bytes or
+    text, else (a structure raw bytes cannot carry) msgpack; so does a request whose encoding is
+    unknown. A handler that wants another encoding chooses it explicitly.
+    """
+    try:
+        encoding = request.codec.name
+    except PayloadError:
+        return DEFAULT_ENCODING
+    if encoding == "raw" and not isinstance(result, bytes | bytearray | memoryview | str):
+        return DEFAULT_ENCODING
+    return encoding
+
+
 async def respond_result(msg: Message, result: Any) -> None:
-    """Reply with ``result``; one that cannot be encoded becomes a 500 error reply."""
+    """Reply with ``result`` in the caller's encoding (:func:`reply_encoding`); one that cannot
+    be encoded becomes a 500 error reply."""
     if not msg.reply:
         return
     try:
-        await msg.respond(result)
+        await msg.respond(result, encoding=reply_encoding(msg, result))
     except PayloadError as e:
         await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
 
@@ -281,20 +303,37 @@ async def serve(
 
     Up to ``concurrency`` calls run at once; beyond that, requests wait in the subscription's
     bounded buffer. An exception in a method becomes an error reply and never ends the service.
+    Replies are in the caller's encoding. The service answers NATS micro discovery (``$SRV``)
+    as long as the subscription lives: named after ``impl``'s class, one endpoint per method.
     """
-    dispatcher = Dispatcher(type(impl), _namespace(impl, namespace))
+    cls = type(impl)
+    dispatcher = Dispatcher(cls, _namespace(impl, namespace))
     limiter = asyncio.Semaphore(concurrency)
+    micro = MicroService(
+        micro_name(cls.__name__),
+        subject,
+        dispatcher.endpoints,
+        description=(cls.__doc__ or "").strip().split("\n")[0],
+        metadata={"conat.service": cls.__qualname__},
+        queue_group=queue or "",
+    )
 
     async def handle(msg: Message) -> None:
+        started = time.perf_counter_ns()
+        method: str | None = None
         try:
-            result = await dispatcher.invoke(impl, msg)
+            request = dispatcher.decode(msg)
+            method = request.name
+            result = await dispatcher.call(impl, request)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            micro.record(method, time.perf_counter_ns() - started, e)
             if not isinstance(e, ConatError):
                 log.exception("RPC %s on %r failed", msg.subject, subject)
             await respond_error(msg, *error_reply(e))
         else:
+            micro.record(method, time.perf_counter_ns() - started, None)
             await respond_result(msg, result)
         finally:
             limiter.release()
@@ -303,7 +342,9 @@ async def serve(
         await limiter.acquire()
         client._spawn(handle(msg))
 
-    return await client.subscribe(subject, queue=queue, callback=dispatch)
+    sub = await client.subscribe(subject, queue=queue, callback=dispatch)
+    await micro.advertise(client, alive=lambda: not sub.closed)
+    return sub
 
 
 async def respond_error(msg: Message, code: ErrorCode, text: str) -> None:
