@@ -553,6 +553,7 @@ def _layer_benches() -> list[Bench]:
     """Rows of the layers above the bus (imported here: they import this module's helpers)."""
     from ._actors import actor_benches
     from ._auth import auth_benches
+    from ._fs import fs_benches
     from ._persist import persist_benches
     from ._persist_service import persist_service_benches
     from ._socket import socket_benches
@@ -563,6 +564,7 @@ def _layer_benches() -> list[Bench]:
         *auth_benches(),
         *persist_benches(),
         *persist_service_benches(),
+        *fs_benches(),
     ]
 
 

@@ -54,6 +54,7 @@ from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
+from ._service import Dispatcher as Dispatcher
 from ._service import RpcRequest as RpcRequest
 from ._service import reply_encoding as reply_encoding
 from ._socket import Socket as Socket
@@ -76,6 +77,7 @@ __all__ = [
     "Codec",
     "ConatError",
     "ConnectError",
+    "Dispatcher",
     "EndOfStream",
     "EndpointInfo",
     "EndpointStatistics",

@@ -1,5 +1,9 @@
 """Open a stream's file beneath its root by what the kernel resolves, never through a symlink.
 
+The walk itself is :mod:`conat.beneath` (``Follow.NEVER``), shared with the file server; this module
+adds what is SQLite's: the file and its ``-wal``/``-shm``, the name SQLite is given, and the check of
+what SQLite opened.
+
 Why: a stream's file is ``<root>/<relative>.db`` (:mod:`persist._placement`), and directories
 beneath the root may belong to someone else (a project's home). A check on the *text* of a path
 (``realpath``, then ``open``) is a race, and a symlink planted beneath the root would let the engine
@@ -36,10 +40,8 @@ given the path text.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import platform
 import posixpath
 import sqlite3
 import stat
@@ -47,71 +49,15 @@ import sys
 from pathlib import Path
 from typing import Final, final
 
+from conat.beneath import Follow, SymlinkRefused, open_dir_beneath, open_root, openat2_available
+
 from . import _sql
 from ._errors import BadPath, NotFound, OutsideScope
 
 __all__ = ["Anchor", "openat2_available"]
 
-RESOLVE_NO_MAGICLINKS: Final = 0x02
-RESOLVE_NO_SYMLINKS: Final = 0x04
-RESOLVE_BENEATH: Final = 0x08
-_RESOLVE: Final = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-
-_SYS_OPENAT2: Final = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
-"""``openat2``'s syscall number (the same on both: new syscalls share one table since Linux 5.1)."""
-
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PROC_FD: Final = "/proc/self/fd"
 _SIDES: Final = ("-wal", "-shm")
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc: ctypes.CDLL | None = None
-_openat2_ok: bool | None = None if sys.platform == "linux" and _SYS_OPENAT2 is not None else False
-"""Whether ``openat2`` works here: ``None`` until first tried (tests set it to ``False``)."""
-
-
-def openat2_available() -> bool:
-    """Whether directories are opened with ``openat2`` (else with the ``O_NOFOLLOW`` walk)."""
-    return _openat2_ok is not False
-
-
-def _openat2(dirfd: int, name: str, flags: int) -> int:
-    """``openat2(dirfd, name, {flags, 0, RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS})``; OSError on failure."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    how = _OpenHow(flags, 0, _RESOLVE)
-    fd = _libc.syscall(
-        ctypes.c_long(_SYS_OPENAT2 or -1),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(os.fsencode(name)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), name)
-    return int(fd)
-
-
-def _open_dir(parent: int, name: str) -> int:
-    """Open the directory ``name`` of ``parent`` without following a symlink (ELOOP/ENOTDIR if one)."""
-    global _openat2_ok
-    if _openat2_ok is not False:
-        try:
-            fd = _openat2(parent, name, _DIR_FLAGS)
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM):  # EPERM: old seccomp profiles refuse it
-                raise
-            _openat2_ok = False
-        else:
-            _openat2_ok = True
-            return fd
-    return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
 
 
 def _split(root: Path, file: Path) -> tuple[list[str], str]:
@@ -175,13 +121,8 @@ class Anchor:
         """
         dirs, name = _split(root, file)
         mkdirs = create if create_dirs is None else create_dirs
-        fd = _open_root(root, file, mkdirs)
+        fd = _open_dirs(root, file, dirs, mkdirs)
         try:
-            where = os.path.normpath(root)
-            for part in dirs:
-                where = posixpath.join(where, part)
-                parent, fd = fd, -1
-                fd = _step(parent, part, mkdirs, file, where, root)  # closes parent, whatever happens
             self = cls(fd, name, file, existed=True)
             self.check_files()
             if self.lstat(name) is None:
@@ -193,8 +134,7 @@ class Anchor:
                     raise NotFound(f"stream file {file}")
             return self
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
             raise
 
     # ---- the directory --------------------------------------------------------------------------
@@ -330,41 +270,24 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
-def _open_root(root: Path, file: Path, create: bool) -> int:
-    """Open the root, following symlinks (it is trusted); create it (and its parents) if allowed."""
+def _open_dirs(root: Path, file: Path, dirs: list[str], create: bool) -> int:
+    """The fd of ``file``'s directory: the root opened as given (symlinks followed: it is the
+    operator's), then each directory beneath it without following a symlink (:mod:`conat.beneath`),
+    created first if missing and ``create``."""
     try:
-        return os.open(root, _DIR_FLAGS)
+        rootfd = open_root(root, create=create)
     except FileNotFoundError:
-        if not create:
-            raise NotFound(f"stream file {file}") from None
-    os.makedirs(root, exist_ok=True)
-    return os.open(root, _DIR_FLAGS)
-
-
-def _step(parent: int, part: str, create: bool, file: Path, where: str, root: Path) -> int:
-    """Open (creating it if missing and allowed) the directory ``part`` of ``parent``; close ``parent``."""
+        raise NotFound(f"stream file {file}") from None
     try:
-        try:
-            fd = _open_dir(parent, part)
-        except FileNotFoundError:
-            if not create:
-                raise NotFound(f"stream file {file}") from None
-            with contextlib.suppress(FileExistsError):  # mkdirat never follows a symlink
-                os.mkdir(part, dir_fd=parent)
-            fd = _open_dir(parent, part)
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
-            try:
-                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
-            except OSError:
-                raise e from None
-            if stat.S_ISLNK(st.st_mode):
-                raise BadPath(
-                    str(file),
-                    f"a symlink was found at {where!r} beneath the root {str(root)!r};"
-                    " persist never follows a symlink beneath its root",
-                ) from None
-        raise
+        return open_dir_beneath(rootfd, dirs, follow=Follow.NEVER, create=create)
+    except SymlinkRefused as e:
+        where = posixpath.join(os.path.normpath(root), e.where)
+        raise BadPath(
+            str(file),
+            f"a symlink was found at {where!r} beneath the root {str(root)!r};"
+            " persist never follows a symlink beneath its root",
+        ) from None
+    except FileNotFoundError:
+        raise NotFound(f"stream file {file}") from None
     finally:
-        os.close(parent)
-    return fd
+        os.close(rootfd)

@@ -43,3 +43,15 @@ def test_cli_plugin_all_sorted_and_complete() -> None:
     from conat.cli import plugin
 
     check_exports(plugin)
+
+
+def test_conat_beneath_all_sorted_and_complete() -> None:
+    from conat import beneath
+
+    check_exports(beneath)
+
+
+def test_host_all_sorted_and_complete() -> None:
+    import host
+
+    check_exports(host)

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from conat.beneath import openat2_available, set_openat2
 from persist import (
     BadPath,
     Corrupt,
@@ -22,9 +23,8 @@ from persist import (
     PlacementConfig,
     StreamFile,
     StreamStore,
-    _beneath,
 )
-from persist._beneath import Anchor, openat2_available
+from persist._beneath import Anchor
 
 pytestmark = pytest.mark.anyio
 
@@ -35,9 +35,12 @@ Q = "aaaaaaaa-1234-1234-1234-123456789abc"
 @pytest.fixture(params=["openat2", "nofollow"])
 def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test with ``openat2``, then with the ``O_NOFOLLOW`` walk used where it is missing."""
-    monkeypatch.setattr(_beneath, "_openat2_ok", None if request.param == "openat2" else False)
-    yield request.param
-    assert openat2_available() == (request.param == "openat2")
+    previous = set_openat2(None if request.param == "openat2" else False)
+    try:
+        yield request.param
+        assert openat2_available() == (request.param == "openat2")
+    finally:
+        set_openat2(previous)
 
 
 @pytest.fixture
