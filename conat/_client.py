@@ -11,10 +11,19 @@ request (and each chunk transfer being pulled) owns one token under it; a dict m
 routes. Pull requests for payloads this client is sending arrive in the same inbox and are
 answered from the outgoing-transfer store.
 
+Size: a message's NATS headers count against the server's ``max_payload`` as much as its payload.
+Whatever does not fit in one message is chunked (:mod:`conat._transfer`); headers that leave no
+room for a chunk raise :class:`PayloadTooLarge` before anything is sent, and the transport refuses
+anything over the limit, so no message can make the server close the connection.
+
+Ordering: while any chunked message of this client is in flight, every message it sends carries
+``Conat-Sender``, so receivers keep those behind it (and nobody else's: :mod:`conat._intake`).
+
 Lifecycle: ``connecting → connected ⇄ reconnecting → closed``. Reconnects are automatic and
-unbounded; subscriptions are re-armed by the transport. :meth:`Client.aclose` fails pending
-requests with :class:`ClosedError`, ends every subscription, cancels conat's own tasks, and
-closes the connection, so nothing is left running.
+unbounded; subscriptions are re-armed by the transport. When the link drops, requests in flight
+fail at once with :class:`Disconnected` (503, a :class:`Timeout`): their replies cannot arrive.
+:meth:`Client.aclose` fails pending requests with :class:`ClosedError`, ends every subscription,
+cancels conat's own tasks, and closes the connection, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -23,37 +32,40 @@ import asyncio
 import enum
 import logging
 import warnings
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
-import msgspec
-
 from subjects import Permissions, validate_pattern, validate_subject
 
-from ._chunking import CHUNKED_HEADER, PULL_HEADER
+from ._chunking import MIN_CHUNK_SIZE, ChunkHead, Receivers
 from ._codecs import MSGPACK, get_codec
 from ._credentials import CredentialSession
 from ._errors import (
     ClosedError,
     ConatError,
+    ConnectError,
+    Disconnected,
     Forbidden,
     NoResponders,
     PayloadTooLarge,
-    RemoteError,
     Timeout,
     Unauthorized,
 )
-from ._message import (
+from ._headers import (
+    CHUNKED_HEADER,
     ENCODING_HEADER,
-    ERROR_DATA_HEADER,
-    ERROR_HEADER,
+    PULL_HEADER,
     REPLY_HEADER,
+    SENDER_HEADER,
     STATUS_HEADER,
-    Message,
-    parse_error_code,
+    check_user_headers,
+    error_from_headers,
+    error_headers,
 )
+from ._intake import Intake, Item
+from ._message import Message
+from ._server_config import MIN_MAX_PAYLOAD
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
 from ._transfer import TransferEngine
@@ -70,13 +82,13 @@ log = logging.getLogger("conat.client")
 
 T = TypeVar("T")
 Route = Callable[[str, str, bytes, dict[str, str] | None], None]
-Item = Message | asyncio.Future[Message]
+"""A handler of replies on one inbox token; it may have a ``fail(error)`` attribute, called when
+the client closes (and, for a request's route, when the link drops)."""
 
 DEFAULT_TIMEOUT: Final = 10.0
 _SUBJECT_CACHE_MAX: Final = 4096
 _ENCODING_HEADERS: Final = {name: {ENCODING_HEADER: name} for name in ("json", "raw")}
 """Shared, never mutated: a message in the default encoding (msgpack) carries no header at all."""
-_HEADER_OVERHEAD: Final = 1024
 _MIB: Final = 1024 * 1024
 
 
@@ -111,11 +123,14 @@ class _Events(TransportEvents):
     def on_disconnected(self) -> None:
         if not self._client._closing:
             self._client._set_state(ClientState.RECONNECTING)
+            self._client._fail_in_flight()
 
     def on_reconnected(self) -> None:
-        if self._client._credentials is not None:
-            self._client._credentials.reconnected()
-        self._client._set_state(ClientState.CONNECTED)
+        client = self._client
+        if client._credentials is not None:
+            client._credentials.reconnected()
+        client._max_payload = client._transport.max_payload  # another server may have another limit
+        client._set_state(ClientState.CONNECTED)
 
     def on_closed(self) -> None:
         self._client._set_state(ClientState.CLOSED)
@@ -131,19 +146,35 @@ class _Events(TransportEvents):
 
 
 class _ReplyStream:
-    """Replies to one ``request_many``, in arrival order, with a bound on what is held."""
+    """Replies to one ``request_many``, ordered per responder (:class:`Intake`), with a bound."""
 
     def __init__(self, limit: int) -> None:
-        self.items: deque[Item] = deque()
+        self.items = Intake(self._wake, self._dropped)
         self.waiter: asyncio.Future[None] | None = None
         self.limit = limit
         self.overflowed = False
+        self.failure: BaseException | None = None
+        """The first error that ends the stream: a failed chunked reply, a dropped link."""
 
-    def put(self, item: Item) -> None:
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+        self._wake()
+
+    def _dropped(self, item: asyncio.Future[Message]) -> None:
+        if not item.cancelled():
+            self.fail(item.exception() or ConatError("chunked reply failed"))
+
+    def put(self, item: Item, sender: str | None) -> None:
         if len(self.items) >= self.limit:
             self.overflowed = True
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+            self._wake()
         else:
-            self.items.append(item)
+            self.items.put(item, sender)
+
+    def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -185,7 +216,8 @@ class Client:
             max_outgoing_bytes=max_outgoing_bytes,
             timeout=transfer_timeout,
         )
-        self._max_inline = 1 * _MIB - _HEADER_OVERHEAD
+        self._max_payload = 1 * _MIB
+        self._sender_id = ""
         self._valid_subjects: set[str] = set()
         self._credentials: CredentialSession | None = None
         self.close_reason: ConatError | None = None
@@ -194,7 +226,15 @@ class Client:
     # -- lifecycle -------------------------------------------------------------------------
     async def _connect(self, urls: list[str], **options: Any) -> None:
         await self._transport.connect(urls, name=self.name, inbox_prefix=self._inbox_prefix, **options)
-        self._max_inline = self._transport.max_payload - _HEADER_OVERHEAD
+        self._max_payload = self._transport.max_payload
+        if self._max_payload < MIN_MAX_PAYLOAD:
+            await self._transport.close()
+            raise ConnectError(
+                self._transport.connected_url or ", ".join(urls),
+                f"the server's max_payload is {self._max_payload} bytes; conat needs at least"
+                f" {MIN_MAX_PAYLOAD} (raise max_payload in the nats-server config)",
+            )
+        self._sender_id = self._transport.new_token()
         self._inbox = f"{self._inbox_prefix}.{self._transport.new_token()}."
         self._inbox_sid = await self._transport.subscribe(self._inbox + "*", None, self._on_inbox)
         self._set_state(ClientState.CONNECTED)
@@ -214,6 +254,7 @@ class Client:
         self._routes.clear()
         for sub in list(self._subs.values()):
             sub._close_buffer()
+        self._transfers.close()
         me = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not me]
         tasks += [s._task for s in self._subs.values() if s._task is not None and s._task is not me]
@@ -249,8 +290,8 @@ class Client:
 
     @property
     def max_payload(self) -> int:
-        """The server's per-message limit; larger payloads are chunked transparently."""
-        return self._transport.max_payload
+        """The server's per-message limit, headers included; larger messages are chunked transparently."""
+        return self._max_payload
 
     @property
     def connected_url(self) -> str | None:
@@ -346,65 +387,120 @@ class Client:
     ) -> None:
         """Publish ``data`` (encoded with ``encoding``, msgpack by default) to ``subject``.
 
-        Payloads over the server's max_payload are chunked. Raises :class:`InvalidSubject`,
-        :class:`PayloadError` (unencodable), :class:`Forbidden` (outside this client's grant),
+        Payloads that do not fit the server's max_payload together with their headers are chunked.
+        Raises :class:`InvalidSubject`, :class:`PayloadError` (unencodable, or a header name
+        reserved for the wire protocol: ``Conat-*``, ``Status``...), :class:`PayloadTooLarge`
+        (headers that leave no room for a chunk), :class:`Forbidden` (outside this client's grant),
         :class:`ClosedError`.
         """
         payload, headers = self._prepare(subject, data, headers, encoding)
         await self._send(subject, payload, reply or "", headers)
 
     def _prepare(
-        self, subject: str, data: Any, headers: dict[str, str] | None, encoding: str | None
+        self,
+        subject: str,
+        data: Any,
+        headers: dict[str, str] | None,
+        encoding: str | None,
+        *,
+        extensions: bool = False,
     ) -> tuple[bytes, dict[str, str] | None]:
-        """Everything a publish checks before it sends: open, subject, grant, encoding."""
+        """Everything a publish checks before it sends: open, subject, grant, headers, encoding.
+
+        ``extensions`` lets ``Conat-*`` extension headers of upper layers through (see
+        :func:`conat._headers.is_reserved`); the bus's own stay refused.
+        """
         self._check_open()
         self._check_subject(subject)
         if self.permissions is not None and not self.permissions.can_publish(subject):
             raise Forbidden(subject, "publish")
+        if headers:
+            check_user_headers(headers, extensions=extensions)
         return self._encode(data, headers, encoding)
 
     async def _reply(
         self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
     ) -> None:
         """Answer a request. The reply subject came from the server, and answering is governed by
-        NATS response permissions, not by this client's publish grant: so no checks here."""
+        NATS response permissions, not by this client's publish grant: so no grant check here."""
         self._check_open()
+        if headers:
+            check_user_headers(headers)
         payload, headers = self._encode(data, headers, encoding)
-        await self._send(reply, payload, "", headers)
+        await self._send(reply, payload, "", headers, "one")
+
+    def _tag(self, headers: dict[str, str] | None) -> dict[str, str] | None:
+        """Add ``Conat-Sender`` while chunked messages of ours are in flight (see the docstring)."""
+        if not self._transfers.outgoing:
+            return headers
+        return {**headers, SENDER_HEADER: self._sender_id} if headers else {SENDER_HEADER: self._sender_id}
 
     async def _send(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+        self,
+        subject: str,
+        payload: bytes,
+        reply: str,
+        headers: dict[str, str] | None,
+        receivers: Receivers = "many",
     ) -> str | None:
-        """Send one message, chunked if it is too large; returns the chunk transfer's id, if any."""
-        if len(payload) <= self._max_inline:
+        """Send one message, chunked if it does not fit with its headers; returns the chunk
+        transfer's id, if any. ``receivers="one"`` (a reply) frees the transfer once it is pulled."""
+        headers = self._tag(headers)
+        size = len(payload)
+        if headers:
+            size += self._transport.header_size(headers)
+        if size <= self._max_payload:
             await self._transport.publish(subject, payload, reply, headers)
             return None
-        return await self._send_chunked(subject, payload, reply, headers)
+        return await self._send_chunked(subject, payload, reply, headers, receivers)
 
     async def _send_chunked(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+        self,
+        subject: str,
+        payload: bytes,
+        reply: str,
+        headers: dict[str, str] | None,
+        receivers: Receivers,
     ) -> str:
+        max_payload = self._max_payload
         hdr = dict(headers) if headers else {}
-        header_bytes = sum(len(k) + len(v) + 4 for k, v in hdr.items())
-        chunk_size = self._transport.max_payload - header_bytes - _HEADER_OVERHEAD
-        if chunk_size < 4096:
-            raise PayloadTooLarge(header_bytes, self._transport.max_payload, "message headers")
-        head = self._transfers.add_outgoing(payload, chunk_size)
-        hdr[CHUNKED_HEADER] = head.header()
+        hdr[SENDER_HEADER] = self._sender_id
         if reply:
             hdr[REPLY_HEADER] = reply
-        # Pulls come to our inbox; a request's reply token doubles as the pull source.
-        source = reply if reply.startswith(self._inbox) else self._new_inbox_subject()
-        first = self._transfers.outgoing.first_chunk(head.transfer_id)
-        await self._transport.publish(subject, first, source, hdr)
-        return head.transfer_id
+        # Size the head's headers with the widest Conat-Chunked value this transfer can have: the
+        # chunks then fit both in the head and in the pull answers (whose one header is shorter).
+        transfer_id = self._transport.new_token()
+        hdr[CHUNKED_HEADER] = ChunkHead(transfer_id, len(payload), max_payload, len(payload)).header()
+        header_size = self._transport.header_size(hdr)
+        chunk_size = max_payload - header_size
+        if chunk_size < MIN_CHUNK_SIZE:
+            raise PayloadTooLarge(header_size, max_payload - MIN_CHUNK_SIZE, "message headers")
+        head = self._transfers.add_outgoing(transfer_id, payload, chunk_size, receivers)
+        hdr[CHUNKED_HEADER] = head.header()
+        # Pulls come to our inbox; a request's reply token doubles as the pull source (and its
+        # route sees the server's 503 if nobody got the head). Otherwise the source's own route does.
+        if reply.startswith(self._inbox):
+            source = reply
+        else:
+            source = self._new_inbox_subject()
+            self._transfers.watch_source(transfer_id, source[len(self._inbox) :])
+        try:
+            await self._transport.publish(
+                subject, self._transfers.outgoing.first_chunk(transfer_id), source, hdr
+            )
+        except BaseException:
+            self._transfers.outgoing.discard(transfer_id)
+            raise
+        return transfer_id
 
     async def _publish_control(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
-        await self._transport.publish(subject, payload, "", headers)
+        """Send a protocol message (an error reply, an end marker): never chunked, always small."""
+        await self._transport.publish(subject, payload, "", self._tag(headers))
 
     def _reply_busy(self, reply: str, why: str) -> None:
         if not self._closing:
-            self._spawn(self._publish_control(reply, {ERROR_HEADER: "429"}, why.encode()))
+            headers, body = error_headers(429, why)
+            self._spawn(self._publish_control(reply, headers, body))
 
     async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Return when the server has processed everything sent so far (subscriptions included)."""
@@ -480,7 +576,11 @@ class Client:
 
     def _subscription_route(self, sub: Subscription) -> Route:
         def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-            sub._put(self._item(subject, reply, data, headers), reply)
+            if headers is None:
+                sub._put(Message(subject, reply, data, None, self), reply, None)
+            else:
+                item, sender = self._item(subject, reply, data, headers)
+                sub._put(item, headers.get(REPLY_HEADER, reply), sender)
 
         return route
 
@@ -500,10 +600,17 @@ class Client:
         else:
             await self._unsubscribe(sub)
 
-    def _item(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> Item:
-        if headers is not None and CHUNKED_HEADER in headers:
-            return self._transfers.start_incoming(subject, reply, data, headers)
-        return Message(subject, reply, data, headers, self)
+    def _item(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> tuple[Item, str | None]:
+        """The received message (or, for a chunked head, the future of it) and its sender's id."""
+        if headers is None:
+            return Message(subject, reply, data, None, self), None
+        if CHUNKED_HEADER in headers:
+            # A head always has a sender: its own tag, else (a foreign sender) its pull source.
+            sender = headers.get(SENDER_HEADER) or reply
+            return self._transfers.start_incoming(subject, reply, data, headers), sender
+        return Message(subject, reply, data, headers, self), headers.get(SENDER_HEADER)
 
     # -- inbox and routes ------------------------------------------------------------------
     def _new_inbox_subject(self) -> str:
@@ -525,9 +632,24 @@ class Client:
             if reply:
                 self._spawn(self._transfers.serve_pull(headers[PULL_HEADER], reply))
             return
-        route = self._routes.get(subject[len(self._inbox) :])
+        token = subject[len(self._inbox) :]
+        route = self._routes.get(token)
         if route is not None:
             route(subject, reply, data, headers)
+        elif headers is not None and headers.get(STATUS_HEADER) == "503":
+            self._transfers.no_interest(token)  # perhaps a chunked message's head reached nobody
+
+    def _fail_in_flight(self) -> None:
+        """The link dropped: every reply (and chunk) on its way is lost, so fail the requests and
+        chunked transfers waiting for one now, with :class:`Disconnected`, not at their deadline.
+
+        Other routes (reliable sockets) survive a reconnect and are left alone.
+        """
+        for token, subject in list(self._route_subjects.items()):
+            fail = getattr(self._routes.get(token), "fail", None)
+            if fail is not None:
+                fail(Disconnected(subject, 0.0))
+        self._transfers.disconnected()
 
     @property
     def principal(self) -> str | None:
@@ -591,10 +713,25 @@ class Client:
             NoResponders: nobody subscribes to ``subject`` (at once; with ``wait_for_interest``
                 the request is retried with backoff until the deadline instead).
             Timeout: no reply within ``timeout`` seconds.
-            RemoteError: the handler failed; ``code`` is the handler's.
+            Disconnected: (503, a :class:`Timeout`) the connection dropped before the reply came;
+                the request may or may not have been handled. Retry after the reconnect.
+            RemoteError: the handler failed (a conat error reply, or a NATS micro one from another
+                service); ``code`` is the handler's.
             Forbidden: this client may not publish to ``subject``.
+            PayloadError: ``data`` cannot be encoded, or a header name is reserved (400).
         """
         payload, headers = self._prepare(subject, data, headers, encoding)
+        return await self._request_prepared(subject, payload, headers, timeout, wait_for_interest)
+
+    async def _request_prepared(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        timeout: float,
+        wait_for_interest: bool = False,
+    ) -> Message:
+        """:meth:`request` after :meth:`_prepare` (typed service proxies prepare their own)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
@@ -619,7 +756,7 @@ class Client:
 
         def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
             if not future.done():
-                future.set_result(self._item(rsubject, reply, data, hdr))
+                future.set_result(self._item(rsubject, reply, data, hdr)[0])
 
         def fail(e: BaseException) -> None:
             if not future.done():
@@ -632,6 +769,8 @@ class Client:
             msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
         except _Expired:
             raise Timeout(subject, loop.time() - started) from None
+        except Disconnected:
+            raise Disconnected(subject, loop.time() - started) from None
         finally:
             self._finish_request(token, transfer_id)
             if not future.done():
@@ -679,51 +818,48 @@ class Client:
         started = loop.time()
         deadline = started + timeout
         stream = _ReplyStream(max_buffer)
-        failure: list[BaseException] = []
 
         def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
-            stream.put(self._item(rsubject, reply, rdata, hdr))
+            stream.put(*self._item(rsubject, reply, rdata, hdr))
 
         def fail(e: BaseException) -> None:
-            failure.append(e)
-            stream.put(Message("", "", b"", None))
+            stream.fail(Disconnected(subject, loop.time() - started) if isinstance(e, Disconnected) else e)
 
         route.fail = fail  # type: ignore[attr-defined]
         token, transfer_id = await self._send_request(subject, payload, headers, route)
         received = 0
         try:
             while max_messages is None or received < max_messages:
-                if not stream.items:
+                if stream.failure is not None:
+                    raise stream.failure
+                item = stream.items.pop()
+                if item is None:
                     if stream.overflowed:
                         raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
+                    arriving = len(stream.items) > 0  # a chunked reply is still being pulled
                     now = loop.time()
-                    wait_until = deadline if idle_timeout is None else min(deadline, now + idle_timeout)
+                    idle = idle_timeout is None or arriving
+                    wait_until = deadline if idle else min(deadline, now + idle_timeout)  # type: ignore[operator]
                     stream.waiter = loop.create_future()
                     try:
                         await _wait_until(stream.waiter, wait_until)
                     except _Expired:
-                        if received == 0:
+                        if received == 0 or arriving:
                             raise Timeout(subject, loop.time() - started) from None
                         return
                     finally:
                         stream.waiter = None
                     continue
-                item = stream.items.popleft()
-                if failure:
-                    raise failure[0]
-                try:
-                    msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-                except _Expired:
-                    raise Timeout(subject, loop.time() - started) from None
+                msg = item if isinstance(item, Message) else item.result()
                 if msg.is_end:
                     return
                 yield _check_reply(msg, subject)
                 received += 1
         finally:
             self._finish_request(token, transfer_id)
-            for item in stream.items:
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
+            for left in stream.items.clear():
+                if isinstance(left, asyncio.Future):
+                    left.cancel()
 
     # -- typed services --------------------------------------------------------------------
     def service(
@@ -839,29 +975,15 @@ async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
 
 
 def _check_reply(msg: Message, subject: str) -> Message:
+    """Raise what a reply stands for: the server's 503, a conat or NATS micro error reply."""
     h = msg._headers
     if h:
         if h.get(STATUS_HEADER) == "503":
             raise NoResponders(subject)
-        if ERROR_HEADER in h:
-            raise RemoteError(
-                parse_error_code(h[ERROR_HEADER]),
-                msg.raw.decode(errors="replace"),
-                subject,
-                _error_data(h.get(ERROR_DATA_HEADER)),
-            )
+        error = error_from_headers(h, msg.raw, subject)
+        if error is not None:
+            raise error
     return msg
-
-
-def _error_data(text: str | None) -> dict[str, Any] | None:
-    """The fields of an error reply; a malformed header is ignored (the code and text still hold)."""
-    if not text:
-        return None
-    try:
-        data = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 async def _guard(awaitable: Awaitable[object], what: str) -> None:
