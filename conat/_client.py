@@ -7,9 +7,9 @@ transport; the handler turns the raw message into a :class:`Message` (or, for th
 chunked transfer, a future for one) and puts it in the subscription's bounded buffer.
 
 Replies come back through one wildcard *inbox* subscription, ``<inbox_prefix>.<nuid>.*``. Each
-request (and each chunk transfer being pulled) owns one token under it; a dict maps tokens to
-routes. Pull requests for payloads this client is sending arrive in the same inbox and are
-answered from the outgoing-transfer store.
+request (:mod:`conat._request`), each chunk transfer being pulled and each socket owns one token
+under it; a dict maps tokens to routes. Pull requests for payloads this client is sending arrive in
+the same inbox and are answered from the outgoing-transfer store.
 
 Size: a message's NATS headers count against the server's ``max_payload`` as much as its payload.
 Whatever does not fit in one message is chunked (:mod:`conat._transfer`); headers that leave no
@@ -29,6 +29,7 @@ cancels conat's own tasks, and closes the connection, so nothing is left running
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import warnings
@@ -47,9 +48,7 @@ from ._errors import (
     ConnectError,
     Disconnected,
     Forbidden,
-    NoResponders,
     PayloadTooLarge,
-    Timeout,
     Unauthorized,
 )
 from ._headers import (
@@ -60,11 +59,11 @@ from ._headers import (
     SENDER_HEADER,
     STATUS_HEADER,
     check_user_headers,
-    error_from_headers,
     error_headers,
 )
-from ._intake import Intake, Item
+from ._intake import Item
 from ._message import Message
+from ._request import request, request_many
 from ._server_config import MIN_MAX_PAYLOAD
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
@@ -143,41 +142,6 @@ class _Events(TransportEvents):
 
     def on_auth_refused(self) -> None:
         self._client._on_auth_refused()
-
-
-class _ReplyStream:
-    """Replies to one ``request_many``, ordered per responder (:class:`Intake`), with a bound."""
-
-    def __init__(self, limit: int) -> None:
-        self.items = Intake(self._wake, self._dropped)
-        self.waiter: asyncio.Future[None] | None = None
-        self.limit = limit
-        self.overflowed = False
-        self.failure: BaseException | None = None
-        """The first error that ends the stream: a failed chunked reply, a dropped link."""
-
-    def fail(self, error: BaseException) -> None:
-        if self.failure is None:
-            self.failure = error
-        self._wake()
-
-    def _dropped(self, item: asyncio.Future[Message]) -> None:
-        if not item.cancelled():
-            self.fail(item.exception() or ConatError("chunked reply failed"))
-
-    def put(self, item: Item, sender: str | None) -> None:
-        if len(self.items) >= self.limit:
-            self.overflowed = True
-            if isinstance(item, asyncio.Future):
-                item.cancel()
-            self._wake()
-        else:
-            self.items.put(item, sender)
-
-    def _wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
 
 
 class Client:
@@ -696,7 +660,7 @@ class Client:
                 if fail is not None:
                     fail(Forbidden(target, "publish", "refused by the server"))
 
-    # -- request / reply -------------------------------------------------------------------
+    # -- request / reply (conat._request) -------------------------------------------------
     async def request(
         self,
         subject: str,
@@ -721,78 +685,7 @@ class Client:
             PayloadError: ``data`` cannot be encoded, or a header name is reserved (400).
         """
         payload, headers = self._prepare(subject, data, headers, encoding)
-        return await self._request_prepared(subject, payload, headers, timeout, wait_for_interest)
-
-    async def _request_prepared(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: dict[str, str] | None,
-        timeout: float,
-        wait_for_interest: bool = False,
-    ) -> Message:
-        """:meth:`request` after :meth:`_prepare` (typed service proxies prepare their own)."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + timeout
-        delay = 0.005
-        while True:
-            try:
-                return await self._request_once(subject, payload, headers, deadline, started)
-            except NoResponders:
-                remaining = deadline - loop.time()
-                if not wait_for_interest or remaining <= 0:
-                    raise
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.25)
-                if loop.time() >= deadline:
-                    raise Timeout(subject, loop.time() - started) from None
-
-    async def _request_once(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, deadline: float, started: float
-    ) -> Message:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Item] = loop.create_future()
-
-        def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
-            if not future.done():
-                future.set_result(self._item(rsubject, reply, data, hdr)[0])
-
-        def fail(e: BaseException) -> None:
-            if not future.done():
-                future.set_exception(e)
-
-        route.fail = fail  # type: ignore[attr-defined]
-        token, transfer_id = await self._send_request(subject, payload, headers, route)
-        try:
-            item = await _wait_until(future, deadline)
-            msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-        except _Expired:
-            raise Timeout(subject, loop.time() - started) from None
-        except Disconnected:
-            raise Disconnected(subject, loop.time() - started) from None
-        finally:
-            self._finish_request(token, transfer_id)
-            if not future.done():
-                future.cancel()
-        return _check_reply(msg, subject)
-
-    async def _send_request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
-    ) -> tuple[str, str | None]:
-        """Open a reply route and send; returns the route's token and the chunk transfer's id."""
-        token, inbox = self._open_route(route)
-        self._route_subjects[token] = subject
-        try:
-            return token, await self._send(subject, payload, inbox, headers)
-        except BaseException:
-            self._close_route(token)
-            raise
-
-    def _finish_request(self, token: str, transfer_id: str | None) -> None:
-        self._close_route(token)
-        if transfer_id is not None:
-            self._transfers.outgoing.discard(transfer_id)
+        return await request(self, subject, payload, headers, timeout, wait_for_interest)
 
     async def request_many(
         self,
@@ -810,56 +703,19 @@ class Client:
 
         It ends on the responder's end marker (:meth:`Message.end`), after ``max_messages``
         replies, after ``idle_timeout`` seconds without a reply, or at the overall ``timeout``.
-        If no reply at all arrives it raises :class:`Timeout`; a 503 raises
-        :class:`NoResponders` and an error reply raises :class:`RemoteError`.
+        Replies are ordered per responder (a chunked one still arriving holds back no other
+        responder's). If no reply at all arrives it raises :class:`Timeout`; a 503 raises
+        :class:`NoResponders`, an error reply :class:`RemoteError`, a dropped link
+        :class:`Disconnected`.
         """
         payload, headers = self._prepare(subject, data, headers, encoding)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + timeout
-        stream = _ReplyStream(max_buffer)
-
-        def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
-            stream.put(*self._item(rsubject, reply, rdata, hdr))
-
-        def fail(e: BaseException) -> None:
-            stream.fail(Disconnected(subject, loop.time() - started) if isinstance(e, Disconnected) else e)
-
-        route.fail = fail  # type: ignore[attr-defined]
-        token, transfer_id = await self._send_request(subject, payload, headers, route)
-        received = 0
-        try:
-            while max_messages is None or received < max_messages:
-                if stream.failure is not None:
-                    raise stream.failure
-                item = stream.items.pop()
-                if item is None:
-                    if stream.overflowed:
-                        raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
-                    arriving = len(stream.items) > 0  # a chunked reply is still being pulled
-                    now = loop.time()
-                    idle = idle_timeout is None or arriving
-                    wait_until = deadline if idle else min(deadline, now + idle_timeout)  # type: ignore[operator]
-                    stream.waiter = loop.create_future()
-                    try:
-                        await _wait_until(stream.waiter, wait_until)
-                    except _Expired:
-                        if received == 0 or arriving:
-                            raise Timeout(subject, loop.time() - started) from None
-                        return
-                    finally:
-                        stream.waiter = None
-                    continue
-                msg = item if isinstance(item, Message) else item.result()
-                if msg.is_end:
-                    return
-                yield _check_reply(msg, subject)
-                received += 1
-        finally:
-            self._finish_request(token, transfer_id)
-            for left in stream.items.clear():
-                if isinstance(left, asyncio.Future):
-                    left.cancel()
+        replies = request_many(
+            self, subject, payload, headers, timeout=timeout, idle_timeout=idle_timeout,
+            max_messages=max_messages, max_buffer=max_buffer,
+        )  # fmt: skip
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
 
     # -- typed services --------------------------------------------------------------------
     def service(
@@ -949,41 +805,6 @@ class Client:
 
 
 _DETACHED: set[asyncio.Task[Any]] = set()
-
-
-class _Expired(Exception):
-    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
-
-
-async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
-    """Await ``future`` until loop time ``deadline``, then raise :class:`_Expired`.
-
-    One timer handle per wait: on the request path this is measurably cheaper than an
-    ``asyncio.timeout`` scope. An expired future stays failed, which also stops a chunk transfer
-    that nobody waits for any more.
-    """
-    timer = asyncio.get_running_loop().call_at(deadline, _expire, future)
-    try:
-        return await future
-    finally:
-        timer.cancel()
-
-
-def _check_reply(msg: Message, subject: str) -> Message:
-    """Raise what a reply stands for: the server's 503, a conat or NATS micro error reply."""
-    h = msg._headers
-    if h:
-        if h.get(STATUS_HEADER) == "503":
-            raise NoResponders(subject)
-        error = error_from_headers(h, msg.raw, subject)
-        if error is not None:
-            raise error
-    return msg
 
 
 async def _guard(awaitable: Awaitable[object], what: str) -> None:

@@ -24,6 +24,7 @@ import msgspec
 
 from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
 from ._message import Message
+from ._request import request
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -120,7 +121,7 @@ class _Proxy:
             # The headers are call context of a layer above (the actor call chain): Conat-*
             # extension names may pass, the bus's own may not (conat._headers).
             payload, headers = client._prepare(subject, body, headers, None, extensions=True)
-            msg = await client._request_prepared(subject, payload, headers, timeout or self._timeout)
+            msg = await request(client, subject, payload, headers, timeout or self._timeout)
             if result_type is Any:
                 return msg.data
             return msg.decode(result_type)
