@@ -29,11 +29,10 @@ cancels conat's own tasks, and closes the connection, so nothing is left running
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
@@ -410,12 +409,12 @@ class Client:
         """Send one message, chunked if it does not fit with its headers; returns the chunk
         transfer's id, if any. ``receivers="one"`` (a reply) frees the transfer once it is pulled."""
         headers = self._tag(headers)
-        size = len(payload)
-        if headers:
-            size += self._transport.header_size(headers)
-        if size <= self._max_payload:
-            await self._transport.publish(subject, payload, reply, headers)
-            return None
+        if len(payload) <= self._max_payload:
+            try:  # the transport checks the size with the headers (which it encodes anyway)
+                await self._transport.publish(subject, payload, reply, headers)
+                return None
+            except PayloadTooLarge:
+                pass  # it fits alone, not with its headers: nothing was sent; chunk it
         return await self._send_chunked(subject, payload, reply, headers, receivers)
 
     async def _send_chunked(
@@ -687,7 +686,7 @@ class Client:
         payload, headers = self._prepare(subject, data, headers, encoding)
         return await request(self, subject, payload, headers, timeout, wait_for_interest)
 
-    async def request_many(
+    def request_many(
         self,
         subject: str,
         data: Any = None,
@@ -698,8 +697,8 @@ class Client:
         headers: dict[str, str] | None = None,
         encoding: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
-    ) -> AsyncIterator[Message]:
-        """Send a request and yield every reply until the stream ends.
+    ) -> AsyncGenerator[Message, None]:
+        """Send a request and yield every reply until the stream ends (an async generator).
 
         It ends on the responder's end marker (:meth:`Message.end`), after ``max_messages``
         replies, after ``idle_timeout`` seconds without a reply, or at the overall ``timeout``.
@@ -708,14 +707,10 @@ class Client:
         :class:`NoResponders`, an error reply :class:`RemoteError`, a dropped link
         :class:`Disconnected`.
         """
-        payload, headers = self._prepare(subject, data, headers, encoding)
-        replies = request_many(
-            self, subject, payload, headers, timeout=timeout, idle_timeout=idle_timeout,
+        return request_many(
+            self, subject, data, headers, encoding, timeout=timeout, idle_timeout=idle_timeout,
             max_messages=max_messages, max_buffer=max_buffer,
         )  # fmt: skip
-        async with contextlib.aclosing(replies):
-            async for reply in replies:
-                yield reply
 
     # -- typed services --------------------------------------------------------------------
     def service(

@@ -72,13 +72,13 @@ class Intake:
 
     def put(self, item: Item, sender: str | None) -> None:
         """Add ``item``; ``sender`` is required for a future (a chunked head always names one)."""
-        if sender is not None:
+        if sender is not None and self._lanes:
             lane = self._lanes.get(sender)
             if lane is not None:
                 lane.append(item)
                 self._size += 1
                 return
-        if isinstance(item, asyncio.Future):
+        if not isinstance(item, Message):
             if not item.done():
                 if sender is None:
                     raise ValueError("a chunked item needs its sender")

@@ -22,7 +22,13 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import ConatError, Disconnected, NoResponders, PayloadTooLarge, Timeout
-from ._headers import STATUS_HEADER, error_from_headers
+from ._headers import (
+    ERROR_HEADER,
+    MICRO_ERROR_CODE_HEADER,
+    MICRO_ERROR_HEADER,
+    STATUS_HEADER,
+    error_from_headers,
+)
 from ._intake import Intake, Item
 from ._message import Message
 
@@ -152,15 +158,20 @@ class _ReplyStream:
 async def request_many(
     client: Client,
     subject: str,
-    payload: bytes,
+    data: Any,
     headers: dict[str, str] | None,
+    encoding: str | None,
     *,
     timeout: float,
     idle_timeout: float | None,
     max_messages: int | None,
     max_buffer: int,
 ) -> AsyncGenerator[Message, None]:
-    """Send an encoded request and yield its replies (see :meth:`Client.request_many`)."""
+    """Encode and send a request, and yield its replies (see :meth:`Client.request_many`).
+
+    Everything, checks included, happens on the first iteration (it is a generator).
+    """
+    payload, headers = client._prepare(subject, data, headers, encoding)
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
@@ -238,7 +249,8 @@ def check_reply(msg: Message, subject: str) -> Message:
     if h:
         if h.get(STATUS_HEADER) == "503":
             raise NoResponders(subject)
-        error = error_from_headers(h, msg.raw, subject)
-        if error is not None:
-            raise error
+        if ERROR_HEADER in h or MICRO_ERROR_CODE_HEADER in h or MICRO_ERROR_HEADER in h:
+            error = error_from_headers(h, msg.raw, subject)
+            if error is not None:
+                raise error
     return msg
