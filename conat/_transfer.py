@@ -240,7 +240,7 @@ class TransferEngine:
         finally:
             client._close_route(token)
             self._incoming.discard(incoming)
-            if not sender_gone:
+            if not sender_gone and not client._closing:
                 client._spawn(self._finished(source, PullRequest(head.transfer_id, head.count, 0), inbox))
 
     async def _finished(self, source: str, done: PullRequest, inbox: str) -> None:

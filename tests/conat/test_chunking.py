@@ -360,3 +360,42 @@ async def test_one_senders_order_is_kept_across_chunked_messages(nats_server) ->
         got = [await sub.next(timeout=20) for _ in range(6)]
         assert [m.raw == payload if i % 3 == 0 else m.data == i for i, m in enumerate(got)] == [True] * 6
         assert "Conat-Sender" not in got[-1].headers  # protocol headers stay hidden
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "pull", "finish", "tick", "gone"]), st.integers(0, 5), st.integers(0, 3)),
+        max_size=60,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_outgoing_transfers_stay_within_their_cap_and_release_each_once(ops) -> None:
+    clock = [0.0]
+    released: list[str] = []
+    out = OutgoingTransfers(max_bytes=10_000, ttl=60, linger=3, clock=lambda: clock[0], on_release=released.append)
+    added: list[str] = []
+    for op, n, who in ops:
+        tid = f"t{n}"
+        if op == "add":
+            if tid not in out:
+                try:
+                    out.add(tid, bytes(1000 * (n + 1)), MIN_CHUNK_SIZE, "one" if n % 2 else "many")
+                    added.append(tid)
+                except PayloadTooLarge:
+                    pass
+        elif op == "pull":
+            out.chunks(PullRequest(tid, 0, 2), f"r{who}")
+        elif op == "finish":
+            out.chunks(PullRequest(tid, 9, 0), f"r{who}")
+        elif op == "tick":
+            clock[0] += n
+            out.expire()
+        else:
+            out.no_interest(tid)
+        held = out.statistics().bytes_held
+        assert 0 <= held <= 10_000
+        assert held == sum(1000 * (int(t[1:]) + 1) for t in set(added) if t in out)
+    clock[0] += 61
+    out.expire()
+    assert len(out) == 0 and out.statistics().bytes_held == 0
+    assert sorted(released) == sorted(added)  # each transfer released exactly once
