@@ -441,7 +441,7 @@ class Client:
         head = self._transfers.add_outgoing(transfer_id, payload, chunk_size, receivers)
         hdr[CHUNKED_HEADER] = head.header()
         # Pulls come to our inbox; a request's reply token doubles as the pull source (and its
-        # route sees the server's 503 if nobody got the head). Otherwise the source's own route does.
+        # route sees the server's 503 if nobody got the head); else the engine watches the source.
         if reply.startswith(self._inbox):
             source = reply
         else:

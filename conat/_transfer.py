@@ -154,6 +154,8 @@ class TransferEngine:
         head: ChunkHead | None = None
         try:
             head = ChunkHead.parse(headers[CHUNKED_HEADER])
+            if not source and head.count > 1:
+                raise PayloadError("decode", "chunked", "a chunked head without a reply subject to pull from")
             cost = reassembly_cost(head)
             self.budget.reserve(cost)
         except ConatError as e:

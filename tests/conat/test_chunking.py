@@ -399,3 +399,18 @@ def test_outgoing_transfers_stay_within_their_cap_and_release_each_once(ops) -> 
     out.expire()
     assert len(out) == 0 and out.statistics().bytes_held == 0
     assert sorted(released) == sorted(added)  # each transfer released exactly once
+
+
+@pytest.mark.anyio
+async def test_a_head_without_a_pull_source_is_refused(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as c:
+        sub = await c.subscribe("head.nosource")
+        foreign = await nats.connect(nats_server.url)
+        try:
+            await foreign.publish("head.nosource", bytes(MB // 2), headers=_head("t5", MB, MB // 2))
+            await foreign.publish("head.nosource", b"\xa2ok")
+            await foreign.flush()
+            assert (await sub.next(timeout=2)).data == "ok"
+            assert sub.statistics().failed_transfers == 1 and c.state is conat.ClientState.CONNECTED
+        finally:
+            await foreign.close()
