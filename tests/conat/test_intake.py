@@ -15,7 +15,7 @@ arrivals = st.lists(st.tuples(st.integers(0, 3), st.booleans(), st.booleans()), 
 
 
 @given(arrivals, st.randoms(use_true_random=False))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_per_sender_order_and_no_waiting_on_others(items: list[tuple[int, bool, bool]], rnd) -> None:
     loop = asyncio.new_event_loop()
     try:
