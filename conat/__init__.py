@@ -21,6 +21,7 @@ from ._errors import BadURL as BadURL
 from ._errors import ClosedError as ClosedError
 from ._errors import ConatError as ConatError
 from ._errors import ConnectError as ConnectError
+from ._errors import Disconnected as Disconnected
 from ._errors import EndOfStream as EndOfStream
 from ._errors import ErrorCode as ErrorCode
 from ._errors import Forbidden as Forbidden
@@ -77,6 +78,7 @@ __all__ = [
     "Codec",
     "ConatError",
     "ConnectError",
+    "Disconnected",
     "Dispatcher",
     "EndOfStream",
     "EndpointInfo",

@@ -7,14 +7,23 @@ transport; the handler turns the raw message into a :class:`Message` (or, for th
 chunked transfer, a future for one) and puts it in the subscription's bounded buffer.
 
 Replies come back through one wildcard *inbox* subscription, ``<inbox_prefix>.<nuid>.*``. Each
-request (and each chunk transfer being pulled) owns one token under it; a dict maps tokens to
-routes. Pull requests for payloads this client is sending arrive in the same inbox and are
-answered from the outgoing-transfer store.
+request (:mod:`conat._request`), each chunk transfer being pulled and each socket owns one token
+under it; a dict maps tokens to routes. Pull requests for payloads this client is sending arrive in
+the same inbox and are answered from the outgoing-transfer store.
+
+Size: a message's NATS headers count against the server's ``max_payload`` as much as its payload.
+Whatever does not fit in one message is chunked (:mod:`conat._transfer`); headers that leave no
+room for a chunk raise :class:`PayloadTooLarge` before anything is sent, and the transport refuses
+anything over the limit, so no message can make the server close the connection.
+
+Ordering: while any chunked message of this client is in flight, every message it sends carries
+``Conat-Sender``, so receivers keep those behind it (and nobody else's: :mod:`conat._intake`).
 
 Lifecycle: ``connecting → connected ⇄ reconnecting → closed``. Reconnects are automatic and
-unbounded; subscriptions are re-armed by the transport. :meth:`Client.aclose` fails pending
-requests with :class:`ClosedError`, ends every subscription, cancels conat's own tasks, and
-closes the connection, so nothing is left running.
+unbounded; subscriptions are re-armed by the transport. When the link drops, requests in flight
+fail at once with :class:`Disconnected` (503, a :class:`Timeout`): their replies cannot arrive.
+:meth:`Client.aclose` fails pending requests with :class:`ClosedError`, ends every subscription,
+cancels conat's own tasks, and closes the connection, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -23,37 +32,38 @@ import asyncio
 import enum
 import logging
 import warnings
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
-import msgspec
-
 from subjects import Permissions, validate_pattern, validate_subject
 
-from ._chunking import CHUNKED_HEADER, PULL_HEADER
+from ._chunking import MIN_CHUNK_SIZE, ChunkHead, Receivers
 from ._codecs import MSGPACK, get_codec
 from ._credentials import CredentialSession
 from ._errors import (
     ClosedError,
     ConatError,
+    ConnectError,
+    Disconnected,
     Forbidden,
-    NoResponders,
     PayloadTooLarge,
-    RemoteError,
-    Timeout,
     Unauthorized,
 )
-from ._message import (
+from ._headers import (
+    CHUNKED_HEADER,
     ENCODING_HEADER,
-    ERROR_DATA_HEADER,
-    ERROR_HEADER,
+    PULL_HEADER,
     REPLY_HEADER,
+    SENDER_HEADER,
     STATUS_HEADER,
-    Message,
-    parse_error_code,
+    check_user_headers,
+    error_headers,
 )
+from ._intake import Item
+from ._message import Message
+from ._request import request, request_many
+from ._server_config import MIN_MAX_PAYLOAD
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
 from ._transfer import TransferEngine
@@ -70,13 +80,13 @@ log = logging.getLogger("conat.client")
 
 T = TypeVar("T")
 Route = Callable[[str, str, bytes, dict[str, str] | None], None]
-Item = Message | asyncio.Future[Message]
+"""A handler of replies on one inbox token; it may have a ``fail(error)`` attribute, called when
+the client closes (and, for a request's route, when the link drops)."""
 
 DEFAULT_TIMEOUT: Final = 10.0
 _SUBJECT_CACHE_MAX: Final = 4096
 _ENCODING_HEADERS: Final = {name: {ENCODING_HEADER: name} for name in ("json", "raw")}
 """Shared, never mutated: a message in the default encoding (msgpack) carries no header at all."""
-_HEADER_OVERHEAD: Final = 1024
 _MIB: Final = 1024 * 1024
 
 
@@ -111,11 +121,14 @@ class _Events(TransportEvents):
     def on_disconnected(self) -> None:
         if not self._client._closing:
             self._client._set_state(ClientState.RECONNECTING)
+            self._client._fail_in_flight()
 
     def on_reconnected(self) -> None:
-        if self._client._credentials is not None:
-            self._client._credentials.reconnected()
-        self._client._set_state(ClientState.CONNECTED)
+        client = self._client
+        if client._credentials is not None:
+            client._credentials.reconnected()
+        client._max_payload = client._transport.max_payload  # another server may have another limit
+        client._set_state(ClientState.CONNECTED)
 
     def on_closed(self) -> None:
         self._client._set_state(ClientState.CLOSED)
@@ -128,25 +141,6 @@ class _Events(TransportEvents):
 
     def on_auth_refused(self) -> None:
         self._client._on_auth_refused()
-
-
-class _ReplyStream:
-    """Replies to one ``request_many``, in arrival order, with a bound on what is held."""
-
-    def __init__(self, limit: int) -> None:
-        self.items: deque[Item] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.limit = limit
-        self.overflowed = False
-
-    def put(self, item: Item) -> None:
-        if len(self.items) >= self.limit:
-            self.overflowed = True
-        else:
-            self.items.append(item)
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
 
 
 class Client:
@@ -185,7 +179,8 @@ class Client:
             max_outgoing_bytes=max_outgoing_bytes,
             timeout=transfer_timeout,
         )
-        self._max_inline = 1 * _MIB - _HEADER_OVERHEAD
+        self._max_payload = 1 * _MIB
+        self._sender_id = ""
         self._valid_subjects: set[str] = set()
         self._credentials: CredentialSession | None = None
         self.close_reason: ConatError | None = None
@@ -194,7 +189,15 @@ class Client:
     # -- lifecycle -------------------------------------------------------------------------
     async def _connect(self, urls: list[str], **options: Any) -> None:
         await self._transport.connect(urls, name=self.name, inbox_prefix=self._inbox_prefix, **options)
-        self._max_inline = self._transport.max_payload - _HEADER_OVERHEAD
+        self._max_payload = self._transport.max_payload
+        if self._max_payload < MIN_MAX_PAYLOAD:
+            await self._transport.close()
+            raise ConnectError(
+                self._transport.connected_url or ", ".join(urls),
+                f"the server's max_payload is {self._max_payload} bytes; conat needs at least"
+                f" {MIN_MAX_PAYLOAD} (raise max_payload in the nats-server config)",
+            )
+        self._sender_id = self._transport.new_token()
         self._inbox = f"{self._inbox_prefix}.{self._transport.new_token()}."
         self._inbox_sid = await self._transport.subscribe(self._inbox + "*", None, self._on_inbox)
         self._set_state(ClientState.CONNECTED)
@@ -214,6 +217,7 @@ class Client:
         self._routes.clear()
         for sub in list(self._subs.values()):
             sub._close_buffer()
+        self._transfers.close()
         me = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not me]
         tasks += [s._task for s in self._subs.values() if s._task is not None and s._task is not me]
@@ -249,8 +253,8 @@ class Client:
 
     @property
     def max_payload(self) -> int:
-        """The server's per-message limit; larger payloads are chunked transparently."""
-        return self._transport.max_payload
+        """The server's per-message limit, headers included; larger messages are chunked transparently."""
+        return self._max_payload
 
     @property
     def connected_url(self) -> str | None:
@@ -346,65 +350,120 @@ class Client:
     ) -> None:
         """Publish ``data`` (encoded with ``encoding``, msgpack by default) to ``subject``.
 
-        Payloads over the server's max_payload are chunked. Raises :class:`InvalidSubject`,
-        :class:`PayloadError` (unencodable), :class:`Forbidden` (outside this client's grant),
+        Payloads that do not fit the server's max_payload together with their headers are chunked.
+        Raises :class:`InvalidSubject`, :class:`PayloadError` (unencodable, or a header name
+        reserved for the wire protocol: ``Conat-*``, ``Status``...), :class:`PayloadTooLarge`
+        (headers that leave no room for a chunk), :class:`Forbidden` (outside this client's grant),
         :class:`ClosedError`.
         """
         payload, headers = self._prepare(subject, data, headers, encoding)
         await self._send(subject, payload, reply or "", headers)
 
     def _prepare(
-        self, subject: str, data: Any, headers: dict[str, str] | None, encoding: str | None
+        self,
+        subject: str,
+        data: Any,
+        headers: dict[str, str] | None,
+        encoding: str | None,
+        *,
+        extensions: bool = False,
     ) -> tuple[bytes, dict[str, str] | None]:
-        """Everything a publish checks before it sends: open, subject, grant, encoding."""
+        """Everything a publish checks before it sends: open, subject, grant, headers, encoding.
+
+        ``extensions`` lets ``Conat-*`` extension headers of upper layers through (see
+        :func:`conat._headers.is_reserved`); the bus's own stay refused.
+        """
         self._check_open()
         self._check_subject(subject)
         if self.permissions is not None and not self.permissions.can_publish(subject):
             raise Forbidden(subject, "publish")
+        if headers:
+            check_user_headers(headers, extensions=extensions)
         return self._encode(data, headers, encoding)
 
     async def _reply(
         self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
     ) -> None:
         """Answer a request. The reply subject came from the server, and answering is governed by
-        NATS response permissions, not by this client's publish grant: so no checks here."""
+        NATS response permissions, not by this client's publish grant: so no grant check here."""
         self._check_open()
+        if headers:
+            check_user_headers(headers)
         payload, headers = self._encode(data, headers, encoding)
-        await self._send(reply, payload, "", headers)
+        await self._send(reply, payload, "", headers, "one")
+
+    def _tag(self, headers: dict[str, str] | None) -> dict[str, str] | None:
+        """Add ``Conat-Sender`` while chunked messages of ours are in flight (see the docstring)."""
+        if not self._transfers.outgoing:
+            return headers
+        return {**headers, SENDER_HEADER: self._sender_id} if headers else {SENDER_HEADER: self._sender_id}
 
     async def _send(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+        self,
+        subject: str,
+        payload: bytes,
+        reply: str,
+        headers: dict[str, str] | None,
+        receivers: Receivers = "many",
     ) -> str | None:
-        """Send one message, chunked if it is too large; returns the chunk transfer's id, if any."""
-        if len(payload) <= self._max_inline:
-            await self._transport.publish(subject, payload, reply, headers)
-            return None
-        return await self._send_chunked(subject, payload, reply, headers)
+        """Send one message, chunked if it does not fit with its headers; returns the chunk
+        transfer's id, if any. ``receivers="one"`` (a reply) frees the transfer once it is pulled."""
+        headers = self._tag(headers)
+        if len(payload) <= self._max_payload:
+            try:  # the transport checks the size with the headers (which it encodes anyway)
+                await self._transport.publish(subject, payload, reply, headers)
+                return None
+            except PayloadTooLarge:
+                pass  # it fits alone, not with its headers: nothing was sent; chunk it
+        return await self._send_chunked(subject, payload, reply, headers, receivers)
 
     async def _send_chunked(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+        self,
+        subject: str,
+        payload: bytes,
+        reply: str,
+        headers: dict[str, str] | None,
+        receivers: Receivers,
     ) -> str:
+        max_payload = self._max_payload
         hdr = dict(headers) if headers else {}
-        header_bytes = sum(len(k) + len(v) + 4 for k, v in hdr.items())
-        chunk_size = self._transport.max_payload - header_bytes - _HEADER_OVERHEAD
-        if chunk_size < 4096:
-            raise PayloadTooLarge(header_bytes, self._transport.max_payload, "message headers")
-        head = self._transfers.add_outgoing(payload, chunk_size)
-        hdr[CHUNKED_HEADER] = head.header()
+        hdr[SENDER_HEADER] = self._sender_id
         if reply:
             hdr[REPLY_HEADER] = reply
-        # Pulls come to our inbox; a request's reply token doubles as the pull source.
-        source = reply if reply.startswith(self._inbox) else self._new_inbox_subject()
-        first = self._transfers.outgoing.first_chunk(head.transfer_id)
-        await self._transport.publish(subject, first, source, hdr)
-        return head.transfer_id
+        # Size the head's headers with the widest Conat-Chunked value this transfer can have: the
+        # chunks then fit both in the head and in the pull answers (whose one header is shorter).
+        transfer_id = self._transport.new_token()
+        hdr[CHUNKED_HEADER] = ChunkHead(transfer_id, len(payload), max_payload, len(payload)).header()
+        header_size = self._transport.header_size(hdr)
+        chunk_size = max_payload - header_size
+        if chunk_size < MIN_CHUNK_SIZE:
+            raise PayloadTooLarge(header_size, max_payload - MIN_CHUNK_SIZE, "message headers")
+        head = self._transfers.add_outgoing(transfer_id, payload, chunk_size, receivers)
+        hdr[CHUNKED_HEADER] = head.header()
+        # Pulls come to our inbox; a request's reply token doubles as the pull source (and its
+        # route sees the server's 503 if nobody got the head); else the engine watches the source.
+        if reply.startswith(self._inbox):
+            source = reply
+        else:
+            source = self._new_inbox_subject()
+            self._transfers.watch_source(transfer_id, source[len(self._inbox) :])
+        try:
+            await self._transport.publish(
+                subject, self._transfers.outgoing.first_chunk(transfer_id), source, hdr
+            )
+        except BaseException:
+            self._transfers.outgoing.discard(transfer_id)
+            raise
+        return transfer_id
 
     async def _publish_control(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
-        await self._transport.publish(subject, payload, "", headers)
+        """Send a protocol message (an error reply, an end marker): never chunked, always small."""
+        await self._transport.publish(subject, payload, "", self._tag(headers))
 
     def _reply_busy(self, reply: str, why: str) -> None:
         if not self._closing:
-            self._spawn(self._publish_control(reply, {ERROR_HEADER: "429"}, why.encode()))
+            headers, body = error_headers(429, why)
+            self._spawn(self._publish_control(reply, headers, body))
 
     async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Return when the server has processed everything sent so far (subscriptions included)."""
@@ -480,7 +539,11 @@ class Client:
 
     def _subscription_route(self, sub: Subscription) -> Route:
         def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-            sub._put(self._item(subject, reply, data, headers), reply)
+            if headers is None:
+                sub._put(Message(subject, reply, data, None, self), reply, None)
+            else:
+                item, sender = self._item(subject, reply, data, headers)
+                sub._put(item, headers.get(REPLY_HEADER, reply), sender)
 
         return route
 
@@ -500,10 +563,17 @@ class Client:
         else:
             await self._unsubscribe(sub)
 
-    def _item(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> Item:
-        if headers is not None and CHUNKED_HEADER in headers:
-            return self._transfers.start_incoming(subject, reply, data, headers)
-        return Message(subject, reply, data, headers, self)
+    def _item(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> tuple[Item, str | None]:
+        """The received message (or, for a chunked head, the future of it) and its sender's id."""
+        if headers is None:
+            return Message(subject, reply, data, None, self), None
+        if CHUNKED_HEADER in headers:
+            # A head always has a sender: its own tag, else (a foreign sender) its pull source.
+            sender = headers.get(SENDER_HEADER) or reply
+            return self._transfers.start_incoming(subject, reply, data, headers), sender
+        return Message(subject, reply, data, headers, self), headers.get(SENDER_HEADER)
 
     # -- inbox and routes ------------------------------------------------------------------
     def _new_inbox_subject(self) -> str:
@@ -525,9 +595,24 @@ class Client:
             if reply:
                 self._spawn(self._transfers.serve_pull(headers[PULL_HEADER], reply))
             return
-        route = self._routes.get(subject[len(self._inbox) :])
+        token = subject[len(self._inbox) :]
+        route = self._routes.get(token)
         if route is not None:
             route(subject, reply, data, headers)
+        elif headers is not None and headers.get(STATUS_HEADER) == "503":
+            self._transfers.no_interest(token)  # perhaps a chunked message's head reached nobody
+
+    def _fail_in_flight(self) -> None:
+        """The link dropped: every reply (and chunk) on its way is lost, so fail the requests and
+        chunked transfers waiting for one now, with :class:`Disconnected`, not at their deadline.
+
+        Other routes (reliable sockets) survive a reconnect and are left alone.
+        """
+        for token, subject in list(self._route_subjects.items()):
+            fail = getattr(self._routes.get(token), "fail", None)
+            if fail is not None:
+                fail(Disconnected(subject, 0.0))
+        self._transfers.disconnected()
 
     @property
     def principal(self) -> str | None:
@@ -574,7 +659,7 @@ class Client:
                 if fail is not None:
                     fail(Forbidden(target, "publish", "refused by the server"))
 
-    # -- request / reply -------------------------------------------------------------------
+    # -- request / reply (conat._request) -------------------------------------------------
     async def request(
         self,
         subject: str,
@@ -591,71 +676,17 @@ class Client:
             NoResponders: nobody subscribes to ``subject`` (at once; with ``wait_for_interest``
                 the request is retried with backoff until the deadline instead).
             Timeout: no reply within ``timeout`` seconds.
-            RemoteError: the handler failed; ``code`` is the handler's.
+            Disconnected: (503, a :class:`Timeout`) the connection dropped before the reply came;
+                the request may or may not have been handled. Retry after the reconnect.
+            RemoteError: the handler failed (a conat error reply, or a NATS micro one from another
+                service); ``code`` is the handler's.
             Forbidden: this client may not publish to ``subject``.
+            PayloadError: ``data`` cannot be encoded, or a header name is reserved (400).
         """
         payload, headers = self._prepare(subject, data, headers, encoding)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + timeout
-        delay = 0.005
-        while True:
-            try:
-                return await self._request_once(subject, payload, headers, deadline, started)
-            except NoResponders:
-                remaining = deadline - loop.time()
-                if not wait_for_interest or remaining <= 0:
-                    raise
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.25)
-                if loop.time() >= deadline:
-                    raise Timeout(subject, loop.time() - started) from None
+        return await request(self, subject, payload, headers, timeout, wait_for_interest)
 
-    async def _request_once(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, deadline: float, started: float
-    ) -> Message:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Item] = loop.create_future()
-
-        def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
-            if not future.done():
-                future.set_result(self._item(rsubject, reply, data, hdr))
-
-        def fail(e: BaseException) -> None:
-            if not future.done():
-                future.set_exception(e)
-
-        route.fail = fail  # type: ignore[attr-defined]
-        token, transfer_id = await self._send_request(subject, payload, headers, route)
-        try:
-            item = await _wait_until(future, deadline)
-            msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-        except _Expired:
-            raise Timeout(subject, loop.time() - started) from None
-        finally:
-            self._finish_request(token, transfer_id)
-            if not future.done():
-                future.cancel()
-        return _check_reply(msg, subject)
-
-    async def _send_request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
-    ) -> tuple[str, str | None]:
-        """Open a reply route and send; returns the route's token and the chunk transfer's id."""
-        token, inbox = self._open_route(route)
-        self._route_subjects[token] = subject
-        try:
-            return token, await self._send(subject, payload, inbox, headers)
-        except BaseException:
-            self._close_route(token)
-            raise
-
-    def _finish_request(self, token: str, transfer_id: str | None) -> None:
-        self._close_route(token)
-        if transfer_id is not None:
-            self._transfers.outgoing.discard(transfer_id)
-
-    async def request_many(
+    def request_many(
         self,
         subject: str,
         data: Any = None,
@@ -666,64 +697,20 @@ class Client:
         headers: dict[str, str] | None = None,
         encoding: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
-    ) -> AsyncIterator[Message]:
-        """Send a request and yield every reply until the stream ends.
+    ) -> AsyncGenerator[Message, None]:
+        """Send a request and yield every reply until the stream ends (an async generator).
 
         It ends on the responder's end marker (:meth:`Message.end`), after ``max_messages``
         replies, after ``idle_timeout`` seconds without a reply, or at the overall ``timeout``.
-        If no reply at all arrives it raises :class:`Timeout`; a 503 raises
-        :class:`NoResponders` and an error reply raises :class:`RemoteError`.
+        Replies are ordered per responder (a chunked one still arriving holds back no other
+        responder's). If no reply at all arrives it raises :class:`Timeout`; a 503 raises
+        :class:`NoResponders`, an error reply :class:`RemoteError`, a dropped link
+        :class:`Disconnected`.
         """
-        payload, headers = self._prepare(subject, data, headers, encoding)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + timeout
-        stream = _ReplyStream(max_buffer)
-        failure: list[BaseException] = []
-
-        def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
-            stream.put(self._item(rsubject, reply, rdata, hdr))
-
-        def fail(e: BaseException) -> None:
-            failure.append(e)
-            stream.put(Message("", "", b"", None))
-
-        route.fail = fail  # type: ignore[attr-defined]
-        token, transfer_id = await self._send_request(subject, payload, headers, route)
-        received = 0
-        try:
-            while max_messages is None or received < max_messages:
-                if not stream.items:
-                    if stream.overflowed:
-                        raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
-                    now = loop.time()
-                    wait_until = deadline if idle_timeout is None else min(deadline, now + idle_timeout)
-                    stream.waiter = loop.create_future()
-                    try:
-                        await _wait_until(stream.waiter, wait_until)
-                    except _Expired:
-                        if received == 0:
-                            raise Timeout(subject, loop.time() - started) from None
-                        return
-                    finally:
-                        stream.waiter = None
-                    continue
-                item = stream.items.popleft()
-                if failure:
-                    raise failure[0]
-                try:
-                    msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-                except _Expired:
-                    raise Timeout(subject, loop.time() - started) from None
-                if msg.is_end:
-                    return
-                yield _check_reply(msg, subject)
-                received += 1
-        finally:
-            self._finish_request(token, transfer_id)
-            for item in stream.items:
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
+        return request_many(
+            self, subject, data, headers, encoding, timeout=timeout, idle_timeout=idle_timeout,
+            max_messages=max_messages, max_buffer=max_buffer,
+        )  # fmt: skip
 
     # -- typed services --------------------------------------------------------------------
     def service(
@@ -813,55 +800,6 @@ class Client:
 
 
 _DETACHED: set[asyncio.Task[Any]] = set()
-
-
-class _Expired(Exception):
-    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
-
-
-async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
-    """Await ``future`` until loop time ``deadline``, then raise :class:`_Expired`.
-
-    One timer handle per wait: on the request path this is measurably cheaper than an
-    ``asyncio.timeout`` scope. An expired future stays failed, which also stops a chunk transfer
-    that nobody waits for any more.
-    """
-    timer = asyncio.get_running_loop().call_at(deadline, _expire, future)
-    try:
-        return await future
-    finally:
-        timer.cancel()
-
-
-def _check_reply(msg: Message, subject: str) -> Message:
-    h = msg._headers
-    if h:
-        if h.get(STATUS_HEADER) == "503":
-            raise NoResponders(subject)
-        if ERROR_HEADER in h:
-            raise RemoteError(
-                parse_error_code(h[ERROR_HEADER]),
-                msg.raw.decode(errors="replace"),
-                subject,
-                _error_data(h.get(ERROR_DATA_HEADER)),
-            )
-    return msg
-
-
-def _error_data(text: str | None) -> dict[str, Any] | None:
-    """The fields of an error reply; a malformed header is ignored (the code and text still hold)."""
-    if not text:
-        return None
-    try:
-        data = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 async def _guard(awaitable: Awaitable[object], what: str) -> None:

@@ -11,6 +11,7 @@ builds its own message from them. Callers branch on the class or on ``code``, ne
     ├── ClosedError                  "closed"    the client (or a subscription) was closed
     ├── NoResponders                 503         nobody listens on a request subject
     ├── Timeout                      408         no reply before the deadline
+    │   └── Disconnected             503         the connection dropped while the request was in flight
     ├── Forbidden                    403         the credentials do not allow the subject
     ├── RemoteError                  <handler>   the handler replied with an error
     ├── PayloadError                 400         a payload could not be encoded or decoded
@@ -40,6 +41,7 @@ __all__ = [
     "ClosedError",
     "ConatError",
     "ConnectError",
+    "Disconnected",
     "EndOfStream",
     "ErrorCode",
     "Forbidden",
@@ -128,6 +130,25 @@ class Timeout(ConatError, TimeoutError):
         self.elapsed = elapsed
         self.what = what
         super().__init__(f"{what} on {subject!r} timed out after {elapsed:.3f}s")
+
+
+class Disconnected(Timeout):
+    """The connection dropped while a request was in flight: its reply can no longer arrive.
+
+    Raised at once when the link drops, instead of after the whole timeout. Like a
+    :class:`Timeout` (it is one, ended early) the outcome is unknown: the handler may or may not
+    have run. Retry once the client has reconnected (it does so by itself); idempotent calls can
+    simply be repeated. Its code is 503, the code retry policies treat as "try again later".
+    """
+
+    code: ErrorCode = 503
+
+    def __init__(self, subject: str, elapsed: float, what: str = "request") -> None:
+        self.subject = subject
+        self.elapsed = elapsed
+        self.what = what
+        # Not super(): Timeout.__init__ builds a "timed out" message.
+        ConatError.__init__(self, f"{what} on {subject!r} lost its connection after {elapsed:.3f}s")
 
 
 class Forbidden(ConatError, PermissionError):

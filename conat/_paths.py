@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Final
@@ -115,14 +116,17 @@ def ensure_private_dir(path: Path) -> None:
 def write_private(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``, mode 0600. The parent directory must exist.
 
+    Concurrent writers of the same path each write a whole file; the last ``os.replace`` wins.
+
     The temporary file is created 0600 before any byte is written, so the content is never readable
     by others, not even for an instant.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Unique per call: two writers of one path (threads, processes) never share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply if a stale tmp file existed
+            os.fchmod(fd, 0o600)  # the umask may have narrowed the mode; never widened it
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

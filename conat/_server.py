@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -67,6 +69,7 @@ from ._paths import (
     clear_state,
     data_dir,
     ensure_private_dir,
+    pid_alive,
     read_state,
     write_private,
     write_state,
@@ -79,10 +82,14 @@ __all__ = ["NatsServer", "find_binary", "serve_forever"]
 logger = logging.getLogger("conat.server")
 
 BINARY_NAME: Final = "nats-server"
-CONFIG_FILE_NAME: Final = "nats-server.conf"
+CONFIG_FILE_PATTERN: Final = re.compile(r"nats-server-(\d+)-\d+\.conf")
+"""Config files are named ``nats-server-<pid>-<n>.conf``: one per :class:`NatsServer`, so servers
+sharing a directory (the default one) never run with each other's config."""
 LOG_FILE_NAME: Final = "nats-server.log"
 DEFAULT_STARTUP_TIMEOUT: Final = 10.0
 DEFAULT_STOP_TIMEOUT: Final = 5.0
+
+_instances: Final = itertools.count(1)
 
 _CHILD_ENV_KEYS: Final = frozenset(
     {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL", "GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG"}
@@ -253,8 +260,9 @@ class NatsServer:
 
     Args:
         config: server options; default ``ServerConfig()`` (loopback, random port).
-        directory: where the config file (``nats-server.conf``, mode 0600) goes; created 0700.
-            Default ``<data dir>/server``.
+        directory: where the config file goes; created 0700. Default ``<data dir>/server``.
+            Each server writes its own file there, ``nats-server-<pid>-<n>.conf`` (mode 0600,
+            replaced atomically at every start, removed at stop), so servers may share a directory.
         log_path: the log file (appended, mode 0600). Default ``<directory>/nats-server.log``.
         binary: the nats-server executable; default :func:`find_binary`.
         startup_timeout: seconds to wait for readiness before giving up.
@@ -281,6 +289,7 @@ class NatsServer:
         self._binary = binary
         self._startup_timeout = startup_timeout
         self._die_with_parent = die_with_parent
+        self._config_path = self._directory / f"nats-server-{os.getpid()}-{next(_instances)}.conf"
         self._ports: ServerPorts | None = None
         self._run: _Run | None = None
         self._portal: tuple[AbstractContextManager[BlockingPortal], BlockingPortal] | None = None
@@ -296,7 +305,8 @@ class NatsServer:
 
     @property
     def config_path(self) -> Path:
-        return self._directory / CONFIG_FILE_NAME
+        """This server's own config file (it exists while the server runs)."""
+        return self._config_path
 
     @property
     def log_path(self) -> Path:
@@ -371,9 +381,15 @@ class NatsServer:
         binary = find_binary(self._binary)
         ensure_private_dir(self._directory)
         ensure_private_dir(self._log_path.parent)
+        _remove_stale_configs(self._directory)
         config = self._config if self._ports is None else _pin_ports(self._config, self._ports)
         write_private(self.config_path, render(config).encode())
         return binary, config, _LogSink(self._log_path)
+
+    def _remove_config(self) -> None:
+        """The file is rewritten at every start; between runs it would only keep secrets on disk."""
+        with contextlib.suppress(OSError):
+            self.config_path.unlink()
 
     async def start(self) -> None:
         """Start the server and return once it accepts clients on every configured listener.
@@ -455,6 +471,7 @@ class NatsServer:
         if run is None:
             return
         await _end(run, signal.SIGTERM, timeout)
+        self._remove_config()
         logger.debug("nats-server pid %d stopped (code %s)", run.pid, run.transport.get_returncode())
 
     async def kill(self) -> None:
@@ -464,6 +481,7 @@ class NatsServer:
         if run is None:
             return
         await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
+        self._remove_config()
 
     async def restart(self) -> None:
         """Stop (if running) and start again on the same ports."""
@@ -533,6 +551,19 @@ class NatsServer:
         if self._ports is not None:
             state += f" url={self.url}"
         return f"<NatsServer {state}>"
+
+
+def _remove_stale_configs(directory: Path) -> None:
+    """Remove config files left by servers of processes that are gone (killed before their stop)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = CONFIG_FILE_PATTERN.fullmatch(name)
+        if m is not None and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                (directory / name).unlink()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -27,6 +27,7 @@ from ._codecs import DEFAULT_ENCODING, Encoding
 from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
 from ._message import Message
 from ._micro import MicroService, micro_name
+from ._request import request
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -121,7 +122,10 @@ class _Proxy:
         async def call(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
             body = RpcRequest(qualified, list(args), kwargs)
             headers = self._headers() if self._headers is not None else None
-            msg = await client.request(subject, body, timeout=timeout or self._timeout, headers=headers)
+            # The headers are call context of a layer above (the actor call chain): Conat-*
+            # extension names may pass, the bus's own may not (conat._headers).
+            payload, headers = client._prepare(subject, body, headers, None, extensions=True)
+            msg = await request(client, subject, payload, headers, timeout or self._timeout)
             if result_type is Any:
                 return msg.data
             return msg.decode(result_type)

@@ -5,20 +5,20 @@ returns. When the buffer is full the message is dropped and counted, and if its 
 a reply it gets an immediate busy error (code 429) instead of a silent timeout.
 
 A buffered item is either a :class:`Message` or a future for one whose chunks are still being
-pulled; the consumer awaits items in arrival order, so a large message never overtakes a small
-one published after it.
+pulled. The buffer is an :class:`~conat._intake.Intake`: a large message never overtakes a small
+one its sender published after it, and never holds back another sender's messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self, final
 
-from ._errors import ClosedError, ConatError
+from ._errors import ClosedError, ConatError, Timeout
+from ._intake import Intake, Item
 from ._message import Message
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ __all__ = ["Subscription", "SubscriptionStatistics"]
 
 log = logging.getLogger("conat.subscription")
 
-Item = Message | asyncio.Future[Message]
 BUSY_CODE: Final = 429
 DEFAULT_MAX_BUFFER: Final = 10_000
 
@@ -52,9 +51,11 @@ class SubscriptionStatistics:
 class Subscription:
     """An async iterator of the messages matching ``pattern``. Close with :meth:`unsubscribe`.
 
-    Guarantees: messages from one publisher arrive in the order it published them; a message is
-    delivered to at most one member of a queue group; the subscription is re-armed after a
-    reconnect (messages published while the link was down are lost: core NATS is at-most-once).
+    Guarantees: messages from one publisher arrive in the order it published them, chunked ones
+    included, and a chunked message still arriving holds back no other publisher's messages; a
+    message is delivered to at most one member of a queue group; the subscription is re-armed
+    after a reconnect (messages published while the link was down are lost: core NATS is
+    at-most-once).
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class Subscription:
         self.pattern = pattern
         self.queue = queue
         self.max_buffer = max_buffer
-        self._items: deque[Item] = deque()
+        self._items = Intake(self._on_ready, self._on_drop)
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._error: ConatError | None = None
@@ -86,9 +87,11 @@ class Subscription:
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self._closed}>"
 
-    # -- producer side (read loop) ---------------------------------------------------------
-    def _put(self, item: Item, reply: str) -> None:
+    # -- producer side (read loop)
+    def _put(self, item: Item, reply: str, sender: str | None) -> None:
         if self._closed:
+            if isinstance(item, asyncio.Future):
+                item.cancel()
             return
         self._received += 1
         if len(self._items) >= self.max_buffer:
@@ -98,35 +101,33 @@ class Subscription:
             if reply:
                 self._client._reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
             return
-        if self._dispatch is not None:
-            self._put_dispatch(item)
+        if (
+            self._dispatch is not None
+            and isinstance(item, Message)
+            and not self._items.ready
+            and not self._items.waits_for(sender)
+        ):
+            self._delivered += 1
+            self._call_dispatch(item)
             return
-        self._items.append(item)
+        self._items.put(item, sender)
+
+    def _on_ready(self) -> None:
+        """Items became ready: dispatch them now (dispatch mode), or wake the consumer."""
+        if self._dispatch is not None:
+            while (msg := self._next_ready()) is not None:
+                self._call_dispatch(msg)
+            return
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _put_dispatch(self, item: Item) -> None:
-        """Hand ``item`` to the dispatch function now, unless a chunked message ahead of it is
-        still arriving: then it waits in the buffer, so dispatch order is arrival order."""
-        if not self._items and isinstance(item, Message):
-            self._delivered += 1
-            self._call_dispatch(item)
+    def _on_drop(self, item: asyncio.Future[Message]) -> None:
+        """A chunked message failed (its sender is gone, it was over a cap...) or was cancelled."""
+        if item.cancelled():
             return
-        self._items.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._drain_to_dispatch(), name=f"conat-sub:{self.pattern}"
-            )
-
-    async def _drain_to_dispatch(self) -> None:
-        try:
-            while self._items and not self._closed:
-                msg = await self._next_buffered()
-                if msg is not None:
-                    self._call_dispatch(msg)
-        finally:
-            self._task = None
+        self._failed_transfers += 1
+        log.warning("dropped a chunked message on %r: %s", self.pattern, item.exception())
 
     def _call_dispatch(self, msg: Message) -> None:
         """A router's bug must not reach the connection's read loop (it would break the link)."""
@@ -147,18 +148,22 @@ class Subscription:
         if w is not None and not w.done():
             w.set_result(None)
 
+    def _cancel_arriving(self) -> None:
+        """Stop pulling the chunked messages still arriving (nobody will take them any more)."""
+        for item in self._items.clear():
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+
     # -- consumer side ---------------------------------------------------------------------
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Message:
         while True:
-            if self._items:
-                msg = await self._next_buffered()
-                if msg is None:
-                    continue
+            msg = self._next_ready()
+            if msg is not None:
                 return msg
-            if self._closed:
+            if self._closed and not self._items:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
@@ -168,32 +173,30 @@ class Subscription:
             finally:
                 self._waiter = None
 
-    async def _next_buffered(self) -> Message | None:
-        """Pop the oldest buffered item and wait for it; ``None`` if its chunked transfer failed."""
-        item = self._items.popleft()
-        if isinstance(item, Message):
-            self._delivered += 1
-            return item
-        try:
-            msg = await item
-        except ConatError as e:
-            self._failed_transfers += 1
-            log.warning("dropped a chunked message on %r: %s", self.pattern, e)
+    def _next_ready(self) -> Message | None:
+        """Pop the oldest ready item; ``None`` if none is ready."""
+        item = self._items.pop()
+        if item is None:
             return None
-        except asyncio.CancelledError:
-            if item.cancelled():
-                return None
-            raise
         self._delivered += 1
-        return msg
+        return item if isinstance(item, Message) else item.result()
 
     async def next(self, timeout: float | None = None) -> Message:
-        """The next message; raises :class:`ClosedError` at the end and ``TimeoutError`` on timeout."""
+        """The next message.
+
+        Raises:
+            Timeout: (408) none arrived within ``timeout`` seconds; the subscription stays usable.
+            ClosedError: the subscription ended (unsubscribed, or its client closed).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(timeout):
                 return await self.__anext__()
         except StopAsyncIteration:
             raise ClosedError("subscription") from None
+        except TimeoutError:
+            raise Timeout(self.pattern, loop.time() - started, "next message") from None
 
     def statistics(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
@@ -218,6 +221,8 @@ class Subscription:
             return
         self._close_buffer()
         await self._client._unsubscribe(self)
+        if self._dispatch is not None:
+            self._cancel_arriving()
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()

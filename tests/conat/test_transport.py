@@ -30,6 +30,14 @@ def test_inline_status_is_parsed() -> None:
     }
 
 
+def test_status_and_description_come_only_from_the_status_line() -> None:
+    # Regression: a sender's "Status: 503" header line read as the server's no-responders status.
+    assert parse_headers(b"NATS/1.0\r\nStatus: 503\r\nstatus: 1\r\nDescription: x\r\nA: b\r\n\r\n") == {
+        "A": "b"
+    }
+    assert parse_headers(b"NATS/1.0 503\r\nStatus: 200\r\n\r\n") == {"Status": "503"}
+
+
 @pytest.mark.parametrize(
     "headers", [{"bad name": "x"}, {"": "x"}, {"Ok": "line\nbreak"}, {"Ok": "cr\r"}, {"Ok": 5}]
 )

@@ -1,0 +1,256 @@
+"""Request/reply over the client's inbox: :func:`request` (the first reply) and
+:func:`request_many` (a stream of replies), for :class:`~conat.Client`.
+
+Theory of operation
+-------------------
+A request opens a *route*: a token under the client's wildcard inbox subscription, whose handler
+receives every reply to that token; the request is sent with that inbox subject as its NATS reply.
+The route has a ``fail`` attribute the client calls when no reply can come any more (it closes:
+:class:`ClosedError`; the link drops: :class:`Disconnected`). A reply that is the head of a
+chunked message becomes a future the transfer engine completes. When the call ends, however it
+ends (a reply, an error, its deadline, cancellation), the route is closed and a chunked request's
+outgoing transfer is freed.
+
+:func:`check_reply` turns a reply into what it stands for: nats-server's 503 status
+(:class:`NoResponders`), a conat or NATS micro error reply (:class:`RemoteError`), or itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._errors import ConatError, Disconnected, NoResponders, PayloadTooLarge, Timeout
+from ._headers import (
+    ERROR_HEADER,
+    MICRO_ERROR_CODE_HEADER,
+    MICRO_ERROR_HEADER,
+    STATUS_HEADER,
+    error_from_headers,
+)
+from ._intake import Intake, Item
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._client import Client, Route
+
+__all__ = ["check_reply", "request", "request_many"]
+
+T = TypeVar("T")
+
+
+async def request(
+    client: Client,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str] | None,
+    timeout: float,
+    wait_for_interest: bool = False,
+) -> Message:
+    """Send an encoded request and return its first reply (see :meth:`Client.request`)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    delay = 0.005
+    while True:
+        try:
+            return await _request_once(client, subject, payload, headers, deadline, started)
+        except NoResponders:
+            remaining = deadline - loop.time()
+            if not wait_for_interest or remaining <= 0:
+                raise
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.25)
+            if loop.time() >= deadline:
+                raise Timeout(subject, loop.time() - started) from None
+
+
+async def _request_once(
+    client: Client,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str] | None,
+    deadline: float,
+    started: float,
+) -> Message:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Item] = loop.create_future()
+
+    def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
+        if not future.done():
+            future.set_result(client._item(rsubject, reply, data, hdr)[0])
+
+    def fail(e: BaseException) -> None:
+        if not future.done():
+            future.set_exception(e)
+
+    route.fail = fail  # type: ignore[attr-defined]
+    token, transfer_id = await _send_request(client, subject, payload, headers, route)
+    try:
+        item = await _wait_until(future, deadline)
+        msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
+    except _Expired:
+        raise Timeout(subject, loop.time() - started) from None
+    except Disconnected:
+        raise Disconnected(subject, loop.time() - started) from None
+    finally:
+        _finish_request(client, token, transfer_id)
+        if not future.done():
+            future.cancel()
+    return check_reply(msg, subject)
+
+
+async def _send_request(
+    client: Client, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
+) -> tuple[str, str | None]:
+    """Open a reply route and send; returns the route's token and the chunk transfer's id."""
+    token, inbox = client._open_route(route)
+    client._route_subjects[token] = subject
+    try:
+        return token, await client._send(subject, payload, inbox, headers)
+    except BaseException:
+        client._close_route(token)
+        raise
+
+
+def _finish_request(client: Client, token: str, transfer_id: str | None) -> None:
+    client._close_route(token)
+    if transfer_id is not None:
+        client._transfers.outgoing.discard(transfer_id)
+
+
+class _ReplyStream:
+    """Replies to one ``request_many``, ordered per responder (:class:`Intake`), with a bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.items = Intake(self._wake, self._dropped)
+        self.waiter: asyncio.Future[None] | None = None
+        self.limit = limit
+        self.overflowed = False
+        self.failure: BaseException | None = None
+        """The first error that ends the stream: a failed chunked reply, a dropped link."""
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+        self._wake()
+
+    def _dropped(self, item: asyncio.Future[Message]) -> None:
+        if not item.cancelled():
+            self.fail(item.exception() or ConatError("chunked reply failed"))
+
+    def put(self, item: Item, sender: str | None) -> None:
+        if len(self.items) >= self.limit:
+            self.overflowed = True
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+            self._wake()
+        else:
+            self.items.put(item, sender)
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+async def request_many(
+    client: Client,
+    subject: str,
+    data: Any,
+    headers: dict[str, str] | None,
+    encoding: str | None,
+    *,
+    timeout: float,
+    idle_timeout: float | None,
+    max_messages: int | None,
+    max_buffer: int,
+) -> AsyncGenerator[Message, None]:
+    """Encode and send a request, and yield its replies (see :meth:`Client.request_many`).
+
+    Everything, checks included, happens on the first iteration (it is a generator).
+    """
+    payload, headers = client._prepare(subject, data, headers, encoding)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    stream = _ReplyStream(max_buffer)
+
+    def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
+        stream.put(*client._item(rsubject, reply, rdata, hdr))
+
+    def fail(e: BaseException) -> None:
+        stream.fail(Disconnected(subject, loop.time() - started) if isinstance(e, Disconnected) else e)
+
+    route.fail = fail  # type: ignore[attr-defined]
+    token, transfer_id = await _send_request(client, subject, payload, headers, route)
+    received = 0
+    try:
+        while max_messages is None or received < max_messages:
+            if stream.failure is not None:
+                raise stream.failure
+            item = stream.items.pop()
+            if item is None:
+                if stream.overflowed:
+                    raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
+                arriving = len(stream.items) > 0  # a chunked reply is still being pulled
+                wait_until = deadline
+                if idle_timeout is not None and not arriving:
+                    wait_until = min(deadline, loop.time() + idle_timeout)
+                stream.waiter = loop.create_future()
+                try:
+                    await _wait_until(stream.waiter, wait_until)
+                except _Expired:
+                    if received == 0 or arriving:
+                        raise Timeout(subject, loop.time() - started) from None
+                    return
+                finally:
+                    stream.waiter = None
+                continue
+            msg = item if isinstance(item, Message) else item.result()
+            if msg.is_end:
+                return
+            yield check_reply(msg, subject)
+            received += 1
+    finally:
+        _finish_request(client, token, transfer_id)
+        for left in stream.items.clear():
+            if isinstance(left, asyncio.Future):
+                left.cancel()
+
+
+class _Expired(Exception):
+    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
+async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
+    """Await ``future`` until loop time ``deadline``, then raise :class:`_Expired`.
+
+    One timer handle per wait: on the request path this is measurably cheaper than an
+    ``asyncio.timeout`` scope. An expired future stays failed, which also stops a chunk transfer
+    that nobody waits for any more.
+    """
+    timer = asyncio.get_running_loop().call_at(deadline, _expire, future)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+def check_reply(msg: Message, subject: str) -> Message:
+    """Raise what a reply stands for: the server's 503, a conat or NATS micro error reply."""
+    h = msg._headers
+    if h:
+        if h.get(STATUS_HEADER) == "503":
+            raise NoResponders(subject)
+        if ERROR_HEADER in h or MICRO_ERROR_CODE_HEADER in h or MICRO_ERROR_HEADER in h:
+            error = error_from_headers(h, msg.raw, subject)
+            if error is not None:
+                raise error
+    return msg
