@@ -168,7 +168,9 @@ async def test_a_json_body_without_its_header_gets_a_clear_400(nats_server) -> N
             ok = await foreign.request(
                 "svc.geo-json", b'{"name": "geo.names"}', headers={"Conat-Encoding": "json"}, timeout=5
             )
-            assert msgspec.msgpack.decode(ok.data) == ["add", "scale"]  # replies in msgpack by default
+            # the reply comes in the caller's encoding, and says so
+            assert ok.headers is not None and ok.headers["Conat-Encoding"] == "json"
+            assert msgspec.json.decode(ok.data) == ["add", "scale"]
         finally:
             await foreign.close()
 
