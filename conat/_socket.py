@@ -8,7 +8,8 @@ Guarantees: messages arrive exactly once and in order, in each direction, for as
 is open, across bus reconnects and nats-server restarts (retransmission fills whatever core NATS
 dropped; duplicates are discarded). A sender never has more than the peer's window in flight:
 ``send`` waits for credit, ``send_nowait`` raises :class:`SocketBusy` (429). A peer that is silent for
-``peer_timeout`` seconds fails the socket with :class:`PeerDead` (408). See
+``peer_timeout`` seconds fails the socket with :class:`PeerDead` (408), also while the bus link is
+down (an outage gets ``peer_timeout`` to end). See
 :mod:`conat._socket_protocol` for the protocol itself; this module only pumps frames and timers.
 
 Wire and auth design
@@ -55,6 +56,7 @@ from ._errors import (
 from ._socket_frames import (
     FRAME_DECODER,
     MALFORMED,
+    RESET_ABORTED,
     Frame,
     MessageReceived,
     SocketStatistics,
@@ -217,6 +219,13 @@ class Socket:
         if frames and not self._client._closing:
             self._outbox.emit(frames)
 
+    def _on_accepted(self) -> None:
+        """The listener's application took this connection: grant the client the window."""
+        self._proto.accepted()
+        if not self._batch and not self._finished:
+            self._batch = True
+            self._loop.call_soon(self._end_batch)
+
     def _pump(self) -> None:
         frames = self._proto.poll(self._now())
         if frames:
@@ -327,6 +336,8 @@ class Socket:
         proto = self._proto
         while not proto.writable:
             proto.check_can_send()
+            proto.want_credit(self._now())  # probe if the window update is lost
+            self._rearm()
             await self._wait(deadline)
 
     def _queue(
@@ -493,7 +504,7 @@ class Socket:
         self._closed_locally = True
         proto = self._proto
         if proto.state is not _CLOSED:
-            self._outbox.emit(proto.abort(410, reason, self._now()))
+            self._outbox.emit(proto.abort(RESET_ABORTED, reason, self._now()))
         self._settle()
 
     async def __aenter__(self) -> Socket:
@@ -559,6 +570,7 @@ class Socket:
         now = self._now()
         if state is ClientState.RECONNECTING:
             self._proto.link_down(now)
+            self._rearm()  # dead-peer detection goes on while the link is down
         elif state is ClientState.CONNECTED:
             frames = self._proto.link_up(now)
             if frames:
