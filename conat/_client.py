@@ -797,18 +797,21 @@ class Client:
         max_message: int | None = None,
         keepalive: float | None = None,
         peer_timeout: float | None = None,
+        wait_for_interest: bool = False,
     ) -> Socket:
         """Connect a reliable socket to the server listening on ``subject`` (a concrete subject).
 
-        Returns once the connection is open. Raises :class:`Timeout` (408) if no server accepted
-        within ``timeout`` seconds, :class:`NoResponders` (503) if nobody listened meanwhile,
+        Returns once the connection is open. Raises :class:`NoResponders` (503) at once if nobody
+        listens on ``subject`` (with ``wait_for_interest``, the connect is retried until
+        ``timeout`` instead, and raises it only if nobody listened meanwhile),
+        :class:`Timeout` (408) if no server answered within ``timeout`` seconds,
         :class:`SocketReset` if the server refused (its backlog is full), :class:`Forbidden`.
         """
         from ._socket import connect_socket
 
         return await connect_socket(
             self, subject, timeout=timeout, clock=clock, window=window, max_message=max_message,
-            keepalive=keepalive, peer_timeout=peer_timeout,
+            keepalive=keepalive, peer_timeout=peer_timeout, wait_for_interest=wait_for_interest,
         )  # fmt: skip
 
 

@@ -128,6 +128,7 @@ class Socket:
         self._closed_locally = False
         self._unlisten: Callable[[], None] | None = None
         self._route_token: str | None = None
+        self._wait_for_interest = False
         self._no_responders = 0
         self._malformed = 0
 
@@ -170,7 +171,12 @@ class Socket:
     def _route(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         """The client side's inbox route (runs on the read loop)."""
         if headers is not None and headers.get("Status") == "503":
-            self._no_responders += 1  # nobody listens on the subject (yet): retransmission retries
+            # Nobody listens on the subject. Connecting, that is the answer (unless we wait for a
+            # listener: then retransmission retries); once open, it is a listener restarting, and
+            # the protocol's own timers decide.
+            self._no_responders += 1
+            if self._proto.state is _CONNECTING and not self._wait_for_interest:
+                self._fail_local(NoResponders(self.subject))
             return
         self._on_raw(data)
 
@@ -593,6 +599,7 @@ async def connect_socket(
     max_message: int | None,
     keepalive: float | None,
     peer_timeout: float | None,
+    wait_for_interest: bool = False,
 ) -> Socket:
     """See :meth:`conat.Client.socket_connect` (which holds the defaults)."""
     client._check_open()
@@ -610,6 +617,7 @@ async def connect_socket(
     clock = clock or SystemClock()
     proto = SocketProtocol("client", config, clock.now(), id=client._transport.new_token(), subject=subject)
     sock = Socket(client, proto, clock, subject=subject, target=subject)
+    sock._wait_for_interest = wait_for_interest
 
     def route(rsubject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         sock._route(rsubject, reply, data, headers)

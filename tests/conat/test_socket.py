@@ -864,6 +864,37 @@ async def test_a_flood_of_stray_frames_costs_no_task_per_frame(nats_server) -> N
         assert decode_frame(first.raw) == Reset(404, "unknown connection")
 
 
+async def test_connect_fails_at_once_when_nobody_listens(nats_server) -> None:
+    # Regression: NATS said "no responders" at once, and connect waited for its whole timeout.
+    clock = FakeClock()  # it never moves: only the server's answer can end the connect
+    async with await conat.connect(nats_server.url) as a:
+        with pytest.raises(NoResponders) as e:
+            await asyncio.wait_for(a.socket_connect("nobody.here", clock=clock, timeout=5), 5)
+        assert e.value.code == 503 and a.statistics().pending_requests == 0
+
+        connecting = asyncio.create_task(
+            a.socket_connect("later.one", clock=clock, timeout=30, wait_for_interest=True)
+        )
+        await asyncio.sleep(0.1)  # no responders, retried on the clock: still connecting
+        assert not connecting.done()
+        async with (
+            await conat.connect(nats_server.url) as b,
+            await b.socket_listen("later.*") as server,
+        ):
+            await clock.advance(5)  # the next Open finds the listener
+            async with await asyncio.wait_for(connecting, 5) as sock:
+                conn = await server.accept(timeout=5)
+                assert conn.id == sock.id
+
+        late = asyncio.create_task(
+            a.socket_connect("never.one", clock=clock, timeout=3, wait_for_interest=True)
+        )
+        await asyncio.sleep(0.1)
+        await clock.advance(3)
+        with pytest.raises(NoResponders):
+            await asyncio.wait_for(late, 5)  # nobody listened all along
+
+
 async def test_dead_peer_detection_goes_on_while_the_link_is_down(fresh_nats_server) -> None:
     # Regression: while the bus link was down, dead-peer detection paused, so recv() without a
     # timeout waited forever for a nats-server that never came back.
