@@ -435,6 +435,7 @@ class Client:
         queue: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         dispatch: Callable[[Message], object],
+        reassemble: bool = True,
     ) -> Subscription: ...
 
     async def subscribe(
@@ -445,6 +446,7 @@ class Client:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         callback: Callable[[Message], Awaitable[object]] | None = None,
         dispatch: Callable[[Message], object] | None = None,
+        reassemble: bool = True,
     ) -> Subscription:
         """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
 
@@ -457,7 +459,9 @@ class Client:
         ``dispatch`` is the low-level form for routers (the actor runtime, sockets): it is called
         synchronously from the connection's read loop with each message, in arrival order, and must
         return at once without raising; nothing is buffered except behind a chunked message that is
-        still arriving.
+        still arriving. ``reassemble=False`` hands a chunked message over as it arrived (its first
+        chunk, headers included) instead of pulling the rest: for routers whose own protocol never
+        chunks (sockets), so that no publisher can make them pull, or hold their messages back.
         """
         if callback is not None and dispatch is not None:
             raise TypeError("subscribe() takes callback or dispatch, not both")
@@ -468,7 +472,8 @@ class Client:
         if self.permissions is not None and not self.permissions.can_subscribe(pattern):
             raise Forbidden(pattern, "subscription")
         sub = Subscription(self, pattern, queue, max_buffer, dispatch)
-        sub.sid = await self._transport.subscribe(pattern, queue, self._subscription_route(sub))
+        route = self._subscription_route(sub) if reassemble else self._plain_route(sub)
+        sub.sid = await self._transport.subscribe(pattern, queue, route)
         self._subs[sub.sid] = sub
         await self._transport.flush()
         if sub._error is not None:
@@ -481,6 +486,12 @@ class Client:
     def _subscription_route(self, sub: Subscription) -> Route:
         def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
             sub._put(self._item(subject, reply, data, headers), reply)
+
+        return route
+
+    def _plain_route(self, sub: Subscription) -> Route:
+        def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+            sub._put(Message(subject, reply, data, headers, self), reply)
 
         return route
 

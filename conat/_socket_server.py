@@ -13,8 +13,10 @@ no credit (see "Before accept" in :mod:`conat._socket_protocol`), so the backlog
 connections, not data; one client (one inbox prefix in the reply subject) may fill at most half
 of the backlog, so a client that floods connects cannot lock the others out (``Reset(503)``); a
 waiting connection that fails (its peer aborted, or went silent) leaves the backlog at once; an
-``Open`` with an oversized socket id is refused (``Reset(400)``); and answers to stray frames go
-through one bounded writer (:class:`~conat._socket_pump.Answers`) rather than a task each.
+``Open`` with an oversized socket id is refused (``Reset(400)``); answers to stray frames go
+through one bounded writer (:class:`~conat._socket_pump.Answers`) rather than a task each; and
+the intake does not reassemble chunked messages (frames never are), so no publisher can make
+the listener pull a transfer or hold other connections' frames back behind one.
 
 A connection that closed gracefully is let go of at once, but its key lingers until the protocol's
 ``linger_until`` (see "Closing, and a lost Close" in :mod:`conat._socket_protocol`): until then its
@@ -139,7 +141,9 @@ class SocketServer:
                 )
 
     async def _start(self) -> None:
-        self._sub = await self._client.subscribe(self.pattern, dispatch=self._on_message)
+        # Frames are never chunked: reassembling would let any publisher make us pull, and hold
+        # every connection's frames back behind its transfer.
+        self._sub = await self._client.subscribe(self.pattern, dispatch=self._on_message, reassemble=False)
         self._unlisten = self._client.on_state_change(self._on_client_state)
 
     @property

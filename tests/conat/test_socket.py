@@ -864,6 +864,29 @@ async def test_a_flood_of_stray_frames_costs_no_task_per_frame(nats_server) -> N
         assert decode_frame(first.raw) == Reset(404, "unknown connection")
 
 
+async def test_chunked_messages_on_the_listener_subject_hold_back_no_socket(nats_server) -> None:
+    # Regression: the listener's subscription reassembled chunked messages, and a dispatch
+    # subscription keeps later messages behind a transfer still arriving. Two chunked heads whose
+    # sender never serves the pulls held back every socket on the listener for 18 s, again and
+    # again. Socket frames are never chunked: the listener no longer reassembles anything.
+    from conat._chunking import CHUNKED_HEADER, ChunkHead
+
+    async with (
+        socket_pair(nats_server.url, "hol.one") as (sock, conn, server),
+        await conat.connect(nats_server.url) as evil,
+        await evil.subscribe("raw.hol.pulls") as pulls,  # hears pulls, if any come; never answers
+    ):
+        for tid in ("t1", "t2"):
+            head = ChunkHead(tid, 4 * 65536, 65536, 4)
+            await evil._transport.publish(
+                "hol.evil", b"x" * 65536, "raw.hol.pulls", {CHUNKED_HEADER: head.header()}
+            )
+        await evil.flush()
+        await sock.send("after")
+        assert (await conn.recv(timeout=5)).data == "after"
+        assert server.statistics().malformed == 2 and pulls.statistics().received == 0
+
+
 async def test_connect_fails_at_once_when_nobody_listens(nats_server) -> None:
     # Regression: NATS said "no responders" at once, and connect waited for its whole timeout.
     clock = FakeClock()  # it never moves: only the server's answer can end the connect
