@@ -145,7 +145,10 @@ class Sender:
                 frame = Data(self._next_seq, payload)
         elif not headers and size + HEAD_OVERHEAD_BOUND <= config.frame_size:
             frame = Head(self._next_seq, payload, False, headers, encoding, request, reply_to, error)
-            cost = head_cost(size, None, encoding, error)
+            if encoding:  # head_cost without headers, inlined: a call less per message
+                cost += len(encoding)
+            if type(error) is str:
+                cost += len(error)
         if frame is not None:
             self._next_seq += 1
             self.sent_cost += cost
@@ -414,7 +417,11 @@ class Receiver:
             head: Head = frame  # type: ignore[assignment]
             if head.error is not None and not head.reply_to:
                 raise self._violation(f"an error code on a message that is not a response (seq {seq})")
-            cost = head_cost(size, head.headers, head.encoding, head.error)
+            encoding = head.encoding
+            if head.headers is None and type(head.error) is not str:  # head_cost, inlined
+                cost = size + FRAME_COST + len(encoding) if encoding else size + FRAME_COST
+            else:
+                cost = head_cost(size, head.headers, encoding, head.error)
             self._expected = seq + 1
             self.received += cost
             self.messages_received += 1
