@@ -685,6 +685,22 @@ async def raw_peer(url: str, subject: str, reply: str) -> AsyncIterator[RawPeer]
         yield RawPeer(raw, subject, reply, inbox)
 
 
+@contextlib.asynccontextmanager
+async def accepted_raw_peer(
+    url: str, name: str, window: int
+) -> AsyncIterator[tuple[SocketServer, RawPeer, Socket]]:
+    """A listener on ``<name>.*`` granting ``window``, a raw peer connected on ``<name>.hostile``,
+    and the listener's end of that connection, accepted (so the peer holds the whole window)."""
+    async with (
+        await conat.connect(url) as b,
+        await b.socket_listen(f"{name}.*", window=window) as server,
+        raw_peer(url, f"{name}.hostile", f"raw.{name}.1") as peer,
+    ):
+        accepting = asyncio.create_task(server.accept(timeout=5))
+        await peer.send(Open("raw-1", 1 << 20, 1 << 20))
+        yield server, peer, await accepting
+
+
 async def _read_until_failed(conn: Socket) -> tuple[list[bytes], conat.SocketError]:
     got: list[bytes] = []
     while True:
@@ -696,14 +712,7 @@ async def _read_until_failed(conn: Socket) -> tuple[list[bytes], conat.SocketErr
 
 async def test_a_peer_that_overruns_the_window_is_reset_and_others_are_unaffected(nats_server) -> None:
     window = 8192
-    async with (
-        await conat.connect(nats_server.url) as b,
-        await b.socket_listen("overrun.*", window=window) as server,
-        raw_peer(nats_server.url, "overrun.hostile", "raw.overrun.1") as peer,
-    ):
-        accepting = asyncio.create_task(server.accept(timeout=5))
-        await peer.send(Open("raw-1", 1 << 20, 1 << 20))
-        conn = await accepting
+    async with accepted_raw_peer(nats_server.url, "overrun", window) as (server, peer, conn):
         accept = await peer.expect(Accept)
         assert isinstance(accept, Accept) and accept.limit == window
         chunk = b"x" * 1000  # 1032 credit units a frame: 8 fit under 8192, the 9th is over
@@ -726,14 +735,7 @@ async def test_a_peer_that_overruns_the_window_is_reset_and_others_are_unaffecte
 
 async def test_frames_beyond_a_gap_are_held_only_within_the_window(nats_server) -> None:
     window = 8192
-    async with (
-        await conat.connect(nats_server.url) as b,
-        await b.socket_listen("gap.*", window=window) as server,
-        raw_peer(nats_server.url, "gap.hostile", "raw.gap.1") as peer,
-    ):
-        accepting = asyncio.create_task(server.accept(timeout=5))
-        await peer.send(Open("raw-1", 1 << 20, 1 << 20))
-        conn = await accepting
+    async with accepted_raw_peer(nats_server.url, "gap", window) as (_, peer, conn):
         for seq in range(1000, 10, -1):  # seq 1 never comes; everything else is held, or not
             await peer.send(Data(seq, b"y" * 1000))
         reset = await peer.expect(Reset)
@@ -745,14 +747,7 @@ async def test_frames_beyond_a_gap_are_held_only_within_the_window(nats_server) 
 
 
 async def test_headers_count_against_the_window_on_the_wire(nats_server) -> None:
-    async with (
-        await conat.connect(nats_server.url) as b,
-        await b.socket_listen("hdr.*", window=8192) as server,
-        raw_peer(nats_server.url, "hdr.hostile", "raw.hdr.1") as peer,
-    ):
-        accepting = asyncio.create_task(server.accept(timeout=5))
-        await peer.send(Open("raw-1", 1 << 20, 1 << 20))
-        conn = await accepting
+    async with accepted_raw_peer(nats_server.url, "hdr", 8192) as (_, peer, conn):
         for seq in range(1, 21):  # empty messages with 100 kB of headers each
             await peer.send(Head(seq, b"", False, {"h": "x" * 100_000}, "raw"))
         reset = await peer.expect(Reset)
