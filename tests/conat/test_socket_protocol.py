@@ -648,7 +648,7 @@ _hostile_actions = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(actions=_hostile_actions)
 @example(actions=[("data", 0, 0, True, 0, 64, "grant", 10)])  # empty fragments, granted as they come
 @example(actions=[("data", 1, 600, False, 0, 64, "", 1)])  # a flood beyond a gap
