@@ -27,7 +27,6 @@ late frames are answered with ``Close`` rather than ``Reset(404)``. Lingering ke
 from __future__ import annotations
 
 import asyncio
-import logging
 import warnings
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -61,8 +60,6 @@ if TYPE_CHECKING:
     from ._subscription import Subscription
 
 __all__ = ["SocketServer", "SocketServerStatistics", "listen"]
-
-log = logging.getLogger("conat.socket")
 
 
 @final
