@@ -96,6 +96,7 @@ class Sender:
         self.retransmit_at: float | None = None
         self.resend_due: float | None = None
         self.probe_at = -math.inf
+        self.probe_gap = config.rto_min  # doubles with each probe up to rto_max; credit resets it
         self.credit_wanted = False
         """The application waits for credit (see :meth:`want_credit`)."""
         self.messages_sent = 0
@@ -221,7 +222,9 @@ class Sender:
             self.acked = ack
             self.rto = self.config.rto_min
             self.retransmit_at = now + self.rto if unacked else None
-        self.peer_limit = max(self.peer_limit, frame.limit)
+        if frame.limit > self.peer_limit:
+            self.peer_limit = frame.limit
+            self.probe_gap = self.config.rto_min
         if self.credit_wanted and self.sent_cost < self.peer_limit:
             self.credit_wanted = False
         if frame.missing and self.unacked:
@@ -291,12 +294,14 @@ class Sender:
         """
         if not self.credit_wanted:
             self.credit_wanted = True
-            self.probe_at = now + self.rto
+            self.probe_at = now + self.probe_gap
 
     def probe(self, now: float) -> bool:
-        """True when the window is shut and a probe (Ping) is due; schedules the next one."""
+        """True when the window is shut and a probe (Ping) is due; schedules the next one, twice
+        as far off each time up to ``rto_max`` (a peer that does not read is asked ever less)."""
         if (self.queued or self.credit_wanted) and not self.unacked and now >= self.probe_at:
-            self.probe_at = now + self.rto
+            self.probe_gap = min(self.probe_gap * 2, self.config.rto_max)
+            self.probe_at = now + self.probe_gap
             return True
         return False
 

@@ -40,7 +40,8 @@ its grants could not have sent fails the connection with ``Reset(429)``
 ``window`` plus one frame plus one message is buffered on the receiving side, whatever the peer
 does, and the sender keeps at most its window for retransmission, whatever the peer grants. A
 sender with queued frames and no credit, or whose application waits for credit
-(:meth:`want_credit`), probes with ``Ping`` every ``rto``, in case the window update was lost.
+(:meth:`want_credit`), probes with ``Ping`` in case the window update was lost: after ``rto_min``,
+then twice as long each time up to ``rto_max``, until credit comes.
 
 **Before accept.** A server connection grants no credit until the application accepts it
 (:meth:`accepted`): its ``Accept`` carries limit 0 unless the application took the connection
@@ -315,7 +316,7 @@ class SocketProtocol:
     def want_credit(self, now: float) -> None:
         """The application waits to send but the peer's window is shut (nothing is queued).
 
-        Probes for a lost window update after ``rto`` (see :attr:`next_deadline`) until credit
+        Probes for a lost window update (see :attr:`next_deadline`, and "Credit") until credit
         comes: without it, a lost update would leave both sides waiting, since a side that only
         answers the peer's keepalives never pings itself.
         """

@@ -598,6 +598,27 @@ def test_a_sender_waiting_for_credit_probes_for_a_lost_window_update() -> None:
     assert client.next_deadline() == 5.7
 
 
+def test_probes_of_a_shut_window_back_off() -> None:
+    # A peer that does not read is asked for credit ever less often: rto_min, then doubling up
+    # to rto_max (not every rto forever).
+    client, server = make_pair(window=1000, rto_min=0.5, rto_max=4.0, keepalive=100, peer_timeout=1000)
+    exchange(client, server, 0.0, client.send(b"x" * 1000, 0.0))  # acknowledged, never read
+    assert not client.writable
+    client.want_credit(0.0)
+    probes: list[float] = []
+    while len(probes) < 7:
+        now = client.next_deadline()
+        assert now is not None
+        if client.poll(now) == [Ping()]:
+            probes.append(now)
+    assert probes == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5]
+    server.consume(1000 + FRAME_COST)
+    client.receive(server.poll(20.0)[0], 20.0)  # credit: the next wait starts at rto_min again
+    exchange(client, server, 20.0, client.send(b"y" * 1000, 20.0))
+    client.want_credit(20.0)
+    assert not client.writable and client.next_deadline() == 20.5
+
+
 def test_an_accept_after_a_window_update_keeps_the_larger_limit() -> None:
     config = SocketConfig(window=4096)
     client = SocketProtocol("client", config, 0.0, id="c", subject=SUBJECT)
