@@ -494,6 +494,7 @@ class Client:
         queue: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         dispatch: Callable[[Message], object],
+        reassemble: bool = True,
     ) -> Subscription: ...
 
     async def subscribe(
@@ -504,6 +505,7 @@ class Client:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         callback: Callable[[Message], Awaitable[object]] | None = None,
         dispatch: Callable[[Message], object] | None = None,
+        reassemble: bool = True,
     ) -> Subscription:
         """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
 
@@ -516,7 +518,9 @@ class Client:
         ``dispatch`` is the low-level form for routers (the actor runtime, sockets): it is called
         synchronously from the connection's read loop with each message, in arrival order, and must
         return at once without raising; nothing is buffered except behind a chunked message that is
-        still arriving.
+        still arriving. ``reassemble=False`` hands a chunked message over as it arrived (its first
+        chunk, headers included) instead of pulling the rest: for routers whose own protocol never
+        chunks (sockets), so that no publisher can make them pull, or hold their messages back.
         """
         if callback is not None and dispatch is not None:
             raise TypeError("subscribe() takes callback or dispatch, not both")
@@ -527,7 +531,8 @@ class Client:
         if self.permissions is not None and not self.permissions.can_subscribe(pattern):
             raise Forbidden(pattern, "subscription")
         sub = Subscription(self, pattern, queue, max_buffer, dispatch)
-        sub.sid = await self._transport.subscribe(pattern, queue, self._subscription_route(sub))
+        route = self._subscription_route(sub) if reassemble else self._plain_route(sub)
+        sub.sid = await self._transport.subscribe(pattern, queue, route)
         self._subs[sub.sid] = sub
         await self._transport.flush()
         if sub._error is not None:
@@ -544,6 +549,12 @@ class Client:
             else:
                 item, sender = self._item(subject, reply, data, headers)
                 sub._put(item, headers.get(REPLY_HEADER, reply), sender)
+
+        return route
+
+    def _plain_route(self, sub: Subscription) -> Route:
+        def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+            sub._put(Message(subject, reply, data, headers, self), reply)
 
         return route
 
@@ -784,18 +795,21 @@ class Client:
         max_message: int | None = None,
         keepalive: float | None = None,
         peer_timeout: float | None = None,
+        wait_for_interest: bool = False,
     ) -> Socket:
         """Connect a reliable socket to the server listening on ``subject`` (a concrete subject).
 
-        Returns once the connection is open. Raises :class:`Timeout` (408) if no server accepted
-        within ``timeout`` seconds, :class:`NoResponders` (503) if nobody listened meanwhile,
+        Returns once the connection is open. Raises :class:`NoResponders` (503) at once if nobody
+        listens on ``subject`` (with ``wait_for_interest``, the connect is retried until
+        ``timeout`` instead, and raises it only if nobody listened meanwhile),
+        :class:`Timeout` (408) if no server answered within ``timeout`` seconds,
         :class:`SocketReset` if the server refused (its backlog is full), :class:`Forbidden`.
         """
         from ._socket import connect_socket
 
         return await connect_socket(
             self, subject, timeout=timeout, clock=clock, window=window, max_message=max_message,
-            keepalive=keepalive, peer_timeout=peer_timeout,
+            keepalive=keepalive, peer_timeout=peer_timeout, wait_for_interest=wait_for_interest,
         )  # fmt: skip
 
 

@@ -8,7 +8,8 @@ Guarantees: messages arrive exactly once and in order, in each direction, for as
 is open, across bus reconnects and nats-server restarts (retransmission fills whatever core NATS
 dropped; duplicates are discarded). A sender never has more than the peer's window in flight:
 ``send`` waits for credit, ``send_nowait`` raises :class:`SocketBusy` (429). A peer that is silent for
-``peer_timeout`` seconds fails the socket with :class:`PeerDead` (408). See
+``peer_timeout`` seconds fails the socket with :class:`PeerDead` (408), also while the bus link is
+down (an outage gets ``peer_timeout`` to end). See
 :mod:`conat._socket_protocol` for the protocol itself; this module only pumps frames and timers.
 
 Wire and auth design
@@ -55,6 +56,7 @@ from ._errors import (
 from ._socket_frames import (
     FRAME_DECODER,
     MALFORMED,
+    RESET_ABORTED,
     Frame,
     MessageReceived,
     SocketStatistics,
@@ -126,6 +128,7 @@ class Socket:
         self._closed_locally = False
         self._unlisten: Callable[[], None] | None = None
         self._route_token: str | None = None
+        self._wait_for_interest = False
         self._no_responders = 0
         self._malformed = 0
 
@@ -168,7 +171,12 @@ class Socket:
     def _route(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         """The client side's inbox route (runs on the read loop)."""
         if headers is not None and headers.get("Status") == "503":
-            self._no_responders += 1  # nobody listens on the subject (yet): retransmission retries
+            # Nobody listens on the subject. Connecting, that is the answer (unless we wait for a
+            # listener: then retransmission retries); once open, it is a listener restarting, and
+            # the protocol's own timers decide.
+            self._no_responders += 1
+            if self._proto.state is _CONNECTING and not self._wait_for_interest:
+                self._fail_local(NoResponders(self.subject))
             return
         self._on_raw(data)
 
@@ -216,6 +224,13 @@ class Socket:
         frames = self._proto.poll(self._now())  # lingering: a Close for a late frame
         if frames and not self._client._closing:
             self._outbox.emit(frames)
+
+    def _on_accepted(self) -> None:
+        """The listener's application took this connection: grant the client the window."""
+        self._proto.accepted()
+        if not self._batch and not self._finished:
+            self._batch = True
+            self._loop.call_soon(self._end_batch)
 
     def _pump(self) -> None:
         frames = self._proto.poll(self._now())
@@ -327,6 +342,8 @@ class Socket:
         proto = self._proto
         while not proto.writable:
             proto.check_can_send()
+            proto.want_credit(self._now())  # probe if the window update is lost
+            self._rearm()
             await self._wait(deadline)
 
     def _queue(
@@ -493,7 +510,7 @@ class Socket:
         self._closed_locally = True
         proto = self._proto
         if proto.state is not _CLOSED:
-            self._outbox.emit(proto.abort(410, reason, self._now()))
+            self._outbox.emit(proto.abort(RESET_ABORTED, reason, self._now()))
         self._settle()
 
     async def __aenter__(self) -> Socket:
@@ -559,6 +576,7 @@ class Socket:
         now = self._now()
         if state is ClientState.RECONNECTING:
             self._proto.link_down(now)
+            self._rearm()  # dead-peer detection goes on while the link is down
         elif state is ClientState.CONNECTED:
             frames = self._proto.link_up(now)
             if frames:
@@ -581,6 +599,7 @@ async def connect_socket(
     max_message: int | None,
     keepalive: float | None,
     peer_timeout: float | None,
+    wait_for_interest: bool = False,
 ) -> Socket:
     """See :meth:`conat.Client.socket_connect` (which holds the defaults)."""
     client._check_open()
@@ -598,6 +617,7 @@ async def connect_socket(
     clock = clock or SystemClock()
     proto = SocketProtocol("client", config, clock.now(), id=client._transport.new_token(), subject=subject)
     sock = Socket(client, proto, clock, subject=subject, target=subject)
+    sock._wait_for_interest = wait_for_interest
 
     def route(rsubject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         sock._route(rsubject, reply, data, headers)

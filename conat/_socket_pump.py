@@ -4,6 +4,9 @@ The socket's protocol (:mod:`conat._socket_protocol`) is pure; a socket drives i
 
 - :class:`Outbox` publishes encoded frames in order, with at most one writer at a time. A publish
   that fails drops the rest of the queue: the protocol retransmits what matters.
+- :class:`Answers` is the listener's best-effort writer for frames to connections it does not
+  hold (``Reset``, a repeated ``Close``): one writer, a bounded queue, and what does not fit is
+  dropped and counted, so a flood of stray frames costs bounded memory and no task per frame.
 - :class:`Alarm` is a single re-armable wake-up on any :class:`~conat._clock.Clock`: a
   ``loop.call_at`` handle on the system clock (no task), a task sleeping on the clock otherwise.
 - :class:`Waits` holds the futures that wait for "something changed" (each waiter re-checks its
@@ -18,7 +21,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from ._clock import Clock, SystemClock
 from ._errors import ConatError
@@ -27,12 +30,15 @@ from ._socket_frames import FRAME_ENCODER, Frame
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["Alarm", "Expired", "Outbox", "Spawn", "Waits"]
+__all__ = ["DEFAULT_MAX_ANSWERS", "Alarm", "Answers", "Expired", "Outbox", "Spawn", "Waits"]
 
 log = logging.getLogger("conat.socket")
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 """Starts a task that its owner tracks (and awaits when it closes)."""
+
+DEFAULT_MAX_ANSWERS: Final = 1024
+"""Answers a listener queues before it drops new ones (each is one small frame)."""
 
 
 class Expired(Exception):
@@ -106,6 +112,56 @@ class Outbox:
         log.debug("socket %r: frames not sent: %s", self._name, error)
         if self._client._closing:
             self._on_closed()
+
+
+@final
+class Answers:
+    """Frames for many reply subjects, sent in order by one writer task; at most ``limit`` wait.
+
+    For answers that are worth sending but not worth keeping: the peer's next frame is answered
+    again. :meth:`emit` never blocks and never spawns more than one task; when ``limit`` frames
+    already wait it drops the new one and counts it in ``dropped``. ``task`` is the running writer
+    (None when idle), for its owner to await when it closes.
+    """
+
+    def __init__(self, client: Client, name: str, spawn: Spawn, limit: int = DEFAULT_MAX_ANSWERS) -> None:
+        self._client = client
+        self._name = name
+        self._spawn = spawn
+        self._limit = limit
+        self._frames: deque[tuple[str, bytes]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def emit(self, target: str, frame: Frame) -> bool:
+        """Queue ``frame`` for ``target``; False if it was dropped (the queue is full)."""
+        if len(self._frames) >= self._limit:
+            self.dropped += 1
+            return False
+        self._frames.append((target, FRAME_ENCODER.encode(frame)))
+        if self.task is None:
+            self.task = self._spawn(self._writer())
+        return True
+
+    async def _writer(self) -> None:
+        frames = self._frames
+        publish = self._client._transport.publish
+        try:
+            while frames:
+                target, raw = frames.popleft()
+                try:
+                    await publish(target, raw, "")
+                except ConatError as e:
+                    log.debug("socket server %r: frame not sent: %s", self._name, e)
+                    if self._client._closing:
+                        frames.clear()
+        finally:
+            self.task = None
+            if frames and not self._client._closing:  # cancelled mid-queue: a new writer takes the rest
+                self.task = self._spawn(self._writer())
 
 
 @final
