@@ -554,7 +554,7 @@ class Client:
 
     def _plain_route(self, sub: Subscription) -> Route:
         def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-            sub._put(Message(subject, reply, data, headers, self), reply)
+            sub._put(Message(subject, reply, data, headers, self), reply, None)
 
         return route
 
