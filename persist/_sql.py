@@ -40,6 +40,7 @@ import msgspec
 from conat._codecs import get_codec
 
 from . import _codec
+from ._admission import expired_through
 from ._checks import SetArgs
 from ._config import UNLIMITED, StreamConfig
 from ._errors import Corrupt, PersistError, StorageError
@@ -243,13 +244,11 @@ def set_meta(db: sqlite3.Connection, name: str, value: int | StreamConfig) -> No
 # ---- writes (in the writer's transaction) ------------------------------------------------------------
 
 
-def _slack(x: float) -> float:
-    """A margin so an indexed ``time <= now - age + slack`` pre-filter never misses a row."""
-    return 1e-6 * max(1.0, abs(x))
-
-
 def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[list[int], int]:
     """Delete what is expired at ``now`` and the msg-ids older than the dedup window.
+
+    Each age rule is one range of its ``time`` index (:func:`persist._admission.expired_through`), so
+    a sweep touches only the rows it removes: it runs before every write transaction.
 
     Returns:
         the seqs of the messages deleted, and their bytes.
@@ -259,8 +258,7 @@ def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[lis
     freed = 0
     if age != UNLIMITED:
         rows = db.execute(
-            "DELETE FROM messages WHERE time <= ? AND time + ? <= ? RETURNING seq, size",
-            (now - age + _slack(now), float(age), now),
+            "DELETE FROM messages WHERE time <= ? RETURNING seq, size", (expired_through(now, float(age)),)
         ).fetchall()
         removed.extend(r[0] for r in rows)
         freed += sum(r[1] for r in rows)
@@ -269,10 +267,7 @@ def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[lis
     freed += sum(r[1] for r in rows)
     window = config.duplicate_window
     if window != UNLIMITED:
-        db.execute(
-            "DELETE FROM dedup WHERE time <= ? AND time + ? <= ?",
-            (now - window + _slack(now), float(window), now),
-        )
+        db.execute("DELETE FROM dedup WHERE time <= ?", (expired_through(now, float(window)),))
     return removed, freed
 
 

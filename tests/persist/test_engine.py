@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ from persist import (
     StorageError,
     StreamConfig,
     WrongLastSequence,
+    _sql,
 )
+from persist._checks import check_set_args
 from persist._codec import COMPRESS_THRESHOLD, decode, encode
 from persist._engine import StreamFile, Write
 from persist._engine_io import storage_errors
@@ -232,6 +235,54 @@ async def test_sweep_deletes_expired_rows_from_the_file(
         assert (await s.inventory()).count == 0
         assert await s.sweep() == 1
         assert rows_in_file(file) == 0
+
+
+def _sweep_steps(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[int, int]:
+    """Run the sweep at ``now`` in a transaction; (SQLite VM steps it took, messages it removed)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db.set_progress_handler(count, 1)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        removed, _ = _sql.sweep(db, config, now)
+        db.execute("COMMIT")
+    finally:
+        db.set_progress_handler(None, 1)
+    return steps, len(removed)
+
+
+def test_a_sweep_touches_only_what_it_removes_on_a_real_wall_clock(tmp_path: Path) -> None:
+    """20,000 messages and msg-ids inside their windows, at epoch times: a sweep with nothing to
+    remove reads none of them (it runs before every write transaction), and each later sweep
+    removes exactly the rows the model's rule says."""
+    now = time.time()
+    config = StreamConfig(max_age=600, duplicate_window=120)
+    db = _sql.connect(tmp_path / "s.db")
+    try:
+        _sql.init_db(db, config, "s", durable=True)
+        db.execute("BEGIN IMMEDIATE")
+        times = [now - 100 + i * 0.004 for i in range(20_000)]  # now-100 .. now-20
+        for seq, t in enumerate(times, 1):
+            _sql.insert(db, seq, t, check_set_args(b"x", None, None, None, None, f"id-{seq}"), "raw")
+        db.execute("COMMIT")
+
+        steps, removed = _sweep_steps(db, config, now)
+        assert removed == 0 and steps < 200  # was ~ 20,000 rows x 2 tables: a scan of each window
+
+        steps, removed = _sweep_steps(db, config, now + 60)  # msg-ids written before now - 60 go
+        assert removed == 0
+        left = db.execute("SELECT count(*) FROM dedup").fetchone()[0]
+        assert left == sum(1 for t in times if not t + 120 <= now + 60)
+        steps, removed = _sweep_steps(db, config, now + 550)  # messages written before now - 50 go
+        assert removed == sum(1 for t in times if t + 600 <= now + 550)
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == len(times) - removed
+    finally:
+        db.close()
 
 
 # ---- corruption ---------------------------------------------------------------------------------------
