@@ -464,6 +464,14 @@ class StreamStore:
                 if not e.ephemeral and e.idle() and now - e.last_used >= self._idle_close
             ]
             for p in stale:
+                # each close awaits: a stream leased (or used) since the round began is no longer idle
+                entry = self._entries.get(p)
+                if (
+                    entry is None
+                    or not entry.idle()
+                    or self._clock.now() - entry.last_used < self._idle_close
+                ):
+                    continue
                 try:
                     await self._close(p)
                 except Exception:
