@@ -14,11 +14,13 @@ instead of ``value`` for bytes that are not UTF-8 text; ``time`` in seconds sinc
 Exit codes (the CLI's table): 0 ok (also Ctrl-C stopping ``tail``, ``watch``, ``serve``); 1 bad
 input (scope, name, options) or nothing found (a missing key or seq: ``(code not-found)``); 2 the
 service refused (``reject``, ``wrong-last-sequence``...: a remote error, as for ``conat req``); 3
-timeout; 4 no persist service answered within ``--timeout``; 6 cannot connect.
+timeout; 4 no persist service answered within ``--timeout``; 6 cannot connect; 7 ``persist serve``
+gave up after repeated crashes (so a supervisor starts a fresh one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime
@@ -33,9 +35,19 @@ from typing import Any, Final, TypeVar
 import click
 import msgspec
 
+from actors import Escalation
 from conat import InvalidSubject, PayloadError
-from conat.cli._app import EXIT_REMOTE, Options, common_options, run, stop_on_signals, until_stopped
-from conat.cli._output import Printer, format_value, to_json
+from conat.cli.plugin import (
+    EXIT_REMOTE,
+    Options,
+    Printer,
+    common_options,
+    format_value,
+    run,
+    stop_on_signals,
+    to_json,
+    until_stopped,
+)
 from subjects import parse_scope
 
 from ._client import AKV, AStream, list_streams
@@ -52,6 +64,8 @@ __all__ = ["SUBJECT", "kv", "message_fields", "persist_group", "stream"]
 T = TypeVar("T")
 
 SUBJECT: Final = "persist.*.>"
+EXIT_GAVE_UP: Final = 7
+"""``conat persist serve``: the service gave up after repeated crashes (the code ``conat run`` uses)."""
 _DEFAULTS: Final[dict[str, Any]] = msgspec.to_builtins(StreamConfig())
 
 
@@ -571,10 +585,15 @@ def serve(opts: Options, root: Path | None, config_file: Path | None, stop_timeo
         run(_serve(opts, out, placement, stop_timeout))
     except KeyboardInterrupt:
         pass
+    except Escalation as e:
+        click.echo(f"conat: error: the persist service gave up: {e} (code {e.code})", err=True)
+        out.event("persist service failed", event="failed", code=e.code)
+        raise click.exceptions.Exit(EXIT_GAVE_UP) from None
     out.event("persist service stopped", event="stopped")
 
 
 async def _serve(opts: Options, out: Printer, placement: Placement, stop_timeout: float) -> None:
+    """Serve until a signal, or until the service gives up (then raise its :class:`Escalation`)."""
     with stop_on_signals() as stop:
         async with await opts.connect("conat-persist") as client:
             server = await PersistServer(client, placement).start()
@@ -583,6 +602,20 @@ async def _serve(opts: Options, out: Printer, placement: Placement, stop_timeout
                     f"persist service ready on {SUBJECT} (files under {placement.root})\nPress Ctrl-C to stop.",
                     event="ready", subject=SUBJECT, root=placement.root, url=client.connected_url,
                 )  # fmt: skip
-                await stop.wait()
+                stopped = asyncio.ensure_future(stop.wait())
+                failed = asyncio.ensure_future(_stopped(server))
+                try:
+                    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                    failed.cancel()
             finally:
                 await server.aclose(stop_timeout)
+            if server.failure is not None:
+                raise server.failure
+
+
+async def _stopped(server: PersistServer) -> None:
+    """Return when ``server`` stopped by itself (it gave up: ``server.failure`` says why)."""
+    with contextlib.suppress(Escalation):
+        await server.wait()

@@ -45,11 +45,11 @@ from typing import Any, Final, Self
 
 import msgspec
 
-from actors import NO_REPLY, Actor, ActorSystem
+from actors import NO_REPLY, Actor, ActorSystem, Escalation
 from conat import Client, Message
 from conat._errors import ClosedError, ConatError, PayloadError
 from conat._service import error_reply, respond_error
-from subjects import ScopeKind, parse_scope
+from subjects import InvalidSubject, ScopeKind, parse_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
@@ -83,6 +83,7 @@ BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
 BUSY: Final = 429
+_SCOPES: Final = "use hub, project-<uuid>, account-<uuid> or host-<uuid>"
 
 
 class _Shared:
@@ -137,6 +138,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         self._inflight = asyncio.Semaphore(shared.max_inflight)
         self._waiters = 0
         self._used: dict[str, float] = {}
+        self._bad_scope: BadPath | None = None
 
     def _scope(self) -> tuple[ScopeKind, str | None]:
         """The storage scope of this activation's key."""
@@ -151,12 +153,23 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         return None if raw is None else _parse_config(msgspec.msgpack.encode(raw))
 
     async def on_activate(self) -> None:
-        self._kind, self._id = self._scope()
+        try:
+            self._kind, self._id = self._scope()
+        except InvalidSubject:
+            # Anyone may send to any subject the pattern matches: a key that names no scope is the
+            # caller's mistake, answered (and passivated) by receive, never a crash of the activation
+            # (crashes count towards the supervisor giving up on the whole service).
+            self._bad_scope = BadPath(self.key, f"{self.key!r} is not a scope: {_SCOPES}")
+            return
         interval = self._shared.sweep_interval
         if interval > 0:
             self.timer(interval, self._sweep, period=interval)
 
     async def receive(self, msg: Message) -> Any:
+        if self._bad_scope is not None:
+            self.passivate()
+            await _respond_failure(msg, self._bad_scope)
+            return NO_REPLY
         try:
             # conat's own clients send msgpack bytes as "raw"; any other codec is honoured
             raw = msg.codec.name == "raw"
@@ -339,7 +352,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             try:
                 async with self._shared.store.stream(path, create=False) as file:
                     await file.sweep()
-            except PersistError as e:
+            except ConatError as e:  # a refusal, a stopping store: the next round tries again
                 log.warning("sweep of %s failed: %s", path, e)
 
 
@@ -354,6 +367,8 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
 
     def _scope(self) -> tuple[ScopeKind, str | None]:
         kind, _, ident = self.key.partition(".")
+        if kind not in ("project", "host"):
+            raise InvalidSubject(self.key, "bad-scope", field="scope")
         return parse_scope(f"{kind}-{ident}")
 
     def _new_config(self, request: Request) -> StreamConfig | None:
@@ -416,6 +431,21 @@ class PersistServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    @property
+    def failure(self) -> Escalation | None:
+        """Why the service gave up, if it did (its activations kept crashing; nothing is served)."""
+        return self._system.failure
+
+    async def wait(self) -> None:
+        """Return when the service has stopped (:meth:`aclose`, or it gave up).
+
+        Raises:
+            actors.Escalation: it gave up after repeated crashes. It serves nothing any more, and
+                nothing restarts it in this process: a command running it should exit non-zero so
+                its supervisor (systemd, a container runtime) starts a fresh one.
+        """
+        await self._system.wait()
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop taking requests, let the operations in flight answer, then close the store."""

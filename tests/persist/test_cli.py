@@ -8,6 +8,7 @@ serve``) run as real subprocesses (``python -m conat.cli``), so signals and flus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -369,6 +370,54 @@ def test_persist_serve_places_files_and_stops_on_sigterm(tmp_path: Path, procs: 
         assert serve.wait() == 0
         assert json_lines("\n".join(serve.rest("stdout"))) == [{"event": "stopped"}]
     finally:
+        server.stop_sync()
+
+
+_FAILING_SERVE = """
+import sys
+import persist._service
+
+async def crash(self):  # every activation fails: the service crashes until it gives up
+    raise RuntimeError("activation crashed")
+
+persist._service.PersistService.on_activate = crash
+from conat.cli import main
+sys.argv[0] = "conat"
+main()
+"""
+
+
+def test_persist_serve_exits_non_zero_when_the_service_gives_up(tmp_path: Path) -> None:
+    """A service that gives up must end its process (exit 7), so a supervisor starts a fresh one;
+    it used to stay up serving nothing."""
+    server = NatsServer(ServerConfig(), directory=tmp_path / "nats")
+    server.start_sync()
+    args = ["--json", "--url", server.url, "persist", "serve", "--root", str(tmp_path / "data")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FAILING_SERVE, *args], cwd=ROOT, text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+
+        async def hammer() -> None:
+            with anyio.fail_after(30):
+                async with await conat.connect(server.url) as client:
+                    while proc.poll() is None:
+                        subject = f"persist.project-{uuid.uuid4()}.api"  # a new key: a new activation
+                        with contextlib.suppress(conat.ConatError):
+                            await client.request(subject, {"op": "get", "stream": "s", "seq": 1}, timeout=1)
+
+        anyio.run(hammer)
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 7, err
+        assert "gave up" in err and "(code escalated)" in err
+        assert json_lines(out)[-1] == {"event": "failed", "code": "escalated"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         server.stop_sync()
 
 

@@ -110,6 +110,23 @@ async def test_refusals_arrive_typed(server: PersistServer, client: conat.Client
     assert (await s.get(key="a")) is not None
 
 
+async def test_requests_on_bad_scopes_are_refused_without_crashing(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    """A subject that names no scope is refused with ``bad-path``, however often: it never crashes an
+    activation (about ten did in a minute, escalated, and stopped the service for good)."""
+    bad = ["persist.not-a-scope.api", "persist.hub-1.api", "bootlog.project.garbage", "bootlog.x.y"]
+    for i in range(15):
+        for subject in [*bad, f"persist.project-{i}.api"]:
+            with pytest.raises(RemoteError) as refused:
+                body = {"op": "get", "stream": "bootlog", "seq": 1}
+                await client.request(subject, body, timeout=5)
+            assert refused.value.code == "bad-path", subject
+            assert "scope" in str(refused.value)
+    assert server.failure is None
+    assert (await AStream(client, scope, "fine").publish(1)).seq == 1
+
+
 async def test_reads_of_a_missing_stream_create_nothing(
     server: PersistServer, client: conat.Client, scope: str
 ) -> None:
