@@ -53,6 +53,7 @@ from ._errors import NotFound as NotFound
 from ._errors import OutsideScope as OutsideScope
 from ._errors import PersistError as PersistError
 from ._errors import Rejected as Rejected
+from ._errors import RootInUse as RootInUse
 from ._errors import StorageError as StorageError
 from ._errors import TooLarge as TooLarge
 from ._errors import TooSlow as TooSlow
@@ -136,6 +137,7 @@ __all__ = [
     "Reject",
     "Rejected",
     "Resync",
+    "RootInUse",
     "Saved",
     "SetResult",
     "StorageError",

@@ -56,6 +56,7 @@ from ._engine import ChangePage, StreamFile
 from ._errors import BadPath, BadRequest, NotFound, PersistError, error_fields
 from ._model import DeleteResult
 from ._placement import FILE_SUFFIX, Placement, StoragePath
+from ._rootlock import RootLock
 from ._store import Lease, StreamStore
 from ._wire import (
     MAX_WAIT,
@@ -384,6 +385,12 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
 class PersistServer:
     """Runs the persist service on a connection: one :class:`PersistService` activation per scope.
 
+    **One per root.** Stream files have exactly one writer: :meth:`start` takes an advisory lock on
+    every root of ``placement`` (:meth:`Placement.lock_roots`) and refuses to start, with
+    :class:`RootInUse`, when another service (in this process or another) holds one; :meth:`aclose`
+    gives them back, and so does the kernel if the process dies. So several services may share a bus
+    (on different roots, for different scopes) but never a root.
+
     Args:
         client: the connection to serve on.
         placement: where stream files live (``Placement.from_sources()`` reads the environment).
@@ -415,8 +422,25 @@ class PersistServer:
         self._shared = _Shared(self.store, placement, max_inflight, max_waiters, sweep_interval)
         self._system = ActorSystem(client)
         self._subject = subject
+        self._lock: RootLock | None = None
 
     async def start(self) -> Self:
+        """Take the roots' lock, then serve.
+
+        Raises:
+            RootInUse: another persist service holds one of the placement's roots.
+            StorageError: a root cannot be created, or its lock file opened.
+        """
+        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots())
+        try:
+            await self._serve()
+        except BaseException:
+            await self._system.stop(0)
+            self._lock.release()
+            raise
+        return self
+
+    async def _serve(self) -> None:
         cls: type[PersistService] = PersistService
         if self._subject != PersistService.spec().subject:
             cls = type("PersistService", (PersistService,), {}, subject=self._subject)
@@ -424,7 +448,6 @@ class PersistServer:
         await self._system.start(cls, factory=lambda: cls(shared))
         if self._bootlog:
             await self._system.start(BootlogService, factory=lambda: BootlogService(shared))
-        return self
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -460,6 +483,8 @@ class PersistServer:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._owns_store:
             await self.store.aclose()
+        if self._lock is not None:  # after the files are closed: the next service may open them
+            self._lock.release()
 
 
 # ---- replies -----------------------------------------------------------------------------------------

@@ -373,6 +373,25 @@ def test_persist_serve_places_files_and_stops_on_sigterm(tmp_path: Path, procs: 
         server.stop_sync()
 
 
+def test_a_second_persist_serve_on_the_same_root_exits_1(tmp_path: Path, procs: Callable[..., Proc]) -> None:
+    server = NatsServer(ServerConfig(), directory=tmp_path / "nats")
+    server.start_sync()
+    try:
+        args = ("--url", server.url, "persist", "serve", "--root", str(tmp_path / "data"))
+        first = procs("--json", *args)
+        assert json.loads(first.next())["event"] == "ready"
+        second = procs(*args)
+        assert second.wait() == 1
+        error = "\n".join(second.rest("stderr"))
+        assert "is in use by another persist service (pid " in error and "(code root-in-use)" in error
+        assert str(tmp_path / "data") in error
+        assert first.popen.poll() is None  # the first one serves on
+        first.popen.send_signal(signal.SIGTERM)
+        assert first.wait() == 0
+    finally:
+        server.stop_sync()
+
+
 _FAILING_SERVE = """
 import sys
 import persist._service

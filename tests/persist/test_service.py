@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import msgspec
@@ -20,6 +21,7 @@ from persist import (
     PersistServer,
     Placement,
     Rejected,
+    RootInUse,
     StreamStore,
     TooLarge,
     WrongLastSequence,
@@ -125,6 +127,25 @@ async def test_requests_on_bad_scopes_are_refused_without_crashing(
             assert "scope" in str(refused.value)
     assert server.failure is None
     assert (await AStream(client, scope, "fine").publish(1)).seq == 1
+
+
+async def test_a_second_service_on_a_root_in_use_refuses_to_start(
+    client: conat.Client, placement: Placement, scope: str
+) -> None:
+    """Two services on one root would both write its files (writes answered ``UNIQUE constraint
+    failed`` although stored): the second is refused, naming the root and who holds it."""
+    async with PersistServer(client, placement):
+        second = PersistServer(client, placement)
+        with pytest.raises(RootInUse) as in_use:
+            await second.start()
+        assert in_use.value.code == "root-in-use" and in_use.value.root == placement.root
+        assert f"pid {os.getpid()} " in str(in_use.value)
+        assert second.failure is None
+        s = AStream(client, scope, "one-writer")
+        results = await asyncio.gather(*(s.publish(i) for i in range(100)))
+        assert sorted(r.seq for r in results) == list(range(1, 101))  # served once, by the first
+    async with PersistServer(client, placement):  # given back at close
+        assert (await s.publish(100)).seq == 101
 
 
 async def test_reads_of_a_missing_stream_create_nothing(
