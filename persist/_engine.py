@@ -93,9 +93,23 @@ from ._errors import BadRequest, PersistError
 from ._model import DeleteResult, Inventory, SetResult
 from ._sql import DEFAULT_ENCODING, StoredMessage
 
-__all__ = ["ChangePage", "StoredMessage", "StreamFile", "StreamFileStatistics", "Write"]
+__all__ = [
+    "DEFAULT_PAGE_BYTES",
+    "DEFAULT_PAGE_MSGS",
+    "ChangePage",
+    "StoredMessage",
+    "StreamFile",
+    "StreamFileStatistics",
+    "Write",
+]
 
 _T = TypeVar("_T")
+
+DEFAULT_PAGE_MSGS: Final = 1000
+"""Messages in a page of :meth:`StreamFile.get_all` / :meth:`StreamFile.changes` by default."""
+DEFAULT_PAGE_BYTES: Final = 4 * 1024 * 1024
+"""Bytes (:func:`persist.message_size` summed) in a page by default: a page stops before the first
+message that would pass it, however many ``max_msgs`` allows (and always holds at least one)."""
 
 
 class Write(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,6 +177,11 @@ def _check_write(
     """The model's argument checks of ``set`` (same errors, in the same order), then ``encoding``."""
     args = check_set_args(payload, key, headers, ttl, previous_seq, msg_id)
     return args, check_encoding("set", encoding)
+
+
+def _check_bound(op: str, name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(op, f"{name} must be a positive int, not {value!r}")
 
 
 _OPEN_TOKEN: Final = object()
@@ -429,25 +448,34 @@ class StreamFile:
         )
         return _sql.decode_row(rows[0], self._what) if rows else None
 
-    async def get_all(self, from_seq: int = 0, *, batch: int = 1000) -> AsyncIterator[list[StoredMessage]]:
-        """Every live message with ``seq >= from_seq`` in seq order, in lists of at most ``batch``.
+    async def get_all(
+        self, from_seq: int = 0, *, batch: int = DEFAULT_PAGE_MSGS, max_bytes: int = DEFAULT_PAGE_BYTES
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """Every live message with ``seq >= from_seq`` in seq order, in lists of at most ``batch``
+        messages and ``max_bytes`` bytes (a list holds at least one message, however large).
 
         Each list is read in its own read transaction at the time it is fetched (nothing is held
-        open between lists), so messages written meanwhile appear in later lists.
+        open between lists), so messages written meanwhile appear in later lists. A list is bounded
+        while it is read: no more than its own bytes are ever loaded.
         """
         start = check_seq("get_all", "from_seq", from_seq)
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-            raise BadRequest("get_all", f"batch must be a positive int, not {batch!r}")
+        _check_bound("get_all", "batch", batch)
+        _check_bound("get_all", "max_bytes", max_bytes)
         while True:
             config, now = self._writer.state.config, self._clock.wall()
             rows = await self._read(
-                functools.partial(_sql.select_messages, config=config, now=now, start=start, batch=batch)
+                functools.partial(
+                    _sql.select_messages,
+                    config=config,
+                    now=now,
+                    start=start,
+                    batch=batch,
+                    max_bytes=max_bytes,
+                )
             )
             if not rows:
                 return
             yield [_sql.decode_row(r, self._what) for r in rows]
-            if len(rows) < batch:
-                return
             start = rows[-1][0] + 1
 
     async def keys(self) -> list[str]:
@@ -496,7 +524,8 @@ class StreamFile:
         *,
         after_delete: int | None = None,
         stream_id: str | None = None,
-        max_msgs: int = 1000,
+        max_msgs: int = DEFAULT_PAGE_MSGS,
+        max_bytes: int = DEFAULT_PAGE_BYTES,
         max_deletes: int = 1000,
     ) -> ChangePage:
         """The changes after a cursor, as one consistent page (the changefeed's read).
@@ -506,14 +535,15 @@ class StreamFile:
             after_delete: the ``delete_cursor`` of the previous page (``None``: no deletes wanted,
                 e.g. the first page of a consumer holding nothing).
             stream_id: the ``stream_id`` the cursor came from; another one sets ``resync``.
-            max_msgs, max_deletes: page bounds (the rest comes in the next pages).
+            max_msgs, max_bytes, max_deletes: page bounds (the rest comes in the next pages); a
+                page stops before the message that would pass ``max_bytes`` while it is read, and
+                holds at least one message.
         """
         start = check_seq("changes", "after_seq", after_seq)
         if after_delete is not None:
             check_seq("changes", "after_delete", after_delete)
-        for name, bound in (("max_msgs", max_msgs), ("max_deletes", max_deletes)):
-            if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
-                raise BadRequest("changes", f"{name} must be a positive int, not {bound!r}")
+        for name, bound in (("max_msgs", max_msgs), ("max_bytes", max_bytes), ("max_deletes", max_deletes)):
+            _check_bound("changes", name, bound)
         if stream_id is not None and not isinstance(stream_id, str):
             raise BadRequest("changes", f"stream_id must be a string, not {stream_id!r}")
         if stream_id is not None and stream_id != self.stream_id:
@@ -529,6 +559,7 @@ class StreamFile:
                 after_seq=start,
                 after_delete=after_delete,
                 max_msgs=max_msgs,
+                max_bytes=max_bytes,
                 max_deletes=max_deletes,
             )
         )

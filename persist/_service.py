@@ -22,10 +22,12 @@ msg-ids are stored with the write.
 
 **Bounds.** At most ``max_inflight`` operations of a scope run at once (beyond that the turn waits,
 the mailbox fills, and callers get 429), and at most ``max_waiters`` changefeed reads of a scope are
-held waiting; one more gets 429 at once. A changefeed page is bounded in messages and bytes. The
-service holds no per-consumer buffer: a consumer pulls the next page when it is ready (the cursor is
-its own), so a slow consumer costs nothing here; one that falls behind the delete log gets a page
-with ``resync`` set and reloads.
+held waiting; one more gets 429 at once. A page (``get_all``, the changefeed) is bounded in messages
+and bytes while it is read, and capped (``max_page_msgs``, ``max_page_bytes``; by default
+:data:`persist._wire.MAX_PAGE_MSGS`, :data:`persist._wire.MAX_PAGE_BYTES`) whatever the client asks: the service never loads more than the page it sends (or one message, if that one alone
+is larger). The service holds no per-consumer buffer: a consumer pulls the next page when it is
+ready (the cursor is its own), so a slow consumer costs nothing here; one that falls behind the
+delete log gets a page with ``resync`` set and reloads.
 
 **Expiry.** Each activation sweeps the streams it used within ``idle_close`` every
 ``sweep_interval`` seconds, so expired messages are removed (and reach changefeeds as deletes) even
@@ -59,6 +61,8 @@ from ._placement import FILE_SUFFIX, Placement, StoragePath
 from ._rootlock import RootLock
 from ._store import Lease, StreamStore
 from ._wire import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_MSGS,
     MAX_WAIT,
     REQUEST_DECODER,
     ConfigOp,
@@ -91,13 +95,20 @@ class _Shared:
     """What every activation of the service shares: the store, placement, bounds and live tasks."""
 
     def __init__(
-        self, store: StreamStore, placement: Placement, max_inflight: int, max_waiters: int, sweep: float
+        self,
+        store: StreamStore,
+        placement: Placement,
+        max_inflight: int,
+        max_waiters: int,
+        sweep: float,
+        page: tuple[int, int],
     ) -> None:
         self.store = store
         self.placement = placement
         self.max_inflight = max_inflight
         self.max_waiters = max_waiters
         self.sweep_interval = sweep
+        self.max_page_msgs, self.max_page_bytes = page
         self.tasks: set[asyncio.Task[None]] = set()
         self.waiting: set[asyncio.Task[Any]] = set()
         """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
@@ -260,6 +271,8 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         the stream again when woken.
         """
         wait = min(max(request.wait, 0.0), MAX_WAIT)
+        max_msgs = min(request.max_msgs, self._shared.max_page_msgs)  # whatever the client asked
+        max_bytes = min(request.max_bytes, self._shared.max_page_bytes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         store = self._shared.store
@@ -274,11 +287,12 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                         request.after_seq,
                         after_delete=after_delete,
                         stream_id=stream_id,
-                        max_msgs=request.max_msgs,
+                        max_msgs=max_msgs,
+                        max_bytes=max_bytes,
                     )
                     left = deadline - loop.time()
                     if page.messages or page.deletes or page.resync or left <= 0:
-                        return _trim(page, request.max_bytes)
+                        return page
                     # a first read holds no delete cursor: from now on, deletes while it waits count
                     after_delete, stream_id = page.delete_cursor, page.stream_id
                     if not waiting and task is not None:
@@ -398,6 +412,7 @@ class PersistServer:
         subject: the pattern served (default ``persist.*.>``, every scope of the bus).
         bootlog: also serve the bootlogs (:class:`BootlogService`) from the same store.
         max_inflight, max_waiters, sweep_interval: see the module docstring.
+        max_page_msgs, max_page_bytes: the caps on a page of messages, whatever a client asks.
     """
 
     def __init__(
@@ -410,8 +425,12 @@ class PersistServer:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_waiters: int = DEFAULT_MAX_WAITERS,
         sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+        max_page_msgs: int = MAX_PAGE_MSGS,
+        max_page_bytes: int = MAX_PAGE_BYTES,
         bootlog: bool = True,
     ) -> None:
+        if max_page_msgs < 1 or max_page_bytes < 1:
+            raise ValueError(f"page caps must be positive, not {max_page_msgs!r}, {max_page_bytes!r}")
         self.client = client
         self._bootlog = bootlog
         self.placement = placement
@@ -419,7 +438,9 @@ class PersistServer:
             store if store is not None else StreamStore(placement.locate, archive=placement.archive_path)
         )
         self._owns_store = store is None
-        self._shared = _Shared(self.store, placement, max_inflight, max_waiters, sweep_interval)
+        self._shared = _Shared(
+            self.store, placement, max_inflight, max_waiters, sweep_interval, (max_page_msgs, max_page_bytes)
+        )
         self._system = ActorSystem(client)
         self._subject = subject
         self._lock: RootLock | None = None
@@ -527,16 +548,6 @@ def _parse_config(raw: bytes) -> StreamConfig:
 
 async def _ready(value: object) -> object:
     return value
-
-
-def _trim(page: ChangePage, max_bytes: int) -> ChangePage:
-    """Keep the page's messages within ``max_bytes`` of payload (at least one message)."""
-    total = 0
-    for n, message in enumerate(page.messages):
-        total += len(message.payload)
-        if n and total > max_bytes:
-            return msgspec.structs.replace(page, messages=page.messages[:n])
-    return page
 
 
 # What a read of a stream that does not exist answers (nothing to report; no file is created).

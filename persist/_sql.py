@@ -406,15 +406,55 @@ def select_message(
     return db.execute(sql, {**_live_params(config, now), "sel": arg}).fetchall()
 
 
-def select_messages(
-    db: sqlite3.Connection, config: StreamConfig, now: float, start: int, batch: int
+def _page_end(
+    db: sqlite3.Connection, config: StreamConfig, now: float, after: int, max_msgs: int, max_bytes: int
+) -> int | None:
+    """The last seq of a page: up to ``max_msgs`` live messages with ``seq > after`` whose sizes sum to
+    at most ``max_bytes`` (at least one message, however large), or ``None`` if there is none.
+
+    Reads only ``seq`` and ``size`` (never a payload), and stops at the first message that does not
+    fit: a page is bounded by bytes *while* reading, so a client's large ``max_msgs`` never loads more
+    than ``max_bytes`` of payloads (plus one message).
+    """
+    sql = f"SELECT seq, size FROM messages WHERE seq > :after AND {live_clause(config)} ORDER BY seq LIMIT :n"
+    cur = db.execute(sql, {**_live_params(config, now), "after": after, "n": max_msgs})
+    last: int | None = None
+    total = 0
+    try:
+        for seq, size in cur:
+            total += size
+            if last is not None and total > max_bytes:
+                break
+            last = seq
+    finally:
+        cur.close()
+    return last
+
+
+def _page_rows(
+    db: sqlite3.Connection, config: StreamConfig, now: float, after: int, max_msgs: int, max_bytes: int
 ) -> list[Any]:
-    """The rows of the first ``batch`` live messages with ``seq >= start``, in seq order."""
+    """The rows of the page :func:`_page_end` bounds (call inside one read transaction)."""
+    last = _page_end(db, config, now, after, max_msgs, max_bytes)
+    if last is None:
+        return []
     sql = (
-        f"SELECT {_COLUMNS} FROM messages WHERE seq >= :start AND {live_clause(config)}"
-        " ORDER BY seq LIMIT :batch"
+        f"SELECT {_COLUMNS} FROM messages WHERE seq > :after AND seq <= :last AND {live_clause(config)}"
+        " ORDER BY seq"
     )
-    return db.execute(sql, {**_live_params(config, now), "start": start, "batch": batch}).fetchall()
+    return db.execute(sql, {**_live_params(config, now), "after": after, "last": last}).fetchall()
+
+
+def select_messages(
+    db: sqlite3.Connection, config: StreamConfig, now: float, start: int, batch: int, max_bytes: int
+) -> list[Any]:
+    """The rows of the first ``batch`` live messages with ``seq >= start``, in seq order, within
+    ``max_bytes`` of message sizes (at least one), read in one read transaction."""
+    db.execute("BEGIN")
+    try:
+        return _page_rows(db, config, now, start - 1, batch, max_bytes)
+    finally:
+        db.execute("COMMIT")
 
 
 def select_changes(
@@ -424,25 +464,20 @@ def select_changes(
     after_seq: int,
     after_delete: int | None,
     max_msgs: int,
+    max_bytes: int,
     max_deletes: int,
 ) -> tuple[list[Any], list[tuple[int, int]], int, int, int]:
     """One consistent page of a changefeed, read in one read transaction.
 
     Returns:
-        the rows of up to ``max_msgs`` live messages with ``seq > after_seq``; the delete-log ranges
-        with ``id > after_delete`` (up to ``max_deletes``; none if ``after_delete`` is None); the id
-        of the last log row read (the cursor for the next page); the lowest id in the log; and
-        ``last_seq``.
+        the rows of up to ``max_msgs`` live messages with ``seq > after_seq`` within ``max_bytes``
+        (at least one; :func:`_page_end`); the delete-log ranges with ``id > after_delete`` (up to
+        ``max_deletes``; none if ``after_delete`` is None); the id of the last log row read (the
+        cursor for the next page); the lowest id in the log; and ``last_seq``.
     """
     db.execute("BEGIN")
     try:
-        sql = (
-            f"SELECT {_COLUMNS} FROM messages WHERE seq > :start AND {live_clause(config)}"
-            " ORDER BY seq LIMIT :batch"
-        )
-        rows = db.execute(
-            sql, {**_live_params(config, now), "start": after_seq, "batch": max_msgs}
-        ).fetchall()
+        rows = _page_rows(db, config, now, after_seq, max_msgs, max_bytes)
         low, high = db.execute("SELECT min(id), max(id) FROM deletes").fetchone()
         last_delete = high or 0
         first_delete = low or last_delete + 1

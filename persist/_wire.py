@@ -18,12 +18,14 @@ import msgspec
 
 from subjects import persist_scope
 
-from ._engine import Write
+from ._engine import DEFAULT_PAGE_BYTES, DEFAULT_PAGE_MSGS, Write
 from ._model import Inventory
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
     "DEFAULT_PAGE_MSGS",
+    "MAX_PAGE_BYTES",
+    "MAX_PAGE_MSGS",
     "MAX_WAIT",
     "ConfigOp",
     "DeleteOp",
@@ -38,8 +40,11 @@ __all__ = [
     "api_subject",
 ]
 
-DEFAULT_PAGE_MSGS: Final = 1000
-DEFAULT_PAGE_BYTES: Final = 4 * 1024 * 1024
+MAX_PAGE_MSGS: Final = 10_000
+"""The service's cap on ``ReadOp.max_msgs``: a larger request gets pages of this many at most."""
+MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
+"""The service's cap on ``ReadOp.max_bytes``: whatever a client asks, a page it is sent holds at most
+this many bytes of messages (or one message, if that one is larger)."""
 MAX_WAIT: Final = 60.0
 """The longest a changefeed read waits for a change before answering with an empty page (s)."""
 
@@ -88,7 +93,9 @@ class ReadOp(_Op, frozen=True, tag="read"):
     With ``wait`` > 0 and nothing to report, the service holds the request until a change commits
     or ``wait`` seconds pass (a long poll), so history and live updates come through the same
     cursor: no gap, no duplicate, and a restart of the service only delays the next page.
-    ``max_bytes`` bounds the payload bytes of a page (at least one message is always sent).
+    ``max_msgs`` and ``max_bytes`` bound a page (by message count and by bytes, the messages'
+    sizes summed; at least one message is always sent); the service caps both
+    (:data:`MAX_PAGE_MSGS`, :data:`MAX_PAGE_BYTES`) and reads no more than the page it sends.
     """
 
     after_seq: int = 0

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,29 @@ async def test_get_all_batches(stream: StreamFile) -> None:
     batches = [b async for b in stream.get_all(from_seq=3, batch=10)]
     assert [len(b) for b in batches] == [10, 10, 3]
     assert [m.seq for b in batches for m in b] == list(range(3, 26))
+
+
+async def test_pages_are_bounded_by_bytes_while_they_are_read(stream: StreamFile) -> None:
+    """A page stops before the message that would pass ``max_bytes`` and never loads the rest: a
+    page of 4 MiB out of 32 MiB of 256 KiB messages allocates about its own size (it used to read
+    ``max_msgs`` rows, 32 MiB here, and only then trim)."""
+    big = os.urandom(256 * 1024)  # incompressible: stored as is
+    for _ in range(8):
+        await stream.set_many([Write(payload=big) for _ in range(16)])  # 128 messages, 32 MiB
+    tracemalloc.start()
+    try:
+        page = await stream.changes(0, max_msgs=1000, max_bytes=4 * 1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [m.seq for m in page.messages] == list(range(1, 17))  # 16 x 256 KiB = 4 MiB: a 17th would pass
+    assert peak < 12 * 1024 * 1024, peak
+    batches = [b async for b in stream.get_all(batch=1000, max_bytes=1024 * 1024 - 1)]
+    assert [len(b) for b in batches] == [3] * 42 + [2]  # pages under 1 MiB to the end (not 1,000 rows)
+    one = await stream.changes(0, max_bytes=1)  # a message larger than the bound comes alone
+    assert [m.seq for m in one.messages] == [1]
+    with pytest.raises(BadRequest):
+        await stream.changes(0, max_bytes=0)
 
 
 async def test_msg_id_dedup_survives_reopen(

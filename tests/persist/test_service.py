@@ -24,10 +24,12 @@ from persist import (
     RootInUse,
     StreamStore,
     TooLarge,
+    Write,
     WrongLastSequence,
     api_subject,
     list_streams,
 )
+from persist._wire import MAX_PAGE_BYTES, MAX_PAGE_MSGS
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +80,28 @@ async def test_get_all_streams_in_pages(server: PersistServer, client: conat.Cli
     assert [m.value() for b in batches for m in b] == list(range(2500))
     tail = [m.seq for b in [b async for b in s.get_all(2400)] for m in b]
     assert tail == list(range(2400, 2501))
+
+
+async def test_the_service_caps_the_pages_a_client_asks_for(
+    client: conat.Client, placement: Placement, scope: str
+) -> None:
+    """Clients chose page sizes without a server cap (three oversized reads reached ~740 MB): now a
+    page holds at most max_page_bytes (and max_page_msgs), whatever the request says."""
+    assert (MAX_PAGE_MSGS, MAX_PAGE_BYTES) == (10_000, 8 * 1024 * 1024)  # the defaults
+    async with PersistServer(client, placement, max_page_msgs=50, max_page_bytes=64 * 1024):
+        s = AStream(client, scope, "large")
+        big = os.urandom(10_000)
+        await s.publish_many([Write(payload=big)] * 20)
+        page = await s.read_page(0, max_msgs=10**9, max_bytes=10**12)
+        assert [m.seq for m in page.messages] == list(range(1, 7))  # 6 x 10,000 B <= 64 KiB < 7 x
+        small = AStream(client, scope, "many")
+        await small.publish_many([Write(payload=b"x")] * 105)
+        page = await small.read_page(0, max_msgs=10**9)
+        assert len(page.messages) == 50
+        with pytest.raises(BadRequest):
+            await small.read_page(0, max_bytes=0)
+        assert [len(b) async for b in small.get_all()] == [50, 50, 5]  # paging goes on to the end
+        assert [len(b) async for b in s.get_all()] == [6, 6, 6, 2]
 
 
 async def test_refusals_arrive_typed(server: PersistServer, client: conat.Client, scope: str) -> None:
@@ -308,10 +332,13 @@ async def test_waiting_feeds_pin_no_files(client: conat.Client, placement: Place
     async with PersistServer(client, placement, store=store):
         feeds = [AStream(client, scope, f"f{i}").changefeed(0, wait=30.0) for i in range(4)]
         waiting = [asyncio.ensure_future(anext(f)) for f in feeds]
+        async with asyncio.timeout(10):  # each feed's first read opens (creates) its stream once
+            while store.statistics().opened < 4:
+                await asyncio.sleep(0.01)
         await asyncio.sleep(0.3)
         opened = store.statistics().opened
         await asyncio.sleep(0.3)
-        assert store.statistics().opened == opened  # idle feeds do not churn files open and shut
+        assert store.statistics().opened == opened == 4  # idle feeds do not churn files open and shut
         result = await asyncio.wait_for(AStream(client, scope, "other").publish("x"), 5)
         assert result.seq == 1
         for i in range(4):
