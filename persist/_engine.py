@@ -12,9 +12,10 @@ passed in by the owner (:class:`persist.StreamStore` shares one, bounded, betwee
 connection is only ever used by one thread at a time (each has a lock).
 
 **One writer, group commit.** Each file has one writer connection. Every mutation (``set``,
-``set_many``, ``delete``, ``set_config``, ``sweep``) is queued; a drain task takes *everything queued*,
-runs it in one ``BEGIN IMMEDIATE ... COMMIT`` in one executor call, then resolves each caller's future.
-Writes queued while a transaction commits go into the next one. A caller is answered only after
+``set_many``, ``delete``, ``set_config``, ``sweep``) is queued; a drain task takes what is queued (up
+to 1,000 mutations and 16 MiB of messages: :class:`persist._engine_io.GroupCommit`), runs it in one
+``BEGIN IMMEDIATE ... COMMIT`` in one executor call, then resolves each caller's future. Writes queued
+while a transaction commits go into the next one. A caller is answered only after
 the transaction holding its write has committed (with ``sync="full"``, after the fsync), so an
 acknowledged write is on disk. One fsync costs ~0.45 ms here, so batching is where durable
 throughput comes from; :meth:`StreamFile.statistics` counts transactions and writes.
@@ -157,12 +158,15 @@ class StreamFileStatistics(msgspec.Struct, frozen=True, kw_only=True):
         writes: mutations (each ``set``, each write of ``set_many``, ``delete``...) committed.
         queued: mutations waiting for the next transaction.
         readers: reader connections open.
+        largest_batch: the most mutations one transaction has held (bounded: group commit takes
+            at most :data:`persist._engine_io.MAX_BATCH_OPS`, or one larger ``set_many``).
     """
 
     transactions: int
     writes: int
     queued: int
     readers: int
+    largest_batch: int = 0
 
 
 def _check_write(
@@ -339,6 +343,7 @@ class StreamFile:
             writes=self._writer.writes,
             queued=self._queue.queued,
             readers=len(self._readers.all) if self._readers is not None else 0,
+            largest_batch=self._queue.largest,
         )
 
     # ---- writes ----------------------------------------------------------------------------------
@@ -363,11 +368,16 @@ class StreamFile:
             PersistError: the transaction failed; the write may be retried (with its msg-id).
         """
         args, enc = _check_write(payload, key, headers, encoding, ttl, previous_seq, msg_id)
-        result: SetResult = await self._enqueue(functools.partial(self._writer.set, args=args, encoding=enc))
+        result: SetResult = await self._enqueue(
+            functools.partial(self._writer.set, args=args, encoding=enc), args.size
+        )
         return result
 
     async def set_many(self, writes: Sequence[Write]) -> list[SetResult | PersistError]:
         """Write several messages in one transaction; each is judged on its own, in order.
+
+        The writes are never split between transactions, however many (a transaction otherwise holds
+        at most :data:`persist._engine_io.MAX_BATCH_OPS` writes): keep batches moderate.
 
         Returns:
             for each write, its :class:`SetResult` or the :class:`PersistError` that refused it
@@ -385,7 +395,8 @@ class StreamFile:
             return []
         self._check_open()
         futures = self._queue.put(
-            [functools.partial(self._writer.set, args=args, encoding=enc) for args, enc in checked]
+            [functools.partial(self._writer.set, args=args, encoding=enc) for args, enc in checked],
+            sum(args.size for args, _ in checked),
         )
         out: list[SetResult | PersistError] = []
         for fut in futures:
@@ -580,9 +591,9 @@ class StreamFile:
         if self._closed or self._closing:
             raise ClosedError(f"persist stream {self._what}")
 
-    async def _enqueue(self, apply: Callable[[sqlite3.Connection, float], _T]) -> _T:
+    async def _enqueue(self, apply: Callable[[sqlite3.Connection, float], _T], nbytes: int = 0) -> _T:
         self._check_open()
-        (fut,) = self._queue.put([apply])
+        (fut,) = self._queue.put([apply], nbytes)
         result: _T = await fut
         return result
 

@@ -19,6 +19,7 @@ owns, which is closed after every connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, final
+from typing import Any, Final, TypeVar, final
 
 from conat._errors import ClosedError
 
@@ -37,6 +38,8 @@ from ._config import StreamConfig
 from ._errors import Corrupt, PersistError, StorageError
 
 __all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_OPS",
     "Apply",
     "Conn",
     "GroupCommit",
@@ -283,20 +286,34 @@ class _Op:
         self.future = future
 
 
+MAX_BATCH_OPS: Final = 1000
+"""Most mutations in one transaction (a :meth:`GroupCommit.put` group is never split, so one larger
+group makes a transaction of its own)."""
+MAX_BATCH_BYTES: Final = 16 * 1024 * 1024
+"""Most bytes of messages in one transaction (same rule: whole groups, at least one)."""
+
+
 @final
 class GroupCommit:
-    """The writer's queue: a drain task runs *everything queued* in one ``commit`` call in the executor.
+    """The writer's queue: a drain task runs what is queued in one ``commit`` call in the executor.
 
     ``commit(applies)`` runs in one transaction and returns, per mutation, its result or the
     :class:`PersistError` that refused it; if it raises, every mutation of the batch fails with that
     error (a :class:`PersistError`, or one wrapping anything else). Mutations queued while a batch
     commits go into the next one. A caller's future resolves only after its batch has committed.
 
+    **Bounded batches.** A batch takes whole groups (what one :meth:`put` queued: a ``set_many`` is
+    one group, so it commits in one transaction) in order, up to :data:`MAX_BATCH_OPS` mutations and
+    :data:`MAX_BATCH_BYTES` of messages, and always at least one group; the rest waits for the next
+    transaction. So a burst of writes makes several moderate transactions, not one that holds the
+    writer (and every caller of the batch) for as long as the whole burst takes to write.
+
     Args:
         loop: the event loop the owner is bound to.
         jobs: runs ``commit`` in the executor.
         commit: runs a batch in one transaction (in the executor).
         what: names the file in errors and in the drain task's name.
+        max_ops, max_bytes: the bounds of a batch.
     """
 
     def __init__(
@@ -305,28 +322,38 @@ class GroupCommit:
         jobs: Jobs,
         commit: Callable[[Sequence[Apply]], list[object]],
         what: str,
+        *,
+        max_ops: int = MAX_BATCH_OPS,
+        max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._loop = loop
         self._jobs = jobs
         self._commit = commit
         self._what = what
-        self._queue: list[_Op] = []
+        self._max_ops = max_ops
+        self._max_bytes = max_bytes
+        self._queue: collections.deque[tuple[list[_Op], int]] = collections.deque()
+        self._queued = 0
         self._drainer: asyncio.Task[None] | None = None
+        self.largest = 0
+        """The most mutations one batch has held (for statistics)."""
 
     @property
     def queued(self) -> int:
         """Mutations waiting for the next transaction."""
-        return len(self._queue)
+        return self._queued
 
     @property
     def busy(self) -> bool:
         """Whether mutations are queued or a transaction is running."""
         return bool(self._queue) or (self._drainer is not None and not self._drainer.done())
 
-    def put(self, applies: Sequence[Apply]) -> list[asyncio.Future[Any]]:
-        """Queue ``applies`` (in order, into the same or consecutive transactions); one future each."""
+    def put(self, applies: Sequence[Apply], nbytes: int = 0) -> list[asyncio.Future[Any]]:
+        """Queue ``applies`` as one group (in order, in one transaction) of ``nbytes`` of messages;
+        one future each."""
         futures = [self._loop.create_future() for _ in applies]
-        self._queue.extend(_Op(a, f) for a, f in zip(applies, futures, strict=True))
+        self._queue.append(([_Op(a, f) for a, f in zip(applies, futures, strict=True)], nbytes))
+        self._queued += len(futures)
         if self._drainer is None or self._drainer.done():
             self._drainer = self._loop.create_task(self._drain(), name=f"persist-writer {self._what}")
         return futures
@@ -336,12 +363,26 @@ class GroupCommit:
         if self._drainer is not None:
             await asyncio.shield(self._drainer)
 
+    def _take(self) -> list[_Op]:
+        """The next batch: whole groups, within the bounds, at least one."""
+        batch: list[_Op] = []
+        size = 0
+        while self._queue:
+            ops, nbytes = self._queue[0]
+            if batch and (len(batch) + len(ops) > self._max_ops or size + nbytes > self._max_bytes):
+                break
+            self._queue.popleft()
+            self._queued -= len(ops)
+            batch.extend(ops)
+            size += nbytes
+        return [op for op in batch if not op.future.done()]
+
     async def _drain(self) -> None:
         while self._queue:
-            batch = [op for op in self._queue if not op.future.done()]
-            self._queue = []
+            batch = self._take()
             if not batch:
                 continue
+            self.largest = max(self.largest, len(batch))
             applies = [op.apply for op in batch]
             try:
                 results = await asyncio.shield(self._jobs.submit(functools.partial(self._commit, applies)))

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from persist import (
 from persist._checks import check_set_args
 from persist._codec import COMPRESS_THRESHOLD, decode, encode
 from persist._engine import StreamFile, Write
-from persist._engine_io import storage_errors
+from persist._engine_io import MAX_BATCH_OPS, Apply, GroupCommit, Jobs, storage_errors
 
 from .conftest import assert_backup_holds
 
@@ -164,6 +165,48 @@ async def test_group_commit_batches_concurrent_writes(stream: StreamFile) -> Non
     stats = stream.statistics()
     assert stats.writes == 2000
     assert stats.transactions <= 200, stats  # far fewer transactions than writes
+
+
+async def test_a_group_commit_batch_is_bounded(stream: StreamFile) -> None:
+    """A burst of writes queued at once made one transaction of all of them (unbounded); now each
+    holds at most MAX_BATCH_OPS writes, and a set_many is one group (never split)."""
+    burst = MAX_BATCH_OPS + 200
+    results = await asyncio.gather(*(stream.set(b"%d" % i) for i in range(burst)))
+    assert sorted(r.seq for r in results) == list(range(1, burst + 1))
+    stats = stream.statistics()
+    assert stats.largest_batch == MAX_BATCH_OPS and stats.transactions == 2, stats
+    many = await stream.set_many([Write(payload=b"m")] * (MAX_BATCH_OPS + 1))
+    assert stream.statistics().largest_batch == MAX_BATCH_OPS + 1
+    first = burst + 1
+    assert [r.seq for r in many if not isinstance(r, Exception)] == list(
+        range(first, first + MAX_BATCH_OPS + 1)
+    )
+
+
+async def test_group_commit_batches_by_bytes_and_whole_groups(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    batches: list[list[object]] = []
+
+    def commit(applies: Sequence[Apply]) -> list[object]:
+        batches.append([apply(None, 0.0) for apply in applies])  # type: ignore[arg-type]
+        return batches[-1]
+
+    def op(n: int) -> Apply:
+        return lambda db, now: n
+
+    queue = GroupCommit(asyncio.get_running_loop(), Jobs(executor), commit, "test", max_ops=4, max_bytes=100)
+    futures = [
+        *queue.put([op(1)], 60),
+        *queue.put([op(2)], 60),  # would pass 100 bytes: next batch
+        *queue.put([op(3), op(4), op(5)], 30),  # fits beside 2
+        *queue.put([op(6), op(7)], 0),  # would pass 4 ops: next batch
+        *queue.put([op(8), op(9), op(10), op(11), op(12)], 500),  # too big alone: a batch of its own
+        *queue.put([op(13)], 0),
+    ]
+    assert await asyncio.gather(*futures) == list(range(1, 14))
+    assert batches == [[1], [2, 3, 4, 5], [6, 7], [8, 9, 10, 11, 12], [13]]
+    assert queue.largest == 5 and queue.queued == 0
 
 
 # ---- limits -----------------------------------------------------------------------------------------
