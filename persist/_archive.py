@@ -8,7 +8,8 @@ persist errors leave.
 database's main file alone can lack committed data, notes/reliability.md lesson 4) into a temporary
 file beside the archive, switched to ``journal_mode=DELETE`` so it is one self-contained file (no
 ``-wal``/``-shm`` ever appears beside it, and it can be read with ``mode=ro``), flushed, then renamed
-over the archive. A reader never sees half a copy.
+over the archive, and the directory flushed (:func:`persist._durable.write_copy`; new directories on
+the way are made durable too). A reader never sees half a copy.
 
 **Newer.** Which of the live file and the archive is newer is decided by ``meta.last_seq``, the last
 seq ever assigned (:mod:`persist._sql`): it only grows, and every message write bumps it. The live
@@ -29,15 +30,14 @@ WAL was already read (and, by the connection's close, checkpointed) when its ``l
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import sqlite3
-import tempfile
 import urllib.parse
 from pathlib import Path
 
 from . import _sql
 from ._beneath import Anchor
+from ._durable import levels_beneath, sync_parents, write_copy
 from ._engine_io import storage_errors
 from ._errors import Corrupt
 
@@ -70,7 +70,7 @@ def archive_stream(root: Path, file: Path, dest: Path) -> None:
         try:
             src = anchor.connect(reader=True)
             try:
-                _write_copy(src, dest)
+                write_copy(src, dest)
             finally:
                 src.close()
         finally:
@@ -97,6 +97,7 @@ def restore_if_newer(root: Path, file: Path, archive: Path) -> bool:
         newest = _archive_seq(archive)
     what = str(file)
     with storage_errors(what, "restore"):
+        new_dirs = not file.parent.is_dir()
         anchor = Anchor.open(root, file, create=False, create_dirs=True, missing_ok=True)
         try:
             if anchor.existed:
@@ -106,7 +107,7 @@ def restore_if_newer(root: Path, file: Path, archive: Path) -> bool:
                     return False
                 if live >= newest:
                     return False
-            _restore(anchor, archive)
+            _restore(anchor, archive, levels_beneath(root, file) if new_dirs else 0)
             return True
         finally:
             anchor.close()
@@ -141,7 +142,7 @@ def _live_seq(anchor: Anchor) -> int:
             db.close()
 
 
-def _restore(anchor: Anchor, archive: Path) -> None:
+def _restore(anchor: Anchor, archive: Path, levels: int) -> None:
     tmp = f"{anchor.name}.restore-{secrets.token_hex(4)}"
     anchor.create_temp(tmp)
     try:
@@ -162,35 +163,8 @@ def _restore(anchor: Anchor, archive: Path) -> None:
             anchor.unlink(anchor.name + side)
         anchor.rename(tmp, anchor.name)
         anchor.fsync()
+        sync_parents(anchor.dirfd, levels)  # the directories on the way, if they were new
     except BaseException:
         with contextlib.suppress(OSError):
             anchor.unlink(tmp)
         raise
-
-
-def _write_copy(src: sqlite3.Connection, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        out = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            src.backup(out)
-            out.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            out.close()
-        _fsync_path(tmp)
-        os.replace(tmp, dest)
-        _fsync_path(dest.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_path(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

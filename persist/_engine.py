@@ -88,6 +88,7 @@ from ._checks import (
     check_set_args,
 )
 from ._config import StreamConfig
+from ._durable import write_copy
 from ._engine_io import Conn, GroupCommit, Jobs, ReaderPool, close_all, locked, open_writer
 from ._engine_writer import Writer
 from ._errors import BadRequest, PersistError
@@ -508,9 +509,10 @@ class StreamFile:
 
         Safe under concurrent writes (never a copy of a live WAL file, notes/reliability.md lesson 4):
         the copy holds every write committed before it started. ``dest`` is written to a temporary
-        name beside it and renamed into place.
+        file of its own beside it (two backups to one ``dest`` never share one), fsynced, renamed
+        into place, and its directory fsynced (:func:`persist._durable.write_copy`).
         """
-        await self._read(functools.partial(_sql.write_backup, target=Path(dest)))
+        await self._read(functools.partial(write_copy, dest=Path(dest)))
 
     # ---- changes ---------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from conat._errors import ClosedError
 from . import _sql
 from ._beneath import Anchor
 from ._config import StreamConfig
+from ._durable import levels_beneath, sync_parents
 from ._errors import Corrupt, PersistError, StorageError
 
 __all__ = [
@@ -436,11 +437,17 @@ def open_writer(
         with storage_errors(what, "open"):
             memory = _sql.connect(":memory:")
             return Conn(memory), _sql.init_db(memory, wanted, what, durable=False)
+    base = file.parent if root is None else root
     with storage_errors(what, "open"):
-        anchor = Anchor.open(file.parent if root is None else root, file, create=create)
+        # Whether the walk may create directories (by the text: this only decides what to fsync, and
+        # a stream's directory is there for every stream but the first of its scope).
+        new_dirs = create and not file.parent.is_dir()
+        anchor = Anchor.open(base, file, create=create)
     db: sqlite3.Connection | None = None
     try:
         with storage_errors(what, "open"):
+            if new_dirs:  # make their entries durable (the new file's is SQLite's, with its -wal)
+                sync_parents(anchor.dirfd, levels_beneath(base, file))
             db = anchor.connect()
             if anchor.existed:
                 problems = _sql.problems(db)
@@ -488,4 +495,5 @@ def _quarantine(anchor: Anchor) -> Path:
         for suffix in ("-wal", "-shm"):
             if anchor.lstat(name + suffix) is not None:
                 anchor.rename(name + suffix, target + suffix)
+        anchor.fsync()  # the renames are durable: a power loss cannot bring the corrupt file back
     return file.with_name(target)

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, final
 
+from ._durable import makedirs
 from ._errors import RootInUse, StorageError
 
 __all__ = ["LOCK_NAME", "RootLock"]
@@ -86,7 +87,7 @@ class RootLock:
 def _lock(root: Path) -> int:
     path = root / LOCK_NAME
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        makedirs(root)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
         raise StorageError("lock", str(path), e.strerror or str(e)) from None

@@ -28,7 +28,6 @@ float arithmetic as the model's expiry rule, so an expired message is never retu
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 from collections.abc import Generator
@@ -72,7 +71,6 @@ __all__ = [
     "set_meta",
     "set_synchronous",
     "sweep",
-    "write_backup",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -533,16 +531,3 @@ def decode_row(row: Any, what: str) -> StoredMessage:
     return StoredMessage(
         seq=seq, time=at, key=key, headers=hdrs, payload=data, ttl=ttl, size=size, encoding=encoding
     )
-
-
-def write_backup(db: sqlite3.Connection, target: Path) -> None:
-    """Copy the database to ``target`` with the online backup API, through a temporary file beside it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    out = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        db.backup(out)
-    finally:
-        out.close()
-    os.replace(tmp, target)
