@@ -34,14 +34,15 @@ import secrets
 import sqlite3
 import urllib.parse
 from pathlib import Path
+from typing import NamedTuple
 
 from . import _sql
 from ._beneath import Anchor
 from ._durable import levels_beneath, sync_parents, write_copy
-from ._engine_io import storage_errors
+from ._engine_io import storage_errors, unclean
 from ._errors import Corrupt
 
-__all__ = ["archive_stream", "restore_if_newer"]
+__all__ = ["Restore", "archive_stream", "restore_if_newer"]
 
 
 def last_seq(db: sqlite3.Connection) -> int | None:
@@ -77,14 +78,25 @@ def archive_stream(root: Path, file: Path, dest: Path) -> None:
             anchor.close()
 
 
-def restore_if_newer(root: Path, file: Path, archive: Path) -> bool:
+class Restore(NamedTuple):
+    """What :func:`restore_if_newer` did, and what it saw first."""
+
+    restored: bool
+    """The archive was copied over (or into the place of) the live file."""
+    unclean: bool
+    """The live file had been closed uncleanly (before reading it, which cleans it up): open it with
+    a full check."""
+
+
+def restore_if_newer(root: Path, file: Path, archive: Path) -> Restore:
     """Restore ``archive`` over ``file`` (reached from ``root``) if it is newer (module docstring).
 
     Call only while nothing has ``file`` open. A live file that cannot be read because it is corrupt
     is left alone: opening it moves it aside (:class:`Corrupt`), and the next open restores.
 
     Returns:
-        whether the archive was restored.
+        whether the archive was restored, and whether the live file was closed uncleanly (reading
+        its ``last_seq`` recovers and removes its ``-wal``, so the opener cannot see that any more).
 
     Raises:
         Corrupt: the archive cannot be read, or its copy fails ``quick_check`` (nothing was replaced).
@@ -93,22 +105,23 @@ def restore_if_newer(root: Path, file: Path, archive: Path) -> bool:
     """
     with storage_errors(str(archive), "restore"):
         if not archive.exists():
-            return False
+            return Restore(restored=False, unclean=False)
         newest = _archive_seq(archive)
     what = str(file)
     with storage_errors(what, "restore"):
         new_dirs = not file.parent.is_dir()
         anchor = Anchor.open(root, file, create=False, create_dirs=True, missing_ok=True)
         try:
+            was_unclean = anchor.existed and unclean(anchor)
             if anchor.existed:
                 try:
                     live = _live_seq(anchor)
                 except Corrupt:
-                    return False
+                    return Restore(restored=False, unclean=True)
                 if live >= newest:
-                    return False
+                    return Restore(restored=False, unclean=was_unclean)
             _restore(anchor, archive, levels_beneath(root, file) if new_dirs else 0)
-            return True
+            return Restore(restored=True, unclean=False)
         finally:
             anchor.close()
 
@@ -130,7 +143,9 @@ def _archive_seq(archive: Path) -> int:
 
 def _open_read_only(file: Path) -> sqlite3.Connection:
     uri = f"file:{urllib.parse.quote(str(file))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    _sql.harden(db)  # an archive holds a copy of a file its project's owner could write
+    return db
 
 
 def _live_seq(anchor: Anchor) -> int:

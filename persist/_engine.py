@@ -42,9 +42,11 @@ in memory only: they start full when a file is opened.
 **Errors.** No ``sqlite3`` (or ``OSError``) error leaves the engine: they are translated at one
 boundary (:func:`persist._engine_io.storage_errors`), inside which every storage call runs. A
 corrupt or unreadable file becomes :class:`persist.Corrupt`, any other storage failure (disk
-full, I/O error, permission) :class:`persist.StorageError` (code ``storage``). On open a file is checked with ``PRAGMA quick_check``; a corrupt one is renamed to
-``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``), never deleted, and ``Corrupt`` names
-both paths.
+full, I/O error, permission) :class:`persist.StorageError` (code ``storage``). On open a file is
+refused if its schema holds objects persist did not make, and checked with ``PRAGMA quick_check``
+after an unclean close (:func:`persist._engine_io.open_writer`); every connection treats the schema
+as untrusted (:func:`persist._sql.harden`). A corrupt file is renamed to ``<name>.corrupt-<UTC
+timestamp>`` (with its ``-wal``/``-shm``), never deleted, and ``Corrupt`` names both paths.
 
 Layout
 ------
@@ -224,6 +226,7 @@ class StreamFile:
         self._jobs = Jobs(executor)
         self._readers = ReaderPool(file, self._jobs, max_readers, self._what) if file is not None else None
         self._closing = False
+        self._checked = False
         self._version = 0
         self.on_change: Callable[[], object] | None = None
         """Called on the event loop after each committed transaction that changed messages (the
@@ -242,6 +245,7 @@ class StreamFile:
         create: bool = True,
         max_readers: int = 2,
         root: str | os.PathLike[str] | None = None,
+        check: bool | None = None,
     ) -> StreamFile:
         """Open (creating it if ``create``) the stream stored in ``file``.
 
@@ -256,9 +260,13 @@ class StreamFile:
             root: the trusted directory ``file`` lies in (default: ``file``'s directory). It may be
                 a symlink; beneath it no symlink is followed, and missing directories are created
                 if ``create`` (:mod:`persist._beneath`).
+            check: run ``PRAGMA quick_check`` on an existing file (it reads the whole file); by
+                default only after an unclean close (its ``-wal``/``-shm`` left behind). Pass
+                ``True`` if you saw that before something else opened the file.
 
         Raises:
-            Corrupt: the file failed its check; it was moved aside (both paths are in the error).
+            Corrupt: the file failed its check, or holds schema objects persist did not make (a
+                trigger, a view); it was moved aside (both paths are in the error).
             BadPath: a symlink beneath ``root``, or at the file (``OutsideScope``: not in ``root``).
             NotFound: ``create`` is false and the file does not exist.
             BadRequest: neither a file nor an ephemeral config.
@@ -274,7 +282,7 @@ class StreamFile:
             path, executor, clock if clock is not None else SystemClock(), max_readers, _token=_OPEN_TOKEN
         )
         wanted = config if config is not None else StreamConfig()
-        conn, opened = await self._jobs.submit(
+        conn, opened, self._checked = await self._jobs.submit(
             functools.partial(
                 open_writer,
                 path,
@@ -283,6 +291,7 @@ class StreamFile:
                 self._what,
                 root=None if root is None else Path(root),
                 readers=self._readers,
+                check=check,
             )
         )
         loop = self._loop
@@ -325,6 +334,12 @@ class StreamFile:
     def file(self) -> Path | None:
         """The database file, or ``None`` for an ephemeral stream."""
         return self._file
+
+    @property
+    def checked(self) -> bool:
+        """Whether the whole file was checked (``quick_check``) when it was opened: it is after an
+        unclean close, not after a clean one nor when the file was created."""
+        return self._checked
 
     @property
     def busy(self) -> bool:

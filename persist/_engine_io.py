@@ -9,7 +9,8 @@ The pieces :class:`persist.StreamFile` is built from (its docstring is the theor
 - :class:`Jobs`, the caller's executor plus the jobs submitted to it and not yet finished;
 - :class:`ReaderPool`, the ``query_only`` reader connections of a file (at most ``max_readers``);
 - :class:`GroupCommit`, the writer's queue and the task that drains it one transaction at a time;
-- :func:`open_writer`, which opens (or creates) a file, checks it, and moves a corrupt one aside.
+- :func:`open_writer`, which opens (or creates) a file, checks it (its whole content only after an
+  unclean close), and moves a corrupt one aside.
 
 Files are reached from their root without following a symlink (:mod:`persist._beneath`): the writer
 and every reader connect through the one :class:`persist._beneath.Anchor` the writer's :class:`Conn`
@@ -50,6 +51,7 @@ __all__ = [
     "locked",
     "open_writer",
     "storage_errors",
+    "unclean",
 ]
 
 _T = TypeVar("_T")
@@ -417,26 +419,34 @@ def open_writer(
     *,
     root: Path | None = None,
     readers: ReaderPool | None = None,
-) -> tuple[Conn, _sql.Opened]:
+    check: bool | None = None,
+) -> tuple[Conn, _sql.Opened, bool]:
     """Open the writer connection of ``file`` (``None``: a private in-memory database), in the executor.
 
     ``file`` is reached from ``root`` (default: its own directory) without following a symlink
     (:mod:`persist._beneath`); missing directories beneath the root are created if ``create``. A file
-    that exists is checked with ``PRAGMA quick_check`` first; a corrupt one is moved aside. On
-    success ``readers`` (the file's pool) is attached to the writer's anchor.
+    that exists is refused if its schema holds objects persist did not make (a trigger, a view: it
+    was tampered with), and checked with ``PRAGMA quick_check`` if it was not closed cleanly (its
+    ``-wal`` or ``-shm`` is still there: a clean close removes both), or if ``check`` says so (a
+    caller that saw that before something else opened the file); a file that fails either is moved
+    aside. A quick check reads the whole file, so it is not paid on every open of every stream.
+    On success ``readers`` (the file's pool) is attached to the writer's anchor.
+
+    Returns:
+        the writer, what was read back, and whether the file was quick-checked.
 
     Raises:
         NotFound: ``create`` is false and the file does not exist.
         BadPath: a symlink beneath ``root`` or at the file (its ``-wal``/``-shm``); nothing was created
             through it.
         OutsideScope: ``file`` is not inside ``root``.
-        Corrupt: the file failed its check and was moved aside (both paths are in the detail).
+        Corrupt: the file failed its checks and was moved aside (both paths are in the detail).
         StorageError: the file could not be opened (permission, I/O error, disk full...).
     """
     if file is None:
         with storage_errors(what, "open"):
             memory = _sql.connect(":memory:")
-            return Conn(memory), _sql.init_db(memory, wanted, what, durable=False)
+            return Conn(memory), _sql.init_db(memory, wanted, what, durable=False), False
     base = file.parent if root is None else root
     with storage_errors(what, "open"):
         # Whether the walk may create directories (by the text: this only decides what to fsync, and
@@ -444,12 +454,18 @@ def open_writer(
         new_dirs = create and not file.parent.is_dir()
         anchor = Anchor.open(base, file, create=create)
     db: sqlite3.Connection | None = None
+    checked = False
     try:
         with storage_errors(what, "open"):
             if new_dirs:  # make their entries durable (the new file's is SQLite's, with its -wal)
                 sync_parents(anchor.dirfd, levels_beneath(base, file))
+            checked = anchor.existed and (check if check is not None else unclean(anchor))
             db = anchor.connect()
             if anchor.existed:
+                foreign = _sql.foreign_objects(db)
+                if foreign:
+                    raise Corrupt(str(file), "objects persist did not make: " + ", ".join(foreign[:5]))
+            if checked:
                 problems = _sql.problems(db)
                 if problems:
                     raise Corrupt(str(file), "; ".join(problems[:5]))
@@ -468,7 +484,16 @@ def open_writer(
         raise
     if readers is not None:
         readers.attach(anchor)
-    return Conn(db, anchor), opened
+    return Conn(db, anchor), opened, checked
+
+
+def unclean(anchor: Anchor) -> bool:
+    """Whether the file in ``anchor`` was not closed cleanly: its ``-wal`` or ``-shm`` is still there.
+
+    SQLite removes both when the last connection to a WAL database closes, so either one left means
+    a crash (or a connection open elsewhere, which the root lock rules out for persist's own files).
+    """
+    return any(anchor.lstat(anchor.name + side) is not None for side in ("-wal", "-shm"))
 
 
 def _close_quietly(db: sqlite3.Connection | None) -> None:

@@ -60,6 +60,8 @@ __all__ = [
     "select_changes",
     "find_key",
     "find_msg_id",
+    "foreign_objects",
+    "harden",
     "init_db",
     "insert",
     "oldest",
@@ -149,14 +151,51 @@ class StoredMessage(Message, frozen=True, kw_only=True):
 def connect(file: Path | str, *, reader: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), usable from any one thread at a time.
 
-    ``reader`` makes it ``query_only``. ``":memory:"`` opens a private in-memory database.
+    ``reader`` makes it ``query_only``. ``":memory:"`` opens a private in-memory database. Every
+    connection is :func:`harden` ed.
     """
     db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+    harden(db)
     if file != ":memory:":
         db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     if reader:
         db.execute("PRAGMA query_only = 1")
     return db
+
+
+def harden(db: sqlite3.Connection) -> None:
+    """Treat the file's schema as untrusted: a project's owner can write its stream files.
+
+    ``trusted_schema = OFF``: views, triggers, CHECK/DEFAULT and index expressions in the file may
+    not call functions that have side effects (only those SQLite marks innocuous) nor use virtual
+    tables, so SQL planted in a file never runs with the service's rights. ``cell_size_check = ON``:
+    a malformed b-tree page is reported as corrupt when it is read (``SQLITE_CORRUPT``, so
+    :class:`~persist.Corrupt`) instead of being trusted, which matters since a file is not checked
+    whole when it is opened after a clean close (:func:`persist._engine_io.open_writer`).
+    """
+    db.execute("PRAGMA trusted_schema = OFF")
+    db.execute("PRAGMA cell_size_check = ON")
+
+
+SCHEMA_OBJECTS: Final = frozenset(
+    {
+        ("table", "messages"),
+        ("index", "sqlite_autoindex_messages_1"),
+        ("index", "messages_time"),
+        ("index", "messages_expires"),
+        ("table", "dedup"),
+        ("index", "dedup_time"),
+        ("table", "meta"),
+        ("table", "deletes"),
+    }
+)
+"""What :data:`_SCHEMA` creates (the names in ``sqlite_master``)."""
+
+
+def foreign_objects(db: sqlite3.Connection) -> list[str]:
+    """The schema objects of a stream file that persist did not create (triggers, views, tables...)."""
+    rows = db.execute("SELECT type, name FROM sqlite_master").fetchall()
+    return [f"{kind} {name!r}" for kind, name in rows if (kind, name) not in SCHEMA_OBJECTS]
 
 
 def problems(db: sqlite3.Connection, pragma: str = "quick_check") -> list[str]:

@@ -319,16 +319,19 @@ class StreamStore:
 
     async def _load(self, path: str, entry: _Entry, config: StreamConfig | None, create: bool) -> StreamFile:
         root = file = None
+        check: bool | None = None
         if not entry.ephemeral:
             root, file = self._locate(path)
             entry.where = (root, file)
             archive = self._archive_of(path) if self._archive_of is not None else None
             entry.archive = None if archive is None else Path(archive)
-            if entry.archive is not None and await self._run(
-                functools.partial(restore_if_newer, root, file, entry.archive)
-            ):
-                self._restored += 1
-                logger.info("restored %s from its newer archive %s", file, entry.archive)
+            if entry.archive is not None:
+                restore = await self._run(functools.partial(restore_if_newer, root, file, entry.archive))
+                if restore.restored:
+                    self._restored += 1
+                    logger.info("restored %s from its newer archive %s", file, entry.archive)
+                if restore.unclean:  # seen before the restore's read cleaned up the -wal
+                    check = True
         opened = await StreamFile.open(
             file,
             root=root,
@@ -337,6 +340,7 @@ class StreamStore:
             clock=self._clock,
             create=create,
             max_readers=self._max_readers,
+            check=check,
         )
         opened.on_change = functools.partial(self._signal_change, path)
         return opened

@@ -7,6 +7,7 @@ import concurrent.futures
 import errno
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +37,7 @@ from persist._checks import check_set_args
 from persist._codec import COMPRESS_THRESHOLD, decode, encode
 from persist._engine import StreamFile, Write
 from persist._engine_io import MAX_BATCH_OPS, Apply, GroupCommit, Jobs, storage_errors
+from persist._store import StreamStore
 
 from .conftest import assert_backup_holds
 
@@ -370,6 +372,79 @@ async def test_corrupt_file_is_moved_aside(
     assert not file.exists()
     async with await StreamFile.open(file, executor=executor) as s:  # a fresh one can be created
         assert (await s.set(b"ok")).seq == 1
+
+
+def test_every_connection_treats_the_schema_as_untrusted(tmp_path: Path) -> None:
+    """A project's owner can write its stream files: SQL planted in one must not run with the
+    service's rights (``trusted_schema=OFF``), and a bad page is reported when read."""
+    db = _sql.connect(tmp_path / "s.db")
+    reader = _sql.connect(tmp_path / "s.db", reader=True)
+    try:
+        for conn in (db, reader):
+            assert conn.execute("PRAGMA trusted_schema").fetchone() == (0,)
+            assert conn.execute("PRAGMA cell_size_check").fetchone() == (1,)
+        db.create_function("side_effect", 0, lambda: 1)  # not innocuous, as SQLite sees it
+        db.execute("CREATE VIEW planted AS SELECT side_effect() AS x")
+        with pytest.raises(sqlite3.OperationalError, match="unsafe use of side_effect"):
+            db.execute("SELECT x FROM planted").fetchall()
+    finally:
+        reader.close()
+        db.close()
+
+
+async def test_a_file_with_objects_persist_did_not_make_is_refused(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "t.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        await s.set(b"x")
+    raw = sqlite3.connect(file)
+    raw.execute("CREATE TRIGGER planted AFTER INSERT ON messages BEGIN DELETE FROM dedup; END")
+    raw.commit()
+    raw.close()
+    with pytest.raises(Corrupt, match="trigger 'planted'") as e:
+        await StreamFile.open(file, executor=executor)
+    assert "moved aside" in str(e.value) and not file.exists()
+
+
+async def test_quick_check_runs_only_after_an_unclean_close(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """It reads the whole file: every open of every stream paid it. A clean close removes the
+    ``-wal`` and ``-shm``; a crash leaves them, and then the file is checked."""
+    file = tmp_path / "q.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert not s.checked  # created
+        await s.set(b"x")
+        crashed = tmp_path / "crashed.db"  # the files as a kill -9 would leave them
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copyfile(f"{file}{suffix}", f"{crashed}{suffix}")
+    assert not Path(f"{file}-wal").exists()
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert not s.checked  # closed cleanly
+    async with await StreamFile.open(crashed, executor=executor) as s:
+        assert s.checked and (await s.get(seq=1)) is not None
+    async with await StreamFile.open(crashed, executor=executor, check=True) as s:
+        assert s.checked
+
+
+async def test_an_unclean_close_is_seen_through_an_archive_restore_check(tmp_path: Path) -> None:
+    """Reading the live file's last seq (to compare it with its archive) recovers its ``-wal``: the
+    store remembers what it saw before, and the open still checks the file."""
+    live, archive = tmp_path / "live", tmp_path / "archive"
+    async with StreamStore(lambda p: (live, f"{p}.db"), archive=lambda p: archive / f"{p}.db") as store:
+        async with store.stream("hub/s") as s:
+            await s.set(b"x")
+        await store.archive("hub/s")
+        async with store.stream("hub/s") as s:
+            await s.set(b"y")
+            for suffix in ("", "-wal", "-shm"):
+                shutil.copyfile(f"{live}/hub/s.db{suffix}", f"{tmp_path}/held{suffix}")
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copyfile(f"{tmp_path}/held{suffix}", f"{live}/hub/s.db{suffix}")
+    store = StreamStore(lambda p: (live, f"{p}.db"), archive=lambda p: archive / f"{p}.db")
+    async with store, store.stream("hub/s") as s:
+        assert s.checked and (await s.inventory()).count == 2
 
 
 # ---- backup -------------------------------------------------------------------------------------------
