@@ -3,9 +3,10 @@
 Every call is one request to ``persist.<scope>.api`` (a page of ``get_all`` or of the changefeed is
 one request too). Calls that are safe to repeat are retried, with exponential backoff and jitter
 (tenacity), while the service is unreachable (no responders, a timeout, a 503 from a stopping
-service) until the call's ``timeout``: reads always, and writes because each carries a msg-id (one
-is made up if the caller gave none), so a write retried after a crash of the service is answered
-with its original result instead of being stored twice.
+service) until the call's ``timeout``: reads always, and writes and deletes because each carries a
+msg-id (one is made up if the caller gave none), so one retried after a crash of the service is
+answered with its original result instead of being applied twice (a retried delete reports what
+it removed the first time).
 
 A refusal raises the same :class:`~persist.PersistError` subclass the engine raised, with its fields
 (``Rejected.limit``, ``WrongLastSequence.actual``...).
@@ -221,10 +222,20 @@ class AStream:
         seqs: Iterable[int] | None = None,
         up_to: int | None = None,
         key: str | None = None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
-        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key``."""
+        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key``.
+
+        Carries a msg-id (made up if none is given) like a write, so a delete retried after its
+        reply was lost reports what the first attempt removed, not an empty result.
+        """
         op = DeleteOp(
-            stream=self.name, seq=seq, seqs=list(seqs) if seqs is not None else None, up_to=up_to, key=key
+            stream=self.name,
+            seq=seq,
+            seqs=list(seqs) if seqs is not None else None,
+            up_to=up_to,
+            key=key,
+            msg_id=msg_id if msg_id is not None else self._next_msg_id(),
         )
         return await self._caller.call(op, DeleteResult)
 

@@ -429,11 +429,18 @@ class StreamFile:
         seqs: Iterable[int] | None = None,
         up_to: int | None = None,
         key: str | None = None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
-        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key`` (the model's)."""
-        sel = check_delete_args(seq, seqs, up_to, key)
+        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key`` (the model's).
+
+        With ``msg_id``, a retry (within ``duplicate_window``) gets the first delete's result and
+        deletes nothing: it is remembered in the delete's own transaction.
+        """
+        sel = check_delete_args(seq, seqs, up_to, key, msg_id)
         result: DeleteResult = await self._enqueue(
-            functools.partial(self._writer.delete, targets=sel.targets, up_to=sel.up_to, key=sel.key)
+            functools.partial(
+                self._writer.delete, targets=sel.targets, up_to=sel.up_to, key=sel.key, msg_id=sel.msg_id
+            )
         )
         return result
 

@@ -244,7 +244,13 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             case GetOp():
                 return file.get(seq=request.seq, key=request.key)
             case DeleteOp():
-                return file.delete(seq=request.seq, seqs=request.seqs, up_to=request.up_to, key=request.key)
+                return file.delete(
+                    seq=request.seq,
+                    seqs=request.seqs,
+                    up_to=request.up_to,
+                    key=request.key,
+                    msg_id=request.msg_id,
+                )
             case KeysOp():
                 return file.keys()
             case ConfigOp():

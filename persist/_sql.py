@@ -5,12 +5,13 @@ transactions (the caller begins and commits them), no threads, no error translat
 called inside :func:`persist._engine_io.storage_errors`, the one place where ``sqlite3`` errors
 become persist errors.
 
-Schema (``meta.schema = 1``)::
+Schema (``meta.schema = 2``; a version 1 file is migrated when opened: ``dedup.result`` is added)::
 
     messages(seq INTEGER PRIMARY KEY, time REAL, key TEXT UNIQUE NULL, headers BLOB NULL,
              payload BLOB, encoding TEXT, compressed INT, size INT, ttl REAL NULL,
              expires REAL NULL /* time + ttl */, msg_id TEXT NULL)
-    dedup(msg_id TEXT PRIMARY KEY, seq INT, time REAL)          -- msg-id -> original SetResult
+    dedup(msg_id TEXT PRIMARY KEY, seq INT, time REAL, result BLOB NULL)
+        -- msg-id -> original SetResult (result NULL), or a delete's removed seqs (msgpack ranges)
     meta(name TEXT PRIMARY KEY, value)                   -- schema, config (JSON), last_seq, stream_id
     deletes(id INTEGER PRIMARY KEY, low INT, high INT)   -- the delete log: seqs low..high are gone
 
@@ -66,6 +67,7 @@ __all__ = [
     "insert",
     "oldest",
     "problems",
+    "remember_delete",
     "select_inventory",
     "select_keys",
     "select_message",
@@ -75,7 +77,7 @@ __all__ = [
     "sweep",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 DEFAULT_ENCODING: Final = "msgpack"
 _BUSY_TIMEOUT_MS: Final = 10_000
 DELETE_LOG_KEEP: Final = 10_000
@@ -107,7 +109,8 @@ _SCHEMA: Final = (
 CREATE TABLE IF NOT EXISTS dedup (
     msg_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
-    time REAL NOT NULL
+    time REAL NOT NULL,
+    result BLOB
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_time ON dedup(time);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -238,6 +241,9 @@ def init_db(db: sqlite3.Connection, wanted: StreamConfig, what: str, *, durable:
             set_meta(db, "schema", SCHEMA_VERSION)
             set_meta(db, "config", wanted)
             set_meta(db, "last_seq", 0)
+        elif version == 1:  # deletes got msg-ids: remember what each removed
+            db.execute("ALTER TABLE dedup ADD COLUMN result BLOB")
+            set_meta(db, "schema", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
             raise Corrupt(what, f"unknown schema version {version!r}")
         stored = _meta(db, "config", None)
@@ -308,10 +314,35 @@ def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[lis
     return removed, freed
 
 
-def find_msg_id(db: sqlite3.Connection, msg_id: str) -> tuple[int, float] | None:
-    """The ``(seq, time)`` a remembered msg-id was written with, or ``None``."""
-    row = db.execute("SELECT seq, time FROM dedup WHERE msg_id = ?", (msg_id,)).fetchone()
-    return None if row is None else (row[0], row[1])
+_ranges_encoder: Final = msgspec.msgpack.Encoder()
+_ranges_decoder: Final = msgspec.msgpack.Decoder(list[tuple[int, int]])
+
+
+def find_msg_id(db: sqlite3.Connection, msg_id: str) -> tuple[int, float, list[int] | None] | None:
+    """What a remembered msg-id did: ``(seq, time, None)`` for a write, ``(0, time, seqs)`` for a
+    delete (the seqs it removed); ``None`` if it is not remembered.
+
+    Raises:
+        Corrupt: a delete's stored result does not decode.
+    """
+    row = db.execute("SELECT seq, time, result FROM dedup WHERE msg_id = ?", (msg_id,)).fetchone()
+    if row is None:
+        return None
+    if row[2] is None:
+        return row[0], row[1], None
+    try:
+        ranges = _ranges_decoder.decode(row[2])
+    except msgspec.DecodeError as e:
+        raise Corrupt(f"msg-id {msg_id!r}", f"its delete's result does not decode: {e}") from None
+    return 0, row[1], [s for low, high in ranges for s in range(low, high + 1)]
+
+
+def remember_delete(db: sqlite3.Connection, msg_id: str, now: float, seqs: list[int]) -> None:
+    """Remember a delete's msg-id with the seqs it removed (as ranges: ``up_to`` deletes are runs)."""
+    db.execute(
+        "INSERT OR REPLACE INTO dedup (msg_id, seq, time, result) VALUES (?, 0, ?, ?)",
+        (msg_id, now, _ranges_encoder.encode(as_ranges(seqs))),
+    )
 
 
 def find_key(db: sqlite3.Connection, key: str) -> tuple[int, int] | None:

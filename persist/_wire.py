@@ -79,12 +79,16 @@ class GetOp(_Op, frozen=True, tag="get"):
 
 
 class DeleteOp(_Op, frozen=True, tag="delete"):
-    """Delete by exactly one of ``seq``, ``seqs``, ``up_to`` (every seq at or below), ``key``."""
+    """Delete by exactly one of ``seq``, ``seqs``, ``up_to`` (every seq at or below), ``key``.
+
+    With ``msg_id``, a retry gets the first delete's result (what it removed) and deletes nothing.
+    """
 
     seq: int | None = None
     seqs: list[int] | None = None
     up_to: int | None = None
     key: str | None = None
+    msg_id: str | None = None
 
 
 class ReadOp(_Op, frozen=True, tag="read"):

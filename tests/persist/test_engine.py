@@ -158,6 +158,48 @@ async def test_msg_id_dedup_survives_reopen(
         assert (await s.inventory()).count == 1
 
 
+async def test_a_delete_retried_with_its_msg_id_reports_what_it_removed(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """A retried delete (its reply lost) found nothing and said so (``AKV.delete`` returned False
+    after deleting); with its msg-id it gets the first result and deletes nothing more."""
+    file = tmp_path / "d.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        await s.set(b"v1", key="k")
+        assert (await s.delete(key="k", msg_id="del-1")).seqs == [1]
+        await s.set(b"v2", key="k")  # written after the delete, before its retry
+        assert (await s.delete(key="k", msg_id="del-1")).seqs == [1]
+        assert (await s.get(key="k")) is not None  # the retry did not delete the new value
+        await s.set_many([Write(payload=b"%d" % i) for i in range(5)])
+        assert (await s.delete(up_to=7, msg_id="del-2")).seqs == [2, 3, 4, 5, 6, 7]
+        with pytest.raises(BadRequest, match="used by a delete"):
+            await s.set(b"x", msg_id="del-1")
+        await s.set(b"x", msg_id="set-1")
+        with pytest.raises(BadRequest, match="used by a set"):
+            await s.delete(seq=1, msg_id="set-1")
+    async with await StreamFile.open(file, executor=executor) as s:  # remembered on disk
+        assert (await s.delete(up_to=7, msg_id="del-2")).seqs == [2, 3, 4, 5, 6, 7]
+
+
+async def test_a_version_1_file_is_migrated(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "v1.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        await s.set(b"x", msg_id="old")
+    raw = sqlite3.connect(file)
+    raw.execute("ALTER TABLE dedup DROP COLUMN result")
+    raw.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
+    raw.commit()
+    raw.close()
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert (await s.set(b"y", msg_id="old")).duplicate
+        assert (await s.delete(seq=1, msg_id="gone")).seqs == [1]
+    raw = sqlite3.connect(file)
+    assert raw.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (_sql.SCHEMA_VERSION,)
+    raw.close()
+
+
 # ---- group commit -----------------------------------------------------------------------------------
 
 

@@ -104,6 +104,21 @@ async def test_the_service_caps_the_pages_a_client_asks_for(
         assert [len(b) async for b in s.get_all()] == [6, 6, 6, 2]
 
 
+async def test_a_retried_delete_reports_what_the_first_attempt_removed(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    """Deletes are retried like writes, so they carry a msg-id like writes: a retry whose first
+    attempt deleted (and whose reply was lost) reports that, and deletes nothing newer."""
+    kv = AKV(client, scope, "kv")
+    await kv.set("k", 1)
+    s = kv.stream
+    assert (await s.delete(key="k", msg_id="d")).seqs == [1]
+    await kv.set("k", 2)
+    assert (await s.delete(key="k", msg_id="d")).seqs == [1]  # the retry: was [2], deleting "k" again
+    assert await kv.get("k") == 2
+    assert await kv.delete("k") is True and await kv.delete("k") is False  # each call its own msg-id
+
+
 async def test_refusals_arrive_typed(server: PersistServer, client: conat.Client, scope: str) -> None:
     s = AStream(client, scope, "limited", config={"max_msg_size": 10, "discard": "new", "max_msgs": 2})
     await s.publish(1, key="a")
