@@ -80,6 +80,7 @@ from ._service import PersistServer as PersistServer
 from ._service import PersistService as PersistService
 from ._store import StreamStore as StreamStore
 from ._store import StreamStoreStatistics as StreamStoreStatistics
+from ._wire import ResetResult as ResetResult
 from ._wire import StreamInventory as StreamInventory
 from ._wire import api_subject as api_subject
 from .bootlog import BootlogEvent as BootlogEvent
@@ -136,6 +137,7 @@ __all__ = [
     "PlacementConfig",
     "Reject",
     "Rejected",
+    "ResetResult",
     "Resync",
     "RootInUse",
     "Saved",

@@ -22,7 +22,10 @@ lacks are not merged (the higher ``last_seq`` wins whole).
 
 **Restore.** The archive is copied (backup API again) into a temporary file created beside the live
 file through its checked directory (:class:`persist._beneath.Anchor`), checked with ``quick_check``,
-flushed, and renamed over the live name. Any ``-wal``/``-shm`` of the file it replaces are removed
+given a new stream id (writes after the archive's last seq were lost, and their seqs will be given
+again: changefeed consumers must reload, not resume), flushed, and renamed over the live name.
+A quarantined stream (:mod:`persist._quarantine`) is never restored automatically: that is for
+an operator to decide (:func:`reset_stream`). Any ``-wal``/``-shm`` of the file it replaces are removed
 first: SQLite would otherwise replay the old file's WAL frames into the restored one. The old file's
 WAL was already read (and, by the connection's close, checkpointed) when its ``last_seq`` was.
 """
@@ -30,6 +33,7 @@ WAL was already read (and, by the connection's close, checkpointed) when its ``l
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import sqlite3
 import urllib.parse
@@ -40,9 +44,10 @@ from . import _sql
 from ._beneath import Anchor
 from ._durable import levels_beneath, sync_parents, write_copy
 from ._engine_io import storage_errors, unclean
-from ._errors import Corrupt
+from ._errors import Corrupt, NotFound
+from ._quarantine import read_marker, reset
 
-__all__ = ["Restore", "archive_stream", "restore_if_newer"]
+__all__ = ["Restore", "archive_stream", "reset_stream", "restore_if_newer"]
 
 
 def last_seq(db: sqlite3.Connection) -> int | None:
@@ -112,6 +117,8 @@ def restore_if_newer(root: Path, file: Path, archive: Path) -> Restore:
         new_dirs = not file.parent.is_dir()
         anchor = Anchor.open(root, file, create=False, create_dirs=True, missing_ok=True)
         try:
+            if read_marker(anchor) is not None:  # quarantined: restoring it is an operator's act
+                return Restore(restored=False, unclean=False)
             was_unclean = anchor.existed and unclean(anchor)
             if anchor.existed:
                 try:
@@ -122,6 +129,35 @@ def restore_if_newer(root: Path, file: Path, archive: Path) -> Restore:
                     return Restore(restored=False, unclean=was_unclean)
             _restore(anchor, archive, levels_beneath(root, file) if new_dirs else 0)
             return Restore(restored=True, unclean=False)
+        finally:
+            anchor.close()
+
+
+def reset_stream(root: Path, file: Path, archive: Path | None) -> list[str]:
+    """Reset the quarantined stream ``file`` (reached from ``root``): what is at its name is moved
+    aside, then ``archive`` (if given) is restored into place, then the marker goes
+    (:func:`persist._quarantine.reset`). Call only while nothing has ``file`` open.
+
+    Returns:
+        the paths moved aside now.
+
+    Raises:
+        BadRequest: the stream is not quarantined.
+        NotFound: ``archive`` is given and does not exist (nothing was changed).
+        Corrupt: the archive cannot be read, or its copy fails ``quick_check`` (the stream stays
+            quarantined).
+        StorageError: reading or writing failed.
+    """
+    if archive is not None:
+        with storage_errors(str(archive), "reset"):
+            if not archive.exists():
+                raise NotFound(f"archive {archive} of stream file {file}")
+            _archive_seq(archive)  # readable, and a stream
+    with storage_errors(str(file), "reset"):
+        anchor = Anchor.open(root, file, create=False, create_dirs=False, missing_ok=True)
+        try:
+            put_back = None if archive is None else functools.partial(_restore, anchor, archive, 0)
+            return reset(anchor, put_back)
         finally:
             anchor.close()
 
@@ -171,6 +207,9 @@ def _restore(anchor: Anchor, archive: Path, levels: int) -> None:
             problems = _sql.problems(out)
             if problems:
                 raise Corrupt(str(archive), "its copy failed quick_check: " + "; ".join(problems[:5]))
+            # A new stream id: the seqs after the archive's last one were lost and will be given
+            # again, so every changefeed consumer must reload rather than go on from its cursor.
+            out.execute("UPDATE meta SET value = ? WHERE name = 'stream_id'", (secrets.token_hex(8),))
         finally:
             out.close()
         anchor.fsync(tmp)

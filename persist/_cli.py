@@ -57,7 +57,7 @@ from ._errors import NotFound, PersistError
 from ._model import SetResult
 from ._placement import Placement, StoragePath
 from ._service import PersistServer
-from ._wire import StreamInventory
+from ._wire import ResetResult, StreamInventory
 
 __all__ = ["SUBJECT", "kv", "message_fields", "persist_group", "stream"]
 
@@ -217,8 +217,10 @@ def stream() -> None:
 def stream_ls(opts: Options, scope: str, prefix: str, timeout: float) -> None:
     """List the streams of SCOPE: name, count, bytes, first and last seq, and limits.
 
-    LIMITS shows the config fields that differ from the defaults. With --json, one object per
-    stream: name, count, bytes, first_seq, last_seq and the whole config.
+    LIMITS shows the config fields that differ from the defaults. A stream that cannot be read is
+    listed with its error instead (a corrupt one until it is reset: conat stream reset). With
+    --json, one object per stream: name, count, bytes, first_seq, last_seq and the whole config, or
+    name, error (the code) and message.
     """
 
     async def ls() -> list[StreamInventory]:
@@ -229,7 +231,10 @@ def stream_ls(opts: Options, scope: str, prefix: str, timeout: float) -> None:
     out = Printer(opts.json)
     if opts.json:
         for e in entries:
-            out.event("", name=e.name, **msgspec.to_builtins(e.inventory), config=e.config)
+            if e.inventory is None:
+                out.event("", name=e.name, error=e.error, message=e.message)
+            else:
+                out.event("", name=e.name, **msgspec.to_builtins(e.inventory), config=e.config)
     elif not entries:
         out.note(f"no streams in {scope}" + (f" starting with {prefix!r}" if prefix else ""))
     else:
@@ -250,7 +255,10 @@ def _limits(config: dict[str, Any]) -> str:
 def _table(entries: list[StreamInventory]) -> str:
     header = ("NAME", "COUNT", "BYTES", "FIRST", "LAST", "LIMITS")
     rows = [
-        (e.name, *(str(n) for n in msgspec.structs.astuple(e.inventory)), _limits(e.config)) for e in entries
+        (e.name, *(str(n) for n in msgspec.structs.astuple(e.inventory)), _limits(e.config or {}))
+        if e.inventory is not None
+        else (e.name, "-", "-", "-", "-", f"{e.error}: {e.message}")
+        for e in entries
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
 
@@ -352,6 +360,36 @@ async def _tail(target: _Target, out: Printer, from_seq: int | None, count: int 
                 n += 1
                 if count is not None and n >= count:
                     return
+
+
+@stream.command("reset", short_help="Reset a stream found corrupt (start again empty, or --restore).")
+@_scope_arg
+@_name_arg
+@click.option("--restore", is_flag=True, help="Restore its archive copy instead of starting empty.")
+@_timeout_option
+@common_options
+@click.pass_obj
+def stream_reset(opts: Options, scope: str, name: str, restore: bool, timeout: float) -> None:
+    """Reset stream NAME after it was found corrupt: an operator's decision.
+
+    A corrupt stream is moved aside (never deleted) and then refused with 'corrupt' until it is
+    reset. Without --restore it starts again empty; with --restore its archive copy (see
+    CONAT_SYNC_ARCHIVE) is put back. Either way its consumers reload. Whatever was at its name is
+    moved aside too. A stream that is not corrupt is refused (exit 2, code bad-request).
+    """
+    target = _target(opts, scope, name, timeout)
+
+    async def reset() -> ResetResult:
+        async with target.stream() as s:
+            return await s.reset(restore=restore)
+
+    result = _run(opts, reset())
+    how = "restored from its archive" if result.restored else "it starts again empty"
+    moved = f" (moved aside: {', '.join(result.moved_aside)})" if result.moved_aside else ""
+    Printer(opts.json).event(
+        f"reset stream {target}: {how}{moved}", event="reset", scope=scope, name=name,
+        restored=result.restored, moved_aside=result.moved_aside,
+    )  # fmt: skip
 
 
 # ---- conat kv ----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ._model import DeleteResult, Inventory, SetResult
 from ._wire import (
     DEFAULT_PAGE_BYTES,
     DEFAULT_PAGE_MSGS,
+    MAX_INVENTORY,
     MAX_WAIT,
     ConfigOp,
     DeleteOp,
@@ -42,6 +43,8 @@ from ._wire import (
     KeysOp,
     ReadOp,
     Request,
+    ResetOp,
+    ResetResult,
     SetManyOp,
     SetOp,
     StreamInventory,
@@ -239,6 +242,19 @@ class AStream:
         )
         return await self._caller.call(op, DeleteResult)
 
+    async def reset(self, *, restore: bool = False) -> ResetResult:
+        """Reset this stream after it was found corrupt: an operator's act.
+
+        A corrupt stream is moved aside and then refused (every call raises
+        :class:`~persist.Corrupt`) until it is reset: it starts again empty, or with ``restore`` from
+        its archive copy; either way with a new stream id, so changefeeds and caches reload.
+
+        Raises:
+            BadRequest: the stream is not quarantined (a sound stream cannot be reset).
+            NotFound: ``restore`` and the stream has no archive.
+        """
+        return await self._caller.call(ResetOp(stream=self.name, restore=restore), ResetResult)
+
     async def config(self, changes: Mapping[str, Any] | None = None) -> StreamConfig:
         """The stream's config; with ``changes``, change it first (limits apply at once)."""
         op = ConfigOp(stream=self.name, changes=dict(changes) if changes is not None else None)
@@ -319,10 +335,18 @@ class AStream:
         return page.last_seq
 
     async def inventory(self) -> Inventory | None:
-        """Count, bytes, first and last seq of this stream (``None`` if it does not exist)."""
-        for entry in await list_streams(self._caller.client, self.scope, prefix=self.name):
-            if entry.name == self.name:
-                return entry.inventory
+        """Count, bytes, first and last seq of this stream (``None`` if it does not exist).
+
+        Raises:
+            Corrupt, StorageError: the stream cannot be read (a corrupt one is refused until reset).
+        """
+        for entry in await list_streams(self._caller.client, self.scope, prefix=self.name, limit=1):
+            if entry.name != self.name:
+                break
+            if entry.error is not None:
+                error = error_from_remote(RemoteError(entry.error, entry.message or "", data=None))
+                raise error if isinstance(error, PersistError) else PersistError(entry.message or "")
+            return entry.inventory
         return None
 
     async def read_page(
@@ -420,9 +444,22 @@ class AKV:
 async def list_streams(
     client: Client, scope: str, *, prefix: str = "", limit: int = 10_000, timeout: float = DEFAULT_TIMEOUT
 ) -> list[StreamInventory]:
-    """The streams of ``scope`` whose name starts with ``prefix``, with their counts and limits."""
+    """The streams of ``scope`` whose name starts with ``prefix`` (at most ``limit``), in name order,
+    with their counts and limits. One that cannot be read is listed with its ``error``.
+
+    Asks for pages of at most :data:`persist._wire.MAX_INVENTORY` (the service's cap).
+    """
     caller = _Caller(client, scope, timeout)
-    return await caller.call(InventoryOp(prefix=prefix, limit=limit), list[StreamInventory])
+    out: list[StreamInventory] = []
+    after: str | None = None
+    while len(out) < limit:
+        want = min(limit - len(out), MAX_INVENTORY)
+        page = await caller.call(InventoryOp(prefix=prefix, after=after, limit=want), list[StreamInventory])
+        out.extend(page[:want])
+        if len(page) < want:
+            break
+        after = page[-1].name
+    return out
 
 
 def _set_many_result(raw: dict[str, Any]) -> SetResult | PersistError:

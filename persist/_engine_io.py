@@ -10,7 +10,7 @@ The pieces :class:`persist.StreamFile` is built from (its docstring is the theor
 - :class:`ReaderPool`, the ``query_only`` reader connections of a file (at most ``max_readers``);
 - :class:`GroupCommit`, the writer's queue and the task that drains it one transaction at a time;
 - :func:`open_writer`, which opens (or creates) a file, checks it (its whole content only after an
-  unclean close), and moves a corrupt one aside.
+  unclean close), and quarantines a corrupt one (:mod:`persist._quarantine`).
 
 Files are reached from their root without following a symlink (:mod:`persist._beneath`): the writer
 and every reader connect through the one :class:`persist._beneath.Anchor` the writer's :class:`Conn`
@@ -26,7 +26,6 @@ import contextlib
 import functools
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
@@ -37,7 +36,8 @@ from . import _sql
 from ._beneath import Anchor
 from ._config import StreamConfig
 from ._durable import levels_beneath, sync_parents
-from ._errors import Corrupt, PersistError, StorageError
+from ._errors import Corrupt, NotFound, PersistError, StorageError
+from ._quarantine import WAY_OUT, quarantine, refuse_if_quarantined
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -424,12 +424,14 @@ def open_writer(
     """Open the writer connection of ``file`` (``None``: a private in-memory database), in the executor.
 
     ``file`` is reached from ``root`` (default: its own directory) without following a symlink
-    (:mod:`persist._beneath`); missing directories beneath the root are created if ``create``. A file
-    that exists is refused if its schema holds objects persist did not make (a trigger, a view: it
-    was tampered with), and checked with ``PRAGMA quick_check`` if it was not closed cleanly (its
-    ``-wal`` or ``-shm`` is still there: a clean close removes both), or if ``check`` says so (a
-    caller that saw that before something else opened the file); a file that fails either is moved
-    aside. A quick check reads the whole file, so it is not paid on every open of every stream.
+    (:mod:`persist._beneath`); missing directories beneath the root are created if ``create``. A
+    quarantined stream is refused first (:mod:`persist._quarantine`), whether the file exists or
+    not. A file that exists is refused if its schema holds objects persist did not make (a trigger,
+    a view: it was tampered with), and checked with ``PRAGMA quick_check`` if it was not closed
+    cleanly (its ``-wal`` or ``-shm`` is still there: a clean close removes both), or if ``check``
+    says so (a caller that saw that before something else opened the file); a file that fails
+    either is quarantined (moved aside, and refused until an operator resets it). A quick check
+    reads the whole file, so it is not paid on every open of every stream.
     On success ``readers`` (the file's pool) is attached to the writer's anchor.
 
     Returns:
@@ -440,7 +442,8 @@ def open_writer(
         BadPath: a symlink beneath ``root`` or at the file (its ``-wal``/``-shm``); nothing was created
             through it.
         OutsideScope: ``file`` is not inside ``root``.
-        Corrupt: the file failed its checks and was moved aside (both paths are in the detail).
+        Corrupt: the stream is quarantined, or the file failed its checks and was quarantined now
+            (both paths are in the detail, and what to do).
         StorageError: the file could not be opened (permission, I/O error, disk full...).
     """
     if file is None:
@@ -452,7 +455,18 @@ def open_writer(
         # Whether the walk may create directories (by the text: this only decides what to fsync, and
         # a stream's directory is there for every stream but the first of its scope).
         new_dirs = create and not file.parent.is_dir()
-        anchor = Anchor.open(base, file, create=create)
+        anchor = Anchor.open(base, file, create=False, create_dirs=create, missing_ok=True)
+    try:
+        with storage_errors(what, "open"):
+            refuse_if_quarantined(anchor)  # before anything is created: it reads as corrupt, not empty
+            if not anchor.existed:
+                if not create:
+                    raise NotFound(f"stream file {file}")
+                anchor.close()
+                anchor = Anchor.open(base, file, create=True)  # the file, never through a symlink
+    except BaseException:
+        anchor.close()
+        raise
     db: sqlite3.Connection | None = None
     checked = False
     try:
@@ -474,10 +488,11 @@ def open_writer(
     except Corrupt as e:
         _close_quietly(db)
         try:
-            moved = _quarantine(anchor)
+            with storage_errors(str(file), "quarantine"):
+                moved = quarantine(anchor, e.detail)
         finally:
             anchor.close()
-        raise Corrupt(str(file), f"{e.detail}; moved aside to {moved}") from None
+        raise Corrupt(str(file), f"{e.detail}; moved aside to {moved}; {WAY_OUT}") from None
     except BaseException:
         _close_quietly(db)
         anchor.close()
@@ -500,25 +515,3 @@ def _close_quietly(db: sqlite3.Connection | None) -> None:
     if db is not None:
         with contextlib.suppress(sqlite3.Error):
             db.close()
-
-
-def _quarantine(anchor: Anchor) -> Path:
-    """Rename a corrupt file (and its ``-wal``/``-shm``) aside in its directory; never delete it.
-
-    Renames go through the anchor's directory fd, so they stay in the directory that was checked.
-    Returns the new path.
-    """
-    file, name = anchor.file, anchor.name
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    with storage_errors(str(file), "quarantine"):
-        target = f"{name}.corrupt-{stamp}"
-        n = 1
-        while anchor.lstat(target) is not None:
-            target = f"{name}.corrupt-{stamp}-{n}"
-            n += 1
-        anchor.rename(name, target)
-        for suffix in ("-wal", "-shm"):
-            if anchor.lstat(name + suffix) is not None:
-                anchor.rename(name + suffix, target + suffix)
-        anchor.fsync()  # the renames are durable: a power loss cannot bring the corrupt file back
-    return file.with_name(target)

@@ -40,9 +40,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Final, Self
 
 import msgspec
@@ -56,11 +54,13 @@ from subjects import InvalidSubject, ScopeKind, parse_scope
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
 from ._errors import BadPath, BadRequest, NotFound, PersistError, error_fields
+from ._inventory import names_page
 from ._model import DeleteResult
-from ._placement import FILE_SUFFIX, Placement, StoragePath
+from ._placement import Placement, StoragePath
 from ._rootlock import RootLock
 from ._store import Lease, StreamStore
 from ._wire import (
+    MAX_INVENTORY,
     MAX_PAGE_BYTES,
     MAX_PAGE_MSGS,
     MAX_WAIT,
@@ -72,6 +72,8 @@ from ._wire import (
     KeysOp,
     ReadOp,
     Request,
+    ResetOp,
+    ResetResult,
     SetManyOp,
     SetOp,
     StreamInventory,
@@ -197,6 +199,9 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         if isinstance(request, InventoryOp):
             self._spawn(msg, self._inventory(request))
             return NO_REPLY
+        if isinstance(request, ResetOp):  # a quarantined stream cannot be leased: no lease, no slot
+            self._spawn(msg, self._reset(request))
+            return NO_REPLY
         if isinstance(request, ReadOp) and request.wait > 0 and self._waiters >= self._shared.max_waiters:
             await respond_error(msg, BUSY, f"persist {self.key}: {self._waiters} changefeed reads waiting")
             return NO_REPLY
@@ -316,26 +321,31 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 self._waiters -= 1
                 self._shared.waiting.discard(task)
 
+    async def _reset(self, request: ResetOp) -> ResetResult:
+        path = self._storage_path(request.stream)
+        moved = await self._shared.store.reset(path, restore=request.restore)
+        log.warning("stream %s reset%s; moved aside: %s", path, " from its archive" * request.restore, moved)
+        return ResetResult(moved_aside=moved, restored=request.restore)
+
     async def _inventory(self, request: InventoryOp) -> list[StreamInventory]:
-        placement, store = self._shared.placement, self._shared.store
-        probe = placement.path(StoragePath.of(self._kind, self._id, "x"))
-        root = probe.parent
-        out: list[StreamInventory] = []
+        """A page of the scope's streams (:mod:`persist._inventory`): bounded in names and opens."""
         if not isinstance(request.prefix, str) or request.limit < 1:
             raise BadRequest("inventory", "prefix must be a string and limit positive")
-        for name in sorted(await asyncio.to_thread(_stream_names, root)):
-            if not name.startswith(request.prefix):
-                continue
-            if len(out) >= request.limit:
-                break
-            path = str(StoragePath.of(self._kind, self._id, name))
+        placement, store = self._shared.placement, self._shared.store
+        scope_dir = placement.path(StoragePath.of(self._kind, self._id, "x")).parent
+        limit = min(request.limit, MAX_INVENTORY)
+        names = await asyncio.to_thread(names_page, scope_dir, request.prefix, request.after, limit)
+        out: list[StreamInventory] = []
+        for name in names:
             try:
-                async with store.stream(path, create=False) as file:
-                    inventory = await file.inventory()
-                    config = msgspec.to_builtins(file.config())
+                path = self._storage_path(name)
+                inventory, config = await store.inventory(path)
             except (NotFound, BadPath):  # gone meanwhile, or a name no stream may have
                 continue
-            out.append(StreamInventory(name=name, inventory=inventory, config=config))
+            except PersistError as e:  # one bad stream is listed as such; the others still are
+                out.append(StreamInventory(name=name, error=str(e.code), message=str(e)))
+                continue
+            out.append(StreamInventory(name=name, inventory=inventory, config=msgspec.to_builtins(config)))
         return out
 
     # ---- plumbing --------------------------------------------------------------------------------
@@ -563,20 +573,3 @@ _EMPTY: Final[dict[type, Callable[[Any], object]]] = {
     ReadOp: lambda r: ChangePage(messages=[], deletes=[], delete_cursor=0, last_seq=0, stream_id=""),
     DeleteOp: lambda r: DeleteResult(seqs=[]),
 }
-
-
-def _stream_names(root: Path) -> list[str]:
-    """Names of the streams stored under a scope's directory (``<name>.db`` files, recursively).
-
-    Symlinks are not followed (the engine refuses them anyway): a listing never leaves the scope.
-    """
-    names: list[str] = []
-    for directory, subdirs, files in os.walk(root, followlinks=False):
-        base = Path(directory).relative_to(root)
-        subdirs[:] = [d for d in subdirs if not (Path(directory) / d).is_symlink()]
-        names.extend(
-            (base / file).as_posix()[: -len(FILE_SUFFIX)]
-            for file in files
-            if file.endswith(FILE_SUFFIX) and not (Path(directory) / file).is_symlink()
-        )
-    return names

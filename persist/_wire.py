@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_PAGE_BYTES",
     "DEFAULT_PAGE_MSGS",
     "MAX_PAGE_BYTES",
+    "MAX_INVENTORY",
     "MAX_PAGE_MSGS",
     "MAX_WAIT",
     "ConfigOp",
@@ -34,6 +35,8 @@ __all__ = [
     "KeysOp",
     "ReadOp",
     "Request",
+    "ResetOp",
+    "ResetResult",
     "SetManyOp",
     "SetOp",
     "StreamInventory",
@@ -45,6 +48,8 @@ MAX_PAGE_MSGS: Final = 10_000
 MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
 """The service's cap on ``ReadOp.max_bytes``: whatever a client asks, a page it is sent holds at most
 this many bytes of messages (or one message, if that one is larger)."""
+MAX_INVENTORY: Final = 1000
+"""Most streams in one page of a listing (``InventoryOp.limit`` is capped at it)."""
 MAX_WAIT: Final = 60.0
 """The longest a changefeed read waits for a change before answering with an empty page (s)."""
 
@@ -121,22 +126,49 @@ class ConfigOp(_Op, frozen=True, tag="config"):
     changes: dict[str, Any] | None = None
 
 
+class ResetOp(_Op, frozen=True, tag="reset"):
+    """An operator's reset of a quarantined (corrupt) stream: it starts again empty, or with
+    ``restore`` from its archive copy (:meth:`persist.StreamStore.reset`). A sound stream is refused."""
+
+    restore: bool = False
+
+
+class ResetResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reset did: the paths it moved aside, and whether the archive was restored."""
+
+    moved_aside: list[str]
+    restored: bool
+
+
 class InventoryOp(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", tag="inventory"):
-    """List the streams of the scope whose name starts with ``prefix`` (at most ``limit``)."""
+    """List the streams of the scope whose name starts with ``prefix`` and sorts after ``after``,
+    in name order, at most ``limit`` of them (capped at :data:`MAX_INVENTORY`): page with ``after``
+    set to the last name of the previous page."""
 
     prefix: str = ""
-    limit: int = 10_000
+    after: str | None = None
+    limit: int = MAX_INVENTORY
 
 
 class StreamInventory(msgspec.Struct, frozen=True, kw_only=True):
-    """One stream of a scope: its name, what it holds, and its limits."""
+    """One stream of a scope: its name, what it holds, and its limits; or why they cannot be read.
+
+    Attributes:
+        name: the stream's name in its scope.
+        inventory, config: its counts and config (``None`` if ``error``).
+        error: the code of what is wrong with it (``corrupt``, ``storage``), else ``None``: one bad
+            stream is listed as such, and does not fail the listing.
+        message: the error's message.
+    """
 
     name: str
-    inventory: Inventory
-    config: dict[str, Any]
+    inventory: Inventory | None = None
+    config: dict[str, Any] | None = None
+    error: str | None = None
+    message: str | None = None
 
 
-Request = SetOp | SetManyOp | GetOp | DeleteOp | ReadOp | KeysOp | ConfigOp | InventoryOp
+Request = SetOp | SetManyOp | GetOp | DeleteOp | ReadOp | KeysOp | ConfigOp | ResetOp | InventoryOp
 
 REQUEST_DECODER: Final = msgspec.msgpack.Decoder(Request)
 

@@ -182,6 +182,33 @@ def test_stream_ls_table_and_json(bus: Bus, scope: str) -> None:
     assert "no streams in account-" in empty.stderr
 
 
+def test_a_corrupt_stream_is_listed_refused_and_reset(bus: Bus, scope: str) -> None:
+    bus.call(bus.stream(scope, "fine").publish, 1)
+    path = bus.root / "projects" / scope.removeprefix("project-") / "broken.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+
+    for _ in range(2):  # found, moved aside; then refused, not read as empty
+        got = bus.invoke("stream", "get", scope, "broken")
+        assert got.exit_code == 2 and "(code corrupt)" in got.stderr and "conat stream reset" in got.stderr
+
+    listed = bus.invoke("stream", "ls", scope)
+    assert listed.exit_code == 0, listed.output  # one corrupt stream does not fail the listing
+    broken, fine = listed.stdout.splitlines()[1:]
+    assert broken.startswith("broken") and "corrupt: " in broken and fine.startswith("fine")
+    entries = json_lines(bus.invoke("--json", "stream", "ls", scope).stdout)
+    assert (entries[0]["name"], entries[0]["error"]) == ("broken", "corrupt") and entries[1]["count"] == 1
+
+    reset = bus.invoke("--json", "stream", "reset", scope, "broken")
+    assert reset.exit_code == 0, reset.output
+    assert json_lines(reset.stdout) == [
+        {"event": "reset", "scope": scope, "name": "broken", "restored": False, "moved_aside": []}
+    ]
+    again = bus.invoke("stream", "reset", scope, "broken")
+    assert again.exit_code == 2 and "not quarantined" in again.stderr
+    put = bus.invoke("--json", "kv", "put", scope, "broken", "k", "v")
+    assert json_lines(put.stdout)[0]["seq"] == 1  # it started again
+
+
 def test_stream_get_all_from_seq_and_key(bus: Bus, scope: str) -> None:
     s = bus.stream(scope, "events")
     bus.call(s.publish, "one")

@@ -33,6 +33,7 @@ from persist import (
     WrongLastSequence,
     _sql,
 )
+from persist._archive import reset_stream
 from persist._checks import check_set_args
 from persist._codec import COMPRESS_THRESHOLD, decode, encode
 from persist._engine import StreamFile, Write
@@ -399,9 +400,11 @@ def test_a_sweep_touches_only_what_it_removes_on_a_real_wall_clock(tmp_path: Pat
 # ---- corruption ---------------------------------------------------------------------------------------
 
 
-async def test_corrupt_file_is_moved_aside(
+async def test_a_corrupt_file_is_moved_aside_and_refused_until_reset(
     tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
 ) -> None:
+    """A corrupt stream used to be reported once, then read as empty, and a write started it again
+    at seq 1. Now it stays ``corrupt``, reads and writes alike, until an operator resets it."""
     file = tmp_path / "bad.db"
     garbage = b"this is not a database " * 500
     file.write_bytes(garbage)
@@ -410,10 +413,21 @@ async def test_corrupt_file_is_moved_aside(
     assert e.value.code == "corrupt"
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("bad.db.corrupt-")]
     assert len(moved) == 1 and moved[0].read_bytes() == garbage
-    assert str(file) in str(e.value) and str(moved[0]) in str(e.value)
+    assert (
+        str(file) in str(e.value) and str(moved[0]) in str(e.value) and "conat stream reset" in str(e.value)
+    )
     assert not file.exists()
-    async with await StreamFile.open(file, executor=executor) as s:  # a fresh one can be created
+    for create in (True, False):  # a write would create it, a read would find nothing: both refused
+        with pytest.raises(Corrupt, match=f"moved aside to {moved[0]}.*conat stream reset") as again:
+            await StreamFile.open(file, executor=executor, create=create)
+        assert "found corrupt at" in str(again.value)
+    assert not file.exists()  # nothing was created meanwhile
+    assert reset_stream(tmp_path, file, None) == []  # the operator's reset
+    async with await StreamFile.open(file, executor=executor) as s:  # a fresh stream, a new id
         assert (await s.set(b"ok")).seq == 1
+    with pytest.raises(BadRequest, match="not quarantined"):  # a sound stream cannot be reset
+        reset_stream(tmp_path, file, None)
+    assert moved[0].read_bytes() == garbage  # never deleted
 
 
 def test_every_connection_treats_the_schema_as_untrusted(tmp_path: Path) -> None:

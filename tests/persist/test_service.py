@@ -22,6 +22,7 @@ from persist import (
     Placement,
     Rejected,
     RootInUse,
+    StreamInventory,
     StreamStore,
     TooLarge,
     Write,
@@ -224,6 +225,28 @@ async def test_inventory_lists_the_streams_of_a_scope(
     assert [e.name for e in await list_streams(client, scope)] == ["a", "logs/b"]
 
 
+async def test_a_listing_pages_and_opens_no_stream(
+    client: conat.Client, placement: Placement, scope: str
+) -> None:
+    """``inventory`` opened every stream of the scope as a stream (evicting streams in use from the
+    store's LRU, checking whole files) and held every name: now it reads counts without opening,
+    in pages of at most MAX_INVENTORY names."""
+    async with PersistServer(client, placement) as server:
+        names = [f"s{i:02}" for i in range(12)]
+        for name in names:
+            await AStream(client, scope, name, config={"max_msgs": 5}).publish(name)
+    async with PersistServer(client, placement) as server:  # nothing open
+        listed = await list_streams(client, scope, limit=5)
+        assert [e.name for e in listed] == names[:5]
+        listed = await list_streams(client, scope)  # several pages of the service's
+        assert [(e.name, e.inventory.count, e.config["max_msgs"]) for e in listed] == [
+            (n, 1, 5) for n in names
+        ]
+        page = await client.request(api_subject(scope), {"op": "inventory", "after": "s09", "limit": 10**9})
+        assert [e.name for e in page.decode(list[StreamInventory])] == ["s10", "s11"]
+        assert server.store.statistics().opened == 0  # not one stream was opened to list them
+
+
 async def test_changefeed_joins_history_and_live(
     server: PersistServer, client: conat.Client, scope: str
 ) -> None:
@@ -285,18 +308,29 @@ async def test_a_stopped_service_answers_what_it_took(
         await restarted.aclose()
 
 
-async def test_a_corrupt_file_is_reported_with_its_code_and_moved_aside(
+async def test_a_corrupt_stream_answers_corrupt_until_an_operator_resets_it(
     server: PersistServer, client: conat.Client, scope: str
 ) -> None:
+    """It was reported to one caller, then read as empty, and a write started it again at seq 1."""
     path = server.placement.path(f"projects/{scope.removeprefix('project-')}/broken")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
     s = AStream(client, scope, "broken")
     with pytest.raises(Corrupt) as corrupt:
         await s.publish(1)
-    assert corrupt.value.code == "corrupt"
+    assert corrupt.value.code == "corrupt" and "conat stream reset" in str(corrupt.value)
     assert list(path.parent.glob("broken.db.corrupt-*"))  # moved aside, never deleted
-    assert (await s.publish(2)).seq == 1  # the scope's service is alive; a fresh stream starts
+    for call in (s.publish(2), s.get(seq=1), s.keys(), s.read_page(0)):
+        with pytest.raises(Corrupt, match="found corrupt at"):
+            await call  # every caller is told, writers and readers alike: nothing reads as empty
+    [entry] = await list_streams(client, scope)
+    assert (entry.name, entry.error) == ("broken", "corrupt")  # listed, as corrupt
+    assert (await AStream(client, scope, "fine").publish(1)).seq == 1  # the scope's service is alive
+    result = await s.reset()
+    assert result.restored is False
+    assert (await s.publish(3)).seq == 1  # the operator's reset: a fresh stream
+    with pytest.raises(BadRequest, match="not quarantined"):
+        await s.reset()
 
 
 async def test_waiting_changefeed_reads_are_bounded(
