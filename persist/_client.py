@@ -10,20 +10,30 @@ it removed the first time).
 
 A refusal raises the same :class:`~persist.PersistError` subclass the engine raised, with its fields
 (``Rejected.limit``, ``WrongLastSequence.actual``...).
+
+**Long polls and reconnects.** A changefeed page waits in the service (``wait`` s) for a change. If
+the connection drops meanwhile, its reply can be lost: the service answers while this client is not
+connected yet (core NATS does not keep it), and the poll would only be retried when its attempt
+times out (``wait`` + 5 s: a follower stalled ~15 s after every broker restart). So a waiting read
+is re-issued as soon as the client is connected again (:class:`_Reconnects`), and one started while
+the client is disconnected waits for the reconnect instead of a blind backoff: a follower's lag
+after an outage is the outage plus a round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final, TypeVar, final
 
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from conat import Client, Message
+from conat import Client, ClientState, Message
 from conat._codecs import get_codec
 from conat._errors import NoResponders, RemoteError, Timeout
 
@@ -71,6 +81,39 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, RemoteError) and error.code in (_STOPPING, 429)
 
 
+@final
+class _Reconnects:
+    """The reconnects of one client, as a future resolved at the next one (then replaced)."""
+
+    __slots__ = ("_next", "_state")
+
+    def __init__(self, client: Client) -> None:
+        self._state = client.state
+        self._next: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        client.on_state_change(self._changed)
+
+    def next(self) -> asyncio.Future[None]:
+        """Resolved when the client is connected again after it was not (shared: never cancel it)."""
+        return self._next
+
+    def _changed(self, state: ClientState) -> None:
+        was, self._state = self._state, state
+        if state is ClientState.CONNECTED and was is not ClientState.CONNECTED:
+            done, self._next = self._next, asyncio.get_running_loop().create_future()
+            if not done.done():
+                done.set_result(None)
+
+
+_reconnects: weakref.WeakKeyDictionary[Client, _Reconnects] = weakref.WeakKeyDictionary()
+
+
+def _reconnects_of(client: Client) -> _Reconnects:
+    found = _reconnects.get(client)
+    if found is None:
+        found = _reconnects[client] = _Reconnects(client)
+    return found
+
+
 class _Caller:
     """Sends requests of one scope and turns error replies into typed errors, with retries."""
 
@@ -83,8 +126,9 @@ class _Caller:
     async def call(self, request: Request | InventoryOp, result: type[T], *, wait: float = 0.0) -> T:
         payload = _encoder.encode(request)
         attempt_timeout = wait + _ATTEMPT_TIMEOUT
+        attempt = self._attempt if wait <= 0 else self._waiting_attempt
         try:  # the first attempt outside tenacity: its per-call cost shows at 10k calls/s
-            reply = await self._attempt(payload, attempt_timeout)
+            reply = await attempt(payload, attempt_timeout)
         except Exception as e:
             if not _transient(e):
                 raise
@@ -96,10 +140,37 @@ class _Caller:
             retry=retry_if_exception(_transient),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                reply = await self._attempt(payload, attempt_timeout)
+        async for trial in retrying:
+            with trial:
+                reply = await attempt(payload, attempt_timeout)
         return msgspec.msgpack.decode(reply.raw, type=result)
+
+    async def _waiting_attempt(self, payload: bytes, timeout: float) -> Message:
+        """An attempt of a long poll, re-issued at once whenever the client reconnects meanwhile
+        (its reply may have been lost), and not sent before the client is connected (module docstring)."""
+        reconnects = _reconnects_of(self.client)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            reconnected = reconnects.next()
+            if self.client.state is ClientState.RECONNECTING:  # sent now, it could only be lost
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reconnected), deadline - loop.time())
+                if not reconnected.done():
+                    raise Timeout(self.subject, timeout)
+                continue
+            attempt = asyncio.ensure_future(self._attempt(payload, timeout))
+            racing: set[asyncio.Future[Any]] = {attempt, reconnected}
+            try:
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not attempt.done():
+                    attempt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await attempt
+            if attempt.done() and not attempt.cancelled():
+                return attempt.result()
+            # reconnected while it waited: send it again (the service answers the same cursor)
 
     async def _attempt(self, payload: bytes, timeout: float) -> Message:
         try:
