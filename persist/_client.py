@@ -338,7 +338,15 @@ class AStream:
         return await self._caller.call(GetOp(stream=self.name, seq=seq, key=key), StoredMessage | None)  # type: ignore[arg-type]
 
     async def keys(self) -> list[str]:
-        return await self._caller.call(KeysOp(stream=self.name), list[str])
+        """Every key with a live message, sorted (fetched in pages the service bounds)."""
+        out: list[str] = []
+        after: str | None = None
+        while True:
+            page = await self._caller.call(KeysOp(stream=self.name, after=after), list[str])
+            out.extend(page)
+            if not page:
+                return out
+            after = page[-1]
 
     async def get_all(
         self, from_seq: int = 0, *, max_msgs: int = DEFAULT_PAGE_MSGS, max_bytes: int = DEFAULT_PAGE_BYTES

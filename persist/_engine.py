@@ -512,10 +512,23 @@ class StreamFile:
             yield [_sql.decode_row(r, self._what) for r in rows]
             start = rows[-1][0] + 1
 
-    async def keys(self) -> list[str]:
-        """The keys with a live message, sorted (by code point, as the model sorts)."""
+    async def keys(
+        self, *, after: str | None = None, limit: int | None = None, max_bytes: int | None = None
+    ) -> list[str]:
+        """The keys with a live message, sorted (by code point, as the model sorts); a page of them
+        with ``after`` (the last key of the previous page), ``limit`` keys and ``max_bytes`` of key
+        text (at least one key), read no further."""
+        if after is not None and not isinstance(after, str):
+            raise BadRequest("keys", f"after must be a string, not {after!r}")
+        for name, bound in (("limit", limit), ("max_bytes", max_bytes)):
+            if bound is not None:
+                _check_bound("keys", name, bound)
         config, now = self._writer.state.config, self._clock.wall()
-        return await self._read(functools.partial(_sql.select_keys, config=config, now=now))
+        return await self._read(
+            functools.partial(
+                _sql.select_keys, config=config, now=now, after=after, limit=limit, max_bytes=max_bytes
+            )
+        )
 
     async def inventory(self) -> Inventory:
         """Live count and bytes now, the lowest live seq (0 if none) and the last seq ever assigned."""

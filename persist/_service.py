@@ -61,6 +61,7 @@ from ._rootlock import RootLock
 from ._store import Lease, StreamStore
 from ._wire import (
     MAX_INVENTORY,
+    MAX_KEYS,
     MAX_PAGE_BYTES,
     MAX_PAGE_MSGS,
     MAX_WAIT,
@@ -257,7 +258,8 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                     msg_id=request.msg_id,
                 )
             case KeysOp():
-                return file.keys()
+                limit = min(request.limit, MAX_KEYS) if request.limit > 0 else request.limit
+                return file.keys(after=request.after, limit=limit, max_bytes=self._shared.max_page_bytes)
             case ConfigOp():
                 if request.changes is None:
                     return _ready(file.config())

@@ -565,10 +565,33 @@ def select_changes(
     return rows, deletes, cursor, first_delete, last_seq
 
 
-def select_keys(db: sqlite3.Connection, config: StreamConfig, now: float) -> list[str]:
-    """The keys with a live message, sorted by code point."""
-    sql = f"SELECT key FROM messages WHERE key IS NOT NULL AND {live_clause(config)} ORDER BY key"
-    return [r[0] for r in db.execute(sql, _live_params(config, now))]
+def select_keys(
+    db: sqlite3.Connection,
+    config: StreamConfig,
+    now: float,
+    after: str | None = None,
+    limit: int | None = None,
+    max_bytes: int | None = None,
+) -> list[str]:
+    """The keys with a live message that sort after ``after``, by code point (UTF-8 byte order is code
+    point order), at most ``limit`` of them and ``max_bytes`` of UTF-8 (at least one), read no further."""
+    sql = (
+        f"SELECT key FROM messages WHERE key IS NOT NULL AND key > :after AND {live_clause(config)}"
+        " ORDER BY key LIMIT :limit"
+    )
+    params = {**_live_params(config, now), "after": "" if after is None else after, "limit": limit or -1}
+    keys: list[str] = []
+    total = 0
+    cur = db.execute(sql, params)
+    try:
+        for (key,) in cur:
+            total += len(key.encode())
+            if keys and max_bytes is not None and total > max_bytes:
+                break
+            keys.append(key)
+    finally:
+        cur.close()
+    return keys
 
 
 def select_inventory(db: sqlite3.Connection, config: StreamConfig, now: float) -> Inventory:

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_PAGE_MSGS",
     "MAX_PAGE_BYTES",
     "MAX_INVENTORY",
+    "MAX_KEYS",
     "MAX_PAGE_MSGS",
     "MAX_WAIT",
     "ConfigOp",
@@ -48,6 +49,8 @@ MAX_PAGE_MSGS: Final = 10_000
 MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
 """The service's cap on ``ReadOp.max_bytes``: whatever a client asks, a page it is sent holds at most
 this many bytes of messages (or one message, if that one is larger)."""
+MAX_KEYS: Final = 10_000
+"""Most keys in one reply of ``keys`` (``KeysOp.limit`` is capped at it)."""
 MAX_INVENTORY: Final = 1000
 """Most streams in one page of a listing (``InventoryOp.limit`` is capped at it)."""
 MAX_WAIT: Final = 60.0
@@ -117,7 +120,11 @@ class ReadOp(_Op, frozen=True, tag="read"):
 
 
 class KeysOp(_Op, frozen=True, tag="keys"):
-    pass
+    """A page of the stream's keys, sorted, after ``after``: at most ``limit`` keys (capped at
+    :data:`MAX_KEYS`) and :data:`MAX_PAGE_BYTES` of key text; page on with the last key."""
+
+    after: str | None = None
+    limit: int = MAX_KEYS
 
 
 class ConfigOp(_Op, frozen=True, tag="config"):

@@ -103,6 +103,12 @@ async def test_the_service_caps_the_pages_a_client_asks_for(
             await small.read_page(0, max_bytes=0)
         assert [len(b) async for b in small.get_all()] == [50, 50, 5]  # paging goes on to the end
         assert [len(b) async for b in s.get_all()] == [6, 6, 6, 2]
+        kv = AStream(client, scope, "kv")  # keys too: a page of them is bounded by bytes as well
+        keys = [f"key-{i:05}-" + "k" * 1000 for i in range(100)]  # 100 KB of keys
+        await kv.publish_many([Write(payload=b"v", key=k) for k in keys])
+        page = await client.request(api_subject(scope), {"op": "keys", "stream": "kv", "limit": 10**9})
+        assert page.decode(list[str]) == keys[:64]  # 64 x 1,011 B <= 64 KiB < 65 x
+        assert await kv.keys() == keys
 
 
 async def test_a_retried_delete_reports_what_the_first_attempt_removed(
