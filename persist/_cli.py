@@ -1,7 +1,8 @@
 """``conat stream | kv | persist``: persisted streams and KV stores from a shell, and the persist service.
 
 Registered with the ``conat`` CLI through the ``conat.commands`` entry point group (like ``conat run``),
-so conat never imports persist. persist's part in ``conat up`` is :mod:`persist._up`.
+so conat never imports persist. ``conat persist serve`` lives in :mod:`persist._serve_cli` (re-exported
+here for its entry point); persist's part in ``conat up`` is :mod:`persist._up`.
 
 Arguments: SCOPE is a scope token (``hub``, ``project-<uuid>``, ``account-<uuid>``, ``host-<uuid>``),
 NAME a stream's (or KV store's) name in it (``chat``, ``logs/build``). Every command is a client of
@@ -20,22 +21,18 @@ gave up after repeated crashes (so a supervisor starts a fresh one).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime
-import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 import msgspec
 
-from actors import Escalation
 from conat import InvalidSubject, PayloadError
 from conat.cli.plugin import (
     EXIT_REMOTE,
@@ -55,17 +52,14 @@ from ._config import StreamConfig
 from ._engine import StoredMessage
 from ._errors import NotFound, PersistError
 from ._model import SetResult
-from ._placement import Placement, StoragePath
-from ._service import PersistServer
+from ._placement import StoragePath
+from ._serve_cli import SUBJECT, persist_group
 from ._wire import ResetResult, StreamInventory
 
 __all__ = ["SUBJECT", "kv", "message_fields", "persist_group", "stream"]
 
 T = TypeVar("T")
 
-SUBJECT: Final = "persist.*.>"
-EXIT_GAVE_UP: Final = 7
-"""``conat persist serve``: the service gave up after repeated crashes (the code ``conat run`` uses)."""
 _DEFAULTS: Final[dict[str, Any]] = msgspec.to_builtins(StreamConfig())
 
 
@@ -575,85 +569,3 @@ class _Watch:
             if key not in live and self._del(seq):
                 return True
         return any(self._set(message, "set") for message in live.values())
-
-
-# ---- conat persist serve -----------------------------------------------------------------------
-
-
-@click.group("persist", short_help="Run the persist service.")
-def persist_group() -> None:
-    """The persist service: streams and KV stores of every scope, in SQLite files."""
-
-
-@persist_group.command("serve", short_help="Serve persist.*.> until Ctrl-C.")
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Root directory of the stream files (overrides $CONAT_SYNC; default <data dir>/sync).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A TOML file whose [sync] table places the files ($CONAT_SYNC* win, key by key).",
-)
-@click.option(
-    "--stop-timeout",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Seconds operations in flight may take to answer on Ctrl-C/SIGTERM.",
-)
-@common_options
-@click.pass_obj
-def serve(opts: Options, root: Path | None, config_file: Path | None, stop_timeout: float) -> None:
-    """Serve persist.*.> (every scope) on the bus until Ctrl-C or SIGTERM.
-
-    Files are placed by $CONAT_SYNC, $CONAT_SYNC_PROJECTS|ACCOUNTS|HOSTS|HUB (or a TOML [sync]
-    table). On a stop, intake ends, operations in flight answer within --stop-timeout (waiting
-    changefeed reads get 'stopping', and their clients retry elsewhere), then files are closed.
-    """
-    env = dict(os.environ)
-    if root is not None:
-        env["CONAT_SYNC"] = str(root.absolute())
-    toml = config_file.read_bytes() if config_file is not None else None
-    placement = Placement.from_sources(env=env, toml=toml)
-    out = Printer(opts.json)
-    try:
-        run(_serve(opts, out, placement, stop_timeout))
-    except KeyboardInterrupt:
-        pass
-    except Escalation as e:
-        click.echo(f"conat: error: the persist service gave up: {e} (code {e.code})", err=True)
-        out.event("persist service failed", event="failed", code=e.code)
-        raise click.exceptions.Exit(EXIT_GAVE_UP) from None
-    out.event("persist service stopped", event="stopped")
-
-
-async def _serve(opts: Options, out: Printer, placement: Placement, stop_timeout: float) -> None:
-    """Serve until a signal, or until the service gives up (then raise its :class:`Escalation`)."""
-    with stop_on_signals() as stop:
-        async with await opts.connect("conat-persist") as client:
-            server = await PersistServer(client, placement).start()
-            try:
-                out.event(
-                    f"persist service ready on {SUBJECT} (files under {placement.root})\nPress Ctrl-C to stop.",
-                    event="ready", subject=SUBJECT, root=placement.root, url=client.connected_url,
-                )  # fmt: skip
-                stopped = asyncio.ensure_future(stop.wait())
-                failed = asyncio.ensure_future(_stopped(server))
-                try:
-                    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopped.cancel()
-                    failed.cancel()
-            finally:
-                await server.aclose(stop_timeout)
-            if server.failure is not None:
-                raise server.failure
-
-
-async def _stopped(server: PersistServer) -> None:
-    """Return when ``server`` stopped by itself (it gave up: ``server.failure`` says why)."""
-    with contextlib.suppress(Escalation):
-        await server.wait()
