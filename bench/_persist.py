@@ -40,6 +40,8 @@ Rows
   every :data:`FD_EVERY` streams). Baseline: raw ``sqlite3`` creating, writing one row to and
   closing the same number of files on as many threads as the store has. Creating a durable file
   costs several fsyncs, so in full mode this row takes tens of seconds per side and repetition.
+* ``persist_steady_cpu``: CPU per write at the end of a constant load that runs for longer than two
+  duplicate windows, against its start (:mod:`bench._persist_steady`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from persist import StreamConfig, StreamFile, StreamStore, Write
 from persist._sql import MESSAGES_TABLE
 
 from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, resources
+from ._persist_steady import persist_steady_bench
 
 __all__ = ["persist_benches"]
 
@@ -143,10 +146,15 @@ def _pool(threads: int = THREADS) -> Iterator[concurrent.futures.ThreadPoolExecu
         pool.shutdown(wait=True)
 
 
+def _stream(sync: Sync) -> contextlib.AbstractAsyncContextManager[StreamFile]:
+    return _configured(StreamConfig(sync=sync))
+
+
 @contextlib.asynccontextmanager
-async def _stream(sync: Sync) -> AsyncIterator[StreamFile]:
+async def _configured(config: StreamConfig) -> AsyncIterator[StreamFile]:
+    """A fresh stream file with ``config`` in its own temporary directory and thread pool."""
     with _workdir() as d, _pool() as pool:
-        s = await StreamFile.open(d / "stream.db", executor=pool, config=StreamConfig(sync=sync))
+        s = await StreamFile.open(d / "stream.db", executor=pool, config=config)
         try:
             yield s
         finally:
@@ -573,4 +581,5 @@ def persist_benches() -> list[Bench]:
               10_000, 500,
               {"max_open": MAX_OPEN, "openers": OPENERS, "threads": THREADS, "unit_of_count": "streams"},
               baseline=raw),
+        persist_steady_bench(_configured),
     ]  # fmt: skip

@@ -53,6 +53,7 @@ from ._errors import NotFound as NotFound
 from ._errors import OutsideScope as OutsideScope
 from ._errors import PersistError as PersistError
 from ._errors import Rejected as Rejected
+from ._errors import RootInUse as RootInUse
 from ._errors import StorageError as StorageError
 from ._errors import TooLarge as TooLarge
 from ._errors import TooSlow as TooSlow
@@ -79,6 +80,7 @@ from ._service import PersistServer as PersistServer
 from ._service import PersistService as PersistService
 from ._store import StreamStore as StreamStore
 from ._store import StreamStoreStatistics as StreamStoreStatistics
+from ._wire import ResetResult as ResetResult
 from ._wire import StreamInventory as StreamInventory
 from ._wire import api_subject as api_subject
 from .bootlog import BootlogEvent as BootlogEvent
@@ -135,7 +137,9 @@ __all__ = [
     "PlacementConfig",
     "Reject",
     "Rejected",
+    "ResetResult",
     "Resync",
+    "RootInUse",
     "Saved",
     "SetResult",
     "StorageError",

@@ -16,6 +16,7 @@ them. The persist service sends ``code`` over the bus (a caller sees it as
         ├── NotFound               "not-found"            the stream (or object) does not exist
         ├── Corrupt                "corrupt"              stored data cannot be read back
         ├── StorageError           "storage"              the disk or file system failed (full, I/O...)
+        ├── RootInUse              "root-in-use"          another persist service holds the storage root
         └── TooSlow                "too-slow"             a change-event reader fell behind its bounded buffer
 
 ``reject`` versus ``too-large``: ``reject`` means the stream's *configuration* refused the write
@@ -28,7 +29,8 @@ again and retry the compare-and-set with the new ``actual`` seq; ``bad-path``/``
 ``too-large``/``bad-config``/``bad-request`` — fix the caller (retrying cannot help); ``not-found`` —
 create the stream first; ``corrupt`` — restore from backup; ``storage`` — fix the host (free space,
 permissions, the disk), then retry: a write transaction that failed was rolled back whole, so none of
-its writes was stored (retry them with the same msg-ids).
+its writes was stored (retry them with the same msg-ids); ``root-in-use`` — stop the other service, or
+give this one another root (one persist service per root).
 
 :class:`BadConfig`, :class:`BadRequest` and :class:`BadPath` (with :class:`OutsideScope`) are also
 builtin :class:`ValueError` s, as configuration errors are throughout conat.
@@ -51,6 +53,7 @@ __all__ = [
     "OutsideScope",
     "PersistError",
     "Rejected",
+    "RootInUse",
     "StorageError",
     "TooLarge",
     "TooSlow",
@@ -247,6 +250,27 @@ class StorageError(PersistError):
         super().__init__(f"storage failure during {operation} on {path}: {detail}")
 
 
+class RootInUse(PersistError):
+    """Another persist service holds the storage root, so this one may not start on it.
+
+    Two services on one root would both write its stream files (:mod:`persist._rootlock`).
+
+    Attributes:
+        root: the storage root.
+        holder: who holds it (``"pid 4242 on host-a since 2026-01-01T00:00:00+00:00"``).
+    """
+
+    code: ErrorCode = "root-in-use"
+
+    def __init__(self, root: str, holder: str) -> None:
+        self.root = root
+        self.holder = holder
+        super().__init__(
+            f"the storage root {root} is in use by another persist service ({holder}):"
+            " stop it, or give this one another root (one persist service per root)"
+        )
+
+
 class TooSlow(PersistError):
     """A reader of change events fell behind its bounded buffer and was cut off.
 
@@ -279,6 +303,7 @@ _BY_CODE: dict[ErrorCode, type[PersistError]] = {
         NotFound,
         Corrupt,
         StorageError,
+        RootInUse,
         TooSlow,
     )
 }

@@ -32,7 +32,9 @@ A stream holds messages ``(seq, time, key?, headers, payload, ttl?)``:
    check, so a retried compare-and-set that succeeded the first time reports success rather than a
    conflict. The window is bounded (default 120 s, -1 for forever); it holds even if the original
    message was since deleted or overwritten, so a late retry cannot resurrect an old value. Only
-   accepted writes are remembered; the payload of a duplicate is not compared;
+   accepted writes are remembered; the payload of a duplicate is not compared. A msg-id names one
+   operation: one used by a ``delete`` (below) refuses a ``set`` (``bad-request``), and the other way
+   round;
 3. a ``ttl`` when ``allow_msg_ttl`` is off: ``reject`` (limit ``allow_msg_ttl``);
 4. ``max_msg_size``: ``reject``;
 5. **compare-and-set** (``previous_seq``): for a keyed write it is compared with the seq of the key's
@@ -48,6 +50,10 @@ A stream holds messages ``(seq, time, key?, headers, payload, ttl?)``:
    counted after the key's previous message is replaced: a message larger than the byte cap is
    rejected; otherwise with ``discard="new"`` a write that would go over is rejected, and with
    ``discard="old"`` the oldest messages (lowest seqs) are evicted until it fits.
+
+``delete`` may carry a msg-id too, remembered the same way: a delete retried with it (its reply was
+lost, say) gets the first delete's result again and deletes nothing, so "did it delete something?"
+has one answer however often it is asked.
 
 :meth:`StreamModel.update_config` applies limits to the messages already stored at once: it trims the
 oldest messages down to the new ``max_msgs``/byte cap whatever ``discard`` says (``discard`` decides
@@ -71,6 +77,7 @@ from ._checks import (  # message_size: defined with the checks, exported here (
     message_size,
 )
 from ._config import UNLIMITED, StreamConfig
+from ._errors import BadRequest
 
 __all__ = [
     "DeleteResult",
@@ -118,6 +125,13 @@ class DeleteResult(msgspec.Struct, frozen=True, kw_only=True):
     seqs: list[int]
 
 
+class _Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    """What a delete's msg-id is remembered with: when, and what it removed."""
+
+    time: float
+    result: DeleteResult
+
+
 class Inventory(msgspec.Struct, frozen=True, kw_only=True):
     """What a stream holds at ``now``: live ``count`` and ``bytes``, and the seq range.
 
@@ -144,7 +158,7 @@ class StreamModel:
         self._keys: dict[str, int] = {}
         self._bytes = 0
         self._last_seq = 0
-        self._dedup: dict[str, SetResult] = {}
+        self._dedup: dict[str, SetResult | _Deleted] = {}
         self._rates = Rates(self._config)
 
     @property
@@ -179,7 +193,10 @@ class StreamModel:
         args = check_set_args(payload, key, headers, ttl, previous_seq, msg_id)
         self.sweep(now)
         if args.msg_id is not None and args.msg_id in self._dedup:
-            return msgspec.structs.replace(self._dedup[args.msg_id], duplicate=True)
+            seen = self._dedup[args.msg_id]
+            if isinstance(seen, _Deleted):
+                raise BadRequest("set", f"msg_id {args.msg_id!r} was used by a delete")
+            return msgspec.structs.replace(seen, duplicate=True)
         current = self._keys.get(args.key) if args.key is not None else None
         evict = admit(
             self._config,
@@ -224,16 +241,19 @@ class StreamModel:
         seqs: Iterable[int] | None = None,
         up_to: int | None = None,
         key: str | None = None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
         """Delete by exactly one of: ``seq``, ``seqs``, every seq ``<= up_to``, or ``key``.
 
         Missing (or already expired) messages are skipped, not errors. ``last_seq`` does not change.
+        With a ``msg_id`` seen within ``duplicate_window``, returns the first delete's result and
+        deletes nothing (module docstring).
 
         Raises:
-            BadRequest: not exactly one selector, or a malformed one.
+            BadRequest: not exactly one selector, or a malformed one; a msg-id used by a ``set``.
         """
         now = check_now("delete", now)
-        selector = check_delete_args(seq, seqs, up_to, key)
+        selector = check_delete_args(seq, seqs, up_to, key, msg_id)
         if selector.targets is not None:
             targets = selector.targets
         elif selector.up_to is not None:
@@ -244,10 +264,18 @@ class StreamModel:
             found = self._keys.get(selector.key)
             targets = [] if found is None else [found]
         self.sweep(now)
+        if selector.msg_id is not None and selector.msg_id in self._dedup:
+            seen = self._dedup[selector.msg_id]
+            if not isinstance(seen, _Deleted):
+                raise BadRequest("delete", f"msg_id {selector.msg_id!r} was used by a set")
+            return seen.result
         removed = [s for s in targets if s in self._messages]
         for s in removed:
             self._remove(s)
-        return DeleteResult(seqs=removed)
+        result = DeleteResult(seqs=removed)
+        if selector.msg_id is not None:
+            self._dedup[selector.msg_id] = _Deleted(time=now, result=result)
+        return result
 
     def sweep(self, now: float) -> list[int]:
         """Remove every message expired at ``now`` and forget msg-ids older than the dedup window.

@@ -398,10 +398,33 @@ class Placement:
         template: str | None = getattr(self.config, _KIND_DIRS[sp.kind])
         placeholder = _PLACEHOLDERS.get(sp.kind)
         if template is not None and placeholder is not None and placeholder in template:
-            above = posixpath.normpath(posixpath.dirname(template.split(placeholder, 1)[0]))
+            above = _above_id(template, placeholder)
             if str(file).startswith(above.rstrip("/") + "/"):
                 root = above
         return Path(root), PurePosixPath(posixpath.relpath(str(file), root))
+
+    def lock_roots(self) -> list[Path]:
+        """The directories a persist service owns on this placement, for its lock (:mod:`persist._rootlock`).
+
+        Every directory a stream file is reached from (the default root, each override's root, or,
+        for a template with its placeholder, the directory above the id where checking starts) and
+        the archive root (copies mirror the live files, so two services archiving to one tree would
+        restore each other's). Sorted, without duplicates. The backup root is not included: a backup
+        is written on demand, to a new name each time.
+        """
+        roots = {self.root}
+        for kind, field in _KIND_DIRS.items():
+            template: str | None = getattr(self.config, field)
+            if template is None:
+                continue
+            placeholder = _PLACEHOLDERS.get(kind)
+            if placeholder is not None and placeholder in template:
+                roots.add(_above_id(template, placeholder))
+            else:
+                roots.add(posixpath.normpath(template))
+        if self.config.archive is not None:
+            roots.add(posixpath.normpath(self.config.archive))
+        return sorted(Path(r) for r in roots)
 
     def archive_path(self, path: StoragePath | str) -> Path | None:
         """The archive copy of ``path``: ``<archive>/<storage path>.db``, or ``None`` if no archive."""
@@ -428,6 +451,11 @@ class Placement:
         if placeholder in template:
             return posixpath.normpath(template.replace(placeholder, sp.id)), sp.name
         return posixpath.normpath(template), f"{sp.id}/{sp.name}"
+
+
+def _above_id(template: str, placeholder: str) -> str:
+    """The directory above the id in a template with its placeholder: where checking starts."""
+    return posixpath.normpath(posixpath.dirname(template.split(placeholder, 1)[0]))
 
 
 def _coerce(path: StoragePath | str) -> StoragePath:

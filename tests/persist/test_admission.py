@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from persist import UNLIMITED, Rejected, StreamConfig, WrongLastSequence
-from persist._admission import Rates, TokenBucket, admit, byte_limit, trim
+from persist._admission import Rates, TokenBucket, admit, byte_limit, expired_through, trim
 from persist._checks import SetArgs, check_set_args
 
 
@@ -464,3 +466,27 @@ def test_trim_is_idempotent_and_leaves_a_stream_that_fits(
     assert max_msgs == UNLIMITED or count <= max_msgs
     assert config.byte_cap == UNLIMITED or nbytes <= config.byte_cap
     assert trim(config, count, nbytes, kept) == []  # idempotent
+
+
+# ---- expiry as an index range ------------------------------------------------------------------------
+
+_times = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
+_ages = st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False)
+
+
+@given(_times, _ages, _times)
+@settings(max_examples=2000)
+def test_expired_through_is_the_models_rule_exactly(now: float, age: float, t: float) -> None:
+    bound = expired_through(now, age)
+    assert (t <= bound) == (t + age <= now)
+    assert bound + age <= now < math.nextafter(bound, math.inf) + age  # the largest such float
+
+
+@given(_ages, st.floats(min_value=-1.0, max_value=1.0))
+@settings(max_examples=500)
+def test_expired_through_at_epoch_times(age: float, jitter: float) -> None:
+    """Where the old relative slack (1e-6 of an epoch time: ~30 minutes) hid the bug."""
+    now = time.time() + jitter
+    bound = expired_through(now, age)
+    assert bound + age <= now < math.nextafter(bound, math.inf) + age
+    assert abs(bound - (now - age)) <= 4 * math.ulp(max(now, age))

@@ -162,9 +162,12 @@ class EngineVersusModel(RuleBasedStateMachine):
         up_to = max(0, self.model.inventory(now=self.now).last_seq - back)
         self.both(lambda: self.model.delete(now=self.now, up_to=up_to), lambda: self.s.delete(up_to=up_to))
 
-    @rule(key=st.sampled_from(["a", "b", "c", "é/ü"]))
-    def delete_key(self, key: str) -> None:
-        self.both(lambda: self.model.delete(now=self.now, key=key), lambda: self.s.delete(key=key))
+    @rule(key=st.sampled_from(["a", "b", "c", "é/ü"]), msg_id=MSG_IDS)
+    def delete_key(self, key: str, msg_id: str | None) -> None:
+        self.both(
+            lambda: self.model.delete(now=self.now, key=key, msg_id=msg_id),
+            lambda: self.s.delete(key=key, msg_id=msg_id),
+        )
 
     @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, 5.0]))
     def advance(self, dt: float) -> None:
