@@ -5,6 +5,9 @@ What a row holds: time, principal (when the credential named one), client addres
 that let an operator find the connection. Never token bytes or any other secret: the log is for
 people and may be shipped elsewhere.
 
+The file and its ``-wal``/``-shm`` are private (0600) from the first byte, and every callout
+responder of a bus (in any process) appends to the same file.
+
 Writes are queued and committed in batches by one writer task, so a connect storm costs one
 commit per batch rather than per connect (the callout answers before its row is on disk; an
 acknowledged *grant* is not an acknowledged write to this log). ``aclose()`` commits what is
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Final, Literal, Self, final
 
 import aiosqlite
+
+from ._db import connect_private
 
 __all__ = ["AuditEntry", "AuditLog", "Result"]
 
@@ -78,17 +83,15 @@ class AuditLog:
 
     @classmethod
     async def open(cls, path: Path) -> Self:
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
-        db = await aiosqlite.connect(path)
+        """Open (create) the log at ``path``: it and its ``-wal``/``-shm`` files are 0600 from the
+        first byte. Several processes (the responders of one bus) may share it."""
+        db = await connect_private(path)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
             await db.executescript(_SCHEMA)
             await db.commit()
         except BaseException:
             await db.close()
             raise
-        await asyncio.to_thread(path.chmod, 0o600)
         return cls(db, path)
 
     def record(
@@ -107,7 +110,9 @@ class AuditLog:
         if self._closed:
             log.warning("audit log closed: dropped %s %s for %r", result, reason, principal)
             return
-        entry = AuditEntry(time.time() if now is None else now, principal, address, bus, result, reason, server, cid)
+        entry = AuditEntry(
+            time.time() if now is None else now, principal, address, bus, result, reason, server, cid
+        )
         self._queue.put_nowait(entry)
 
     async def _write_loop(self) -> None:
@@ -122,7 +127,10 @@ class AuditLog:
                     await self._db.executemany(
                         "INSERT INTO audit (time, principal, address, bus, result, reason, server, cid)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(e.time, e.principal, e.address, e.bus, e.result, e.reason, e.server, e.cid) for e in entries],
+                        [
+                            (e.time, e.principal, e.address, e.bus, e.result, e.reason, e.server, e.cid)
+                            for e in entries
+                        ],
                     )
                     await self._db.commit()
                 except aiosqlite.Error:

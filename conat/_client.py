@@ -131,7 +131,11 @@ class _Events(TransportEvents):
         client._set_state(ClientState.CONNECTED)
 
     def on_closed(self) -> None:
-        self._client._set_state(ClientState.CLOSED)
+        client = self._client
+        if not client._closing and client.close_reason is None and client._credentials is not None:
+            # nats-py closed for good by itself: say why when it is about the credentials
+            client.close_reason = client._credentials.closed_by_server(client._transport.auth_expired)
+        client._set_state(ClientState.CLOSED)
 
     def on_permission_violation(self, violation: PermissionViolation) -> None:
         self._client._on_violation(violation)

@@ -10,7 +10,7 @@ from subjects import Permissions
 
 from ._client import Client, ClientState
 from ._credentials import Credentials, CredentialSession, StaticToken, as_credentials
-from ._errors import BadURL, ConnectError
+from ._errors import BadURL, ConnectError, Unauthorized
 from ._paths import read_state
 from ._transport import check_url
 
@@ -70,14 +70,24 @@ async def connect(
     :class:`Credentials`) authenticate to a bus with the auth callout: the client then uses the
     inbox prefix and checks the permissions its token grants, refreshes the token before it
     expires, and closes with :class:`Unauthorized` (``client.close_reason``) if the bus refuses it
-    repeatedly. A refused first connect raises :class:`Unauthorized`.
+    repeatedly or the token expires unreplaced.
+
+    A refused first connect raises :class:`Unauthorized` (code 401) whose ``refusal`` says why:
+    what the client can tell by itself is checked before the token is sent (``too-large``,
+    ``malformed``, ``expired``, ``not-yet-valid``, ``wrong-bus``: the server's INFO names another
+    bus, and the token is then withheld); ``no-credentials`` when none were given to a bus that
+    needs them; otherwise ``refused`` (the bus keeps its reason for its audit log).
     """
     urls = resolve_urls(url)
+    where = ", ".join(urls)
     session: CredentialSession | None = None
     if credentials is not None:
         if token is not None:
             raise TypeError("connect() takes credentials or token, not both")
-        session = await CredentialSession.open(as_credentials(credentials))
+        session = await CredentialSession.open(as_credentials(credentials), url=where)
+        problem = session.problem()
+        if problem is not None:
+            raise problem
         inbox_prefix = session.grant.inbox_prefix
         permissions = session.grant.permissions
         token = session.token
@@ -89,6 +99,8 @@ async def connect(
         max_outgoing_bytes=max_outgoing_bytes,
         transfer_timeout=transfer_timeout,
     )
+    if session is not None:
+        session.attach(client)
     try:
         await client._connect(
             urls,
@@ -101,9 +113,22 @@ async def connect(
             ping_interval=ping_interval,
             max_outstanding_pings=max_outstanding_pings,
         )
-    except BaseException:
+    except BaseException as e:
         client._closing = True
         client._state = ClientState.CLOSED
+        if isinstance(e, Unauthorized):
+            if session is not None:
+                raise session.refusal() from None
+            if token is None and user is None and password is None:
+                raise Unauthorized(
+                    where,
+                    "this bus requires credentials: connect(credentials=<token, token file or provider>)",
+                    refusal="no-credentials",
+                ) from None
+            raise Unauthorized(
+                where,
+                "the server refused the credentials (authorization violation); it does not tell clients why",
+            ) from None
         raise
     if session is not None:
         client._credentials = session

@@ -11,12 +11,30 @@ margin before the current one expires, swaps it in and forces a reconnect; the s
 re-authorizes, subscriptions are re-sent. If the server refuses us at reconnect (revoked, expired
 key), the session fetches a fresh token and lets the reconnect retry; after ``max_refusals``
 refusals in a row the client closes with :class:`Unauthorized` instead of retrying forever.
+
+Refusals, and what the client can tell by itself. A bus never tells a client why it refused it:
+nats-server answers every refusal with the same ``Authorization Violation`` and keeps the callout's
+reason for its log and the bus's audit log. That is on purpose: the reason (revoked, unknown
+signing key, rate-limited, a one-time token already used) is for the bus's operators, and an
+unauthenticated peer has no channel to ask for it (an open lookup would tell anyone about anyone's
+connections). So the client checks what it can know itself, *before* it sends the token, and says
+so in :class:`Unauthorized` (``refusal`` is a stable code):
+
+- ``too-large``/``malformed``: not a conat token a bus would accept;
+- ``expired``/``not-yet-valid``: the token's own times against this machine's clock, with the same
+  allowance for clock skew a bus has (:data:`conat.auth.TOKEN_LEEWAY`), so the client never refuses
+  a token the bus would take;
+- ``wrong-bus``: the server's INFO (sent before the client says anything) names the bus it serves
+  (``conat-<bus>``, :func:`subjects.server_bus`); a token for another bus is not sent at all, so a
+  bearer token for one bus never reaches another bus's server;
+- otherwise ``refused``: the bus refused; the message says where the reason is (its audit log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import time
@@ -24,15 +42,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, final
 
-from subjects import Grant, grant
+from subjects import Grant, grant, server_bus
 
 from ._errors import ConatError, Unauthorized
-from .auth._tokens import TokenClaims, peek_claims
+from .auth._files import read_private_file
+from .auth._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY, TokenClaims, peek_claims
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["CredentialSession", "Credentials", "StaticToken", "TokenFile", "TokenProvider", "as_credentials"]
+__all__ = [
+    "CredentialSession",
+    "Credentials",
+    "StaticToken",
+    "TokenFile",
+    "TokenProvider",
+    "as_credentials",
+    "token_problem",
+]
 
 log = logging.getLogger("conat.credentials")
 
@@ -40,6 +67,9 @@ MIN_MARGIN: Final = 2.0
 MARGIN_SHARE: Final = 0.2
 RETRY_MIN: Final = 0.2
 RETRY_MAX: Final = 5.0
+MAX_TOKEN_FILE: Final = 1024 * 1024
+"""A token file larger than this is not read at all (memory bound); the token in it must still be
+at most :data:`conat.auth.MAX_TOKEN_SIZE` characters."""
 
 
 class Credentials(Protocol):
@@ -66,24 +96,23 @@ class StaticToken:
 
 @final
 class TokenFile:
-    """A token kept in a file (0600) that something else renews; read again at every refresh."""
+    """A token kept in a file that something else renews; read again at every refresh.
+
+    The file must be a regular file of this user, mode 0600 (no access for group or others), and
+    is opened without following a symlink and checked on the descriptor that reads it
+    (:func:`conat.auth.read_private_file`): nobody else can swap in their token or read ours.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
     async def fetch(self) -> str:
-        def read() -> str:
-            mode = self.path.stat().st_mode
-            if mode & 0o077:
-                raise ConatError(
-                    f"token file {self.path} is readable by others (mode {mode & 0o777:o}); make it 0600"
-                )
-            return self.path.read_text().strip()
-
-        try:
-            return await asyncio.to_thread(read)
-        except OSError as e:
-            raise ConatError(f"cannot read token file {self.path}: {e.strerror}") from None
+        """The token in the file. Raises :class:`conat.auth.SecretFileError` (a ConatError) naming
+        the file and the problem (missing, a symlink, accessible by others, another user's...)."""
+        raw = await asyncio.to_thread(
+            read_private_file, self.path, what="token file", max_size=MAX_TOKEN_FILE
+        )
+        return raw.decode("ascii", errors="replace").strip()
 
     def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r})"
@@ -116,45 +145,144 @@ def as_credentials(value: Credentials | str | os.PathLike[str] | Callable[[], Aw
     raise TypeError(f"credentials must be a token, a token file path or a token provider, not {value!r}")
 
 
-class CredentialSession:
-    """The current token of one client, its grant, and the task that keeps it fresh."""
+def _utc(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
-    def __init__(self, source: Credentials, token: str, *, max_refusals: int = 3) -> None:
+
+def token_problem(token: str, claims: TokenClaims | None, now: float) -> tuple[str, str] | None:
+    """What the client can tell by itself about ``token`` at ``now``: ``(refusal code, why)``, or
+    ``None`` if a bus (whose clock agrees with ours within :data:`~conat.auth.TOKEN_LEEWAY`) could
+    accept it. ``claims`` are the token's unverified claims (None: they could not be read)."""
+    if len(token) > MAX_TOKEN_SIZE:
+        return "too-large", f"the token is {len(token)} characters; a bus accepts at most {MAX_TOKEN_SIZE}"
+    if claims is None:
+        return "malformed", "the credentials are not a conat token"
+    if now >= claims.exp + TOKEN_LEEWAY:
+        return (
+            "expired",
+            f"the token expired at {_utc(claims.exp)}, {now - claims.exp:.0f}s ago; get a fresh one",
+        )
+    if now + TOKEN_LEEWAY < claims.start:
+        return (
+            "not-yet-valid",
+            f"the token is valid only from {_utc(claims.start)} (in {claims.start - now:.0f}s)",
+        )
+    return None
+
+
+class CredentialSession:
+    """The current token of one client, its grant, and the task that keeps it fresh.
+
+    ``url`` names the bus in error messages.
+    """
+
+    def __init__(
+        self, source: Credentials, token: str, *, url: str = "the bus", max_refusals: int = 3
+    ) -> None:
         self.source = source
+        self.url = url
         self.max_refusals = max_refusals
         self.refreshes = 0
         self.refusals = 0
+        self.withheld_from: str | None = None
+        """The bus of the last server the token was withheld from (it serves another bus)."""
         self._task: asyncio.Task[None] | None = None
         self._refetch: asyncio.Task[None] | None = None
         self._client: Client | None = None
         self.install(token)
 
     @classmethod
-    async def open(cls, source: Credentials, *, max_refusals: int = 3) -> CredentialSession:
-        return cls(source, await source.fetch(), max_refusals=max_refusals)
+    async def open(
+        cls, source: Credentials, *, url: str = "the bus", max_refusals: int = 3
+    ) -> CredentialSession:
+        """Fetch a first token from ``source``.
+
+        Raises:
+            Unauthorized: ``"too-large"`` or ``"malformed"``: no bus would accept it.
+            ConatError: the source has no token (e.g. an unreadable token file).
+        """
+        return cls(source, await source.fetch(), url=url, max_refusals=max_refusals)
 
     def install(self, token: str) -> None:
-        """Make ``token`` current (the next CONNECT sends it); raises if it names no valid grant."""
+        """Make ``token`` current (the next CONNECT sends it).
+
+        Raises:
+            Unauthorized: ``"too-large"`` or ``"malformed"`` (not a conat token, or one naming no
+                valid grant); the current token stays.
+        """
+        if len(token) > MAX_TOKEN_SIZE:
+            code, why = token_problem(token, None, 0.0) or ("too-large", "")
+            raise Unauthorized(self.url, why, refusal=code)
         try:
             claims = peek_claims(token)
             access = grant(claims.sub, claims.scope, claims.aud)
         except (ConatError, ValueError) as e:
-            raise ConatError(f"the credentials are not a usable conat token: {e}") from None
+            raise Unauthorized(
+                self.url, f"the credentials are not a usable conat token: {e}", refusal="malformed"
+            ) from None
         self._token = token
         self.claims: TokenClaims = claims
         self.grant: Grant = access
         if self._client is not None:
             self._client.permissions = access.permissions
 
+    def attach(self, client: Client) -> None:
+        """Bind the session to ``client`` before it connects (permissions, the server's INFO)."""
+        self._client = client
+
     def token(self) -> str:
-        """The current token (nats-py calls this synchronously at every connect)."""
+        """The token for this CONNECT (nats-py calls this synchronously at every connect, after the
+        server's INFO arrived): withheld (``""``, the server then refuses with no credentials)
+        when the server names another bus than the token's."""
+        client = self._client
+        served = server_bus(client._transport.server_name or "") if client is not None else None
+        if served is not None and served != self.claims.aud:
+            self.withheld_from = served
+            return ""
+        self.withheld_from = None
         return self._token
+
+    def problem(self, now: float | None = None) -> Unauthorized | None:
+        """A refusal the client can tell by itself for the current token now, or None."""
+        found = token_problem(self._token, self.claims, time.time() if now is None else now)
+        if found is None:
+            return None
+        code, why = found
+        return Unauthorized(self.url, why, refusal=code)
+
+    def refusal(self) -> Unauthorized:
+        """Why the bus refused us, as far as the client can tell (see the module docstring)."""
+        if self.withheld_from is not None:
+            return Unauthorized(
+                self.url,
+                f"the token is for bus {self.claims.aud!r} but the server serves bus {self.withheld_from!r}; "
+                "the token was not sent",
+                refusal="wrong-bus",
+            )
+        now = time.time()
+        local = self.problem(now)
+        if local is not None:
+            return local
+        if now >= self.claims.exp:
+            return Unauthorized(
+                self.url,
+                f"the token expired at {_utc(self.claims.exp)}, {now - self.claims.exp:.0f}s ago; the bus allows "
+                "for some clock skew but refused it: get a fresh one",
+                refusal="expired",
+            )
+        return Unauthorized(
+            self.url,
+            f"the bus refused the token of {self.principal} for {self.claims.aud!r}; a bus does not tell "
+            "clients why (revoked, unknown signing key, rate-limited, one-time token already used...): "
+            "its audit log has the reason",
+        )
 
     @property
     def principal(self) -> str:
         return self.claims.sub
 
     def start(self, client: Client) -> None:
+        """Start keeping the token fresh (a connected client; sources other than a static token)."""
         self._client = client
         self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="conat-credentials")
 
@@ -204,8 +332,9 @@ class CredentialSession:
         the error the client must close with."""
         self.refusals += 1
         if self.refusals >= self.max_refusals:
+            error = self.refusal()
             return Unauthorized(
-                "the bus", f"credentials of {self.principal} refused {self.refusals} times in a row"
+                error.url, f"{error.reason} (refused {self.refusals} times in a row)", refusal=error.refusal
             )
         if self._refetch is None or self._refetch.done():
             self._refetch = asyncio.get_running_loop().create_task(self._refetch_once())
@@ -221,3 +350,20 @@ class CredentialSession:
 
     def reconnected(self) -> None:
         self.refusals = 0
+
+    def closed_by_server(self, auth_expired: bool) -> Unauthorized | None:
+        """Why the server closed us for good, if it was about the credentials: nats-py does not
+        reconnect after a user-JWT expiry, so an expired token (a static one, or a source that gave
+        no fresh one in time) ends the client."""
+        if not auth_expired:
+            return None
+        if time.time() < self.claims.exp - 1:  # - 1: the user JWT's expiry is in whole seconds
+            why = (
+                "the bus ended the connection at its lifetime cap, before the token's exp at "
+                f"{_utc(self.claims.exp)} (the bus's max_lifetime is shorter than the token's lifetime)"
+            )
+        else:
+            why = f"the token expired at {_utc(self.claims.exp)} and no fresh one replaced it in time"
+            if isinstance(self.source, StaticToken):
+                why += " (a static token cannot be refreshed: pass a token file or a token provider)"
+        return Unauthorized(self.url, why, refusal="expired")

@@ -89,9 +89,19 @@ class ConnectError(ConatError):
 
 
 class Unauthorized(ConnectError):
-    """The bus refused our credentials (at connect, or repeatedly at reconnect)."""
+    """The bus refused our credentials (at connect, or repeatedly at reconnect), or the client did
+    not send them because it could tell by itself that they would be refused.
+
+    ``refusal`` is a stable code: ``"no-credentials"``, ``"malformed"``, ``"too-large"``,
+    ``"expired"``, ``"not-yet-valid"``, ``"wrong-bus"`` (what the client checks itself), or
+    ``"refused"`` (the bus refused for a reason it does not tell clients; its audit log has it).
+    """
 
     code: ErrorCode = 401
+
+    def __init__(self, url: str, reason: str, refusal: str = "refused") -> None:
+        self.refusal = refusal
+        super().__init__(url, reason)
 
 
 class BadURL(ConnectError):

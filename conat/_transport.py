@@ -270,6 +270,17 @@ class Transport:
         return int(cid) if cid is not None else None
 
     @property
+    def server_name(self) -> str | None:
+        """The name in the server's INFO: known once the socket is open, before CONNECT is sent."""
+        name = self._nc._server_info.get("server_name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def auth_expired(self) -> bool:
+        """Whether the server closed us because our user JWT expired (nats-py then closes for good)."""
+        return "authentication expired" in str(self._nc.last_error or "").lower()
+
+    @property
     def connected_url(self) -> str | None:
         url = self._nc.connected_url
         return url.geturl() if url is not None else None

@@ -46,13 +46,16 @@ from ._permissions import NatsPermissions as NatsPermissions
 from ._permissions import Permissions as Permissions
 from ._policy import DEFAULT_RESPONSES as DEFAULT_RESPONSES
 from ._policy import MASTER_BUS as MASTER_BUS
+from ._policy import SERVER_NAME_PREFIX as SERVER_NAME_PREFIX
 from ._policy import Grant as Grant
 from ._policy import InvalidBus as InvalidBus
 from ._policy import Principal as Principal
 from ._policy import ResponsePermission as ResponsePermission
 from ._policy import Scope as Scope
+from ._policy import bus_server_name as bus_server_name
 from ._policy import grant as grant
 from ._policy import parse_bus as parse_bus
+from ._policy import server_bus as server_bus
 from ._tokens import EMPTY_TOKEN as EMPTY_TOKEN
 from ._tokens import decode_token as decode_token
 from ._tokens import decode_token_str as decode_token_str
@@ -73,12 +76,14 @@ __all__ = [
     "Principal",
     "Reason",
     "ResponsePermission",
+    "SERVER_NAME_PREFIX",
     "Scope",
     "ScopeKind",
     "SubjectIndex",
     "account_scope",
     "bootlog_host",
     "bootlog_project",
+    "bus_server_name",
     "decode_token",
     "decode_token_str",
     "encode_token",
@@ -105,6 +110,7 @@ __all__ = [
     "public",
     "runner_host",
     "scope_patterns",
+    "server_bus",
     "service_subject",
     "split_tokens",
     "subjects_collide",

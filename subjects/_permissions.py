@@ -10,14 +10,18 @@ Representation (the one place conat departs from NATS's encoding):
 =====================  ===========================  ==========================================
 allow list             meaning                      emitted by ``to_nats()``
 =====================  ===========================  ==========================================
-``None``               unrestricted (minus deny)    ``allow: []``, ``deny: <deny>``
+``None``               unrestricted (minus deny)    ``allow: [">"]``, ``deny: <deny>``
 ``()`` (the default)   nothing at all               ``allow: []``, ``deny: [">"]``
 ``("a.>", ...)``       only these (minus deny)      ``allow: [...]``, ``deny: <deny>``
 =====================  ===========================  ==========================================
 
-In NATS an empty allow list means *unrestricted*, a classic way to grant everything by accident
-(notes/nats-auth.md §3). Here "nothing" is the default and is always emitted with an explicit
-``deny: [">"]``; "everything" has to be asked for with ``None``. Deny always wins over allow.
+In NATS an empty allow list means *unrestricted*, a classic way to grant everything by accident.
+Here "nothing" is the default and is always emitted with an explicit ``deny: [">"]``; "everything"
+has to be asked for with ``None`` and is emitted as an explicit ``allow: [">"]``, because an empty
+allow list does not always mean "everything" either: when a user also has response permissions,
+nats-server turns an empty publish allow list into "nothing" (``validateResponsePermissions``), so
+an open grant sent as ``[]`` could not publish at all. No list is ever emitted empty on its own.
+Deny always wins over allow.
 
 Subscribe rule (stricter than nats-server, on purpose): ``can_subscribe(pattern)`` is true only if
 *every* subject the pattern can match is allowed and none is denied, i.e. the pattern is covered by
@@ -111,7 +115,8 @@ class _Rule:
 
 def _nats_side(allow: tuple[str, ...] | None, deny: tuple[str, ...]) -> dict[str, list[str]]:
     if allow is None:
-        return {"allow": [], "deny": list(deny)}
+        # explicit: with response permissions nats-server reads an empty allow list as "nothing"
+        return {"allow": [">"], "deny": list(deny)}
     if not allow:
         return {"allow": [], "deny": [">"]}  # never emit an empty allow alone: NATS reads it as "all"
     return {"allow": list(allow), "deny": list(deny)}
@@ -199,9 +204,10 @@ class Permissions(msgspec.Struct, frozen=True, kw_only=True, dict=True, forbid_u
     def to_nats(self) -> NatsPermissions:
         """The ``pub``/``sub`` permission lists for a NATS user JWT or server config.
 
-        Always safe to hand to nats-server: "nothing allowed" is emitted as ``deny: [">"]``, never
-        as a lone empty allow list (which NATS reads as "everything"). Only ``None`` (unrestricted)
-        produces empty lists on both sides.
+        Always safe to hand to nats-server, with or without response permissions: "nothing
+        allowed" is emitted as ``deny: [">"]`` and "unrestricted" (``None``) as ``allow: [">"]``;
+        an allow list is never empty on its own (NATS reads that as "everything", or, next to
+        response permissions, as "nothing").
         """
         return {
             "pub": _nats_side(self.publish_allow, self.publish_deny),

@@ -29,7 +29,9 @@ project ``p`` / master             pub                                          
 hub / any bus                      everything                                      everything
 =================================  ==============================================  ==============================
 
-"Everything" is an unrestricted allow list minus the explicit denies above.
+"Everything" is an unrestricted allow list minus the explicit denies above; it reaches nats-server as
+an explicit ``allow: [">"]`` (an empty list next to the response permissions every grant carries
+would mean "publish nothing" to nats-server, see :mod:`subjects._permissions`).
 
 Decisions (and where they depart from the AUTH.md table)
 --------------------------------------------------------
@@ -127,13 +129,16 @@ from ._permissions import Permissions
 __all__ = [
     "DEFAULT_RESPONSES",
     "MASTER_BUS",
+    "SERVER_NAME_PREFIX",
     "Grant",
     "InvalidBus",
     "Principal",
     "ResponsePermission",
     "Scope",
+    "bus_server_name",
     "grant",
     "parse_bus",
+    "server_bus",
 ]
 
 MASTER_BUS: Final = "master"
@@ -178,6 +183,40 @@ def parse_bus(bus: str) -> str | None:
     if kind != "host":
         raise InvalidBus(bus)
     return ident
+
+
+SERVER_NAME_PREFIX: Final = "conat-"
+"""A bus's nats-servers are named ``conat-<bus>`` (``conat-<bus>.<node>`` in a cluster): their INFO
+then tells a client which bus they serve before it sends any credential (:func:`server_bus`)."""
+
+
+def bus_server_name(bus: str, node: str | None = None) -> str:
+    """The nats-server name of a server of ``bus``: ``conat-<bus>``, or ``conat-<bus>.<node>``.
+
+    Raises:
+        InvalidBus: ``bus`` is not a bus.
+        ValueError: ``node`` is empty or holds whitespace.
+    """
+    parse_bus(bus)
+    if node is None:
+        return f"{SERVER_NAME_PREFIX}{bus}"
+    if not node or any(c.isspace() for c in node):
+        raise ValueError(f"node: must be a non-empty name without whitespace, got {node!r}")
+    return f"{SERVER_NAME_PREFIX}{bus}.{node}"
+
+
+def server_bus(server_name: str) -> str | None:
+    """The bus a server serves, read from its name (:func:`bus_server_name`); ``None`` if the name
+    does not follow that convention (a server that is not a conat bus, or names itself otherwise).
+    Never raises."""
+    if not isinstance(server_name, str) or not server_name.startswith(SERVER_NAME_PREFIX):
+        return None
+    bus = server_name[len(SERVER_NAME_PREFIX) :].partition(".")[0]
+    try:
+        parse_bus(bus)
+    except InvalidBus:
+        return None
+    return bus
 
 
 @final

@@ -8,6 +8,8 @@
 * conat tokens (:class:`TokenIssuer`, :class:`TokenVerifier`): our own short-lived Ed25519-signed
   claims; :class:`Keyring` holds and rotates their signing keys, :class:`PublicKeys` pins them.
 * API keys (:func:`new_api_key`, :func:`verify_api_key`): secrets shown once, stored scrypt-hashed.
+* secret files (:func:`read_private_file`): seeds, passwords, tokens and pinned keys are read
+  without following symlinks and checked (owner, mode, size) on the descriptor that reads them.
 
 Every failure on untrusted input is a :class:`CredentialError` (a :class:`conat.ConatError`) with
 a stable ``code``; see :mod:`conat.auth._nkeys` for the tree.
@@ -21,6 +23,10 @@ from ._apikeys import ApiKeyRecord as ApiKeyRecord
 from ._apikeys import api_key_id as api_key_id
 from ._apikeys import new_api_key as new_api_key
 from ._apikeys import verify_api_key as verify_api_key
+from ._files import SecretFileError as SecretFileError
+from ._files import SecretFileErrorCode as SecretFileErrorCode
+from ._files import read_private_file as read_private_file
+from ._files import write_private_file as write_private_file
 from ._jwt import DEFAULT_LEEWAY as DEFAULT_LEEWAY
 from ._jwt import JWT_HEADER as JWT_HEADER
 from ._jwt import JwtError as JwtError
@@ -53,17 +59,20 @@ from ._nkeys import encode_public_key as encode_public_key
 from ._nkeys import encode_seed as encode_seed
 from ._nkeys import public_key_kind as public_key_kind
 from ._nkeys import verify_signature as verify_signature
+from ._replay import MemoryReplayGuard as MemoryReplayGuard
+from ._replay import ReplayGuard as ReplayGuard
 from ._tokens import MASTER_AUDIENCE as MASTER_AUDIENCE
+from ._tokens import MAX_REVISION as MAX_REVISION
+from ._tokens import MAX_TOKEN_SIZE as MAX_TOKEN_SIZE
 from ._tokens import MAX_TOKEN_TTL as MAX_TOKEN_TTL
 from ._tokens import MIN_TOKEN_TTL as MIN_TOKEN_TTL
+from ._tokens import TOKEN_LEEWAY as TOKEN_LEEWAY
 from ._tokens import TOKEN_PREFIX as TOKEN_PREFIX
 from ._tokens import ApiKeyError as ApiKeyError
 from ._tokens import ApiKeyErrorCode as ApiKeyErrorCode
 from ._tokens import KeyringError as KeyringError
 from ._tokens import KeyringErrorCode as KeyringErrorCode
-from ._tokens import MemoryReplayGuard as MemoryReplayGuard
 from ._tokens import PublicKeySource as PublicKeySource
-from ._tokens import ReplayGuard as ReplayGuard
 from ._tokens import SigningKeys as SigningKeys
 from ._tokens import TokenClaims as TokenClaims
 from ._tokens import TokenError as TokenError
@@ -98,6 +107,8 @@ __all__ = [
     "KeyringError",
     "KeyringErrorCode",
     "MASTER_AUDIENCE",
+    "MAX_REVISION",
+    "MAX_TOKEN_SIZE",
     "MAX_TOKEN_TTL",
     "MIN_TOKEN_TTL",
     "MemoryReplayGuard",
@@ -106,8 +117,11 @@ __all__ = [
     "PublicKeySource",
     "PublicKeys",
     "ReplayGuard",
+    "SecretFileError",
+    "SecretFileErrorCode",
     "ServerId",
     "SigningKeys",
+    "TOKEN_LEEWAY",
     "TOKEN_PREFIX",
     "TokenClaims",
     "TokenError",
@@ -132,8 +146,10 @@ __all__ = [
     "parse_authorization_request",
     "peek_claims",
     "public_key_kind",
+    "read_private_file",
     "user_jwt",
     "verify_api_key",
     "verify_jwt",
     "verify_signature",
+    "write_private_file",
 ]

@@ -44,7 +44,8 @@ from nacl.signing import SigningKey
 
 from conat._paths import data_dir, ensure_private_dir, write_private
 
-from ._tokens import _KID_RE, KeyringError, _b64decode, _b64encode, _public_key_bytes
+from ._files import SecretFileError, read_private_file
+from ._tokens import _KID_RE, KeyringError, KeyringErrorCode, _b64decode, _b64encode, _public_key_bytes
 
 __all__ = ["Keyring", "PublicKeys"]
 
@@ -52,6 +53,7 @@ logger = logging.getLogger("conat.auth.keyring")
 
 KEY_SUFFIX: Final = ".key"
 _MAX_FILE_SIZE: Final = 64 * 1024
+_INSECURE: Final = frozenset({"insecure", "foreign-owner"})
 
 
 class _KeyFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,32 +96,10 @@ def _default_path() -> Path:
 def _read_private(path: Path) -> bytes:
     """Read a key file, refusing one that is not a regular private file of ours."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise KeyringError("bad-key-file", f"cannot open key file: {exc.strerror}", str(path)) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyringError("bad-key-file", "key file is not a regular file", str(path))
-        if info.st_mode & 0o077:
-            raise KeyringError(
-                "insecure-key-file",
-                f"key file is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-                "refusing it: chmod 600 it if it was not exposed, else rotate and retire the key",
-                str(path),
-            )
-        if hasattr(os, "getuid") and info.st_uid != os.getuid():
-            raise KeyringError("insecure-key-file", "key file is owned by another user", str(path))
-        if info.st_size > _MAX_FILE_SIZE:
-            raise KeyringError("bad-key-file", "key file is too large", str(path))
-        chunks: list[bytes] = []
-        while chunk := os.read(fd, _MAX_FILE_SIZE):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise KeyringError("bad-key-file", f"cannot read key file: {exc.strerror}", str(path)) from None
-    finally:
-        os.close(fd)
+        return read_private_file(path, what="key file", max_size=_MAX_FILE_SIZE)
+    except SecretFileError as exc:
+        code: KeyringErrorCode = "insecure-key-file" if exc.code in _INSECURE else "bad-key-file"
+        raise KeyringError(code, exc.detail.removeprefix(f"{path}: "), str(path)) from None
 
 
 def _load_key(path: Path) -> _Key:
@@ -340,23 +320,22 @@ class PublicKeys(Mapping[str, bytes]):
     def load(cls, path: str | os.PathLike[str]) -> PublicKeys:
         """Load pinned public keys from a file written by :meth:`save` (or holding an export).
 
+        The file is opened without following a symlink and checked on the open descriptor
+        (:func:`conat.auth.read_private_file`): a regular file of this user (or root), that group
+        and others may read but not write.
+
         Raises:
             KeyringError: ``"insecure-key-file"`` if others can write the file (they could pin their
-                own key); ``"bad-key-file"`` if it cannot be read; ``"bad-public-keys"`` if it does
-                not parse.
+                own key) or another user owns it; ``"bad-key-file"`` if it cannot be read, is a
+                symlink or not a regular file; ``"bad-public-keys"`` if it does not parse.
         """
         file = Path(path)
         try:
-            info = file.stat()
-            if info.st_mode & 0o022:
-                raise KeyringError(
-                    "insecure-key-file", "pinned keys file is writable by group or others", str(file)
-                )
-            text = file.read_bytes()
-        except OSError as exc:
-            raise KeyringError(
-                "bad-key-file", f"cannot read pinned keys: {exc.strerror}", str(file)
-            ) from None
+            # public data: others may read it, but whoever can write it could pin their own key
+            text = read_private_file(file, what="pinned keys", allowed_mode=0o644, max_size=_MAX_FILE_SIZE)
+        except SecretFileError as exc:
+            code: KeyringErrorCode = "insecure-key-file" if exc.code in _INSECURE else "bad-key-file"
+            raise KeyringError(code, exc.detail.removeprefix(f"{file}: "), str(file)) from None
         try:
             return cls.from_export(text)
         except KeyringError as exc:

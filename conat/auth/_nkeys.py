@@ -25,7 +25,8 @@ Errors (one family, every one with a stable ``code``)::
         │                        "bad-prefix"     unknown kind, or not the kind expected
         │                        "bad-signature"  an Ed25519 signature does not verify
         ├── XkeyError            (conat.auth._xkey) a sealed box cannot be opened
-        └── JwtError             (conat.auth._jwt)  a JWT is malformed or fails verification
+        ├── JwtError             (conat.auth._jwt)  a JWT is malformed or fails verification
+        └── SecretFileError      (conat.auth._files) a secret file is unsafe or unreadable
 
 Messages never contain a seed, not even a corrupted one: they name the part that is wrong.
 """

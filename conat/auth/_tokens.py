@@ -35,7 +35,19 @@ Verification (:meth:`TokenVerifier.verify`) checks, in this order, and refuses w
 ``"no-replay-guard"``   a one-time token, and this verifier has no :class:`ReplayGuard`
 ======================  ===============================================================
 
-Replay is checked last, so a token refused for any other reason does not use up its one time.
+Replay is checked last, so a token refused for any other reason does not use up its one time. (A
+bus's callout checks revocation after these and replay after that, against its own durable store:
+``verify(check_replay=False)``.)
+
+Revision (``rev``)
+------------------
+
+Revocation never compares the issuer's clock with the verifier's. Each principal has a *revision*
+that only its issuer (master) decides: every token carries the principal's revision at issue time,
+and a bus refuses a principal's tokens whose ``rev`` is below the *floor* it was told (master bumps
+the revision when it revokes, then tells every bus the new floor). A token minted a moment before the
+revoke by a master whose clock runs ahead carries the old revision and is refused all the same.
+Tokens without ``rev`` carry revision 0.
 Error messages name the refusal and never contain the token (it is a bearer credential), nor any part
 of it before the signature is verified.
 
@@ -58,11 +70,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import heapq
 import math
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Final, Literal, Protocol, final, runtime_checkable
@@ -74,19 +84,21 @@ from nacl.signing import VerifyKey
 from subjects import InvalidSubject, Scope, parse_scope
 
 from ._nkeys import CredentialError
+from ._replay import ReplayGuard
 
 __all__ = [
     "MASTER_AUDIENCE",
+    "MAX_REVISION",
+    "MAX_TOKEN_SIZE",
     "MAX_TOKEN_TTL",
     "MIN_TOKEN_TTL",
+    "TOKEN_LEEWAY",
     "TOKEN_PREFIX",
     "ApiKeyError",
     "ApiKeyErrorCode",
     "KeyringError",
     "KeyringErrorCode",
-    "MemoryReplayGuard",
     "PublicKeySource",
-    "ReplayGuard",
     "SigningKeys",
     "TokenClaims",
     "TokenError",
@@ -107,6 +119,17 @@ MIN_TOKEN_TTL: Final = 1.0
 
 MASTER_AUDIENCE: Final = "master"
 """The audience of tokens for the master bus. A host bus's audience is ``host-<uuid>``."""
+
+TOKEN_LEEWAY: Final = 30.0
+"""The clock skew (seconds) between issuer and verifier that a verifier allows by default, on
+``exp`` and ``nbf``. Clients use the same allowance to refuse their own token before sending it."""
+
+MAX_TOKEN_SIZE: Final = 16 * 1024
+"""The longest token (characters) a bus accepts; clients refuse to send longer ones. It must stay
+below the bus's ``max_control_line`` so that the callout, not the protocol parser, judges it."""
+
+MAX_REVISION: Final = 2**53
+"""Revisions are integers from 0 up to this (exact in every JSON and MessagePack reader)."""
 
 _KID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TOKEN_RE: Final = re.compile(re.escape(TOKEN_PREFIX) + r"\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]{86})")
@@ -217,6 +240,8 @@ class TokenClaims(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
         scope: what it grants on that bus.
         nbf: when it starts being valid, if later than ``iat``.
         once: a one-time token (e.g. a host join token): a verifier accepts it once.
+        rev: the principal's revision when the token was issued (see "Revision" above): a bus
+            refuses it once told that the principal's tokens below a higher revision are revoked.
     """
 
     kid: str
@@ -229,6 +254,7 @@ class TokenClaims(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     scope: Scope = Scope()
     nbf: float | None = None
     once: bool = False
+    rev: int = 0
 
     @property
     def start(self) -> float:
@@ -290,6 +316,8 @@ def _claims_problem(claims: TokenClaims, kid: str | None) -> str | None:
         return "nbf is before iat"
     if not 0 < claims.exp - claims.start <= MAX_TOKEN_TTL + 1:  # + 1: float rounding of start + ttl
         return "the lifetime is empty or longer than the maximum"
+    if isinstance(claims.rev, bool) or not 0 <= claims.rev <= MAX_REVISION:
+        return "rev is not a revision"
     return None
 
 
@@ -363,6 +391,7 @@ class TokenIssuer:
         *,
         nbf: float | None = None,
         once: bool = False,
+        revision: int = 0,
         now: float | None = None,
     ) -> str:
         """Mint a token.
@@ -375,13 +404,16 @@ class TokenIssuer:
                 :data:`MIN_TOKEN_TTL` to :data:`MAX_TOKEN_TTL`.
             nbf: if given, the token is valid only from then on (not before now).
             once: a one-time token: verifiers with a replay guard accept it once.
+            revision: the principal's current revision (the ``rev`` claim, see the module
+                docstring): a bus that was told to refuse revisions below a floor refuses the
+                token unless ``revision`` is at least that floor.
             now: the issue time (defaults to the issuer's clock).
 
         Returns:
             The token (see the module docstring for the format).
 
         Raises:
-            ValueError: naming the argument, for a bad principal, audience, ttl or nbf.
+            ValueError: naming the argument, for a bad principal, audience, ttl, nbf or revision.
             TypeError: ``scope`` is not a :class:`subjects.Scope`.
         """
         if not _is_principal(sub):
@@ -397,6 +429,8 @@ class TokenIssuer:
             raise ValueError("now: must be finite")
         if nbf is not None and not (math.isfinite(nbf) and nbf >= iat):
             raise ValueError("nbf: must be finite and not before the issue time")
+        if not isinstance(revision, int) or isinstance(revision, bool) or not 0 <= revision <= MAX_REVISION:
+            raise ValueError(f"revision: must be an int from 0 to 2**53, got {revision!r}")
         kid = self._keyring.current
         if not _KID_RE.fullmatch(kid):
             raise ValueError(f"keyring: its current kid {kid!r} is not 1 to 64 of [A-Za-z0-9_-]")
@@ -411,6 +445,7 @@ class TokenIssuer:
             scope=scope,
             nbf=nbf,
             once=once,
+            rev=revision,
         )
         signed = f"{TOKEN_PREFIX}.{_b64encode(_encoder.encode(claims))}"
         signature = self._keyring.sign(kid, signed.encode("ascii"))
@@ -418,59 +453,6 @@ class TokenIssuer:
 
     def __repr__(self) -> str:
         return f"TokenIssuer(issuer={self._issuer!r})"
-
-
-# -- replay protection ----------------------------------------------------------------------------
-
-
-class ReplayGuard(Protocol):
-    """Remembers which one-time tokens were used.
-
-    A guard must remember a ``jti`` at least until ``expires`` (after that the token is refused as
-    expired anyway), and :meth:`first_use` must be atomic: of two concurrent uses, one wins.
-    """
-
-    def first_use(self, jti: str, expires: float, now: float) -> bool:
-        """Record ``jti`` as used; return whether this is its first use."""
-        ...
-
-
-@final
-class MemoryReplayGuard:
-    """A :class:`ReplayGuard` in process memory, pruned of expired entries as it goes.
-
-    Memory holds one entry per one-time token verified and not yet expired. It forgets everything
-    when the process restarts, so a one-time token could then be used again within its lifetime: it
-    suits tests and a single verifier process. The durable guard belongs to the issuer side (master's
-    database, keyed by ``jti``), which also records who used the token.
-
-    Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._used: dict[str, float] = {}
-        self._expiries: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-
-    def first_use(self, jti: str, expires: float, now: float) -> bool:
-        with self._lock:
-            self._prune(now)
-            if jti in self._used:
-                return False
-            self._used[jti] = expires
-            heapq.heappush(self._expiries, (expires, jti))
-            return True
-
-    def _prune(self, now: float) -> None:
-        while self._expiries and self._expiries[0][0] <= now:
-            _, jti = heapq.heappop(self._expiries)
-            self._used.pop(jti, None)
-
-    def __len__(self) -> int:
-        return len(self._used)
-
-    def __repr__(self) -> str:
-        return f"MemoryReplayGuard(entries={len(self._used)})"
 
 
 # -- verifying ------------------------------------------------------------------------------------
@@ -500,7 +482,7 @@ class TokenVerifier:
         public_keys: Mapping[str, bytes | str] | PublicKeySource,
         *,
         audience: str,
-        leeway: float = 30.0,
+        leeway: float = TOKEN_LEEWAY,
         max_size: int = 4096,
         clock: Callable[[], float] = time.time,
         replay: ReplayGuard | None = None,
@@ -526,8 +508,14 @@ class TokenVerifier:
         self._clock = clock
         self._replay = replay
 
-    def verify(self, token: str | bytes) -> TokenClaims:
+    def verify(self, token: str | bytes, *, check_replay: bool = True) -> TokenClaims:
         """Return the claims of a valid token, or raise.
+
+        Args:
+            token: the token, untrusted.
+            check_replay: ``False`` leaves the one-time check to the caller, who must then refuse a
+                ``once`` token already used (a bus does it against its durable store, after its
+                revocation check, so that a refused token never uses up its one time).
 
         Raises:
             TokenError: the token is refused; ``code`` says why. The message never contains it.
@@ -558,7 +546,7 @@ class TokenVerifier:
             raise TokenError("expired", f"expired {now - claims.exp:.0f}s ago (leeway {self.leeway:g}s)")
         if now + self.leeway < claims.start:
             raise TokenError("not-yet-valid", f"valid in {claims.start - now:.0f}s (leeway {self.leeway:g}s)")
-        if claims.once:
+        if claims.once and check_replay:
             if self._replay is None:
                 raise TokenError("no-replay-guard", "a one-time token needs a verifier with a replay guard")
             if not self._replay.first_use(claims.jti, claims.exp + self.leeway, now):

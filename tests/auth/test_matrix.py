@@ -1,6 +1,7 @@
 """The permission matrix on a real nats-server with the auth callout.
 
-For each principal the bus admits, every (subject, operation) is tried twice: through the client's
+For each principal the bus admits (the unrestricted ones, hub and the host on its own bus,
+included), every (subject, operation) is tried twice: through the client's
 own grant check (``Forbidden`` at once) and, with the local check switched off, against
 nats-server itself. Both must equal the policy (``subjects.grant``), and a publish the server
 refuses must never reach a subscriber that may see the subject (the observer, the host itself).
@@ -9,6 +10,7 @@ refuses must never reach a subscriber that may see the subject (the observer, th
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 import conat
 from auth import AuthBus
 from conat import Forbidden, Unauthorized
-from subjects import Scope, grant
+from subjects import MASTER_BUS, Scope, grant, master_host_api, runner_host
 
 from .conftest import BUS, H2, A, B, H, Mint, O, P, Q, connect_as
 
@@ -28,6 +30,9 @@ PRINCIPALS: dict[str, tuple[str, Scope]] = {
     "project": (f"project-{P}", Scope()),
     "host-owner": (f"account-{O}", Scope(hosts=(H,))),
     "other-host": (f"host-{H2}", Scope()),
+    # unrestricted principals: an open grant must reach nats-server as an explicit ">"
+    "hub": ("hub", Scope()),
+    "own-host": (f"host-{H}", Scope()),
 }
 
 SUBJECTS = [
@@ -146,3 +151,31 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
+
+
+async def test_master_reaches_a_host_runner_on_the_master_bus(mint: Mint, tmp_path: Path) -> None:
+    """The blocker: hub's open grant must let it publish (request) next to its response
+    permissions, and a host must answer it on ``runner.host-<h>``."""
+    async with await AuthBus.start(
+        bus=MASTER_BUS, public_keys=mint.keyring.public_keys(), directory=tmp_path / "master-bus"
+    ) as master_bus:
+        host = await connect_as(master_bus, mint.token(f"host-{H}", aud=MASTER_BUS))
+        hub = await connect_as(master_bus, mint.token("hub", aud=MASTER_BUS))
+        try:
+
+            async def runner(msg: conat.Message) -> Any:
+                await msg.respond({"started": msg.data})
+
+            await host.subscribe(runner_host(H), callback=runner)
+            await host.flush()
+            hub.permissions = None  # the server alone decides
+            reply = await hub.request(runner_host(H), "p1", timeout=5)
+            assert reply.data == {"started": "p1"}
+            # and the host can reach master's host API, which hub serves
+            await hub.subscribe(master_host_api(H), callback=runner)
+            await hub.flush()
+            host.permissions = None
+            assert (await host.request(master_host_api(H), "hello", timeout=5)).data == {"started": "hello"}
+        finally:
+            await hub.aclose()
+            await host.aclose()

@@ -90,10 +90,10 @@ def test_nothing_allowed_is_emitted_as_explicit_deny() -> None:
 def test_unrestricted_is_explicit() -> None:
     everything = Permissions.allow_all()
     assert everything.publish_allow is None and everything.subscribe_allow is None
-    assert everything.to_nats() == {"pub": {"allow": [], "deny": []}, "sub": {"allow": [], "deny": []}}
+    assert everything.to_nats() == {"pub": {"allow": [">"], "deny": []}, "sub": {"allow": [">"], "deny": []}}
     assert everything.can_publish("any.thing") and everything.can_subscribe(">")
     limited = Permissions(publish_allow=None, publish_deny=("secret.>",), subscribe_allow=None)
-    assert limited.to_nats()["pub"] == {"allow": [], "deny": ["secret.>"]}
+    assert limited.to_nats()["pub"] == {"allow": [">"], "deny": ["secret.>"]}
     assert not limited.can_publish("secret.x") and limited.can_publish("open.x")
 
 

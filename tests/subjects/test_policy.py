@@ -20,11 +20,13 @@ from subjects import (
     Principal,
     ResponsePermission,
     Scope,
+    bus_server_name,
     grant,
     inbox_pattern,
     inbox_prefix,
     matches,
     parse_bus,
+    server_bus,
 )
 
 P = "11111111-1111-4111-8111-111111111111"  # a project running on host H
@@ -263,11 +265,14 @@ def test_admin_flag_widens_nothing() -> None:
 
 
 def test_to_nats_is_never_unrestricted_by_accident() -> None:
+    # an open grant is an explicit ">": next to response permissions (every grant has them)
+    # nats-server reads an empty publish allow list as "nothing"
     nats = grant("hub", Scope(), MASTER_BUS).permissions.to_nats()
     assert nats == {
-        "pub": {"allow": [], "deny": ["$SYS.>", "_INBOX.>"]},
-        "sub": {"allow": [], "deny": ["$SYS.>"]},
+        "pub": {"allow": [">"], "deny": ["$SYS.>", "_INBOX.>"]},
+        "sub": {"allow": [">"], "deny": ["$SYS.>"]},
     }
+    assert grant(f"host-{H}", Scope(), f"host-{H}").permissions.to_nats() == nats
     minimal = grant(f"project-{P}", Scope(), MASTER_BUS).permissions.to_nats()
     assert minimal["pub"] == {"allow": ["public.>"], "deny": ["$SYS.>", "_INBOX.>"]}
 
@@ -521,3 +526,36 @@ def test_grants_are_deterministic(principal: str, scope: Scope, bus: str) -> Non
     assert first == second
     assert msgspec.msgpack.encode(first) == msgspec.msgpack.encode(second)
     assert first.permissions.to_nats() == second.permissions.to_nats()
+
+
+def test_a_bus_server_names_its_bus() -> None:
+    host_bus = f"host-{H}"
+    assert bus_server_name(MASTER_BUS) == "conat-master"
+    assert bus_server_name(host_bus, "n1") == f"conat-{host_bus}.n1"
+    for name, bus in [
+        ("conat-master", MASTER_BUS),
+        (f"conat-{host_bus}", host_bus),
+        (f"conat-{host_bus}.n1", host_bus),
+    ]:
+        assert server_bus(name) == bus
+    for other in [
+        "conat-test",
+        "conat-bench",
+        "n1",
+        "",
+        "conat-",
+        f"conat-host-{UPPER}",
+        f"conat-project-{P}",
+    ]:
+        assert server_bus(other) is None
+    with pytest.raises(InvalidBus):
+        bus_server_name("hub")
+    with pytest.raises(ValueError, match="node"):
+        bus_server_name(MASTER_BUS, "a b")
+
+
+@given(st.uuids(), st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=20))
+def test_server_names_round_trip(host: uuid.UUID, node: str) -> None:
+    bus = f"host-{host}"
+    assert server_bus(bus_server_name(bus)) == bus
+    assert server_bus(bus_server_name(bus, node)) == bus

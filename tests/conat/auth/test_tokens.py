@@ -161,6 +161,10 @@ def test_token_error_is_in_the_error_tree(issuer: TokenIssuer, verifier: TokenVe
         ({"aud": "hub"}, "aud"),
         ({"nbf": T0 - 1}, "nbf"),
         ({"nbf": float("inf")}, "nbf"),
+        ({"revision": -1}, "revision"),
+        ({"revision": True}, "revision"),
+        ({"revision": 1.0}, "revision"),
+        ({"revision": 2**53 + 1}, "revision"),
     ],
 )
 def test_issue_refuses_bad_arguments(issuer: TokenIssuer, kwargs: dict[str, object], field: str) -> None:
@@ -428,6 +432,10 @@ def _claims(header_kid: str, **changes: object) -> bytes:
         {"scope": {"projects": "p"}},
         {"once": "yes"},
         {"jti": None},
+        {"rev": -1},
+        {"rev": 2**53 + 1},
+        {"rev": 1.5},
+        {"rev": True},
     ],
 )
 def test_bad_claims(clock: FakeTime, changes: dict[str, object]) -> None:
@@ -514,6 +522,26 @@ def test_replay_guard_remembers_through_the_leeway(
 
 
 # -- peeking (no verification) --------------------------------------------------------------------
+
+
+def test_revision_is_carried_and_defaults_to_zero(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
+    """The issuer's revision of the principal (revocation compares it, never a time)."""
+    assert verifier.verify(issuer.issue(ACCOUNT, HOST_A, SCOPE, 60)).rev == 0
+    assert verifier.verify(issuer.issue(ACCOUNT, HOST_A, SCOPE, 60, revision=7)).rev == 7
+    # a token minted without a revision (an older issuer) reads as revision 0, and is unchanged
+    old = issuer.issue(ACCOUNT, HOST_A, SCOPE, 60)
+    assert b"rev" not in unb64(old.split(".")[1])
+
+
+def test_the_caller_may_take_over_the_one_time_check(
+    issuer: TokenIssuer, keyring: Keyring, clock: FakeTime
+) -> None:
+    """A bus checks one-time use itself, after revocation, against its durable store."""
+    token = issuer.issue(ACCOUNT, HOST_A, SCOPE, 60, once=True)
+    bare = TokenVerifier(keyring, audience=HOST_A, clock=clock)
+    assert bare.verify(token, check_replay=False).once
+    assert bare.verify(token, check_replay=False).once  # not remembered here
+    refused(bare, token, "no-replay-guard")
 
 
 def test_peek_claims_reads_without_verifying(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
