@@ -295,7 +295,11 @@ def stream_get(
 
 async def _get(target: _Target, out: Printer, seq: int | None, key: str | None, from_seq: int) -> None:
     async with target.stream() as s:
-        if await s.inventory() is None:  # say so, rather than print nothing as for an empty stream
+        try:
+            missing = await s.inventory() is None
+        except PersistError:  # it exists but cannot be listed: the read below says why (and a
+            missing = False  # corrupt file is moved aside by that first real use)
+        if missing:  # say so, rather than print nothing as for an empty stream
             raise NotFound(f"stream {target}")
         if seq is not None or key is not None:
             message = await s.get(seq=seq, key=key)

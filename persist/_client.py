@@ -423,7 +423,7 @@ class AStream:
             if entry.name != self.name:
                 break
             if entry.error is not None:
-                error = error_from_remote(RemoteError(entry.error, entry.message or "", data=None))
+                error = error_from_remote(RemoteError(entry.error, entry.message or "", data=entry.error_data))
                 raise error if isinstance(error, PersistError) else PersistError(entry.message or "")
             return entry.inventory
         return None

@@ -37,7 +37,7 @@ from ._engine_io import storage_errors, unclean
 from ._errors import Corrupt, NotFound, PersistError
 from ._model import Inventory
 from ._placement import FILE_SUFFIX
-from ._quarantine import MARKER_SUFFIX, refuse_if_quarantined
+from ._quarantine import MARKER_SUFFIX, WAY_OUT, refuse_if_quarantined
 
 __all__ = ["names_page", "peek"]
 
@@ -91,7 +91,7 @@ def peek(root: Path, file: Path, now: float) -> tuple[Inventory, StreamConfig] |
     Raises:
         NotFound: there is no such stream.
         Corrupt: it is quarantined, or it is not a sound stream file (nothing is moved: a listing
-            only reports; the next real open quarantines it).
+            only reports; the next real open quarantines it, and the error says what to do).
         BadPath: a symlink beneath ``root``.
         StorageError: it cannot be read.
     """
@@ -104,11 +104,15 @@ def peek(root: Path, file: Path, now: float) -> tuple[Inventory, StreamConfig] |
                 raise NotFound(f"stream file {file}")
             if unclean(anchor):
                 return None
-            db = anchor.connect(reader=True)
             try:
-                return _read(db, what, now)
-            finally:
-                db.close()
+                with storage_errors(what, "read"):
+                    db = anchor.connect(reader=True)
+                    try:
+                        return _read(db, what, now)
+                    finally:
+                        db.close()
+            except Corrupt as e:  # found by this listing: say what happens next and what to do
+                raise Corrupt(e.what, f"{e.detail}; its next use moves it aside, and {WAY_OUT}") from None
         finally:
             anchor.close()
 

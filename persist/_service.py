@@ -345,7 +345,9 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             except (NotFound, BadPath):  # gone meanwhile, or a name no stream may have
                 continue
             except PersistError as e:  # one bad stream is listed as such; the others still are
-                out.append(StreamInventory(name=name, error=str(e.code), message=str(e)))
+                out.append(
+                    StreamInventory(name=name, error=str(e.code), message=str(e), error_data=error_fields(e))
+                )
                 continue
             out.append(StreamInventory(name=name, inventory=inventory, config=msgspec.to_builtins(config)))
         return out

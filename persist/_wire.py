@@ -166,6 +166,7 @@ class StreamInventory(msgspec.Struct, frozen=True, kw_only=True):
         error: the code of what is wrong with it (``corrupt``, ``storage``), else ``None``: one bad
             stream is listed as such, and does not fail the listing.
         message: the error's message.
+        error_data: the error's fields, so a client rebuilds the typed error (``Corrupt.detail``).
     """
 
     name: str
@@ -173,6 +174,7 @@ class StreamInventory(msgspec.Struct, frozen=True, kw_only=True):
     config: dict[str, Any] | None = None
     error: str | None = None
     message: str | None = None
+    error_data: dict[str, Any] | None = None
 
 
 Request = SetOp | SetManyOp | GetOp | DeleteOp | ReadOp | KeysOp | ConfigOp | ResetOp | InventoryOp
