@@ -554,6 +554,7 @@ def _layer_benches() -> list[Bench]:
     from ._actors import actor_benches
     from ._auth import auth_benches
     from ._fs import fs_benches
+    from ._host import host_benches
     from ._persist import persist_benches
     from ._persist_service import persist_service_benches
     from ._socket import socket_benches
@@ -565,6 +566,7 @@ def _layer_benches() -> list[Bench]:
         *persist_benches(),
         *persist_service_benches(),
         *fs_benches(),
+        *host_benches(),
     ]
 
 

@@ -49,6 +49,7 @@ from ._micro import InfoResponse as InfoResponse
 from ._micro import MicroService as MicroService
 from ._micro import PingResponse as PingResponse
 from ._micro import StatsResponse as StatsResponse
+from ._paths import data_dir as data_dir
 from ._process import die_with_parent as die_with_parent
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
@@ -127,6 +128,7 @@ __all__ = [
     "Unauthorized",
     "WebsocketConfig",
     "connect",
+    "data_dir",
     "die_with_parent",
     "reply_encoding",
 ]

@@ -181,6 +181,7 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         await self._limiter.acquire()
         project = self._project
         if project is not None:
+            self._shared.touch(project.project_id)
             if request.name in BESIDE or (request.name == "readdir" and _recursive(request)):
                 if project.background >= self._shared.config.background:
                     await _respond_error(msg, BUSY, f"{self.key}: too many long calls running")

@@ -91,6 +91,7 @@ async def serve_transfer(shared: FsShared, sock: Socket) -> None:
         except (ConatError, msgspec.ValidationError, msgspec.DecodeError) as e:
             raise FsError("EINVAL", "", f"bad transfer request: {e}") from None
         project = await shared.acquire(project_of(sock.subject.split(".")[1]))
+        shared.touch(project.project_id)
         if project.background >= shared.config.transfers + shared.config.background:
             raise FsError("EBUSY", request.path, "too many transfers running for this project")
         project.background += 1

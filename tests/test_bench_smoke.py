@@ -43,6 +43,7 @@ def _check_rows(rows: list[dict], expected: list[str]) -> None:
         assert row["samples"]["conat"] and row["samples"]["nats_py"]
 
 
+@pytest.mark.timeout(300)  # every row once, the host's real projects included (~2 min under load)
 def test_quick_run_reports_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0

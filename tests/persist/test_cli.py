@@ -505,4 +505,4 @@ def test_conat_reaches_persist_only_through_entry_points() -> None:
     """``import conat`` never imports persist; ``conat up`` finds persist's part as an extension."""
     code = "import sys, conat; assert not [m for m in sys.modules if m.split('.')[0] == 'persist']"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)
-    assert [type(e) for e in up_extensions()] == [PersistUp]
+    assert PersistUp in [type(e) for e in up_extensions()]  # (the host adds its own)
