@@ -180,7 +180,7 @@ class FsClient(FileSystem):
         per-subscriber queue, events are dropped and an ``overflow`` event says so. Close the
         returned :class:`FsWatch` when done."""
         sock = await self.client.socket_connect(
-            watch_subject(self.project_id), timeout=self.timeout, window=window
+            watch_subject(self.project_id), timeout=self.timeout, window=window, wait_for_interest=True
         )
         try:
             await sock.send(WatchRequest(path, None if echo else self.writer))

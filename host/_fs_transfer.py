@@ -221,7 +221,7 @@ async def read_chunks(
     :class:`WriteResult` (size and SHA-256 of what was sent). Raises :class:`conat.RemoteError`
     with the file server's codes."""
     subject = io_subject(project_id)
-    sock = await client.socket_connect(subject, timeout=timeout, window=WINDOW)
+    sock = await client.socket_connect(subject, timeout=timeout, window=WINDOW, wait_for_interest=True)
     try:
         await sock.send(TransferRequest("read", path))
         while True:
@@ -256,7 +256,7 @@ async def write_chunks(
     """Replace ``path`` with the concatenated ``chunks`` (visible only once all arrived and were
     written). Chunks larger than 256 KiB are split."""
     subject = io_subject(project_id)
-    sock = await client.socket_connect(subject, timeout=timeout, window=WINDOW)
+    sock = await client.socket_connect(subject, timeout=timeout, window=WINDOW, wait_for_interest=True)
     try:
         try:
             await sock.send(TransferRequest("write", path, echo))
