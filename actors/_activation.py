@@ -33,8 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
-from conat import ConatError, Message, PayloadError, reply_encoding
-from conat._service import error_reply, respond_error
+from conat import ConatError, Message, PayloadError, error_reply, reply_encoding, respond_error
 
 from ._actor import NO_REPLY, Reply
 from ._chain import CHAIN_HEADER, current_turn

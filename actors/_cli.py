@@ -21,9 +21,7 @@ from typing import Final
 
 import click
 
-from conat.cli._app import Options, common_options, run, stop_on_signals
-from conat.cli._output import Printer
-from conat.cli.plugin import EXIT_GAVE_UP
+from conat.cli.plugin import EXIT_GAVE_UP, Options, Printer, common_options, run, stop_on_signals
 
 from ._actor import Actor
 from ._errors import Escalation

@@ -34,9 +34,18 @@ from typing import Any, Final, TypeVar, final
 
 import msgspec
 
-from conat import Client, ConatError, EndpointStatistics, Message, MicroService, Subscription
-from conat._clock import Clock, SystemClock
-from conat._service import Dispatcher, respond_error
+from conat import (
+    Client,
+    Clock,
+    ConatError,
+    Dispatcher,
+    EndpointStatistics,
+    Message,
+    MicroService,
+    Subscription,
+    SystemClock,
+    respond_error,
+)
 
 from ._activation import PASSIVATE, Activation, State, _Call
 from ._actor import Actor, ActorSpec
@@ -331,7 +340,7 @@ class ActorRuntime:
         if not act.mailbox.put(msg):
             self.stats.dropped += 1
             if msg.reply:
-                self.client._reply_busy(msg.reply, f"actor {self.spec.name} key {key!r} mailbox is full")
+                msg.respond_busy(f"actor {self.spec.name} key {key!r} mailbox is full")
             return
         self.wake(act)
 

@@ -28,8 +28,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Self, TypeVar
 
-from conat import Client, ConatError
-from conat._clock import Clock, SystemClock
+from conat import Client, Clock, ConatError, SystemClock
 
 from ._actor import Actor
 from ._chain import chain_headers

@@ -39,8 +39,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg as NatsMsg
 
 import conat
-from conat._server import NatsServer
-from conat._server_config import ServerConfig
+from conat import NatsServer, ServerConfig
 
 from ._harness import (
     Bench,

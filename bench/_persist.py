@@ -61,10 +61,9 @@ from typing import Final, Literal, TypeVar
 
 import nats
 
-from conat._server import NatsServer
-from conat._server_config import ServerConfig
+from conat import NatsServer, ServerConfig
 from persist import StreamConfig, StreamFile, StreamStore, Write
-from persist._sql import MESSAGES_TABLE
+from persist.testing import MESSAGES_TABLE
 
 from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, resources
 from ._persist_steady import persist_steady_bench
@@ -95,7 +94,7 @@ Sync = Literal["full", "normal"]
 _T = TypeVar("_T")
 
 _RAW_SCHEMA: Final = MESSAGES_TABLE
-"""The engine's message table (persist/_sql.py), so both sides write rows of the same layout."""
+"""The engine's message table (``persist.testing``), so both sides write rows of the same layout."""
 _RAW_INSERT: Final = (
     "INSERT INTO messages (seq, time, payload, encoding, compressed, size) VALUES (?, ?, ?, 'msgpack', 0, ?)"
 )

@@ -69,8 +69,7 @@ from nats.aio.msg import Msg as NatsMsg
 from nats.js.api import StorageType
 
 import conat
-from conat._server import NatsServer
-from conat._server_config import ServerConfig
+from conat import NatsServer, ServerConfig
 from persist import AKV, AStream, PersistServer, Placement, PlacementConfig, StreamConfig, Write
 
 from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, percentile

@@ -16,6 +16,7 @@ from ._codecs import JSON as JSON
 from ._codecs import MSGPACK as MSGPACK
 from ._codecs import RAW as RAW
 from ._codecs import Codec as Codec
+from ._codecs import get_codec as get_codec
 from ._connect import connect as connect
 from ._errors import BadURL as BadURL
 from ._errors import ClosedError as ClosedError
@@ -58,7 +59,9 @@ from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import Dispatcher as Dispatcher
 from ._service import RpcRequest as RpcRequest
+from ._service import error_reply as error_reply
 from ._service import reply_encoding as reply_encoding
+from ._service import respond_error as respond_error
 from ._socket import Socket as Socket
 from ._socket import SocketStatistics as SocketStatistics
 from ._socket_message import SocketMessage as SocketMessage
@@ -130,5 +133,8 @@ __all__ = [
     "connect",
     "data_dir",
     "die_with_parent",
+    "error_reply",
+    "get_codec",
     "reply_encoding",
+    "respond_error",
 ]

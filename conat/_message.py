@@ -121,6 +121,13 @@ class Message:
         client = self._require_reply()
         await client._reply(self.reply, data, headers, encoding)
 
+    def respond_busy(self, why: str) -> None:
+        """Answer with 429 (busy) without waiting: for a read loop or a router that must never block,
+        when the message is dropped because a bounded buffer or mailbox is full. Does nothing if the
+        message wants no reply or the client is closing."""
+        if self.reply and self._client is not None:
+            self._client._reply_busy(self.reply, why)
+
     async def respond_error(
         self, code: ErrorCode, message: str, *, data: Mapping[str, Any] | None = None
     ) -> None:

@@ -64,7 +64,6 @@ from ._model import DeleteResult as DeleteResult
 from ._model import Inventory as Inventory
 from ._model import Message as Message
 from ._model import SetResult as SetResult
-from ._model import StreamModel as StreamModel
 from ._model import message_size as message_size
 from ._placement import ENV_VARS as ENV_VARS
 from ._placement import FILE_SUFFIX as FILE_SUFFIX
@@ -150,7 +149,6 @@ __all__ = [
     "StreamFile",
     "StreamFileStatistics",
     "StreamInventory",
-    "StreamModel",
     "StreamStore",
     "StreamStoreStatistics",
     "SyncMode",

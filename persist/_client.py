@@ -33,9 +33,7 @@ from typing import Any, Final, TypeVar, final
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from conat import Client, ClientState, Message
-from conat._codecs import get_codec
-from conat._errors import NoResponders, RemoteError, Timeout
+from conat import Client, ClientState, Message, NoResponders, RemoteError, Timeout, get_codec
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StoredMessage, Write

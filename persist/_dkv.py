@@ -38,8 +38,7 @@ from typing import Any, Final, NamedTuple, final
 
 import msgspec
 
-from conat import Client
-from conat._errors import ConatError, PayloadError
+from conat import Client, ConatError, PayloadError
 
 from ._checks import check_set_args
 from ._client import DEFAULT_FEED_WAIT, DEFAULT_TIMEOUT, AStream

@@ -76,8 +76,7 @@ from typing import Any, Final, TypeVar, final
 
 import msgspec
 
-from conat._clock import Clock, SystemClock
-from conat._errors import ClosedError
+from conat import Clock, ClosedError, SystemClock
 
 from . import _sql
 from ._checks import (

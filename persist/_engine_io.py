@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
 
-from conat._errors import ClosedError
+from conat import ClosedError
 
 from . import _sql
 from ._beneath import Anchor

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import final
 
-from conat._clock import Clock
+from conat import Clock
 
 from . import _sql
 from ._admission import Rates, admit, trim

@@ -41,7 +41,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Literal
 
-from conat._errors import ConatError, ErrorCode, RemoteError
+from conat import ConatError, ErrorCode, RemoteError
 
 __all__ = [
     "BadConfig",

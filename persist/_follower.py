@@ -61,8 +61,7 @@ from typing import Any, Final, Generic, Self, TypeVar, final
 
 import msgspec
 
-from conat._codecs import get_codec
-from conat._errors import ClosedError, ConatError, PayloadError
+from conat import ClosedError, ConatError, PayloadError, get_codec
 
 from ._client import AStream
 from ._engine import ChangePage, StoredMessage, Write

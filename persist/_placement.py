@@ -59,7 +59,7 @@ from uuid import UUID
 
 import msgspec
 
-from conat._paths import data_dir
+from conat import data_dir
 from subjects import ScopeKind
 
 from ._config import convert_config

@@ -39,8 +39,7 @@ from urllib.parse import quote
 import msgspec
 
 from actors import Reminder
-from conat._clock import Clock
-from conat._errors import ClosedError
+from conat import Clock, ClosedError
 
 from ._config import StreamConfig, SyncMode
 from ._errors import BadRequest, Corrupt

@@ -46,9 +46,7 @@ from typing import Any, Final, Self
 import msgspec
 
 from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere
-from conat import Client, Message
-from conat._errors import ClosedError, ConatError, PayloadError
-from conat._service import error_reply, respond_error
+from conat import Client, ClosedError, ConatError, Message, PayloadError, error_reply, respond_error
 from subjects import InvalidSubject, ScopeKind, parse_scope
 
 from ._config import StreamConfig

@@ -37,7 +37,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from conat._codecs import get_codec
+from conat import get_codec
 
 from . import _codec
 from ._admission import expired_through

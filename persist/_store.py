@@ -69,8 +69,7 @@ from typing import Any, Final, TypeAlias, TypeVar, final
 
 import msgspec
 
-from conat._clock import Clock, SystemClock
-from conat._errors import ClosedError
+from conat import Clock, ClosedError, SystemClock
 
 from ._archive import archive_stream, reset_stream, restore_if_newer
 from ._config import StreamConfig

@@ -55,3 +55,9 @@ def test_host_all_sorted_and_complete() -> None:
     import host
 
     check_exports(host)
+
+
+def test_persist_testing_all_sorted_and_complete() -> None:
+    from persist import testing
+
+    check_exports(testing)

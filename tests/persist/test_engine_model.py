@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from conat import FakeClock
-from persist import PersistError, StreamConfig, StreamModel
+from persist import PersistError, StreamConfig
 from persist._engine import StreamFile
+from persist.testing import StreamModel
 
 T = TypeVar("T")
 

@@ -17,10 +17,10 @@ from persist import (
     Message,
     Rejected,
     StreamConfig,
-    StreamModel,
     WrongLastSequence,
     message_size,
 )
+from persist.testing import StreamModel
 
 FAR_PAST = -1e18  # a read this early sees every stored message: nothing has expired yet
 
