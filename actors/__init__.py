@@ -26,7 +26,6 @@ from ._errors import Escalation as Escalation
 from ._errors import OwnedElsewhere as OwnedElsewhere
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._ownership import OwnerNotice as OwnerNotice
-from ._policy import Backoff as Backoff
 from ._policy import Escalate as Escalate
 from ._policy import Restart as Restart
 from ._policy import RestartPolicy as RestartPolicy
@@ -50,7 +49,6 @@ __all__ = [
     "ActorStatistics",
     "ActorSystem",
     "BUSY",
-    "Backoff",
     "BrokenInvariant",
     "DeadLetter",
     "EndpointStatistics",

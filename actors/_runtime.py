@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar, final
 import msgspec
 
 from conat import (
+    BackoffSequence,
     Client,
     Clock,
     ConatError,
@@ -52,7 +53,7 @@ from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
 from ._errors import ACTIVATION_FAILED, LOOP_DETECTED, STOPPING, Escalation
 from ._mailbox import MailboxStatistics
-from ._policy import Backoff, Escalate, RestartTracker
+from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
 from ._subscribe import subscribe_or_undo
 
@@ -167,7 +168,7 @@ class ActorRuntime:
             data=self._figures,
         )
         """The type in ``$SRV`` discovery, and its per-endpoint figures."""
-        self._restart_states: dict[str, tuple[Backoff, float]] = {}
+        self._restart_states: dict[str, tuple[BackoffSequence, float]] = {}
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_tasks: list[asyncio.Task[None]] = []

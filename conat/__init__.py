@@ -6,6 +6,9 @@ replies and chunks large payloads. :class:`NatsServer` runs a private nats-serve
 
 from subjects import InvalidSubject as InvalidSubject
 
+from ._backoff import Backoff as Backoff
+from ._backoff import BackoffSequence as BackoffSequence
+from ._backoff import retry as retry
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import ClientStatistics as ClientStatistics
@@ -52,6 +55,7 @@ from ._micro import PingResponse as PingResponse
 from ._micro import StatsResponse as StatsResponse
 from ._paths import data_dir as data_dir
 from ._process import die_with_parent as die_with_parent
+from ._ratelimit import TokenBucket as TokenBucket
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
@@ -72,6 +76,8 @@ from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __all__ = [
+    "Backoff",
+    "BackoffSequence",
     "BadURL",
     "Client",
     "ClientState",
@@ -128,6 +134,7 @@ __all__ = [
     "SubscriptionStatistics",
     "SystemClock",
     "Timeout",
+    "TokenBucket",
     "Unauthorized",
     "WebsocketConfig",
     "connect",
@@ -137,4 +144,5 @@ __all__ = [
     "get_codec",
     "reply_encoding",
     "respond_error",
+    "retry",
 ]

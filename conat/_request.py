@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from ._backoff import Backoff, retry
 from ._errors import ConatError, Disconnected, NoResponders, PayloadTooLarge, Timeout
 from ._headers import (
     ERROR_HEADER,
@@ -35,9 +36,13 @@ from ._message import Message
 if TYPE_CHECKING:
     from ._client import Client, Route
 
-__all__ = ["check_reply", "request", "request_many"]
+__all__ = ["INTEREST_BACKOFF", "check_reply", "request", "request_many"]
 
 T = TypeVar("T")
+
+INTEREST_BACKOFF: Final = Backoff(initial=0.005, maximum=0.25)
+"""Between the tries of a request that waits for a responder to appear: quick at first (a service
+starting beside its caller), then four times a second."""
 
 
 async def request(
@@ -48,22 +53,29 @@ async def request(
     timeout: float,
     wait_for_interest: bool = False,
 ) -> Message:
-    """Send an encoded request and return its first reply (see :meth:`Client.request`)."""
+    """Send an encoded request and return its first reply (see :meth:`Client.request`).
+
+    With ``wait_for_interest``, a :class:`NoResponders` answer is retried under
+    :data:`INTEREST_BACKOFF` until the deadline, which then raises :class:`Timeout`.
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
-    delay = 0.005
-    while True:
-        try:
-            return await _request_once(client, subject, payload, headers, deadline, started)
-        except NoResponders:
-            remaining = deadline - loop.time()
-            if not wait_for_interest or remaining <= 0:
-                raise
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.25)
-            if loop.time() >= deadline:
-                raise Timeout(subject, loop.time() - started) from None
+    if not wait_for_interest:
+        return await _request_once(client, subject, payload, headers, deadline, started)
+    try:
+        return await retry(
+            lambda: _request_once(client, subject, payload, headers, deadline, started),
+            backoff=INTEREST_BACKOFF,
+            retry_if=_no_responders,
+            deadline=deadline,
+        )
+    except NoResponders:
+        raise Timeout(subject, loop.time() - started) from None
+
+
+def _no_responders(error: Exception) -> bool:
+    return isinstance(error, NoResponders)
 
 
 async def _request_once(
