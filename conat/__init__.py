@@ -55,6 +55,8 @@ from ._micro import PingResponse as PingResponse
 from ._micro import StatsResponse as StatsResponse
 from ._paths import data_dir as data_dir
 from ._process import die_with_parent as die_with_parent
+from ._queue import BoundedQueue as BoundedQueue
+from ._queue import QueueStatistics as QueueStatistics
 from ._ratelimit import TokenBucket as TokenBucket
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
@@ -79,6 +81,7 @@ __all__ = [
     "Backoff",
     "BackoffSequence",
     "BadURL",
+    "BoundedQueue",
     "Client",
     "ClientState",
     "ClientStatistics",
@@ -111,6 +114,7 @@ __all__ = [
     "PeerDead",
     "PingResponse",
     "PortInUse",
+    "QueueStatistics",
     "RAW",
     "RemoteError",
     "RpcRequest",

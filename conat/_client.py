@@ -17,7 +17,7 @@ room for a chunk raise :class:`PayloadTooLarge` before anything is sent, and the
 anything over the limit, so no message can make the server close the connection.
 
 Ordering: while any chunked message of this client is in flight, every message it sends carries
-``Conat-Sender``, so receivers keep those behind it (and nobody else's: :mod:`conat._intake`).
+``Conat-Sender``, so receivers keep those behind it (and nobody else's: :mod:`conat._queue`).
 
 Lifecycle: ``connecting → connected ⇄ reconnecting → closed``. Reconnects are automatic and
 unbounded; subscriptions are re-armed by the transport. When the link drops, requests in flight
@@ -60,7 +60,6 @@ from ._headers import (
     check_user_headers,
     error_headers,
 )
-from ._intake import Item
 from ._message import Message
 from ._request import request, request_many
 from ._server_config import MIN_MAX_PAYLOAD
@@ -79,6 +78,8 @@ __all__ = ["Client", "ClientState", "ClientStatistics"]
 log = logging.getLogger("conat.client")
 
 T = TypeVar("T")
+Item = Message | asyncio.Future[Message]
+"""A received message, or the future of one whose chunks are still arriving."""
 Route = Callable[[str, str, bytes, dict[str, str] | None], None]
 """A handler of replies on one inbox token; it may have a ``fail(error)`` attribute, called when
 the client closes (and, for a request's route, when the link drops)."""

@@ -30,8 +30,8 @@ from ._headers import (
     STATUS_HEADER,
     error_from_headers,
 )
-from ._intake import Intake, Item
 from ._message import Message
+from ._queue import BoundedQueue
 
 if TYPE_CHECKING:
     from ._client import Client, Route
@@ -87,7 +87,7 @@ async def _request_once(
     started: float,
 ) -> Message:
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Item] = loop.create_future()
+    future: asyncio.Future[Message | asyncio.Future[Message]] = loop.create_future()
 
     def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
         if not future.done():
@@ -133,38 +133,24 @@ def _finish_request(client: Client, token: str, transfer_id: str | None) -> None
 
 
 class _ReplyStream:
-    """Replies to one ``request_many``, ordered per responder (:class:`Intake`), with a bound."""
+    """Replies to one ``request_many``: a :class:`BoundedQueue` (ordered per responder, bounded) and
+    the first error that ends the stream at once (a failed chunked reply, a dropped link)."""
 
     def __init__(self, limit: int) -> None:
-        self.items = Intake(self._wake, self._dropped)
-        self.waiter: asyncio.Future[None] | None = None
-        self.limit = limit
-        self.overflowed = False
+        self.items: BoundedQueue[Message] = BoundedQueue(limit, on_drop=self._dropped)
         self.failure: BaseException | None = None
-        """The first error that ends the stream: a failed chunked reply, a dropped link."""
 
     def fail(self, error: BaseException) -> None:
         if self.failure is None:
             self.failure = error
-        self._wake()
+        self.items.close()  # wakes the reader, which raises the failure first
 
     def _dropped(self, item: asyncio.Future[Message]) -> None:
-        if not item.cancelled():
-            self.fail(item.exception() or ConatError("chunked reply failed"))
+        self.fail(item.exception() or ConatError("chunked reply failed"))
 
-    def put(self, item: Item, sender: str | None) -> None:
-        if len(self.items) >= self.limit:
-            self.overflowed = True
-            if isinstance(item, asyncio.Future):
-                item.cancel()
-            self._wake()
-        else:
-            self.items.put(item, sender)
-
-    def _wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    def put(self, item: Message | asyncio.Future[Message], sender: str | None) -> None:
+        if not self.items.put(item, sender):
+            self.items.close()  # overflowed (counted in dropped): the reader ends after what it holds
 
 
 async def request_many(
@@ -198,29 +184,26 @@ async def request_many(
     route.fail = fail  # type: ignore[attr-defined]
     token, transfer_id = await _send_request(client, subject, payload, headers, route)
     received = 0
+    items = stream.items
     try:
         while max_messages is None or received < max_messages:
             if stream.failure is not None:
                 raise stream.failure
-            item = stream.items.pop()
-            if item is None:
-                if stream.overflowed:
+            msg = items.pop()
+            if msg is None:
+                if items.dropped:
                     raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
-                arriving = len(stream.items) > 0  # a chunked reply is still being pulled
+                arriving = len(items) > 0  # a chunked reply is still being pulled
                 wait_until = deadline
                 if idle_timeout is not None and not arriving:
                     wait_until = min(deadline, loop.time() + idle_timeout)
-                stream.waiter = loop.create_future()
                 try:
-                    await _wait_until(stream.waiter, wait_until)
+                    await _wait_until(items.waiter(), wait_until)
                 except _Expired:
                     if received == 0 or arriving:
                         raise Timeout(subject, loop.time() - started) from None
                     return
-                finally:
-                    stream.waiter = None
                 continue
-            msg = item if isinstance(item, Message) else item.result()
             if msg.is_end:
                 return
             yield check_reply(msg, subject)

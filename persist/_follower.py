@@ -55,13 +55,22 @@ import contextlib
 import logging
 import secrets
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, Self, TypeVar, final
 
 import msgspec
 
-from conat import Backoff, Clock, ClosedError, ConatError, PayloadError, SystemClock, get_codec
+from conat import (
+    Backoff,
+    BoundedQueue,
+    Clock,
+    ClosedError,
+    ConatError,
+    PayloadError,
+    QueueStatistics,
+    SystemClock,
+    get_codec,
+)
 
 from ._client import AStream
 from ._engine import ChangePage, StoredMessage, Write
@@ -173,31 +182,22 @@ class Events(Generic[E]):
         self._what = what
         self._limit = limit
         self._unsubscribe = unsubscribe
-        self._queue: deque[E] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._too_slow = False
-        self._ended = False
+        self._queue: BoundedQueue[E] = BoundedQueue(limit)
 
     @property
     def pending(self) -> int:
         """Events waiting to be read."""
         return len(self._queue)
 
+    def statistics(self) -> QueueStatistics:
+        """The iterator's queue: events pushed, read, and dropped (once too slow)."""
+        return self._queue.statistics()
+
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> E:
-        while not self._queue:
-            if self._too_slow:
-                raise TooSlow(self._what, self._limit)
-            if self._ended:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._queue.popleft()
+        return await self._queue.__anext__()
 
     async def __aenter__(self) -> Self:
         return self
@@ -211,24 +211,14 @@ class Events(Generic[E]):
         self._end()
 
     def _push(self, event: E) -> None:
-        if self._ended:
-            return
-        if len(self._queue) >= self._limit:
-            self._too_slow = True
-            self._queue.clear()
-            self._end()
-            return
-        self._queue.append(event)
-        self._wake()
+        queue = self._queue
+        if not queue.put(event) and not queue.closed:  # full: cut off
+            queue.clear()
+            self._end(TooSlow(self._what, self._limit))
 
-    def _end(self) -> None:
-        self._ended = True
+    def _end(self, error: TooSlow | None = None) -> None:
+        self._queue.close(error)
         self._unsubscribe(self)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 # ---- the follower: cursor, feed task, saver, events, lifecycle ----------------------------------

@@ -26,6 +26,7 @@ from conat._chunking import (
     chunk_count,
     reassembly_cost,
 )
+from conat._headers import CHUNKED_HEADER, SENDER_HEADER, error_headers
 
 MB = 1024 * 1024
 
@@ -414,3 +415,33 @@ async def test_a_head_without_a_pull_source_is_refused(nats_server) -> None:
             assert sub.statistics().failed_transfers == 1 and c.state is conat.ClientState.CONNECTED
         finally:
             await foreign.close()
+
+
+@pytest.mark.anyio
+async def test_a_reader_ends_when_the_last_chunked_message_of_a_closed_subscription_fails(nats_server) -> None:
+    """Unsubscribed while a chunked message is still arriving, the reader waits for it; when it
+    then fails (the sender says the transfer is gone), the reader ends instead of waiting forever."""
+    raw = await nats.connect(nats_server.url)
+    try:
+        pulls = await raw.subscribe("fake.sender.source")  # the sender's pull source: alive, slow
+        async with await conat.connect(nats_server.url) as c:
+            sub = await c.subscribe("chunked.fails")
+            head = ChunkHead("t1", 2 * MIN_CHUNK_SIZE, MIN_CHUNK_SIZE, 2)
+            await raw.publish(
+                "chunked.fails",
+                b"x" * MIN_CHUNK_SIZE,
+                reply="fake.sender.source",
+                headers={CHUNKED_HEADER: head.header(), SENDER_HEADER: "sender-1"},
+            )
+            pull = await pulls.next_msg(timeout=5)  # the receiver pulls: the message is arriving
+            reader = asyncio.ensure_future(sub.__anext__())
+            await asyncio.sleep(0.05)
+            await sub.unsubscribe()
+            assert not reader.done()  # it still waits for the message that is arriving
+            headers, body = error_headers(410, "transfer t1 is gone")
+            await raw.publish(pull.reply, body, headers=headers)
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(reader, 5)
+            assert sub.statistics().failed_transfers == 1
+    finally:
+        await raw.close()
