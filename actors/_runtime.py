@@ -55,7 +55,6 @@ from ._errors import ACTIVATION_FAILED, LOOP_DETECTED, STOPPING, Escalation
 from ._mailbox import MailboxStatistics
 from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
-from ._subscribe import subscribe_or_undo
 
 __all__ = ["ActorRuntime", "ActorStatistics", "DeadLetter"]
 
@@ -202,8 +201,7 @@ class ActorRuntime:
         self.failed = None
         self.linger_cap = LINGER_CAP
         try:
-            sub = await subscribe_or_undo(
-                self.client,
+            sub = await self.client.subscribe(
                 self.spec.subject,
                 queue=self.queue,
                 dispatch=self._route,

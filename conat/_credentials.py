@@ -244,7 +244,7 @@ class CredentialSession:
         server's INFO arrived): withheld (``""``, the server then refuses with no credentials)
         when the server names another bus than the token's."""
         client = self._client
-        served = server_bus(client._transport.server_name or "") if client is not None else None
+        served = server_bus(client._core.transport.server_name or "") if client is not None else None
         if served is not None and served != self.claims.aud:
             self.withheld_from = served
             return ""
@@ -316,7 +316,7 @@ class CredentialSession:
             self.refreshes += 1
             client = self._client
             if client is not None and client.is_connected:
-                await client._transport.force_reconnect()
+                await client._core.transport.force_reconnect()
 
     async def _fetch_new(self) -> bool:
         """Fetch until the source gives a token different from the current one (or the current

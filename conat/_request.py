@@ -34,7 +34,8 @@ from ._message import Message
 from ._queue import BoundedQueue
 
 if TYPE_CHECKING:
-    from ._client import Client, Route
+    from ._client import Client
+    from ._core import Route
 
 __all__ = ["INTEREST_BACKOFF", "check_reply", "request", "request_many"]
 
@@ -91,7 +92,7 @@ async def _request_once(
 
     def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
         if not future.done():
-            future.set_result(client._item(rsubject, reply, data, hdr)[0])
+            future.set_result(client._core.item(rsubject, reply, data, hdr)[0])
 
     def fail(e: BaseException) -> None:
         if not future.done():
@@ -117,19 +118,21 @@ async def _send_request(
     client: Client, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
 ) -> tuple[str, str | None]:
     """Open a reply route and send; returns the route's token and the chunk transfer's id."""
-    token, inbox = client._open_route(route)
-    client._route_subjects[token] = subject
+    core = client._core
+    token, inbox = core.open_route(route)
+    core.route_subjects[token] = subject
     try:
-        return token, await client._send(subject, payload, inbox, headers)
+        return token, await core.send(subject, payload, inbox, headers)
     except BaseException:
-        client._close_route(token)
+        core.close_route(token)
         raise
 
 
 def _finish_request(client: Client, token: str, transfer_id: str | None) -> None:
-    client._close_route(token)
+    core = client._core
+    core.close_route(token)
     if transfer_id is not None:
-        client._transfers.outgoing.discard(transfer_id)
+        core.transfers.outgoing.discard(transfer_id)
 
 
 class _ReplyStream:
@@ -169,14 +172,14 @@ async def request_many(
 
     Everything, checks included, happens on the first iteration (it is a generator).
     """
-    payload, headers = client._prepare(subject, data, headers, encoding)
+    payload, headers = client._core.prepare(subject, data, headers, encoding)
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
     stream = _ReplyStream(max_buffer)
 
     def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
-        stream.put(*client._item(rsubject, reply, rdata, hdr))
+        stream.put(*client._core.item(rsubject, reply, rdata, hdr))
 
     def fail(e: BaseException) -> None:
         stream.fail(Disconnected(subject, loop.time() - started) if isinstance(e, Disconnected) else e)

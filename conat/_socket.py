@@ -139,7 +139,7 @@ class Socket:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_server", True) is None and not getattr(self, "_finished", True):
             client = getattr(self, "_client", None)
-            if client is not None and not client._closing:
+            if client is not None and not client._core.closing:
                 _warn(f"unclosed conat socket {self.subject!r}", ResourceWarning, source=self, stacklevel=2)
 
     # -- state -----------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class Socket:
             self._pump()
             return
         frames = self._proto.poll(self._now())  # lingering: a Close for a late frame
-        if frames and not self._client._closing:
+        if frames and not self._client._core.closing:
             self._outbox.emit(frames)
 
     def _on_accepted(self) -> None:
@@ -248,7 +248,7 @@ class Socket:
 
     # -- frames out, timers -------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = self._client._spawn(coro)
+        task = self._client._core.spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -534,7 +534,7 @@ class Socket:
         self._finished = True
         proto = self._proto
         frames = proto.poll(self._now())
-        if frames and not self._client._closing:
+        if frames and not self._client._core.closing:
             self._outbox.emit(frames)
         self._alarm.disarm()
         self._requests.fail_all(proto.closed_error())
@@ -543,14 +543,14 @@ class Socket:
             self._unlisten = None
         if self._server is not None:
             self._server._forget(self, proto.linger_until)
-        elif proto.linger_until is not None and self._route_token is not None and not self._client._closing:
+        elif proto.linger_until is not None and self._route_token is not None and not self._client._core.closing:
             self._alarm.arm(proto.linger_until)
         else:
             self._release_route()
 
     def _release_route(self) -> None:
         if self._route_token is not None:
-            self._client._close_route(self._route_token)
+            self._client._core.close_route(self._route_token)
             self._route_token = None
 
     @property
@@ -602,8 +602,8 @@ async def connect_socket(
     wait_for_interest: bool = False,
 ) -> Socket:
     """See :meth:`conat.Client.socket_connect` (which holds the defaults)."""
-    client._check_open()
-    client._check_subject(subject)
+    client._core.check_open()
+    client._core.check_subject(subject)
     if client.permissions is not None and not client.permissions.can_publish(subject):
         raise Forbidden(subject, "publish")
     config = socket_config(
@@ -615,7 +615,7 @@ async def connect_socket(
         connect_timeout=timeout,
     )
     clock = clock or SystemClock()
-    proto = SocketProtocol("client", config, clock.now(), id=client._transport.new_token(), subject=subject)
+    proto = SocketProtocol("client", config, clock.now(), id=client._core.transport.new_token(), subject=subject)
     sock = Socket(client, proto, clock, subject=subject, target=subject)
     sock._wait_for_interest = wait_for_interest
 
@@ -623,7 +623,7 @@ async def connect_socket(
         sock._route(rsubject, reply, data, headers)
 
     route.fail = sock._route_failed  # type: ignore[attr-defined]
-    sock._route_token, sock._outbox.reply = client._open_route(route)
+    sock._route_token, sock._outbox.reply = client._core.open_route(route)
     sock._unlisten = client.on_state_change(sock._on_client_state)
     try:
         await sock._outbox.write(proto.connect(clock.now()))

@@ -92,7 +92,7 @@ class Outbox:
         """Send the queue in order. The caller has set ``_writing``; this clears it."""
         out = self._frames
         client = self._client
-        publish = client._transport.publish
+        publish = client._core.transport.publish
         target, reply = self.target, self.reply
         try:
             while out:
@@ -101,7 +101,7 @@ class Outbox:
             self._lost(e)
         finally:
             self._writing = False
-            if out and not client._closing:  # cancelled mid-queue: a new writer takes the rest
+            if out and not client._core.closing:  # cancelled mid-queue: a new writer takes the rest
                 self._writing = True
                 self._spawn(self._writer())
 
@@ -110,7 +110,7 @@ class Outbox:
         # reconnecting. Either way what was lost is retransmitted (or no longer matters).
         self._frames.clear()
         log.debug("socket %r: frames not sent: %s", self._name, error)
-        if self._client._closing:
+        if self._client._core.closing:
             self._on_closed()
 
 
@@ -148,7 +148,7 @@ class Answers:
 
     async def _writer(self) -> None:
         frames = self._frames
-        publish = self._client._transport.publish
+        publish = self._client._core.transport.publish
         try:
             while frames:
                 target, raw = frames.popleft()
@@ -156,11 +156,11 @@ class Answers:
                     await publish(target, raw, "")
                 except ConatError as e:
                     log.debug("socket server %r: frame not sent: %s", self._name, e)
-                    if self._client._closing:
+                    if self._client._core.closing:
                         frames.clear()
         finally:
             self.task = None
-            if frames and not self._client._closing:  # cancelled mid-queue: a new writer takes the rest
+            if frames and not self._client._core.closing:  # cancelled mid-queue: a new writer takes the rest
                 self.task = self._spawn(self._writer())
 
 

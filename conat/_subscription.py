@@ -88,7 +88,7 @@ class Subscription:
     def _put(self, item: Message | asyncio.Future[Message], reply: str, sender: str | None) -> None:
         items = self._items
         if not items.put(item, sender) and reply and not items.closed:
-            self._client._reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
+            self._client._core.reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
 
     def _on_drop(self, item: asyncio.Future[Message]) -> None:
         """A chunked message failed (its sender is gone, it was over a cap...)."""
@@ -163,7 +163,7 @@ class Subscription:
         if self._items.closed and self.sid == 0:
             return
         self._close_buffer()
-        await self._client._unsubscribe(self)
+        await self._client._core.unsubscribe(self)
         if self._dispatch is not None:
             self._cancel_arriving()
         task = self._task
@@ -178,7 +178,7 @@ class Subscription:
         message it routed before that is still buffered or dispatched; then the subscription ends
         like :meth:`unsubscribe`. Raises :class:`Timeout` if the server does not confirm in time."""
         if not self._items.closed and self.sid:
-            await self._client._drain(self, timeout)
+            await self._client._core.drain(self, timeout)
         await self.unsubscribe()
 
     async def __aenter__(self) -> Self:

@@ -40,7 +40,7 @@ from ._headers import (
 from ._message import Message
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._core import ClientCore
 
 __all__ = ["TransferEngine"]
 
@@ -58,9 +58,9 @@ class TransferEngine:
     """Both halves of chunked transfer for one client."""
 
     def __init__(
-        self, client: Client, *, max_reassembly_bytes: int, max_outgoing_bytes: int, timeout: float
+        self, core: ClientCore, *, max_reassembly_bytes: int, max_outgoing_bytes: int, timeout: float
     ) -> None:
-        self._client = client
+        self._core = core
         self.timeout = timeout
         self.outgoing = OutgoingTransfers(
             max_bytes=max_outgoing_bytes, ttl=timeout, clock=time.monotonic, on_release=self._released
@@ -122,21 +122,21 @@ class TransferEngine:
         self._schedule()
 
     async def serve_pull(self, header: str, reply: str) -> None:
-        client = self._client
+        core = self._core
         try:
             pull = PullRequest.parse(header)
         except PayloadError as e:
-            await client._publish_control(reply, *error_headers(BAD_REQUEST, str(e)))
+            await core.publish_control(reply, *error_headers(BAD_REQUEST, str(e)))
             return
         chunks = self.outgoing.chunks(pull, reply)
         if pull.finished:
             self._schedule()
             return
         if chunks is None:
-            await client._publish_control(reply, *error_headers(GONE, f"transfer {pull.transfer_id} is gone"))
+            await core.publish_control(reply, *error_headers(GONE, f"transfer {pull.transfer_id} is gone"))
             return
         for index, data in chunks:
-            await client._transport.publish(
+            await core.transport.publish(
                 reply, data, headers={CHUNK_HEADER: ChunkRef(pull.transfer_id, index).header()}
             )
 
@@ -150,7 +150,7 @@ class TransferEngine:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-        client = self._client
+        core = self._core
         head: ChunkHead | None = None
         try:
             head = ChunkHead.parse(headers[CHUNKED_HEADER])
@@ -163,10 +163,10 @@ class TransferEngine:
             future.exception()  # the consumer may never look; don't warn about it
             user_reply = headers.get(REPLY_HEADER, "")
             if user_reply:
-                client._spawn(client._publish_control(user_reply, *error_headers(e.code, str(e))))
+                core.spawn(core.publish_control(user_reply, *error_headers(e.code, str(e))))
             if head is not None and source:  # refused for its size: the sender may free it now
                 done = PullRequest(head.transfer_id, head.count, 0)
-                client._spawn(self._finished(source, done, client._new_inbox_subject()))
+                core.spawn(self._finished(source, done, core.new_inbox_subject()))
             return future
 
         async def run() -> None:
@@ -181,22 +181,22 @@ class TransferEngine:
             else:
                 if not future.done():
                     reply = headers.get(REPLY_HEADER, "")
-                    future.set_result(Message(subject, reply, payload, headers, client))
+                    future.set_result(Message(subject, reply, payload, headers, core.client))
             finally:
                 self.budget.release(cost)
 
-        task = client._spawn(run())
+        task = core.spawn(run())
         # Whoever waits may give up (cancel, deadline): then stop pulling at once.
         future.add_done_callback(lambda f: None if task.done() else task.cancel())
         return future
 
     async def _pull(self, head: ChunkHead, source: str, first: bytes) -> bytes:
-        client = self._client
+        core = self._core
         incoming = _Incoming(head, source)
         incoming.assembly.add(0, first)
         if incoming.assembly.complete:
             return incoming.assembly.payload()
-        token, inbox = client._open_route(incoming)
+        token, inbox = core.open_route(incoming)
         self._incoming.add(incoming)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -209,7 +209,7 @@ class TransferEngine:
 
         async def pull(first_index: int, count: int) -> None:
             hdr = {PULL_HEADER: PullRequest(head.transfer_id, first_index, count).header()}
-            await client._transport.publish(source, b"", reply=inbox, headers=hdr)
+            await core.transport.publish(source, b"", reply=inbox, headers=hdr)
 
         try:
             while requested < head.count and requested < 1 + 2 * window:
@@ -240,15 +240,15 @@ class TransferEngine:
                     requested += n
             return assembly.payload()
         finally:
-            client._close_route(token)
+            core.close_route(token)
             self._incoming.discard(incoming)
-            if not sender_gone and not client._closing:
-                client._spawn(self._finished(source, PullRequest(head.transfer_id, head.count, 0), inbox))
+            if not sender_gone and not core.closing:
+                core.spawn(self._finished(source, PullRequest(head.transfer_id, head.count, 0), inbox))
 
     async def _finished(self, source: str, done: PullRequest, inbox: str) -> None:
         """Tell the sender we are done with a transfer (best effort: it expires anyway)."""
         try:
-            await self._client._transport.publish(
+            await self._core.transport.publish(
                 source, b"", reply=inbox, headers={PULL_HEADER: done.header()}
             )
         except ClosedError:
