@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Final
 
 from ._chunking import (
@@ -54,6 +53,11 @@ GONE: Final = 410
 BAD_REQUEST: Final = 400
 
 
+def _now() -> float:
+    """The event loop's monotonic time (:class:`~conat.SystemClock`'s), which the timer runs on."""
+    return asyncio.get_running_loop().time()
+
+
 class TransferEngine:
     """Both halves of chunked transfer for one client."""
 
@@ -63,7 +67,7 @@ class TransferEngine:
         self._core = core
         self.timeout = timeout
         self.outgoing = OutgoingTransfers(
-            max_bytes=max_outgoing_bytes, ttl=timeout, clock=time.monotonic, on_release=self._released
+            max_bytes=max_outgoing_bytes, ttl=timeout, on_release=self._released
         )
         self.budget = ReassemblyBudget(max_reassembly_bytes)
         self._sources: dict[str, str] = {}  # inbox token of a publish's source -> its transfer id
@@ -86,7 +90,7 @@ class TransferEngine:
     def add_outgoing(
         self, transfer_id: str, payload: bytes, chunk_size: int, receivers: Receivers
     ) -> ChunkHead:
-        head = self.outgoing.add(transfer_id, payload, chunk_size, receivers)
+        head = self.outgoing.add(transfer_id, payload, chunk_size, receivers, now=_now())
         self._schedule()
         return head
 
@@ -114,11 +118,11 @@ class TransferEngine:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._expire)
+        self._timer = asyncio.get_running_loop().call_at(at, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        self.outgoing.expire()
+        self.outgoing.expire(_now())
         self._schedule()
 
     async def serve_pull(self, header: str, reply: str) -> None:
@@ -128,7 +132,7 @@ class TransferEngine:
         except PayloadError as e:
             await core.publish_control(reply, *error_headers(BAD_REQUEST, str(e)))
             return
-        chunks = self.outgoing.chunks(pull, reply)
+        chunks = self.outgoing.chunks(pull, reply, now=_now())
         if pull.finished:
             self._schedule()
             return
@@ -248,9 +252,7 @@ class TransferEngine:
     async def _finished(self, source: str, done: PullRequest, inbox: str) -> None:
         """Tell the sender we are done with a transfer (best effort: it expires anyway)."""
         try:
-            await self._core.transport.publish(
-                source, b"", reply=inbox, headers={PULL_HEADER: done.header()}
-            )
+            await self._core.transport.publish(source, b"", reply=inbox, headers={PULL_HEADER: done.header()})
         except ClosedError:
             pass
         except ConatError as e:
