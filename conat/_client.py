@@ -519,7 +519,7 @@ class Client:
         :class:`Timeout` (408) if no server answered within ``timeout`` seconds,
         :class:`SocketReset` if the server refused (its backlog is full), :class:`Forbidden`.
         """
-        from ._socket import connect_socket
+        from ._socket_client import connect_socket
 
         return await connect_socket(
             self, subject, timeout=timeout, clock=clock, window=window, max_message=max_message,
