@@ -155,8 +155,8 @@ class WatchEvent(msgspec.Struct, frozen=True):
 class FileSystem(Protocol):
     """The RPCs of ``fs.project-<p>``. Every path is relative to the project root.
 
-    Errors come back as :class:`conat.RemoteError` with the errno-style codes of
-    :mod:`host._fs_errors` (``ENOENT``, ``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...).
+    Errors come back as :class:`~host.FsError` (also a :class:`conat.RemoteError`) with the
+    errno-style codes of :mod:`host._fs_errors` (``ENOENT``, ``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...).
     """
 
     async def read_file(self, path: str, encoding: str | None = None, lock: float | None = None) -> Any:

@@ -93,8 +93,7 @@ from ._durable import write_copy
 from ._engine_io import Conn, GroupCommit, Jobs, ReaderPool, close_all, locked, open_writer
 from ._engine_writer import Writer
 from ._errors import BadRequest, PersistError
-from ._model import DeleteResult, Inventory, SetResult
-from ._sql import DEFAULT_ENCODING, StoredMessage
+from ._model import DEFAULT_ENCODING, DeleteResult, Inventory, SetResult, StoredMessage
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",

@@ -84,13 +84,10 @@ of a connection to one reply subject of the client, refreshed by each client fra
 peer timeout 30 s), and a chunked transfer answers one pull with a window of chunks. So the default
 is generous: 10 000 replies per received message, for 120 s (four peer timeouts).
 
-Errors::
-
-    ValueError
-    ├── InvalidSubject   code 400, reason "bad-scope" (principal, field="principal")
-    │                    or "bad-id" (scope ids, field="projects"/"hosts")
-    └── InvalidBus       code 400, reason "bad-bus"
-    TypeError            a Scope/ResponsePermission field of the wrong type
+Errors (both ``ValueError`` s with code 400, beside conat's error tree in ``conat._errors``):
+:class:`~subjects.InvalidSubject` with reason ``"bad-scope"`` (a principal, ``field="principal"``) or
+``"bad-id"`` (scope ids, ``field="projects"``/``"hosts"``); :class:`InvalidBus` (reason ``"bad-bus"``).
+A ``Scope``/``ResponsePermission`` field of the wrong type raises ``TypeError``.
 """
 
 from __future__ import annotations

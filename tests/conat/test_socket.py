@@ -15,7 +15,6 @@ import conat
 from conat import (
     ClientState,
     EndOfStream,
-    FakeClock,
     NoResponders,
     PayloadTooLarge,
     PeerDead,
@@ -40,6 +39,7 @@ from conat._socket_frames import (
     decode_frame,
     encode_frame,
 )
+from conat.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
