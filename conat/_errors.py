@@ -31,8 +31,9 @@ Each package defines its own branch in its ``_errors`` module; the whole tree is
     ├── CredentialError              <check>     conat.auth: a key, sealed box, token or secret file
     │                                            failed a check; its branch (one class per kind of
     │                                            credential, ``code`` names the check) is drawn in
-    │                                            conat.auth's errors module
-    ├── AuthStoreError               "auth-store"           the bus's auth store cannot be used
+    │                                            conat/auth/_errors.py, with every code
+    ├── AuthStoreError               "auth-store"           conat.auth: the bus's auth store cannot
+    │                                                       be used (drawn in conat/auth/_errors.py)
     ├── DemoFailed                   "demo-failed"          ``conat up``: the demo gave a wrong answer
     ├── ActorError                   "actor"                actors
     │   ├── BrokenInvariant          500                    a handler's state is broken: the key restarts

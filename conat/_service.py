@@ -1,6 +1,6 @@
 """Typed service proxies and the server side that answers them.
 
-Wire shape of a call (DESIGN §4): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
+Wire shape of a call (docs/wire-protocol.md): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
 reply is the method's return value, or an error reply whose code the caller sees in
 :class:`RemoteError`. Arguments are converted to the implementation's annotated parameter types
 and the result to the protocol's annotated return type, both with msgspec, so a proxy's caller

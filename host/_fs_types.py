@@ -1,4 +1,4 @@
-"""The file server's wire types and its RPC protocol, :class:`FileSystem` (DESIGN.md §3, §8).
+"""The file server's wire types and its RPC protocol, :class:`FileSystem` (docs/file-server.md).
 
 Calls go to ``fs.project-<p>`` in the typed-service shape (``{"name": "read_file", "args": [...],
 "kwargs": {...}}``); results are these msgspec Structs (or plain values). Paths are text relative to

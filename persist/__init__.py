@@ -1,4 +1,4 @@
-"""persist: SQLite-persisted streams and KV stores, placed per subject scope (DESIGN.md §6).
+"""persist: SQLite-persisted streams and KV stores, placed per subject scope (docs/persistence.md).
 
 Layers, bottom up: the error tree, stream configuration and storage placement; the reference model
 of a stream's semantics and the SQLite engine that implements it (:class:`StreamFile`, one file per

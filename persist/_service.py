@@ -1,4 +1,4 @@
-"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>`` (DESIGN.md §6).
+"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>``.
 
 Theory of operation
 -------------------
