@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import Final, final
 
-from conat import ConatError, RemoteError, register_error
+from conat import ConatError, register_error
 from conat.beneath import BadName, OutsideRoot, SpecialFile, SymlinkRefused
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "PATCH_TOO_LARGE",
     "FsError",
     "from_os_error",
-    "is_fs_error",
 ]
 
 OUTSIDE_ROOT: Final = "OUTSIDE_ROOT"
@@ -147,8 +146,3 @@ def _errno_text(number: int | None) -> str:
     import os
 
     return os.strerror(number) if number else "I/O error"
-
-
-def is_fs_error(error: BaseException, code: str) -> bool:
-    """Whether ``error`` (local :class:`FsError` or a caller's :class:`conat.RemoteError`) has ``code``."""
-    return isinstance(error, FsError | RemoteError) and error.code == code
