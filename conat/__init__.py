@@ -66,7 +66,6 @@ from ._server_config import LeafNodeConfig as LeafNodeConfig
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import Dispatcher as Dispatcher
-from ._service import ErrorReply as ErrorReply
 from ._service import RpcRequest as RpcRequest
 from ._service import error_reply as error_reply
 from ._service import reply_encoding as reply_encoding
@@ -100,7 +99,6 @@ __all__ = [
     "EndpointStatistics",
     "EndpointStats",
     "ErrorCode",
-    "ErrorReply",
     "Forbidden",
     "INTERNAL",
     "InfoResponse",

@@ -19,7 +19,7 @@ import logging
 import time
 import typing
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
 import msgspec
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Dispatcher",
-    "ErrorReply",
     "RpcRequest",
     "error_reply",
     "make_proxy",
@@ -256,27 +255,19 @@ class Dispatcher:
         return await self.call(instance, self.decode(msg))
 
 
-class ErrorReply(NamedTuple):
-    """What an error reply carries: ``respond_error(msg, *error_reply(e))`` sends it."""
-
-    code: ErrorCode
-    text: str
-    data: dict[str, Any]
-    """The error's fields (:func:`conat.error_fields`): empty unless its class is registered."""
-
-
-def error_reply(error: BaseException) -> ErrorReply:
-    """The code, text and fields a caller gets for ``error`` raised while answering it.
+def error_reply(error: BaseException) -> tuple[ErrorCode, str, dict[str, Any]]:
+    """The code, text and fields a caller gets for ``error`` raised while answering it:
+    ``respond_error(msg, *error_reply(e))`` sends them.
 
     A :class:`ConatError` keeps its code, and a registered one sends its fields, so the caller
     rebuilds the same typed error (:func:`conat.register_error`); a :class:`RemoteError` from a call
     the handler made passes on as it came; anything else is 500 with the exception's type and text.
     """
     if isinstance(error, RemoteError):
-        return ErrorReply(error.code, error.remote_message, error_fields(error))
+        return error.code, error.remote_message, error_fields(error)
     if isinstance(error, ConatError):
-        return ErrorReply(error.code, str(error), error_fields(error))
-    return ErrorReply(INTERNAL, f"{type(error).__name__}: {error}", {})
+        return error.code, str(error), error_fields(error)
+    return INTERNAL, f"{type(error).__name__}: {error}", {}
 
 
 def reply_encoding(request: Message, result: Any) -> Encoding:
