@@ -1,7 +1,7 @@
 """Restart policy: exponential backoff with jitter, and restart intensity (N restarts in T seconds).
 
 Pure logic with time and randomness passed in, so supervision is tested without waiting. The two
-halves follow the anchors in the ecosystem notes: Akka's ``restartWithBackoff`` (min, max, random
+halves follow the supervisors that have proven themselves: Akka's ``restartWithBackoff`` (min, max, random
 factor, reset after a quiet period) for *when* to restart, and OTP's supervisor intensity
 (``intensity``/``period``) for *whether* to restart or escalate to the parent.
 """

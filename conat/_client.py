@@ -42,6 +42,7 @@ from ._chunking import MIN_CHUNK_SIZE, ChunkHead, Receivers
 from ._codecs import MSGPACK, get_codec
 from ._credentials import CredentialSession
 from ._errors import (
+    BUSY,
     ClosedError,
     ConatError,
     ConnectError,
@@ -466,7 +467,7 @@ class Client:
 
     def _reply_busy(self, reply: str, why: str) -> None:
         if not self._closing:
-            headers, body = error_headers(429, why)
+            headers, body = error_headers(BUSY, why)
             self._spawn(self._publish_control(reply, headers, body))
 
     async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
