@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import conat
-from auth import AuthBus, BusSecrets
 from conat import ClientState, Unauthorized
+from conat.auth import AuthBus, BusSecrets
 from subjects import MASTER_BUS, Scope, bus_server_name
 
 from .conftest import BUS, H, Mint, connect_as, refused_reason, until
