@@ -60,6 +60,8 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
         manager_pid: the process that manages the server (``conat up`` / ``conat server``), which
             ``conat down`` stops; ``None`` in a file written without one. A live server whose manager
             is gone is an orphan: ``conat up`` stops it instead of calling it "already running".
+        bus: the bus a server with auth serves (``conat server --auth``): the audience its tokens
+            must name (``master`` or ``host-<uuid>``); ``None`` for a server without auth.
     """
 
     url: str
@@ -69,6 +71,7 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     log_path: str
     websocket_url: str | None = None
     manager_pid: int | None = None
+    bus: str | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()

@@ -189,6 +189,25 @@ async def test_a_token_file_is_read_at_connect_and_must_be_private(
     assert e.value.code == "insecure"
 
 
+async def test_a_string_that_is_not_a_token_is_a_token_files_path(
+    bus: AuthBus, mint: Mint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``credentials="path/to/token"`` works like a ``Path``: a token always starts with ``conat1.``
+    and never looks like a path, so any other string names a file, and the error says so."""
+    path = tmp_path / "token"
+    path.write_text(mint.token(f"account-{A}", Scope(projects=(P,))) + "\n")
+    path.chmod(0o600)
+    async with await conat.connect(bus.url, credentials=str(path)) as client:
+        assert client.principal == f"account-{A}"
+    monkeypatch.chdir(tmp_path)
+    async with await conat.connect(bus.url, credentials="token") as client:  # relative, no "/"
+        assert client.principal == f"account-{A}"
+    with pytest.raises(SecretFileError) as e:
+        await conat.connect(bus.url, credentials="let-me-in")
+    assert e.value.code == "missing"
+    assert "let-me-in" in str(e.value) and "not a conat1 token name a file" in str(e.value)
+
+
 async def test_the_cli_takes_a_token_file_never_the_token(bus: AuthBus, mint: Mint, tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(mint.token(f"account-{A}", Scope(projects=(P,))))

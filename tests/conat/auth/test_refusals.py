@@ -52,7 +52,7 @@ async def test_what_the_client_knows_it_says_before_sending_the_token(bus: AuthB
         "expired": mint.token(principal, ttl=60, now=time.time() - 3600),
         "not-yet-valid": mint.token(principal, nbf=time.time() + 3600),
         "too-large": "conat1." + "A" * 1_000_000 + "." + "A" * 86,  # a 1 MB token
-        "malformed": "let-me-in",
+        "malformed": "conat1.let-me-in",  # any other string is a token file's path (test_lifecycle.py)
     }
     for code, token in cases.items():
         error, rows = await _refusal(bus, token)
