@@ -110,13 +110,13 @@ if _typing.TYPE_CHECKING:
     from ._audit import AuditLog as AuditLog
     from ._bus import AuthBus as AuthBus
     from ._bus import callout_blocks as callout_blocks
-    from ._callout import CALLOUT_SERVICE as CALLOUT_SERVICE
     from ._callout import MIN_CONNECTION_LIFETIME as MIN_CONNECTION_LIFETIME
-    from ._callout import AuthCallout as AuthCallout
-    from ._callout import CalloutStatistics as CalloutStatistics
     from ._callout import Connections as Connections
     from ._callout import Decider as Decider
     from ._callout import Decision as Decision
+    from ._callout_service import CALLOUT_SERVICE as CALLOUT_SERVICE
+    from ._callout_service import AuthCallout as AuthCallout
+    from ._callout_service import CalloutStatistics as CalloutStatistics
     from ._responder import REVOCATION_SUBJECT as REVOCATION_SUBJECT
     from ._responder import AuthResponder as AuthResponder
     from ._responder import Revocation as Revocation
@@ -129,10 +129,10 @@ _BUS_SIDE: _typing.Final = {
     "AuditLog": "._audit",
     "AuthBus": "._bus",
     "callout_blocks": "._bus",
-    "CALLOUT_SERVICE": "._callout",
+    "CALLOUT_SERVICE": "._callout_service",
     "MIN_CONNECTION_LIFETIME": "._callout",
-    "AuthCallout": "._callout",
-    "CalloutStatistics": "._callout",
+    "AuthCallout": "._callout_service",
+    "CalloutStatistics": "._callout_service",
     "Connections": "._callout",
     "Decider": "._callout",
     "Decision": "._callout",

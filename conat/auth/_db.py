@@ -1,10 +1,11 @@
 """Opening the bus's own SQLite files (audit log, revocations) so that no byte is ever readable by others.
 
 SQLite creates a database's ``-wal`` and ``-shm`` files with the permissions of the database file
-itself. So the database file is created 0600 (``O_CREAT | O_NOFOLLOW``, then ``fchmod``) before
-SQLite opens it, and any ``-wal``/``-shm`` left by an older version is brought to 0600 too; a
-symlink or a file of another user at any of the three paths is refused. Chmod-ing the main file
-after SQLite opened it (what the first audit log did) left the journal files 0644.
+itself. So the database file is created 0600 (:func:`~conat.auth._files.make_private_file`:
+``O_CREAT | O_NOFOLLOW``, then ``fchmod``) before SQLite opens it, and any ``-wal``/``-shm`` left by
+an older version is brought to 0600 too; a symlink or a file of another user at any of the three
+paths is refused. Chmod-ing the main file after SQLite opened it (what the first audit log did)
+left the journal files 0644.
 
 Several processes may share a file (every callout responder of a bus): WAL mode, and a busy
 timeout so that a writer waits for another instead of failing.
@@ -13,56 +14,31 @@ timeout so that a writer waits for another instead of failing.
 from __future__ import annotations
 
 import asyncio
-import os
-import stat
 from pathlib import Path
 from typing import Final
 
 import aiosqlite
 
-from conat import ConatError
+from ._files import make_private_file
 
 __all__ = ["connect_private"]
 
 BUSY_TIMEOUT: Final = 5.0
 _SIDECARS: Final = ("-wal", "-shm", "-journal")
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-def _make_private(path: Path, *, create: bool) -> None:
-    flags = os.O_RDWR | _NOFOLLOW | (os.O_CREAT if create else 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:
-        if create:
-            raise
-        return
-    except OSError as exc:
-        raise ConatError(f"cannot open {path} privately: {exc.strerror} (a symlink is refused)") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConatError(f"{path} is not a regular file")
-        if hasattr(os, "geteuid") and info.st_uid not in (os.geteuid(), 0):
-            raise ConatError(f"{path} is owned by another user (uid {info.st_uid})")
-        if stat.S_IMODE(info.st_mode) != 0o600:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _prepare(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _make_private(path, create=True)
+    make_private_file(path, create=True, what="database")
     for suffix in _SIDECARS:
-        _make_private(path.with_name(path.name + suffix), create=False)
+        make_private_file(path.with_name(path.name + suffix), create=False, what="database")
 
 
 async def connect_private(path: Path, *, synchronous: str = "NORMAL") -> aiosqlite.Connection:
     """An aiosqlite connection to ``path`` in WAL mode, every file of it 0600 (module docstring).
 
     Raises:
-        ConatError: a path is a symlink, not a regular file, or another user's.
+        SecretFileError: a path is a symlink, not a regular file, or another user's.
         OSError: the directory cannot be created.
     """
     if synchronous not in ("NORMAL", "FULL"):

@@ -32,6 +32,11 @@ Writing (:func:`write_private_file`) replaces the file atomically, private from 
 Concurrent writers of one path each write a whole file; the last replace wins. A failed write
 removes its temporary file and leaves the target as it was.
 
+A file that something else writes in place (a SQLite database and its ``-wal``/``-shm``, which
+SQLite creates with the database file's mode) is made private first with
+:func:`make_private_file`: opened (or created) ``O_NOFOLLOW``, checked on that descriptor (a
+regular file of this user) and ``fchmod``-ed 0600, before the program that writes it opens it.
+
 Errors (:class:`~conat.auth.SecretFileError`, codes in :mod:`conat.auth._errors`):
 
 =====================  ===========================================================
@@ -57,17 +62,40 @@ from typing import Final
 
 from ._errors import SecretFileError
 
-__all__ = ["read_private_file", "write_private_file"]
+__all__ = ["make_private_file", "read_private_file", "write_private_file"]
 
 DEFAULT_MAX_SIZE: Final = 64 * 1024
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_FLAGS: Final = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _NOFOLLOW
-_WRITE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_FLAGS: Final = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+_WRITE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def _foreign(uid: int) -> bool:
     """Whether ``uid`` is neither this user nor root."""
     return hasattr(os, "geteuid") and uid not in (os.geteuid(), 0)
+
+
+def _open(name: str, flags: int, what: str) -> int:
+    """``os.open`` without following a symlink. A missing file raises :class:`FileNotFoundError`
+    (the callers' cases differ); every other failure is a :class:`SecretFileError`."""
+    try:
+        return os.open(name, flags | _NOFOLLOW, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW on a symlink (EMLINK on BSD)
+            raise SecretFileError("not-a-file", what, name, "is a symlink; refusing to follow it") from None
+        raise SecretFileError("unreadable", what, name, f"cannot open: {exc.strerror}") from None
+
+
+def _owned_file(fd: int, name: str, what: str) -> os.stat_result:
+    """``fstat`` of an open file that must be a regular file of this user (or root)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise SecretFileError("not-a-file", what, name, "is not a regular file")
+    if _foreign(info.st_uid):
+        raise SecretFileError("foreign-owner", what, name, f"is owned by another user (uid {info.st_uid})")
+    return info
 
 
 def read_private_file(
@@ -91,17 +119,11 @@ def read_private_file(
     """
     name = os.fspath(path)
     try:
-        fd = os.open(name, _FLAGS)
+        fd = _open(name, _FLAGS, what)
     except FileNotFoundError:
         raise SecretFileError("missing", what, name, "no such file") from None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW on a symlink (EMLINK on BSD)
-            raise SecretFileError("not-a-file", what, name, "is a symlink; refusing to follow it") from None
-        raise SecretFileError("unreadable", what, name, f"cannot open: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SecretFileError("not-a-file", what, name, "is not a regular file")
+        info = _owned_file(fd, name, what)
         mode = stat.S_IMODE(info.st_mode)
         if mode & ~allowed_mode & 0o077:  # the owner's own bits never matter
             raise SecretFileError(
@@ -110,10 +132,6 @@ def read_private_file(
                 name,
                 f"is accessible by group or others (mode {mode:04o}, at most {allowed_mode:04o} allowed); "
                 "fix its mode, and replace the secret if others could read it",
-            )
-        if _foreign(info.st_uid):
-            raise SecretFileError(
-                "foreign-owner", what, name, f"is owned by another user (uid {info.st_uid})"
             )
         if info.st_size > max_size:
             raise SecretFileError(
@@ -129,6 +147,32 @@ def read_private_file(
         return b"".join(chunks)
     except OSError as exc:
         raise SecretFileError("unreadable", what, name, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def make_private_file(path: str | os.PathLike[str], *, create: bool, what: str = "private file") -> None:
+    """Make ``path`` a private file (mode 0600) before something else opens it to write in place;
+    with ``create``, create it (empty) if missing; without, a missing file is left missing.
+
+    Raises:
+        SecretFileError: ``"not-a-file"`` (a symlink, never followed, or not a regular file),
+            ``"foreign-owner"``, ``"missing"`` (``create`` and the directory is missing),
+            ``"unreadable"`` (any other I/O error).
+    """
+    name = os.fspath(path)
+    try:
+        fd = _open(name, os.O_RDWR | (os.O_CREAT if create else 0), what)
+    except FileNotFoundError:
+        if create:
+            raise SecretFileError("missing", what, name, "its directory does not exist") from None
+        return
+    try:
+        info = _owned_file(fd, name, what)
+        if stat.S_IMODE(info.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise SecretFileError("unreadable", what, name, f"cannot make it private: {exc.strerror}") from None
     finally:
         os.close(fd)
 
@@ -151,14 +195,12 @@ def write_private_file(path: str | os.PathLike[str], data: bytes, *, what: str =
     directory, base = os.path.split(name)
     # unique per call: two writers of one path (threads, processes) never share a temporary file
     tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, _WRITE_FLAGS, 0o600)
+    fd = os.open(tmp, _WRITE_FLAGS | _NOFOLLOW, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
-            info = os.fstat(fd)
-            if _foreign(info.st_uid):
-                raise SecretFileError("foreign-owner", what, name, f"would be owned by uid {info.st_uid}")
-            if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != 0o600:
+            info = _owned_file(fd, name, what)
+            if stat.S_IMODE(info.st_mode) != 0o600:
                 raise SecretFileError(
                     "insecure", what, name, f"the file system keeps it mode {stat.S_IMODE(info.st_mode):04o}"
                 )

@@ -43,7 +43,8 @@ from conat import ConatError, Message
 from subjects import InvalidSubject, Principal
 
 from ._audit import AuditLog
-from ._callout import AuthCallout, Decider
+from ._callout import Decider
+from ._callout_service import AuthCallout
 from ._secrets import BusSecrets
 from ._store import AuthStore
 from ._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY

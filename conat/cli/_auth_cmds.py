@@ -19,11 +19,13 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
+from click.decorators import FC
 
 from conat import ServerError
 from conat._paths import ServerState, clear_state, data_dir, read_state, write_state
@@ -50,13 +52,21 @@ from subjects import InvalidBus, InvalidSubject, Scope, parse_bus
 from ._app import Options, json_option, stop_on_signals, until_stopped
 from ._output import Printer
 
-__all__ = ["auth_group", "serve_auth"]
+__all__ = ["auth_group", "auth_keys", "check_bus", "keys_option", "public_keys_option", "serve_auth"]
 
-_keys_option = click.option(
-    "--keys",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The signing keys' directory (default: <data dir>/keys).",
-)
+def keys_option(help: str = "The signing keys' directory (default: <data dir>/keys).") -> Callable[[FC], FC]:
+    """``--keys DIR``: the signing keys (a :class:`~conat.auth.Keyring` directory)."""
+    return click.option("--keys", type=click.Path(file_okay=False, path_type=Path), help=help)
+
+
+def public_keys_option(help: str) -> Callable[[FC], FC]:
+    """``--public-keys FILE``: pinned public keys (``conat auth keygen --export FILE``)."""
+    return click.option(
+        "--public-keys", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help=help
+    )
+
+
+_keys_option = keys_option()
 
 
 def _keys_dir(keys: Path | None) -> Path:
@@ -280,12 +290,7 @@ def token(
 @auth_group.command(short_help="Show what a token file holds, and whether it is valid.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_keys_option
-@click.option(
-    "--public-keys",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="Verify with pinned public keys (from `conat auth keygen --export`) instead of the signing keys.",
-)
+@public_keys_option("Verify with pinned public keys (from `conat auth keygen --export`) instead.")
 @json_option
 @click.pass_obj
 def inspect(opts: Options, file: Path, keys: Path | None, public_keys: Path | None) -> None:

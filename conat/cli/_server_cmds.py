@@ -26,7 +26,7 @@ from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerC
 from subjects import MASTER_BUS
 
 from ._app import Options, json_option, run, stop_on_signals, until_stopped
-from ._auth_cmds import auth_keys, check_bus, serve_auth
+from ._auth_cmds import auth_keys, check_bus, keys_option, public_keys_option, serve_auth
 from ._demo import (
     COUNT,
     GREETER,
@@ -89,17 +89,8 @@ def _server_config(
     "--bus",
     help="With --auth: the bus this is (the audience its tokens name): master (the default) or host-<uuid>.",
 )
-@click.option(
-    "--keys",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="With --auth: the signing keys whose tokens it accepts (default: <data dir>/keys).",
-)
-@click.option(
-    "--public-keys",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="With --auth: pinned public keys instead (`conat auth keygen --export FILE`).",
-)
+@keys_option("With --auth: the signing keys whose tokens it accepts (default: <data dir>/keys).")
+@public_keys_option("With --auth: pinned public keys instead (`conat auth keygen --export FILE`).")
 @json_option
 @click.pass_obj
 def server(
