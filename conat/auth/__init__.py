@@ -15,7 +15,7 @@ Credentials (what clients and issuers use; no bus needed):
   pinned keys and every other 0600 file, written atomically and private from the first byte, read
   without following symlinks and checked (owner, mode, size) on the descriptor that reads them.
 
-The bus side (a bus with the callout, see AUTH.md's model in ``docs/auth.md``):
+The bus side (a bus with the auth callout; the model is in ``docs/auth.md``):
 
 * :class:`AuthBus`: nats-server with the auth callout configured, plus one responder.
 * :class:`AuthResponder`: one callout responder (several share a bus), revocation and kicks.
