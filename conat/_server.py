@@ -71,11 +71,11 @@ from ._paths import (
     ensure_private_dir,
     pid_alive,
     read_state,
-    write_private,
     write_state,
 )
 from ._server_config import ServerConfig, render
 from ._server_log import ServerPorts, StartupLog, expected_listeners
+from .auth._files import write_private_file
 
 __all__ = ["NatsServer", "find_binary", "serve_forever"]
 
@@ -383,7 +383,7 @@ class NatsServer:
         ensure_private_dir(self._log_path.parent)
         _remove_stale_configs(self._directory)
         config = self._config if self._ports is None else _pin_ports(self._config, self._ports)
-        write_private(self.config_path, render(config).encode())
+        write_private_file(self.config_path, render(config).encode(), what="nats-server config")
         return binary, config, _LogSink(self._log_path)
 
     def _remove_config(self) -> None:
