@@ -8,21 +8,19 @@ of a keyed type on the bus, and stops gracefully.
 
 from conat import EndpointStatistics as EndpointStatistics
 
-from ._activation import IllegalTransition as IllegalTransition
 from ._activation import State as State
 from ._activation import Timer as Timer
 from ._actor import NO_REPLY as NO_REPLY
 from ._actor import Actor as Actor
 from ._actor import ActorSpec as ActorSpec
 from ._actor import Reply as Reply
-from ._errors import ACTIVATION_FAILED as ACTIVATION_FAILED
-from ._errors import BUSY as BUSY
 from ._errors import LOOP_DETECTED as LOOP_DETECTED
-from ._errors import STOPPING as STOPPING
+from ._errors import ActivationFailed as ActivationFailed
 from ._errors import ActorDefinitionError as ActorDefinitionError
 from ._errors import ActorError as ActorError
 from ._errors import BrokenInvariant as BrokenInvariant
 from ._errors import Escalation as Escalation
+from ._errors import IllegalTransition as IllegalTransition
 from ._errors import OwnedElsewhere as OwnedElsewhere
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._ownership import OwnerNotice as OwnerNotice
@@ -40,7 +38,7 @@ from ._system import ActorSystem as ActorSystem
 from ._system import actor_proxy as actor_proxy
 
 __all__ = [
-    "ACTIVATION_FAILED",
+    "ActivationFailed",
     "Actor",
     "ActorDefinitionError",
     "ActorError",
@@ -48,7 +46,6 @@ __all__ = [
     "ActorSpec",
     "ActorStatistics",
     "ActorSystem",
-    "BUSY",
     "BrokenInvariant",
     "DeadLetter",
     "EndpointStatistics",
@@ -67,7 +64,6 @@ __all__ = [
     "Restart",
     "RestartPolicy",
     "RestartTracker",
-    "STOPPING",
     "State",
     "Timer",
     "actor_proxy",

@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar, final
 import msgspec
 
 from conat import (
+    UNAVAILABLE,
     BackoffSequence,
     Client,
     Clock,
@@ -45,13 +46,14 @@ from conat import (
     MicroService,
     Subscription,
     SystemClock,
+    error_reply,
     respond_error,
 )
 
 from ._activation import PASSIVATE, Activation, State, _Call
 from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
-from ._errors import ACTIVATION_FAILED, LOOP_DETECTED, STOPPING, Escalation
+from ._errors import LOOP_DETECTED, ActivationFailed, Escalation
 from ._mailbox import MailboxStatistics
 from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
@@ -290,7 +292,7 @@ class ActorRuntime:
         await self._cancel([a.task for a in acts if a.task is not None])
         why = f"actor {self.spec.name} is stopping"
         for act in acts:
-            self.stats.rejected_stopping += act.reject_queued(STOPPING, why)
+            self.stats.rejected_stopping += act.reject_queued(UNAVAILABLE, why)
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -315,7 +317,7 @@ class ActorRuntime:
         if not self.accepting:
             if msg.reply:
                 self.stats.rejected_stopping += 1
-                self.spawn(respond_error(msg, STOPPING, f"actor {self.spec.name} is stopping"))
+                self.spawn(respond_error(msg, UNAVAILABLE, f"actor {self.spec.name} is stopping"))
             return
         key = self.spec.key_of(msg.subject)
         chain = msg.header(CHAIN_HEADER)
@@ -476,7 +478,7 @@ class ActorRuntime:
             await self.client.publish(self.spec.dead_letter, letter)
         except ConatError as e:
             log.error("%s: could not publish a dead letter: %s", self.spec.name, e)
-        await respond_error(msg, ACTIVATION_FAILED, f"activation of {letter.key!r} failed: {why}")
+        await respond_error(msg, *error_reply(ActivationFailed(letter.key, why)))
 
     # -- reminders -------------------------------------------------------------------------
     async def set_reminder(self, key: str, name: str, delay: float, period: float | None) -> None:

@@ -40,7 +40,7 @@ from subjects import validate_subject
 
 from ._chunking import MIN_CHUNK_SIZE, ChunkHead, Receivers
 from ._codecs import MSGPACK, get_codec
-from ._errors import ClosedError, ConnectError, Disconnected, Forbidden, PayloadTooLarge
+from ._errors import BUSY, ClosedError, ConnectError, Disconnected, Forbidden, PayloadTooLarge
 from ._headers import (
     CHUNKED_HEADER,
     ENCODING_HEADER,
@@ -416,5 +416,5 @@ class ClientCore:
     def reply_busy(self, reply: str, why: str) -> None:
         """Answer ``reply`` with 429 (busy) without waiting (nothing if the client is closing)."""
         if not self.closing:
-            headers, body = error_headers(429, why)
+            headers, body = error_headers(BUSY, why)
             self.spawn(self.publish_control(reply, headers, body))

@@ -47,7 +47,7 @@ from ._backoff import Backoff
 from ._clock import Clock, SystemClock
 from ._errors import ConatError, Unauthorized
 from .auth._files import read_private_file
-from .auth._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY, TokenClaims, peek_claims
+from .auth._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY, TOKEN_PREFIX, TokenClaims, peek_claims
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -104,15 +104,14 @@ class TokenFile:
     (:func:`conat.auth.read_private_file`): nobody else can swap in their token or read ours.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, what: str = "token file") -> None:
         self.path = Path(path)
+        self._what = what
 
     async def fetch(self) -> str:
         """The token in the file. Raises :class:`conat.auth.SecretFileError` (a ConatError) naming
         the file and the problem (missing, a symlink, accessible by others, another user's...)."""
-        raw = await asyncio.to_thread(
-            read_private_file, self.path, what="token file", max_size=MAX_TOKEN_FILE
-        )
+        raw = await asyncio.to_thread(read_private_file, self.path, what=self._what, max_size=MAX_TOKEN_FILE)
         return raw.decode("ascii", errors="replace").strip()
 
     def __repr__(self) -> str:
@@ -134,9 +133,16 @@ class TokenProvider:
 
 
 def as_credentials(value: Credentials | str | os.PathLike[str] | Callable[[], Awaitable[str]]) -> Credentials:
-    """A token string, a token file path, a coroutine function, or a :class:`Credentials`."""
+    """A token, a token file path, a coroutine function, or a :class:`Credentials`.
+
+    A string is a token if it starts with ``conat1.`` (every conat token does, and no token has a
+    ``/``: a token never looks like a path); any other string is the path of a token file, and the
+    file's errors say that the string was read as a path.
+    """
     if isinstance(value, str):
-        return StaticToken(value)
+        if value.startswith(f"{TOKEN_PREFIX}."):
+            return StaticToken(value)
+        return TokenFile(value, what=f"token file (credentials that are not a {TOKEN_PREFIX} token name a file)")
     if isinstance(value, os.PathLike):
         return TokenFile(value)
     if hasattr(value, "fetch"):

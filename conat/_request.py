@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._backoff import Backoff, retry
-from ._errors import ConatError, Disconnected, NoResponders, PayloadTooLarge, Timeout
+from ._errors import ConatError, DeadlinePassed, Disconnected, NoResponders, PayloadTooLarge, Timeout
 from ._headers import (
     ERROR_HEADER,
     MICRO_ERROR_CODE_HEADER,
@@ -103,7 +103,7 @@ async def _request_once(
     try:
         item = await _wait_until(future, deadline)
         msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-    except _Expired:
+    except DeadlinePassed:
         raise Timeout(subject, loop.time() - started) from None
     except Disconnected:
         raise Disconnected(subject, loop.time() - started) from None
@@ -202,7 +202,7 @@ async def request_many(
                     wait_until = min(deadline, loop.time() + idle_timeout)
                 try:
                     await _wait_until(items.waiter(), wait_until)
-                except _Expired:
+                except DeadlinePassed:
                     if received == 0 or arriving:
                         raise Timeout(subject, loop.time() - started) from None
                     return
@@ -218,17 +218,13 @@ async def request_many(
                 left.cancel()
 
 
-class _Expired(Exception):
-    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
-
-
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
-        future.set_exception(_Expired())
+        future.set_exception(DeadlinePassed())
 
 
 async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
-    """Await ``future`` until loop time ``deadline``, then raise :class:`_Expired`.
+    """Await ``future`` until loop time ``deadline``, then raise :class:`~conat._errors.DeadlinePassed`.
 
     One timer handle per wait: on the request path this is measurably cheaper than an
     ``asyncio.timeout`` scope. An expired future stays failed, which also stops a chunk transfer

@@ -71,7 +71,6 @@ from ._paths import (
     ensure_private_dir,
     pid_alive,
     read_state,
-    write_private,
     write_state,
 )
 from ._server_config import ServerConfig, render
@@ -88,6 +87,7 @@ from ._server_process import (
     pin_ports,
     wait_any,
 )
+from .auth._files import write_private_file
 
 __all__ = ["NatsServer", "serve_forever"]
 
@@ -231,7 +231,7 @@ class NatsServer:
         ensure_private_dir(self._log_path.parent)
         _remove_stale_configs(self._directory)
         config = self._config if self._ports is None else pin_ports(self._config, self._ports)
-        write_private(self.config_path, render(config).encode())
+        write_private_file(self.config_path, render(config).encode(), what="nats-server config")
         return binary, config, LogSink(self._log_path)
 
     def _remove_config(self) -> None:

@@ -30,7 +30,7 @@ connections by (concrete subject, reply subject), is :mod:`conat._socket_server`
 in :mod:`conat._socket_pump`.
 
 Time comes from a :class:`~conat._clock.Clock` (``clock=``), so keepalive, retransmission and
-timeouts can be driven by a :class:`~conat._clock.FakeClock` in tests.
+timeouts can be driven by a :class:`~conat.testing.FakeClock` in tests.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from ._client import ClientState
 from ._clock import Clock, SystemClock
 from ._errors import (
     ConatError,
+    DeadlinePassed,
     EndOfStream,
     ErrorCode,
     SocketClosed,
@@ -62,7 +63,7 @@ from ._socket_frames import (
 )
 from ._socket_message import PendingRequests, SocketMessage, encode_payload
 from ._socket_protocol import SocketProtocol, SocketState
-from ._socket_pump import Alarm, Expired, Outbox, Waits
+from ._socket_pump import Alarm, Outbox, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -256,7 +257,7 @@ class Socket:
         self._rearm()
 
     async def _wait(self, deadline: float | None) -> None:
-        """Wait for any change (a frame, credit, a state change) or ``deadline`` (raises Expired)."""
+        """Wait for any change (a frame, credit, a state change) or ``deadline`` (raises DeadlinePassed)."""
         future = self._waits.waiter()
         if deadline is not None:
             self._add_deadline(deadline, future)
@@ -374,7 +375,7 @@ class Socket:
         try:
             await self._send(payload, headers, enc, request=rid, deadline=deadline)
             return await future
-        except Expired:
+        except DeadlinePassed:
             raise Timeout(self.subject, self._now() - started, "socket request") from None
         finally:
             self._requests.close(rid, future)
@@ -394,7 +395,7 @@ class Socket:
                 if proto.state is _CLOSED:
                     proto.check_can_send()
                 await self._wait(deadline)
-        except Expired:
+        except DeadlinePassed:
             raise Timeout(self.subject, self._now() - started, "socket drain") from None
 
     async def send_eof(self) -> None:
@@ -434,7 +435,7 @@ class Socket:
                 deadline = started + timeout
             try:
                 await self._wait(deadline)
-            except Expired:
+            except DeadlinePassed:
                 assert started is not None
                 raise Timeout(self.subject, self._now() - started, "socket receive") from None
 
@@ -473,7 +474,7 @@ class Socket:
                 try:
                     while proto.state is _CLOSING and not proto.drained:
                         await self._wait(deadline)
-                except Expired:
+                except DeadlinePassed:
                     log.debug("socket %r: closing without all acks after %ss", self.subject, timeout)
                 if proto.state is _CLOSING:
                     self._outbox.emit(proto.close(self._now()))

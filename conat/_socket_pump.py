@@ -10,7 +10,7 @@ The socket's protocol (:mod:`conat._socket_protocol`) is pure; a socket drives i
 - :class:`Alarm` is a single re-armable wake-up on any :class:`~conat._clock.Clock`: a
   ``loop.call_at`` handle on the system clock (no task), a task sleeping on the clock otherwise.
 - :class:`Waits` holds the futures that wait for "something changed" (each waiter re-checks its
-  condition when woken) and the deadlines that expire futures with :class:`Expired`.
+  condition when woken) and the deadlines that expire futures with :class:`~conat._errors.DeadlinePassed`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._clock import Clock, SystemClock
-from ._errors import ConatError
+from ._errors import ConatError, DeadlinePassed
 from ._queue import BoundedQueue
 from ._socket_frames import FRAME_ENCODER, Frame
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["DEFAULT_MAX_ANSWERS", "Alarm", "Answers", "Expired", "Outbox", "Spawn", "Waits"]
+__all__ = ["DEFAULT_MAX_ANSWERS", "Alarm", "Answers", "Outbox", "Spawn", "Waits"]
 
 log = logging.getLogger("conat.socket")
 
@@ -40,10 +40,6 @@ Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 DEFAULT_MAX_ANSWERS: Final = 1024
 """Answers a listener queues before it drops new ones (each is one small frame)."""
-
-
-class Expired(Exception):
-    """Set on a waiter by its deadline; turned into :class:`~conat.Timeout` by whoever waits."""
 
 
 @final
@@ -245,7 +241,7 @@ class Waits:
     :meth:`notify` wakes every waiter, which then re-checks what it waits for (``waiters`` is
     non-empty while someone waits: the read path checks it per frame, without a call). The owner's timer
     calls :meth:`expire`, which fails each pending future whose deadline has passed with
-    :class:`Expired`; :meth:`earliest` says when that timer is next needed.
+    :class:`DeadlinePassed`; :meth:`earliest` says when that timer is next needed.
     """
 
     def __init__(self) -> None:
@@ -270,7 +266,7 @@ class Waits:
                 w.set_result(None)
 
     def add_deadline(self, deadline: float, future: asyncio.Future[Any], others: int = 0) -> None:
-        """Fail ``future`` with :class:`Expired` at ``deadline`` if it is still pending then.
+        """Fail ``future`` with :class:`DeadlinePassed` at ``deadline`` if it is still pending then.
 
         ``others`` counts the futures with deadlines that are not waiters (they bound the heap:
         it is swept of finished entries when it grows past four times the live ones).
@@ -293,4 +289,4 @@ class Waits:
         while dl and dl[0][0] <= now:
             _, _, future = heapq.heappop(dl)
             if not future.done():
-                future.set_exception(Expired())
+                future.set_exception(DeadlinePassed())

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from ._client import ClientState
 from ._clock import Clock, SystemClock
-from ._errors import SocketClosed, SocketProtocolError, Timeout
+from ._errors import DeadlinePassed, SocketClosed, SocketProtocolError, Timeout
 from ._socket import DEFAULT_CLOSE_TIMEOUT, Socket
 from ._socket_frames import (
     MAX_SOCKET_ID,
@@ -52,7 +52,7 @@ from ._socket_frames import (
     socket_config,
 )
 from ._socket_protocol import SocketProtocol
-from ._socket_pump import Alarm, Answers, Expired, Waits
+from ._socket_pump import Alarm, Answers, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -293,7 +293,7 @@ class SocketServer:
                 self._rearm()
             try:
                 await future
-            except Expired:
+            except DeadlinePassed:
                 assert started is not None
                 raise Timeout(self.pattern, self._clock.now() - started, "socket accept") from None
 

@@ -29,7 +29,6 @@ __all__ = ["Subscription", "SubscriptionStatistics"]
 
 log = logging.getLogger("conat.subscription")
 
-BUSY_CODE: Final = 429
 DEFAULT_MAX_BUFFER: Final = 10_000
 
 

@@ -26,7 +26,7 @@ from ._chunking import (
     Receivers,
     reassembly_cost,
 )
-from ._errors import ClosedError, ConatError, Disconnected, NoResponders, PayloadError, Timeout
+from ._errors import BAD_REQUEST, ClosedError, ConatError, Disconnected, NoResponders, PayloadError, Timeout
 from ._headers import (
     CHUNK_HEADER,
     CHUNKED_HEADER,
@@ -50,7 +50,6 @@ IDLE_REPULL: Final = 3.0
 MAX_STALLS: Final = 3
 """Idle gaps (of :data:`IDLE_REPULL` s, each followed by a re-pull) in a row before giving up."""
 GONE: Final = 410
-BAD_REQUEST: Final = 400
 
 
 def _now() -> float:

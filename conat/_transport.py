@@ -1,7 +1,7 @@
 """The one boundary between conat and nats-py.
 
 No ``nats.*`` name or exception leaves this module: callers see conat's error tree and plain
-callables. Three things here differ on purpose from stock nats-py (see shared/notes/ecosystem.md):
+callables. Three things here differ on purpose from stock nats-py:
 
 * **Direct dispatch.** conat's subscriptions do not use nats-py's per-subscription queue and task.
   The read loop hands each message to a synchronous handler that only enqueues it into a bounded

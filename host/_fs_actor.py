@@ -39,7 +39,19 @@ from typing import Any, Final
 import diff_match_patch as dmp_module
 
 from actors import NO_REPLY, Actor
-from conat import ConatError, Dispatcher, Message, PayloadError, RemoteError, RpcRequest, TokenBucket
+from conat import (
+    BUSY,
+    INTERNAL,
+    ConatError,
+    Dispatcher,
+    Message,
+    PayloadError,
+    RemoteError,
+    RpcRequest,
+    TokenBucket,
+    error_reply,
+    respond_error,
+)
 from conat.beneath import open_root, split_path
 
 from ._fs_audit import claimed_principal
@@ -70,7 +82,6 @@ __all__ = ["FileServerActor"]
 
 log = logging.getLogger("conat.host.fs")
 
-BUSY: Final = 429
 BESIDE: Final = frozenset({"search", "find", "du"})
 """Long calls that run beside the mailbox (``readdir`` too when recursive)."""
 READS: Final = frozenset(
@@ -172,17 +183,17 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         try:
             request = self._dispatcher.decode(msg)
         except RemoteError as e:
-            await _respond_error(msg, e.code, e.remote_message)
+            await respond_error(msg, *error_reply(e))
             return NO_REPLY
         if not self._limiter.try_take(self._shared.clock.now()):
-            await _respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
+            await respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
             return NO_REPLY
         project = self._project
         if project is not None:
             self._shared.touch(project.project_id)
             if request.name in BESIDE or (request.name == "readdir" and _recursive(request)):
                 if project.background >= self._shared.config.background:
-                    await _respond_error(msg, BUSY, f"{self.key}: too many long calls running")
+                    await respond_error(msg, BUSY, f"{self.key}: too many long calls running")
                     return NO_REPLY
                 project.background += 1
                 self._shared.spawn(self._beside(project, msg, request, long=True))
@@ -211,27 +222,23 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
             result = await self._dispatcher.call(self, request)
         except asyncio.CancelledError:
             raise
-        except FsError as e:
+        except ConatError as e:  # FsError among them: its code and fields (path, detail) go back
             outcome = str(e.code)
-            await _respond_error(msg, e.code, str(e), {"path": e.path})
-        except ConatError as e:
-            outcome = str(e.code)
-            text = e.remote_message if isinstance(e, RemoteError) else str(e)
-            await _respond_error(msg, e.code, text)
+            await respond_error(msg, *error_reply(e))
         except OSError as e:  # the boundary: never a host path in a reply
             error = from_os_error(e, "")
             outcome = str(error.code)
-            await _respond_error(msg, error.code, str(error))
+            await respond_error(msg, *error_reply(error))
         except Exception as e:
-            outcome = "500"
+            outcome = str(INTERNAL)
             log.exception("fs %s %s failed", self.key, request.name)
-            await _respond_error(msg, 500, f"{type(e).__name__}: {e}")
+            await respond_error(msg, *error_reply(e))
         else:
             if msg.reply:
                 try:
                     await msg.respond(result)
                 except PayloadError as e:
-                    await _respond_error(msg, 500, f"cannot encode the result: {e.detail}")
+                    await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
                 except ConatError as e:
                     log.debug("could not answer %s: %s", msg.subject, e)
         audit = self._shared.audit
@@ -502,17 +509,6 @@ def _recursive(request: RpcRequest) -> bool:
     if "recursive" in request.kwargs:
         return bool(request.kwargs["recursive"])
     return len(request.args) > 1 and bool(request.args[1])
-
-
-async def _respond_error(
-    msg: Message, code: int | str, text: str, data: dict[str, Any] | None = None
-) -> None:
-    if not msg.reply:
-        return
-    try:
-        await msg.respond_error(code, text, data=data)
-    except ConatError:
-        log.debug("could not send an error reply on %r", msg.subject)
 
 
 class _Charge:

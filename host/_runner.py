@@ -307,12 +307,8 @@ class Runner(Actor, subject="runner.host-00000000-0000-0000-0000-000000000000", 
     async def _answer(self, msg: conat.Message) -> None:
         try:
             result = await Actor.receive(self, msg)
-        except Exception as e:  # noqa: BLE001 - answered with its code, like the runtime does
-            if msg.reply:
-                code = e.code if isinstance(e, conat.ConatError) else 500
-                text = e.remote_message if isinstance(e, conat.RemoteError) else str(e)
-                with contextlib.suppress(conat.ConatError):
-                    await msg.respond_error(code, text)
+        except Exception as e:  # noqa: BLE001 - answered with its code and fields, like the runtime does
+            await conat.respond_error(msg, *conat.error_reply(e))
             return
         if msg.reply:
             with contextlib.suppress(conat.ConatError):

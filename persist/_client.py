@@ -32,11 +32,24 @@ from typing import Any, Final, TypeVar, final
 
 import msgspec
 
-from conat import Backoff, Client, ClientState, Message, NoResponders, RemoteError, Timeout, get_codec, retry
+from conat import (
+    BUSY,
+    UNAVAILABLE,
+    Backoff,
+    Client,
+    ClientState,
+    Message,
+    NoResponders,
+    RemoteError,
+    Timeout,
+    get_codec,
+    rebuild_error,
+    retry,
+)
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StoredMessage, Write
-from ._errors import BadRequest, PersistError, error_from_remote
+from ._errors import BadRequest, PersistError
 from ._model import DeleteResult, Inventory, SetResult
 from ._wire import (
     DEFAULT_PAGE_BYTES,
@@ -65,7 +78,6 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_FEED_WAIT: Final = 10.0
 _ATTEMPT_TIMEOUT: Final = 5.0
-_STOPPING: Final = 503
 _AFTER_EVERYTHING: Final = 2**63 - 1
 CALL_BACKOFF: Final = Backoff(initial=0.02, maximum=1.0, jitter=1.0)
 """Between the tries of a call while the service is unreachable (doubling, up to twice as long at
@@ -78,7 +90,7 @@ def _transient(error: BaseException) -> bool:
     """Whether a call may be repeated: the service was unreachable or stopping."""
     if isinstance(error, NoResponders | Timeout):
         return True
-    return isinstance(error, RemoteError) and error.code in (_STOPPING, 429)
+    return isinstance(error, RemoteError) and error.code in (UNAVAILABLE, BUSY)
 
 
 @final
@@ -164,10 +176,8 @@ class _Caller:
             # reconnected while it waited: send it again (the service answers the same cursor)
 
     async def _attempt(self, payload: bytes, timeout: float) -> Message:
-        try:
-            return await self.client.request(self.subject, payload, timeout=timeout, encoding="raw")
-        except RemoteError as e:
-            raise error_from_remote(e) from None
+        """One request; a refusal raises the persist error it stands for (registered in conat)."""
+        return await self.client.request(self.subject, payload, timeout=timeout, encoding="raw")
 
 
 @final
@@ -414,7 +424,7 @@ class AStream:
             if entry.name != self.name:
                 break
             if entry.error is not None:
-                error = error_from_remote(RemoteError(entry.error, entry.message or "", data=entry.error_data))
+                error = rebuild_error(entry.error, entry.message or "", data=entry.error_data)
                 raise error if isinstance(error, PersistError) else PersistError(entry.message or "")
             return entry.inventory
         return None
@@ -535,5 +545,5 @@ async def list_streams(
 def _set_many_result(raw: dict[str, Any]) -> SetResult | PersistError:
     if "error" not in raw:
         return msgspec.convert(raw, SetResult)
-    error = error_from_remote(RemoteError(raw["error"], raw.get("message", ""), data=raw.get("data")))
+    error = rebuild_error(raw["error"], raw.get("message", ""), data=raw.get("data"))
     return error if isinstance(error, PersistError) else PersistError(str(error))

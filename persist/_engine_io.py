@@ -3,7 +3,8 @@
 The pieces :class:`persist.StreamFile` is built from (its docstring is the theory of operation):
 
 - :func:`storage_errors`, the one boundary where ``sqlite3`` and ``OSError`` errors become
-  :class:`persist.Corrupt` or :class:`persist.StorageError` (STYLE rule 5). Every call into
+  :class:`persist.Corrupt` or :class:`persist.StorageError`, so callers meet persist's error tree
+  only, never a driver's exception that would change with the driver. Every call into
   ``sqlite3`` or the file system made for a stream file runs inside it;
 - :class:`Conn`, a connection with the lock that keeps it to one thread at a time;
 - :class:`Jobs`, the caller's executor plus the jobs submitted to it and not yet finished;
@@ -60,7 +61,7 @@ Apply = Callable[[sqlite3.Connection, float], object]
 """A queued mutation: ``apply(db, now)`` runs inside the writer's transaction and returns its result."""
 
 
-# ---- error translation (the one boundary for sqlite3/OSError, STYLE rule 5) ------------------------
+# ---- error translation (the one boundary for sqlite3/OSError) --------------------------------------
 
 
 _MISUSE: tuple[type[sqlite3.Error], ...] = (

@@ -1,4 +1,4 @@
-"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>`` (DESIGN.md §6).
+"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>``.
 
 Theory of operation
 -------------------
@@ -37,7 +37,6 @@ when nobody writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,12 +45,23 @@ from typing import Any, Final, Self
 import msgspec
 
 from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere
-from conat import Client, ClosedError, ConatError, Message, PayloadError, error_reply, respond_error
+from conat import (
+    BUSY,
+    UNAVAILABLE,
+    Client,
+    ClosedError,
+    ConatError,
+    Message,
+    PayloadError,
+    error_fields,
+    error_reply,
+    respond_error,
+)
 from subjects import InvalidSubject, ScopeKind, parse_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
-from ._errors import BadPath, BadRequest, NotFound, PersistError, error_fields
+from ._errors import BadPath, BadRequest, NotFound, PersistError
 from ._inventory import names_page
 from ._model import DeleteResult
 from ._placement import Placement, StoragePath
@@ -88,7 +98,6 @@ DEFAULT_SWEEP_INTERVAL: Final = 30.0
 BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
-BUSY: Final = 429
 _SCOPES: Final = "use hub, project-<uuid>, account-<uuid> or host-<uuid>"
 
 
@@ -360,7 +369,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             try:
                 result = await work
             except asyncio.CancelledError:
-                await respond_error(msg, 503, "persist service stopping")
+                await respond_error(msg, UNAVAILABLE, "persist service stopping")
                 raise
             except Exception as e:  # noqa: BLE001 - every failure becomes the caller's error reply
                 await _respond_failure(msg, e)
@@ -540,13 +549,8 @@ async def _respond(msg: Message, result: object) -> None:
 
 
 async def _respond_failure(msg: Message, error: Exception) -> None:
-    if isinstance(error, PersistError):
-        if msg.reply:
-            with contextlib.suppress(ConatError):
-                await msg.respond_error(error.code, str(error), data=error_fields(error))
-        return
     if isinstance(error, ClosedError):
-        await respond_error(msg, 503, f"persist service stopping: {error}")
+        await respond_error(msg, UNAVAILABLE, f"persist service stopping: {error}")
         return
     if not isinstance(error, ConatError):
         log.exception("persist operation on %s failed", msg.subject, exc_info=error)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conat import Backoff, BackoffSequence, FakeClock, NoResponders, Timeout, retry
+from conat import Backoff, BackoffSequence, NoResponders, Timeout, retry
+from conat.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,6 @@ import conat
 from conat import (
     ClientState,
     EndOfStream,
-    FakeClock,
     NoResponders,
     PayloadTooLarge,
     PeerDead,
@@ -40,6 +39,7 @@ from conat._socket_frames import (
     decode_frame,
     encode_frame,
 )
+from conat.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -351,7 +351,7 @@ async def test_socket_survives_a_nats_server_restart(fresh_nats_server) -> None:
         assert sock.statistics().retransmitted + conn.statistics().retransmitted > 0
 
 
-# -- cancellation (STYLE rule 13): cancel the caller at each await point; the socket stays usable ---
+# -- cancellation: cancel the caller at each await point; the socket stays usable -------------------
 
 
 async def _fill_window(sock: Socket) -> int:
@@ -657,7 +657,7 @@ async def test_backlog_is_validated(nats_server) -> None:
         assert b.statistics().subscriptions == 0
 
 
-# -- hostile peers: raw frames on a real bus (STYLE rule 18) ----------------------------------------
+# -- hostile peers: raw frames on a real bus (every byte from the network is hostile) ---------------
 
 
 class RawPeer:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import conat
-from conat import FakeClock, RpcRequest
+from conat import RpcRequest
+from conat.testing import FakeClock
 from host import FileServer, FileServerConfig, FsClient, fs, io_subject, watch_subject
 from subjects import fs_project
 

@@ -7,7 +7,7 @@ header is ignored when xkey is configured: fail closed), verify the server's sig
 connection type, rate-limit by client address, verify the conat token (signature, kid, audience =
 this bus, time window), rate-limit by principal, map principal and scope to a
 :class:`subjects.Grant`, record the pending connection, check revocation and one-time use against
-the bus's durable :class:`~auth.AuthStore`, and sign a user JWT with those permissions (always
+the bus's durable :class:`~conat.auth.AuthStore`, and sign a user JWT with those permissions (always
 with explicit denies and an explicit ``>`` for "everything"), the private inbox prefix and response
 permissions. A refusal is an authorization response carrying only the reason code (nats-server
 logs it; the client only ever sees "Authorization Violation"). Every decision goes to the audit
@@ -26,8 +26,8 @@ connection was recorded before the floor was written and the kick finds it; nats
 client id from the moment the client's socket is accepted, so a kick also closes a client whose
 authorization is still in flight.
 
-:class:`AuthCallout` is the actor that serves the subject; several (in processes of their own,
-see :class:`~auth.AuthResponder`) share the load as a queue group.
+:class:`~conat.auth.AuthCallout` (:mod:`conat.auth._callout_service`) is the service that asks the
+decider; several (in processes of their own, see :class:`~conat.auth.AuthResponder`) share the load.
 """
 
 from __future__ import annotations
@@ -37,28 +37,26 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import Final, final
 
-from actors import Actor, Reply
-from conat import ConatError, Message, TokenBucket
-from conat.auth import (
-    AUTH_CALLOUT_SUBJECT,
+from conat import ConatError, TokenBucket
+from subjects import grant
+
+from ._audit import AuditLog
+from ._errors import AuthStoreError, TokenError
+from ._nats_claims import (
     XKEY_HEADER,
     AuthorizationRequest,
-    CurveKeyPair,
-    KeyPair,
-    TokenError,
-    TokenVerifier,
     authorization_response,
     parse_authorization_request,
     user_jwt,
 )
-from subjects import grant
+from ._nkeys import KeyPair
+from ._store import AuthStore
+from ._verifier import TokenVerifier
+from ._xkey import CurveKeyPair
 
-from ._audit import AuditLog
-from ._store import AuthStore, AuthStoreError
-
-__all__ = ["MIN_CONNECTION_LIFETIME", "AuthCallout", "Connections", "Decider", "Decision"]
+__all__ = ["MIN_CONNECTION_LIFETIME", "Connections", "Decider", "Decision"]
 
 log = logging.getLogger("conat.auth.callout")
 
@@ -310,16 +308,3 @@ class Decider:
         if self.xkey is not None and server_xkey:
             return self.xkey.seal(data, server_xkey)
         return data
-
-
-class AuthCallout(Actor, subject=AUTH_CALLOUT_SUBJECT, queue="conat-auth", idle=None, max_buffer=10_000):
-    """Answers nats-server's authorization requests (build with ``factory=lambda: AuthCallout(d)``)."""
-
-    def __init__(self, decider: Decider) -> None:
-        self.decider = decider
-
-    async def receive(self, msg: Message) -> Any:
-        decision = await self.decider.decide(msg.raw, msg.header(XKEY_HEADER))
-        if decision is None:
-            return Reply(b"", encoding="raw")  # an empty reply is a refusal
-        return Reply(decision.response, encoding="raw")

@@ -14,11 +14,15 @@ from typing import Any
 
 import pytest
 
-from auth import MIN_CONNECTION_LIFETIME, AuthStore, Connections, Decider, Decision
 from conat.auth import (
     AUTHORIZATION_REQUEST_AUDIENCE,
+    MIN_CONNECTION_LIFETIME,
     TOKEN_LEEWAY,
+    AuthStore,
+    Connections,
     CurveKeyPair,
+    Decider,
+    Decision,
     KeyKind,
     KeyPair,
     Keyring,
