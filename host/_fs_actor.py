@@ -18,8 +18,8 @@ method 404, wrong arguments 400) come from the typed-service dispatcher. A reque
 without a directory on this host gets ``ENOPROJECT``; for a key that is not ``project-<uuid>``,
 ``EINVAL``. Nothing a caller sends can crash the activation.
 
-**Rate.** Each project has a leaky bucket (``rate`` requests per second, aiolimiter); a request
-beyond it gets 429 at once. The caller's identity is not known to the actor (the subject, which the
+**Rate.** Each project has a token bucket (``rate`` requests per second, as a burst, on the
+server's clock); a request beyond it gets 429 at once. The caller's identity is not known to the actor (the subject, which the
 broker binds to the caller's grant, names only the project), so the limit is per project.
 
 **Audit.** With an audit log configured, every mutating call is recorded after it finished (method,
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import diff_match_patch as dmp_module
-from aiolimiter import AsyncLimiter
 
 from actors import NO_REPLY, Actor
 from conat import (
@@ -49,6 +48,7 @@ from conat import (
     PayloadError,
     RemoteError,
     RpcRequest,
+    TokenBucket,
     error_reply,
     respond_error,
 )
@@ -161,7 +161,7 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         self._shared = shared
         self._project: ProjectFs | None = None
         self._key_error: FsError | None = None
-        self._limiter = AsyncLimiter(shared.config.rate, 1.0)
+        self._limiter = TokenBucket(shared.config.rate)
         self._dispatcher = _DISPATCHER
 
     async def on_activate(self) -> None:
@@ -185,10 +185,9 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         except RemoteError as e:
             await respond_error(msg, *error_reply(e))
             return NO_REPLY
-        if not self._limiter.has_capacity():
+        if not self._limiter.try_take(self._shared.clock.now()):
             await respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
             return NO_REPLY
-        await self._limiter.acquire()
         project = self._project
         if project is not None:
             self._shared.touch(project.project_id)
