@@ -33,20 +33,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
-from conat import ConatError, Message, PayloadError
-from conat._service import error_reply, respond_error
+from conat import (
+    INTERNAL,
+    UNAVAILABLE,
+    BackoffSequence,
+    ConatError,
+    Message,
+    PayloadError,
+    error_reply,
+    reply_encoding,
+    respond_error,
+)
 
 from ._actor import NO_REPLY, Reply
 from ._chain import CHAIN_HEADER, current_turn
-from ._errors import STOPPING, BrokenInvariant
+from ._errors import BrokenInvariant, IllegalTransition
 from ._mailbox import Mailbox
-from ._policy import Backoff
 
 if TYPE_CHECKING:
     from ._actor import Actor
     from ._runtime import ActorRuntime
 
-__all__ = ["Activation", "IllegalTransition", "State", "Timer"]
+__all__ = ["Activation", "State", "Timer"]
 
 log = logging.getLogger("conat.actors")
 
@@ -66,13 +74,6 @@ _TRANSITIONS: Final[dict[tuple[State, str], State]] = {
     (State.PASSIVATING, "deactivated"): State.INACTIVE,
     (State.ACTIVE, "crash"): State.INACTIVE,
 }
-
-
-class IllegalTransition(RuntimeError):
-    """An activation was asked to do something its state does not allow (a runtime bug)."""
-
-    def __init__(self, key: str, state: State, event: str) -> None:
-        super().__init__(f"activation {key!r}: event {event!r} is illegal in state {state.value}")
 
 
 @final
@@ -136,9 +137,11 @@ class Timer:
 
 
 async def _send_reply(msg: Message, reply: Reply) -> None:
+    """Send a handler's :class:`Reply`: its encoding if it chose one, else the caller's."""
     if msg.reply:
+        encoding = reply.encoding or reply_encoding(msg, reply.data)
         try:
-            await msg.respond(reply.data, encoding=reply.encoding, headers=reply.headers)
+            await msg.respond(reply.data, encoding=encoding, headers=reply.headers)
         except ConatError as e:
             await respond_error(msg, *error_reply(e))
 
@@ -179,7 +182,7 @@ class Activation:
         self.not_before = 0.0
         self.passivate_requested = False
         self.head_failures = 0
-        self.backoff: Backoff | None = None  # made on the first crash: most keys never crash
+        self.backoff: BackoffSequence | None = None  # made on the first crash: most keys never crash
 
     def __repr__(self) -> str:
         return f"<Activation {self.runtime.spec.name}/{self.key!r} {self.state.value}>"
@@ -187,7 +190,7 @@ class Activation:
     def _move(self, event: str) -> None:
         target = _TRANSITIONS.get((self.state, event))
         if target is None:
-            raise IllegalTransition(self.key, self.state, event)
+            raise IllegalTransition(self.key, self.state.value, event)
         self.state = target
 
     @property
@@ -284,7 +287,7 @@ class Activation:
         runtime = self.runtime
         now = runtime.clock.now()
         if self.backoff is None:
-            self.backoff = Backoff(runtime.spec.policy, runtime.rand)
+            self.backoff = BackoffSequence(runtime.spec.policy.backoff, runtime.rand)
         self.not_before = now + self.backoff.next_delay(now)
         runtime.child_crashed(self, error)
 
@@ -292,9 +295,9 @@ class Activation:
         runtime = self.runtime
         instance = self.instance
         assert instance is not None
-        stats = runtime.stats
+        micro = runtime.micro
         started = time.perf_counter_ns()
-        endpoint = "receive" if not runtime.default_receive else "unknown"
+        endpoint = "receive" if not runtime.default_receive else None  # None: not an endpoint's
         try:
             if runtime.default_receive:
                 dispatcher = runtime.dispatcher
@@ -309,28 +312,28 @@ class Activation:
             else:
                 result = await instance.receive(msg)
         except asyncio.CancelledError:
-            await respond_error(msg, STOPPING, f"actor {runtime.spec.name} stopped during the call")
+            await respond_error(msg, UNAVAILABLE, f"actor {runtime.spec.name} stopped during the call")
             raise
         except BrokenInvariant as e:
-            stats.record(endpoint, time.perf_counter_ns() - started, e)
+            micro.record(endpoint, time.perf_counter_ns() - started, e)
             await respond_error(msg, *error_reply(e))
             self.crash(e)
         except Exception as e:
             if not isinstance(e, ConatError):
                 log.exception("%s/%r: handler failed on %s", runtime.spec.name, self.key, msg.subject)
-            stats.record(endpoint, time.perf_counter_ns() - started, e)
+            micro.record(endpoint, time.perf_counter_ns() - started, e)
             await respond_error(msg, *error_reply(e))
         else:
-            stats.record(endpoint, time.perf_counter_ns() - started, None)
+            micro.record(endpoint, time.perf_counter_ns() - started, None)
             if not msg.reply or result is NO_REPLY:
                 return
             if result.__class__ is Reply:
                 await _send_reply(msg, result)
                 return
             try:
-                await msg.respond(result)
+                await msg.respond(result, encoding=reply_encoding(msg, result))
             except PayloadError as e:
-                await respond_error(msg, 500, f"cannot encode the result: {e.detail}")
+                await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
 
     async def _call_turn(self, call: _Call) -> None:
         instance = self.instance

@@ -24,8 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
-from conat import Message
-from conat._clock import Clock
+from conat import Clock, Message
 from subjects import InvalidSubject, validate_pattern, validate_subject, validate_token
 
 from ._errors import ActorDefinitionError

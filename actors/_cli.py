@@ -5,7 +5,9 @@ never imports the actor layer (imports point downwards). A target is ``module:Cl
 ``module`` (every actor class bound to a subject that the module defines), imported with the current
 directory first on the import path (as uvicorn and FastStream do: ``conat run myapp.services:Counter``
 works from the project directory). Exit codes: the CLI's table; 7 (``EXIT_GAVE_UP``) when the system
-gave up after repeated crashes (an escalation reached the root).
+gave up after repeated crashes (an escalation reached the root). A keyed type that another process
+already serves on the bus is refused (:class:`OwnedElsewhere`, exit 1): run a keyed type in one
+process; unkeyed types scale with ``--queue``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from typing import Final
 
 import click
 
-from conat.cli._app import Options, common_options, run, stop_on_signals
-from conat.cli._output import Printer
-from conat.cli.plugin import EXIT_GAVE_UP
+from conat.cli.plugin import EXIT_GAVE_UP, Options, Printer, common_options, run, stop_on_signals
 
 from ._actor import Actor
 from ._errors import Escalation
@@ -92,15 +92,19 @@ async def _serve(opts: Options, classes: list[type[Actor]], queue: str | None, s
         system = ActorSystem(client, stop_timeout=stop_timeout)
         out = Printer(opts.json)
         with stop_on_signals() as stop:
-            for cls in classes:
-                runtime = await system.start(cls, queue=queue)
-                group = f" (queue group {runtime.queue!r})" if runtime.queue else ""
-                text = f"serving {runtime.spec.name} on {runtime.spec.subject}{group}"
-                if opts.json:  # machine output on stdout; people read stderr
-                    out.event(text, event="serving", actor=runtime.spec.name, subject=runtime.spec.subject,
-                              queue=runtime.queue, id=system.instance_id)  # fmt: skip
-                else:
-                    click.echo(text, err=True)
+            try:
+                for cls in classes:
+                    runtime = await system.start(cls, queue=queue)
+                    group = f" (queue group {runtime.queue!r})" if runtime.queue else ""
+                    text = f"serving {runtime.spec.name} on {runtime.spec.subject}{group}"
+                    if opts.json:  # machine output on stdout; people read stderr
+                        out.event(text, event="serving", actor=runtime.spec.name, subject=runtime.spec.subject,
+                                  queue=runtime.queue, id=system.instance_id)  # fmt: skip
+                    else:
+                        click.echo(text, err=True)
+            except BaseException:  # e.g. OwnedElsewhere: the types already started stop gracefully
+                await system.stop()
+                raise
             stopper = asyncio.ensure_future(stop.wait())
             failed = asyncio.ensure_future(system.wait())
             try:

@@ -9,36 +9,56 @@ restart intensity of :class:`RestartPolicy`; exceeding it escalates to the paren
 
 Stopping is graceful (:meth:`ActorRuntime.stop`): intake is drained (the server stops routing here;
 what it routed before still arrives), in-flight and queued turns run until the deadline, what is
-left is cancelled and answered with 503, and the remaining activations are deactivated.
+left is cancelled and answered with 503, and the remaining activations are deactivated. Every
+request a type took gets an answer, whatever its key was doing (running a turn, activating,
+waiting out a restart backoff, deactivating): an activation with messages queued is never
+forgotten, and the 503 replies are sent before stop returns.
+
+A key whose activation crashed keeps its restart state (the backoff sequence and the time before
+which it may not activate) after its record is dropped, until that backoff has run out
+(``RestartPolicy.reset_after`` without a crash): so a key that crashes on every request, whose
+mailbox is empty at each crash, still backs off exponentially instead of reactivating at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar, final
 
 import msgspec
 
-from conat import Client, ConatError, Message, Subscription
-from conat._clock import Clock, SystemClock
-from conat._service import Dispatcher, respond_error
+from conat import (
+    UNAVAILABLE,
+    BackoffSequence,
+    Client,
+    Clock,
+    ConatError,
+    Dispatcher,
+    EndpointStatistics,
+    Message,
+    MicroService,
+    Subscription,
+    SystemClock,
+    error_reply,
+    respond_error,
+)
 
 from ._activation import PASSIVATE, Activation, State, _Call
 from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
-from ._errors import ACTIVATION_FAILED, LOOP_DETECTED, STOPPING, Escalation
+from ._errors import LOOP_DETECTED, ActivationFailed, Escalation
 from ._mailbox import MailboxStatistics
 from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
 
-__all__ = ["ActorRuntime", "ActorStatistics", "DeadLetter", "EndpointStatistics"]
+__all__ = ["ActorRuntime", "ActorStatistics", "DeadLetter"]
 
 log = logging.getLogger("conat.actors")
 
@@ -48,6 +68,11 @@ _MIN_SCAN: Final = 0.05
 LINGER_CAP: Final = 256
 """How many idle keys may keep their task waiting for the next message."""
 _MAX_SCAN: Final = 60.0
+MAX_RESTART_STATES: Final = 10_000
+"""Keys whose restart state is kept after their record was dropped (a bound; crashes escalate
+long before it is reached under the default policy)."""
+REPLY_GRACE: Final = 1.0
+"""Seconds stop() waits, past its deadline, for the 503 replies it queued to be sent."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -59,22 +84,6 @@ class DeadLetter(msgspec.Struct, frozen=True):
     error: str
     payload: bytes
     headers: dict[str, str] = {}
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class EndpointStatistics:
-    """Per-endpoint figures in the shape of NATS micro ``$SRV.STATS`` (times in nanoseconds)."""
-
-    name: str
-    num_requests: int
-    num_errors: int
-    last_error: str
-    processing_time: int
-
-    @property
-    def average_processing_time(self) -> int:
-        return self.processing_time // self.num_requests if self.num_requests else 0
 
 
 @final
@@ -97,6 +106,7 @@ class ActorStatistics:
     dead_letters: int
     dropped: int
     rejected_stopping: int
+    bad_requests: int
     endpoints: tuple[EndpointStatistics, ...]
 
 
@@ -109,17 +119,6 @@ class _Counters:
     dead_letters: int = 0
     dropped: int = 0
     rejected_stopping: int = 0
-    endpoints: dict[str, list[Any]] = field(default_factory=dict)
-
-    def record(self, endpoint: str, elapsed_ns: int, error: BaseException | None) -> None:
-        entry = self.endpoints.get(endpoint)
-        if entry is None:
-            entry = self.endpoints[endpoint] = [0, 0, "", 0]
-        entry[0] += 1
-        entry[3] += elapsed_ns
-        if error is not None:
-            entry[1] += 1
-            entry[2] = f"{type(error).__name__}: {error}"
 
 
 @final
@@ -157,7 +156,20 @@ class ActorRuntime:
         self.running = False
         self.accepting = False
         self.failed: Escalation | None = None
-        self.started = ""
+        spec = self.spec
+        self.micro = MicroService(
+            spec.name,
+            spec.subject,
+            list(self.dispatcher.endpoints) if self.default_receive else ["receive"],
+            version=spec.version,
+            description=spec.description or (cls.__doc__ or "").strip().split("\n")[0],
+            metadata={"conat.actor": cls.__qualname__, "conat.keyed": str(spec.keyed).lower()},
+            queue_group=self.queue or "",
+            service_id=f"{instance_id}-{spec.name}" if instance_id else None,
+            data=self._figures,
+        )
+        """The type in ``$SRV`` discovery, and its per-endpoint figures."""
+        self._restart_states: dict[str, tuple[BackoffSequence, float]] = {}
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_tasks: list[asyncio.Task[None]] = []
@@ -171,22 +183,49 @@ class ActorRuntime:
         return f"<ActorRuntime {self.spec.name} {self.spec.subject!r} keys={len(self.activations)}>"
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def started(self) -> str:
+        """When the type (re)started serving, RFC 3339."""
+        return self.micro.started
+
     async def start(self) -> None:
-        """Subscribe and begin serving. Raises what ``subscribe`` raises (e.g. Forbidden)."""
-        self.running = True
+        """Begin serving: load the type's reminders, then subscribe.
+
+        All or nothing: if it raises (the reminder store's ``load``, ``subscribe``'s
+        :class:`Forbidden`...) or is cancelled, nothing is subscribed and nothing runs, so a
+        retried start serves once.
+        """
+        if self._sub is not None:
+            raise ConatError(f"actor {self.spec.name} is already serving")
+        reminders = await self.reminders.load(self.spec.name) if self.reminders is not None else []
+        self.running = True  # before subscribing: the first message may come before it returns
         self.accepting = True
         self.failed = None
-        self.started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self.linger_cap = LINGER_CAP
-        self._sub = await self.client.subscribe(
-            self.spec.subject, queue=self.queue, dispatch=self._route, max_buffer=self.spec.max_buffer
-        )
+        try:
+            sub = await self.client.subscribe(
+                self.spec.subject,
+                queue=self.queue,
+                dispatch=self._route,
+                max_buffer=self.spec.max_buffer,
+            )
+        except BaseException:
+            self.accepting = False
+            await self._halt()  # anything routed meanwhile is answered (503)
+            self.activations.clear()
+            raise
+        # nothing below awaits or can fail: the type serves from here on
+        self._sub = sub
+        self.micro.reset_started()
+        loop = asyncio.get_running_loop()
         if self.spec.idle is not None:
-            self._service_tasks.append(asyncio.get_running_loop().create_task(self._reap_idle()))
+            self._service_tasks.append(loop.create_task(self._reap_idle()))
         if self.reminders is not None:
-            for reminder in await self.reminders.load(self.spec.name):
+            self._scheduled.clear()
+            self._due.clear()
+            for reminder in reminders:
                 self._schedule(reminder)
-            self._service_tasks.append(asyncio.get_running_loop().create_task(self._run_reminders()))
+            self._service_tasks.append(loop.create_task(self._run_reminders()))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: drain intake, finish turns until ``timeout``, answer the rest, deactivate.
@@ -219,29 +258,41 @@ class ActorRuntime:
             _, late = await asyncio.wait(deactivations, timeout=max(0.0, deadline - loop.time()))
             await self._cancel(list(late))
         self.activations.clear()
-        await self._cancel(list(self._tasks))
+        await self._finish_replies(max(REPLY_GRACE, deadline - loop.time()))
+
+    async def _finish_replies(self, timeout: float) -> None:
+        """Let the replies already queued (503s, dead-letter answers) go out, then cancel what is
+        left: a reply task cancelled before it ran would leave its caller waiting."""
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            await self._cancel(list(late))
 
     async def abort(self) -> None:
         """Hard stop after an escalation: unsubscribe, cancel every turn, answer what is queued."""
         sub, self._sub = self._sub, None
         self.accepting = False
         if sub is not None:
-            await sub.unsubscribe()
+            with contextlib.suppress(ConatError):
+                await sub.unsubscribe()
         await self._cancel(self._service_tasks)
         await self._halt()
         self.activations.clear()
 
     async def _halt(self) -> None:
-        """Stop running turns: cancel the running ones and answer everything queued with 503."""
+        """Stop running turns: cancel the running ones and answer everything queued with 503.
+
+        Every activation is answered for, including one whose task ends while it is cancelled
+        (activating, backing off, deactivating): the list is taken before cancelling.
+        """
         self.running = False
-        running = [a.task for a in self.activations.values() if a.task is not None]
-        for act in self.activations.values():
+        acts = list(self.activations.values())
+        for act in acts:
             act._cancel_timers()
-        await self._cancel(running)
-        for act in self.activations.values():
-            self.stats.rejected_stopping += act.reject_queued(
-                STOPPING, f"actor {self.spec.name} is stopping"
-            )
+        await self._cancel([a.task for a in acts if a.task is not None])
+        why = f"actor {self.spec.name} is stopping"
+        for act in acts:
+            self.stats.rejected_stopping += act.reject_queued(UNAVAILABLE, why)
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -266,7 +317,7 @@ class ActorRuntime:
         if not self.accepting:
             if msg.reply:
                 self.stats.rejected_stopping += 1
-                self.spawn(respond_error(msg, STOPPING, f"actor {self.spec.name} is stopping"))
+                self.spawn(respond_error(msg, UNAVAILABLE, f"actor {self.spec.name} is stopping"))
             return
         key = self.spec.key_of(msg.subject)
         chain = msg.header(CHAIN_HEADER)
@@ -280,7 +331,7 @@ class ActorRuntime:
         act = activations.get(key)
         now = self.clock.now()
         if act is None:
-            act = activations[key] = Activation(self, key, now)
+            act = self._activation(key, now)
             cap = self.spec.max_active
             if cap is not None and len(activations) > cap:
                 self._evict_one()
@@ -290,7 +341,7 @@ class ActorRuntime:
         if not act.mailbox.put(msg):
             self.stats.dropped += 1
             if msg.reply:
-                self.client._reply_busy(msg.reply, f"actor {self.spec.name} key {key!r} mailbox is full")
+                msg.respond_busy(f"actor {self.spec.name} key {key!r} mailbox is full")
             return
         self.wake(act)
 
@@ -337,11 +388,42 @@ class ActorRuntime:
                 act.waiter = None
 
     def settled(self, act: Activation) -> None:
-        """An activation's task ended: forget the key if it is inactive and has nothing queued."""
-        if act.mailbox and self.running:
-            self.ensure_running(act)
-        elif act.state is State.INACTIVE and self.activations.get(act.key) is act:
+        """An activation's task ended: forget the key if it is inactive and has nothing queued.
+
+        A record with messages queued is kept (and run again, unless stopping: then stop or
+        abort answers them); a dropped record's restart state is kept until its backoff ran out.
+        """
+        if act.mailbox:
+            if self.running:
+                self.ensure_running(act)
+            return
+        if act.state is State.INACTIVE and self.activations.get(act.key) is act:
             del self.activations[act.key]
+            if act.backoff is not None:
+                self._keep_restart_state(act)
+
+    def _activation(self, key: str, now: float) -> Activation:
+        """A new record for ``key``, with the restart state it left behind, if still running."""
+        act = self.activations[key] = Activation(self, key, now)
+        kept = self._restart_states.pop(key, None)
+        if kept is not None and not kept[0].expired(now):
+            act.backoff, act.not_before = kept
+        return act
+
+    def _keep_restart_state(self, act: Activation) -> None:
+        backoff = act.backoff
+        assert backoff is not None
+        now = self.clock.now()
+        if backoff.expired(now):
+            return
+        states = self._restart_states
+        states[act.key] = (backoff, act.not_before)
+        # oldest first: forget what ran out, and stay within the bound
+        while states:
+            oldest = next(iter(states))
+            if len(states) <= MAX_RESTART_STATES and not states[oldest][0].expired(now):
+                break
+            del states[oldest]
 
     def new_instance(self, act: Activation) -> Actor:
         instance = self._factory()
@@ -396,7 +478,7 @@ class ActorRuntime:
             await self.client.publish(self.spec.dead_letter, letter)
         except ConatError as e:
             log.error("%s: could not publish a dead letter: %s", self.spec.name, e)
-        await respond_error(msg, ACTIVATION_FAILED, f"activation of {letter.key!r} failed: {why}")
+        await respond_error(msg, *error_reply(ActivationFailed(letter.key, why)))
 
     # -- reminders -------------------------------------------------------------------------
     async def set_reminder(self, key: str, name: str, delay: float, period: float | None) -> None:
@@ -445,7 +527,7 @@ class ActorRuntime:
         key = reminder.key
         act = self.activations.get(key)
         if act is None:
-            act = self.activations[key] = Activation(self, key, self.clock.now())
+            act = self._activation(key, self.clock.now())
         act.enqueue_internal(_Call("reminder", reminder=reminder.name))
         if reminder.period is None:
             self._scheduled.pop((key, reminder.name), None)
@@ -460,10 +542,6 @@ class ActorRuntime:
     # -- statistics ------------------------------------------------------------------------
     def statistics(self) -> ActorStatistics:
         s = self.stats
-        endpoints = tuple(
-            EndpointStatistics(name, n, errors, last, ns)
-            for name, (n, errors, last, ns) in sorted(s.endpoints.items())
-        )
         return ActorStatistics(
             name=self.spec.name,
             subject=self.spec.subject,
@@ -480,8 +558,26 @@ class ActorRuntime:
             dead_letters=s.dead_letters,
             dropped=s.dropped,
             rejected_stopping=s.rejected_stopping,
-            endpoints=endpoints,
+            bad_requests=self.micro.bad_requests,
+            endpoints=self.micro.endpoint_statistics(),
         )
+
+    def _figures(self) -> dict[str, int]:
+        """The type's figures in every endpoint's ``data`` of ``$SRV.STATS``."""
+        stats = self.statistics()
+        return {
+            "active_keys": stats.active_keys,
+            "running_keys": stats.running_keys,
+            "buffered": stats.buffered,
+            "activations": stats.activations,
+            "activation_failures": stats.activation_failures,
+            "passivations": stats.passivations,
+            "crashes": stats.crashes,
+            "restarts": stats.restarts,
+            "dead_letters": stats.dead_letters,
+            "dropped": stats.dropped,
+            "rejected_stopping": stats.rejected_stopping,
+        }
 
     def mailbox_statistics(self, key: str) -> MailboxStatistics | None:
         act = self.activations.get(key)

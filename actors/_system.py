@@ -3,12 +3,20 @@ supervisor.
 
 Supervision tree: the system supervises each actor type (:class:`ActorRuntime`); a type supervises
 its activations. When a type escalates (its activations crashed more than its policy allows), the
-system aborts it and starts it afresh after a backoff, counting against the system's own policy;
-when that is exceeded too, the system stops everything and :meth:`ActorSystem.wait` raises the
-:class:`Escalation` (the process should exit non-zero, as an OTP application would).
+system aborts it and starts it afresh after a backoff, counting against the system's own policy
+(a restart that fails to start counts as one more crash); when that is exceeded too, the system
+stops everything and :meth:`ActorSystem.wait` raises the :class:`Escalation` (the process should
+exit non-zero, as an OTP application would).
 
-Shutdown runs in reverse start order under one deadline for the whole process; each type gets
-what is left of it.
+Ownership: a keyed type has one owner per bus (:mod:`actors._ownership`). :meth:`ActorSystem.start`
+claims it before serving and refuses with :class:`OwnedElsewhere` when another process owns it;
+the claim is held until :meth:`ActorSystem.stop` (across restarts of the type). If this process
+yields the type later (two owners met), the system stops and :meth:`wait` raises that error.
+
+Starting a type is all or nothing: if :meth:`start` raises, nothing of the type is subscribed,
+claimed or discoverable. Shutdown runs in reverse start order under one deadline for the whole
+process; each type gets what is left of it. Every request a type accepted is answered (its reply,
+or 503), whatever its key was doing.
 """
 
 from __future__ import annotations
@@ -17,16 +25,15 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, Self, TypeVar
 
-from conat import JSON, Client, ConatError, Message, Subscription
-from conat._clock import Clock, SystemClock
+from conat import Client, Clock, ConatError, SystemClock
 
 from ._actor import Actor
 from ._chain import chain_headers
-from ._errors import ActorDefinitionError, Escalation
-from ._micro import SRV_PATTERN, micro_response, targets
+from ._errors import ActorDefinitionError, Escalation, OwnedElsewhere
+from ._ownership import DEFAULT_GRACE, Ownership
 from ._policy import Escalate, RestartPolicy, RestartTracker
 from ._reminders import ReminderStore
 from ._runtime import ActorRuntime
@@ -58,10 +65,13 @@ class ActorSystem:
 
     Args:
         client: the connection every actor type subscribes on (not closed by the system).
-        clock: time source for passivation, timers, reminders and backoff (tests pass FakeClock).
+        clock: time source for passivation, timers, reminders and backoff (tests pass ``conat.testing.FakeClock``).
         reminders: where reminders are kept (None: actors cannot set reminders).
         policy: the system's restart policy for whole actor types.
         stop_timeout: default deadline of :meth:`stop`.
+        claim_grace: seconds a keyed type waits after claiming ownership before it serves, so
+            that two processes starting it at the same moment settle who owns it first (real
+            time, not ``clock``: it is about the network).
     """
 
     def __init__(
@@ -73,19 +83,22 @@ class ActorSystem:
         policy: RestartPolicy = SYSTEM_POLICY,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         rand: Callable[[], float] = random.random,
+        claim_grace: float = DEFAULT_GRACE,
     ) -> None:
         self.client = client
         self.clock: Clock = clock or SystemClock()
         self.reminders = reminders
         self.policy = policy
         self.stop_timeout = stop_timeout
+        self.claim_grace = claim_grace
         self.instance_id = secrets.token_hex(8)
         self._rand = rand
         self._runtimes: list[ActorRuntime] = []
+        self._starting: set[str] = set()
         self._trackers: dict[str, RestartTracker] = {}
-        self._micro: Subscription | None = None
+        self._claims: dict[str, Ownership] = {}
         self._done = asyncio.Event()
-        self._failure: Escalation | None = None
+        self._failure: Escalation | OwnedElsewhere | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -111,13 +124,22 @@ class ActorSystem:
         queue: str | None = None,
     ) -> ActorRuntime:
         """Start serving actor type ``cls``; ``factory`` builds each activation's instance (default
-        ``cls()``); ``queue`` overrides the class's queue group."""
+        ``cls()``); ``queue`` overrides the class's queue group.
+
+        All or nothing: when it raises, nothing of the type is left subscribed, claimed or
+        discoverable, and a later start may try again.
+
+        Raises:
+            OwnedElsewhere: ``cls`` is keyed and another process serves it on this bus.
+            ActorDefinitionError: ``cls`` is not an actor class, or its name already runs here.
+            ConatError: what subscribing or the reminder store raised; the system is stopped.
+        """
         if self._stopping or self._done.is_set():
             raise ConatError("the actor system is stopped")
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise ActorDefinitionError(f"{cls!r} is not an Actor subclass")
         spec = cls.spec()
-        if any(r.spec.name == spec.name for r in self._runtimes):
+        if spec.name in self._starting or any(r.spec.name == spec.name for r in self._runtimes):
             raise ActorDefinitionError(f"an actor named {spec.name!r} already runs in this system")
         runtime = ActorRuntime(
             cls,
@@ -130,32 +152,45 @@ class ActorSystem:
             queue=queue,
             instance_id=self.instance_id,
         )
-        if self._micro is None:
-            self._micro = await self.client.subscribe(SRV_PATTERN, dispatch=self._on_srv)
-        await runtime.start()
+        claim: Ownership | None = None
+        if spec.keyed:
+            claim = Ownership(
+                self.client,
+                spec.name,
+                spec.subject,
+                runtime.micro.id,
+                on_lost=lambda lost: self._on_lost(runtime, lost),
+                grace=self.claim_grace,
+            )
+        self._starting.add(spec.name)
+        try:
+            if claim is not None:
+                await claim.acquire()
+            try:
+                await runtime.start()
+                await runtime.micro.advertise(self.client)
+            except BaseException:
+                await runtime.abort()
+                await runtime.micro.withdraw()
+                if claim is not None:
+                    await claim.release()
+                raise
+        finally:
+            self._starting.discard(spec.name)
+        if self._stopping:  # stop() ran meanwhile and could not see this type
+            await runtime.stop(0.0)
+            await runtime.micro.withdraw()
+            if claim is not None:
+                await claim.release()
+            raise ConatError("the actor system is stopped")
         self._runtimes.append(runtime)
         self._trackers[spec.name] = RestartTracker(self.policy, self._rand)
+        if claim is not None:
+            self._claims[spec.name] = claim
         return runtime
 
     def proxy(self, cls: type[A], key: str = "", *, tail: str | None = None, timeout: float = 10.0) -> A:
         return actor_proxy(self.client, cls, key, tail=tail, timeout=timeout)
-
-    # -- discovery -------------------------------------------------------------------------
-    def _on_srv(self, msg: Message) -> None:
-        if not msg.reply:
-            return
-        found = targets(msg.subject, self._runtimes)
-        if found is None:
-            return
-        verb, runtimes = found
-        for runtime in runtimes:
-            self._spawn(self._answer_srv(msg, verb, runtime))
-
-    async def _answer_srv(self, msg: Message, verb: str, runtime: ActorRuntime) -> None:
-        try:
-            await msg.respond(micro_response(verb, runtime), encoding=JSON.name)
-        except ConatError as e:
-            log.debug("could not answer %s: %s", msg.subject, e)
 
     # -- supervision -----------------------------------------------------------------------
     def _on_escalation(self, runtime: ActorRuntime, escalation: Escalation) -> None:
@@ -163,29 +198,58 @@ class ActorSystem:
             self._spawn(self._restart(runtime, escalation))
 
     async def _restart(self, runtime: ActorRuntime, escalation: Escalation) -> None:
+        """Abort the type, then start it again after the system's backoff, until it starts or the
+        system's policy gives up (each failed start counts as one more crash)."""
         await runtime.abort()
-        decision = self._trackers[runtime.spec.name].crashed(self.clock.now())
-        if isinstance(decision, Escalate):
-            failure = Escalation("actor system", decision.restarts, decision.within, escalation)
-            failure.__cause__ = escalation
-            log.critical("%s", failure)
-            self._failure = failure
-            await self.stop()
-            return
-        log.warning("restarting actor %s in %.2f s after: %s", runtime.spec.name, decision.delay, escalation)
-        await self.clock.sleep_until(self.clock.now() + decision.delay)
-        if not self._stopping:
+        tracker = self._trackers[runtime.spec.name]
+        cause: BaseException = escalation
+        while not self._stopping:
+            decision = tracker.crashed(self.clock.now())
+            if isinstance(decision, Escalate):
+                failure = Escalation("actor system", decision.restarts, decision.within, cause)
+                failure.__cause__ = cause
+                log.critical("%s", failure)
+                await self._fail(failure)
+                return
+            log.warning("restarting actor %s in %.2f s after: %s", runtime.spec.name, decision.delay, cause)
+            await self.clock.sleep_until(self.clock.now() + decision.delay)
+            if self._stopping:
+                return
             runtime.tracker = RestartTracker(runtime.spec.policy, self._rand)
-            await runtime.start()
+            try:
+                await runtime.start()
+                return
+            except Exception as e:  # noqa: BLE001 - start is all or nothing: nothing is left serving
+                log.error("restarting actor %s failed: %s", runtime.spec.name, e)
+                cause = e
 
-    def _spawn(self, coro: Any) -> None:
+    def _on_lost(self, runtime: ActorRuntime, lost: OwnedElsewhere) -> None:
+        """This process yielded a keyed type it serves: stop serving it now, then stop."""
+        if self._failure is None:
+            self._failure = lost
+        self._spawn(self._lose(runtime, lost))
+
+    async def _lose(self, runtime: ActorRuntime, lost: OwnedElsewhere) -> None:
+        await runtime.abort()
+        await self._fail(lost)
+
+    async def _fail(self, failure: Escalation | OwnedElsewhere) -> None:
+        if self._failure is None:
+            self._failure = failure
+        await self.stop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # -- shutdown --------------------------------------------------------------------------
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop every actor type, newest first, within one overall deadline (default ``stop_timeout``)."""
+        """Stop every actor type, newest first, within one overall deadline (default ``stop_timeout``).
+
+        Restarts in progress are cancelled first (so no type comes back during the stop), then
+        each type stops gracefully; claims are released and discovery withdrawn last.
+        """
         if self._stopping:
             await self._done.wait()
             return
@@ -193,16 +257,17 @@ class ActorSystem:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.stop_timeout if timeout is None else timeout)
         try:
-            for runtime in reversed(self._runtimes):
-                await runtime.stop(max(0.0, deadline - loop.time()))
-            micro, self._micro = self._micro, None
-            if micro is not None:
-                await micro.unsubscribe()
             current = asyncio.current_task()
             others = [t for t in self._tasks if t is not current]
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
+            for runtime in reversed(self._runtimes):
+                await runtime.stop(max(0.0, deadline - loop.time()))
+                await runtime.micro.withdraw()
+            for claim in self._claims.values():
+                await claim.release()
+            self._claims.clear()
             try:
                 await self.client.flush(max(0.1, deadline - loop.time()))
             except ConatError as e:
@@ -211,13 +276,15 @@ class ActorSystem:
             self._done.set()
 
     async def wait(self) -> None:
-        """Return when the system has stopped; raise :class:`Escalation` if it failed."""
+        """Return when the system has stopped; raise :class:`Escalation` if it gave up after
+        repeated crashes, or :class:`OwnedElsewhere` if it yielded a keyed type to another
+        process."""
         await self._done.wait()
         if self._failure is not None:
             raise self._failure
 
     @property
-    def failure(self) -> Escalation | None:
+    def failure(self) -> Escalation | OwnedElsewhere | None:
         return self._failure
 
     async def __aenter__(self) -> Self:

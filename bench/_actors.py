@@ -27,8 +27,7 @@ from typing import Final
 
 import conat
 from actors import Actor, ActorSystem
-from conat import RpcRequest
-from conat._service import Dispatcher
+from conat import Dispatcher, RpcRequest
 
 from ._harness import Bench, Measure, Metric, Sample, resources
 

@@ -40,6 +40,8 @@ Rows
   every :data:`FD_EVERY` streams). Baseline: raw ``sqlite3`` creating, writing one row to and
   closing the same number of files on as many threads as the store has. Creating a durable file
   costs several fsyncs, so in full mode this row takes tens of seconds per side and repetition.
+* ``persist_steady_cpu``: CPU per write at the end of a constant load that runs for longer than two
+  duplicate windows, against its start (:mod:`bench._persist_steady`).
 """
 
 from __future__ import annotations
@@ -59,12 +61,12 @@ from typing import Final, Literal, TypeVar
 
 import nats
 
-from conat._server import NatsServer
-from conat._server_config import ServerConfig
+from conat import NatsServer, ServerConfig
 from persist import StreamConfig, StreamFile, StreamStore, Write
-from persist._sql import MESSAGES_TABLE
+from persist.testing import MESSAGES_TABLE
 
-from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, resources
+from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, Stamp, resources
+from ._persist_steady import persist_steady_bench
 
 __all__ = ["persist_benches"]
 
@@ -92,7 +94,7 @@ Sync = Literal["full", "normal"]
 _T = TypeVar("_T")
 
 _RAW_SCHEMA: Final = MESSAGES_TABLE
-"""The engine's message table (persist/_sql.py), so both sides write rows of the same layout."""
+"""The engine's message table (``persist.testing``), so both sides write rows of the same layout."""
 _RAW_INSERT: Final = (
     "INSERT INTO messages (seq, time, payload, encoding, compressed, size) VALUES (?, ?, ?, 'msgpack', 0, ?)"
 )
@@ -104,19 +106,6 @@ class PersistBenchError(RuntimeError):
 
 
 # -- plumbing --------------------------------------------------------------------------------------
-
-
-class _Clock:
-    """Wall time and this process's CPU time (every thread's, the SQLite work included)."""
-
-    __slots__ = ("cpu", "wall")
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def since(self, start: _Clock) -> tuple[float, float]:
-        return self.wall - start.wall, self.cpu - start.cpu
 
 
 def _rate(count: int, spent: tuple[float, float], extra: dict[str, float] | None = None) -> Sample:
@@ -143,10 +132,15 @@ def _pool(threads: int = THREADS) -> Iterator[concurrent.futures.ThreadPoolExecu
         pool.shutdown(wait=True)
 
 
+def _stream(sync: Sync) -> contextlib.AbstractAsyncContextManager[StreamFile]:
+    return _configured(StreamConfig(sync=sync))
+
+
 @contextlib.asynccontextmanager
-async def _stream(sync: Sync) -> AsyncIterator[StreamFile]:
+async def _configured(config: StreamConfig) -> AsyncIterator[StreamFile]:
+    """A fresh stream file with ``config`` in its own temporary directory and thread pool."""
     with _workdir() as d, _pool() as pool:
-        s = await StreamFile.open(d / "stream.db", executor=pool, config=StreamConfig(sync=sync))
+        s = await StreamFile.open(d / "stream.db", executor=pool, config=config)
         try:
             yield s
         finally:
@@ -181,10 +175,10 @@ def _set_serial(sync: Sync) -> tuple[Measure, Measure]:
         async with _stream(sync) as s:
             for _ in range(_warmup(count)):
                 await s.set(PAYLOAD)
-            t0 = _Clock()
+            t0 = Stamp()
             for _ in range(count):
                 await s.set(PAYLOAD)
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
             if (last := (await s.inventory()).last_seq) != count + _warmup(count):
                 raise PersistBenchError(f"engine serial {sync}: last seq {last}")
         return _rate(count, spent)
@@ -202,9 +196,9 @@ def _set_serial(sync: Sync) -> tuple[Measure, Measure]:
                     db.execute("COMMIT")
 
             write(_warmup(count))
-            t0 = _Clock()
+            t0 = Stamp()
             write(count)
-            return _Clock().since(t0)
+            return Stamp().since(t0)
 
         return _rate(count, await _raw(sync, run))
 
@@ -222,9 +216,9 @@ def _set_batched(sync: Sync) -> tuple[Measure, Measure]:
             per = max(1, count // WRITERS)
             await asyncio.gather(*(writer(max(1, per // 10)) for _ in range(WRITERS)))
             before = s.statistics()
-            t0 = _Clock()
+            t0 = Stamp()
             await asyncio.gather(*(writer(per) for _ in range(WRITERS)))
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
             after = s.statistics()
         done = after.writes - before.writes
         if done != per * WRITERS:
@@ -250,9 +244,9 @@ def _set_batched(sync: Sync) -> tuple[Measure, Measure]:
                     db.execute("COMMIT")
 
             write(max(WRITERS, total // 10))
-            t0 = _Clock()
+            t0 = Stamp()
             write(total)
-            return _Clock().since(t0)
+            return Stamp().since(t0)
 
         return _rate(total, await _raw(sync, run), {"batch": float(WRITERS), GOAL: BATCHED_GOAL})
 
@@ -297,11 +291,11 @@ async def _phases(
     await run(put, warm)
     await run(get, warm)
     keys = [f"k{i}" for i in range(count)]
-    t0 = _Clock()
+    t0 = Stamp()
     await run(put, keys)
-    t1 = _Clock()
+    t1 = Stamp()
     await run(get, keys)
-    t2 = _Clock()
+    t2 = Stamp()
     (set_s, cpu1), (get_s, cpu2) = t1.since(t0), t2.since(t1)
     return set_s, get_s, cpu1 + cpu2
 
@@ -367,10 +361,10 @@ async def _get_all_engine(url: str, count: int) -> Sample:
                 await s.set_many([Write(payload=PAYLOAD)] * min(FILL_CHUNK, count - start))
         async with await StreamFile.open(path, executor=pool, config=config) as s:
             n = 0
-            t0 = _Clock()
+            t0 = Stamp()
             async for batch in s.get_all():
                 n += len(batch)
-            wall, cpu = _Clock().since(t0)
+            wall, cpu = Stamp().since(t0)
     if n != count:
         raise PersistBenchError(f"engine get_all: {n} of {count} messages")
     extra = {"msgs_per_s": count / wall, CPU_KEY: cpu / count * 1e6, GOAL: wall}
@@ -406,9 +400,9 @@ async def _get_all_raw(url: str, count: int) -> Sample:
             return len(rows)
 
         await _in_thread(pool, fill)
-        t0 = _Clock()
+        t0 = Stamp()
         n = await _in_thread(pool, read)
-        wall, cpu = _Clock().since(t0)
+        wall, cpu = Stamp().since(t0)
     if n != count:
         raise PersistBenchError(f"raw select: {n} of {count} rows")
     extra = {"msgs_per_s": count / wall, CPU_KEY: cpu / count * 1e6, GOAL: _get_all_goal(count)}
@@ -465,9 +459,9 @@ async def _open_engine(url: str, count: int) -> Sample:
                         await s.set(PAYLOAD)
                     fds.tick()
 
-            t0 = _Clock()
+            t0 = Stamp()
             await asyncio.gather(*(opener() for _ in range(OPENERS)))
-            wall, cpu = _Clock().since(t0)
+            wall, cpu = Stamp().since(t0)
             fds.sample()
             sample = _open_sample(count, wall, cpu, rss_before, fds)
             stats = store.statistics()
@@ -501,9 +495,9 @@ async def _open_raw(url: str, count: int) -> Sample:
                     db.close()
                 fds.tick()
 
-        t0 = _Clock()
+        t0 = Stamp()
         await asyncio.gather(*(_in_thread(pool, opener) for _ in range(THREADS)))
-        wall, cpu = _Clock().since(t0)
+        wall, cpu = Stamp().since(t0)
         fds.sample()
         return _open_sample(count, wall, cpu, rss_before, fds)
 
@@ -573,4 +567,5 @@ def persist_benches() -> list[Bench]:
               10_000, 500,
               {"max_open": MAX_OPEN, "openers": OPENERS, "threads": THREADS, "unit_of_count": "streams"},
               baseline=raw),
+        persist_steady_bench(_configured),
     ]  # fmt: skip

@@ -2,38 +2,53 @@
 
 Theory of operation
 -------------------
-A payload that does not fit in one NATS message travels as a *transfer*, pulled by its receiver:
+A payload that does not fit in one NATS message (headers included) travels as a *transfer*,
+pulled by its receiver:
 
 1. The sender keeps the payload in :class:`OutgoingTransfers` and publishes a **head**: the first
    chunk, with header ``Conat-Chunked: <id> <total> <chunk_size> <count>`` and, as the NATS reply
-   subject, a *source* subject in the sender's own inbox.
-2. Whoever receives the head (one member of a queue group, or every plain subscriber) reserves
-   ``total`` bytes in its :class:`ReassemblyBudget` (refusing the transfer if the cap would be
-   exceeded) and pulls the remaining chunks in windows: a request to the source with header
-   ``Conat-Pull: <id> <first> <count>``, answered by one message per chunk carrying
-   ``Conat-Chunk: <id> <index>``.
+   subject, a *source* subject in the sender's own inbox. If nobody receives the head, nats-server
+   answers the source with a 503 status and the sender drops the transfer at once.
+2. Whoever receives the head (one member of a queue group, or every plain subscriber) checks it
+   (:meth:`ChunkHead.parse`: chunks of at least :data:`MIN_CHUNK_SIZE` bytes, a count that matches
+   the total), charges everything the transfer will hold to its :class:`ReassemblyBudget`
+   (:func:`reassembly_cost`: the payload *and* the per-chunk bookkeeping), refusing it if the cap
+   would be exceeded, and pulls the remaining chunks in windows: a request to the source with
+   header ``Conat-Pull: <id> <first> <count>``, answered by one message per chunk carrying
+   ``Conat-Chunk: <id> <index>``. A 503 answer to a pull means the sender is gone: the transfer
+   ends at once.
 3. :class:`Reassembly` collects chunks in any order, ignores duplicates, and yields the payload.
+4. The receiver then sends ``Conat-Pull: <id> <count> 0`` (a pull of nothing: "finished"), also
+   when it gives up. A transfer with a single receiver (a reply) is freed at that signal; one that
+   may have several (a publish, a request) once every receiver that pulled has finished and
+   :data:`LINGER` seconds passed without a pull, so that a slower subscriber of a fan-out can still
+   start. Under memory pressure finished transfers are freed first. One that nobody finishes is
+   dropped ``ttl`` seconds after its last pull.
 
 Why pull rather than push: a queue group hands each NATS message to a different member, so pushed
 chunks would scatter; pulling lets exactly the member that got the head fetch the rest. It also
 gives flow control for free (the receiver never has more than a few windows in flight), and it
 only ever *answers* messages, which is what NATS response permissions allow between principals.
 
-This module does no I/O and reads time only through the injected clock.
+This module does no I/O and keeps no clock: every method that needs the time takes ``now``
+(seconds on the caller's monotonic clock).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Final, Literal, final
 
 from ._errors import PayloadError, PayloadTooLarge
+from ._headers import CHUNK_HEADER, CHUNKED_HEADER, PULL_HEADER
 
 __all__ = [
     "CHUNKED_HEADER",
     "CHUNK_HEADER",
+    "LINGER",
+    "MAX_PULL_BYTES",
+    "MIN_CHUNK_SIZE",
     "PULL_HEADER",
     "ChunkHead",
     "ChunkRef",
@@ -42,14 +57,24 @@ __all__ = [
     "PullRequest",
     "Reassembly",
     "ReassemblyBudget",
+    "Receivers",
     "chunk_count",
+    "reassembly_cost",
 ]
 
-CHUNKED_HEADER: Final = "Conat-Chunked"
-PULL_HEADER: Final = "Conat-Pull"
-CHUNK_HEADER: Final = "Conat-Chunk"
+Receivers = Literal["one", "many"]
 
-Clock = Callable[[], float]
+MIN_CHUNK_SIZE: Final = 1024
+"""The smallest chunk a receiver accepts: tiny chunks would make bookkeeping outweigh the data."""
+MAX_PULL_BYTES: Final = 16 * 1024 * 1024
+"""A sender answers one pull with at most this many bytes of chunks (receivers ask for 8 MiB)."""
+LINGER: Final = 3.0
+"""Seconds a finished transfer with possibly several receivers waits for late ones before it goes."""
+CHUNK_COST: Final = 96
+"""Bytes of bookkeeping charged per chunk on top of its data (a list slot and a bytes object)."""
+TRANSFER_COST: Final = 1024
+"""Bytes charged per transfer for its fixed state."""
+_MAX_ID: Final = 64
 
 
 def chunk_count(total_size: int, chunk_size: int) -> int:
@@ -61,14 +86,14 @@ def chunk_count(total_size: int, chunk_size: int) -> int:
 
 def _ints(value: str, n: int, header: str) -> tuple[str, list[int]]:
     parts = value.split()
-    if len(parts) != n + 1:
-        raise PayloadError("decode", "chunked", f"malformed {header} header {value!r}")
+    if len(parts) != n + 1 or len(parts[0]) > _MAX_ID:
+        raise PayloadError("decode", "chunked", f"malformed {header} header {value[:200]!r}")
     try:
         numbers = [int(p) for p in parts[1:]]
     except ValueError:
-        raise PayloadError("decode", "chunked", f"malformed {header} header {value!r}") from None
+        raise PayloadError("decode", "chunked", f"malformed {header} header {value[:200]!r}") from None
     if any(x < 0 for x in numbers):
-        raise PayloadError("decode", "chunked", f"negative number in {header} header {value!r}")
+        raise PayloadError("decode", "chunked", f"negative number in {header} header {value[:200]!r}")
     return parts[0], numbers
 
 
@@ -87,8 +112,18 @@ class ChunkHead:
 
     @classmethod
     def parse(cls, value: str) -> ChunkHead:
+        """Parse and check a head: the receiver trusts nothing a sender declares.
+
+        Raises:
+            PayloadError: (400) malformed, chunks under :data:`MIN_CHUNK_SIZE`, or a count that
+                does not match ``total / chunk_size``.
+        """
         tid, (total, size, count) = _ints(value, 3, CHUNKED_HEADER)
-        if size <= 0 or count != chunk_count(total, size):
+        if size < MIN_CHUNK_SIZE:
+            raise PayloadError(
+                "decode", "chunked", f"chunk size {size} in {CHUNKED_HEADER} is under {MIN_CHUNK_SIZE} bytes"
+            )
+        if count != chunk_count(total, size):
             raise PayloadError("decode", "chunked", f"inconsistent {CHUNKED_HEADER} header {value!r}")
         return cls(tid, total, size, count)
 
@@ -97,10 +132,15 @@ class ChunkHead:
         return start, min(start + self.chunk_size, self.total_size)
 
 
+def reassembly_cost(head: ChunkHead) -> int:
+    """Every byte receiving ``head``'s transfer holds at once: payload, per-chunk and fixed state."""
+    return head.total_size + head.count * CHUNK_COST + TRANSFER_COST
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class PullRequest:
-    """A receiver's request for chunks ``first .. first+count-1`` of a transfer."""
+    """A receiver's request for chunks ``first .. first+count-1``; ``count == 0`` means finished."""
 
     transfer_id: str
     first: int
@@ -108,6 +148,10 @@ class PullRequest:
 
     def header(self) -> str:
         return f"{self.transfer_id} {self.first} {self.count}"
+
+    @property
+    def finished(self) -> bool:
+        return self.count == 0
 
     @classmethod
     def parse(cls, value: str) -> PullRequest:
@@ -139,6 +183,7 @@ class OutgoingTransfersStatistics:
     bytes_held: int
     max_bytes: int
     started: int
+    completed: int
     expired: int
 
 
@@ -146,51 +191,89 @@ class OutgoingTransfersStatistics:
 class _Outgoing:
     head: ChunkHead
     payload: memoryview
-    expires: float
+    receivers: Receivers
+    last_activity: float
+    pullers: dict[str, bool] = field(default_factory=dict)
+    """Each receiver (by the reply subject of its pulls): whether it has finished."""
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.pullers) and all(self.pullers.values())
 
 
 @final
 class OutgoingTransfers:
-    """Payloads a sender holds until their receivers have pulled them (or they expire).
+    """Payloads a sender holds until their receivers have pulled them (module docstring, step 4).
 
-    A transfer lives ``ttl`` seconds after its last pull: a fan-out to several subscribers can
-    pull the same payload more than once, and the sender cannot know how many will. Memory held
-    is capped by ``max_bytes``; :meth:`add` refuses with :class:`PayloadTooLarge` beyond it.
+    Memory held is capped by ``max_bytes``: :meth:`add` first frees finished transfers that are
+    still lingering, then refuses with :class:`PayloadTooLarge`. ``on_release(transfer_id)`` is
+    called for every transfer that goes, however it goes.
     """
 
-    def __init__(self, *, max_bytes: int, ttl: float, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        ttl: float,
+        linger: float = LINGER,
+        on_release: Callable[[str], object] | None = None,
+    ) -> None:
         self._max_bytes = max_bytes
         self._ttl = ttl
-        self._clock = clock
+        self._linger = linger
+        self._on_release = on_release
         self._transfers: dict[str, _Outgoing] = {}
         self._bytes = 0
         self._started = 0
+        self._completed = 0
         self._expired = 0
 
-    def add(self, transfer_id: str, payload: bytes, chunk_size: int) -> ChunkHead:
-        self.expire()
+    def add(
+        self, transfer_id: str, payload: bytes, chunk_size: int, receivers: Receivers = "many", *, now: float
+    ) -> ChunkHead:
+        """Hold ``payload`` for pulls; ``receivers="one"`` frees it when its receiver finishes."""
+        self.expire(now)
         size = len(payload)
+        if self._bytes + size > self._max_bytes:
+            self._evict_complete(self._bytes + size - self._max_bytes)
         if self._bytes + size > self._max_bytes:
             raise PayloadTooLarge(size, self._max_bytes - self._bytes, "outgoing chunked payload")
         head = ChunkHead(transfer_id, size, chunk_size, chunk_count(size, chunk_size))
-        self._transfers[transfer_id] = _Outgoing(head, memoryview(payload), self._clock() + self._ttl)
+        self._transfers[transfer_id] = _Outgoing(head, memoryview(payload), receivers, now)
         self._bytes += size
         self._started += 1
         return head
 
-    def chunks(self, pull: PullRequest) -> list[tuple[int, memoryview]] | None:
-        """The requested chunks (clipped to the transfer), or ``None`` if it is unknown or expired."""
+    def chunks(self, pull: PullRequest, puller: str, *, now: float) -> list[tuple[int, memoryview]] | None:
+        """The chunks ``puller`` asked for (clipped to the transfer and to :data:`MAX_PULL_BYTES`),
+        or ``None`` if the transfer is unknown or expired. A finishing pull returns ``[]``."""
         out = self._transfers.get(pull.transfer_id)
-        if out is None or out.expires < self._clock():
+        if out is None or out.last_activity + self._ttl < now:
             return None
-        out.expires = self._clock() + self._ttl
+        out.last_activity = now
+        if pull.finished:
+            self._finish(out, puller)
+            return []
+        out.pullers.setdefault(puller, False)
         head = out.head
-        last = min(pull.first + pull.count, head.count)
+        limit = max(1, MAX_PULL_BYTES // head.chunk_size)
+        last = min(pull.first + min(pull.count, limit), head.count)
         result = []
         for index in range(pull.first, last):
             start, end = head.bounds(index)
             result.append((index, out.payload[start:end]))
         return result
+
+    def _finish(self, out: _Outgoing, puller: str) -> None:
+        out.pullers[puller] = True
+        if out.receivers == "one":
+            self._release(out.head.transfer_id, completed=True)
+
+    def no_interest(self, transfer_id: str) -> None:
+        """The head reached nobody (nats-server answered its source with 503): free it now."""
+        out = self._transfers.get(transfer_id)
+        if out is not None and not out.pullers:
+            self._release(transfer_id)
 
     def first_chunk(self, transfer_id: str) -> memoryview:
         out = self._transfers[transfer_id]
@@ -198,24 +281,54 @@ class OutgoingTransfers:
         return out.payload[start:end]
 
     def discard(self, transfer_id: str) -> None:
-        out = self._transfers.pop(transfer_id, None)
-        if out is not None:
-            self._bytes -= out.head.total_size
+        self._release(transfer_id)
 
-    def expire(self) -> int:
-        now = self._clock()
-        dead = [tid for tid, out in self._transfers.items() if out.expires < now]
+    def _release(self, transfer_id: str, *, completed: bool = False) -> None:
+        out = self._transfers.pop(transfer_id, None)
+        if out is None:
+            return
+        self._bytes -= out.head.total_size
+        self._completed += completed
+        if self._on_release is not None:
+            self._on_release(transfer_id)
+
+    def _evict_complete(self, needed: int) -> None:
+        for tid, out in list(self._transfers.items()):  # oldest first
+            if needed <= 0:
+                return
+            if out.complete:
+                needed -= out.head.total_size
+                self._release(tid, completed=True)
+
+    def expire(self, now: float) -> int:
+        """Free finished transfers whose linger is over and any idle for ``ttl`` at ``now``; returns
+        how many."""
+        done = [t for t, o in self._transfers.items() if o.complete and o.last_activity + self._linger <= now]
+        for tid in done:
+            self._release(tid, completed=True)
+        dead = [t for t, o in self._transfers.items() if o.last_activity + self._ttl < now]
         for tid in dead:
-            self.discard(tid)
+            self._release(tid)
         self._expired += len(dead)
-        return len(dead)
+        return len(done) + len(dead)
+
+    def next_expiry(self) -> float | None:
+        """When :meth:`expire` next has something to free (clock time), ``None`` if nothing is held."""
+        soonest: float | None = None
+        for out in self._transfers.values():
+            at = out.last_activity + (self._linger if out.complete else self._ttl)
+            soonest = at if soonest is None or at < soonest else soonest
+        return soonest
+
+    def __contains__(self, transfer_id: object) -> bool:
+        return transfer_id in self._transfers
 
     def __len__(self) -> int:
         return len(self._transfers)
 
     def statistics(self) -> OutgoingTransfersStatistics:
         return OutgoingTransfersStatistics(
-            len(self._transfers), self._bytes, self._max_bytes, self._started, self._expired
+            len(self._transfers), self._bytes, self._max_bytes, self._started, self._completed, self._expired
         )
 
 
@@ -239,19 +352,25 @@ class ReassemblyBudget:
 @final
 @dataclass(slots=True)
 class Reassembly:
-    """Collects one transfer's chunks in any order; duplicates are ignored, sizes are checked."""
+    """Collects one transfer's chunks in any order; duplicates are ignored, sizes are checked.
+
+    Chunks are kept as they arrived (no buffer of the declared size is allocated up front), so
+    what a transfer holds is what its sender actually sent; :meth:`payload` joins them once.
+    """
 
     head: ChunkHead
-    _buffer: bytearray = field(init=False)
-    _have: bytearray = field(init=False)
+    _parts: list[bytes | None] = field(init=False)
     received: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self._buffer = bytearray(self.head.total_size)
-        self._have = bytearray(self.head.count)
+        self._parts = [None] * self.head.count
 
     def add(self, index: int, data: bytes | memoryview) -> bool:
-        """Store chunk ``index``; return True once every chunk is here."""
+        """Store chunk ``index``; return True once every chunk is here.
+
+        Raises:
+            PayloadError: the index is out of range or the chunk has the wrong size.
+        """
         head = self.head
         if not 0 <= index < head.count:
             raise PayloadError("decode", "chunked", f"chunk index {index} outside 0..{head.count - 1}")
@@ -260,11 +379,13 @@ class Reassembly:
             raise PayloadError(
                 "decode", "chunked", f"chunk {index} has {len(data)} bytes, expected {end - start}"
             )
-        if not self._have[index]:
-            self._buffer[start:end] = data
-            self._have[index] = 1
+        if self._parts[index] is None:
+            self._parts[index] = bytes(data)
             self.received += 1
         return self.complete
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self.head.count and self._parts[index] is not None
 
     @property
     def complete(self) -> bool:
@@ -273,7 +394,7 @@ class Reassembly:
     def missing(self, first: int = 0, limit: int | None = None) -> list[int]:
         out = []
         for index in range(first, self.head.count):
-            if not self._have[index]:
+            if self._parts[index] is None:
                 out.append(index)
                 if limit is not None and len(out) >= limit:
                     break
@@ -282,4 +403,4 @@ class Reassembly:
     def payload(self) -> bytes:
         if not self.complete:
             raise PayloadError("decode", "chunked", "transfer is incomplete")
-        return bytes(self._buffer)
+        return b"".join(p for p in self._parts if p is not None)

@@ -7,14 +7,23 @@ transport; the handler turns the raw message into a :class:`Message` (or, for th
 chunked transfer, a future for one) and puts it in the subscription's bounded buffer.
 
 Replies come back through one wildcard *inbox* subscription, ``<inbox_prefix>.<nuid>.*``. Each
-request (and each chunk transfer being pulled) owns one token under it; a dict maps tokens to
-routes. Pull requests for payloads this client is sending arrive in the same inbox and are
-answered from the outgoing-transfer store.
+request (:mod:`conat._request`), each chunk transfer being pulled and each socket owns one token
+under it; a dict maps tokens to routes. Pull requests for payloads this client is sending arrive in
+the same inbox and are answered from the outgoing-transfer store.
+
+Size: a message's NATS headers count against the server's ``max_payload`` as much as its payload.
+Whatever does not fit in one message is chunked (:mod:`conat._transfer`); headers that leave no
+room for a chunk raise :class:`PayloadTooLarge` before anything is sent, and the transport refuses
+anything over the limit, so no message can make the server close the connection.
+
+Ordering: while any chunked message of this client is in flight, every message it sends carries
+``Conat-Sender``, so receivers keep those behind it (and nobody else's: :mod:`conat._queue`).
 
 Lifecycle: ``connecting → connected ⇄ reconnecting → closed``. Reconnects are automatic and
-unbounded; subscriptions are re-armed by the transport. :meth:`Client.aclose` fails pending
-requests with :class:`ClosedError`, ends every subscription, cancels conat's own tasks, and
-closes the connection, so nothing is left running.
+unbounded; subscriptions are re-armed by the transport. When the link drops, requests in flight
+fail at once with :class:`Disconnected` (503, a :class:`Timeout`): their replies cannot arrive.
+:meth:`Client.aclose` fails pending requests with :class:`ClosedError`, ends every subscription,
+cancels conat's own tasks, and closes the connection, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -23,41 +32,20 @@ import asyncio
 import enum
 import logging
 import warnings
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
-import msgspec
-
 from subjects import Permissions, validate_pattern, validate_subject
 
-from ._chunking import CHUNKED_HEADER, PULL_HEADER
-from ._codecs import MSGPACK, get_codec
+from ._core import ClientCore
 from ._credentials import CredentialSession
-from ._errors import (
-    ClosedError,
-    ConatError,
-    Forbidden,
-    NoResponders,
-    PayloadTooLarge,
-    RemoteError,
-    Timeout,
-    Unauthorized,
-)
-from ._message import (
-    ENCODING_HEADER,
-    ERROR_DATA_HEADER,
-    ERROR_HEADER,
-    REPLY_HEADER,
-    STATUS_HEADER,
-    Message,
-    parse_error_code,
-)
+from ._errors import ConatError, Forbidden, Unauthorized
+from ._message import Message
+from ._request import request, request_many
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
 from ._subscription import DEFAULT_MAX_BUFFER, Subscription
-from ._transfer import TransferEngine
-from ._transport import PermissionViolation, Transport, TransportEvents
+from ._transport import PermissionViolation, TransportEvents
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -69,14 +57,8 @@ __all__ = ["Client", "ClientState", "ClientStatistics"]
 log = logging.getLogger("conat.client")
 
 T = TypeVar("T")
-Route = Callable[[str, str, bytes, dict[str, str] | None], None]
-Item = Message | asyncio.Future[Message]
 
 DEFAULT_TIMEOUT: Final = 10.0
-_SUBJECT_CACHE_MAX: Final = 4096
-_ENCODING_HEADERS: Final = {name: {ENCODING_HEADER: name} for name in ("json", "raw")}
-"""Shared, never mutated: a message in the default encoding (msgpack) carries no header at all."""
-_HEADER_OVERHEAD: Final = 1024
 _MIB: Final = 1024 * 1024
 
 
@@ -109,52 +91,52 @@ class _Events(TransportEvents):
         self._client = client
 
     def on_disconnected(self) -> None:
-        if not self._client._closing:
-            self._client._set_state(ClientState.RECONNECTING)
+        client = self._client
+        if not client._core.closing:
+            client._set_state(ClientState.RECONNECTING)
+            client._core.fail_in_flight()
 
     def on_reconnected(self) -> None:
-        if self._client._credentials is not None:
-            self._client._credentials.reconnected()
-        self._client._set_state(ClientState.CONNECTED)
+        client = self._client
+        core = client._core
+        if client._credentials is not None:
+            client._credentials.reconnected()
+        core.max_payload = core.transport.max_payload  # another server may have another limit
+        client._set_state(ClientState.CONNECTED)
 
     def on_closed(self) -> None:
         client = self._client
-        if not client._closing and client.close_reason is None and client._credentials is not None:
+        if not client._core.closing and client.close_reason is None and client._credentials is not None:
             # nats-py closed for good by itself: say why when it is about the credentials
-            client.close_reason = client._credentials.closed_by_server(client._transport.auth_expired)
+            client.close_reason = client._credentials.closed_by_server(client._core.transport.auth_expired)
         client._set_state(ClientState.CLOSED)
 
     def on_permission_violation(self, violation: PermissionViolation) -> None:
-        self._client._on_violation(violation)
+        """Safety net: fail whatever the server's asynchronous refusal belongs to (the local check
+        against :attr:`Client.permissions` is the primary mechanism: it raises before sending)."""
+        client = self._client
+        client._violations += 1
+        client._core.fail_refused(violation.operation, violation.subject_lower)
 
     def on_error(self, error: BaseException) -> None:
         log.debug("transport error: %s", error)
 
     def on_auth_refused(self) -> None:
-        self._client._on_auth_refused()
-
-
-class _ReplyStream:
-    """Replies to one ``request_many``, in arrival order, with a bound on what is held."""
-
-    def __init__(self, limit: int) -> None:
-        self.items: deque[Item] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.limit = limit
-        self.overflowed = False
-
-    def put(self, item: Item) -> None:
-        if len(self.items) >= self.limit:
-            self.overflowed = True
-        else:
-            self.items.append(item)
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        client = self._client
+        session = client._credentials
+        error = session.refused() if session is not None else Unauthorized("the bus", "credentials refused")
+        if error is not None and not client._core.closing:
+            log.error("closing: %s", error)
+            client.close_reason = error
+            client._core.spawn_detached(client.aclose())
 
 
 class Client:
-    """A connection to the conat bus. Create with :func:`connect`; close with :meth:`aclose`."""
+    """A connection to the conat bus. Create with :func:`connect`; close with :meth:`aclose`.
+
+    Its machinery is ``_core`` (:class:`~conat._core.ClientCore`): the one internal interface
+    conat's own modules use.
+    """
 
     def __init__(
         self,
@@ -169,63 +151,43 @@ class Client:
         validate_subject(inbox_prefix)
         self.name = name
         self.permissions = permissions
-        self._inbox_prefix = inbox_prefix
-        self._transport = Transport(_Events(self))
-        self._state = ClientState.CONNECTING
-        self._closing = False
-        self._state_listeners: list[Callable[[ClientState], object]] = []
-        self._state_queues: list[asyncio.Queue[ClientState]] = []
-        self._subs: dict[int, Subscription] = {}
-        self._routes: dict[str, Route] = {}
-        self._route_subjects: dict[str, str] = {}
-        self._next_token = 0
-        self._inbox = ""
-        self._inbox_sid = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._violations = 0
-        self._transfers = TransferEngine(
+        self._core = ClientCore(
             self,
+            _Events(self),
+            inbox_prefix=inbox_prefix,
             max_reassembly_bytes=max_reassembly_bytes,
             max_outgoing_bytes=max_outgoing_bytes,
-            timeout=transfer_timeout,
+            transfer_timeout=transfer_timeout,
         )
-        self._max_inline = 1 * _MIB - _HEADER_OVERHEAD
-        self._valid_subjects: set[str] = set()
+        self._state = ClientState.CONNECTING
+        self._state_listeners: list[Callable[[ClientState], object]] = []
+        self._state_queues: list[asyncio.Queue[ClientState]] = []
+        self._violations = 0
         self._credentials: CredentialSession | None = None
         self.close_reason: ConatError | None = None
         """Why the client closed by itself (e.g. :class:`Unauthorized`), None otherwise."""
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def _connect(self, urls: list[str], **options: Any) -> None:
-        await self._transport.connect(urls, name=self.name, inbox_prefix=self._inbox_prefix, **options)
-        self._max_inline = self._transport.max_payload - _HEADER_OVERHEAD
-        self._inbox = f"{self._inbox_prefix}.{self._transport.new_token()}."
-        self._inbox_sid = await self._transport.subscribe(self._inbox + "*", None, self._on_inbox)
+    async def _connect(self, urls: list[str], credentials: CredentialSession | None, **options: Any) -> None:
+        """Connect (see :func:`conat.connect`); on failure the client is closed, and raises."""
+        try:
+            await self._core.open(urls, self.name, **options)
+        except BaseException:
+            self._core.closing = True
+            self._state = ClientState.CLOSED
+            raise
+        self._credentials = credentials
         self._set_state(ClientState.CONNECTED)
 
     async def aclose(self) -> None:
         """Close: pending requests fail with ClosedError, subscriptions end, tasks stop. Idempotent."""
-        if self._closing:
+        core = self._core
+        if core.closing:
             return
-        self._closing = True
+        core.closing = True
         if self._credentials is not None:
             await self._credentials.aclose()
-        closed = ClosedError("client")
-        for route in list(self._routes.values()):
-            fail = getattr(route, "fail", None)
-            if fail is not None:
-                fail(closed)
-        self._routes.clear()
-        for sub in list(self._subs.values()):
-            sub._close_buffer()
-        me = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not me]
-        tasks += [s._task for s in self._subs.values() if s._task is not None and s._task is not me]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._subs.clear()
-        await self._transport.close()
+        await core.close()
         self._set_state(ClientState.CLOSED)
         for q in self._state_queues:
             q.put_nowait(ClientState.CLOSED)
@@ -237,8 +199,9 @@ class Client:
         await self.aclose()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
+        core = getattr(self, "_core", None)
         if getattr(self, "_state", ClientState.CLOSED) is not ClientState.CLOSED and not getattr(
-            self, "_closing", True
+            core, "closing", True
         ):
             _warn(f"unclosed conat client {self.name or ''!s}", ResourceWarning, source=self, stacklevel=2)
 
@@ -253,12 +216,17 @@ class Client:
 
     @property
     def max_payload(self) -> int:
-        """The server's per-message limit; larger payloads are chunked transparently."""
-        return self._transport.max_payload
+        """The server's per-message limit, headers included; larger messages are chunked transparently."""
+        return self._core.max_payload
 
     @property
     def connected_url(self) -> str | None:
-        return self._transport.connected_url
+        return self._core.transport.connected_url
+
+    @property
+    def principal(self) -> str | None:
+        """Who the bus knows this client as (from its credentials), None without credentials."""
+        return self._credentials.principal if self._credentials is not None else None
 
     def on_state_change(self, callback: Callable[[ClientState], object]) -> Callable[[], None]:
         """Call ``callback(state)`` on every change (sync, or async: then it is scheduled).
@@ -294,51 +262,29 @@ class Client:
             try:
                 result = cb(state)
                 if asyncio.iscoroutine(result):
-                    self._spawn(_guard(result, "state callback"))
+                    self._core.spawn(_guard(result, "state callback"))
             except Exception:
                 log.exception("state callback %r failed", cb)
 
     def statistics(self) -> ClientStatistics:
-        stats = self._transport.stats
+        core = self._core
+        stats = core.transport.stats
         return ClientStatistics(
             state=self._state.value,
             url=self.connected_url,
-            subscriptions=len(self._subs),
-            pending_requests=len(self._routes),
+            subscriptions=len(core.subscriptions),
+            pending_requests=len(core.routes),
             in_msgs=stats.get("in_msgs", 0),
             out_msgs=stats.get("out_msgs", 0),
             in_bytes=stats.get("in_bytes", 0),
             out_bytes=stats.get("out_bytes", 0),
             reconnects=stats.get("reconnects", 0),
             permission_violations=self._violations,
-            outgoing_transfers=len(self._transfers.outgoing),
-            reassembly_bytes=self._transfers.budget.reserved,
+            outgoing_transfers=len(core.transfers.outgoing),
+            reassembly_bytes=core.transfers.budget.reserved,
         )
 
     # -- publish ---------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closing:
-            raise ClosedError("client")
-
-    def _check_subject(self, subject: str) -> None:
-        """Validate a publish subject, remembering the valid ones (a bounded cache)."""
-        if subject in self._valid_subjects:
-            return
-        validate_subject(subject)
-        if len(self._valid_subjects) >= _SUBJECT_CACHE_MAX:
-            self._valid_subjects.clear()
-        self._valid_subjects.add(subject)
-
-    def _encode(
-        self, data: Any, headers: dict[str, str] | None, encoding: str | None
-    ) -> tuple[bytes, dict[str, str] | None]:
-        if encoding is None or encoding == "msgpack":
-            return MSGPACK.encode(data), headers
-        codec = get_codec(encoding)
-        if not headers:
-            return codec.encode(data), _ENCODING_HEADERS[codec.name]
-        return codec.encode(data), {**headers, ENCODING_HEADER: codec.name}
-
     async def publish(
         self,
         subject: str,
@@ -350,70 +296,20 @@ class Client:
     ) -> None:
         """Publish ``data`` (encoded with ``encoding``, msgpack by default) to ``subject``.
 
-        Payloads over the server's max_payload are chunked. Raises :class:`InvalidSubject`,
-        :class:`PayloadError` (unencodable), :class:`Forbidden` (outside this client's grant),
+        Payloads that do not fit the server's max_payload together with their headers are chunked.
+        Raises :class:`InvalidSubject`, :class:`PayloadError` (unencodable, or a header name
+        reserved for the wire protocol: ``Conat-*``, ``Status``...), :class:`PayloadTooLarge`
+        (headers that leave no room for a chunk), :class:`Forbidden` (outside this client's grant),
         :class:`ClosedError`.
         """
-        payload, headers = self._prepare(subject, data, headers, encoding)
-        await self._send(subject, payload, reply or "", headers)
-
-    def _prepare(
-        self, subject: str, data: Any, headers: dict[str, str] | None, encoding: str | None
-    ) -> tuple[bytes, dict[str, str] | None]:
-        """Everything a publish checks before it sends: open, subject, grant, encoding."""
-        self._check_open()
-        self._check_subject(subject)
-        if self.permissions is not None and not self.permissions.can_publish(subject):
-            raise Forbidden(subject, "publish")
-        return self._encode(data, headers, encoding)
-
-    async def _reply(
-        self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
-    ) -> None:
-        """Answer a request. The reply subject came from the server, and answering is governed by
-        NATS response permissions, not by this client's publish grant: so no checks here."""
-        self._check_open()
-        payload, headers = self._encode(data, headers, encoding)
-        await self._send(reply, payload, "", headers)
-
-    async def _send(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
-    ) -> str | None:
-        """Send one message, chunked if it is too large; returns the chunk transfer's id, if any."""
-        if len(payload) <= self._max_inline:
-            await self._transport.publish(subject, payload, reply, headers)
-            return None
-        return await self._send_chunked(subject, payload, reply, headers)
-
-    async def _send_chunked(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
-    ) -> str:
-        hdr = dict(headers) if headers else {}
-        header_bytes = sum(len(k) + len(v) + 4 for k, v in hdr.items())
-        chunk_size = self._transport.max_payload - header_bytes - _HEADER_OVERHEAD
-        if chunk_size < 4096:
-            raise PayloadTooLarge(header_bytes, self._transport.max_payload, "message headers")
-        head = self._transfers.add_outgoing(payload, chunk_size)
-        hdr[CHUNKED_HEADER] = head.header()
-        if reply:
-            hdr[REPLY_HEADER] = reply
-        # Pulls come to our inbox; a request's reply token doubles as the pull source.
-        source = reply if reply.startswith(self._inbox) else self._new_inbox_subject()
-        first = self._transfers.outgoing.first_chunk(head.transfer_id)
-        await self._transport.publish(subject, first, source, hdr)
-        return head.transfer_id
-
-    async def _publish_control(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
-        await self._transport.publish(subject, payload, "", headers)
-
-    def _reply_busy(self, reply: str, why: str) -> None:
-        if not self._closing:
-            self._spawn(self._publish_control(reply, {ERROR_HEADER: "429"}, why.encode()))
+        core = self._core
+        payload, headers = core.prepare(subject, data, headers, encoding)
+        await core.send(subject, payload, reply or "", headers)
 
     async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Return when the server has processed everything sent so far (subscriptions included)."""
-        self._check_open()
-        await self._transport.flush(timeout)
+        self._core.check_open()
+        await self._core.transport.flush(timeout)
 
     # -- subscribe -------------------------------------------------------------------------
     @overload
@@ -439,6 +335,7 @@ class Client:
         queue: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         dispatch: Callable[[Message], object],
+        reassemble: bool = True,
     ) -> Subscription: ...
 
     async def subscribe(
@@ -449,6 +346,7 @@ class Client:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         callback: Callable[[Message], Awaitable[object]] | None = None,
         dispatch: Callable[[Message], object] | None = None,
+        reassemble: bool = True,
     ) -> Subscription:
         """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
 
@@ -461,124 +359,32 @@ class Client:
         ``dispatch`` is the low-level form for routers (the actor runtime, sockets): it is called
         synchronously from the connection's read loop with each message, in arrival order, and must
         return at once without raising; nothing is buffered except behind a chunked message that is
-        still arriving.
+        still arriving. ``reassemble=False`` hands a chunked message over as it arrived (its first
+        chunk, headers included) instead of pulling the rest: for routers whose own protocol never
+        chunks (sockets), so that no publisher can make them pull, or hold their messages back.
+
+        Atomic with respect to cancellation: cancelled, it leaves no subscription behind (on the
+        server either).
         """
         if callback is not None and dispatch is not None:
             raise TypeError("subscribe() takes callback or dispatch, not both")
-        self._check_open()
+        core = self._core
+        core.check_open()
         validate_pattern(pattern)
         if queue is not None:
             validate_subject(queue)
         if self.permissions is not None and not self.permissions.can_subscribe(pattern):
             raise Forbidden(pattern, "subscription")
         sub = Subscription(self, pattern, queue, max_buffer, dispatch)
-        sub.sid = await self._transport.subscribe(pattern, queue, self._subscription_route(sub))
-        self._subs[sub.sid] = sub
-        await self._transport.flush()
+        await core.subscribe(sub, reassemble)
         if sub._error is not None:
-            await self._unsubscribe(sub)
+            await core.unsubscribe(sub)
             raise sub._error
         if callback is not None:
             sub._start_callback(callback)
         return sub
 
-    def _subscription_route(self, sub: Subscription) -> Route:
-        def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-            sub._put(self._item(subject, reply, data, headers), reply)
-
-        return route
-
-    async def _unsubscribe(self, sub: Subscription) -> None:
-        sid, sub.sid = sub.sid, 0
-        if sid and self._subs.pop(sid, None) is not None and not self._closing:
-            await self._transport.unsubscribe(sid)
-
-    async def _drain(self, sub: Subscription, timeout: float) -> None:
-        sid = sub.sid
-        if sid and sid in self._subs and not self._closing:
-            try:
-                await self._transport.drain(sid, timeout)
-            finally:
-                self._subs.pop(sid, None)
-                sub.sid = 0
-        else:
-            await self._unsubscribe(sub)
-
-    def _item(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> Item:
-        if headers is not None and CHUNKED_HEADER in headers:
-            return self._transfers.start_incoming(subject, reply, data, headers)
-        return Message(subject, reply, data, headers, self)
-
-    # -- inbox and routes ------------------------------------------------------------------
-    def _new_inbox_subject(self) -> str:
-        self._next_token += 1
-        return f"{self._inbox}{self._next_token:x}"
-
-    def _open_route(self, route: Route) -> tuple[str, str]:
-        subject = self._new_inbox_subject()
-        token = subject[len(self._inbox) :]
-        self._routes[token] = route
-        return token, subject
-
-    def _close_route(self, token: str) -> None:
-        self._routes.pop(token, None)
-        self._route_subjects.pop(token, None)
-
-    def _on_inbox(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        if headers is not None and PULL_HEADER in headers:
-            if reply:
-                self._spawn(self._transfers.serve_pull(headers[PULL_HEADER], reply))
-            return
-        route = self._routes.get(subject[len(self._inbox) :])
-        if route is not None:
-            route(subject, reply, data, headers)
-
-    @property
-    def principal(self) -> str | None:
-        """Who the bus knows this client as (from its credentials), None without credentials."""
-        return self._credentials.principal if self._credentials is not None else None
-
-    def _on_auth_refused(self) -> None:
-        session = self._credentials
-        error = session.refused() if session is not None else Unauthorized("the bus", "credentials refused")
-        if error is not None and not self._closing:
-            log.error("closing: %s", error)
-            self.close_reason = error
-            self._spawn_detached(self.aclose())
-
-    def _spawn_detached(self, coro: Awaitable[object]) -> None:
-        """Run ``coro`` outside the client's task set (it may close the client itself)."""
-        task = asyncio.ensure_future(coro)
-        _DETACHED.add(task)
-        task.add_done_callback(_DETACHED.discard)
-
-    def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
-        task: asyncio.Task[T] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _on_violation(self, violation: PermissionViolation) -> None:
-        """Safety net: fail whatever the server's asynchronous refusal belongs to.
-
-        nats-py lowercases the refused subject, so the match is case-insensitive; the local check
-        against :attr:`permissions` is the primary mechanism (it raises before anything is sent).
-        """
-        self._violations += 1
-        subject = violation.subject_lower
-        if violation.operation == "subscription":
-            for sub in list(self._subs.values()):
-                if sub.pattern.lower() == subject:
-                    sub._fail(Forbidden(sub.pattern, "subscription", "refused by the server"))
-            return
-        for token, target in list(self._route_subjects.items()):
-            if target.lower() == subject:
-                route = self._routes.get(token)
-                fail = getattr(route, "fail", None)
-                if fail is not None:
-                    fail(Forbidden(target, "publish", "refused by the server"))
-
-    # -- request / reply -------------------------------------------------------------------
+    # -- request / reply (conat._request) -------------------------------------------------
     async def request(
         self,
         subject: str,
@@ -595,71 +401,17 @@ class Client:
             NoResponders: nobody subscribes to ``subject`` (at once; with ``wait_for_interest``
                 the request is retried with backoff until the deadline instead).
             Timeout: no reply within ``timeout`` seconds.
-            RemoteError: the handler failed; ``code`` is the handler's.
+            Disconnected: (503, a :class:`Timeout`) the connection dropped before the reply came;
+                the request may or may not have been handled. Retry after the reconnect.
+            RemoteError: the handler failed (a conat error reply, or a NATS micro one from another
+                service); ``code`` is the handler's.
             Forbidden: this client may not publish to ``subject``.
+            PayloadError: ``data`` cannot be encoded, or a header name is reserved (400).
         """
-        payload, headers = self._prepare(subject, data, headers, encoding)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + timeout
-        delay = 0.005
-        while True:
-            try:
-                return await self._request_once(subject, payload, headers, deadline, started)
-            except NoResponders:
-                remaining = deadline - loop.time()
-                if not wait_for_interest or remaining <= 0:
-                    raise
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.25)
-                if loop.time() >= deadline:
-                    raise Timeout(subject, loop.time() - started) from None
+        payload, headers = self._core.prepare(subject, data, headers, encoding)
+        return await request(self, subject, payload, headers, timeout, wait_for_interest)
 
-    async def _request_once(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, deadline: float, started: float
-    ) -> Message:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Item] = loop.create_future()
-
-        def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
-            if not future.done():
-                future.set_result(self._item(rsubject, reply, data, hdr))
-
-        def fail(e: BaseException) -> None:
-            if not future.done():
-                future.set_exception(e)
-
-        route.fail = fail  # type: ignore[attr-defined]
-        token, transfer_id = await self._send_request(subject, payload, headers, route)
-        try:
-            item = await _wait_until(future, deadline)
-            msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-        except _Expired:
-            raise Timeout(subject, loop.time() - started) from None
-        finally:
-            self._finish_request(token, transfer_id)
-            if not future.done():
-                future.cancel()
-        return _check_reply(msg, subject)
-
-    async def _send_request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
-    ) -> tuple[str, str | None]:
-        """Open a reply route and send; returns the route's token and the chunk transfer's id."""
-        token, inbox = self._open_route(route)
-        self._route_subjects[token] = subject
-        try:
-            return token, await self._send(subject, payload, inbox, headers)
-        except BaseException:
-            self._close_route(token)
-            raise
-
-    def _finish_request(self, token: str, transfer_id: str | None) -> None:
-        self._close_route(token)
-        if transfer_id is not None:
-            self._transfers.outgoing.discard(transfer_id)
-
-    async def request_many(
+    def request_many(
         self,
         subject: str,
         data: Any = None,
@@ -670,64 +422,20 @@ class Client:
         headers: dict[str, str] | None = None,
         encoding: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
-    ) -> AsyncIterator[Message]:
-        """Send a request and yield every reply until the stream ends.
+    ) -> AsyncGenerator[Message, None]:
+        """Send a request and yield every reply until the stream ends (an async generator).
 
         It ends on the responder's end marker (:meth:`Message.end`), after ``max_messages``
         replies, after ``idle_timeout`` seconds without a reply, or at the overall ``timeout``.
-        If no reply at all arrives it raises :class:`Timeout`; a 503 raises
-        :class:`NoResponders` and an error reply raises :class:`RemoteError`.
+        Replies are ordered per responder (a chunked one still arriving holds back no other
+        responder's). If no reply at all arrives it raises :class:`Timeout`; a 503 raises
+        :class:`NoResponders`, an error reply :class:`RemoteError`, a dropped link
+        :class:`Disconnected`.
         """
-        payload, headers = self._prepare(subject, data, headers, encoding)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + timeout
-        stream = _ReplyStream(max_buffer)
-        failure: list[BaseException] = []
-
-        def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
-            stream.put(self._item(rsubject, reply, rdata, hdr))
-
-        def fail(e: BaseException) -> None:
-            failure.append(e)
-            stream.put(Message("", "", b"", None))
-
-        route.fail = fail  # type: ignore[attr-defined]
-        token, transfer_id = await self._send_request(subject, payload, headers, route)
-        received = 0
-        try:
-            while max_messages is None or received < max_messages:
-                if not stream.items:
-                    if stream.overflowed:
-                        raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
-                    now = loop.time()
-                    wait_until = deadline if idle_timeout is None else min(deadline, now + idle_timeout)
-                    stream.waiter = loop.create_future()
-                    try:
-                        await _wait_until(stream.waiter, wait_until)
-                    except _Expired:
-                        if received == 0:
-                            raise Timeout(subject, loop.time() - started) from None
-                        return
-                    finally:
-                        stream.waiter = None
-                    continue
-                item = stream.items.popleft()
-                if failure:
-                    raise failure[0]
-                try:
-                    msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-                except _Expired:
-                    raise Timeout(subject, loop.time() - started) from None
-                if msg.is_end:
-                    return
-                yield _check_reply(msg, subject)
-                received += 1
-        finally:
-            self._finish_request(token, transfer_id)
-            for item in stream.items:
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
+        return request_many(
+            self, subject, data, headers, encoding, timeout=timeout, idle_timeout=idle_timeout,
+            max_messages=max_messages, max_buffer=max_buffer,
+        )  # fmt: skip
 
     # -- typed services --------------------------------------------------------------------
     def service(
@@ -801,71 +509,22 @@ class Client:
         max_message: int | None = None,
         keepalive: float | None = None,
         peer_timeout: float | None = None,
+        wait_for_interest: bool = False,
     ) -> Socket:
         """Connect a reliable socket to the server listening on ``subject`` (a concrete subject).
 
-        Returns once the connection is open. Raises :class:`Timeout` (408) if no server accepted
-        within ``timeout`` seconds, :class:`NoResponders` (503) if nobody listened meanwhile,
+        Returns once the connection is open. Raises :class:`NoResponders` (503) at once if nobody
+        listens on ``subject`` (with ``wait_for_interest``, the connect is retried until
+        ``timeout`` instead, and raises it only if nobody listened meanwhile),
+        :class:`Timeout` (408) if no server answered within ``timeout`` seconds,
         :class:`SocketReset` if the server refused (its backlog is full), :class:`Forbidden`.
         """
-        from ._socket import connect_socket
+        from ._socket_client import connect_socket
 
         return await connect_socket(
             self, subject, timeout=timeout, clock=clock, window=window, max_message=max_message,
-            keepalive=keepalive, peer_timeout=peer_timeout,
+            keepalive=keepalive, peer_timeout=peer_timeout, wait_for_interest=wait_for_interest,
         )  # fmt: skip
-
-
-_DETACHED: set[asyncio.Task[Any]] = set()
-
-
-class _Expired(Exception):
-    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
-
-
-async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
-    """Await ``future`` until loop time ``deadline``, then raise :class:`_Expired`.
-
-    One timer handle per wait: on the request path this is measurably cheaper than an
-    ``asyncio.timeout`` scope. An expired future stays failed, which also stops a chunk transfer
-    that nobody waits for any more.
-    """
-    timer = asyncio.get_running_loop().call_at(deadline, _expire, future)
-    try:
-        return await future
-    finally:
-        timer.cancel()
-
-
-def _check_reply(msg: Message, subject: str) -> Message:
-    h = msg._headers
-    if h:
-        if h.get(STATUS_HEADER) == "503":
-            raise NoResponders(subject)
-        if ERROR_HEADER in h:
-            raise RemoteError(
-                parse_error_code(h[ERROR_HEADER]),
-                msg.raw.decode(errors="replace"),
-                subject,
-                _error_data(h.get(ERROR_DATA_HEADER)),
-            )
-    return msg
-
-
-def _error_data(text: str | None) -> dict[str, Any] | None:
-    """The fields of an error reply; a malformed header is ignored (the code and text still hold)."""
-    if not text:
-        return None
-    try:
-        data = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 async def _guard(awaitable: Awaitable[object], what: str) -> None:

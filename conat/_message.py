@@ -1,8 +1,9 @@
 """Messages as users see them, and the headers conat uses on the wire.
 
 A :class:`Message` holds the raw payload and decodes it lazily, once, with the codec named by its
-``Conat-Encoding`` header (msgpack when absent). Headers that start with ``Conat-`` are conat's
-own; :attr:`Message.headers` shows only the user's.
+``Conat-Encoding`` header (msgpack when absent). The protocol's headers (``Conat-*``, the server's
+``Status``, the micro error pair: see :mod:`conat._headers`) are reserved; :attr:`Message.headers`
+shows only the user's, and users cannot send reserved ones, so nothing of theirs is hidden.
 """
 
 from __future__ import annotations
@@ -10,39 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-import msgspec
-
 from ._codecs import Codec, get_codec
-from ._errors import ErrorCode
+from ._errors import ErrorCode, PayloadError
+from ._headers import ENCODING_HEADER, END_HEADER, error_headers, is_reserved
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = [
-    "END_HEADER",
-    "ENCODING_HEADER",
-    "ERROR_DATA_HEADER",
-    "ERROR_HEADER",
-    "REPLY_HEADER",
-    "STATUS_HEADER",
-    "Message",
-]
+__all__ = ["Message"]
 
 T = TypeVar("T")
 
-ENCODING_HEADER: Final = "Conat-Encoding"
-ERROR_HEADER: Final = "Conat-Error"
-ERROR_DATA_HEADER: Final = "Conat-Error-Data"
-"""Structured fields of an error reply (a JSON object), beside the code and the text."""
-END_HEADER: Final = "Conat-End"
-REPLY_HEADER: Final = "Conat-Reply"
-STATUS_HEADER: Final = "Status"  # nats-py's key for the server's inline status ("503")
-_PRIVATE_PREFIX: Final = "Conat-"
 _UNSET: Final[Any] = object()
-
-
-def parse_error_code(value: str) -> ErrorCode:
-    return int(value) if value.lstrip("-").isdigit() else value
+_JSON_HINT: Final = (
+    "; it has no Conat-Encoding header, so it was read as msgpack: a JSON body needs the header"
+    " 'Conat-Encoding: json'"
+)
 
 
 @final
@@ -88,12 +72,25 @@ class Message:
     def data(self) -> Any:
         """The decoded payload (decoded on first access; raises :class:`PayloadError`)."""
         if self._data is _UNSET:
-            self._data = self.codec.decode(self.raw)
+            try:
+                self._data = self.codec.decode(self.raw)
+            except PayloadError as e:
+                raise self._hint(e) from None
         return self._data
 
     def decode(self, type_: type[T]) -> T:
         """Decode the payload into ``type_`` (a msgspec Struct, a builtin, a union…)."""
-        return self.codec.decode_as(self.raw, type_)
+        try:
+            return self.codec.decode_as(self.raw, type_)
+        except PayloadError as e:
+            raise self._hint(e) from None
+
+    def _hint(self, error: PayloadError) -> PayloadError:
+        """Say why a JSON body from a foreign client failed: it was sent without its header."""
+        h = self._headers
+        if (h and ENCODING_HEADER in h) or self.raw.lstrip()[:1] not in (b"{", b"[", b'"'):
+            return error
+        return PayloadError(error.operation, error.codec, error.detail + _JSON_HINT)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -101,7 +98,7 @@ class Message:
         h = self._headers
         if not h:
             return {}
-        return {k: v for k, v in h.items() if not k.startswith(_PRIVATE_PREFIX) and k != STATUS_HEADER}
+        return {k: v for k, v in h.items() if not is_reserved(k)}
 
     @property
     def raw_headers(self) -> dict[str, str]:
@@ -122,7 +119,14 @@ class Message:
     ) -> None:
         """Send a reply. Call it several times and then :meth:`end` to stream to ``request_many``."""
         client = self._require_reply()
-        await client._reply(self.reply, data, headers, encoding)
+        await client._core.reply(self.reply, data, headers, encoding)
+
+    def respond_busy(self, why: str) -> None:
+        """Answer with 429 (busy) without waiting: for a read loop or a router that must never block,
+        when the message is dropped because a bounded buffer or mailbox is full. Does nothing if the
+        message wants no reply or the client is closing."""
+        if self.reply and self._client is not None:
+            self._client._core.reply_busy(self.reply, why)
 
     async def respond_error(
         self, code: ErrorCode, message: str, *, data: Mapping[str, Any] | None = None
@@ -130,18 +134,18 @@ class Message:
         """Reply with an error; the requester's ``request()`` raises ``RemoteError(code, message)``.
 
         ``data`` (JSON-encodable) reaches the requester as ``RemoteError.data``, so a client can
-        rebuild a typed error with its fields (not only its text).
+        rebuild a typed error with its fields (not only its text). The reply also carries the NATS
+        micro error headers (see :mod:`conat._headers`); a message over 4 KiB is cut, and ``data``
+        over 4 KiB is left out, so an error reply always fits in one message.
         """
         client = self._require_reply()
-        headers = {ERROR_HEADER: str(code)}
-        if data:
-            headers[ERROR_DATA_HEADER] = msgspec.json.encode(data).decode()
-        await client._publish_control(self.reply, headers, message.encode())
+        headers, body = error_headers(code, message, data)
+        await client._core.publish_control(self.reply, headers, body)
 
     async def end(self) -> None:
         """Send the end-of-stream marker that ends the caller's ``request_many`` iteration."""
         client = self._require_reply()
-        await client._publish_control(self.reply, {END_HEADER: "1"}, b"")
+        await client._core.publish_control(self.reply, {END_HEADER: "1"}, b"")
 
     @property
     def is_end(self) -> bool:

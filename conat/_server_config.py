@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, final
 
+from ._chunking import MIN_CHUNK_SIZE
+
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "MAX_PAYLOAD_LIMIT",
+    "MIN_MAX_PAYLOAD",
     "ClusterConfig",
     "LeafNodeConfig",
     "ServerConfig",
@@ -46,6 +49,12 @@ DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 
 MAX_PAYLOAD_LIMIT: Final = 64 * 1024 * 1024
 """The largest ``max_payload`` nats-server accepts with its default ``max_pending`` (64 MiB)."""
+
+MIN_MAX_PAYLOAD: Final = 16 * 1024
+"""The smallest ``max_payload`` conat works with: a message's headers count against the limit, and a
+chunked message's head carries conat's headers (about 250 bytes), the user's, and a chunk of at
+least ``MIN_CHUNK_SIZE`` (1 KiB); 16 KiB leaves room for all of them. Clients refuse to connect
+to a server with less."""
 
 MONITOR_HOST: Final = "127.0.0.1"
 """The monitoring endpoint exposes connection details without auth: it never leaves loopback."""
@@ -176,8 +185,8 @@ class ServerConfig:
         host: client listener address. Loopback only unless ``allow_remote``.
         port: client port; 0 picks a random free port (nats-server's ``-1``).
         allow_remote: permit non-loopback listen addresses (client, websocket, cluster, leaf).
-        max_payload: largest message in bytes; conat chunks anything bigger. 1 MiB (NATS's default)
-            up to 64 MiB (NATS's hard limit).
+        max_payload: largest message in bytes, headers included; conat chunks anything bigger.
+            1 MiB (NATS's default); from 16 KiB (what conat needs) up to 64 MiB (NATS's limit).
         server_name: the server's name (in logs and INFO); nats-server uses its id if ``None``.
         monitor_port: HTTP monitoring endpoint (``/varz``, ``/connz``...). ``None`` = off; 0 = random.
             Always bound to 127.0.0.1: it is unauthenticated.
@@ -211,10 +220,12 @@ class ServerConfig:
         if (
             not isinstance(self.max_payload, int)
             or isinstance(self.max_payload, bool)
-            or not 1 <= self.max_payload <= MAX_PAYLOAD_LIMIT
+            or not MIN_MAX_PAYLOAD <= self.max_payload <= MAX_PAYLOAD_LIMIT
         ):
             raise ValueError(
-                f"max_payload: must be an int in 1..{MAX_PAYLOAD_LIMIT}, got {self.max_payload!r}"
+                f"max_payload: must be an int in {MIN_MAX_PAYLOAD}..{MAX_PAYLOAD_LIMIT} bytes (conat needs"
+                f" at least {MIN_MAX_PAYLOAD} for its headers and chunks of {MIN_CHUNK_SIZE}), got"
+                f" {self.max_payload!r}"
             )
         if self.server_name is not None:
             _check_name("server_name", self.server_name)
@@ -236,7 +247,7 @@ class ServerConfig:
         if self.ping_max is not None and (not isinstance(self.ping_max, int) or self.ping_max < 1):
             raise ValueError(f"ping_max: must be a positive int, got {self.ping_max!r}")
         if not isinstance(self.extra_blocks, Mapping):
-            # ValueError like every other field (STYLE 15), though this one is a type check.
+            # ValueError like every other field (a config names its bad field one way), though a type check.
             raise ValueError(f"extra_blocks: must be a mapping, got {self.extra_blocks!r}")  # noqa: TRY004
         object.__setattr__(self, "extra_blocks", MappingProxyType(dict(self.extra_blocks)))
         if not self.allow_remote:

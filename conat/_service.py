@@ -1,6 +1,6 @@
 """Typed service proxies and the server side that answers them.
 
-Wire shape of a call (DESIGN §4): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
+Wire shape of a call (docs/wire-protocol.md): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
 reply is the method's return value, or an error reply whose code the caller sees in
 :class:`RemoteError`. Arguments are converted to the implementation's annotated parameter types
 and the result to the protocol's annotated return type, both with msgspec, so a proxy's caller
@@ -16,14 +16,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
 import msgspec
 
-from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
+from ._codecs import DEFAULT_ENCODING, Encoding
+from ._error_registry import error_fields
+from ._errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ConatError, ErrorCode, PayloadError, RemoteError
 from ._message import Message
+from ._micro import MicroService, micro_name
+from ._request import request
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -34,6 +39,7 @@ __all__ = [
     "RpcRequest",
     "error_reply",
     "make_proxy",
+    "reply_encoding",
     "respond_error",
     "respond_result",
     "rpc_methods",
@@ -43,9 +49,6 @@ __all__ = [
 log = logging.getLogger("conat.service")
 
 T = TypeVar("T")
-NOT_FOUND: Final = 404
-BAD_REQUEST: Final = 400
-INTERNAL: Final = 500
 DEFAULT_CONCURRENCY: Final = 64
 
 
@@ -117,7 +120,10 @@ class _Proxy:
         async def call(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
             body = RpcRequest(qualified, list(args), kwargs)
             headers = self._headers() if self._headers is not None else None
-            msg = await client.request(subject, body, timeout=timeout or self._timeout, headers=headers)
+            # The headers are call context of a layer above (the actor call chain): Conat-*
+            # extension names may pass, the bus's own may not (conat._headers).
+            payload, headers = client._core.prepare(subject, body, headers, None, extensions=True)
+            msg = await request(client, subject, payload, headers, timeout or self._timeout)
             if result_type is Any:
                 return msg.data
             return msg.decode(result_type)
@@ -249,21 +255,45 @@ class Dispatcher:
         return await self.call(instance, self.decode(msg))
 
 
-def error_reply(error: BaseException) -> tuple[ErrorCode, str]:
-    """The code and text a caller gets for ``error`` raised while answering it."""
+def error_reply(error: BaseException) -> tuple[ErrorCode, str, dict[str, Any]]:
+    """The code, text and fields a caller gets for ``error`` raised while answering it:
+    ``respond_error(msg, *error_reply(e))`` sends them.
+
+    A :class:`ConatError` keeps its code, and a registered one sends its fields, so the caller
+    rebuilds the same typed error (:func:`conat.register_error`); a :class:`RemoteError` from a call
+    the handler made passes on as it came; anything else is 500 with the exception's type and text.
+    """
     if isinstance(error, RemoteError):
-        return error.code, error.remote_message
+        return error.code, error.remote_message, error_fields(error)
     if isinstance(error, ConatError):
-        return error.code, str(error)
-    return INTERNAL, f"{type(error).__name__}: {error}"
+        return error.code, str(error), error_fields(error)
+    return INTERNAL, f"{type(error).__name__}: {error}", {}
+
+
+def reply_encoding(request: Message, result: Any) -> Encoding:
+    """The encoding to answer ``request`` with ``result`` in: the caller's own.
+
+    A JSON request gets a JSON reply and a msgpack request a msgpack one, so a client answers
+    in the encoding it asked in. A raw request gets raw bytes back when the result is bytes or
+    text, else (a structure raw bytes cannot carry) msgpack; so does a request whose encoding is
+    unknown. A handler that wants another encoding chooses it explicitly.
+    """
+    try:
+        encoding = request.codec.name
+    except PayloadError:
+        return DEFAULT_ENCODING
+    if encoding == "raw" and not isinstance(result, bytes | bytearray | memoryview | str):
+        return DEFAULT_ENCODING
+    return encoding
 
 
 async def respond_result(msg: Message, result: Any) -> None:
-    """Reply with ``result``; one that cannot be encoded becomes a 500 error reply."""
+    """Reply with ``result`` in the caller's encoding (:func:`reply_encoding`); one that cannot
+    be encoded becomes a 500 error reply."""
     if not msg.reply:
         return
     try:
-        await msg.respond(result)
+        await msg.respond(result, encoding=reply_encoding(msg, result))
     except PayloadError as e:
         await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
 
@@ -281,35 +311,57 @@ async def serve(
 
     Up to ``concurrency`` calls run at once; beyond that, requests wait in the subscription's
     bounded buffer. An exception in a method becomes an error reply and never ends the service.
+    Replies are in the caller's encoding. The service answers NATS micro discovery (``$SRV``)
+    as long as the subscription lives: named after ``impl``'s class, one endpoint per method.
     """
-    dispatcher = Dispatcher(type(impl), _namespace(impl, namespace))
+    cls = type(impl)
+    dispatcher = Dispatcher(cls, _namespace(impl, namespace))
     limiter = asyncio.Semaphore(concurrency)
+    micro = MicroService(
+        micro_name(cls.__name__),
+        subject,
+        dispatcher.endpoints,
+        description=(cls.__doc__ or "").strip().split("\n")[0],
+        metadata={"conat.service": cls.__qualname__},
+        queue_group=queue or "",
+    )
 
     async def handle(msg: Message) -> None:
+        started = time.perf_counter_ns()
+        method: str | None = None
         try:
-            result = await dispatcher.invoke(impl, msg)
+            request = dispatcher.decode(msg)
+            method = request.name
+            result = await dispatcher.call(impl, request)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            micro.record(method, time.perf_counter_ns() - started, e)
             if not isinstance(e, ConatError):
                 log.exception("RPC %s on %r failed", msg.subject, subject)
             await respond_error(msg, *error_reply(e))
         else:
+            micro.record(method, time.perf_counter_ns() - started, None)
             await respond_result(msg, result)
         finally:
             limiter.release()
 
     async def dispatch(msg: Message) -> None:
         await limiter.acquire()
-        client._spawn(handle(msg))
+        client._core.spawn(handle(msg))
 
-    return await client.subscribe(subject, queue=queue, callback=dispatch)
+    sub = await client.subscribe(subject, queue=queue, callback=dispatch)
+    await micro.advertise(client, alive=lambda: not sub.closed)
+    return sub
 
 
-async def respond_error(msg: Message, code: ErrorCode, text: str) -> None:
-    """Send an error reply if ``msg`` wants one; a failure to send is logged, never raised."""
+async def respond_error(
+    msg: Message, code: ErrorCode, text: str, data: Mapping[str, Any] | None = None
+) -> None:
+    """Send an error reply (with ``data``, the error's fields) if ``msg`` wants one; a failure to
+    send is logged, never raised."""
     if msg.reply:
         try:
-            await msg.respond_error(code, text)
+            await msg.respond_error(code, text, data=data)
         except ConatError:
             log.debug("could not send an error reply on %r", msg.subject)

@@ -17,6 +17,12 @@ only bytes, strings and numbers, so it can never be part of a reference cycle: f
                                    repeated in answer to late frames while it lingers
     Reset(code, reason)            the sender aborted, or does not know this connection
 
+A sequenced frame costs credit (:func:`frame_cost`): its payload bytes plus :data:`FRAME_COST`, and
+for a Head the characters of its metadata plus :data:`FRAME_COST` per header, so a peer cannot make
+the receiver hold more than its window in headers either. A ``Reset`` names why with a stable code:
+:data:`RESET_MALFORMED` (400), :data:`RESET_UNKNOWN` (404), :data:`RESET_ABORTED` (410),
+:data:`RESET_TOO_LARGE` (413), :data:`RESET_WINDOW` (429), :data:`RESET_UNAVAILABLE` (503).
+
 Events are what :meth:`SocketProtocol.receive <conat._socket_protocol.SocketProtocol.receive>`
 reports, in order. :class:`SocketConfig` validates every tunable once, so the protocol can trust them;
 :func:`socket_config` builds one from a client's options and its server's max_payload. The statistics
@@ -31,7 +37,7 @@ from typing import Final, final
 
 import msgspec
 
-from ._errors import ConatError, ErrorCode, SocketProtocolError
+from ._errors import BAD_REQUEST, BUSY, NOT_FOUND, UNAVAILABLE, ConatError, ErrorCode, SocketProtocolError
 
 __all__ = [
     "DATA_OVERHEAD",
@@ -43,7 +49,16 @@ __all__ = [
     "FRAME_ROOM",
     "HEAD_OVERHEAD_BOUND",
     "MALFORMED",
+    "MAX_REASON",
+    "MAX_SOCKET_ID",
+    "MIN_FRAGMENT",
     "MIN_FRAME_SIZE",
+    "RESET_ABORTED",
+    "RESET_MALFORMED",
+    "RESET_TOO_LARGE",
+    "RESET_UNAVAILABLE",
+    "RESET_UNKNOWN",
+    "RESET_WINDOW",
     "Accept",
     "Ack",
     "Close",
@@ -65,6 +80,8 @@ __all__ = [
     "StreamEnded",
     "decode_frame",
     "encode_frame",
+    "frame_cost",
+    "head_cost",
     "socket_config",
 ]
 
@@ -72,6 +89,10 @@ FRAME_COST: Final = 32
 """Credit units charged per data frame on top of its payload bytes."""
 MIN_FRAME_SIZE: Final = 256
 """The smallest ``frame_size`` a :class:`SocketConfig` accepts."""
+MIN_FRAGMENT: Final = MIN_FRAME_SIZE // 2
+"""The least payload of a fragment that is not a message's last (``more=True``). Senders always
+fill fragments far beyond it; a receiver refuses smaller ones, which bounds the number of
+fragments (and their per-frame cost) a message can have."""
 FRAME_ROOM: Final = 256
 """Bytes kept free below the server's max_payload in every frame."""
 DATA_OVERHEAD: Final = 24
@@ -82,6 +103,23 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 """Seconds a client waits for its connection to be accepted (``socket_connect(timeout=)``)."""
 DEFAULT_BACKLOG: Final = 1024
 """Connections that may wait to be accepted on one listening server (``socket_listen(backlog=)``)."""
+MAX_SOCKET_ID: Final = 64
+"""The longest socket id (``Open.id``) a listener takes; ours are 22-character NUIDs."""
+MAX_REASON: Final = 256
+"""The longest reset reason (and string code) kept from a peer; the rest is cut off."""
+
+RESET_MALFORMED: Final = BAD_REQUEST
+"""Reset code: the peer broke the protocol (a frame out of place, a bad socket id)."""
+RESET_UNKNOWN: Final = NOT_FOUND
+"""Reset code: no such connection (the listener restarted, or forgot it long ago)."""
+RESET_ABORTED: Final = 410
+"""Reset code: the application aborted the socket (``abort()``, a cancelled close or connect)."""
+RESET_TOO_LARGE: Final = 413
+"""Reset code: a message over the receiver's ``max_message``."""
+RESET_WINDOW: Final = BUSY
+"""Reset code: the peer sent beyond the credit it was granted (it overran the window)."""
+RESET_UNAVAILABLE: Final = UNAVAILABLE
+"""Reset code: the listener refused a connection (closing, backlog full, or that client's share of it)."""
 
 
 # -- frames ----------------------------------------------------------------------------------------
@@ -155,6 +193,35 @@ def encode_frame(frame: Frame) -> bytes:
     return FRAME_ENCODER.encode(frame)
 
 
+def head_cost(
+    size: int, headers: dict[str, str] | None, encoding: str | None, error: int | str | None
+) -> int:
+    """The credit a Head frame with a ``size``-byte payload costs (both sides compute the same).
+
+    Metadata is charged by its characters, plus :data:`FRAME_COST` per header (a header is a dict
+    entry and two objects to the receiver), so a peer's headers count against its window too.
+    """
+    cost = size + FRAME_COST
+    if encoding:
+        cost += len(encoding)
+    if type(error) is str:
+        cost += len(error)
+    if headers:
+        for key, value in headers.items():
+            cost += len(key) + len(value) + FRAME_COST
+    return cost
+
+
+def frame_cost(frame: Sequenced) -> int:
+    """The credit a sequenced frame costs: nothing for a Fin (it goes out without credit)."""
+    kind = type(frame)
+    if kind is Data:
+        return len(frame.payload) + FRAME_COST  # type: ignore[union-attr]
+    if kind is Head:
+        return head_cost(len(frame.payload), frame.headers, frame.encoding, frame.error)  # type: ignore[union-attr]
+    return 0
+
+
 def decode_frame(raw: bytes | memoryview) -> Frame:
     """Decode one frame; raises :class:`SocketProtocolError` for anything that is not one."""
     try:
@@ -222,7 +289,8 @@ class SocketConfig:
     """Tunables of one socket endpoint; validated here, so the protocol can trust them.
 
     Attributes:
-        window: credit granted to the peer, in bytes (plus :data:`FRAME_COST` per frame).
+        window: credit granted to the peer, in bytes (plus :data:`FRAME_COST` per frame); also
+            the most this side keeps sent but unacknowledged, whatever credit the peer grants.
         max_message: the largest message sent or accepted, in bytes (PayloadTooLarge, 413).
         frame_size: the largest encoded frame (the server's max_payload minus some room).
         keepalive: send a Ping after this many idle seconds.
@@ -265,7 +333,8 @@ class SocketConfig:
 @final
 @dataclass(frozen=True, slots=True)
 class ProtocolStatistics:
-    """A snapshot of one protocol endpoint's counters (``window``: the credit the peer still grants)."""
+    """A snapshot of one protocol endpoint's counters (``window``: the credit the peer still grants;
+    ``buffered_bytes``: the credit this side holds for its application, see :class:`SocketStatistics`)."""
 
     state: str
     messages_sent: int
@@ -279,6 +348,7 @@ class ProtocolStatistics:
     unacked_bytes: int
     queued: int
     window: int
+    buffered_bytes: int
     rto: float
 
 
@@ -289,7 +359,10 @@ class SocketStatistics:
 
     ``window`` is the credit the peer still grants (bytes, 0 when full); ``unacked`` and
     ``unacked_bytes`` are frames sent but not acknowledged; ``queued`` frames wait for credit;
-    ``buffered`` messages wait for this side's reader.
+    ``buffered`` messages wait for this side's reader. ``buffered_bytes`` is what this side holds
+    from the peer, in credit units: unread messages, the message being reassembled and frames held
+    beyond a gap. The peer can never make it exceed the window plus one frame, plus the one
+    message being reassembled (up to ``max_message``).
     """
 
     state: str
@@ -306,6 +379,7 @@ class SocketStatistics:
     unacked_bytes: int
     queued: int
     window: int
+    buffered_bytes: int
     buffered: int
     pending_requests: int
     no_responders: int

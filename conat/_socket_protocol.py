@@ -17,8 +17,8 @@ the data path is split into a :class:`~conat._socket_flow.Sender` and a
 
 **Sequencing.** Each direction numbers its Data/Head/Fin frames 1, 2, 3, ... The receiver delivers
 frames strictly in sequence: a duplicate (seq already delivered or already held) is dropped and
-counted; a frame from the future is held (up to :data:`~conat._socket_flow.MAX_OUT_OF_ORDER`)
-until the gap before it is filled. Fragments are joined into one message when the frame with ``more=False`` arrives.
+counted; a frame from the future is held (up to :data:`~conat._socket_flow.MAX_OUT_OF_ORDER`
+beyond the gap, and within credit) until the gap before it is filled. Fragments are joined into one message when the frame with ``more=False`` arrives.
 
 **Acks and repair.** Whatever arrives sets "ack needed"; the next :meth:`poll` sends one ``Ack``
 carrying the highest in-order seq, the credit limit, and (when frames are held beyond a gap) the
@@ -28,18 +28,33 @@ once (at most once per ``rto_min / 2``), and when acks stop progressing for ``rt
 every unacknowledged frame (go-back-N) and doubles ``rto`` up to ``rto_max``. Progress resets it.
 
 **Credit.** The unit is a frame's payload bytes plus :data:`~conat._socket_frames.FRAME_COST`
-(so empty messages cost something too). The receiver grants ``limit = consumed + window + partial``: ``consumed`` counts
-messages the application has *read* (:meth:`consume`), ``partial`` the fragments of the message
-being reassembled (so a message larger than the window still gets through). The limit never
-shrinks. The sender may release the next frame while its cumulative cost is below the peer's
-limit, so at most ``window`` plus one frame plus one message is buffered on the receiving side,
-and the sender keeps at most as much for retransmission. A sender with queued frames and no credit
-probes with ``Ping`` every ``rto``, in case the window update was lost.
+(so empty messages cost something too), plus a Head's metadata
+(:func:`~conat._socket_frames.frame_cost`). The receiver grants
+``limit = consumed + window + partial``: ``consumed`` counts messages the application has *read*
+(:meth:`consume`), ``partial`` the fragments of the message being reassembled (so a message
+larger than the window still gets through). The limit never shrinks. The sender may release the
+next frame while its cumulative cost is below the peer's limit and while less than its own
+``window`` is unacknowledged. The receiver *enforces* the rule: a frame that a sender keeping to
+its grants could not have sent fails the connection with ``Reset(429)``
+(:class:`~conat._socket_flow.Receiver` explains how out-of-order frames are judged). So at most
+``window`` plus one frame plus one message is buffered on the receiving side, whatever the peer
+does, and the sender keeps at most its window for retransmission, whatever the peer grants. A
+sender with queued frames and no credit, or whose application waits for credit
+(:meth:`want_credit`), probes with ``Ping`` in case the window update was lost: after ``rto_min``,
+then twice as long each time up to ``rto_max``, until credit comes.
+
+**Before accept.** A server connection grants no credit until the application accepts it
+(:meth:`accepted`): its ``Accept`` carries limit 0 unless the application took the connection
+before that frame went out, and accepting sends the window in an ``Ack``. So connections waiting
+in a listener's backlog hold no data; their clients' sends wait (a Fin needs no credit).
 
 **Keepalive.** A side that has sent nothing for ``keepalive`` seconds sends ``Ping``; a side that
 has heard nothing for ``peer_timeout`` seconds fails with :class:`PeerDead`. While the pump reports
-the link down (:meth:`link_down`) these timers and retransmits pause; :meth:`link_up` resends every
-unacknowledged frame at once.
+the link down (:meth:`link_down`) pings and retransmits pause (nothing would get through), but
+dead-peer detection does not: the outage counts as hearing from the peer when it began, so a link
+that stays down for ``peer_timeout`` fails the socket with :class:`PeerDead` rather than leaving
+its readers waiting forever. :meth:`link_up` counts as hearing from the peer too, and resends
+every unacknowledged frame at once.
 
 **Lifecycle** (:data:`TRANSITIONS`, one row per legal move; any other raises
 :class:`SocketProtocolError`)::
@@ -88,6 +103,7 @@ from ._errors import (
 )
 from ._socket_flow import PeerFault, Receiver, Sender
 from ._socket_frames import (
+    MAX_REASON,
     Accept,
     Ack,
     Close,
@@ -176,7 +192,7 @@ class SocketProtocol:
         self.linger_until: float | None = None
         """After a graceful close: until then, late frames from the peer are answered with Close."""
         self._tx = Sender(config, subject)
-        self._rx = Receiver(config, subject)
+        self._rx = Receiver(config, subject, config.window if role == "client" else 0)
         self._accept_needed = False
         self._close_needed = False
         self._reset_needed: Reset | None = None
@@ -218,7 +234,12 @@ class SocketProtocol:
     def writable(self) -> bool:
         """True when :meth:`send` would accept a message now (open, and the peer granted credit)."""
         tx = self._tx  # Sender.has_credit, inlined: this is read before every send
-        return self.state is _OPEN and not tx.queued and tx.sent_cost < tx.peer_limit
+        return (
+            self.state is _OPEN
+            and not tx.queued
+            and tx.sent_cost < tx.peer_limit
+            and tx.unacked_cost < self.config.window
+        )
 
     @property
     def retransmit_at(self) -> float | None:
@@ -292,6 +313,16 @@ class SocketProtocol:
             self._last_sent = now
         return frames
 
+    def want_credit(self, now: float) -> None:
+        """The application waits to send but the peer's window is shut (nothing is queued).
+
+        Probes for a lost window update (see :attr:`next_deadline`, and "Credit") until credit
+        comes: without it, a lost update would leave both sides waiting, since a side that only
+        answers the peer's keepalives never pings itself.
+        """
+        if self.state is _OPEN and not self.writable:
+            self._tx.want_credit(now)
+
     def send_eof(self, now: float) -> list[Frame]:
         """Half-close: queue our Fin after every message sent so far. We may still receive."""
         self._transition("send_eof")
@@ -324,6 +355,21 @@ class SocketProtocol:
         """The application read a message of ``cost`` credit units. True if a window update is due."""
         return self._rx.consume(cost)
 
+    def accepted(self) -> None:
+        """Server only: the application accepted this connection; grant the peer the full window.
+
+        Until then the peer has no credit (see "Before accept"). The window goes out in the
+        ``Accept`` if that is still due, else in an ``Ack`` from the next :meth:`poll`. Idempotent.
+        """
+        if self.role != "server":
+            raise SocketProtocolError(self.subject, "accepted() on a client")
+        rx = self._rx
+        if rx.window == self.config.window:
+            return
+        rx.window = self.config.window
+        if self.state is not _CLOSED and not self._accept_needed:
+            rx.ack_needed = True
+
     # -- receiving -------------------------------------------------------------------------------
     def receive(self, frame: Frame, now: float) -> list[Event]:
         """Take one frame from the peer; return what happened, in order."""
@@ -351,7 +397,7 @@ class SocketProtocol:
         elif isinstance(frame, Accept):
             if self.role == "client" and self.state is _CONNECTING:
                 self._transition("accept")
-                self._tx.peer_limit = frame.limit
+                self._tx.peer_limit = max(self._tx.peer_limit, frame.limit)  # an Ack may have come first
                 self._tx.peer_max_message = frame.max_message
                 self._last_sent = now
                 events.append(Opened(""))
@@ -401,12 +447,16 @@ class SocketProtocol:
             self._transition("finish")
             events.append(ConnectionClosed(None))
             return
-        events.append(self._fail(SocketReset(self.subject, frame.code, frame.reason)))
+        code = frame.code if type(frame.code) is int else str(frame.code)[:MAX_REASON]
+        events.append(self._fail(SocketReset(self.subject, code, frame.reason[:MAX_REASON])))
 
     # -- link state ------------------------------------------------------------------------------
     def link_down(self, now: float) -> None:
-        """The bus connection is down: pause keepalive, dead-peer detection and retransmits."""
+        """The bus connection is down: pause pings and retransmits. The peer now has
+        ``peer_timeout`` seconds (from now, or from when it was last heard if that is later) to
+        be heard from again, or the socket fails with :class:`PeerDead`."""
         self._link_up = False
+        self._last_received = max(self._last_received, now)
 
     def link_up(self, now: float) -> list[Frame]:
         """The bus connection is back: resend everything unacknowledged now, and restart timers."""
@@ -452,7 +502,7 @@ class SocketProtocol:
                     self._control_frames_sent += 1
                     self._last_sent = now
             return out
-        if self._link_up and now - self._last_received >= self.config.peer_timeout:
+        if now - self._last_received >= self.config.peer_timeout:
             self._fail(PeerDead(self.subject, self.config.peer_timeout))
             return out
         rx = self._rx
@@ -499,7 +549,7 @@ class SocketProtocol:
                 return None
             return min(self._open_at, self._connect_deadline)
         if not self._link_up:
-            return None
+            return self._last_received + self.config.peer_timeout
         return min(
             self._last_received + self.config.peer_timeout,
             self._last_sent + self.config.keepalive,
@@ -521,5 +571,6 @@ class SocketProtocol:
             unacked_bytes=tx.unacked_cost,
             queued=len(tx.queued),
             window=tx.credit,
+            buffered_bytes=rx.buffered,
             rto=tx.rto,
         )

@@ -4,10 +4,13 @@ The socket's protocol (:mod:`conat._socket_protocol`) is pure; a socket drives i
 
 - :class:`Outbox` publishes encoded frames in order, with at most one writer at a time. A publish
   that fails drops the rest of the queue: the protocol retransmits what matters.
+- :class:`Answers` is the listener's best-effort writer for frames to connections it does not
+  hold (``Reset``, a repeated ``Close``): one writer, a bounded queue, and what does not fit is
+  dropped and counted, so a flood of stray frames costs bounded memory and no task per frame.
 - :class:`Alarm` is a single re-armable wake-up on any :class:`~conat._clock.Clock`: a
   ``loop.call_at`` handle on the system clock (no task), a task sleeping on the clock otherwise.
 - :class:`Waits` holds the futures that wait for "something changed" (each waiter re-checks its
-  condition when woken) and the deadlines that expire futures with :class:`Expired`.
+  condition when woken) and the deadlines that expire futures with :class:`~conat._errors.DeadlinePassed`.
 """
 
 from __future__ import annotations
@@ -18,25 +21,25 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from ._clock import Clock, SystemClock
-from ._errors import ConatError
+from ._errors import ConatError, DeadlinePassed
+from ._queue import BoundedQueue
 from ._socket_frames import FRAME_ENCODER, Frame
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["Alarm", "Expired", "Outbox", "Spawn", "Waits"]
+__all__ = ["DEFAULT_MAX_ANSWERS", "Alarm", "Answers", "Outbox", "Spawn", "Waits"]
 
 log = logging.getLogger("conat.socket")
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 """Starts a task that its owner tracks (and awaits when it closes)."""
 
-
-class Expired(Exception):
-    """Set on a waiter by its deadline; turned into :class:`~conat.Timeout` by whoever waits."""
+DEFAULT_MAX_ANSWERS: Final = 1024
+"""Answers a listener queues before it drops new ones (each is one small frame)."""
 
 
 @final
@@ -86,7 +89,7 @@ class Outbox:
         """Send the queue in order. The caller has set ``_writing``; this clears it."""
         out = self._frames
         client = self._client
-        publish = client._transport.publish
+        publish = client._core.transport.publish
         target, reply = self.target, self.reply
         try:
             while out:
@@ -95,7 +98,7 @@ class Outbox:
             self._lost(e)
         finally:
             self._writing = False
-            if out and not client._closing:  # cancelled mid-queue: a new writer takes the rest
+            if out and not client._core.closing:  # cancelled mid-queue: a new writer takes the rest
                 self._writing = True
                 self._spawn(self._writer())
 
@@ -104,8 +107,58 @@ class Outbox:
         # reconnecting. Either way what was lost is retransmitted (or no longer matters).
         self._frames.clear()
         log.debug("socket %r: frames not sent: %s", self._name, error)
-        if self._client._closing:
+        if self._client._core.closing:
             self._on_closed()
+
+
+@final
+class Answers:
+    """Frames for many reply subjects, sent in order by one writer task; at most ``limit`` wait.
+
+    For answers that are worth sending but not worth keeping: the peer's next frame is answered
+    again. :meth:`emit` never blocks and never spawns more than one task; when ``limit`` frames
+    already wait it drops the new one and counts it in ``dropped`` (a :class:`BoundedQueue` holds
+    them). ``task`` is the running writer (None when idle), for its owner to await when it closes.
+    """
+
+    def __init__(self, client: Client, name: str, spawn: Spawn, limit: int = DEFAULT_MAX_ANSWERS) -> None:
+        self._client = client
+        self._name = name
+        self._spawn = spawn
+        self._frames: BoundedQueue[tuple[str, bytes]] = BoundedQueue(limit)
+        self.task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def dropped(self) -> int:
+        return self._frames.dropped
+
+    def emit(self, target: str, frame: Frame) -> bool:
+        """Queue ``frame`` for ``target``; False if it was dropped (the queue is full)."""
+        if not self._frames.put((target, FRAME_ENCODER.encode(frame))):
+            return False
+        if self.task is None:
+            self.task = self._spawn(self._writer())
+        return True
+
+    async def _writer(self) -> None:
+        frames = self._frames
+        publish = self._client._core.transport.publish
+        try:
+            while (item := frames.pop()) is not None:
+                target, raw = item
+                try:
+                    await publish(target, raw, "")
+                except ConatError as e:
+                    log.debug("socket server %r: frame not sent: %s", self._name, e)
+                    if self._client._core.closing:
+                        frames.clear()
+        finally:
+            self.task = None
+            if frames and not self._client._core.closing:  # cancelled mid-queue: a new writer takes the rest
+                self.task = self._spawn(self._writer())
 
 
 @final
@@ -188,7 +241,7 @@ class Waits:
     :meth:`notify` wakes every waiter, which then re-checks what it waits for (``waiters`` is
     non-empty while someone waits: the read path checks it per frame, without a call). The owner's timer
     calls :meth:`expire`, which fails each pending future whose deadline has passed with
-    :class:`Expired`; :meth:`earliest` says when that timer is next needed.
+    :class:`DeadlinePassed`; :meth:`earliest` says when that timer is next needed.
     """
 
     def __init__(self) -> None:
@@ -213,7 +266,7 @@ class Waits:
                 w.set_result(None)
 
     def add_deadline(self, deadline: float, future: asyncio.Future[Any], others: int = 0) -> None:
-        """Fail ``future`` with :class:`Expired` at ``deadline`` if it is still pending then.
+        """Fail ``future`` with :class:`DeadlinePassed` at ``deadline`` if it is still pending then.
 
         ``others`` counts the futures with deadlines that are not waiters (they bound the heap:
         it is swept of finished entries when it grows past four times the live ones).
@@ -236,4 +289,4 @@ class Waits:
         while dl and dl[0][0] <= now:
             _, _, future = heapq.heappop(dl)
             if not future.done():
-                future.set_exception(Expired())
+                future.set_exception(DeadlinePassed())

@@ -8,6 +8,16 @@ at once. An ``Open`` makes a new connection (a :class:`~conat._socket.Socket`), 
 accept backlog until :meth:`SocketServer.accept` returns it; a full backlog, or a closing server,
 answers ``Reset(503)``.
 
+What a peer can make a listener hold is bounded: a connection waiting to be accepted is granted
+no credit (see "Before accept" in :mod:`conat._socket_protocol`), so the backlog holds
+connections, not data; one client (one inbox prefix in the reply subject) may fill at most half
+of the backlog, so a client that floods connects cannot lock the others out (``Reset(503)``); a
+waiting connection that fails (its peer aborted, or went silent) leaves the backlog at once; an
+``Open`` with an oversized socket id is refused (``Reset(400)``); answers to stray frames go
+through one bounded writer (:class:`~conat._socket_pump.Answers`) rather than a task each; and
+the intake does not reassemble chunked messages (frames never are), so no publisher can make
+the listener pull a transfer or hold other connections' frames back behind one.
+
 A connection that closed gracefully is let go of at once, but its key lingers until the protocol's
 ``linger_until`` (see "Closing, and a lost Close" in :mod:`conat._socket_protocol`): until then its
 late frames are answered with ``Close`` rather than ``Reset(404)``. Lingering keys expire lazily
@@ -17,18 +27,21 @@ late frames are answered with ``Close`` rather than ``Reset(404)``. Lingering ke
 from __future__ import annotations
 
 import asyncio
-import logging
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
 from ._client import ClientState
 from ._clock import Clock, SystemClock
-from ._errors import ConatError, SocketClosed, SocketProtocolError, Timeout
+from ._errors import DeadlinePassed, SocketClosed, SocketProtocolError, Timeout
 from ._socket import DEFAULT_CLOSE_TIMEOUT, Socket
 from ._socket_frames import (
+    MAX_SOCKET_ID,
+    RESET_MALFORMED,
+    RESET_UNAVAILABLE,
+    RESET_UNKNOWN,
     Accept,
     Close,
     Frame,
@@ -36,11 +49,10 @@ from ._socket_frames import (
     Reset,
     SocketConfig,
     decode_frame,
-    encode_frame,
     socket_config,
 )
 from ._socket_protocol import SocketProtocol
-from ._socket_pump import Alarm, Expired, Waits
+from ._socket_pump import Alarm, Answers, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -49,13 +61,16 @@ if TYPE_CHECKING:
 
 __all__ = ["SocketServer", "SocketServerStatistics", "listen"]
 
-log = logging.getLogger("conat.socket")
-
 
 @final
 @dataclass(frozen=True, slots=True)
 class SocketServerStatistics:
-    """A snapshot of a listening socket server."""
+    """A snapshot of a listening socket server.
+
+    ``rejected`` counts refused connects (closing, backlog full, a client over its share of it, a
+    bad socket id); ``answers_dropped`` counts answers to stray frames that did not fit in the
+    answer queue (the peer's next frame is answered again).
+    """
 
     pattern: str
     listening: bool
@@ -65,6 +80,7 @@ class SocketServerStatistics:
     rejected: int
     resets_sent: int
     malformed: int
+    answers_dropped: int
 
 
 @final
@@ -73,7 +89,9 @@ class SocketServer:
 
     Each connection is a :class:`Socket` whose ``subject`` is the concrete subject the client
     connected on and whose ``id`` is the client's. At most ``backlog`` connections wait to be
-    accepted; beyond that a client's connect fails with :class:`SocketReset` (code 503).
+    accepted, at most half of them from one client; beyond that a client's connect fails with
+    :class:`SocketReset` (code 503). A waiting connection is open but granted no credit: its
+    client's sends wait until :meth:`accept` returns it.
     """
 
     def __init__(
@@ -86,12 +104,15 @@ class SocketServer:
         self._config = config
         self._clock = clock
         self._backlog = backlog
+        self._peer_share = (backlog + 1) // 2
         self._conns: dict[tuple[str, str], Socket] = {}
         self._lingering: set[tuple[str, str]] = set()
         self._linger_order: deque[tuple[float, tuple[str, str]]] = deque()  # in expiry order
-        self._pending: deque[Socket] = deque()
+        self._pending: dict[tuple[str, str], Socket] = {}  # in arrival order
+        self._pending_by_peer: dict[str, int] = {}
         self._waits = Waits()
-        self._alarm = Alarm(clock, self._on_timer, self._client._spawn)
+        self._alarm = Alarm(clock, self._on_timer, self._client._core.spawn)
+        self._answers = Answers(client, pattern, self._spawn)
         self._sub: Subscription | None = None
         self._unlisten: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -108,7 +129,7 @@ class SocketServer:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if not getattr(self, "_closed", True) and getattr(self, "_sub", None) is not None:
             client = getattr(self, "_client", None)
-            if client is not None and not client._closing:
+            if client is not None and not client._core.closing:
                 _warn(
                     f"unclosed conat socket server {self.pattern!r}",
                     ResourceWarning,
@@ -117,7 +138,9 @@ class SocketServer:
                 )
 
     async def _start(self) -> None:
-        self._sub = await self._client.subscribe(self.pattern, dispatch=self._on_message)
+        # Frames are never chunked: reassembling would let any publisher make us pull, and hold
+        # every connection's frames back behind its transfer.
+        self._sub = await self._client.subscribe(self.pattern, dispatch=self._on_message, reassemble=False)
         self._unlisten = self._client.on_state_change(self._on_client_state)
 
     @property
@@ -135,6 +158,7 @@ class SocketServer:
             rejected=self._rejected,
             resets_sent=self._resets_sent,
             malformed=self._malformed,
+            answers_dropped=self._answers.dropped,
         )
 
     # -- intake (read loop) ----------------------------------------------------------------------
@@ -156,9 +180,9 @@ class SocketServer:
             if not isinstance(frame, Close | Reset):
                 self._answer(reply, Close())  # it missed our Close (a late Open is no new connection)
         elif isinstance(frame, Open):
-            self._open(msg.subject, reply, msg.raw)
+            self._open(msg.subject, reply, frame, msg.raw)
         elif not isinstance(frame, Reset | Close | Accept):
-            self._reset(reply, 404, "unknown connection")
+            self._reset(reply, RESET_UNKNOWN, "unknown connection")
 
     def _lingers(self, key: tuple[str, str]) -> bool:
         self._expire_lingering()
@@ -169,45 +193,69 @@ class SocketServer:
         while order and order[0][0] <= now:
             self._lingering.discard(order.popleft()[1])
 
-    def _open(self, subject: str, reply: str, raw: bytes) -> None:
+    def _open(self, subject: str, reply: str, frame: Open, raw: bytes) -> None:
         """A new connection, from its Open frame (``raw``: the connection decodes it again)."""
+        peer = reply.rpartition(".")[0]  # the client's inbox: one per bus connection
+        refusal = None
         if self._closing:
+            refusal = (RESET_UNAVAILABLE, "the socket server is closing")
+        elif len(frame.id) > MAX_SOCKET_ID:
+            refusal = (RESET_MALFORMED, f"socket id longer than {MAX_SOCKET_ID} characters")
+        elif len(self._pending) >= self._backlog:
+            refusal = (RESET_UNAVAILABLE, f"accept backlog of {self._backlog} is full")
+        elif self._pending_by_peer.get(peer, 0) >= self._peer_share:
+            refusal = (RESET_UNAVAILABLE, f"{self._peer_share} connections of this client already wait")
+        if refusal is not None:
             self._rejected += 1
-            self._reset(reply, 503, "the socket server is closing")
-            return
-        if len(self._pending) >= self._backlog:
-            self._rejected += 1
-            self._reset(reply, 503, f"accept backlog of {self._backlog} is full")
+            self._reset(reply, *refusal)
             return
         proto = SocketProtocol("server", self._config, self._clock.now(), subject=subject)
         conn = Socket(self._client, proto, self._clock, subject=subject, target=reply, server=self)
-        self._conns[subject, reply] = conn
-        conn._on_raw(raw)
-        self._pending.append(conn)
+        key = (subject, reply)
+        self._conns[key] = conn
+        self._pending[key] = conn
+        self._pending_by_peer[peer] = self._pending_by_peer.get(peer, 0) + 1
+        # Wake an acceptor before the connection's first batch ends: if one waits, it takes the
+        # connection (and grants the window) before the Accept goes out, which then carries it.
         self._waits.notify()
+        conn._on_raw(raw)
+
+    def _unpend(self, key: tuple[str, str]) -> Socket | None:
+        """Take a connection out of the backlog (accepted, or failed while it waited)."""
+        conn = self._pending.pop(key, None)
+        if conn is not None:
+            peer = key[1].rpartition(".")[0]
+            left = self._pending_by_peer[peer] - 1
+            if left:
+                self._pending_by_peer[peer] = left
+            else:
+                del self._pending_by_peer[peer]
+        return conn
 
     def _reset(self, reply: str, code: int, reason: str) -> None:
         self._resets_sent += 1
         self._answer(reply, Reset(code, reason))
 
     def _answer(self, reply: str, frame: Frame) -> None:
-        if self._client._closing:
-            return
-        task = self._client._spawn(self._publish(reply, encode_frame(frame)))
+        if not self._client._core.closing:
+            self._answers.emit(reply, frame)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._client._core.spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _publish(self, subject: str, raw: bytes) -> None:
-        try:
-            await self._client._transport.publish(subject, raw, "")
-        except ConatError as e:
-            log.debug("socket server %r: frame not sent: %s", self.pattern, e)
+        return task
 
     def _forget(self, conn: Socket, linger_until: float | None) -> None:
-        """``conn`` is closed; if it closed gracefully, its late frames get Close until ``linger_until``."""
+        """``conn`` is closed; if it closed gracefully, its late frames get Close until ``linger_until``.
+
+        A connection still waiting to be accepted leaves the backlog: nobody will read it.
+        """
         key = (conn.subject, conn._outbox.target)
         if self._conns.get(key) is conn:
             del self._conns[key]
+        if self._pending.get(key) is conn:
+            self._unpend(key)
         if linger_until is None or self._closing:
             return
         self._expire_lingering()
@@ -228,8 +276,11 @@ class SocketServer:
         started = deadline = None
         while True:
             if self._pending:
+                conn = self._unpend(next(iter(self._pending)))
+                assert conn is not None
                 self._accepted += 1
-                return self._pending.popleft()
+                conn._on_accepted()
+                return conn
             if self._closing:
                 raise SocketClosed(self.pattern, "the socket server is closed")
             future = self._waits.waiter()
@@ -242,7 +293,7 @@ class SocketServer:
                 self._rearm()
             try:
                 await future
-            except Expired:
+            except DeadlinePassed:
                 assert started is not None
                 raise Timeout(self.pattern, self._clock.now() - started, "socket accept") from None
 
@@ -278,8 +329,9 @@ class SocketServer:
             return
         self._closing = True
         self._waits.notify()
-        conns = {id(c): c for c in [*self._conns.values(), *self._pending]}
+        conns = {id(c): c for c in [*self._conns.values(), *self._pending.values()]}
         self._pending.clear()
+        self._pending_by_peer.clear()
         try:
             if conns:
                 await asyncio.gather(*(c.aclose(timeout) for c in conns.values()), return_exceptions=True)
@@ -288,7 +340,7 @@ class SocketServer:
                 conn.abort("socket server close cancelled")  # each aclose did already; idempotent
             sub = self._let_go()
             if sub is not None:
-                self._client._spawn(sub.unsubscribe())  # we were cancelled: do not wait for it
+                self._client._core.spawn(sub.unsubscribe())  # we were cancelled: do not wait for it
             raise
         sub = self._let_go()
         if sub is not None:

@@ -5,21 +5,22 @@ returns. When the buffer is full the message is dropped and counted, and if its 
 a reply it gets an immediate busy error (code 429) instead of a silent timeout.
 
 A buffered item is either a :class:`Message` or a future for one whose chunks are still being
-pulled; the consumer awaits items in arrival order, so a large message never overtakes a small
-one published after it.
+pulled. The buffer is a :class:`~conat._queue.BoundedQueue` ordered per sender: a large message
+never overtakes a small one its sender published after it, and never holds back another sender's
+messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self, final
 
-from ._errors import ClosedError, ConatError
+from ._errors import ClosedError, ConatError, Timeout
 from ._message import Message
+from ._queue import BoundedQueue
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -28,8 +29,6 @@ __all__ = ["Subscription", "SubscriptionStatistics"]
 
 log = logging.getLogger("conat.subscription")
 
-Item = Message | asyncio.Future[Message]
-BUSY_CODE: Final = 429
 DEFAULT_MAX_BUFFER: Final = 10_000
 
 
@@ -52,9 +51,11 @@ class SubscriptionStatistics:
 class Subscription:
     """An async iterator of the messages matching ``pattern``. Close with :meth:`unsubscribe`.
 
-    Guarantees: messages from one publisher arrive in the order it published them; a message is
-    delivered to at most one member of a queue group; the subscription is re-armed after a
-    reconnect (messages published while the link was down are lost: core NATS is at-most-once).
+    Guarantees: messages from one publisher arrive in the order it published them, chunked ones
+    included, and a chunked message still arriving holds back no other publisher's messages; a
+    message is delivered to at most one member of a queue group; the subscription is re-armed
+    after a reconnect (messages published while the link was down are lost: core NATS is
+    at-most-once).
     """
 
     def __init__(
@@ -71,62 +72,26 @@ class Subscription:
         self.pattern = pattern
         self.queue = queue
         self.max_buffer = max_buffer
-        self._items: deque[Item] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
+        self._dispatch = dispatch
+        self._items: BoundedQueue[Message] = BoundedQueue(
+            max_buffer, deliver=None if dispatch is None else self._call_dispatch, on_drop=self._on_drop
+        )
         self._error: ConatError | None = None
         self.sid = 0
-        self._received = 0
-        self._delivered = 0
-        self._dropped = 0
-        self._failed_transfers = 0
         self._task: asyncio.Task[None] | None = None
-        self._dispatch = dispatch
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self._closed}>"
+        return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self.closed}>"
 
-    # -- producer side (read loop) ---------------------------------------------------------
-    def _put(self, item: Item, reply: str) -> None:
-        if self._closed:
-            return
-        self._received += 1
-        if len(self._items) >= self.max_buffer:
-            self._dropped += 1
-            if isinstance(item, asyncio.Future):
-                item.cancel()
-            if reply:
-                self._client._reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
-            return
-        if self._dispatch is not None:
-            self._put_dispatch(item)
-            return
-        self._items.append(item)
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    # -- producer side (read loop)
+    def _put(self, item: Message | asyncio.Future[Message], reply: str, sender: str | None) -> None:
+        items = self._items
+        if not items.put(item, sender) and reply and not items.closed:
+            self._client._core.reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
 
-    def _put_dispatch(self, item: Item) -> None:
-        """Hand ``item`` to the dispatch function now, unless a chunked message ahead of it is
-        still arriving: then it waits in the buffer, so dispatch order is arrival order."""
-        if not self._items and isinstance(item, Message):
-            self._delivered += 1
-            self._call_dispatch(item)
-            return
-        self._items.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._drain_to_dispatch(), name=f"conat-sub:{self.pattern}"
-            )
-
-    async def _drain_to_dispatch(self) -> None:
-        try:
-            while self._items and not self._closed:
-                msg = await self._next_buffered()
-                if msg is not None:
-                    self._call_dispatch(msg)
-        finally:
-            self._task = None
+    def _on_drop(self, item: asyncio.Future[Message]) -> None:
+        """A chunked message failed (its sender is gone, it was over a cap...)."""
+        log.warning("dropped a chunked message on %r: %s", self.pattern, item.exception())
 
     def _call_dispatch(self, msg: Message) -> None:
         """A router's bug must not reach the connection's read loop (it would break the link)."""
@@ -139,85 +104,67 @@ class Subscription:
     def _fail(self, error: ConatError) -> None:
         """End iteration with ``error`` (e.g. the server refused the subscription)."""
         self._error = error
-        self._close_buffer()
+        self._items.close(error)
 
     def _close_buffer(self) -> None:
-        self._closed = True
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._items.close()
+
+    def _cancel_arriving(self) -> None:
+        """Stop pulling the chunked messages still arriving (nobody will take them any more)."""
+        for item in self._items.clear():
+            if isinstance(item, asyncio.Future):
+                item.cancel()
 
     # -- consumer side ---------------------------------------------------------------------
-    def __aiter__(self) -> Subscription:
-        return self
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._items  # iterating the buffer itself: no frame of ours per message
 
     async def __anext__(self) -> Message:
-        while True:
-            if self._items:
-                msg = await self._next_buffered()
-                if msg is None:
-                    continue
-                return msg
-            if self._closed:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    async def _next_buffered(self) -> Message | None:
-        """Pop the oldest buffered item and wait for it; ``None`` if its chunked transfer failed."""
-        item = self._items.popleft()
-        if isinstance(item, Message):
-            self._delivered += 1
-            return item
-        try:
-            msg = await item
-        except ConatError as e:
-            self._failed_transfers += 1
-            log.warning("dropped a chunked message on %r: %s", self.pattern, e)
-            return None
-        except asyncio.CancelledError:
-            if item.cancelled():
-                return None
-            raise
-        self._delivered += 1
-        return msg
+        return await self._items.__anext__()
 
     async def next(self, timeout: float | None = None) -> Message:
-        """The next message; raises :class:`ClosedError` at the end and ``TimeoutError`` on timeout."""
+        """The next message.
+
+        Raises:
+            Timeout: (408) none arrived within ``timeout`` seconds; the subscription stays usable.
+            ClosedError: the subscription ended (unsubscribed, or its client closed).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(timeout):
-                return await self.__anext__()
+                return await self._items.__anext__()
         except StopAsyncIteration:
             raise ClosedError("subscription") from None
+        except TimeoutError:
+            raise Timeout(self.pattern, loop.time() - started, "next message") from None
 
     def statistics(self) -> SubscriptionStatistics:
+        items = self._items
         return SubscriptionStatistics(
             self.pattern,
             self.queue,
-            self._received,
-            self._delivered,
-            self._dropped,
-            len(self._items),
+            items.received,
+            items.delivered,
+            items.dropped,
+            len(items),
             self.max_buffer,
-            self._failed_transfers,
+            items.failed,
         )
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._items.closed
 
     # -- lifecycle -------------------------------------------------------------------------
     async def unsubscribe(self) -> None:
         """Stop receiving. Messages already buffered are still yielded; then iteration ends."""
-        if self._closed and self.sid == 0:
+        if self._items.closed and self.sid == 0:
             return
         self._close_buffer()
-        await self._client._unsubscribe(self)
+        await self._client._core.unsubscribe(self)
+        if self._dispatch is not None:
+            self._cancel_arriving()
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -229,8 +176,8 @@ class Subscription:
         """Stop intake without losing what is in flight: the server stops routing here, and every
         message it routed before that is still buffered or dispatched; then the subscription ends
         like :meth:`unsubscribe`. Raises :class:`Timeout` if the server does not confirm in time."""
-        if not self._closed and self.sid:
-            await self._client._drain(self, timeout)
+        if not self._items.closed and self.sid:
+            await self._client._core.drain(self, timeout)
         await self.unsubscribe()
 
     async def __aenter__(self) -> Self:
@@ -245,7 +192,7 @@ class Subscription:
         )
 
     async def _run_callback(self, callback: Callable[[Message], Awaitable[object]]) -> None:
-        async for msg in self:
+        async for msg in self._items:
             try:
                 await callback(msg)
             except asyncio.CancelledError:

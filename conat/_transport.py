@@ -1,7 +1,7 @@
 """The one boundary between conat and nats-py.
 
 No ``nats.*`` name or exception leaves this module: callers see conat's error tree and plain
-callables. Three things here differ on purpose from stock nats-py (see shared/notes/ecosystem.md):
+callables. Three things here differ on purpose from stock nats-py:
 
 * **Direct dispatch.** conat's subscriptions do not use nats-py's per-subscription queue and task.
   The read loop hands each message to a synchronous handler that only enqueues it into a bounded
@@ -13,6 +13,37 @@ callables. Three things here differ on purpose from stock nats-py (see shared/no
 * **Reconnect forever, detect dead links fast, never let a callback break the client.** Initial
   connect tries a bounded number of times (a clear error beats a hang); after that the client
   reconnects forever. Every user-facing callback is wrapped.
+* **No message can kill the connection.** nats-server closes a connection that publishes more than
+  its max_payload, headers and payload together; :meth:`Transport.publish` refuses such a message
+  with :class:`PayloadTooLarge` instead of sending it.
+* **The server's status is unforgeable.** ``Status``/``Description`` come only from the inline
+  status line (``NATS/1.0 503``); header lines of those names from a sender are ignored.
+
+What this module uses of nats-py beyond its public API, and why
+---------------------------------------------------------------
+nats-py is pinned to a minor version (``pyproject.toml``), and ``tests/conat/test_nats_py.py``
+checks each item below on the installed version (presence, signature, behaviour), naming the item
+and what it is for when an upgrade breaks it:
+
+* ``Client._process_msg(sid, subject, reply, data, headers)``: overridden; the parser calls it for
+  every MSG/HMSG, so direct dispatch happens here.
+* ``Subscription(conn, id, subject, queue)``, ``Client._subs``, ``Client._sid``,
+  ``Client._send_subscribe(sub)``, ``Client._send_unsubscribe(sid)``: a subscription registered as
+  nats-py's own ``subscribe`` registers one (so its reconnect re-sends it), without its queue and task.
+* ``Client._pending``, ``_pending_data_size``, ``_max_pending_size``, ``_flush_queue``,
+  ``_flush_pending(force_flush)``: :meth:`Transport.publish` queues the protocol command itself
+  (nats-py's ``publish`` re-validates and re-encodes the headers on every call) and kicks the flusher.
+* ``Client._send_command(cmd)``, ``Client._pongs``: :meth:`Transport.flush` queues its PING behind
+  what is pending and waits for its PONG.
+* ``Client._nuid``: unique tokens (inboxes, transfer ids) from nats-py's NUID generator.
+* ``Client._server_info``: the server's name from its INFO, known before CONNECT (credentials).
+* ``Client._transport``: the socket nats-py leaves open after a refused connect, closed here.
+* ``Client.options["max_reconnect_attempts"]`` and ``["allow_reconnect"]``: bounded tries at first,
+  reconnects forever once connected.
+* Error texts: nats-py lowercases the server's ``-ERR`` text and reports ``nats: <text>``;
+  ``permissions violation for (publish|subscription) to "<subject>"`` is a refused publish or
+  subscription, ``authorization violation`` refused credentials, ``authentication expired`` an
+  expired user JWT (nats-py then closes for good).
 """
 
 from __future__ import annotations
@@ -20,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -27,7 +59,7 @@ import nats.errors as nats_errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.subscription import Subscription as _NatsSubscription
 
-from ._errors import BadURL, ClosedError, ConnectError, PayloadError, Timeout, Unauthorized
+from ._errors import BadURL, ClosedError, ConnectError, PayloadError, PayloadTooLarge, Timeout, Unauthorized
 
 __all__ = ["DirectHandler", "PermissionViolation", "Transport", "TransportEvents"]
 
@@ -43,6 +75,7 @@ _CACHE_MAX: Final = 1024
 _CACHEABLE_BYTES: Final = 512
 _URL_SCHEMES: Final = ("nats", "tls", "ws", "wss")
 _VIOLATION_RE: Final = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
+_STATUS_KEYS: Final = frozenset({b"status", b"description"})
 
 
 class PermissionViolation(Exception):
@@ -81,7 +114,11 @@ def encode_headers(headers: dict[str, str]) -> bytes:
 
 
 def parse_headers(raw: bytes) -> dict[str, str] | None:
-    """Parse a NATS header block, including the server's inline status line (``NATS/1.0 503``)."""
+    """Parse a NATS header block, including the server's inline status line (``NATS/1.0 503``).
+
+    ``Status`` and ``Description`` are set from that line only: header lines with those names
+    (sent by some client) are dropped, so no sender can fake a 503.
+    """
     lines = raw.split(_CRLF)
     out: dict[str, str] = {}
     first = lines[0]
@@ -95,7 +132,10 @@ def parse_headers(raw: bytes) -> dict[str, str] | None:
     for line in lines[1:]:
         key, sep, value = line.partition(b":")
         if sep and key:
-            out[key.strip().decode("latin-1")] = value.strip().decode(errors="replace")
+            key = key.strip()
+            if key.lower() in _STATUS_KEYS:
+                continue
+            out[key.decode("latin-1")] = value.strip().decode(errors="replace")
     return out or None
 
 
@@ -157,6 +197,7 @@ class Transport:
         self._closing = False
         self._auth_refused = False  # the server refused our credentials at least once
         self._connected_once = False
+        self._link_changed: asyncio.Future[None] | None = None  # resolved at a disconnect/reconnect
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(
@@ -275,6 +316,10 @@ class Transport:
     def stats(self) -> dict[str, int]:
         return dict(self._nc.stats)
 
+    def header_size(self, headers: dict[str, str]) -> int:
+        """Bytes ``headers`` take on the wire (counted against max_payload with the payload)."""
+        return len(self._nc.header_block(headers))
+
     def new_token(self) -> str:
         """A 22-character random id (NUID), unique per connection and process."""
         return str(self._nc._nuid.next().decode())
@@ -287,10 +332,15 @@ class Transport:
         reply: str = "",
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Queue one PUB/HPUB for the flusher. The caller has validated subjects and sizes.
+        """Queue one PUB/HPUB for the flusher. The caller has validated the subjects.
 
         This writes the protocol command itself (nats-py's ``publish`` re-validates and rebuilds
         the header block on every call); buffering and flushing stay nats-py's.
+
+        Raises:
+            PayloadTooLarge: (413) headers and payload together exceed the server's max_payload;
+                nothing is sent (nats-server would close the connection for it).
+            PayloadError: (400) a header name or value cannot be encoded.
         """
         nc = self._nc
         if nc.is_closed:
@@ -298,6 +348,8 @@ class Transport:
         size = len(payload)
         if headers:
             block = nc.header_block(headers)
+            if len(block) + size > nc.max_payload:
+                raise PayloadTooLarge(len(block) + size, nc.max_payload, "message (headers included)")
             cmd = b"".join(
                 (
                     f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
@@ -307,6 +359,8 @@ class Transport:
                 )
             )
         else:
+            if size > nc.max_payload:
+                raise PayloadTooLarge(size, nc.max_payload, "message")
             cmd = b"".join((f"PUB {subject} {reply} {size}\r\n".encode(), payload, _CRLF))
         if not nc.is_connected and nc._pending_data_size + len(cmd) > nc._max_pending_size:
             raise ConnectError(self.connected_url or "?", "outbound buffer full while reconnecting")
@@ -356,21 +410,47 @@ class Transport:
             nc._subs.pop(sid, None)
 
     async def flush(self, timeout: float = 10.0) -> None:
-        """Return once the server has processed every command sent before this call."""
+        """Return once the server has processed every command sent before this call.
+
+        While the link is down it waits for the reconnect, and a PING lost with the link is sent
+        again on the new one (nats-py forgets its pending PONGs at a reconnect), so a flush never
+        waits for an answer that cannot come.
+
+        Raises:
+            Timeout: not confirmed within ``timeout`` seconds.
+            ClosedError: the client is closed.
+        """
         nc = self._nc
-        if nc.is_closed:
-            raise ClosedError("client")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        future: asyncio.Future[Any] = loop.create_future()
-        nc._pongs.append(future)
-        await nc._send_command(_PING)
-        await nc._flush_pending()
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            future.cancel()
-            raise Timeout("flush", loop.time() - started, what="flush") from None
+        while True:
+            if nc.is_closed:
+                raise ClosedError("client")
+            link = self._link_changed
+            if link is None or link.done():
+                link = self._link_changed = loop.create_future()
+            pong: asyncio.Future[Any] | None = None
+            if nc.is_connected:
+                pong = loop.create_future()
+                nc._pongs.append(pong)
+                await nc._send_command(_PING)
+                await nc._flush_pending()
+            remaining = started + timeout - loop.time()
+            done: set[asyncio.Future[Any]] = set()
+            if remaining > 0:
+                waits = {link} if pong is None else {pong, link}
+                done, _ = await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if pong is not None and pong in done:
+                return
+            if not done:
+                if pong is not None:
+                    pong.cancel()
+                raise Timeout("flush", loop.time() - started, what="flush")
+
+    def _link_change(self) -> None:
+        link, self._link_changed = self._link_changed, None
+        if link is not None and not link.done():
+            link.set_result(None)
 
     # -- nats-py callbacks, each made safe ---------------------------------------------------
     async def force_reconnect(self) -> None:
@@ -395,12 +475,15 @@ class Transport:
         self._safe(self._events.on_error, e)
 
     async def _on_disconnected(self) -> None:
+        self._link_change()
         self._safe(self._events.on_disconnected)
 
     async def _on_reconnected(self) -> None:
+        self._link_change()
         self._safe(self._events.on_reconnected)
 
     async def _on_closed(self) -> None:
+        self._link_change()
         self._safe(self._events.on_closed)
 
     @staticmethod
@@ -414,22 +497,23 @@ class Transport:
 
 
 def check_url(url: str) -> str:
-    """Validate one server URL (``nats://host:port`` and friends); raise :class:`BadURL`."""
+    """Validate one server URL (``nats://host:port`` and friends) with :mod:`urllib.parse`, as
+    nats-py parses it; raise :class:`BadURL` naming what is wrong."""
     if not isinstance(url, str) or not url:
         raise BadURL(repr(url), "expected a non-empty URL string")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    if "://" not in url:
         raise BadURL(url, "missing scheme (expected nats://host:port)")
-    if scheme not in _URL_SCHEMES:
-        raise BadURL(url, f"unsupported scheme {scheme!r} (use one of {', '.join(_URL_SCHEMES)})")
-    host = rest.rpartition("@")[2].split("/", 1)[0]
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:  # a port that is not a number or out of range, an unclosed "[..."
+        raise BadURL(url, str(e)) from None
+    if parts.scheme not in _URL_SCHEMES:
+        raise BadURL(url, f"unsupported scheme {parts.scheme!r} (use one of {', '.join(_URL_SCHEMES)})")
     if not host:
         raise BadURL(url, "missing host")
-    hostname, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise BadURL(url, f"bad port {port!r}")
-    if not hostname:
-        raise BadURL(url, "missing host")
+    if port == 0:
+        raise BadURL(url, "bad port 0")
     return url
 
 

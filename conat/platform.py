@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Final, Literal, Protocol
 
 import msgspec
 
-from ._errors import ConatError, ErrorCode
+from ._platform_errors import BadArgument, PlatformError, UnknownProject, WrongState
 
 __all__ = [
     "Account",
@@ -64,6 +64,7 @@ __all__ = [
     "NewAccount",
     "NewApiKey",
     "NewHost",
+    "PlatformError",
     "Project",
     "ProjectReport",
     "ProjectState",
@@ -77,6 +78,8 @@ __all__ = [
     "StateReport",
     "TokensApi",
     "TransferResult",
+    "UnknownProject",
+    "WrongState",
     "check_id",
     "check_text",
     "convert",
@@ -85,17 +88,6 @@ __all__ = [
 _MIB: Final = 1024 * 1024
 MAX_TITLE: Final = 200
 MAX_NAME: Final = 100
-
-
-class BadArgument(ConatError):
-    """A malformed or out-of-range argument; ``field`` names it, ``reason`` says what is wrong."""
-
-    code: ErrorCode = 400
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"bad argument {field}: {reason}")
 
 
 def check_id(value: object, field: str) -> str:

@@ -1,16 +1,16 @@
-"""host: the project host (DESIGN.md §8): many projects on one machine, each a sandboxed process.
+"""host: the project host: many projects on one machine, each a sandboxed process (docs/host.md).
 
 - :class:`HostServer` (``conat host serve``): the host's own bus with the auth callout, persist,
   bootlogs, the runner and the file server, all as actors; reconciles projects after a restart.
+- The file server (:class:`FileServer`, ``fs.project-<p>``) serves each project's tree over the bus:
+  typed RPCs (:class:`FileSystem`), streamed transfers of any size and watch sockets, every path
+  resolved beneath the project root by the kernel (:mod:`conat.beneath`). Clients use :func:`fs`.
 - The runner (``runner.host-<h>``, master's alone): :class:`Runner` and one :class:`ProjectActor`
   per project driving the state machine of :mod:`host._states`; :func:`runner_proxy` calls it.
 - A project process (``python -m host.project``) serves ``project.<p>.exec`` (:func:`exec_command`,
   :func:`exec_stream`) and ``project.<p>.status``, sandboxed by :mod:`host._isolation`: cgroups,
   rlimits, its own uid, a network namespace that reaches only the bus, a bubblewrap mount view.
 - Activity (:func:`report_activity` on ``activity.project-<p>``) keeps a project from idle stop.
-- The file server (:class:`FileServer`) serves each project's tree over the bus: typed RPCs
-  (:class:`FileSystem`), streamed transfers of any size and watch sockets, every path resolved
-  beneath the project root by the kernel (:mod:`conat.beneath`). Clients use :func:`fs`.
 """
 
 from ._activity import activity_subject as activity_subject
@@ -21,6 +21,7 @@ from ._errors import HostError as HostError
 from ._errors import LaunchFailed as LaunchFailed
 from ._errors import NoCredentials as NoCredentials
 from ._errors import ProjectExists as ProjectExists
+from ._errors import StoreChanged as StoreChanged
 from ._errors import UnknownProject as UnknownProject
 from ._errors import WrongState as WrongState
 from ._exec import ExecResult as ExecResult
@@ -126,6 +127,7 @@ __all__ = [
     "SearchResult",
     "Snapshot",
     "Stat",
+    "StoreChanged",
     "TRANSITIONS",
     "TransferRequest",
     "UnknownProject",

@@ -47,11 +47,9 @@ from typing import Any, Final, Self
 
 import msgspec
 import psutil
-import tenacity
 
 import conat
-from auth import AuthStore
-from conat.auth import PublicKeys, peek_claims, read_private_file, write_private_file
+from conat.auth import AuthStore, PublicKeys, peek_claims, read_private_file, write_private_file
 from conat.cli.plugin import Printer, stop_on_signals
 from conat.platform import (
     BadArgument,
@@ -83,6 +81,8 @@ AGENT_STATE: Final = "agent.json"
 AGENT_LOCK: Final = "agent.lock"
 _FULL_REPORT_EVERY: Final = 10
 _CALL_TIMEOUT: Final = 30.0
+_LINK_BACKOFF: Final = conat.Backoff(initial=0.5, maximum=10.0, jitter=0.5)
+"""Between attempts to reach master: a crowd of hosts coming back after master restarts spreads out."""
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -292,17 +292,12 @@ class HostAgent:
     # -- the link to master ---------------------------------------------------------------------------
     async def _link(self, key: _HostKey) -> None:
         """Connect to master (retrying forever), then serve it until closed."""
-        retrying = tenacity.AsyncRetrying(
-            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
-            retry=tenacity.retry_if_exception_type((conat.ConatError, OSError, TimeoutError)),
-            stop=tenacity.stop_never,
-            before_sleep=lambda state: log.warning(
-                "cannot reach master yet: %s", state.outcome.exception() if state.outcome else "?"
-            ),
-        )  # fmt: skip
-        async for attempt in retrying:
-            with attempt:
-                await self._connect(key)
+        await conat.retry(
+            lambda: self._connect(key),
+            backoff=_LINK_BACKOFF,
+            retry_if=lambda e: isinstance(e, conat.ConatError | OSError | TimeoutError),
+            on_retry=lambda e, delay: log.warning("cannot reach master yet (again in %.1f s): %s", delay, e),
+        )
         await self._serve(key)
 
     async def _connect(self, key: _HostKey) -> None:

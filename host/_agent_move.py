@@ -50,12 +50,12 @@ from conat.platform import BadArgument, Limits, SnapshotInfo, TransferResult
 from persist import PersistServer
 from subjects import project_scope, service_subject
 
+from ._errors import StoreChanged
 from ._projects import HostProjects, _import_filter
 from ._runner import runner_proxy
 
 __all__ = [
     "Incoming",
-    "StoreChanged",
     "build_archive",
     "forget_streams",
     "move_subject",
@@ -99,12 +99,6 @@ class Ack(msgspec.Struct, frozen=True, kw_only=True):
 def move_subject(project_id: str) -> str:
     """``move.project-<p>``: where a project's archive is sent on its destination's bus."""
     return service_subject("move", project_scope(project_id))
-
-
-class StoreChanged(conat.ConatError):
-    """A SQLite store kept changing while it was copied (the project is running): stop it and retry."""
-
-    code = "store-changed"
 
 
 def _copy_fd(fd: int, out: Path) -> None:
@@ -155,7 +149,7 @@ def _store_copy(dirfd: int, name: str, fd: int, scratch: Path) -> Path:
         except sqlite3.DatabaseError:
             pass
         shutil.rmtree(work, ignore_errors=True)
-    raise StoreChanged(f"the store {name!r} changed while it was copied: stop the project and try again")
+    raise StoreChanged(name)
 
 
 def _member(dirfd: int, name: str, arcname: str) -> tarfile.TarInfo | None:

@@ -87,11 +87,13 @@ async def exec_stream(
 
     Leaving the iteration early (``break``, cancellation) closes the socket, which kills the
     command. Raises :class:`~host.BadArgument` for a bad request (checked before sending) and the
-    socket's errors (``NoResponders`` when the project is not running).
+    socket's errors (``NoResponders`` when the project's process does not answer within
+    ``connect_timeout``: it is not running, or has not reconnected yet after a host restart, which
+    is why the connect waits for interest rather than failing at the first "no responders").
     """
     request = ExecRequest(command=command, cwd=cwd, env=dict(env or {}), stdin=stdin, timeout=timeout)
     subject = exec_subject(project_id, secrets.token_hex(8))
-    sock = await client.socket_connect(subject, timeout=connect_timeout)
+    sock = await client.socket_connect(subject, timeout=connect_timeout, wait_for_interest=True)
     try:
         await sock.send(msgspec.msgpack.encode(request), encoding="raw")
         async for msg in sock:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final, Self
 
 import msgspec
 
 from actors import ActorSystem
-from conat import Client, Clock, ConatError, Socket, SocketServer, SystemClock
+from conat import Client, Clock, ConatError, Socket, SocketServer, SystemClock, error_reply
 from subjects import watch_project
 
 from ._fs_actor import FileServerActor
@@ -59,8 +60,10 @@ class FileServer:
     Args:
         client: the host bus connection (not closed here).
         config: where projects live and the limits.
-        clock: time for watcher inactivity and read-lock windows (tests pass a FakeClock).
+        clock: time for watcher inactivity and read-lock windows (tests pass ``conat.testing.FakeClock``).
         system: an actor system to run in (default: one of its own, stopped at :meth:`aclose`).
+        on_activity: called (at most every few seconds per project) when a project's files are used:
+            the host passes :func:`~host.report_activity`, so file work keeps a project from idle stop.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class FileServer:
         *,
         clock: Clock | None = None,
         system: ActorSystem | None = None,
+        on_activity: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.client = client
+        self._on_activity = on_activity
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self._own_system = system is None
@@ -89,7 +94,7 @@ class FileServer:
         audit = None
         if self.config.audit is not None:
             audit = await AuditLog.open(Path(self.config.audit), self.config.audit_rows)
-        shared = FsShared(self.config, self.backend, self.clock, audit)
+        shared = FsShared(self.config, self.backend, self.clock, audit, self._on_activity)
         self.shared = shared
         shared.hub.start()
         await self.system.start(FileServerActor, factory=lambda: FileServerActor(shared))
@@ -119,11 +124,15 @@ class FileServer:
             except ConatError as e:
                 raise FsError("EINVAL", "", f"bad watch request: {e}") from None
             project = await shared.acquire(project_of(sock.subject.split(".")[1]))
+            shared.touch(project.project_id)
             await shared.sandbox(project)
             await shared.hub.serve(project, request.path, sock, request.echo)
         except FsError as e:
             with contextlib.suppress(ConatError):
-                await sock.send({"type": "error", "code": e.code, "message": str(e)}, headers={"fs": "error"})
+                code, message, data = error_reply(e)
+                await sock.send(
+                    {"type": "error", "code": code, "message": message, "data": data}, headers={"fs": "error"}
+                )
         except ConatError as e:
             log.debug("watch on %s ended: %s", sock.subject, e)
         finally:

@@ -57,6 +57,11 @@ def project_of(key: str) -> str:
     return ident
 
 
+ACTIVITY_INTERVAL: Final = 5.0
+"""Seconds between two activity reports of one project."""
+_MAX_ACTIVITY_KEYS: Final = 10_000
+
+
 class FsShared:
     """The state a file server's actor, transfers and watchers share (one per :class:`FileServer`)."""
 
@@ -66,8 +71,11 @@ class FsShared:
         backend: Backend,
         clock: Clock,
         audit: AuditLog | None,
+        on_activity: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.config = config
+        self._on_activity = on_activity
+        self._last_activity: dict[str, float] = {}
         self.backend = backend
         self.clock = clock
         self.audit = audit
@@ -172,6 +180,20 @@ class FsShared:
             if project.refs <= 0:
                 project.refs += 1
                 self.release(project)
+
+    def touch(self, project_id: str) -> None:
+        """The project is in use: tell ``on_activity`` (the host's idle-stop signal), at most every
+        :data:`ACTIVITY_INTERVAL` seconds per project so a busy project costs no extra traffic."""
+        if self._on_activity is None:
+            return
+        now = self.clock.now()
+        if now - self._last_activity.get(project_id, -ACTIVITY_INTERVAL) < ACTIVITY_INTERVAL:
+            return
+        self._last_activity[project_id] = now
+        if len(self._last_activity) > _MAX_ACTIVITY_KEYS:  # forget the oldest half: bounded memory
+            for key in sorted(self._last_activity, key=self._last_activity.__getitem__)[: _MAX_ACTIVITY_KEYS // 2]:
+                del self._last_activity[key]
+        self.spawn(self._on_activity(project_id))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

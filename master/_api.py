@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from typing import Any, Final
+from typing import Any
 
 import conat
 from actors import NO_REPLY, Actor
@@ -30,8 +30,6 @@ from ._rpc import AfterReply, Router
 __all__ = ["MasterApi", "api_type"]
 
 log = logging.getLogger("conat.master.api")
-
-BAD_REQUEST: Final = 400
 
 
 class MasterApi(Actor, subject="master.*.api", idle=600.0, max_buffer=10_000):
@@ -78,30 +76,25 @@ class MasterApi(Actor, subject="master.*.api", idle=600.0, max_buffer=10_000):
             try:
                 router = self.routers.get(self.kind)
                 if router is None:
-                    raise conat.RemoteError(404, f"no API on {msg.subject}")
+                    raise conat.RemoteError(conat.NOT_FOUND, f"no API on {msg.subject}")
                 try:
                     request = msg.decode(RpcRequest)
                 except conat.PayloadError as e:
-                    raise conat.RemoteError(BAD_REQUEST, f"bad RPC request: {e.detail}") from None
+                    raise conat.RemoteError(conat.BAD_REQUEST, f"bad RPC request: {e.detail}") from None
                 result = await router.call(await self._caller(), request)
             except Exception as e:
                 if not isinstance(e, conat.ConatError):
                     log.exception("%s on %s failed", getattr(e, "__class__", type(e)).__name__, msg.subject)
-                if msg.reply:
-                    code = e.code if isinstance(e, conat.ConatError) else 500
-                    text = e.remote_message if isinstance(e, conat.RemoteError) else str(e)
-                    with contextlib.suppress(conat.ConatError):
-                        await msg.respond_error(code, text)
+                await conat.respond_error(msg, *conat.error_reply(e))  # a registered error with its fields
                 return
         after = result if isinstance(result, AfterReply) else None
         if after is not None:
             result = after.value
         if msg.reply:
             try:
-                await msg.respond(result)
+                await msg.respond(result, encoding=conat.reply_encoding(msg, result))  # the caller's own
             except conat.PayloadError as e:
-                with contextlib.suppress(conat.ConatError):
-                    await msg.respond_error(500, f"cannot encode the result: {e.detail}")
+                await conat.respond_error(msg, conat.INTERNAL, f"cannot encode the result: {e.detail}")
             except conat.ConatError:
                 pass
         if after is not None:

@@ -115,9 +115,8 @@ class HostsNamespace:
             row = await ctx.host(tx, caller, host_id, manage=True)
             count = ctx.counts.get(host_id, 0)
             if count:
-                raise WrongState(
-                    f"host {host_id}", f"holding {count} project(s)", "move or delete them first"
-                )
+                raise WrongState(f"holding {count} project(s)", "delete", detail="move or delete them first",
+                                 host_id=host_id)  # fmt: skip
             keys = await tx.keys_of(host_id=host_id)
             await tx.update_host(host_id, status="deleted")
             await tx.execute("DELETE FROM api_keys WHERE host_id = ?", (host_id,))

@@ -132,7 +132,7 @@ class ProjectsNamespace:
             if row.state == "moving":
                 raise Busy(project_id, "it is being moved")
             if row.state == "creating" or row.host_id is None:
-                raise WrongState(f"project {project_id}", row.state, "it is not created yet")
+                raise WrongState(row.state, "start", project_id, "it is not created yet")
             if action == "start" and row.desired == "running" and row.state in ("running", "starting"):
                 raise AlreadyRunning(project_id, row.state)
             status = ctx.liveness.status(row.host_id)
@@ -209,7 +209,7 @@ class ProjectsNamespace:
         ctx = self.ctx
         row, host_id = await self._on_its_host(caller, project_id)
         if row.desired != "running":
-            raise WrongState(f"project {project_id}", row.state, "start it first")
+            raise WrongState(row.state, "exec", project_id, "start it first")
         with host_errors(host_id):
             return await ctx.links.runner(host_id, timeout=timeout + _EXEC_SLACK).exec(
                 project_id, command, timeout, cwd, stdin

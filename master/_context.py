@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import conat
-from auth import AuthBus
+from conat.auth import AuthBus
 from conat.platform import Account, HostInfo, Project
 
 from ._config import MasterConfig

@@ -123,7 +123,7 @@ class Issuer:
 
 
 class ApiKeyExchange:
-    """The master bus's :class:`auth.CredentialExchange`: API keys stand for their owner."""
+    """The master bus's :class:`conat.auth.CredentialExchange`: API keys stand for their owner."""
 
     def __init__(self, db: Database, wall: Callable[[], float]) -> None:
         self.db = db

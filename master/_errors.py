@@ -1,32 +1,20 @@
-"""master's error tree. Every error has a stable ``code`` a remote caller sees unchanged (in
-:class:`conat.RemoteError`), and builds its own message from its fields::
+"""master's errors: the ``MasterError`` branch of the error tree (drawn in conat._errors), and the
+errors master shares with the hosts (:class:`BadArgument`, :class:`UnknownProject`,
+:class:`WrongState`), defined once in :mod:`conat.platform` and re-exported here.
 
-    ConatError
-    ├── BadArgument              400               a malformed or out-of-range argument (conat.platform)
-    └── MasterError              "master"
-        ├── UnknownAccount       "unknown-account"
-        ├── UnknownProject       "unknown-project"  no such project (or not one the caller may see)
-        ├── UnknownHost          "unknown-host"     no such host (or not one the caller may use)
-        ├── UnknownApiKey        "unknown-api-key"
-        ├── NotAllowed           403                the caller may not do this (not owner, not admin)
-        ├── HostOffline          "host-offline"     the host does not answer keepalives
-        ├── NoCapacity           "no-capacity"      no usable online host has room
-        ├── NoHost               "no-host"          the caller may use no host at all
-        ├── WrongState           "wrong-state"      illegal in the project's (or host's) state
-        │   └── AlreadyRunning   "already-running"  a second start
-        ├── Busy                 "busy"             a move (or clone) of the project is in progress
-        ├── HostFailed           "host-failed"      the host refused or failed (its code and text kept)
-        ├── MoveFailed           "move-failed"      a move rolled back (the project is intact on its source)
-        ├── SchemaTooNew         "schema-too-new"   the database was made by a newer master
-        └── MasterLocked         "master-locked"    another master runs on this data directory
+Every error has a stable ``code`` a remote caller sees unchanged and builds its own message from its
+fields. The symbolic ones are registered (:func:`conat.register_error`), so a caller of master's API
+gets the typed error back (``except HostOffline``), which is also a :class:`conat.RemoteError`;
+:class:`NotAllowed` (403) and :class:`BadArgument` (400) are statuses and reach a caller as a plain
+:class:`conat.RemoteError`.
 
 A refused call changes nothing: every check comes before the first write.
 """
 
 from __future__ import annotations
 
-from conat import ConatError, ErrorCode
-from conat.platform import BadArgument
+from conat import ConatError, ErrorCode, register_error
+from conat.platform import BadArgument, UnknownProject, WrongState
 
 __all__ = [
     "AlreadyRunning",
@@ -55,6 +43,7 @@ class MasterError(ConatError):
     code: ErrorCode = "master"
 
 
+@register_error
 class UnknownAccount(MasterError):
     code: ErrorCode = "unknown-account"
 
@@ -63,17 +52,7 @@ class UnknownAccount(MasterError):
         super().__init__(f"no account {account_id}")
 
 
-class UnknownProject(MasterError):
-    """No such project, or one the caller is not a collaborator of (the two look the same, so
-    that project ids cannot be probed)."""
-
-    code: ErrorCode = "unknown-project"
-
-    def __init__(self, project_id: str) -> None:
-        self.project_id = project_id
-        super().__init__(f"no project {project_id}")
-
-
+@register_error
 class UnknownHost(MasterError):
     code: ErrorCode = "unknown-host"
 
@@ -82,6 +61,7 @@ class UnknownHost(MasterError):
         super().__init__(f"no host {host_id}")
 
 
+@register_error
 class UnknownApiKey(MasterError):
     code: ErrorCode = "unknown-api-key"
 
@@ -98,6 +78,7 @@ class NotAllowed(MasterError):
         super().__init__(f"not allowed: {what}")
 
 
+@register_error
 class HostOffline(MasterError):
     code: ErrorCode = "host-offline"
 
@@ -107,6 +88,7 @@ class HostOffline(MasterError):
         super().__init__(f"host {host_id} is {status}")
 
 
+@register_error
 class NoCapacity(MasterError):
     code: ErrorCode = "no-capacity"
 
@@ -115,6 +97,7 @@ class NoCapacity(MasterError):
         super().__init__(f"no host has room: {detail}")
 
 
+@register_error
 class NoHost(MasterError):
     code: ErrorCode = "no-host"
 
@@ -123,23 +106,15 @@ class NoHost(MasterError):
         super().__init__(f"no host to use: {detail}")
 
 
-class WrongState(MasterError):
-    code: ErrorCode = "wrong-state"
-
-    def __init__(self, what: str, state: str, detail: str = "") -> None:
-        self.what = what
-        self.state = state
-        self.detail = detail
-        super().__init__(f"{what} is {state}" + (f": {detail}" if detail else ""))
-
-
+@register_error
 class AlreadyRunning(WrongState):
     code: ErrorCode = "already-running"
 
     def __init__(self, project_id: str, state: str) -> None:
-        super().__init__(f"project {project_id}", state, "it was started already")
+        super().__init__(state, "start", project_id, "it was started already")
 
 
+@register_error
 class Busy(MasterError):
     code: ErrorCode = "busy"
 
@@ -149,6 +124,7 @@ class Busy(MasterError):
         super().__init__(f"project {project_id} is busy: {what}")
 
 
+@register_error
 class HostFailed(MasterError):
     """The host answered with an error (``host_code`` is its code) or could not be reached."""
 
@@ -161,6 +137,7 @@ class HostFailed(MasterError):
         super().__init__(f"host {host_id} failed ({host_code}): {detail}")
 
 
+@register_error
 class MoveFailed(MasterError):
     code: ErrorCode = "move-failed"
 
@@ -170,6 +147,7 @@ class MoveFailed(MasterError):
         super().__init__(f"moving project {project_id} failed (it is intact on its source): {reason}")
 
 
+@register_error
 class SchemaTooNew(MasterError):
     code: ErrorCode = "schema-too-new"
 
@@ -179,6 +157,7 @@ class SchemaTooNew(MasterError):
         super().__init__(f"the database has schema version {found}; this master knows up to {known}")
 
 
+@register_error
 class MasterLocked(MasterError):
     code: ErrorCode = "master-locked"
 

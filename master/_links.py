@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import conat
-from auth import AuthBus
+from conat.auth import AuthBus
 from conat.platform import HostRunner
 from subjects import runner_host
 
@@ -50,7 +50,7 @@ def host_errors(host_id: str) -> Iterator[None]:
     except conat.RemoteError as e:
         raise HostFailed(host_id, e.code, e.remote_message) from None
     except conat.Timeout as e:
-        raise HostFailed(host_id, 408, f"no answer within {e.elapsed:.1f}s") from None
+        raise HostFailed(host_id, e.code, f"no answer within {e.elapsed:.1f}s") from None
 
 
 class HostLinks:

@@ -144,7 +144,7 @@ class Moves:
             if row.state == "moving":
                 raise Busy(project_id, "another move is in progress")
             if row.state == "creating" or row.host_id is None:
-                raise WrongState(f"project {project_id}", row.state, "it is not created yet")
+                raise WrongState(row.state, "clone" if clone else "move", project_id, "it is not created yet")
             source = row.host_id
             if not clone and host_id == source:
                 raise BadArgument("host_id", "the project is on that host already")
@@ -260,7 +260,7 @@ class Moves:
                     move.project_id, wait=ctx.config.start_timeout
                 )
             if status.state not in ("opened", "error"):
-                raise WrongState(f"project {move.project_id}", status.state, "it did not stop on the source")
+                raise WrongState(status.state, "move", move.project_id, "it did not stop on the source")
         await self._phase(move, "prepare", f"preparing host {move.destination}", 15)
         with host_errors(move.destination):
             await ctx.links.runner(move.destination).move_in(target, move.id, project.limits)
@@ -281,7 +281,7 @@ class Moves:
         with host_errors(move.destination):
             arrived = await ctx.links.runner(move.destination).status(target)
         if arrived.state != "opened":
-            raise WrongState(f"project {target} on host {move.destination}", arrived.state, "expected opened")
+            raise WrongState(arrived.state, "move", target, f"expected opened on host {move.destination}")
         return stopped_at
 
     async def _switch(self, move: _MoveRow) -> None:

@@ -17,8 +17,9 @@ handler is therefore **idempotent** (it checks what is done already and continue
 rolls back and starts over).
 
 **Retries.** A handler that raises :class:`Permanent` fails the action at once. Any other
-exception is retried after a backoff from tenacity's ``wait_exponential_jitter`` (the project's
-one backoff library), until ``max_attempts``; the last error stays in the row.
+exception is retried after a delay from :class:`conat.Backoff` (the project's one backoff policy:
+doubling from ``backoff_min`` up to ``backoff_max``, with up to 50 % random extra so that actions
+failing together do not retry together), until ``max_attempts``; the last error stays in the row.
 
 **Deduplication.** ``dedup`` (e.g. ``move:<project>``) is unique among active (pending or running)
 actions: enqueueing a duplicate returns the active one's id. It is cleared when the action ends.
@@ -31,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
-import tenacity
+
+import conat
 
 from ._db import Database, Tx
 
@@ -90,9 +93,7 @@ class WorkQueue:
         self.workers = workers
         self.owner = secrets.token_hex(8)
         self.handlers: dict[str, Handler] = {}
-        self._backoff = tenacity.wait_exponential_jitter(
-            multiplier=backoff_min, max=backoff_max, jitter=backoff_min
-        )
+        self._backoff = conat.Backoff(initial=backoff_min, maximum=backoff_max, factor=2.0, jitter=0.5)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
@@ -102,9 +103,7 @@ class WorkQueue:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number ``attempts`` (1 = the first retry)."""
-        state = tenacity.RetryCallState(cast(tenacity.BaseRetrying, None), None, (), {})
-        state.attempt_number = attempts
-        return float(self._backoff(state))
+        return self._backoff.delay(attempts, random.random())
 
     async def enqueue(
         self, tx: Tx, kind: str, target: str, args: dict[str, Any], *, dedup: str | None = None,

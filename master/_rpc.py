@@ -16,16 +16,14 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
-from conat import RemoteError, RpcRequest
+from conat import NOT_FOUND, RemoteError, RpcRequest
 from conat.platform import BadArgument
 
 __all__ = ["AfterReply", "Router"]
-
-NOT_FOUND: Final = 404
 
 
 class AfterReply:

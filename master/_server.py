@@ -5,7 +5,7 @@ Start-up, in order:
 1. an exclusive lock on ``<data_dir>/master.lock`` (see "How many" below);
 2. the database (``master.sqlite``, migrated to the newest schema) and the key ring (``keys/``:
    master's token signing keys, 0600; they never leave this directory);
-3. master's bus: nats-server with the auth callout (``auth.AuthBus``, bus ``master``), whose
+3. master's bus: nats-server with the auth callout (``conat.auth.AuthBus``, bus ``master``), whose
    callout also takes API keys (:class:`~master._credentials.ApiKeyExchange`), on the configured
    (or last used) port;
 4. master's own connection (the ``hub`` principal, tokens minted here);
@@ -39,9 +39,8 @@ from typing import Any, Final, Self
 
 import conat
 from actors import ActorSystem
-from auth import AuthBus
 from conat import ServerConfig
-from conat.auth import Keyring, write_private_file
+from conat.auth import AuthBus, Keyring, write_private_file
 from conat.platform import NewApiKey
 from subjects import MASTER_BUS
 

@@ -24,6 +24,7 @@ __all__ = [
     "check_delete_args",
     "check_encoding",
     "check_key",
+    "check_msg_id",
     "check_now",
     "check_selector",
     "check_seq",
@@ -157,14 +158,7 @@ def check_set_args(
             raise BadRequest("set", f"ttl must be a positive number of seconds, not {ttl!r}")
         checked_ttl = ttl
     checked_seq = check_seq("set", "previous_seq", previous_seq) if previous_seq is not None else None
-    checked_id: str | None = None
-    if msg_id is not None:
-        if not isinstance(msg_id, str) or not msg_id:
-            raise BadRequest("set", f"msg_id must be a non-empty string, not {msg_id!r}")
-        size = check_utf8("set", "msg_id", msg_id)
-        if size > MAX_KEY_BYTES:
-            raise TooLarge("msg_id", size, MAX_KEY_BYTES)
-        checked_id = msg_id
+    checked_id = check_msg_id("set", msg_id)
     size = message_size(checked_key, hdrs, data)
     if size > MAX_MESSAGE_BYTES:
         raise TooLarge("message", size, MAX_MESSAGE_BYTES)
@@ -179,6 +173,23 @@ def check_set_args(
     )
 
 
+def check_msg_id(op: str, msg_id: object) -> str | None:
+    """A msg-id: ``None``, or a non-empty string of at most ``MAX_KEY_BYTES`` in UTF-8.
+
+    Raises:
+        BadRequest: not a non-empty string.
+        TooLarge: longer than ``MAX_KEY_BYTES``.
+    """
+    if msg_id is None:
+        return None
+    if not isinstance(msg_id, str) or not msg_id:
+        raise BadRequest(op, f"msg_id must be a non-empty string, not {msg_id!r}")
+    size = check_utf8(op, "msg_id", msg_id)
+    if size > MAX_KEY_BYTES:
+        raise TooLarge("msg_id", size, MAX_KEY_BYTES)
+    return msg_id
+
+
 @final
 class DeleteArgs(msgspec.Struct, frozen=True, kw_only=True):
     """The selector of a ``delete``, checked (:func:`check_delete_args`): exactly one field is set.
@@ -187,30 +198,36 @@ class DeleteArgs(msgspec.Struct, frozen=True, kw_only=True):
         targets: the seqs of ``seq=`` or ``seqs=``, ascending and without repeats.
         up_to: the bound of ``up_to=``.
         key: the key of ``key=``.
+        msg_id: the delete's msg-id (a retry with it gets the first result), or ``None``.
     """
 
     targets: list[int] | None
     up_to: int | None
     key: str | None
+    msg_id: str | None = None
 
 
-def check_delete_args(seq: object, seqs: object, up_to: object, key: object) -> DeleteArgs:
-    """Check the selector of a ``delete``: exactly one of ``seq``, ``seqs``, ``up_to``, ``key``.
+def check_delete_args(
+    seq: object, seqs: object, up_to: object, key: object, msg_id: object = None
+) -> DeleteArgs:
+    """Check the selector of a ``delete``: exactly one of ``seq``, ``seqs``, ``up_to``, ``key``; and
+    its ``msg_id``, if any (:func:`check_msg_id`).
 
     Raises:
         BadRequest: not exactly one selector, or a malformed one.
-        TooLarge: a key over ``MAX_KEY_BYTES``.
+        TooLarge: a key or msg-id over ``MAX_KEY_BYTES``.
     """
     given = [s for s in (seq, seqs, up_to, key) if s is not None]
     if len(given) != 1:
         raise BadRequest("delete", "give exactly one of seq, seqs, up_to, key")
+    mid = check_msg_id("delete", msg_id)
     if seq is not None:
-        return DeleteArgs(targets=[check_seq("delete", "seq", seq)], up_to=None, key=None)
+        return DeleteArgs(targets=[check_seq("delete", "seq", seq)], up_to=None, key=None, msg_id=mid)
     if seqs is not None:
         if isinstance(seqs, str | bytes) or not isinstance(seqs, Iterable):
             raise BadRequest("delete", f"seqs must be a list of ints, not {seqs!r}")
         targets = sorted({check_seq("delete", "seqs", s) for s in seqs})
-        return DeleteArgs(targets=targets, up_to=None, key=None)
+        return DeleteArgs(targets=targets, up_to=None, key=None, msg_id=mid)
     if up_to is not None:
-        return DeleteArgs(targets=None, up_to=check_seq("delete", "up_to", up_to), key=None)
-    return DeleteArgs(targets=None, up_to=None, key=check_key("delete", key))
+        return DeleteArgs(targets=None, up_to=check_seq("delete", "up_to", up_to), key=None, msg_id=mid)
+    return DeleteArgs(targets=None, up_to=None, key=check_key("delete", key), msg_id=mid)

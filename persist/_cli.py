@@ -1,7 +1,8 @@
 """``conat stream | kv | persist``: persisted streams and KV stores from a shell, and the persist service.
 
 Registered with the ``conat`` CLI through the ``conat.commands`` entry point group (like ``conat run``),
-so conat never imports persist. persist's part in ``conat up`` is :mod:`persist._up`.
+so conat never imports persist. ``conat persist serve`` lives in :mod:`persist._serve_cli` (re-exported
+here for its entry point); persist's part in ``conat up`` is :mod:`persist._up`.
 
 Arguments: SCOPE is a scope token (``hub``, ``project-<uuid>``, ``account-<uuid>``, ``host-<uuid>``),
 NAME a stream's (or KV store's) name in it (``chat``, ``logs/build``). Every command is a client of
@@ -14,7 +15,8 @@ instead of ``value`` for bytes that are not UTF-8 text; ``time`` in seconds sinc
 Exit codes (the CLI's table): 0 ok (also Ctrl-C stopping ``tail``, ``watch``, ``serve``); 1 bad
 input (scope, name, options) or nothing found (a missing key or seq: ``(code not-found)``); 2 the
 service refused (``reject``, ``wrong-last-sequence``...: a remote error, as for ``conat req``); 3
-timeout; 4 no persist service answered within ``--timeout``; 6 cannot connect.
+timeout; 4 no persist service answered within ``--timeout``; 6 cannot connect; 7 ``persist serve``
+gave up after repeated crashes (so a supervisor starts a fresh one).
 """
 
 from __future__ import annotations
@@ -22,21 +24,29 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 import msgspec
 
 from conat import InvalidSubject, PayloadError
-from conat.cli._app import EXIT_REMOTE, Options, common_options, run, stop_on_signals, until_stopped
-from conat.cli._output import Printer, format_value, to_json
-from conat.cli.plugin import read_data
+from conat.cli.plugin import (
+    EXIT_REMOTE,
+    EXIT_USAGE,
+    Options,
+    Printer,
+    common_options,
+    format_value,
+    read_data,
+    run,
+    stop_on_signals,
+    to_json,
+    until_stopped,
+)
 from subjects import parse_scope
 
 from ._client import AKV, AStream, list_streams
@@ -44,15 +54,14 @@ from ._config import StreamConfig
 from ._engine import StoredMessage
 from ._errors import NotFound, PersistError
 from ._model import SetResult
-from ._placement import Placement, StoragePath
-from ._service import PersistServer
-from ._wire import StreamInventory
+from ._placement import StoragePath
+from ._serve_cli import SUBJECT, persist_group
+from ._wire import ResetResult, StreamInventory
 
 __all__ = ["SUBJECT", "kv", "message_fields", "persist_group", "stream"]
 
 T = TypeVar("T")
 
-SUBJECT: Final = "persist.*.>"
 _DEFAULTS: Final[dict[str, Any]] = msgspec.to_builtins(StreamConfig())
 
 
@@ -85,17 +94,16 @@ _timeout_option: Final = click.option(
 def _run(opts: Options, main: Coroutine[Any, Any, T]) -> T:
     """``run(main)``, where a refusal by the service exits 2 (a remote error, as for ``conat req``).
 
-    ``not-found`` is raised on: the CLI reports it and exits 1, as for a missing key.
+    ``not-found`` exits 1, as for a missing key, whether the CLI found it missing or the service
+    answered so (the service's arrives as a :class:`NotFound` that is also a ``RemoteError``).
     """
     try:
         return run(main)
     except PersistError as e:
-        if isinstance(e, NotFound):
-            raise
         if opts.debug:
             traceback.print_exception(e, file=sys.stderr)
         click.echo(f"conat: error: {e} (code {e.code})", err=True)
-        raise click.exceptions.Exit(EXIT_REMOTE) from None
+        raise click.exceptions.Exit(EXIT_USAGE if isinstance(e, NotFound) else EXIT_REMOTE) from None
 
 
 def _follow(opts: Options, main: Coroutine[Any, Any, None]) -> None:
@@ -204,8 +212,10 @@ def stream() -> None:
 def stream_ls(opts: Options, scope: str, prefix: str, timeout: float) -> None:
     """List the streams of SCOPE: name, count, bytes, first and last seq, and limits.
 
-    LIMITS shows the config fields that differ from the defaults. With --json, one object per
-    stream: name, count, bytes, first_seq, last_seq and the whole config.
+    LIMITS shows the config fields that differ from the defaults. A stream that cannot be read is
+    listed with its error instead (a corrupt one until it is reset: conat stream reset). With
+    --json, one object per stream: name, count, bytes, first_seq, last_seq and the whole config, or
+    name, error (the code) and message.
     """
 
     async def ls() -> list[StreamInventory]:
@@ -216,7 +226,10 @@ def stream_ls(opts: Options, scope: str, prefix: str, timeout: float) -> None:
     out = Printer(opts.json)
     if opts.json:
         for e in entries:
-            out.event("", name=e.name, **msgspec.to_builtins(e.inventory), config=e.config)
+            if e.inventory is None:
+                out.event("", name=e.name, error=e.error, message=e.message)
+            else:
+                out.event("", name=e.name, **msgspec.to_builtins(e.inventory), config=e.config)
     elif not entries:
         out.note(f"no streams in {scope}" + (f" starting with {prefix!r}" if prefix else ""))
     else:
@@ -237,7 +250,10 @@ def _limits(config: dict[str, Any]) -> str:
 def _table(entries: list[StreamInventory]) -> str:
     header = ("NAME", "COUNT", "BYTES", "FIRST", "LAST", "LIMITS")
     rows = [
-        (e.name, *(str(n) for n in msgspec.structs.astuple(e.inventory)), _limits(e.config)) for e in entries
+        (e.name, *(str(n) for n in msgspec.structs.astuple(e.inventory)), _limits(e.config or {}))
+        if e.inventory is not None
+        else (e.name, "-", "-", "-", "-", f"{e.error}: {e.message}")
+        for e in entries
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
 
@@ -279,7 +295,11 @@ def stream_get(
 
 async def _get(target: _Target, out: Printer, seq: int | None, key: str | None, from_seq: int) -> None:
     async with target.stream() as s:
-        if await s.inventory() is None:  # say so, rather than print nothing as for an empty stream
+        try:
+            missing = await s.inventory() is None
+        except PersistError:  # it exists but cannot be listed: the read below says why (and a
+            missing = False  # corrupt file is moved aside by that first real use)
+        if missing:  # say so, rather than print nothing as for an empty stream
             raise NotFound(f"stream {target}")
         if seq is not None or key is not None:
             message = await s.get(seq=seq, key=key)
@@ -341,6 +361,36 @@ async def _tail(target: _Target, out: Printer, from_seq: int | None, count: int 
                 n += 1
                 if count is not None and n >= count:
                     return
+
+
+@stream.command("reset", short_help="Reset a stream found corrupt (start again empty, or --restore).")
+@_scope_arg
+@_name_arg
+@click.option("--restore", is_flag=True, help="Restore its archive copy instead of starting empty.")
+@_timeout_option
+@common_options
+@click.pass_obj
+def stream_reset(opts: Options, scope: str, name: str, restore: bool, timeout: float) -> None:
+    """Reset stream NAME after it was found corrupt: an operator's decision.
+
+    A corrupt stream is moved aside (never deleted) and then refused with 'corrupt' until it is
+    reset. Without --restore it starts again empty; with --restore its archive copy (see
+    CONAT_SYNC_ARCHIVE) is put back. Either way its consumers reload. Whatever was at its name is
+    moved aside too. A stream that is not corrupt is refused (exit 2, code bad-request).
+    """
+    target = _target(opts, scope, name, timeout)
+
+    async def reset() -> ResetResult:
+        async with target.stream() as s:
+            return await s.reset(restore=restore)
+
+    result = _run(opts, reset())
+    how = "restored from its archive" if result.restored else "it starts again empty"
+    moved = f" (moved aside: {', '.join(result.moved_aside)})" if result.moved_aside else ""
+    Printer(opts.json).event(
+        f"reset stream {target}: {how}{moved}", event="reset", scope=scope, name=name,
+        restored=result.restored, moved_aside=result.moved_aside,
+    )  # fmt: skip
 
 
 # ---- conat kv ----------------------------------------------------------------------------------
@@ -529,66 +579,3 @@ class _Watch:
             if key not in live and self._del(seq):
                 return True
         return any(self._set(message, "set") for message in live.values())
-
-
-# ---- conat persist serve -----------------------------------------------------------------------
-
-
-@click.group("persist", short_help="Run the persist service.")
-def persist_group() -> None:
-    """The persist service: streams and KV stores of every scope, in SQLite files."""
-
-
-@persist_group.command("serve", short_help="Serve persist.*.> until Ctrl-C.")
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Root directory of the stream files (overrides $CONAT_SYNC; default <data dir>/sync).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A TOML file whose [sync] table places the files ($CONAT_SYNC* win, key by key).",
-)
-@click.option(
-    "--stop-timeout",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Seconds operations in flight may take to answer on Ctrl-C/SIGTERM.",
-)
-@common_options
-@click.pass_obj
-def serve(opts: Options, root: Path | None, config_file: Path | None, stop_timeout: float) -> None:
-    """Serve persist.*.> (every scope) on the bus until Ctrl-C or SIGTERM.
-
-    Files are placed by $CONAT_SYNC, $CONAT_SYNC_PROJECTS|ACCOUNTS|HOSTS|HUB (or a TOML [sync]
-    table). On a stop, intake ends, operations in flight answer within --stop-timeout (waiting
-    changefeed reads get 'stopping', and their clients retry elsewhere), then files are closed.
-    """
-    env = dict(os.environ)
-    if root is not None:
-        env["CONAT_SYNC"] = str(root.absolute())
-    toml = config_file.read_bytes() if config_file is not None else None
-    placement = Placement.from_sources(env=env, toml=toml)
-    out = Printer(opts.json)
-    try:
-        run(_serve(opts, out, placement, stop_timeout))
-    except KeyboardInterrupt:
-        pass
-    out.event("persist service stopped", event="stopped")
-
-
-async def _serve(opts: Options, out: Printer, placement: Placement, stop_timeout: float) -> None:
-    with stop_on_signals() as stop:
-        async with await opts.connect("conat-persist") as client:
-            server = await PersistServer(client, placement).start()
-            try:
-                out.event(
-                    f"persist service ready on {SUBJECT} (files under {placement.root})\nPress Ctrl-C to stop.",
-                    event="ready", subject=SUBJECT, root=placement.root, url=client.connected_url,
-                )  # fmt: skip
-                await stop.wait()
-            finally:
-                await server.aclose(stop_timeout)

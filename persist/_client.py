@@ -2,37 +2,59 @@
 
 Every call is one request to ``persist.<scope>.api`` (a page of ``get_all`` or of the changefeed is
 one request too). Calls that are safe to repeat are retried, with exponential backoff and jitter
-(tenacity), while the service is unreachable (no responders, a timeout, a 503 from a stopping
-service) until the call's ``timeout``: reads always, and writes because each carries a msg-id (one
-is made up if the caller gave none), so a write retried after a crash of the service is answered
-with its original result instead of being stored twice.
+(:data:`CALL_BACKOFF`), while the service is unreachable (no responders, a timeout, a 503 from a stopping
+service) until the call's ``timeout``: reads always, and writes and deletes because each carries a
+msg-id (one is made up if the caller gave none), so one retried after a crash of the service is
+answered with its original result instead of being applied twice (a retried delete reports what
+it removed the first time).
 
 A refusal raises the same :class:`~persist.PersistError` subclass the engine raised, with its fields
 (``Rejected.limit``, ``WrongLastSequence.actual``...).
+
+**Long polls and reconnects.** A changefeed page waits in the service (``wait`` s) for a change. If
+the connection drops meanwhile, its reply can be lost: the service answers while this client is not
+connected yet (core NATS does not keep it), and the poll would only be retried when its attempt
+times out (``wait`` + 5 s: a follower stalled ~15 s after every broker restart). So a waiting read
+is re-issued as soon as the client is connected again (:class:`_Reconnects`), and one started while
+the client is disconnected waits for the reconnect instead of a blind backoff: a follower's lag
+after an outage is the outage plus a round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final, TypeVar, final
 
 import msgspec
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from conat import Client, Message
-from conat._codecs import get_codec
-from conat._errors import NoResponders, RemoteError, Timeout
+from conat import (
+    BUSY,
+    UNAVAILABLE,
+    Backoff,
+    Client,
+    ClientState,
+    Message,
+    NoResponders,
+    RemoteError,
+    Timeout,
+    get_codec,
+    rebuild_error,
+    retry,
+)
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StoredMessage, Write
-from ._errors import BadRequest, PersistError, error_from_remote
+from ._errors import BadRequest, PersistError
 from ._model import DeleteResult, Inventory, SetResult
 from ._wire import (
     DEFAULT_PAGE_BYTES,
     DEFAULT_PAGE_MSGS,
+    MAX_INVENTORY,
     MAX_WAIT,
     ConfigOp,
     DeleteOp,
@@ -41,6 +63,8 @@ from ._wire import (
     KeysOp,
     ReadOp,
     Request,
+    ResetOp,
+    ResetResult,
     SetManyOp,
     SetOp,
     StreamInventory,
@@ -54,8 +78,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_FEED_WAIT: Final = 10.0
 _ATTEMPT_TIMEOUT: Final = 5.0
-_STOPPING: Final = 503
 _AFTER_EVERYTHING: Final = 2**63 - 1
+CALL_BACKOFF: Final = Backoff(initial=0.02, maximum=1.0, jitter=1.0)
+"""Between the tries of a call while the service is unreachable (doubling, up to twice as long at
+random, so callers that lost the service together do not come back together)."""
 
 _encoder: Final = msgspec.msgpack.Encoder()
 
@@ -64,7 +90,40 @@ def _transient(error: BaseException) -> bool:
     """Whether a call may be repeated: the service was unreachable or stopping."""
     if isinstance(error, NoResponders | Timeout):
         return True
-    return isinstance(error, RemoteError) and error.code in (_STOPPING, 429)
+    return isinstance(error, RemoteError) and error.code in (UNAVAILABLE, BUSY)
+
+
+@final
+class _Reconnects:
+    """The reconnects of one client, as a future resolved at the next one (then replaced)."""
+
+    __slots__ = ("_next", "_state")
+
+    def __init__(self, client: Client) -> None:
+        self._state = client.state
+        self._next: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        client.on_state_change(self._changed)
+
+    def next(self) -> asyncio.Future[None]:
+        """Resolved when the client is connected again after it was not (shared: never cancel it)."""
+        return self._next
+
+    def _changed(self, state: ClientState) -> None:
+        was, self._state = self._state, state
+        if state is ClientState.CONNECTED and was is not ClientState.CONNECTED:
+            done, self._next = self._next, asyncio.get_running_loop().create_future()
+            if not done.done():
+                done.set_result(None)
+
+
+_reconnects: weakref.WeakKeyDictionary[Client, _Reconnects] = weakref.WeakKeyDictionary()
+
+
+def _reconnects_of(client: Client) -> _Reconnects:
+    found = _reconnects.get(client)
+    if found is None:
+        found = _reconnects[client] = _Reconnects(client)
+    return found
 
 
 class _Caller:
@@ -79,29 +138,46 @@ class _Caller:
     async def call(self, request: Request | InventoryOp, result: type[T], *, wait: float = 0.0) -> T:
         payload = _encoder.encode(request)
         attempt_timeout = wait + _ATTEMPT_TIMEOUT
-        try:  # the first attempt outside tenacity: its per-call cost shows at 10k calls/s
-            reply = await self._attempt(payload, attempt_timeout)
-        except Exception as e:
-            if not _transient(e):
-                raise
-        else:
-            return msgspec.msgpack.decode(reply.raw, type=result)
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(max(self.timeout, attempt_timeout)),
-            wait=wait_exponential_jitter(multiplier=0.01, max=1.0, jitter=0.05),
-            retry=retry_if_exception(_transient),
-            reraise=True,
+        attempt = self._attempt if wait <= 0 else self._waiting_attempt
+        deadline = asyncio.get_running_loop().time() + max(self.timeout, attempt_timeout)
+        reply = await retry(
+            lambda: attempt(payload, attempt_timeout),
+            backoff=CALL_BACKOFF,
+            retry_if=_transient,
+            deadline=deadline,
         )
-        async for attempt in retrying:
-            with attempt:
-                reply = await self._attempt(payload, attempt_timeout)
         return msgspec.msgpack.decode(reply.raw, type=result)
 
+    async def _waiting_attempt(self, payload: bytes, timeout: float) -> Message:
+        """An attempt of a long poll, re-issued at once whenever the client reconnects meanwhile
+        (its reply may have been lost), and not sent before the client is connected (module docstring)."""
+        reconnects = _reconnects_of(self.client)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            reconnected = reconnects.next()
+            if self.client.state is ClientState.RECONNECTING:  # sent now, it could only be lost
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reconnected), deadline - loop.time())
+                if not reconnected.done():
+                    raise Timeout(self.subject, timeout)
+                continue
+            attempt = asyncio.ensure_future(self._attempt(payload, timeout))
+            racing: set[asyncio.Future[Any]] = {attempt, reconnected}
+            try:
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not attempt.done():
+                    attempt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await attempt
+            if attempt.done() and not attempt.cancelled():
+                return attempt.result()
+            # reconnected while it waited: send it again (the service answers the same cursor)
+
     async def _attempt(self, payload: bytes, timeout: float) -> Message:
-        try:
-            return await self.client.request(self.subject, payload, timeout=timeout, encoding="raw")
-        except RemoteError as e:
-            raise error_from_remote(e) from None
+        """One request; a refusal raises the persist error it stands for (registered in conat)."""
+        return await self.client.request(self.subject, payload, timeout=timeout, encoding="raw")
 
 
 @final
@@ -221,12 +297,35 @@ class AStream:
         seqs: Iterable[int] | None = None,
         up_to: int | None = None,
         key: str | None = None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
-        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key``."""
+        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key``.
+
+        Carries a msg-id (made up if none is given) like a write, so a delete retried after its
+        reply was lost reports what the first attempt removed, not an empty result.
+        """
         op = DeleteOp(
-            stream=self.name, seq=seq, seqs=list(seqs) if seqs is not None else None, up_to=up_to, key=key
+            stream=self.name,
+            seq=seq,
+            seqs=list(seqs) if seqs is not None else None,
+            up_to=up_to,
+            key=key,
+            msg_id=msg_id if msg_id is not None else self._next_msg_id(),
         )
         return await self._caller.call(op, DeleteResult)
+
+    async def reset(self, *, restore: bool = False) -> ResetResult:
+        """Reset this stream after it was found corrupt: an operator's act.
+
+        A corrupt stream is moved aside and then refused (every call raises
+        :class:`~persist.Corrupt`) until it is reset: it starts again empty, or with ``restore`` from
+        its archive copy; either way with a new stream id, so changefeeds and caches reload.
+
+        Raises:
+            BadRequest: the stream is not quarantined (a sound stream cannot be reset).
+            NotFound: ``restore`` and the stream has no archive.
+        """
+        return await self._caller.call(ResetOp(stream=self.name, restore=restore), ResetResult)
 
     async def config(self, changes: Mapping[str, Any] | None = None) -> StreamConfig:
         """The stream's config; with ``changes``, change it first (limits apply at once)."""
@@ -240,7 +339,15 @@ class AStream:
         return await self._caller.call(GetOp(stream=self.name, seq=seq, key=key), StoredMessage | None)  # type: ignore[arg-type]
 
     async def keys(self) -> list[str]:
-        return await self._caller.call(KeysOp(stream=self.name), list[str])
+        """Every key with a live message, sorted (fetched in pages the service bounds)."""
+        out: list[str] = []
+        after: str | None = None
+        while True:
+            page = await self._caller.call(KeysOp(stream=self.name, after=after), list[str])
+            out.extend(page)
+            if not page:
+                return out
+            after = page[-1]
 
     async def get_all(
         self, from_seq: int = 0, *, max_msgs: int = DEFAULT_PAGE_MSGS, max_bytes: int = DEFAULT_PAGE_BYTES
@@ -308,10 +415,18 @@ class AStream:
         return page.last_seq
 
     async def inventory(self) -> Inventory | None:
-        """Count, bytes, first and last seq of this stream (``None`` if it does not exist)."""
-        for entry in await list_streams(self._caller.client, self.scope, prefix=self.name):
-            if entry.name == self.name:
-                return entry.inventory
+        """Count, bytes, first and last seq of this stream (``None`` if it does not exist).
+
+        Raises:
+            Corrupt, StorageError: the stream cannot be read (a corrupt one is refused until reset).
+        """
+        for entry in await list_streams(self._caller.client, self.scope, prefix=self.name, limit=1):
+            if entry.name != self.name:
+                break
+            if entry.error is not None:
+                error = rebuild_error(entry.error, entry.message or "", data=entry.error_data)
+                raise error if isinstance(error, PersistError) else PersistError(entry.message or "")
+            return entry.inventory
         return None
 
     async def read_page(
@@ -409,13 +524,26 @@ class AKV:
 async def list_streams(
     client: Client, scope: str, *, prefix: str = "", limit: int = 10_000, timeout: float = DEFAULT_TIMEOUT
 ) -> list[StreamInventory]:
-    """The streams of ``scope`` whose name starts with ``prefix``, with their counts and limits."""
+    """The streams of ``scope`` whose name starts with ``prefix`` (at most ``limit``), in name order,
+    with their counts and limits. One that cannot be read is listed with its ``error``.
+
+    Asks for pages of at most :data:`persist._wire.MAX_INVENTORY` (the service's cap).
+    """
     caller = _Caller(client, scope, timeout)
-    return await caller.call(InventoryOp(prefix=prefix, limit=limit), list[StreamInventory])
+    out: list[StreamInventory] = []
+    after: str | None = None
+    while len(out) < limit:
+        want = min(limit - len(out), MAX_INVENTORY)
+        page = await caller.call(InventoryOp(prefix=prefix, after=after, limit=want), list[StreamInventory])
+        out.extend(page[:want])
+        if len(page) < want:
+            break
+        after = page[-1].name
+    return out
 
 
 def _set_many_result(raw: dict[str, Any]) -> SetResult | PersistError:
     if "error" not in raw:
         return msgspec.convert(raw, SetResult)
-    error = error_from_remote(RemoteError(raw["error"], raw.get("message", ""), data=raw.get("data")))
+    error = rebuild_error(raw["error"], raw.get("message", ""), data=raw.get("data"))
     return error if isinstance(error, PersistError) else PersistError(str(error))

@@ -12,9 +12,10 @@ passed in by the owner (:class:`persist.StreamStore` shares one, bounded, betwee
 connection is only ever used by one thread at a time (each has a lock).
 
 **One writer, group commit.** Each file has one writer connection. Every mutation (``set``,
-``set_many``, ``delete``, ``set_config``, ``sweep``) is queued; a drain task takes *everything queued*,
-runs it in one ``BEGIN IMMEDIATE ... COMMIT`` in one executor call, then resolves each caller's future.
-Writes queued while a transaction commits go into the next one. A caller is answered only after
+``set_many``, ``delete``, ``set_config``, ``sweep``) is queued; a drain task takes what is queued (up
+to 1,000 mutations and 16 MiB of messages: :class:`persist._engine_io.GroupCommit`), runs it in one
+``BEGIN IMMEDIATE ... COMMIT`` in one executor call, then resolves each caller's future. Writes queued
+while a transaction commits go into the next one. A caller is answered only after
 the transaction holding its write has committed (with ``sync="full"``, after the fsync), so an
 acknowledged write is on disk. One fsync costs ~0.45 ms here, so batching is where durable
 throughput comes from; :meth:`StreamFile.statistics` counts transactions and writes.
@@ -35,15 +36,18 @@ WAL lets them run beside the writer. An ephemeral stream lives in a private ``:m
 reads share the writer connection (and its lock).
 
 **Dedup.** Msg-ids live in the ``dedup`` table, written in the same transaction as their message, so a
-retry after a crash or restart is still recognised (notes/reliability.md, lesson 3). Rate buckets are
+retry after a crash or restart is still recognised (an in-memory cache of msg-ids would forget them
+at a restart, and the retry would be stored twice). Rate buckets are
 in memory only: they start full when a file is opened.
 
 **Errors.** No ``sqlite3`` (or ``OSError``) error leaves the engine: they are translated at one
 boundary (:func:`persist._engine_io.storage_errors`), inside which every storage call runs. A
 corrupt or unreadable file becomes :class:`persist.Corrupt`, any other storage failure (disk
-full, I/O error, permission) :class:`persist.StorageError` (code ``storage``). On open a file is checked with ``PRAGMA quick_check``; a corrupt one is renamed to
-``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``), never deleted, and ``Corrupt`` names
-both paths.
+full, I/O error, permission) :class:`persist.StorageError` (code ``storage``). On open a file is
+refused if its schema holds objects persist did not make, and checked with ``PRAGMA quick_check``
+after an unclean close (:func:`persist._engine_io.open_writer`); every connection treats the schema
+as untrusted (:func:`persist._sql.harden`). A corrupt file is renamed to ``<name>.corrupt-<UTC
+timestamp>`` (with its ``-wal``/``-shm``), never deleted, and ``Corrupt`` names both paths.
 
 Layout
 ------
@@ -73,8 +77,7 @@ from typing import Any, Final, TypeVar, final
 
 import msgspec
 
-from conat._clock import Clock, SystemClock
-from conat._errors import ClosedError
+from conat import Clock, ClosedError, SystemClock
 
 from . import _sql
 from ._checks import (
@@ -87,15 +90,29 @@ from ._checks import (
     check_set_args,
 )
 from ._config import StreamConfig
+from ._durable import write_copy
 from ._engine_io import Conn, GroupCommit, Jobs, ReaderPool, close_all, locked, open_writer
 from ._engine_writer import Writer
 from ._errors import BadRequest, PersistError
-from ._model import DeleteResult, Inventory, SetResult
-from ._sql import DEFAULT_ENCODING, StoredMessage
+from ._model import DEFAULT_ENCODING, DeleteResult, Inventory, SetResult, StoredMessage
 
-__all__ = ["ChangePage", "StoredMessage", "StreamFile", "StreamFileStatistics", "Write"]
+__all__ = [
+    "DEFAULT_PAGE_BYTES",
+    "DEFAULT_PAGE_MSGS",
+    "ChangePage",
+    "StoredMessage",
+    "StreamFile",
+    "StreamFileStatistics",
+    "Write",
+]
 
 _T = TypeVar("_T")
+
+DEFAULT_PAGE_MSGS: Final = 1000
+"""Messages in a page of :meth:`StreamFile.get_all` / :meth:`StreamFile.changes` by default."""
+DEFAULT_PAGE_BYTES: Final = 4 * 1024 * 1024
+"""Bytes (:func:`persist.message_size` summed) in a page by default: a page stops before the first
+message that would pass it, however many ``max_msgs`` allows (and always holds at least one)."""
 
 
 class Write(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,12 +160,15 @@ class StreamFileStatistics(msgspec.Struct, frozen=True, kw_only=True):
         writes: mutations (each ``set``, each write of ``set_many``, ``delete``...) committed.
         queued: mutations waiting for the next transaction.
         readers: reader connections open.
+        largest_batch: the most mutations one transaction has held (bounded: group commit takes
+            at most :data:`persist._engine_io.MAX_BATCH_OPS`, or one larger ``set_many``).
     """
 
     transactions: int
     writes: int
     queued: int
     readers: int
+    largest_batch: int = 0
 
 
 def _check_write(
@@ -163,6 +183,11 @@ def _check_write(
     """The model's argument checks of ``set`` (same errors, in the same order), then ``encoding``."""
     args = check_set_args(payload, key, headers, ttl, previous_seq, msg_id)
     return args, check_encoding("set", encoding)
+
+
+def _check_bound(op: str, name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(op, f"{name} must be a positive int, not {value!r}")
 
 
 _OPEN_TOKEN: Final = object()
@@ -200,6 +225,7 @@ class StreamFile:
         self._jobs = Jobs(executor)
         self._readers = ReaderPool(file, self._jobs, max_readers, self._what) if file is not None else None
         self._closing = False
+        self._checked = False
         self._version = 0
         self.on_change: Callable[[], object] | None = None
         """Called on the event loop after each committed transaction that changed messages (the
@@ -218,6 +244,7 @@ class StreamFile:
         create: bool = True,
         max_readers: int = 2,
         root: str | os.PathLike[str] | None = None,
+        check: bool | None = None,
     ) -> StreamFile:
         """Open (creating it if ``create``) the stream stored in ``file``.
 
@@ -232,9 +259,13 @@ class StreamFile:
             root: the trusted directory ``file`` lies in (default: ``file``'s directory). It may be
                 a symlink; beneath it no symlink is followed, and missing directories are created
                 if ``create`` (:mod:`persist._beneath`).
+            check: run ``PRAGMA quick_check`` on an existing file (it reads the whole file); by
+                default only after an unclean close (its ``-wal``/``-shm`` left behind). Pass
+                ``True`` if you saw that before something else opened the file.
 
         Raises:
-            Corrupt: the file failed its check; it was moved aside (both paths are in the error).
+            Corrupt: the file failed its check, or holds schema objects persist did not make (a
+                trigger, a view); it was moved aside (both paths are in the error).
             BadPath: a symlink beneath ``root``, or at the file (``OutsideScope``: not in ``root``).
             NotFound: ``create`` is false and the file does not exist.
             BadRequest: neither a file nor an ephemeral config.
@@ -250,7 +281,7 @@ class StreamFile:
             path, executor, clock if clock is not None else SystemClock(), max_readers, _token=_OPEN_TOKEN
         )
         wanted = config if config is not None else StreamConfig()
-        conn, opened = await self._jobs.submit(
+        conn, opened, self._checked = await self._jobs.submit(
             functools.partial(
                 open_writer,
                 path,
@@ -259,6 +290,7 @@ class StreamFile:
                 self._what,
                 root=None if root is None else Path(root),
                 readers=self._readers,
+                check=check,
             )
         )
         loop = self._loop
@@ -303,6 +335,12 @@ class StreamFile:
         return self._file
 
     @property
+    def checked(self) -> bool:
+        """Whether the whole file was checked (``quick_check``) when it was opened: it is after an
+        unclean close, not after a clean one nor when the file was created."""
+        return self._checked
+
+    @property
     def busy(self) -> bool:
         """Whether writes are queued or running (an owner should not close it now)."""
         return self._queue.busy
@@ -320,6 +358,7 @@ class StreamFile:
             writes=self._writer.writes,
             queued=self._queue.queued,
             readers=len(self._readers.all) if self._readers is not None else 0,
+            largest_batch=self._queue.largest,
         )
 
     # ---- writes ----------------------------------------------------------------------------------
@@ -344,11 +383,16 @@ class StreamFile:
             PersistError: the transaction failed; the write may be retried (with its msg-id).
         """
         args, enc = _check_write(payload, key, headers, encoding, ttl, previous_seq, msg_id)
-        result: SetResult = await self._enqueue(functools.partial(self._writer.set, args=args, encoding=enc))
+        result: SetResult = await self._enqueue(
+            functools.partial(self._writer.set, args=args, encoding=enc), args.size
+        )
         return result
 
     async def set_many(self, writes: Sequence[Write]) -> list[SetResult | PersistError]:
         """Write several messages in one transaction; each is judged on its own, in order.
+
+        The writes are never split between transactions, however many (a transaction otherwise holds
+        at most :data:`persist._engine_io.MAX_BATCH_OPS` writes): keep batches moderate.
 
         Returns:
             for each write, its :class:`SetResult` or the :class:`PersistError` that refused it
@@ -366,7 +410,8 @@ class StreamFile:
             return []
         self._check_open()
         futures = self._queue.put(
-            [functools.partial(self._writer.set, args=args, encoding=enc) for args, enc in checked]
+            [functools.partial(self._writer.set, args=args, encoding=enc) for args, enc in checked],
+            sum(args.size for args, _ in checked),
         )
         out: list[SetResult | PersistError] = []
         for fut in futures:
@@ -383,11 +428,18 @@ class StreamFile:
         seqs: Iterable[int] | None = None,
         up_to: int | None = None,
         key: str | None = None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
-        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key`` (the model's)."""
-        sel = check_delete_args(seq, seqs, up_to, key)
+        """Delete by exactly one of ``seq``, ``seqs``, every seq ``<= up_to``, or ``key`` (the model's).
+
+        With ``msg_id``, a retry (within ``duplicate_window``) gets the first delete's result and
+        deletes nothing: it is remembered in the delete's own transaction.
+        """
+        sel = check_delete_args(seq, seqs, up_to, key, msg_id)
         result: DeleteResult = await self._enqueue(
-            functools.partial(self._writer.delete, targets=sel.targets, up_to=sel.up_to, key=sel.key)
+            functools.partial(
+                self._writer.delete, targets=sel.targets, up_to=sel.up_to, key=sel.key, msg_id=sel.msg_id
+            )
         )
         return result
 
@@ -429,31 +481,53 @@ class StreamFile:
         )
         return _sql.decode_row(rows[0], self._what) if rows else None
 
-    async def get_all(self, from_seq: int = 0, *, batch: int = 1000) -> AsyncIterator[list[StoredMessage]]:
-        """Every live message with ``seq >= from_seq`` in seq order, in lists of at most ``batch``.
+    async def get_all(
+        self, from_seq: int = 0, *, batch: int = DEFAULT_PAGE_MSGS, max_bytes: int = DEFAULT_PAGE_BYTES
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """Every live message with ``seq >= from_seq`` in seq order, in lists of at most ``batch``
+        messages and ``max_bytes`` bytes (a list holds at least one message, however large).
 
         Each list is read in its own read transaction at the time it is fetched (nothing is held
-        open between lists), so messages written meanwhile appear in later lists.
+        open between lists), so messages written meanwhile appear in later lists. A list is bounded
+        while it is read: no more than its own bytes are ever loaded.
         """
         start = check_seq("get_all", "from_seq", from_seq)
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-            raise BadRequest("get_all", f"batch must be a positive int, not {batch!r}")
+        _check_bound("get_all", "batch", batch)
+        _check_bound("get_all", "max_bytes", max_bytes)
         while True:
             config, now = self._writer.state.config, self._clock.wall()
             rows = await self._read(
-                functools.partial(_sql.select_messages, config=config, now=now, start=start, batch=batch)
+                functools.partial(
+                    _sql.select_messages,
+                    config=config,
+                    now=now,
+                    start=start,
+                    batch=batch,
+                    max_bytes=max_bytes,
+                )
             )
             if not rows:
                 return
             yield [_sql.decode_row(r, self._what) for r in rows]
-            if len(rows) < batch:
-                return
             start = rows[-1][0] + 1
 
-    async def keys(self) -> list[str]:
-        """The keys with a live message, sorted (by code point, as the model sorts)."""
+    async def keys(
+        self, *, after: str | None = None, limit: int | None = None, max_bytes: int | None = None
+    ) -> list[str]:
+        """The keys with a live message, sorted (by code point, as the model sorts); a page of them
+        with ``after`` (the last key of the previous page), ``limit`` keys and ``max_bytes`` of key
+        text (at least one key), read no further."""
+        if after is not None and not isinstance(after, str):
+            raise BadRequest("keys", f"after must be a string, not {after!r}")
+        for name, bound in (("limit", limit), ("max_bytes", max_bytes)):
+            if bound is not None:
+                _check_bound("keys", name, bound)
         config, now = self._writer.state.config, self._clock.wall()
-        return await self._read(functools.partial(_sql.select_keys, config=config, now=now))
+        return await self._read(
+            functools.partial(
+                _sql.select_keys, config=config, now=now, after=after, limit=limit, max_bytes=max_bytes
+            )
+        )
 
     async def inventory(self) -> Inventory:
         """Live count and bytes now, the lowest live seq (0 if none) and the last seq ever assigned."""
@@ -467,11 +541,12 @@ class StreamFile:
     async def backup(self, dest: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the stream to ``dest`` with SQLite's online backup API.
 
-        Safe under concurrent writes (never a copy of a live WAL file, notes/reliability.md lesson 4):
+        Safe under concurrent writes (never a file copy, which can miss what sits in the ``-wal``):
         the copy holds every write committed before it started. ``dest`` is written to a temporary
-        name beside it and renamed into place.
+        file of its own beside it (two backups to one ``dest`` never share one), fsynced, renamed
+        into place, and its directory fsynced (:func:`persist._durable.write_copy`).
         """
-        await self._read(functools.partial(_sql.write_backup, target=Path(dest)))
+        await self._read(functools.partial(write_copy, dest=Path(dest)))
 
     # ---- changes ---------------------------------------------------------------------------------
 
@@ -496,7 +571,8 @@ class StreamFile:
         *,
         after_delete: int | None = None,
         stream_id: str | None = None,
-        max_msgs: int = 1000,
+        max_msgs: int = DEFAULT_PAGE_MSGS,
+        max_bytes: int = DEFAULT_PAGE_BYTES,
         max_deletes: int = 1000,
     ) -> ChangePage:
         """The changes after a cursor, as one consistent page (the changefeed's read).
@@ -506,14 +582,15 @@ class StreamFile:
             after_delete: the ``delete_cursor`` of the previous page (``None``: no deletes wanted,
                 e.g. the first page of a consumer holding nothing).
             stream_id: the ``stream_id`` the cursor came from; another one sets ``resync``.
-            max_msgs, max_deletes: page bounds (the rest comes in the next pages).
+            max_msgs, max_bytes, max_deletes: page bounds (the rest comes in the next pages); a
+                page stops before the message that would pass ``max_bytes`` while it is read, and
+                holds at least one message.
         """
         start = check_seq("changes", "after_seq", after_seq)
         if after_delete is not None:
             check_seq("changes", "after_delete", after_delete)
-        for name, bound in (("max_msgs", max_msgs), ("max_deletes", max_deletes)):
-            if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
-                raise BadRequest("changes", f"{name} must be a positive int, not {bound!r}")
+        for name, bound in (("max_msgs", max_msgs), ("max_bytes", max_bytes), ("max_deletes", max_deletes)):
+            _check_bound("changes", name, bound)
         if stream_id is not None and not isinstance(stream_id, str):
             raise BadRequest("changes", f"stream_id must be a string, not {stream_id!r}")
         if stream_id is not None and stream_id != self.stream_id:
@@ -529,6 +606,7 @@ class StreamFile:
                 after_seq=start,
                 after_delete=after_delete,
                 max_msgs=max_msgs,
+                max_bytes=max_bytes,
                 max_deletes=max_deletes,
             )
         )
@@ -549,9 +627,9 @@ class StreamFile:
         if self._closed or self._closing:
             raise ClosedError(f"persist stream {self._what}")
 
-    async def _enqueue(self, apply: Callable[[sqlite3.Connection, float], _T]) -> _T:
+    async def _enqueue(self, apply: Callable[[sqlite3.Connection, float], _T], nbytes: int = 0) -> _T:
         self._check_open()
-        (fut,) = self._queue.put([apply])
+        (fut,) = self._queue.put([apply], nbytes)
         result: _T = await fut
         return result
 

@@ -3,13 +3,15 @@
 The pieces :class:`persist.StreamFile` is built from (its docstring is the theory of operation):
 
 - :func:`storage_errors`, the one boundary where ``sqlite3`` and ``OSError`` errors become
-  :class:`persist.Corrupt` or :class:`persist.StorageError` (STYLE rule 5). Every call into
+  :class:`persist.Corrupt` or :class:`persist.StorageError`, so callers meet persist's error tree
+  only, never a driver's exception that would change with the driver. Every call into
   ``sqlite3`` or the file system made for a stream file runs inside it;
 - :class:`Conn`, a connection with the lock that keeps it to one thread at a time;
 - :class:`Jobs`, the caller's executor plus the jobs submitted to it and not yet finished;
 - :class:`ReaderPool`, the ``query_only`` reader connections of a file (at most ``max_readers``);
 - :class:`GroupCommit`, the writer's queue and the task that drains it one transaction at a time;
-- :func:`open_writer`, which opens (or creates) a file, checks it, and moves a corrupt one aside.
+- :func:`open_writer`, which opens (or creates) a file, checks it (its whole content only after an
+  unclean close), and quarantines a corrupt one (:mod:`persist._quarantine`).
 
 Files are reached from their root without following a symlink (:mod:`persist._beneath`): the writer
 and every reader connect through the one :class:`persist._beneath.Anchor` the writer's :class:`Conn`
@@ -19,24 +21,28 @@ owns, which is closed after every connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, final
+from typing import Any, Final, TypeVar, final
 
-from conat._errors import ClosedError
+from conat import ClosedError
 
 from . import _sql
 from ._beneath import Anchor
 from ._config import StreamConfig
-from ._errors import Corrupt, PersistError, StorageError
+from ._durable import levels_beneath, sync_parents
+from ._errors import Corrupt, NotFound, PersistError, StorageError
+from ._quarantine import WAY_OUT, quarantine, refuse_if_quarantined
 
 __all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_OPS",
     "Apply",
     "Conn",
     "GroupCommit",
@@ -46,6 +52,7 @@ __all__ = [
     "locked",
     "open_writer",
     "storage_errors",
+    "unclean",
 ]
 
 _T = TypeVar("_T")
@@ -54,7 +61,7 @@ Apply = Callable[[sqlite3.Connection, float], object]
 """A queued mutation: ``apply(db, now)`` runs inside the writer's transaction and returns its result."""
 
 
-# ---- error translation (the one boundary for sqlite3/OSError, STYLE rule 5) ------------------------
+# ---- error translation (the one boundary for sqlite3/OSError) --------------------------------------
 
 
 _MISUSE: tuple[type[sqlite3.Error], ...] = (
@@ -283,20 +290,34 @@ class _Op:
         self.future = future
 
 
+MAX_BATCH_OPS: Final = 1000
+"""Most mutations in one transaction (a :meth:`GroupCommit.put` group is never split, so one larger
+group makes a transaction of its own)."""
+MAX_BATCH_BYTES: Final = 16 * 1024 * 1024
+"""Most bytes of messages in one transaction (same rule: whole groups, at least one)."""
+
+
 @final
 class GroupCommit:
-    """The writer's queue: a drain task runs *everything queued* in one ``commit`` call in the executor.
+    """The writer's queue: a drain task runs what is queued in one ``commit`` call in the executor.
 
     ``commit(applies)`` runs in one transaction and returns, per mutation, its result or the
     :class:`PersistError` that refused it; if it raises, every mutation of the batch fails with that
     error (a :class:`PersistError`, or one wrapping anything else). Mutations queued while a batch
     commits go into the next one. A caller's future resolves only after its batch has committed.
 
+    **Bounded batches.** A batch takes whole groups (what one :meth:`put` queued: a ``set_many`` is
+    one group, so it commits in one transaction) in order, up to :data:`MAX_BATCH_OPS` mutations and
+    :data:`MAX_BATCH_BYTES` of messages, and always at least one group; the rest waits for the next
+    transaction. So a burst of writes makes several moderate transactions, not one that holds the
+    writer (and every caller of the batch) for as long as the whole burst takes to write.
+
     Args:
         loop: the event loop the owner is bound to.
         jobs: runs ``commit`` in the executor.
         commit: runs a batch in one transaction (in the executor).
         what: names the file in errors and in the drain task's name.
+        max_ops, max_bytes: the bounds of a batch.
     """
 
     def __init__(
@@ -305,28 +326,38 @@ class GroupCommit:
         jobs: Jobs,
         commit: Callable[[Sequence[Apply]], list[object]],
         what: str,
+        *,
+        max_ops: int = MAX_BATCH_OPS,
+        max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._loop = loop
         self._jobs = jobs
         self._commit = commit
         self._what = what
-        self._queue: list[_Op] = []
+        self._max_ops = max_ops
+        self._max_bytes = max_bytes
+        self._queue: collections.deque[tuple[list[_Op], int]] = collections.deque()
+        self._queued = 0
         self._drainer: asyncio.Task[None] | None = None
+        self.largest = 0
+        """The most mutations one batch has held (for statistics)."""
 
     @property
     def queued(self) -> int:
         """Mutations waiting for the next transaction."""
-        return len(self._queue)
+        return self._queued
 
     @property
     def busy(self) -> bool:
         """Whether mutations are queued or a transaction is running."""
         return bool(self._queue) or (self._drainer is not None and not self._drainer.done())
 
-    def put(self, applies: Sequence[Apply]) -> list[asyncio.Future[Any]]:
-        """Queue ``applies`` (in order, into the same or consecutive transactions); one future each."""
+    def put(self, applies: Sequence[Apply], nbytes: int = 0) -> list[asyncio.Future[Any]]:
+        """Queue ``applies`` as one group (in order, in one transaction) of ``nbytes`` of messages;
+        one future each."""
         futures = [self._loop.create_future() for _ in applies]
-        self._queue.extend(_Op(a, f) for a, f in zip(applies, futures, strict=True))
+        self._queue.append(([_Op(a, f) for a, f in zip(applies, futures, strict=True)], nbytes))
+        self._queued += len(futures)
         if self._drainer is None or self._drainer.done():
             self._drainer = self._loop.create_task(self._drain(), name=f"persist-writer {self._what}")
         return futures
@@ -336,12 +367,26 @@ class GroupCommit:
         if self._drainer is not None:
             await asyncio.shield(self._drainer)
 
+    def _take(self) -> list[_Op]:
+        """The next batch: whole groups, within the bounds, at least one."""
+        batch: list[_Op] = []
+        size = 0
+        while self._queue:
+            ops, nbytes = self._queue[0]
+            if batch and (len(batch) + len(ops) > self._max_ops or size + nbytes > self._max_bytes):
+                break
+            self._queue.popleft()
+            self._queued -= len(ops)
+            batch.extend(ops)
+            size += nbytes
+        return [op for op in batch if not op.future.done()]
+
     async def _drain(self) -> None:
         while self._queue:
-            batch = [op for op in self._queue if not op.future.done()]
-            self._queue = []
+            batch = self._take()
             if not batch:
                 continue
+            self.largest = max(self.largest, len(batch))
             applies = [op.apply for op in batch]
             try:
                 results = await asyncio.shield(self._jobs.submit(functools.partial(self._commit, applies)))
@@ -375,33 +420,67 @@ def open_writer(
     *,
     root: Path | None = None,
     readers: ReaderPool | None = None,
-) -> tuple[Conn, _sql.Opened]:
+    check: bool | None = None,
+) -> tuple[Conn, _sql.Opened, bool]:
     """Open the writer connection of ``file`` (``None``: a private in-memory database), in the executor.
 
     ``file`` is reached from ``root`` (default: its own directory) without following a symlink
-    (:mod:`persist._beneath`); missing directories beneath the root are created if ``create``. A file
-    that exists is checked with ``PRAGMA quick_check`` first; a corrupt one is moved aside. On
-    success ``readers`` (the file's pool) is attached to the writer's anchor.
+    (:mod:`persist._beneath`); missing directories beneath the root are created if ``create``. A
+    quarantined stream is refused first (:mod:`persist._quarantine`), whether the file exists or
+    not. A file that exists is refused if its schema holds objects persist did not make (a trigger,
+    a view: it was tampered with), and checked with ``PRAGMA quick_check`` if it was not closed
+    cleanly (its ``-wal`` or ``-shm`` is still there: a clean close removes both), or if ``check``
+    says so (a caller that saw that before something else opened the file); a file that fails
+    either is quarantined (moved aside, and refused until an operator resets it). A quick check
+    reads the whole file, so it is not paid on every open of every stream.
+    On success ``readers`` (the file's pool) is attached to the writer's anchor.
+
+    Returns:
+        the writer, what was read back, and whether the file was quick-checked.
 
     Raises:
         NotFound: ``create`` is false and the file does not exist.
         BadPath: a symlink beneath ``root`` or at the file (its ``-wal``/``-shm``); nothing was created
             through it.
         OutsideScope: ``file`` is not inside ``root``.
-        Corrupt: the file failed its check and was moved aside (both paths are in the detail).
+        Corrupt: the stream is quarantined, or the file failed its checks and was quarantined now
+            (both paths are in the detail, and what to do).
         StorageError: the file could not be opened (permission, I/O error, disk full...).
     """
     if file is None:
         with storage_errors(what, "open"):
             memory = _sql.connect(":memory:")
-            return Conn(memory), _sql.init_db(memory, wanted, what, durable=False)
+            return Conn(memory), _sql.init_db(memory, wanted, what, durable=False), False
+    base = file.parent if root is None else root
     with storage_errors(what, "open"):
-        anchor = Anchor.open(file.parent if root is None else root, file, create=create)
-    db: sqlite3.Connection | None = None
+        # Whether the walk may create directories (by the text: this only decides what to fsync, and
+        # a stream's directory is there for every stream but the first of its scope).
+        new_dirs = create and not file.parent.is_dir()
+        anchor = Anchor.open(base, file, create=False, create_dirs=create, missing_ok=True)
     try:
         with storage_errors(what, "open"):
+            refuse_if_quarantined(anchor)  # before anything is created: it reads as corrupt, not empty
+            if not anchor.existed:
+                if not create:
+                    raise NotFound(f"stream file {file}")
+                anchor.close()
+                anchor = Anchor.open(base, file, create=True)  # the file, never through a symlink
+    except BaseException:
+        anchor.close()
+        raise
+    db: sqlite3.Connection | None = None
+    checked = False
+    try:
+        with storage_errors(what, "open"):
+            if new_dirs:  # make their entries durable (the new file's is SQLite's, with its -wal)
+                sync_parents(anchor.dirfd, levels_beneath(base, file))
+            checked = anchor.existed and (check if check is not None else unclean(anchor))
             db = anchor.connect()
             if anchor.existed:
+                foreign = _sql.foreign_objects(db)
+                if foreign:
+                    raise Corrupt(str(file), "objects persist did not make: " + ", ".join(foreign[:5]))
+            if checked:
                 problems = _sql.problems(db)
                 if problems:
                     raise Corrupt(str(file), "; ".join(problems[:5]))
@@ -410,41 +489,30 @@ def open_writer(
     except Corrupt as e:
         _close_quietly(db)
         try:
-            moved = _quarantine(anchor)
+            with storage_errors(str(file), "quarantine"):
+                moved = quarantine(anchor, e.detail)
         finally:
             anchor.close()
-        raise Corrupt(str(file), f"{e.detail}; moved aside to {moved}") from None
+        raise Corrupt(str(file), f"{e.detail}; moved aside to {moved}; {WAY_OUT}") from None
     except BaseException:
         _close_quietly(db)
         anchor.close()
         raise
     if readers is not None:
         readers.attach(anchor)
-    return Conn(db, anchor), opened
+    return Conn(db, anchor), opened, checked
+
+
+def unclean(anchor: Anchor) -> bool:
+    """Whether the file in ``anchor`` was not closed cleanly: its ``-wal`` or ``-shm`` is still there.
+
+    SQLite removes both when the last connection to a WAL database closes, so either one left means
+    a crash (or a connection open elsewhere, which the root lock rules out for persist's own files).
+    """
+    return any(anchor.lstat(anchor.name + side) is not None for side in ("-wal", "-shm"))
 
 
 def _close_quietly(db: sqlite3.Connection | None) -> None:
     if db is not None:
         with contextlib.suppress(sqlite3.Error):
             db.close()
-
-
-def _quarantine(anchor: Anchor) -> Path:
-    """Rename a corrupt file (and its ``-wal``/``-shm``) aside in its directory; never delete it.
-
-    Renames go through the anchor's directory fd, so they stay in the directory that was checked.
-    Returns the new path.
-    """
-    file, name = anchor.file, anchor.name
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    with storage_errors(str(file), "quarantine"):
-        target = f"{name}.corrupt-{stamp}"
-        n = 1
-        while anchor.lstat(target) is not None:
-            target = f"{name}.corrupt-{stamp}-{n}"
-            n += 1
-        anchor.rename(name, target)
-        for suffix in ("-wal", "-shm"):
-            if anchor.lstat(name + suffix) is not None:
-                anchor.rename(name + suffix, target + suffix)
-    return file.with_name(target)

@@ -14,14 +14,14 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import final
 
-from conat._clock import Clock
+from conat import Clock
 
 from . import _sql
 from ._admission import Rates, admit, trim
 from ._checks import SetArgs
 from ._config import StreamConfig
 from ._engine_io import Apply, Conn, storage_errors
-from ._errors import PersistError
+from ._errors import BadRequest, PersistError
 from ._model import DeleteResult, SetResult
 
 __all__ = ["State", "Writer"]
@@ -164,6 +164,8 @@ class Writer:
         if args.msg_id is not None:
             seen = _sql.find_msg_id(db, args.msg_id)
             if seen is not None:
+                if seen[2] is not None:
+                    raise BadRequest("set", f"msg_id {args.msg_id!r} was used by a delete")
                 return SetResult(seq=seen[0], time=seen[1], duplicate=True)
         replaced = _sql.find_key(db, args.key) if args.key is not None else None
         with contextlib.closing(_sql.oldest(db)) as oldest:
@@ -197,9 +199,17 @@ class Writer:
         targets: list[int] | None,
         up_to: int | None,
         key: str | None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
-        """The model's ``delete`` by ``targets``, else every seq ``<= up_to``, else ``key``."""
+        """The model's ``delete`` by ``targets``, else every seq ``<= up_to``, else ``key``; a
+        ``msg_id`` seen before returns that delete's result (and deletes nothing)."""
         self._presweep(db, now)
+        if msg_id is not None:
+            seen = _sql.find_msg_id(db, msg_id)
+            if seen is not None:
+                if seen[2] is None:
+                    raise BadRequest("delete", f"msg_id {msg_id!r} was used by a set")
+                return DeleteResult(seqs=seen[2])
         st = self.state
         rows = _sql.delete_by(db, targets, up_to, key)
         if up_to is not None:
@@ -209,7 +219,10 @@ class Writer:
             self._deleted.extend(seq for seq, _ in rows)
         st.count -= len(rows)
         st.bytes -= sum(size for _, size in rows)
-        return DeleteResult(seqs=sorted(seq for seq, _ in rows))
+        removed = sorted(seq for seq, _ in rows)
+        if msg_id is not None:
+            _sql.remember_delete(db, msg_id, now, removed)
+        return DeleteResult(seqs=removed)
 
     def update_config(
         self, db: sqlite3.Connection, now: float, changes: Mapping[str, object]

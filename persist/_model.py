@@ -32,7 +32,9 @@ A stream holds messages ``(seq, time, key?, headers, payload, ttl?)``:
    check, so a retried compare-and-set that succeeded the first time reports success rather than a
    conflict. The window is bounded (default 120 s, -1 for forever); it holds even if the original
    message was since deleted or overwritten, so a late retry cannot resurrect an old value. Only
-   accepted writes are remembered; the payload of a duplicate is not compared;
+   accepted writes are remembered; the payload of a duplicate is not compared. A msg-id names one
+   operation: one used by a ``delete`` (below) refuses a ``set`` (``bad-request``), and the other way
+   round;
 3. a ``ttl`` when ``allow_msg_ttl`` is off: ``reject`` (limit ``allow_msg_ttl``);
 4. ``max_msg_size``: ``reject``;
 5. **compare-and-set** (``previous_seq``): for a keyed write it is compared with the seq of the key's
@@ -49,6 +51,10 @@ A stream holds messages ``(seq, time, key?, headers, payload, ttl?)``:
    rejected; otherwise with ``discard="new"`` a write that would go over is rejected, and with
    ``discard="old"`` the oldest messages (lowest seqs) are evicted until it fits.
 
+``delete`` may carry a msg-id too, remembered the same way: a delete retried with it (its reply was
+lost, say) gets the first delete's result again and deletes nothing, so "did it delete something?"
+has one answer however often it is asked.
+
 :meth:`StreamModel.update_config` applies limits to the messages already stored at once: it trims the
 oldest messages down to the new ``max_msgs``/byte cap whatever ``discard`` says (``discard`` decides
 only about new writes), and sweeps with the new ``max_age``.
@@ -57,9 +63,11 @@ only about new writes), and sweeps with the new ``max_age``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import final
+from typing import Any, Final, TypeVar, final
 
 import msgspec
+
+from conat import get_codec
 
 from ._admission import Rates, admit, trim
 from ._checks import (  # message_size: defined with the checks, exported here (persist.message_size)
@@ -71,19 +79,26 @@ from ._checks import (  # message_size: defined with the checks, exported here (
     message_size,
 )
 from ._config import UNLIMITED, StreamConfig
+from ._errors import BadRequest
+
+T = TypeVar("T")
+
+DEFAULT_ENCODING: Final = "msgpack"
+"""The encoding label of a payload written without one (conat's default codec)."""
 
 __all__ = [
+    "DEFAULT_ENCODING",
     "DeleteResult",
     "Inventory",
-    "Message",
     "SetResult",
+    "StoredMessage",
     "StreamModel",
     "message_size",
 ]
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored message.
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored message, as the model, the engine and the service's clients give it back.
 
     Attributes:
         seq: its sequence number (unique in the stream, forever).
@@ -93,6 +108,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
         payload: the payload bytes (stored compressed or not: that is the engine's business).
         ttl: its own time to live in seconds, or ``None``.
         size: :func:`message_size` of it.
+        encoding: the payload's codec label, opaque to persist (the client's codec name,
+            ``"msgpack"`` by default); :meth:`value` decodes with it.
     """
 
     seq: int
@@ -102,6 +119,16 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     payload: bytes
     ttl: float | None
     size: int
+    encoding: str = DEFAULT_ENCODING
+
+    def value(self, type_: type[T] | None = None) -> Any:
+        """The payload decoded with its ``encoding`` (a conat codec), into ``type_`` if given.
+
+        Raises:
+            conat.PayloadError: the payload does not decode (or not into ``type_``).
+        """
+        codec = get_codec(self.encoding)
+        return codec.decode(self.payload) if type_ is None else codec.decode_as(self.payload, type_)
 
 
 class SetResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +143,13 @@ class DeleteResult(msgspec.Struct, frozen=True, kw_only=True):
     """The seqs a ``delete`` removed, ascending (deleting what is not there is not an error)."""
 
     seqs: list[int]
+
+
+class _Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    """What a delete's msg-id is remembered with: when, and what it removed."""
+
+    time: float
+    result: DeleteResult
 
 
 class Inventory(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,11 +174,11 @@ class StreamModel:
 
     def __init__(self, config: StreamConfig | None = None) -> None:
         self._config = config if config is not None else StreamConfig()
-        self._messages: dict[int, Message] = {}  # insertion order is seq order: seqs only grow
+        self._messages: dict[int, StoredMessage] = {}  # insertion order is seq order: seqs only grow
         self._keys: dict[str, int] = {}
         self._bytes = 0
         self._last_seq = 0
-        self._dedup: dict[str, SetResult] = {}
+        self._dedup: dict[str, SetResult | _Deleted] = {}
         self._rates = Rates(self._config)
 
     @property
@@ -179,7 +213,10 @@ class StreamModel:
         args = check_set_args(payload, key, headers, ttl, previous_seq, msg_id)
         self.sweep(now)
         if args.msg_id is not None and args.msg_id in self._dedup:
-            return msgspec.structs.replace(self._dedup[args.msg_id], duplicate=True)
+            seen = self._dedup[args.msg_id]
+            if isinstance(seen, _Deleted):
+                raise BadRequest("set", f"msg_id {args.msg_id!r} was used by a delete")
+            return msgspec.structs.replace(seen, duplicate=True)
         current = self._keys.get(args.key) if args.key is not None else None
         evict = admit(
             self._config,
@@ -198,7 +235,7 @@ class StreamModel:
         if current is not None:
             self._remove(current)
         self._last_seq += 1
-        message = Message(
+        message = StoredMessage(
             seq=self._last_seq,
             time=now,
             key=args.key,
@@ -224,16 +261,19 @@ class StreamModel:
         seqs: Iterable[int] | None = None,
         up_to: int | None = None,
         key: str | None = None,
+        msg_id: str | None = None,
     ) -> DeleteResult:
         """Delete by exactly one of: ``seq``, ``seqs``, every seq ``<= up_to``, or ``key``.
 
         Missing (or already expired) messages are skipped, not errors. ``last_seq`` does not change.
+        With a ``msg_id`` seen within ``duplicate_window``, returns the first delete's result and
+        deletes nothing (module docstring).
 
         Raises:
-            BadRequest: not exactly one selector, or a malformed one.
+            BadRequest: not exactly one selector, or a malformed one; a msg-id used by a ``set``.
         """
         now = check_now("delete", now)
-        selector = check_delete_args(seq, seqs, up_to, key)
+        selector = check_delete_args(seq, seqs, up_to, key, msg_id)
         if selector.targets is not None:
             targets = selector.targets
         elif selector.up_to is not None:
@@ -244,10 +284,18 @@ class StreamModel:
             found = self._keys.get(selector.key)
             targets = [] if found is None else [found]
         self.sweep(now)
+        if selector.msg_id is not None and selector.msg_id in self._dedup:
+            seen = self._dedup[selector.msg_id]
+            if not isinstance(seen, _Deleted):
+                raise BadRequest("delete", f"msg_id {selector.msg_id!r} was used by a set")
+            return seen.result
         removed = [s for s in targets if s in self._messages]
         for s in removed:
             self._remove(s)
-        return DeleteResult(seqs=removed)
+        result = DeleteResult(seqs=removed)
+        if selector.msg_id is not None:
+            self._dedup[selector.msg_id] = _Deleted(time=now, result=result)
+        return result
 
     def sweep(self, now: float) -> list[int]:
         """Remove every message expired at ``now`` and forget msg-ids older than the dedup window.
@@ -284,7 +332,7 @@ class StreamModel:
 
     # ---- reads (never mutate; expired messages are invisible) ----------------------------------
 
-    def get(self, *, now: float, seq: int | None = None, key: str | None = None) -> Message | None:
+    def get(self, *, now: float, seq: int | None = None, key: str | None = None) -> StoredMessage | None:
         """The live message with ``seq``, or the live message of ``key`` (exactly one), or ``None``."""
         now = check_now("get", now)
         by_seq, by_key = check_selector("get", seq, key)
@@ -294,7 +342,7 @@ class StreamModel:
             return None
         return message
 
-    def get_all(self, *, now: float, from_seq: int = 0) -> list[Message]:
+    def get_all(self, *, now: float, from_seq: int = 0) -> list[StoredMessage]:
         """Every live message with ``seq >= from_seq``, in seq order."""
         now = check_now("get_all", now)
         start = check_seq("get_all", "from_seq", from_seq)
@@ -317,7 +365,7 @@ class StreamModel:
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _expired(self, message: Message, now: float) -> bool:
+    def _expired(self, message: StoredMessage, now: float) -> bool:
         max_age = self._config.max_age
         if max_age != UNLIMITED and now >= message.time + max_age:
             return True

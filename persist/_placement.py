@@ -36,7 +36,8 @@ variable counts as unset.
 
 Resolution is a pure function of its inputs: nothing is created or read. The check that the file stays
 inside its root is on the normalized *text*; symlinks inside the root are the engine's to refuse when
-it opens the file (``openat2(RESOLVE_BENEATH)``, notes/reliability.md lesson 5, :mod:`persist._beneath`).
+it opens the file (``openat2(RESOLVE_BENEATH)``: the kernel resolves the path, so no symlink swapped
+in between a check and the open can redirect it; :mod:`persist._beneath`).
 
 **Where checking starts.** :meth:`Placement.locate` splits a file into the trusted root the engine
 walks from and the path beneath it, for :class:`persist.StreamStore`. The root is the configured
@@ -59,7 +60,7 @@ from uuid import UUID
 
 import msgspec
 
-from conat._paths import data_dir
+from conat import data_dir
 from subjects import ScopeKind
 
 from ._config import convert_config
@@ -398,10 +399,33 @@ class Placement:
         template: str | None = getattr(self.config, _KIND_DIRS[sp.kind])
         placeholder = _PLACEHOLDERS.get(sp.kind)
         if template is not None and placeholder is not None and placeholder in template:
-            above = posixpath.normpath(posixpath.dirname(template.split(placeholder, 1)[0]))
+            above = _above_id(template, placeholder)
             if str(file).startswith(above.rstrip("/") + "/"):
                 root = above
         return Path(root), PurePosixPath(posixpath.relpath(str(file), root))
+
+    def lock_roots(self) -> list[Path]:
+        """The directories a persist service owns on this placement, for its lock (:mod:`persist._rootlock`).
+
+        Every directory a stream file is reached from (the default root, each override's root, or,
+        for a template with its placeholder, the directory above the id where checking starts) and
+        the archive root (copies mirror the live files, so two services archiving to one tree would
+        restore each other's). Sorted, without duplicates. The backup root is not included: a backup
+        is written on demand, to a new name each time.
+        """
+        roots = {self.root}
+        for kind, field in _KIND_DIRS.items():
+            template: str | None = getattr(self.config, field)
+            if template is None:
+                continue
+            placeholder = _PLACEHOLDERS.get(kind)
+            if placeholder is not None and placeholder in template:
+                roots.add(_above_id(template, placeholder))
+            else:
+                roots.add(posixpath.normpath(template))
+        if self.config.archive is not None:
+            roots.add(posixpath.normpath(self.config.archive))
+        return sorted(Path(r) for r in roots)
 
     def archive_path(self, path: StoragePath | str) -> Path | None:
         """The archive copy of ``path``: ``<archive>/<storage path>.db``, or ``None`` if no archive."""
@@ -428,6 +452,11 @@ class Placement:
         if placeholder in template:
             return posixpath.normpath(template.replace(placeholder, sp.id)), sp.name
         return posixpath.normpath(template), f"{sp.id}/{sp.name}"
+
+
+def _above_id(template: str, placeholder: str) -> str:
+    """The directory above the id in a template with its placeholder: where checking starts."""
+    return posixpath.normpath(posixpath.dirname(template.split(placeholder, 1)[0]))
 
 
 def _coerce(path: StoragePath | str) -> StoragePath:

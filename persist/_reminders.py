@@ -39,8 +39,7 @@ from urllib.parse import quote
 import msgspec
 
 from actors import Reminder
-from conat._clock import Clock
-from conat._errors import ClosedError
+from conat import Clock, ClosedError
 
 from ._config import StreamConfig, SyncMode
 from ._errors import BadRequest, Corrupt
@@ -135,7 +134,8 @@ class DurableReminderStore:
             clock: time source of the stream store (tests); default the system clock.
 
         Raises:
-            Corrupt: the file failed its check (it was moved aside; both paths are in the error).
+            Corrupt: the file failed its check: it was moved aside (both paths are in the error) and
+                is refused until :meth:`reset`.
             PersistError: the file could not be opened or created.
         """
         file = await asyncio.to_thread(_database_file, Path(location))
@@ -150,6 +150,21 @@ class DurableReminderStore:
             await streams.aclose()
             raise
         return self
+
+    @classmethod
+    async def reset(cls, location: str | os.PathLike[str]) -> list[str]:
+        """After the file at ``location`` (as for :meth:`open`) was found corrupt: start it again
+        empty, an operator's decision (its reminders are lost; the corrupt file stays aside).
+
+        Returns:
+            the paths moved aside now.
+
+        Raises:
+            BadRequest: the file is not quarantined (it was not found corrupt).
+        """
+        file = await asyncio.to_thread(_database_file, Path(location))
+        async with StreamStore(lambda _path: file, max_open=1, executor_threads=1) as streams:
+            return await streams.reset(_OWN_PATH)
 
     @property
     def path(self) -> str:

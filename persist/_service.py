@@ -1,4 +1,4 @@
-"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>`` (DESIGN.md §6).
+"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>``.
 
 Theory of operation
 -------------------
@@ -22,10 +22,12 @@ msg-ids are stored with the write.
 
 **Bounds.** At most ``max_inflight`` operations of a scope run at once (beyond that the turn waits,
 the mailbox fills, and callers get 429), and at most ``max_waiters`` changefeed reads of a scope are
-held waiting; one more gets 429 at once. A changefeed page is bounded in messages and bytes. The
-service holds no per-consumer buffer: a consumer pulls the next page when it is ready (the cursor is
-its own), so a slow consumer costs nothing here; one that falls behind the delete log gets a page
-with ``resync`` set and reloads.
+held waiting; one more gets 429 at once. A page (``get_all``, the changefeed) is bounded in messages
+and bytes while it is read, and capped (``max_page_msgs``, ``max_page_bytes``; by default
+:data:`persist._wire.MAX_PAGE_MSGS`, :data:`persist._wire.MAX_PAGE_BYTES`) whatever the client asks: the service never loads more than the page it sends (or one message, if that one alone
+is larger). The service holds no per-consumer buffer: a consumer pulls the next page when it is
+ready (the cursor is its own), so a slow consumer costs nothing here; one that falls behind the
+delete log gets a page with ``resync`` set and reloads.
 
 **Expiry.** Each activation sweeps the streams it used within ``idle_close`` every
 ``sweep_interval`` seconds, so expired messages are removed (and reach changefeeds as deletes) even
@@ -35,29 +37,41 @@ when nobody writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Final, Self
 
 import msgspec
 
-from actors import NO_REPLY, Actor, ActorSystem
-from conat import Client, Message
-from conat._errors import ClosedError, ConatError, PayloadError
-from conat._service import error_reply, respond_error
-from subjects import ScopeKind, parse_scope
+from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere
+from conat import (
+    BUSY,
+    UNAVAILABLE,
+    Client,
+    ClosedError,
+    ConatError,
+    Message,
+    PayloadError,
+    error_fields,
+    error_reply,
+    respond_error,
+)
+from subjects import InvalidSubject, ScopeKind, parse_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
-from ._errors import BadPath, BadRequest, NotFound, PersistError, error_fields
+from ._errors import BadPath, BadRequest, NotFound, PersistError
+from ._inventory import names_page
 from ._model import DeleteResult
-from ._placement import FILE_SUFFIX, Placement, StoragePath
+from ._placement import Placement, StoragePath
+from ._rootlock import RootLock
 from ._store import Lease, StreamStore
 from ._wire import (
+    MAX_INVENTORY,
+    MAX_KEYS,
+    MAX_PAGE_BYTES,
+    MAX_PAGE_MSGS,
     MAX_WAIT,
     REQUEST_DECODER,
     ConfigOp,
@@ -67,6 +81,8 @@ from ._wire import (
     KeysOp,
     ReadOp,
     Request,
+    ResetOp,
+    ResetResult,
     SetManyOp,
     SetOp,
     StreamInventory,
@@ -82,20 +98,27 @@ DEFAULT_SWEEP_INTERVAL: Final = 30.0
 BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
-BUSY: Final = 429
+_SCOPES: Final = "use hub, project-<uuid>, account-<uuid> or host-<uuid>"
 
 
 class _Shared:
     """What every activation of the service shares: the store, placement, bounds and live tasks."""
 
     def __init__(
-        self, store: StreamStore, placement: Placement, max_inflight: int, max_waiters: int, sweep: float
+        self,
+        store: StreamStore,
+        placement: Placement,
+        max_inflight: int,
+        max_waiters: int,
+        sweep: float,
+        page: tuple[int, int],
     ) -> None:
         self.store = store
         self.placement = placement
         self.max_inflight = max_inflight
         self.max_waiters = max_waiters
         self.sweep_interval = sweep
+        self.max_page_msgs, self.max_page_bytes = page
         self.tasks: set[asyncio.Task[None]] = set()
         self.waiting: set[asyncio.Task[Any]] = set()
         """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
@@ -137,6 +160,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         self._inflight = asyncio.Semaphore(shared.max_inflight)
         self._waiters = 0
         self._used: dict[str, float] = {}
+        self._bad_scope: BadPath | None = None
 
     def _scope(self) -> tuple[ScopeKind, str | None]:
         """The storage scope of this activation's key."""
@@ -151,12 +175,23 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         return None if raw is None else _parse_config(msgspec.msgpack.encode(raw))
 
     async def on_activate(self) -> None:
-        self._kind, self._id = self._scope()
+        try:
+            self._kind, self._id = self._scope()
+        except InvalidSubject:
+            # Anyone may send to any subject the pattern matches: a key that names no scope is the
+            # caller's mistake, answered (and passivated) by receive, never a crash of the activation
+            # (crashes count towards the supervisor giving up on the whole service).
+            self._bad_scope = BadPath(self.key, f"{self.key!r} is not a scope: {_SCOPES}")
+            return
         interval = self._shared.sweep_interval
         if interval > 0:
             self.timer(interval, self._sweep, period=interval)
 
     async def receive(self, msg: Message) -> Any:
+        if self._bad_scope is not None:
+            self.passivate()
+            await _respond_failure(msg, self._bad_scope)
+            return NO_REPLY
         try:
             # conat's own clients send msgpack bytes as "raw"; any other codec is honoured
             raw = msg.codec.name == "raw"
@@ -171,6 +206,9 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             return NO_REPLY
         if isinstance(request, InventoryOp):
             self._spawn(msg, self._inventory(request))
+            return NO_REPLY
+        if isinstance(request, ResetOp):  # a quarantined stream cannot be leased: no lease, no slot
+            self._spawn(msg, self._reset(request))
             return NO_REPLY
         if isinstance(request, ReadOp) and request.wait > 0 and self._waiters >= self._shared.max_waiters:
             await respond_error(msg, BUSY, f"persist {self.key}: {self._waiters} changefeed reads waiting")
@@ -219,9 +257,16 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             case GetOp():
                 return file.get(seq=request.seq, key=request.key)
             case DeleteOp():
-                return file.delete(seq=request.seq, seqs=request.seqs, up_to=request.up_to, key=request.key)
+                return file.delete(
+                    seq=request.seq,
+                    seqs=request.seqs,
+                    up_to=request.up_to,
+                    key=request.key,
+                    msg_id=request.msg_id,
+                )
             case KeysOp():
-                return file.keys()
+                limit = min(request.limit, MAX_KEYS) if request.limit > 0 else request.limit
+                return file.keys(after=request.after, limit=limit, max_bytes=self._shared.max_page_bytes)
             case ConfigOp():
                 if request.changes is None:
                     return _ready(file.config())
@@ -246,6 +291,8 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         the stream again when woken.
         """
         wait = min(max(request.wait, 0.0), MAX_WAIT)
+        max_msgs = min(request.max_msgs, self._shared.max_page_msgs)  # whatever the client asked
+        max_bytes = min(request.max_bytes, self._shared.max_page_bytes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         store = self._shared.store
@@ -260,11 +307,12 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                         request.after_seq,
                         after_delete=after_delete,
                         stream_id=stream_id,
-                        max_msgs=request.max_msgs,
+                        max_msgs=max_msgs,
+                        max_bytes=max_bytes,
                     )
                     left = deadline - loop.time()
                     if page.messages or page.deletes or page.resync or left <= 0:
-                        return _trim(page, request.max_bytes)
+                        return page
                     # a first read holds no delete cursor: from now on, deletes while it waits count
                     after_delete, stream_id = page.delete_cursor, page.stream_id
                     if not waiting and task is not None:
@@ -282,26 +330,33 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 self._waiters -= 1
                 self._shared.waiting.discard(task)
 
+    async def _reset(self, request: ResetOp) -> ResetResult:
+        path = self._storage_path(request.stream)
+        moved = await self._shared.store.reset(path, restore=request.restore)
+        log.warning("stream %s reset%s; moved aside: %s", path, " from its archive" * request.restore, moved)
+        return ResetResult(moved_aside=moved, restored=request.restore)
+
     async def _inventory(self, request: InventoryOp) -> list[StreamInventory]:
-        placement, store = self._shared.placement, self._shared.store
-        probe = placement.path(StoragePath.of(self._kind, self._id, "x"))
-        root = probe.parent
-        out: list[StreamInventory] = []
+        """A page of the scope's streams (:mod:`persist._inventory`): bounded in names and opens."""
         if not isinstance(request.prefix, str) or request.limit < 1:
             raise BadRequest("inventory", "prefix must be a string and limit positive")
-        for name in sorted(await asyncio.to_thread(_stream_names, root)):
-            if not name.startswith(request.prefix):
-                continue
-            if len(out) >= request.limit:
-                break
-            path = str(StoragePath.of(self._kind, self._id, name))
+        placement, store = self._shared.placement, self._shared.store
+        scope_dir = placement.path(StoragePath.of(self._kind, self._id, "x")).parent
+        limit = min(request.limit, MAX_INVENTORY)
+        names = await asyncio.to_thread(names_page, scope_dir, request.prefix, request.after, limit)
+        out: list[StreamInventory] = []
+        for name in names:
             try:
-                async with store.stream(path, create=False) as file:
-                    inventory = await file.inventory()
-                    config = msgspec.to_builtins(file.config())
+                path = self._storage_path(name)
+                inventory, config = await store.inventory(path)
             except (NotFound, BadPath):  # gone meanwhile, or a name no stream may have
                 continue
-            out.append(StreamInventory(name=name, inventory=inventory, config=config))
+            except PersistError as e:  # one bad stream is listed as such; the others still are
+                out.append(
+                    StreamInventory(name=name, error=str(e.code), message=str(e), error_data=error_fields(e))
+                )
+                continue
+            out.append(StreamInventory(name=name, inventory=inventory, config=msgspec.to_builtins(config)))
         return out
 
     # ---- plumbing --------------------------------------------------------------------------------
@@ -314,7 +369,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             try:
                 result = await work
             except asyncio.CancelledError:
-                await respond_error(msg, 503, "persist service stopping")
+                await respond_error(msg, UNAVAILABLE, "persist service stopping")
                 raise
             except Exception as e:  # noqa: BLE001 - every failure becomes the caller's error reply
                 await _respond_failure(msg, e)
@@ -339,7 +394,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             try:
                 async with self._shared.store.stream(path, create=False) as file:
                     await file.sweep()
-            except PersistError as e:
+            except ConatError as e:  # a refusal, a stopping store: the next round tries again
                 log.warning("sweep of %s failed: %s", path, e)
 
 
@@ -354,6 +409,8 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
 
     def _scope(self) -> tuple[ScopeKind, str | None]:
         kind, _, ident = self.key.partition(".")
+        if kind not in ("project", "host"):
+            raise InvalidSubject(self.key, "bad-scope", field="scope")
         return parse_scope(f"{kind}-{ident}")
 
     def _new_config(self, request: Request) -> StreamConfig | None:
@@ -369,6 +426,12 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
 class PersistServer:
     """Runs the persist service on a connection: one :class:`PersistService` activation per scope.
 
+    **One per root.** Stream files have exactly one writer: :meth:`start` takes an advisory lock on
+    every root of ``placement`` (:meth:`Placement.lock_roots`) and refuses to start, with
+    :class:`RootInUse`, when another service (in this process or another) holds one; :meth:`aclose`
+    gives them back, and so does the kernel if the process dies. So several services may share a bus
+    (on different roots, for different scopes) but never a root.
+
     Args:
         client: the connection to serve on.
         placement: where stream files live (``Placement.from_sources()`` reads the environment).
@@ -376,6 +439,7 @@ class PersistServer:
         subject: the pattern served (default ``persist.*.>``, every scope of the bus).
         bootlog: also serve the bootlogs (:class:`BootlogService`) from the same store.
         max_inflight, max_waiters, sweep_interval: see the module docstring.
+        max_page_msgs, max_page_bytes: the caps on a page of messages, whatever a client asks.
     """
 
     def __init__(
@@ -388,8 +452,12 @@ class PersistServer:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_waiters: int = DEFAULT_MAX_WAITERS,
         sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+        max_page_msgs: int = MAX_PAGE_MSGS,
+        max_page_bytes: int = MAX_PAGE_BYTES,
         bootlog: bool = True,
     ) -> None:
+        if max_page_msgs < 1 or max_page_bytes < 1:
+            raise ValueError(f"page caps must be positive, not {max_page_msgs!r}, {max_page_bytes!r}")
         self.client = client
         self._bootlog = bootlog
         self.placement = placement
@@ -397,11 +465,30 @@ class PersistServer:
             store if store is not None else StreamStore(placement.locate, archive=placement.archive_path)
         )
         self._owns_store = store is None
-        self._shared = _Shared(self.store, placement, max_inflight, max_waiters, sweep_interval)
+        self._shared = _Shared(
+            self.store, placement, max_inflight, max_waiters, sweep_interval, (max_page_msgs, max_page_bytes)
+        )
         self._system = ActorSystem(client)
         self._subject = subject
+        self._lock: RootLock | None = None
 
     async def start(self) -> Self:
+        """Take the roots' lock, then serve.
+
+        Raises:
+            RootInUse: another persist service holds one of the placement's roots.
+            StorageError: a root cannot be created, or its lock file opened.
+        """
+        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots())
+        try:
+            await self._serve()
+        except BaseException:
+            await self._system.stop(0)
+            self._lock.release()
+            raise
+        return self
+
+    async def _serve(self) -> None:
         cls: type[PersistService] = PersistService
         if self._subject != PersistService.spec().subject:
             cls = type("PersistService", (PersistService,), {}, subject=self._subject)
@@ -409,13 +496,28 @@ class PersistServer:
         await self._system.start(cls, factory=lambda: cls(shared))
         if self._bootlog:
             await self._system.start(BootlogService, factory=lambda: BootlogService(shared))
-        return self
 
     async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    @property
+    def failure(self) -> Escalation | OwnedElsewhere | None:
+        """Why the service gave up, if it did: its activations kept crashing, or another process
+        serves these scopes on this bus (nothing is served here any more)."""
+        return self._system.failure
+
+    async def wait(self) -> None:
+        """Return when the service has stopped (:meth:`aclose`, or it gave up).
+
+        Raises:
+            actors.Escalation: it gave up after repeated crashes. It serves nothing any more, and
+                nothing restarts it in this process: a command running it should exit non-zero so
+                its supervisor (systemd, a container runtime) starts a fresh one.
+        """
+        await self._system.wait()
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop taking requests, let the operations in flight answer, then close the store."""
@@ -430,6 +532,8 @@ class PersistServer:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._owns_store:
             await self.store.aclose()
+        if self._lock is not None:  # after the files are closed: the next service may open them
+            self._lock.release()
 
 
 # ---- replies -----------------------------------------------------------------------------------------
@@ -445,13 +549,8 @@ async def _respond(msg: Message, result: object) -> None:
 
 
 async def _respond_failure(msg: Message, error: Exception) -> None:
-    if isinstance(error, PersistError):
-        if msg.reply:
-            with contextlib.suppress(ConatError):
-                await msg.respond_error(error.code, str(error), data=error_fields(error))
-        return
     if isinstance(error, ClosedError):
-        await respond_error(msg, 503, f"persist service stopping: {error}")
+        await respond_error(msg, UNAVAILABLE, f"persist service stopping: {error}")
         return
     if not isinstance(error, ConatError):
         log.exception("persist operation on %s failed", msg.subject, exc_info=error)
@@ -474,16 +573,6 @@ async def _ready(value: object) -> object:
     return value
 
 
-def _trim(page: ChangePage, max_bytes: int) -> ChangePage:
-    """Keep the page's messages within ``max_bytes`` of payload (at least one message)."""
-    total = 0
-    for n, message in enumerate(page.messages):
-        total += len(message.payload)
-        if n and total > max_bytes:
-            return msgspec.structs.replace(page, messages=page.messages[:n])
-    return page
-
-
 # What a read of a stream that does not exist answers (nothing to report; no file is created).
 _EMPTY: Final[dict[type, Callable[[Any], object]]] = {
     GetOp: lambda r: None,
@@ -491,20 +580,3 @@ _EMPTY: Final[dict[type, Callable[[Any], object]]] = {
     ReadOp: lambda r: ChangePage(messages=[], deletes=[], delete_cursor=0, last_seq=0, stream_id=""),
     DeleteOp: lambda r: DeleteResult(seqs=[]),
 }
-
-
-def _stream_names(root: Path) -> list[str]:
-    """Names of the streams stored under a scope's directory (``<name>.db`` files, recursively).
-
-    Symlinks are not followed (the engine refuses them anyway): a listing never leaves the scope.
-    """
-    names: list[str] = []
-    for directory, subdirs, files in os.walk(root, followlinks=False):
-        base = Path(directory).relative_to(root)
-        subdirs[:] = [d for d in subdirs if not (Path(directory) / d).is_symlink()]
-        names.extend(
-            (base / file).as_posix()[: -len(FILE_SUFFIX)]
-            for file in files
-            if file.endswith(FILE_SUFFIX) and not (Path(directory) / file).is_symlink()
-        )
-    return names

@@ -5,12 +5,13 @@ transactions (the caller begins and commits them), no threads, no error translat
 called inside :func:`persist._engine_io.storage_errors`, the one place where ``sqlite3`` errors
 become persist errors.
 
-Schema (``meta.schema = 1``)::
+Schema (``meta.schema = 2``; a version 1 file is migrated when opened: ``dedup.result`` is added)::
 
     messages(seq INTEGER PRIMARY KEY, time REAL, key TEXT UNIQUE NULL, headers BLOB NULL,
              payload BLOB, encoding TEXT, compressed INT, size INT, ttl REAL NULL,
              expires REAL NULL /* time + ttl */, msg_id TEXT NULL)
-    dedup(msg_id TEXT PRIMARY KEY, seq INT, time REAL)          -- msg-id -> original SetResult
+    dedup(msg_id TEXT PRIMARY KEY, seq INT, time REAL, result BLOB NULL)
+        -- msg-id -> original SetResult (result NULL), or a delete's removed seqs (msgpack ranges)
     meta(name TEXT PRIMARY KEY, value)                   -- schema, config (JSON), last_seq, stream_id
     deletes(id INTEGER PRIMARY KEY, low INT, high INT)   -- the delete log: seqs low..high are gone
 
@@ -28,28 +29,24 @@ float arithmetic as the model's expiry rule, so an expired message is never retu
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
 
-from conat._codecs import get_codec
-
 from . import _codec
+from ._admission import expired_through
 from ._checks import SetArgs
 from ._config import UNLIMITED, StreamConfig
 from ._errors import Corrupt, PersistError, StorageError
-from ._model import Inventory, Message
+from ._model import Inventory, StoredMessage
 
 __all__ = [
-    "DEFAULT_ENCODING",
     "SCHEMA_VERSION",
     "Opened",
-    "StoredMessage",
     "connect",
     "decode_row",
     "delete_by",
@@ -60,10 +57,13 @@ __all__ = [
     "select_changes",
     "find_key",
     "find_msg_id",
+    "foreign_objects",
+    "harden",
     "init_db",
     "insert",
     "oldest",
     "problems",
+    "remember_delete",
     "select_inventory",
     "select_keys",
     "select_message",
@@ -71,11 +71,9 @@ __all__ = [
     "set_meta",
     "set_synchronous",
     "sweep",
-    "write_backup",
 ]
 
-SCHEMA_VERSION: Final = 1
-DEFAULT_ENCODING: Final = "msgpack"
+SCHEMA_VERSION: Final = 2
 _BUSY_TIMEOUT_MS: Final = 10_000
 DELETE_LOG_KEEP: Final = 10_000
 """Rows of the delete log kept (at least); a changefeed cursor older than that must resync."""
@@ -106,7 +104,8 @@ _SCHEMA: Final = (
 CREATE TABLE IF NOT EXISTS dedup (
     msg_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
-    time REAL NOT NULL
+    time REAL NOT NULL,
+    result BLOB
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_time ON dedup(time);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -118,30 +117,10 @@ CREATE TABLE IF NOT EXISTS deletes (
 """
 )
 
-T = TypeVar("T")
-
 _COLUMNS: Final = "seq, time, key, headers, payload, encoding, compressed, size, ttl"
 
 _headers_encoder: Final = msgspec.msgpack.Encoder()
 _headers_decoder: Final = msgspec.msgpack.Decoder(dict[str, str])
-
-
-class StoredMessage(Message, frozen=True, kw_only=True):
-    """A :class:`persist.Message` as read back from storage, with the payload's ``encoding`` label.
-
-    ``encoding`` is opaque to persist (the client's codec name, ``"msgpack"`` by default).
-    """
-
-    encoding: str = DEFAULT_ENCODING
-
-    def value(self, type_: type[T] | None = None) -> Any:
-        """The payload decoded with its ``encoding`` (a conat codec), into ``type_`` if given.
-
-        Raises:
-            conat.PayloadError: the payload does not decode (or not into ``type_``).
-        """
-        codec = get_codec(self.encoding)
-        return codec.decode(self.payload) if type_ is None else codec.decode_as(self.payload, type_)
 
 
 # ---- opening -----------------------------------------------------------------------------------------
@@ -150,14 +129,51 @@ class StoredMessage(Message, frozen=True, kw_only=True):
 def connect(file: Path | str, *, reader: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), usable from any one thread at a time.
 
-    ``reader`` makes it ``query_only``. ``":memory:"`` opens a private in-memory database.
+    ``reader`` makes it ``query_only``. ``":memory:"`` opens a private in-memory database. Every
+    connection is :func:`harden` ed.
     """
     db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+    harden(db)
     if file != ":memory:":
         db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     if reader:
         db.execute("PRAGMA query_only = 1")
     return db
+
+
+def harden(db: sqlite3.Connection) -> None:
+    """Treat the file's schema as untrusted: a project's owner can write its stream files.
+
+    ``trusted_schema = OFF``: views, triggers, CHECK/DEFAULT and index expressions in the file may
+    not call functions that have side effects (only those SQLite marks innocuous) nor use virtual
+    tables, so SQL planted in a file never runs with the service's rights. ``cell_size_check = ON``:
+    a malformed b-tree page is reported as corrupt when it is read (``SQLITE_CORRUPT``, so
+    :class:`~persist.Corrupt`) instead of being trusted, which matters since a file is not checked
+    whole when it is opened after a clean close (:func:`persist._engine_io.open_writer`).
+    """
+    db.execute("PRAGMA trusted_schema = OFF")
+    db.execute("PRAGMA cell_size_check = ON")
+
+
+SCHEMA_OBJECTS: Final = frozenset(
+    {
+        ("table", "messages"),
+        ("index", "sqlite_autoindex_messages_1"),
+        ("index", "messages_time"),
+        ("index", "messages_expires"),
+        ("table", "dedup"),
+        ("index", "dedup_time"),
+        ("table", "meta"),
+        ("table", "deletes"),
+    }
+)
+"""What :data:`_SCHEMA` creates (the names in ``sqlite_master``)."""
+
+
+def foreign_objects(db: sqlite3.Connection) -> list[str]:
+    """The schema objects of a stream file that persist did not create (triggers, views, tables...)."""
+    rows = db.execute("SELECT type, name FROM sqlite_master").fetchall()
+    return [f"{kind} {name!r}" for kind, name in rows if (kind, name) not in SCHEMA_OBJECTS]
 
 
 def problems(db: sqlite3.Connection, pragma: str = "quick_check") -> list[str]:
@@ -200,6 +216,9 @@ def init_db(db: sqlite3.Connection, wanted: StreamConfig, what: str, *, durable:
             set_meta(db, "schema", SCHEMA_VERSION)
             set_meta(db, "config", wanted)
             set_meta(db, "last_seq", 0)
+        elif version == 1:  # deletes got msg-ids: remember what each removed
+            db.execute("ALTER TABLE dedup ADD COLUMN result BLOB")
+            set_meta(db, "schema", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
             raise Corrupt(what, f"unknown schema version {version!r}")
         stored = _meta(db, "config", None)
@@ -243,13 +262,11 @@ def set_meta(db: sqlite3.Connection, name: str, value: int | StreamConfig) -> No
 # ---- writes (in the writer's transaction) ------------------------------------------------------------
 
 
-def _slack(x: float) -> float:
-    """A margin so an indexed ``time <= now - age + slack`` pre-filter never misses a row."""
-    return 1e-6 * max(1.0, abs(x))
-
-
 def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[list[int], int]:
     """Delete what is expired at ``now`` and the msg-ids older than the dedup window.
+
+    Each age rule is one range of its ``time`` index (:func:`persist._admission.expired_through`), so
+    a sweep touches only the rows it removes: it runs before every write transaction.
 
     Returns:
         the seqs of the messages deleted, and their bytes.
@@ -259,8 +276,7 @@ def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[lis
     freed = 0
     if age != UNLIMITED:
         rows = db.execute(
-            "DELETE FROM messages WHERE time <= ? AND time + ? <= ? RETURNING seq, size",
-            (now - age + _slack(now), float(age), now),
+            "DELETE FROM messages WHERE time <= ? RETURNING seq, size", (expired_through(now, float(age)),)
         ).fetchall()
         removed.extend(r[0] for r in rows)
         freed += sum(r[1] for r in rows)
@@ -269,17 +285,39 @@ def sweep(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[lis
     freed += sum(r[1] for r in rows)
     window = config.duplicate_window
     if window != UNLIMITED:
-        db.execute(
-            "DELETE FROM dedup WHERE time <= ? AND time + ? <= ?",
-            (now - window + _slack(now), float(window), now),
-        )
+        db.execute("DELETE FROM dedup WHERE time <= ?", (expired_through(now, float(window)),))
     return removed, freed
 
 
-def find_msg_id(db: sqlite3.Connection, msg_id: str) -> tuple[int, float] | None:
-    """The ``(seq, time)`` a remembered msg-id was written with, or ``None``."""
-    row = db.execute("SELECT seq, time FROM dedup WHERE msg_id = ?", (msg_id,)).fetchone()
-    return None if row is None else (row[0], row[1])
+_ranges_encoder: Final = msgspec.msgpack.Encoder()
+_ranges_decoder: Final = msgspec.msgpack.Decoder(list[tuple[int, int]])
+
+
+def find_msg_id(db: sqlite3.Connection, msg_id: str) -> tuple[int, float, list[int] | None] | None:
+    """What a remembered msg-id did: ``(seq, time, None)`` for a write, ``(0, time, seqs)`` for a
+    delete (the seqs it removed); ``None`` if it is not remembered.
+
+    Raises:
+        Corrupt: a delete's stored result does not decode.
+    """
+    row = db.execute("SELECT seq, time, result FROM dedup WHERE msg_id = ?", (msg_id,)).fetchone()
+    if row is None:
+        return None
+    if row[2] is None:
+        return row[0], row[1], None
+    try:
+        ranges = _ranges_decoder.decode(row[2])
+    except msgspec.DecodeError as e:
+        raise Corrupt(f"msg-id {msg_id!r}", f"its delete's result does not decode: {e}") from None
+    return 0, row[1], [s for low, high in ranges for s in range(low, high + 1)]
+
+
+def remember_delete(db: sqlite3.Connection, msg_id: str, now: float, seqs: list[int]) -> None:
+    """Remember a delete's msg-id with the seqs it removed (as ranges: ``up_to`` deletes are runs)."""
+    db.execute(
+        "INSERT OR REPLACE INTO dedup (msg_id, seq, time, result) VALUES (?, 0, ?, ?)",
+        (msg_id, now, _ranges_encoder.encode(as_ranges(seqs))),
+    )
 
 
 def find_key(db: sqlite3.Connection, key: str) -> tuple[int, int] | None:
@@ -411,15 +449,55 @@ def select_message(
     return db.execute(sql, {**_live_params(config, now), "sel": arg}).fetchall()
 
 
-def select_messages(
-    db: sqlite3.Connection, config: StreamConfig, now: float, start: int, batch: int
+def _page_end(
+    db: sqlite3.Connection, config: StreamConfig, now: float, after: int, max_msgs: int, max_bytes: int
+) -> int | None:
+    """The last seq of a page: up to ``max_msgs`` live messages with ``seq > after`` whose sizes sum to
+    at most ``max_bytes`` (at least one message, however large), or ``None`` if there is none.
+
+    Reads only ``seq`` and ``size`` (never a payload), and stops at the first message that does not
+    fit: a page is bounded by bytes *while* reading, so a client's large ``max_msgs`` never loads more
+    than ``max_bytes`` of payloads (plus one message).
+    """
+    sql = f"SELECT seq, size FROM messages WHERE seq > :after AND {live_clause(config)} ORDER BY seq LIMIT :n"
+    cur = db.execute(sql, {**_live_params(config, now), "after": after, "n": max_msgs})
+    last: int | None = None
+    total = 0
+    try:
+        for seq, size in cur:
+            total += size
+            if last is not None and total > max_bytes:
+                break
+            last = seq
+    finally:
+        cur.close()
+    return last
+
+
+def _page_rows(
+    db: sqlite3.Connection, config: StreamConfig, now: float, after: int, max_msgs: int, max_bytes: int
 ) -> list[Any]:
-    """The rows of the first ``batch`` live messages with ``seq >= start``, in seq order."""
+    """The rows of the page :func:`_page_end` bounds (call inside one read transaction)."""
+    last = _page_end(db, config, now, after, max_msgs, max_bytes)
+    if last is None:
+        return []
     sql = (
-        f"SELECT {_COLUMNS} FROM messages WHERE seq >= :start AND {live_clause(config)}"
-        " ORDER BY seq LIMIT :batch"
+        f"SELECT {_COLUMNS} FROM messages WHERE seq > :after AND seq <= :last AND {live_clause(config)}"
+        " ORDER BY seq"
     )
-    return db.execute(sql, {**_live_params(config, now), "start": start, "batch": batch}).fetchall()
+    return db.execute(sql, {**_live_params(config, now), "after": after, "last": last}).fetchall()
+
+
+def select_messages(
+    db: sqlite3.Connection, config: StreamConfig, now: float, start: int, batch: int, max_bytes: int
+) -> list[Any]:
+    """The rows of the first ``batch`` live messages with ``seq >= start``, in seq order, within
+    ``max_bytes`` of message sizes (at least one), read in one read transaction."""
+    db.execute("BEGIN")
+    try:
+        return _page_rows(db, config, now, start - 1, batch, max_bytes)
+    finally:
+        db.execute("COMMIT")
 
 
 def select_changes(
@@ -429,25 +507,20 @@ def select_changes(
     after_seq: int,
     after_delete: int | None,
     max_msgs: int,
+    max_bytes: int,
     max_deletes: int,
 ) -> tuple[list[Any], list[tuple[int, int]], int, int, int]:
     """One consistent page of a changefeed, read in one read transaction.
 
     Returns:
-        the rows of up to ``max_msgs`` live messages with ``seq > after_seq``; the delete-log ranges
-        with ``id > after_delete`` (up to ``max_deletes``; none if ``after_delete`` is None); the id
-        of the last log row read (the cursor for the next page); the lowest id in the log; and
-        ``last_seq``.
+        the rows of up to ``max_msgs`` live messages with ``seq > after_seq`` within ``max_bytes``
+        (at least one; :func:`_page_end`); the delete-log ranges with ``id > after_delete`` (up to
+        ``max_deletes``; none if ``after_delete`` is None); the id of the last log row read (the
+        cursor for the next page); the lowest id in the log; and ``last_seq``.
     """
     db.execute("BEGIN")
     try:
-        sql = (
-            f"SELECT {_COLUMNS} FROM messages WHERE seq > :start AND {live_clause(config)}"
-            " ORDER BY seq LIMIT :batch"
-        )
-        rows = db.execute(
-            sql, {**_live_params(config, now), "start": after_seq, "batch": max_msgs}
-        ).fetchall()
+        rows = _page_rows(db, config, now, after_seq, max_msgs, max_bytes)
         low, high = db.execute("SELECT min(id), max(id) FROM deletes").fetchone()
         last_delete = high or 0
         first_delete = low or last_delete + 1
@@ -467,10 +540,33 @@ def select_changes(
     return rows, deletes, cursor, first_delete, last_seq
 
 
-def select_keys(db: sqlite3.Connection, config: StreamConfig, now: float) -> list[str]:
-    """The keys with a live message, sorted by code point."""
-    sql = f"SELECT key FROM messages WHERE key IS NOT NULL AND {live_clause(config)} ORDER BY key"
-    return [r[0] for r in db.execute(sql, _live_params(config, now))]
+def select_keys(
+    db: sqlite3.Connection,
+    config: StreamConfig,
+    now: float,
+    after: str | None = None,
+    limit: int | None = None,
+    max_bytes: int | None = None,
+) -> list[str]:
+    """The keys with a live message that sort after ``after``, by code point (UTF-8 byte order is code
+    point order), at most ``limit`` of them and ``max_bytes`` of UTF-8 (at least one), read no further."""
+    sql = (
+        f"SELECT key FROM messages WHERE key IS NOT NULL AND key > :after AND {live_clause(config)}"
+        " ORDER BY key LIMIT :limit"
+    )
+    params = {**_live_params(config, now), "after": "" if after is None else after, "limit": limit or -1}
+    keys: list[str] = []
+    total = 0
+    cur = db.execute(sql, params)
+    try:
+        for (key,) in cur:
+            total += len(key.encode())
+            if keys and max_bytes is not None and total > max_bytes:
+                break
+            keys.append(key)
+    finally:
+        cur.close()
+    return keys
 
 
 def select_inventory(db: sqlite3.Connection, config: StreamConfig, now: float) -> Inventory:
@@ -503,16 +599,3 @@ def decode_row(row: Any, what: str) -> StoredMessage:
     return StoredMessage(
         seq=seq, time=at, key=key, headers=hdrs, payload=data, ttl=ttl, size=size, encoding=encoding
     )
-
-
-def write_backup(db: sqlite3.Connection, target: Path) -> None:
-    """Copy the database to ``target`` with the online backup API, through a temporary file beside it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    out = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        db.backup(out)
-    finally:
-        out.close()
-    os.replace(tmp, target)

@@ -69,13 +69,14 @@ from typing import Any, Final, TypeAlias, TypeVar, final
 
 import msgspec
 
-from conat._clock import Clock, SystemClock
-from conat._errors import ClosedError
+from conat import Clock, ClosedError, SystemClock
 
-from ._archive import archive_stream, restore_if_newer
+from ._archive import archive_stream, reset_stream, restore_if_newer
 from ._config import StreamConfig
 from ._engine import StreamFile
-from ._errors import BadRequest
+from ._errors import BadRequest, NotFound
+from ._inventory import peek
+from ._model import Inventory
 
 __all__ = ["Lease", "Resolved", "StreamStore", "StreamStoreStatistics"]
 
@@ -319,16 +320,19 @@ class StreamStore:
 
     async def _load(self, path: str, entry: _Entry, config: StreamConfig | None, create: bool) -> StreamFile:
         root = file = None
+        check: bool | None = None
         if not entry.ephemeral:
             root, file = self._locate(path)
             entry.where = (root, file)
             archive = self._archive_of(path) if self._archive_of is not None else None
             entry.archive = None if archive is None else Path(archive)
-            if entry.archive is not None and await self._run(
-                functools.partial(restore_if_newer, root, file, entry.archive)
-            ):
-                self._restored += 1
-                logger.info("restored %s from its newer archive %s", file, entry.archive)
+            if entry.archive is not None:
+                restore = await self._run(functools.partial(restore_if_newer, root, file, entry.archive))
+                if restore.restored:
+                    self._restored += 1
+                    logger.info("restored %s from its newer archive %s", file, entry.archive)
+                if restore.unclean:  # seen before the restore's read cleaned up the -wal
+                    check = True
         opened = await StreamFile.open(
             file,
             root=root,
@@ -337,6 +341,7 @@ class StreamStore:
             clock=self._clock,
             create=create,
             max_readers=self._max_readers,
+            check=check,
         )
         opened.on_change = functools.partial(self._signal_change, path)
         return opened
@@ -464,6 +469,14 @@ class StreamStore:
                 if not e.ephemeral and e.idle() and now - e.last_used >= self._idle_close
             ]
             for p in stale:
+                # each close awaits: a stream leased (or used) since the round began is no longer idle
+                entry = self._entries.get(p)
+                if (
+                    entry is None
+                    or not entry.idle()
+                    or self._clock.now() - entry.last_used < self._idle_close
+                ):
+                    continue
                 try:
                     await self._close(p)
                 except Exception:
@@ -504,6 +517,67 @@ class StreamStore:
             return dest
         finally:
             self._release(entry)
+
+    async def inventory(self, path: str) -> tuple[Inventory, StreamConfig]:
+        """The counts and config of the stream at ``path``, without opening it if it is not open.
+
+        An open stream answers itself; another is read through a read-only connection
+        (:func:`persist._inventory.peek`): no writer, no whole-file check, and no stream in use is
+        closed to make room. Only one that was not closed cleanly is opened (and so checked).
+
+        Raises:
+            NotFound: no such stream. Corrupt: it is quarantined, or not a sound stream file.
+            BadPath, StorageError: as for opening it.
+        """
+        self._check_open()
+        if not self.is_open(path):
+            root, file = self._locate(path)
+            peeked = await self._run(functools.partial(peek, root, file, self._clock.wall()))
+            if peeked is not None:
+                return peeked
+        async with self.stream(path, create=False) as stream:
+            return await stream.inventory(), stream.config()
+
+    async def reset(self, path: str, *, restore: bool = False) -> list[str]:
+        """Reset the quarantined (corrupt) stream at ``path``: an operator's decision
+        (:mod:`persist._quarantine`).
+
+        What is at the stream's name is moved aside (never deleted); then, with ``restore``, its
+        archive copy is restored into place, else the stream starts again empty on its next use.
+        Either way it gets a new stream id, so changefeed consumers reload. Opens of ``path`` wait
+        until the reset is done.
+
+        Returns:
+            the paths moved aside now (the corrupt file itself was moved aside when it was found).
+
+        Raises:
+            BadRequest: the stream is not quarantined (a sound stream cannot be reset), or it is open.
+            NotFound: ``restore`` and the stream has no archive (nothing was changed).
+            Corrupt: the archive cannot be read (the stream stays quarantined).
+            BadPath, StorageError: as for opening it.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        self._start(loop)
+        if path in self._entries or path in self._closing:
+            raise BadRequest("reset", f"stream {path} is in use, so it is not quarantined")
+        root, file = self._locate(path)
+        archive: Path | None = None
+        if restore:
+            found = self._archive_of(path) if self._archive_of is not None else None
+            if found is None:
+                raise NotFound(f"archive of stream {path} (no archive is configured)")
+            archive = Path(found)
+        work = asyncio.ensure_future(self._run(functools.partial(reset_stream, root, file, archive)))
+        settled = loop.create_task(_settle(work), name=f"persist-reset {path}")
+        self._closing[path] = settled  # an open of this path waits for the reset
+        try:
+            return await asyncio.shield(work)
+        finally:
+            await asyncio.shield(settled)
+            if self._closing.get(path) is settled:
+                del self._closing[path]
+            self._notify()
 
     async def aclose(self) -> None:
         """Close every stream (finishing queued writes, then archiving), stop the idle timer, join the threads."""
@@ -574,3 +648,9 @@ class StreamStore:
         if self._changed is not None:
             self._changed.set()
             self._changed = asyncio.Event()
+
+
+async def _settle(work: asyncio.Future[Any]) -> None:
+    """Wait for ``work`` whatever its outcome (its own awaiter sees the outcome)."""
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(work)

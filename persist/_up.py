@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import conat
-from conat.cli._demo import DemoFailed, UpExtension, line
-from conat.cli._output import Printer, to_json
+from conat.cli.plugin import DemoFailed, Printer, UpExtension, line, to_json
 
 from ._cli import SUBJECT
 from ._client import AKV, AStream

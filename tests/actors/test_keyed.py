@@ -9,9 +9,10 @@ import msgspec
 import pytest
 
 import conat
-from actors import BUSY, NO_REPLY, Actor, ActorDefinitionError, ActorSystem, Reply, actor_proxy
-from conat import FakeClock, RemoteError, RpcRequest
+from actors import NO_REPLY, Actor, ActorDefinitionError, ActorSystem, Reply, actor_proxy
+from conat import RemoteError, RpcRequest
 from conat._server import NatsServer
+from conat.testing import FakeClock
 
 from .conftest import eventually
 
@@ -77,7 +78,8 @@ async def test_one_instance_per_key_with_typed_calls(system: ActorSystem, client
     assert [e for e in EVENTS if e[0] == "activate"] == [("activate", "a"), ("activate", "b")]
     stats = system.runtime(Counter).statistics()
     assert stats.active_keys == 2
-    assert {e.name: e.num_requests for e in stats.endpoints} == {"add": 3, "move": 1}
+    figures = {e.name: e.num_requests for e in stats.endpoints}  # every endpoint, used or not
+    assert figures == {"add": 3, "move": 1, "fail": 0, "hold": 0, "leave": 0}
 
 
 class Journal(Actor, subject="journal.*", max_buffer=1000):
@@ -172,7 +174,7 @@ async def test_full_mailbox_answers_busy_and_counts(system: ActorSystem, client:
     )
     with pytest.raises(RemoteError) as e:
         await proxy.add(1)
-    assert e.value.code == BUSY
+    assert e.value.code == conat.BUSY
     GATES["g"].set()
     await first
     assert sorted(await asyncio.gather(*queued)) == [1, 2, 3, 4]
@@ -355,3 +357,30 @@ async def test_a_handler_chooses_its_reply_encoding_or_answers_by_itself(
     assert (reply.raw, reply.headers) == (b"plain bytes", {"x-kind": "raw"})
     streamed = [m.data async for m in client.request_many("rawreply.k", "stream", timeout=5)]
     assert streamed == [0, 1, 2]
+
+
+class Answers(Actor, subject="answers.*"):
+    async def receive(self, msg: conat.Message) -> object:
+        if msg.data == "reply":
+            return Reply({"via": "Reply"}, headers={"x-kind": "chosen headers"})  # no encoding chosen
+        return {"got": msg.data}
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_an_actor_replies_in_the_callers_encoding(
+    system: ActorSystem, client: conat.Client, encoding: str
+) -> None:
+    await system.start(Counter)
+    await system.start(Answers)
+    reply = await client.request("counter.enc", RpcRequest("add", [2]), encoding=encoding)
+    assert (reply.encoding, reply.data) == (encoding, 2)
+    reply = await client.request("answers.k", "plain", encoding=encoding)
+    assert (reply.encoding, reply.data) == (encoding, {"got": "plain"})
+    reply = await client.request("answers.k", "reply", encoding=encoding)
+    assert (reply.encoding, reply.data, reply.headers) == (
+        encoding,
+        {"via": "Reply"},
+        {"x-kind": "chosen headers"},
+    )
+    if encoding == "json":  # readable by a client that knows only JSON
+        assert msgspec.json.decode(reply.raw) == {"via": "Reply"}

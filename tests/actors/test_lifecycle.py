@@ -6,13 +6,15 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-import jsonschema
 import pytest
 
 import conat
-from actors import STOPPING, Actor, ActorSystem, MemoryReminderStore, actor_proxy
-from conat import FakeClock, RemoteError
+from actors import Actor, ActorSystem, MemoryReminderStore, actor_proxy
+from conat import RemoteError, RpcRequest
+from conat.testing import FakeClock
 
+from ..micro_schemas import INFO_SCHEMA, PING_SCHEMA, STATS_SCHEMA
+from ..micro_schemas import validate as _validate
 from .conftest import eventually
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +42,10 @@ class Worker(Actor, subject="worker.*", description="does slow work"):
 
 
 async def test_stop_finishes_in_flight_and_queued_turns(nats_server: Any) -> None:
-    async with await conat.connect(nats_server.url) as server_side, await conat.connect(nats_server.url) as caller:
+    async with (
+        await conat.connect(nats_server.url) as server_side,
+        await conat.connect(nats_server.url) as caller,
+    ):
         system = ActorSystem(server_side)
         await system.start(Worker)
         proxy = actor_proxy(caller, Worker, "w")
@@ -55,7 +60,10 @@ async def test_stop_finishes_in_flight_and_queued_turns(nats_server: Any) -> Non
 
 
 async def test_stop_past_the_deadline_answers_everyone_with_503(nats_server: Any) -> None:
-    async with await conat.connect(nats_server.url) as server_side, await conat.connect(nats_server.url) as caller:
+    async with (
+        await conat.connect(nats_server.url) as server_side,
+        await conat.connect(nats_server.url) as caller,
+    ):
         system = ActorSystem(server_side)
         await system.start(Worker)
         proxy = actor_proxy(caller, Worker, "w", timeout=10)
@@ -66,71 +74,8 @@ async def test_stop_past_the_deadline_answers_everyone_with_503(nats_server: Any
         for call in [running, *queued]:
             with pytest.raises(RemoteError) as e:
                 await call
-            assert e.value.code == STOPPING
+            assert e.value.code == conat.UNAVAILABLE
         assert system.runtime(Worker).statistics().rejected_stopping == 3
-
-
-# The documented micro shapes (ADR-32), written as JSON schema for the checks below.
-_NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$", "minLength": 1}
-_SEMVER = {"type": "string", "pattern": r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"}
-_META = {"oneOf": [{"type": "object", "additionalProperties": {"type": "string"}}, {"type": "null"}]}
-_BASE = {"name": _NAME, "id": {"type": "string", "minLength": 1}, "version": _SEMVER, "metadata": _META}
-PING_SCHEMA = {
-    "type": "object",
-    "required": ["type", "name", "id", "version"],
-    "properties": {"type": {"const": "io.nats.micro.v1.ping_response"}, **_BASE},
-}
-INFO_SCHEMA = {
-    "type": "object",
-    "required": ["type", "name", "id", "version", "description"],
-    "properties": {
-        "type": {"const": "io.nats.micro.v1.info_response"},
-        **_BASE,
-        "description": {"type": "string"},
-        "endpoints": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "subject"],
-                "properties": {"name": _NAME, "subject": {"type": "string", "minLength": 1}, "metadata": _META},
-            },
-        },
-    },
-}
-_INT = {"type": "integer"}
-STATS_SCHEMA = {
-    "type": "object",
-    "required": ["type", "name", "id", "version", "started", "endpoints"],
-    "properties": {
-        "type": {"const": "io.nats.micro.v1.stats_response"},
-        **_BASE,
-        "started": {"type": "string", "format": "date-time"},
-        "endpoints": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": [
-                    "name", "subject", "num_requests", "num_errors", "last_error",
-                    "processing_time", "average_processing_time",
-                ],
-                "properties": {
-                    "name": _NAME,
-                    "subject": {"type": "string", "minLength": 1},
-                    "num_requests": _INT,
-                    "num_errors": _INT,
-                    "last_error": {"type": "string"},
-                    "processing_time": _INT,
-                    "average_processing_time": _INT,
-                    "data": {"type": "object"},
-                },
-            },
-        },
-    },
-}  # fmt: skip
-
-
-def _validate(body: Any, schema: dict[str, Any]) -> None:
-    jsonschema.validate(body, schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
 
 
 class Other(Actor, subject="other.thing", version="2.1.0-rc.1"):
@@ -171,6 +116,47 @@ async def test_srv_ping_info_stats_answer_in_the_micro_shapes(
     # a name that is not ours gets no answer from this system
     with pytest.raises(conat.Timeout):
         await client.request("$SRV.PING.Nobody", None, timeout=0.5)
+
+
+class Echoing(Actor, subject="echoing.*"):
+    """Answers with what it got (its own receive: one endpoint, "receive")."""
+
+    async def receive(self, msg: conat.Message) -> object:
+        return msg.data
+
+    async def unused(self) -> None:  # not an endpoint: receive handles everything
+        pass
+
+
+async def test_srv_stats_lists_exactly_the_endpoints_info_lists(
+    system: ActorSystem, client: conat.Client
+) -> None:
+    await system.start(Worker)
+    await system.start(Echoing)
+    assert await actor_proxy(client, Worker, "a").work(1) == 1
+    for bad in (RpcRequest("nope"), RpcRequest("work", ["not an int", 2])):
+        with pytest.raises(RemoteError):
+            await client.request("worker.a", bad)
+    with pytest.raises(RemoteError):
+        await client.request("worker.a", b"\xc1", encoding="raw")
+    assert (await client.request("echoing.k", "hi")).data == "hi"
+    for name, endpoints in (("Worker", ["stuck", "work"]), ("Echoing", ["receive"])):
+        info = (await client.request(f"$SRV.INFO.{name}", None)).data
+        stats = (await client.request(f"$SRV.STATS.{name}", None)).data
+        _validate(stats, STATS_SCHEMA)
+        assert [e["name"] for e in info["endpoints"]] == endpoints
+        assert [e["name"] for e in stats["endpoints"]] == endpoints  # no invented "unknown"
+    work = next(e for e in stats_of(await client.request("$SRV.STATS.Worker", None)) if e["name"] == "work")
+    assert (work["num_requests"], work["num_errors"]) == (2, 1)  # the call with bad arguments named it
+    assert work["data"]["bad_requests"] == 2  # an unknown method and an undecodable body
+    assert system.runtime(Worker).statistics().bad_requests == 2
+    (receive,) = stats_of(await client.request("$SRV.STATS.Echoing", None))
+    assert receive["num_requests"] == 1
+
+
+def stats_of(reply: conat.Message) -> list[dict[str, Any]]:
+    endpoints: list[dict[str, Any]] = reply.data["endpoints"]
+    return endpoints
 
 
 class Remindful(Actor, subject="remind.*", idle=10.0):

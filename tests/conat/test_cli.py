@@ -178,7 +178,7 @@ def test_global_options_work_before_and_after_the_command(where: str, tmp_path: 
     assert credentials.exit_code == 1
     assert (
         credentials.stderr
-        == f"conat: error: cannot read token file {missing}: No such file or directory (code error)\n"
+        == f"conat: error: token file: {missing}: no such file (code missing)\n"
     )
 
     logged = run(["--log-level", "debug", "--url", "nats://127.0.0.1:1"], ["req", "x", "1"])

@@ -8,7 +8,7 @@ import gc
 import pytest
 
 import conat
-from conat import BadURL, ClientState, ClosedError, ConnectError
+from conat import BadURL, ClientState, ClosedError, ConnectError, Disconnected
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +65,7 @@ async def test_closing_leaves_no_tasks_and_fails_pending_requests(nats_server) -
 async def test_unclosed_client_warns() -> None:
     c = conat.Client()
     c._state = ClientState.CONNECTED
-    c._closing = False
+    c._core.closing = False
     del c
     with pytest.warns(ResourceWarning):
         gc.collect()
@@ -146,3 +146,47 @@ async def test_dead_link_is_detected_within_seconds(fresh_nats_server) -> None:
                 break
             await asyncio.sleep(0.05)
         assert c.state is ClientState.CONNECTED
+
+
+async def test_requests_in_flight_fail_at_once_when_the_link_drops(fresh_nats_server) -> None:
+    # Regression: they waited their whole timeout (408); persist clients stalled 5-15 s per call.
+    server = fresh_nats_server
+    async with (
+        await conat.connect(server.url, reconnect_time_wait=0.1) as responder,
+        await conat.connect(server.url, reconnect_time_wait=0.1) as c,
+    ):
+
+        async def silent(msg: conat.Message) -> None:
+            return None
+
+        await responder.subscribe("inflight.silent", callback=silent)
+
+        async def many() -> list[object]:
+            return [m.data async for m in c.request_many("inflight.silent", 1, timeout=30)]
+
+        calls = [asyncio.create_task(c.request("inflight.silent", i, timeout=30)) for i in range(20)]
+        calls.append(asyncio.create_task(many()))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.kill()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert loop.time() - started < 5  # at the disconnect, not at the 30 s deadline
+        for r in results:
+            assert isinstance(r, Disconnected), r
+            assert r.code == 503 and isinstance(r, conat.Timeout)  # retry policies treat it as transient
+            assert r.subject == "inflight.silent"
+        assert c.statistics().pending_requests == 0
+        # After the reconnect, requests work again.
+        await server.restart()
+        await responder.subscribe("inflight.echo", callback=lambda m: m.respond(m.data))
+        reply = await c.request("inflight.echo", "back", timeout=10, wait_for_interest=True)
+        assert reply.data == "back"
+
+
+async def test_a_server_whose_max_payload_is_too_small_for_conat_is_refused_at_connect(tmp_path) -> None:
+    # Regression: the client connected, then every publish failed with a misleading message.
+    config = conat.ServerConfig(extra_blocks={"max_payload": 2048})  # past ServerConfig's own check
+    async with conat.NatsServer(config, directory=tmp_path) as server:
+        with pytest.raises(ConnectError, match="max_payload is 2048 bytes; conat needs at least 16384"):
+            await conat.connect(server.url)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import msgspec
 import pytest
 
 import conat
-from conat import InvalidSubject, PayloadError
+from conat import ClientState, InvalidSubject, PayloadError, PayloadTooLarge, Timeout
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +148,79 @@ async def test_unsubscribe_ends_iteration(nats_server) -> None:
         assert [m.data async for m in sub] == [1]
         await c.publish("unsub.test", 2)  # nobody listens now: no error
         assert c.statistics().subscriptions == 0
+
+
+async def test_next_timeout_raises_conat_timeout(nats_server) -> None:
+    # Regression: a bare TimeoutError, outside conat's error tree.
+    async with await conat.connect(nats_server.url) as c:
+        sub = await c.subscribe("next.timeout")
+        with pytest.raises(Timeout) as e:
+            await sub.next(timeout=0.05)
+        assert e.value.code == 408 and e.value.subject == "next.timeout"
+        assert isinstance(e.value, TimeoutError)  # still a builtin TimeoutError too
+        await c.publish("next.timeout", 1)
+        assert (await sub.next(timeout=5)).data == 1  # and the subscription is still usable
+
+
+async def test_headers_count_against_max_payload_and_never_kill_the_connection(nats_server) -> None:
+    # Regression: headers were not counted, so the server refused the message and closed the
+    # connection for good, publish() returned normally and every subscription died.
+    async with await conat.connect(nats_server.url) as a, await conat.connect(nats_server.url) as b:
+        sub = await b.subscribe("hdr.size")
+        own = await a.subscribe("hdr.own")
+        limit = a.max_payload
+        with pytest.raises(PayloadTooLarge) as e:
+            await a.publish("hdr.size", b"x", headers={"X-Big": "v" * limit}, encoding="raw")
+        assert e.value.code == 413 and "headers" in str(e.value)
+        # A payload that fits alone but not with its header is chunked, header and all.
+        payload = os.urandom(limit - 100)
+        await a.publish("hdr.size", payload, headers={"X-Meta": "m" * 500}, encoding="raw")
+        msg = await sub.next(timeout=10)
+        assert msg.raw == payload and msg.headers == {"X-Meta": "m" * 500}
+
+        # A request near the limit with a header, and its reply, likewise.
+        async def echo(m: conat.Message) -> None:
+            await m.respond(m.raw, encoding="raw", headers={"X-Back": "b" * 800})
+
+        await b.subscribe("hdr.echo", callback=echo)
+        reply = await a.request("hdr.echo", payload, encoding="raw", headers={"X-Req": "r" * 800})
+        assert reply.raw == payload and reply.headers == {"X-Back": "b" * 800}
+        assert a.state is ClientState.CONNECTED and b.state is ClientState.CONNECTED
+        await a.publish("hdr.own", "still alive")
+        assert (await own.next(timeout=5)).data == "still alive"
+
+
+async def test_reserved_header_names_are_refused(nats_server) -> None:
+    # Regression: Conat-* user headers were dropped silently; a Status header read as the server's.
+    async with await conat.connect(nats_server.url) as c:
+        for name in ["Conat-Trace", "conat-encoding", "Status", "description", "Nats-Service-Error"]:
+            with pytest.raises(PayloadError) as e:
+                await c.publish("hdr.reserved", 1, headers={name: "x"})
+            assert e.value.code == 400 and name in str(e.value)
+        sub = await c.subscribe("hdr.reserved")
+        await c.publish("hdr.reserved", 1, headers={"Nats-Msg-Id": "m1", "X-Status": "ok"})
+        assert (await sub.next(timeout=5)).headers == {"Nats-Msg-Id": "m1", "X-Status": "ok"}
+
+
+async def test_a_cancelled_subscribe_leaves_no_subscription_behind(nats_server) -> None:
+    """Cancel ``subscribe`` at each of its stages (before, while and after the server confirms):
+    either it returned a subscription, or nothing is left subscribed, here or on the server."""
+    async with await conat.connect(nats_server.url) as c, await conat.connect(nats_server.url) as other:
+        cancelled_at_confirmation = 0
+        for steps in range(12):
+            subject = f"cancel.sub.{steps}"
+            task = asyncio.ensure_future(c.subscribe(subject))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                sub = await task
+            except asyncio.CancelledError:
+                assert c.statistics().subscriptions == 0
+                await c.flush()  # the undo's UNSUB, like any unsubscribe's, is on its way: let it land
+                with pytest.raises(conat.NoResponders):  # the server knows no subscriber either
+                    await other.request(subject, 1, timeout=5)
+                cancelled_at_confirmation += steps > 0
+            else:
+                await sub.unsubscribe()
+        assert cancelled_at_confirmation, "no cancellation landed while the server confirmed"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 import conat
 from conat import NoResponders, RemoteError, Timeout
@@ -203,3 +205,47 @@ async def test_cancelled_calls_leave_nothing_behind(nats_server) -> None:
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         assert c.statistics().pending_requests == 0
         release.set()
+
+
+async def test_a_status_header_in_a_reply_is_never_the_servers(nats_server) -> None:
+    # Regression: a user header named Status in a reply made the caller raise NoResponders.
+    async with await conat.connect(nats_server.url) as c:
+
+        async def fake_503(msg: conat.Message) -> None:
+            await msg.respond("hi", headers={"Status": "503"})
+
+        await c.subscribe("svc.status", callback=fake_503)
+        with pytest.raises(RemoteError) as e:  # refused in the handler (400), which the caller sees
+            await c.request("svc.status", 1, timeout=5)
+        assert e.value.code == 400 and "reserved" in e.value.remote_message
+        # A foreign client that does send one: conat ignores it (the status comes from the status line).
+        foreign = await nats.connect(nats_server.url)
+        try:
+
+            async def foreign_handler(msg: Msg) -> None:
+                await foreign.publish(msg.reply, b"\x02", headers={"Status": "503", "Description": "x"})
+
+            await foreign.subscribe("svc.foreign-status", cb=foreign_handler)
+            await foreign.flush()
+            reply = await c.request("svc.foreign-status", 1, timeout=10)
+            assert reply.raw == b"\x02" and reply.headers == {}
+        finally:
+            await foreign.close()
+
+
+async def test_a_huge_error_message_is_cut_and_never_kills_the_responder(nats_server) -> None:
+    # Regression: an error reply bigger than max_payload made the server close the responder's
+    # connection; the caller waited its whole timeout.
+    async with await conat.connect(nats_server.url) as c, await conat.connect(nats_server.url) as r:
+
+        async def handler(msg: conat.Message) -> None:
+            raise ValueError("x" * (4 * r.max_payload))
+
+        await r.subscribe("svc.huge-error", callback=handler, max_buffer=10)
+        with pytest.raises(RemoteError) as e:
+            await c.request("svc.huge-error", 1, timeout=5)
+        assert e.value.code == 500 and len(e.value.remote_message.encode()) <= 4096
+        assert e.value.remote_message.endswith("(truncated)")
+        with pytest.raises(RemoteError):
+            await c.request("svc.huge-error", 2, timeout=5)  # the responder is still connected
+        assert r.state is conat.ClientState.CONNECTED

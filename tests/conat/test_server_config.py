@@ -12,6 +12,7 @@ from conat._server import find_binary
 from conat._server_config import (
     DEFAULT_MAX_PAYLOAD,
     MAX_PAYLOAD_LIMIT,
+    MIN_MAX_PAYLOAD,
     ClusterConfig,
     LeafNodeConfig,
     ServerConfig,
@@ -43,6 +44,7 @@ def test_defaults_are_loopback_random_port_and_nats_default_payload() -> None:
         ({"port": 65536}, "port"),
         ({"port": True}, "port"),
         ({"max_payload": 0}, "max_payload"),
+        ({"max_payload": MIN_MAX_PAYLOAD - 1}, "max_payload"),
         ({"max_payload": MAX_PAYLOAD_LIMIT + 1}, "max_payload"),
         ({"server_name": "has space"}, "server_name"),
         ({"server_name": ""}, "server_name"),
@@ -84,6 +86,14 @@ def test_remote_hosts_need_allow_remote() -> None:
 
 def test_max_payload_accepts_nats_hard_limit() -> None:
     assert ServerConfig(max_payload=MAX_PAYLOAD_LIMIT).max_payload == 64 * 1024 * 1024
+
+
+def test_max_payload_below_what_conat_needs_is_refused_clearly() -> None:
+    # Regression: max_payload=2048 validated, then nothing could be published ("message headers").
+    with pytest.raises(ValueError, match=r"^max_payload: .*16384.*conat needs") as e:
+        ServerConfig(max_payload=2048)
+    assert "2048" in str(e.value)
+    assert ServerConfig(max_payload=MIN_MAX_PAYLOAD).max_payload == 16 * 1024
 
 
 def test_route_and_remote_lists_become_tuples_and_a_lone_url_is_one_url() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import msgspec
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 import conat
 from conat import RemoteError
@@ -112,3 +114,80 @@ async def test_unknown_proxy_attribute_is_attribute_error(nats_server) -> None:
         geo = c.service(Geometry, "svc.geo4")
         with pytest.raises(AttributeError):
             geo.nonexistent  # noqa: B018
+
+
+async def test_error_replies_carry_the_nats_micro_error_headers(nats_server) -> None:
+    # Regression: conat error replies had only Conat-Error, so NATS micro clients (the official
+    # JavaScript services client) took them for successes.
+    async with await conat.connect(nats_server.url) as c:
+        await c.serve("svc.geo-micro", GeometryImpl())
+        foreign = await nats.connect(nats_server.url)
+        try:
+            body = msgspec.json.encode({"name": "geo.nope"})
+            reply = await foreign.request("svc.geo-micro", body, headers={"Conat-Encoding": "json"}, timeout=5)
+            assert reply.headers is not None
+            assert reply.headers["Nats-Service-Error-Code"] == "404" and reply.headers["Conat-Error"] == "404"
+            assert "geo.nope" in reply.headers["Nats-Service-Error"]
+            body = msgspec.json.encode({"name": "geo.fail", "args": ["ENOENT"]})
+            reply = await foreign.request("svc.geo-micro", body, headers={"Conat-Encoding": "json"}, timeout=5)
+            assert reply.headers is not None  # a symbolic code is 500 for micro, kept in Conat-Error
+            assert reply.headers["Nats-Service-Error-Code"] == "500" and reply.headers["Conat-Error"] == "ENOENT"
+            assert reply.headers["Nats-Service-Error"] == "failed on purpose"
+        finally:
+            await foreign.close()
+
+
+async def test_a_micro_error_reply_from_another_service_is_a_remote_error(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as c:
+        foreign = await nats.connect(nats_server.url)
+        try:
+
+            async def micro_service(msg: Msg) -> None:
+                headers = {"Nats-Service-Error": "teapot", "Nats-Service-Error-Code": "418"}
+                await msg.respond(b"") if msg.data == b"ok" else await foreign.publish(msg.reply, b"", headers=headers)
+
+            await foreign.subscribe("svc.micro", cb=micro_service)
+            await foreign.flush()
+            with pytest.raises(RemoteError) as e:
+                await c.request("svc.micro", b"x", encoding="raw", timeout=5)
+            assert e.value.code == 418 and e.value.remote_message == "teapot"
+            assert (await c.request("svc.micro", b"ok", encoding="raw", timeout=5)).raw == b""
+        finally:
+            await foreign.close()
+
+
+async def test_a_json_body_without_its_header_gets_a_clear_400(nats_server) -> None:
+    # Regression: the 400 said only that msgpack could not decode it.
+    async with await conat.connect(nats_server.url) as c:
+        await c.serve("svc.geo-json", GeometryImpl())
+        foreign = await nats.connect(nats_server.url)
+        try:
+            reply = await foreign.request("svc.geo-json", b'{"name": "geo.names"}', timeout=5)
+            assert reply.headers is not None and reply.headers["Conat-Error"] == "400"
+            assert b"Conat-Encoding: json" in reply.data
+            ok = await foreign.request(
+                "svc.geo-json", b'{"name": "geo.names"}', headers={"Conat-Encoding": "json"}, timeout=5
+            )
+            # the reply comes in the caller's encoding, and says so
+            assert ok.headers is not None and ok.headers["Conat-Encoding"] == "json"
+            assert msgspec.json.decode(ok.data) == ["add", "scale"]
+        finally:
+            await foreign.close()
+
+
+async def test_proxy_headers_may_carry_extension_headers_but_not_the_bus_own(nats_server) -> None:
+    async with await conat.connect(nats_server.url) as c:
+        seen: list[dict[str, str]] = []
+
+        async def record(msg: conat.Message) -> None:
+            seen.append(msg.raw_headers)
+            await msg.respond(["add"])
+
+        await c.subscribe("svc.geo-ext", callback=record)
+        geo = c.service(Geometry, "svc.geo-ext", headers=lambda: {"Conat-Chain": "a/b"})
+        assert await geo.names() == ["add"]
+        assert seen[0]["Conat-Chain"] == "a/b"
+        bad = c.service(Geometry, "svc.geo-ext", headers=lambda: {"Conat-Error": "500"})
+        with pytest.raises(conat.PayloadError):
+            await bad.names()
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import types
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -14,7 +15,6 @@ import conat
 from conat import (
     ClientState,
     EndOfStream,
-    FakeClock,
     NoResponders,
     PayloadTooLarge,
     PeerDead,
@@ -27,6 +27,19 @@ from conat import (
     SocketState,
     Timeout,
 )
+from conat._socket_frames import (
+    Accept,
+    Ack,
+    Data,
+    Frame,
+    Head,
+    Open,
+    Ping,
+    Reset,
+    decode_frame,
+    encode_frame,
+)
+from conat.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -40,14 +53,20 @@ class Point(msgspec.Struct):
 async def socket_pair(
     url: str, subject: str, *, listen: dict[str, object] | None = None, **connect: object
 ) -> AsyncIterator[tuple[Socket, Socket, SocketServer]]:
-    """A client socket on ``subject`` (its own bus connection) and the server's end of it."""
+    """A client socket on ``subject`` (its own bus connection) and the server's end of it.
+
+    The server is already accepting when the client connects, as an accept loop would be: so the
+    client has its full window as soon as ``socket_connect`` returns.
+    """
     pattern = subject.rsplit(".", 1)[0] + ".*"
     async with await conat.connect(url) as a, await conat.connect(url) as b:
         server = await b.socket_listen(pattern, **listen or {})  # type: ignore[arg-type]
         async with server:
+            accepting = asyncio.create_task(server.accept(timeout=5))
+            await asyncio.sleep(0)
             sock = await a.socket_connect(subject, **connect)  # type: ignore[arg-type]
             async with sock:
-                conn = await server.accept(timeout=5)
+                conn = await accepting
                 yield sock, conn, server
 
 
@@ -244,8 +263,10 @@ async def test_unknown_connection_is_reset(nats_server) -> None:
     async with await conat.connect(nats_server.url) as a:
         old = await conat.connect(nats_server.url)
         first = await old.socket_listen("gone.*")
+        accepting = asyncio.create_task(first.accept(timeout=5))
+        await asyncio.sleep(0)
         sock = await a.socket_connect("gone.one")
-        await first.accept(timeout=5)
+        await accepting
         await old.aclose()  # the serving process dies without a word...
         async with (
             await conat.connect(nats_server.url) as new,
@@ -330,7 +351,7 @@ async def test_socket_survives_a_nats_server_restart(fresh_nats_server) -> None:
         assert sock.statistics().retransmitted + conn.statistics().retransmitted > 0
 
 
-# -- cancellation (STYLE rule 13): cancel the caller at each await point; the socket stays usable ---
+# -- cancellation: cancel the caller at each await point; the socket stays usable -------------------
 
 
 async def _fill_window(sock: Socket) -> int:
@@ -550,7 +571,7 @@ async def test_a_closed_server_connection_answers_late_frames_with_close(nats_se
     ):
 
         async def send(frame: object) -> None:
-            await raw._transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
+            await raw._core.transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
 
         async def expect(kind: type) -> object:
             while True:
@@ -604,7 +625,7 @@ async def test_a_closed_client_socket_answers_late_frames_with_close(nats_server
         assert conn.closed and conn._proto.error is None  # closed by peer, cleanly
         assert a.statistics().pending_requests == routes
 
-        await b._transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
+        await b._core.transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
         while True:
             frame = decode_frame((await wire.next(timeout=5)).raw)
             if isinstance(frame, Close):
@@ -634,3 +655,293 @@ async def test_backlog_is_validated(nats_server) -> None:
             with pytest.raises(ValueError, match=r"^backlog must be"):
                 await b.socket_listen("backlog.*", backlog=bad)  # type: ignore[arg-type]
         assert b.statistics().subscriptions == 0
+
+
+# -- hostile peers: raw frames on a real bus (every byte from the network is hostile) ---------------
+
+
+class RawPeer:
+    """A socket client played by hand: frames built with the frame module, published on the bus
+    with a reply subject of our choosing, and whatever the listener answers read off that subject."""
+
+    def __init__(self, client: conat.Client, subject: str, reply: str, inbox: conat.Subscription) -> None:
+        self.client, self.subject, self.reply, self.inbox = client, subject, reply, inbox
+
+    async def send(self, frame: Frame) -> None:
+        await self.client.publish(self.subject, encode_frame(frame), encoding="raw", reply=self.reply)
+
+    async def expect(self, kind: type | types.UnionType) -> Frame:
+        """The next frame of ``kind`` sent to our reply subject (Accepts, Acks and Pings are skipped)."""
+        while True:
+            frame = decode_frame((await self.inbox.next(timeout=5)).raw)
+            if isinstance(frame, kind):
+                return frame
+            assert isinstance(frame, Accept | Ack | Ping), frame
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(url: str, subject: str, reply: str) -> AsyncIterator[RawPeer]:
+    async with await conat.connect(url) as raw, await raw.subscribe(reply) as inbox:
+        yield RawPeer(raw, subject, reply, inbox)
+
+
+@contextlib.asynccontextmanager
+async def accepted_raw_peer(
+    url: str, name: str, window: int
+) -> AsyncIterator[tuple[SocketServer, RawPeer, Socket]]:
+    """A listener on ``<name>.*`` granting ``window``, a raw peer connected on ``<name>.hostile``,
+    and the listener's end of that connection, accepted (so the peer holds the whole window)."""
+    async with (
+        await conat.connect(url) as b,
+        await b.socket_listen(f"{name}.*", window=window) as server,
+        raw_peer(url, f"{name}.hostile", f"raw.{name}.1") as peer,
+    ):
+        accepting = asyncio.create_task(server.accept(timeout=5))
+        await peer.send(Open("raw-1", 1 << 20, 1 << 20))
+        yield server, peer, await accepting
+
+
+async def _read_until_failed(conn: Socket) -> tuple[list[bytes], conat.SocketError]:
+    got: list[bytes] = []
+    while True:
+        try:
+            got.append((await conn.recv(timeout=5)).raw)
+        except conat.SocketError as e:
+            return got, e
+
+
+async def test_a_peer_that_overruns_the_window_is_reset_and_others_are_unaffected(nats_server) -> None:
+    window = 8192
+    async with accepted_raw_peer(nats_server.url, "overrun", window) as (server, peer, conn):
+        accept = await peer.expect(Accept)
+        assert isinstance(accept, Accept) and accept.limit == window
+        chunk = b"x" * 1000  # 1032 credit units a frame: 8 fit under 8192, the 9th is over
+        for seq in range(1, 41):  # 40 kB into an 8 kB window, ignoring every Ack
+            await peer.send(Data(seq, chunk))
+        reset = await peer.expect(Reset)
+        assert isinstance(reset, Reset) and reset.code == 429 and "beyond the credit" in reset.reason
+        got, error = await _read_until_failed(conn)
+        assert got == [chunk] * 8  # what the window allowed, in order, and nothing more
+        assert isinstance(error, conat.SocketProtocolError) and "overran the window" in str(error)
+        assert conn.statistics().buffered_bytes <= window + 1032 and server.statistics().connections == 0
+
+        async with await conat.connect(nats_server.url) as a:  # the listener still serves others
+            accepting = asyncio.create_task(server.accept(timeout=5))
+            async with await a.socket_connect("overrun.fine") as sock:
+                other = await accepting
+                await sock.send("hello")
+                assert (await other.recv(timeout=5)).data == "hello"
+
+
+async def test_frames_beyond_a_gap_are_held_only_within_the_window(nats_server) -> None:
+    window = 8192
+    async with accepted_raw_peer(nats_server.url, "gap", window) as (_, peer, conn):
+        for seq in range(1000, 10, -1):  # seq 1 never comes; everything else is held, or not
+            await peer.send(Data(seq, b"y" * 1000))
+        reset = await peer.expect(Reset)
+        assert isinstance(reset, Reset) and reset.code == 429
+        assert conn.statistics().out_of_order <= window // 1032 + 1
+        assert conn.statistics().buffered_bytes <= window + 1032
+        got, error = await _read_until_failed(conn)
+        assert got == [] and isinstance(error, conat.SocketProtocolError)
+
+
+async def test_headers_count_against_the_window_on_the_wire(nats_server) -> None:
+    async with accepted_raw_peer(nats_server.url, "hdr", 8192) as (_, peer, conn):
+        for seq in range(1, 21):  # empty messages with 100 kB of headers each
+            await peer.send(Head(seq, b"", False, {"h": "x" * 100_000}, "raw"))
+        reset = await peer.expect(Reset)
+        assert isinstance(reset, Reset) and reset.code == 429
+        got, _ = await _read_until_failed(conn)
+        assert len(got) == 1  # the first was within the window (nothing before it); the second not
+
+
+async def test_a_connection_waiting_to_be_accepted_holds_no_data(nats_server) -> None:
+    async with (
+        await conat.connect(nats_server.url) as a,
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("pre.*", window=8192) as server,
+        raw_peer(nats_server.url, "pre.hostile", "raw.pre.1") as peer,
+    ):
+        await peer.send(Open("raw-1", 1 << 20, 1 << 20))
+        accept = await peer.expect(Accept)
+        assert isinstance(accept, Accept) and accept.limit == 0  # nobody accepted it yet
+        assert server.statistics().pending_accept == 1
+        await peer.send(Data(1, b"z" * 1000))
+        reset = await peer.expect(Reset)
+        assert isinstance(reset, Reset) and reset.code == 429
+        for _ in range(100):  # the failed connection leaves the backlog: nobody gets it
+            if server.statistics().pending_accept == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.statistics().pending_accept == 0 and server.statistics().connections == 0
+
+        sock = await a.socket_connect("pre.client")  # a client that keeps to the rules...
+        async with sock:
+            with pytest.raises(SocketBusy):
+                sock.send_nowait("early")  # ...has no credit before accept
+            sending = asyncio.create_task(sock.send("waits"))
+            await _started(sending)
+            await asyncio.sleep(0.05)
+            assert not sending.done() and server.statistics().pending_accept == 1
+            conn = await server.accept(timeout=5)  # accepting grants the window
+            await asyncio.wait_for(sending, 5)
+            assert (await conn.recv(timeout=5)).data == "waits"
+            assert sock.statistics().window > 0
+
+        accepting = asyncio.create_task(server.accept(timeout=5))  # an acceptor already waits:
+        await asyncio.sleep(0)
+        async with await a.socket_connect("pre.ready") as sock:
+            assert sock.statistics().window == 8192  # the Accept itself carried the window
+            sock.send_nowait("at once")
+            assert (await (await accepting).recv(timeout=5)).data == "at once"
+
+
+async def test_one_client_cannot_fill_the_whole_backlog(nats_server) -> None:
+    async with (
+        await conat.connect(nats_server.url) as a,
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("flood.*", backlog=4) as server,
+        raw_peer(nats_server.url, "flood.hostile", "raw.flood.*") as peer,
+    ):
+        for i in range(10):  # ten connects from one inbox prefix ("raw.flood")
+            await peer.client.publish(
+                "flood.hostile", encode_frame(Open(f"raw-{i}", 1 << 20, 1 << 20)), encoding="raw",
+                reply=f"raw.flood.{i}",
+            )  # fmt: skip
+        answers: dict[str, Frame] = {}
+        while len(answers) < 10:
+            msg = await peer.inbox.next(timeout=5)
+            frame = decode_frame(msg.raw)
+            if isinstance(frame, Accept | Reset):
+                answers.setdefault(msg.subject, frame)
+        accepted = [s for s, f in answers.items() if isinstance(f, Accept)]
+        refused = [f for f in answers.values() if isinstance(f, Reset)]
+        assert len(accepted) == 2 and all(f.code == 503 for f in refused)  # half the backlog
+        assert "of this client already wait" in refused[0].reason
+        stats = server.statistics()
+        assert stats.pending_accept == 2 and stats.rejected == 8
+
+        async with await a.socket_connect("flood.legit") as sock:  # another client still gets in
+            assert server.statistics().pending_accept == 3
+            conns = [await server.accept(timeout=5) for _ in range(3)]
+            assert conns[-1].id == sock.id
+            for conn in conns[:2]:
+                conn.abort()  # the raw peer would never acknowledge a graceful close
+
+
+async def test_an_oversized_socket_id_is_refused(nats_server) -> None:
+    async with (
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("bigid.*") as server,
+        raw_peer(nats_server.url, "bigid.hostile", "raw.bigid.1") as peer,
+    ):
+        await peer.send(Open("i" * 100_000, 1 << 20, 1 << 20))
+        reset = await peer.expect(Reset)
+        assert isinstance(reset, Reset) and reset.code == 400 and "socket id" in reset.reason
+        stats = server.statistics()
+        assert stats.pending_accept == 0 and stats.connections == 0 and stats.rejected == 1
+
+
+async def test_a_flood_of_stray_frames_costs_no_task_per_frame(nats_server) -> None:
+    # Regression: every frame for an unknown connection spawned a task to publish its Reset.
+    async with (
+        await conat.connect(nats_server.url) as b,
+        await b.socket_listen("stray.*") as server,
+        raw_peer(nats_server.url, "stray.one", "raw.stray.*") as peer,
+    ):
+        before = len(asyncio.all_tasks())
+        ping = encode_frame(Ping())
+        for i in range(5000):  # as the read loop would hand them over: all at once
+            server._on_message(conat.Message("stray.one", f"raw.stray.{i}", ping, None, b))
+        assert len(asyncio.all_tasks()) - before <= 2
+        stats = server.statistics()
+        assert stats.resets_sent == 5000 and 0 < stats.answers_dropped < 5000
+        first = await peer.inbox.next(timeout=5)  # the ones that fit are answered
+        assert decode_frame(first.raw) == Reset(404, "unknown connection")
+
+
+async def test_chunked_messages_on_the_listener_subject_hold_back_no_socket(nats_server) -> None:
+    # Regression: the listener's subscription reassembled chunked messages, and a dispatch
+    # subscription keeps later messages behind a transfer still arriving. Two chunked heads whose
+    # sender never serves the pulls held back every socket on the listener for 18 s, again and
+    # again. Socket frames are never chunked: the listener no longer reassembles anything.
+    from conat._chunking import CHUNKED_HEADER, ChunkHead
+
+    async with (
+        socket_pair(nats_server.url, "hol.one") as (sock, conn, server),
+        await conat.connect(nats_server.url) as evil,
+        await evil.subscribe("raw.hol.pulls") as pulls,  # hears pulls, if any come; never answers
+    ):
+        for tid in ("t1", "t2"):
+            head = ChunkHead(tid, 4 * 65536, 65536, 4)
+            await evil._core.transport.publish(
+                "hol.evil", b"x" * 65536, "raw.hol.pulls", {CHUNKED_HEADER: head.header()}
+            )
+        await evil.flush()
+        await sock.send("after")
+        assert (await conn.recv(timeout=5)).data == "after"
+        assert server.statistics().malformed == 2 and pulls.statistics().received == 0
+
+
+async def test_connect_fails_at_once_when_nobody_listens(nats_server) -> None:
+    # Regression: NATS said "no responders" at once, and connect waited for its whole timeout.
+    clock = FakeClock()  # it never moves: only the server's answer can end the connect
+    async with await conat.connect(nats_server.url) as a:
+        with pytest.raises(NoResponders) as e:
+            await asyncio.wait_for(a.socket_connect("nobody.here", clock=clock, timeout=5), 5)
+        assert e.value.code == 503 and a.statistics().pending_requests == 0
+
+        connecting = asyncio.create_task(
+            a.socket_connect("later.one", clock=clock, timeout=30, wait_for_interest=True)
+        )
+        await asyncio.sleep(0.1)  # no responders, retried on the clock: still connecting
+        assert not connecting.done()
+        async with (
+            await conat.connect(nats_server.url) as b,
+            await b.socket_listen("later.*") as server,
+        ):
+            await clock.advance(5)  # the next Open finds the listener
+            async with await asyncio.wait_for(connecting, 5) as sock:
+                conn = await server.accept(timeout=5)
+                assert conn.id == sock.id
+
+        late = asyncio.create_task(
+            a.socket_connect("never.one", clock=clock, timeout=3, wait_for_interest=True)
+        )
+        await asyncio.sleep(0.1)
+        await clock.advance(3)
+        with pytest.raises(NoResponders):
+            await asyncio.wait_for(late, 5)  # nobody listened all along
+
+
+async def test_dead_peer_detection_goes_on_while_the_link_is_down(fresh_nats_server) -> None:
+    # Regression: while the bus link was down, dead-peer detection paused, so recv() without a
+    # timeout waited forever for a nats-server that never came back.
+    clock = FakeClock()
+    async with (
+        await conat.connect(fresh_nats_server.url, reconnect_time_wait=0.1) as a,
+        await conat.connect(fresh_nats_server.url, reconnect_time_wait=0.1) as b,
+    ):
+        server = await b.socket_listen("down.*", clock=clock, keepalive=5, peer_timeout=15)
+        accepting = asyncio.create_task(server.accept())
+        await asyncio.sleep(0)
+        sock = await a.socket_connect("down.one", clock=clock, keepalive=5, peer_timeout=15)
+        conn = await accepting
+        receiving = [asyncio.create_task(sock.recv()), asyncio.create_task(conn.recv())]
+        await fresh_nats_server.kill()
+        for _ in range(500):
+            if a.state is ClientState.RECONNECTING and b.state is ClientState.RECONNECTING:
+                break
+            await asyncio.sleep(0.01)
+        assert a.state is b.state is ClientState.RECONNECTING
+        await clock.advance(14)
+        assert not any(t.done() for t in receiving) and sock.state is SocketState.OPEN
+        await clock.advance(2)  # the outage has lasted peer_timeout
+        for task in receiving:
+            assert task.done()
+            with pytest.raises(PeerDead):
+                await task
+        await fresh_nats_server.restart()
+        await sock.aclose()
+        await server.aclose()

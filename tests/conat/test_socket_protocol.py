@@ -9,7 +9,7 @@ import random
 from collections import deque
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conat import (
@@ -23,6 +23,9 @@ from conat import (
 )
 from conat._socket_frames import (
     FRAME_COST,
+    MAX_REASON,
+    MIN_FRAGMENT,
+    RESET_WINDOW,
     Accept,
     Ack,
     Close,
@@ -40,6 +43,7 @@ from conat._socket_frames import (
     StreamEnded,
     decode_frame,
     encode_frame,
+    frame_cost,
 )
 from conat._socket_protocol import TRANSITIONS, SocketProtocol, SocketState
 
@@ -47,13 +51,15 @@ SUBJECT = "sock.test"
 
 
 def make_pair(now: float = 0.0, **options: object) -> tuple[SocketProtocol, SocketProtocol]:
-    """A client and a server protocol, connected through a perfect channel."""
+    """A client and a server protocol, connected through a perfect channel; the server's
+    application accepted the connection before its Accept went out (so it carries the window)."""
     config = SocketConfig(**options)  # type: ignore[arg-type]
     client = SocketProtocol("client", config, now, id="client-1", subject=SUBJECT)
     server = SocketProtocol("server", config, now, subject=SUBJECT)
     [open_] = client.connect(now)
     assert isinstance(open_, Open)
     assert server.receive(open_, now) == [Opened("client-1")]
+    server.accepted()
     [accept] = server.poll(now)
     assert isinstance(accept, Accept)
     assert client.receive(accept, now) == [Opened("")]
@@ -121,16 +127,21 @@ def test_per_message_objects_stay_out_of_the_garbage_collector() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "kind"),
+    ("options", "kind", "cost"),
     [
-        ({}, Data),
-        ({"encoding": "raw"}, Head),
-        ({"request": 4}, Head),
-        ({"headers": {"k": "v"}, "encoding": "json"}, Head),
-        ({"reply_to": 2, "error": 500}, Head),
+        ({}, Data, 3 + FRAME_COST),
+        ({"encoding": "raw"}, Head, 3 + FRAME_COST + len("raw")),
+        ({"request": 4}, Head, 3 + FRAME_COST),
+        ({"headers": {"k": "v"}, "encoding": "json"}, Head, 3 + FRAME_COST + len("json") + 2 + FRAME_COST),
+        ({"reply_to": 2, "error": 500}, Head, 3 + FRAME_COST),
+        ({"reply_to": 2, "error": "EBAD"}, Head, 3 + FRAME_COST + len("EBAD")),
     ],
 )
-def test_a_message_that_fits_one_frame_goes_out_at_once(options: dict[str, object], kind: type) -> None:
+def test_a_message_that_fits_one_frame_goes_out_at_once(
+    options: dict[str, object], kind: type, cost: int
+) -> None:
+    # The credit a message costs: its payload, FRAME_COST, and a Head's metadata by its characters
+    # (plus FRAME_COST per header), the same on both sides.
     client, server = make_pair(rto_min=0.5)
     window = client.statistics().window
     [frame] = client.send(b"abc", 1.0, **options)  # type: ignore[arg-type]
@@ -138,8 +149,8 @@ def test_a_message_that_fits_one_frame_goes_out_at_once(options: dict[str, objec
     assert frame.seq == 1 and frame.payload == b"abc" and not frame.more
     stats = client.statistics()
     assert (stats.messages_sent, stats.unacked, stats.queued) == (1, 1, 0)
-    assert stats.unacked_bytes == 3 + FRAME_COST
-    assert stats.window == window - 3 - FRAME_COST and client.retransmit_at == 1.5
+    assert stats.unacked_bytes == cost
+    assert stats.window == window - cost and client.retransmit_at == 1.5
     [event] = server.receive(frame, 1.0)
     assert event == MessageReceived(
         b"abc",
@@ -148,7 +159,7 @@ def test_a_message_that_fits_one_frame_goes_out_at_once(options: dict[str, objec
         options.get("request", 0),  # type: ignore[arg-type]
         options.get("reply_to", 0),  # type: ignore[arg-type]
         options.get("error"),  # type: ignore[arg-type]
-        3 + FRAME_COST,
+        cost,
     )
     [ack] = server.poll(1.0)
     client.receive(ack, 1.0)
@@ -290,7 +301,7 @@ def test_fragmentation_and_reassembly() -> None:
     [msg] = deliver(frames[-1:], server, 0.0)
     assert isinstance(msg, MessageReceived) and msg.payload == payload
     assert msg.headers == {"h": "x" * 50} and msg.request == 1
-    assert msg.cost == len(payload) + FRAME_COST * len(frames)
+    assert msg.cost == len(payload) + FRAME_COST * len(frames) + (1 + 50 + FRAME_COST)  # + the header
 
 
 def test_metadata_too_large_for_a_frame_is_413() -> None:
@@ -416,6 +427,313 @@ def test_max_message_is_enforced_on_both_sides() -> None:
     assert isinstance(reset, Reset) and reset.code == 413
 
 
+# -- hostile peers: the window is enforced on receipt -----------------------------------------------
+
+
+def _resets(proto: SocketProtocol, now: float = 0.0) -> list[int | str]:
+    return [f.code for f in proto.poll(now) if isinstance(f, Reset)]
+
+
+def _overran(events: list[object]) -> bool:
+    [event] = events
+    return (
+        isinstance(event, ConnectionClosed)
+        and isinstance(event.error, SocketProtocolError)
+        and "overran the window" in str(event.error)
+    )
+
+
+def test_a_peer_that_overruns_the_window_is_reset_with_429() -> None:
+    _, server = make_pair(window=4096)
+    chunk = b"x" * 1000  # 1032 credit units a frame
+    # A sender lets a frame out while what it sent before is below the limit, so its last frame
+    # may go over: frames 1-4 (sent after 0, 1032, 2064 and 3096 units) are within the rules...
+    events = [e for seq in range(1, 5) for e in server.receive(Data(seq, chunk), 0.0)]
+    assert messages(events) == [chunk] * 4
+    assert server.statistics().buffered_bytes == 4 * 1032
+    # ...frame 5 (after 4128 >= 4096) is not: nobody read anything, so nothing granted more.
+    assert _overran(server.receive(Data(5, chunk), 0.0))
+    assert server.state is SocketState.CLOSED and _resets(server) == [RESET_WINDOW] == [429]
+    assert server.statistics().buffered_bytes == 4 * 1032  # the overrunning frame was not kept
+
+
+def test_reading_grants_more_and_the_peer_may_use_it() -> None:
+    _, server = make_pair(window=4096)
+    chunk = b"x" * 1000
+    events = [e for seq in range(1, 5) for e in server.receive(Data(seq, chunk), 0.0)]
+    for event in events:
+        assert isinstance(event, MessageReceived)
+        server.consume(event.cost)
+    [ack] = server.poll(0.0)
+    assert isinstance(ack, Ack) and ack.limit == 4 * 1032 + 4096
+    assert messages(server.receive(Data(5, chunk), 0.0)) == [chunk]  # granted now
+    assert server.state is SocketState.OPEN
+
+
+@pytest.mark.parametrize("order", ["forward", "backward"])
+def test_frames_held_beyond_a_gap_count_against_the_window(order: str) -> None:
+    # Regression: frames beyond a gap were held without any check (up to 65,536 of them).
+    _, server = make_pair(window=4096)
+    chunk = b"x" * 1000
+    seqs = list(range(2, 12)) if order == "forward" else list(range(11, 1, -1))  # seq 1 never comes
+    held = 0
+    for seq in seqs:
+        events = server.receive(Data(seq, chunk), 0.0)
+        if events:
+            assert _overran(events)
+            break
+        held += 1
+    else:
+        raise AssertionError("ten frames of 1000 bytes were held in a window of 4096")
+    assert held == 4  # what a sender keeping to its grant could have sent beyond the gap
+    assert server.statistics().buffered_bytes <= 4096 + 1032
+    assert _resets(server) == [429]
+
+
+def test_a_frame_far_beyond_a_gap_is_judged_by_the_frames_that_must_come_before_it() -> None:
+    # Every missing frame below it costs at least FRAME_COST: 127 of them fit in 4096, 128 do not.
+    _, server = make_pair(window=4096)
+    assert server.receive(Data(128, b""), 0.0) == [] and server.statistics().out_of_order == 1
+    _, server = make_pair(window=4096)
+    assert _overran(server.receive(Data(129, b""), 0.0))
+
+
+def test_headers_are_charged_against_the_window() -> None:
+    # Regression: a Head cost its payload only, so empty messages with 100 kB of headers each
+    # could buffer 128 of them (12.8 MB) in a 4 kB window.
+    _, server = make_pair(window=4096)
+    big = {"h": "x" * 100_000}
+    [first] = server.receive(Head(1, b"", False, big, "raw"), 0.0)
+    assert isinstance(first, MessageReceived) and first.cost == FRAME_COST + 3 + (1 + 100_000 + FRAME_COST)
+    assert _overran(server.receive(Head(2, b"", False, big, "raw"), 0.0))
+    client, server = make_pair()
+    frames = client.send(b"abc", 0.0, headers={"k": "v"}, encoding="json")
+    [event] = deliver(frames, server, 0.0)
+    assert isinstance(event, MessageReceived)
+    assert event.cost == frame_cost(frames[0]) == client.statistics().unacked_bytes  # both sides agree
+
+
+def test_empty_fragments_cannot_pile_up() -> None:
+    # Regression: the limit grants the fragments of the message being reassembled, so a peer
+    # could send empty fragments forever, each granted its own cost.
+    _, server = make_pair(window=4096)
+    assert server.receive(Data(1, b"x" * MIN_FRAGMENT, True), 0.0) == []
+    [event] = server.receive(Data(2, b"", True), 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketProtocolError)
+    assert "not the last" in str(event.error) and _resets(server) == [400]
+    _, server = make_pair(window=4096)
+    server.receive(Data(1, b"x" * MIN_FRAGMENT, True), 0.0)
+    assert messages(server.receive(Data(2, b"", False), 0.0)) == [b"x" * MIN_FRAGMENT]  # a short last one
+
+
+def test_a_fin_must_be_the_last_frame() -> None:
+    _, server = make_pair()
+    assert server.receive(Fin(5), 0.0) == []
+    [event] = server.receive(Data(6, b"x"), 0.0)
+    assert isinstance(event, ConnectionClosed) and "after end of stream" in str(event.error)
+    _, server = make_pair()
+    server.receive(Data(5, b"x"), 0.0)
+    [event] = server.receive(Fin(3), 0.0)
+    assert isinstance(event, ConnectionClosed) and "before the last frame" in str(event.error)
+    _, server = make_pair()
+    events = server.receive(Fin(3), 0.0) + server.receive(Data(2, b"b"), 0.0)  # reordered: fine
+    assert events == [] and messages(server.receive(Data(1, b"a"), 0.0)) == [b"a", b"b"]
+    assert server.eof_received
+
+
+def test_a_server_connection_grants_nothing_until_it_is_accepted() -> None:
+    # Regression: every connection in a listener's backlog got the full window at once.
+    config = SocketConfig(window=4096)
+    client = SocketProtocol("client", config, 0.0, id="c", subject=SUBJECT)
+    server = SocketProtocol("server", config, 0.0, subject=SUBJECT)
+    server.receive(client.connect(0.0)[0], 0.0)
+    [accept] = server.poll(0.0)
+    assert accept == Accept(0, config.max_message)
+    client.receive(accept, 0.0)
+    assert client.state is SocketState.OPEN and not client.writable
+    with pytest.raises(SocketBusy):
+        client.send(b"early", 0.0)
+    fin = client.send_eof(0.0)  # a Fin needs no credit
+    assert [type(e) for e in deliver(fin, server, 0.0)] == [StreamEnded]
+    assert _overran(server.receive(Data(2, b"x"), 0.0))  # data does, before accept
+    assert _resets(server) == [429]
+
+    client = SocketProtocol("client", config, 0.0, id="c", subject=SUBJECT)
+    server = SocketProtocol("server", config, 0.0, subject=SUBJECT)
+    server.receive(client.connect(0.0)[0], 0.0)
+    client.receive(server.poll(0.0)[0], 0.0)
+    server.accepted()
+    [ack] = server.poll(0.0)  # the Accept went out with 0: the window follows in an Ack
+    assert isinstance(ack, Ack) and ack.limit == 4096
+    client.receive(ack, 0.0)
+    assert client.writable and messages(deliver(client.send(b"now", 0.0), server, 0.0)) == [b"now"]
+    assert [type(f) for f in server.poll(0.0)] == [Ack]
+    server.accepted()  # idempotent: no second window update
+    assert server.poll(0.0) == []
+    with pytest.raises(SocketProtocolError):
+        client.accepted()
+
+
+def test_a_sender_waiting_for_credit_probes_for_a_lost_window_update() -> None:
+    # Regression (found by the lossy-channel property): the window update that follows accept()
+    # was lost, the client had nothing queued (its application waits before queueing), and it
+    # only ever answered the server's keepalives, so nothing asked for the update again.
+    config = SocketConfig(window=4096, rto_min=0.5, keepalive=5.0, peer_timeout=30.0)
+    client = SocketProtocol("client", config, 0.0, id="c", subject=SUBJECT)
+    server = SocketProtocol("server", config, 0.0, subject=SUBJECT)
+    server.receive(client.connect(0.0)[0], 0.0)
+    client.receive(server.poll(0.0)[0], 0.0)  # Accept(0)
+    server.accepted()
+    assert [type(f) for f in server.poll(0.1)] == [Ack]  # ...and it is lost
+    client.want_credit(0.2)  # the application waits to send
+    assert client.next_deadline() == 0.7 and client.poll(0.6) == []
+    probe = client.poll(0.7)
+    assert probe == [Ping()]
+    deliver(probe, server, 0.7)
+    [ack] = server.poll(0.7)
+    assert isinstance(ack, Ack) and ack.limit == 4096
+    client.receive(ack, 0.8)
+    assert client.writable and client.next_deadline() == 5.7  # credit came: no more probes
+    client.want_credit(1.0)  # writable: nothing to wait for
+    assert client.next_deadline() == 5.7
+
+
+def test_probes_of_a_shut_window_back_off() -> None:
+    # A peer that does not read is asked for credit ever less often: rto_min, then doubling up
+    # to rto_max (not every rto forever).
+    client, server = make_pair(window=1000, rto_min=0.5, rto_max=4.0, keepalive=100, peer_timeout=1000)
+    exchange(client, server, 0.0, client.send(b"x" * 1000, 0.0))  # acknowledged, never read
+    assert not client.writable
+    client.want_credit(0.0)
+    probes: list[float] = []
+    while len(probes) < 7:
+        now = client.next_deadline()
+        assert now is not None
+        if client.poll(now) == [Ping()]:
+            probes.append(now)
+    assert probes == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5]
+    server.consume(1000 + FRAME_COST)
+    client.receive(server.poll(20.0)[0], 20.0)  # credit: the next wait starts at rto_min again
+    exchange(client, server, 20.0, client.send(b"y" * 1000, 20.0))
+    client.want_credit(20.0)
+    assert not client.writable and client.next_deadline() == 20.5
+
+
+def test_an_accept_after_a_window_update_keeps_the_larger_limit() -> None:
+    config = SocketConfig(window=4096)
+    client = SocketProtocol("client", config, 0.0, id="c", subject=SUBJECT)
+    client.connect(0.0)
+    client.receive(Ack(0, 4096), 0.0)  # the update overtook a retransmitted Accept(0)
+    client.receive(Accept(0, config.max_message), 0.0)
+    assert client.statistics().window == 4096 and client.writable
+
+
+def test_the_sender_keeps_at_most_its_window_unacknowledged() -> None:
+    # Regression: a peer that granted endless credit and never acknowledged made us keep (and
+    # retransmit) everything the application sent.
+    client, _ = make_pair(window=4096, frame_size=300)
+    client.receive(Ack(0, 10**12), 0.0)
+    sent = 0
+    while client.writable:
+        client.send(b"x" * 200, 0.0)
+        sent += 1
+    assert sent == 18 and client.statistics().unacked_bytes == 18 * 232
+    with pytest.raises(SocketBusy):
+        client.send(b"y", 0.0)
+    client.receive(Ack(9, 10**12), 0.0)  # acknowledged: room again
+    assert client.writable
+    big = client.send(b"z" * 10_000, 0.0)  # a message of many frames waits for acks, not credit
+    stats = client.statistics()
+    assert stats.queued > 20 and stats.unacked_bytes < 4096 + 300 and len(big) < 10
+
+
+def test_a_peers_reset_reason_is_cut_to_a_bounded_length() -> None:
+    client, _ = make_pair()
+    [event] = client.receive(Reset("E" * 10_000, "r" * 100_000), 0.0)
+    assert isinstance(event, ConnectionClosed) and isinstance(event.error, SocketReset)
+    assert len(event.error.reason) == MAX_REASON and len(str(event.error.reason_code)) == MAX_REASON
+
+
+_hostile_actions = st.lists(
+    st.tuples(
+        st.sampled_from(["data", "data", "data", "head", "fin"]),
+        st.one_of(st.just(0), st.integers(0, 3), st.integers(0, 200)),  # seq beyond the next one
+        st.one_of(st.sampled_from([0, 0, MIN_FRAGMENT - 1, MIN_FRAGMENT, 600]), st.integers(0, 600)),
+        st.booleans(),  # more
+        st.integers(0, 3),  # headers
+        st.sampled_from([1, 8, 64]),  # a burst: this many frames at successive seqs
+        st.sampled_from(["", "read", "grant", "read+grant"]),  # then what the application does
+        st.sampled_from([1, 10]),  # the burst and what follows, this many times
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(actions=_hostile_actions)
+@example(actions=[("data", 0, 0, True, 0, 64, "grant", 10)])  # empty fragments, granted as they come
+@example(actions=[("data", 1, 600, False, 0, 64, "", 1)])  # a flood beyond a gap
+@example(actions=[("head", 0, 0, False, 3, 64, "", 1)])  # headers without payload
+def test_whatever_a_peer_sends_it_cannot_make_us_hold_more_than_the_window(
+    actions: list[tuple[str, int, int, bool, int, int, str, int]],
+) -> None:
+    window, max_message = 2048, 4096
+    _, server = make_pair(window=window, max_message=max_message)
+    unread: deque[int] = deque()
+    # The window, plus a message being reassembled (its fragments are granted on top: max_message
+    # bytes, FRAME_COST per fragment of at least MIN_FRAGMENT bytes), plus one frame over the limit.
+    frame = 600 + FRAME_COST + 4 + 3 * (2 + FRAME_COST)
+    partial = max_message + FRAME_COST * (max_message // MIN_FRAGMENT + 1) + frame
+    bound = window + partial + frame
+    for kind, ahead, size, more, n_headers, burst, then, rounds in actions:
+        for _ in range(rounds):
+            if not _hostile_round(server, unread, kind, ahead, size, more, n_headers, burst, then, bound):
+                return
+
+
+def _hostile_round(
+    server: SocketProtocol,
+    unread: deque[int],
+    kind: str,
+    ahead: int,
+    size: int,
+    more: bool,
+    n_headers: int,
+    burst: int,
+    then: str,
+    bound: int,
+) -> bool:
+    """One burst of frames from a hostile peer, then the application's move; False once closed."""
+    window = server.config.window
+    first = server._rx._expected + ahead
+    headers = {f"h{i}": "v" for i in range(n_headers)} or None
+    for seq in range(first, first + burst):
+        f: Frame
+        if kind == "fin":
+            f = Fin(seq)
+        elif kind == "head":
+            f = Head(seq, b"x" * size, more, headers, "raw")
+        else:
+            f = Data(seq, b"x" * size, more)
+        for event in server.receive(f, 0.0):
+            if isinstance(event, MessageReceived):
+                unread.append(event.cost)
+            if isinstance(event, ConnectionClosed):
+                assert event.error is not None
+                assert _resets(server) in ([400], [413], [429])
+        if server.state is SocketState.CLOSED:
+            return False
+        stats = server.statistics()
+        assert stats.buffered_bytes <= bound, stats
+        assert stats.out_of_order <= window // FRAME_COST + 1
+    if "read" in then:
+        while unread:
+            server.consume(unread.popleft())
+    if "grant" in then:
+        server.poll(0.0)  # grants what was read, and the fragments being reassembled
+    return True
+
+
 # -- keepalive -------------------------------------------------------------------------------------
 
 
@@ -437,17 +755,31 @@ def test_keepalive_ping_and_dead_peer() -> None:
         client.send(b"x", 21.0)
 
 
-def test_link_down_pauses_timers_and_link_up_resends_everything() -> None:
-    client, server = make_pair(keepalive=5.0, peer_timeout=15.0)
+def test_link_down_pauses_pings_and_retransmits_and_link_up_resends_everything() -> None:
+    client, server = make_pair(keepalive=5.0, peer_timeout=15.0, rto_min=0.5)
     lost = client.send(b"a", 1.0) + client.send(b"b", 1.0)
     client.link_down(1.5)
-    assert client.next_deadline() is None
-    assert client.poll(100.0) == []
-    assert client.state is SocketState.OPEN  # an outage is not a dead peer
-    again = client.link_up(100.0)
+    assert client.next_deadline() == 16.5  # only dead-peer detection: peer_timeout after the outage began
+    assert client.poll(16.4) == []  # no ping, no retransmit: nothing would get through
+    assert client.state is SocketState.OPEN  # an outage shorter than peer_timeout is not a dead peer
+    again = client.link_up(16.4)
     assert [f.seq for f in again if isinstance(f, Data)] == [1, 2] and isinstance(again[-1], Ping)
-    assert messages(deliver(again, server, 100.0)) == [b"a", b"b"]
+    assert messages(deliver(again, server, 16.4)) == [b"a", b"b"]
     assert lost == again[:2]
+    assert client.next_deadline() == pytest.approx(16.9)  # timers run again (the retransmit is due)
+    assert client.poll(31.3) and client.state is SocketState.OPEN  # link_up counted as hearing from it
+
+
+def test_a_link_down_for_peer_timeout_is_a_dead_peer() -> None:
+    # Regression: dead-peer detection paused while the link was down, so a recv() without a
+    # timeout waited forever for a bus that never came back.
+    client, _ = make_pair(keepalive=5.0, peer_timeout=15.0)
+    client.link_down(10.0)  # last heard at 0: the outage still gets its full peer_timeout
+    assert client.poll(24.9) == [] and client.state is SocketState.OPEN
+    assert client.next_deadline() == 25.0
+    client.poll(25.0)
+    assert client.state is SocketState.CLOSED
+    assert isinstance(client.error, PeerDead) and client.error.timeout == 15.0
 
 
 # -- close and EOF ---------------------------------------------------------------------------------
@@ -607,6 +939,7 @@ def _lossy_close(
     client = SocketProtocol("client", config, now, id="c", subject=SUBJECT)
     server = SocketProtocol("server", config, now, subject=SUBJECT)
     server.receive(client.connect(now)[0], now)
+    server.accepted()
     client.receive(server.poll(now)[0], now)
     closer, other = (client, server) if closer_is_client else (server, client)
     wires: dict[int, list[Frame]] = {id(client): [], id(server): []}  # frames on their way to
@@ -709,6 +1042,8 @@ def _simulate(
                 continue
             while outbox[side] and proto.writable:
                 (c2s if side == "client" else s2c).put(proto.send(outbox[side].popleft(), now))
+            if outbox[side]:
+                proto.want_credit(now)  # as Socket.send does while it waits
             while unread[side] and (not lossy or rng.random() < 0.7):
                 proto.consume(unread[side].popleft())
         # the network moves some frames
@@ -729,6 +1064,8 @@ def _simulate(
                             continue
                         server = SocketProtocol("server", config, now, subject=SUBJECT)
                     handle("server", server, server.receive(frame, now))
+                    if rng.random() < 0.3:
+                        server.accepted()  # the application accepts some time after the Open
                 else:
                     handle("client", client, client.receive(frame, now))
         # time passes; timers fire

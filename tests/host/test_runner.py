@@ -12,8 +12,20 @@ from pathlib import Path
 import pytest
 
 import conat
-from host import ExecOutput, Limits, exec_command, exec_stream, report_activity
+from host import (
+    ExecOutput,
+    Limits,
+    ProjectExists,
+    UnknownProject,
+    WrongState,
+    activity_subject,
+    exec_command,
+    exec_stream,
+    fs,
+    report_activity,
+)
 from persist import bootlog
+from subjects import Scope
 
 from .conftest import Host
 
@@ -78,9 +90,10 @@ def _alive(pid: int | None) -> bool:
 async def test_bad_input_gets_a_code_and_changes_nothing(host: Host) -> None:
     unknown = str(uuid.uuid4())
     for call in (host.runner.status(unknown), host.runner.start(unknown), host.runner.delete(unknown)):
-        with pytest.raises(conat.RemoteError) as e:
+        with pytest.raises(UnknownProject) as unknown_project:  # typed, and still a RemoteError
             await call
-        assert e.value.code == "unknown-project"
+        assert isinstance(unknown_project.value, conat.RemoteError)
+        assert (unknown_project.value.code, unknown_project.value.project_id) == ("unknown-project", unknown)
     with pytest.raises(conat.RemoteError) as e:
         await host.runner.create("not-a-uuid")
     assert e.value.code == 400 and "project_id" in str(e.value)
@@ -91,12 +104,16 @@ async def test_bad_input_gets_a_code_and_changes_nothing(host: Host) -> None:
             {"name": "create", "args": [str(uuid.uuid4()), {"memory_mb": 1}], "kwargs": {}},
         )
     assert e.value.code == 400 and "memory_mb" in str(e.value)
-    with pytest.raises(conat.RemoteError) as e:
+    with pytest.raises(WrongState) as wrong_state:  # raised by the project's actor, passed on by the runner
         await host.runner.stop(project)
-    assert e.value.code == "wrong-state"
-    with pytest.raises(conat.RemoteError) as e:
+    assert (wrong_state.value.code, wrong_state.value.state, wrong_state.value.event) == (
+        "wrong-state",
+        "opened",
+        "stop",
+    )
+    with pytest.raises(ProjectExists) as exists:
         await host.runner.create(project)
-    assert e.value.code == "project-exists"
+    assert (exists.value.code, exists.value.project_id) == ("project-exists", project)
     with pytest.raises(conat.RemoteError) as e:
         await host.runner.start(project, token="conat1.not.a-token")
     assert e.value.code == 400
@@ -231,3 +248,18 @@ async def test_idle_projects_stop_and_activity_keeps_them(host: Host) -> None:
     assert status.state == "opened" and status.reason == "idle"
     assert (await host.runner.status(busy)).state == "running"
     await host.runner.stop(busy, wait=30)
+
+
+async def test_the_host_serves_each_projects_files_and_file_work_is_activity(host: Host) -> None:
+    """`conat host serve` runs the file server: a collaborator reads and writes the project's files
+    over the host bus, and each call reports the project as in use (the idle-stop signal)."""
+    project = await host.new_project(start=False)
+    seen = await host.client.subscribe(activity_subject(project))
+    async with await host.connect(f"account-{uuid.uuid4()}", Scope(projects=(project,))) as user:
+        files = fs(user, project)
+        await files.write_file("notes.txt", "hello from the bus")
+        assert await files.read_file("notes.txt", "utf-8") == "hello from the bus"
+        home = host.server.config.projects / project
+        assert (home / "notes.txt").read_text() == "hello from the bus"
+    assert (await seen.next(timeout=10)).subject == activity_subject(project)
+    await seen.unsubscribe()

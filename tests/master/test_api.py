@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 import conat
-from conat.platform import HostTokens, Keepalive, MasterHostApi, RegisterRequest
-from master import ApiKeyFile, MasterLocked, MasterServer, connect
+from conat.platform import HostTokens, Keepalive, MasterHostApi, RegisterRequest, UnknownProject
+from master import ApiKeyFile, HostOffline, MasterLocked, MasterServer, connect
 from master._client import ApiKeyCredentials
 from subjects import host_scope, inbox_prefix, master_account_api, master_host_api, runner_host
 
@@ -149,6 +149,13 @@ async def test_refusals_have_clear_codes(platform: Platform) -> None:
         ):
             assert await _code(call) == "unknown-project"
         assert await _code(bob.hosts.get(str(uuid.uuid4()))) == "unknown-host"
+        # typed on the caller's side, with their fields (registered with conat's error registry)
+        with pytest.raises(HostOffline) as offline:
+            await bob.projects.create("p", ghost)
+        assert isinstance(offline.value, conat.RemoteError) and offline.value.host_id == ghost
+        with pytest.raises(UnknownProject) as missing:
+            await bob.projects.get(unknown)
+        assert missing.value.project_id == unknown
         assert (
             await _code(bob.tokens.connect(ghost)) == "host-offline"
         )  # not registered: no bus to connect to

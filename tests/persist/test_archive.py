@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conat import FakeClock
-from persist import Corrupt, Placement, PlacementConfig, StreamConfig, StreamFile, StreamStore
+from conat.testing import FakeClock
+from persist import (
+    BadRequest,
+    Corrupt,
+    NotFound,
+    Placement,
+    PlacementConfig,
+    StreamConfig,
+    StreamFile,
+    StreamStore,
+)
 from persist._archive import archive_stream
 
 from .conftest import assert_backup_holds
@@ -238,20 +247,31 @@ async def test_live_last_seq_is_read_through_its_wal(tmp_path: Path) -> None:
         assert store.statistics().restored == 0
 
 
-async def test_corrupt_live_file_is_moved_aside_then_restored(tmp_path: Path) -> None:
+async def test_a_corrupt_live_file_is_restored_only_when_an_operator_says_so(tmp_path: Path) -> None:
+    """Restoring an older archive silently would give seqs again that consumers already saw: a
+    corrupt stream stays refused until ``reset(restore=True)``, which restores it with a new
+    stream id (consumers reload)."""
     layout = Layout(tmp_path)
     async with layout.store() as store, store.stream("hub/s") as s:
         await s.set(b"kept")
+        first_id = s.stream_id
     live = layout.live("hub/s")
     live.write_bytes(b"garbage " * 1000)
     async with layout.store() as store:
-        with pytest.raises(Corrupt):
-            async with store.stream("hub/s"):
-                pass
+        for _ in range(2):
+            with pytest.raises(Corrupt):
+                async with store.stream("hub/s"):
+                    pass
         assert any(p.name.startswith("s.db.corrupt-") for p in live.parent.iterdir())
+        assert store.statistics().restored == 0
+        with pytest.raises(NotFound):  # the archive of a stream that has none
+            await store.reset("hub/other", restore=True)
+        assert await store.reset("hub/s", restore=True) == []
         async with store.stream("hub/s") as s:
             assert await payloads(s) == [b"kept"]
-        assert store.statistics().restored == 1
+            assert s.stream_id != first_id
+        with pytest.raises(BadRequest):
+            await store.reset("hub/s")  # open, so not quarantined
 
 
 @pytest.mark.parametrize("content", [b"not a database " * 400, b""])

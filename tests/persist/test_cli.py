@@ -8,6 +8,7 @@ serve``) run as real subprocesses (``python -m conat.cli``), so signals and flus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -179,6 +180,36 @@ def test_stream_ls_table_and_json(bus: Bus, scope: str) -> None:
     empty = bus.invoke("stream", "ls", f"account-{uuid.uuid4()}")
     assert (empty.exit_code, empty.stdout) == (0, "")
     assert "no streams in account-" in empty.stderr
+
+
+def test_a_corrupt_stream_is_listed_refused_and_reset(bus: Bus, scope: str) -> None:
+    bus.call(bus.stream(scope, "fine").publish, 1)
+    path = bus.root / "projects" / scope.removeprefix("project-") / "broken.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+
+    for _ in range(2):  # found, moved aside; then refused, not read as empty
+        got = bus.invoke("stream", "get", scope, "broken")
+        assert got.exit_code == 2 and "(code corrupt)" in got.stderr and "conat stream reset" in got.stderr
+
+    listed = bus.invoke("stream", "ls", scope)
+    assert listed.exit_code == 0, listed.output  # one corrupt stream does not fail the listing
+    broken, fine = listed.stdout.splitlines()[1:]
+    assert broken.startswith("broken") and "corrupt: " in broken and fine.startswith("fine")
+    entries = json_lines(bus.invoke("--json", "stream", "ls", scope).stdout)
+    assert (entries[0]["name"], entries[0]["error"]) == ("broken", "corrupt") and entries[1]["count"] == 1
+
+    nothing = bus.invoke("stream", "reset", "--restore", scope, "broken")  # no archive root here
+    assert nothing.exit_code == 1, nothing.output  # the service's not-found exits 1, as a missing key does
+    assert "(code not-found)" in nothing.stderr and "no archive is configured" in nothing.stderr
+    reset = bus.invoke("--json", "stream", "reset", scope, "broken")
+    assert reset.exit_code == 0, reset.output
+    assert json_lines(reset.stdout) == [
+        {"event": "reset", "scope": scope, "name": "broken", "restored": False, "moved_aside": []}
+    ]
+    again = bus.invoke("stream", "reset", scope, "broken")
+    assert again.exit_code == 2 and "not quarantined" in again.stderr
+    put = bus.invoke("--json", "kv", "put", scope, "broken", "k", "v")
+    assert json_lines(put.stdout)[0]["seq"] == 1  # it started again
 
 
 def test_stream_get_all_from_seq_and_key(bus: Bus, scope: str) -> None:
@@ -391,6 +422,73 @@ def test_persist_serve_places_files_and_stops_on_sigterm(tmp_path: Path, procs: 
         assert serve.wait() == 0
         assert json_lines("\n".join(serve.rest("stdout"))) == [{"event": "stopped"}]
     finally:
+        server.stop_sync()
+
+
+def test_a_second_persist_serve_on_the_same_root_exits_1(tmp_path: Path, procs: Callable[..., Proc]) -> None:
+    server = NatsServer(ServerConfig(), directory=tmp_path / "nats")
+    server.start_sync()
+    try:
+        args = ("--url", server.url, "persist", "serve", "--root", str(tmp_path / "data"))
+        first = procs("--json", *args)
+        assert json.loads(first.next())["event"] == "ready"
+        second = procs(*args)
+        assert second.wait() == 1
+        error = "\n".join(second.rest("stderr"))
+        assert "is in use by another persist service (pid " in error and "(code root-in-use)" in error
+        assert str(tmp_path / "data") in error
+        assert first.popen.poll() is None  # the first one serves on
+        first.popen.send_signal(signal.SIGTERM)
+        assert first.wait() == 0
+    finally:
+        server.stop_sync()
+
+
+_FAILING_SERVE = """
+import sys
+import persist._service
+
+async def crash(self):  # every activation fails: the service crashes until it gives up
+    raise RuntimeError("activation crashed")
+
+persist._service.PersistService.on_activate = crash
+from conat.cli import main
+sys.argv[0] = "conat"
+main()
+"""
+
+
+def test_persist_serve_exits_non_zero_when_the_service_gives_up(tmp_path: Path) -> None:
+    """A service that gives up must end its process (exit 7), so a supervisor starts a fresh one;
+    it used to stay up serving nothing."""
+    server = NatsServer(ServerConfig(), directory=tmp_path / "nats")
+    server.start_sync()
+    args = ["--json", "--url", server.url, "persist", "serve", "--root", str(tmp_path / "data")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FAILING_SERVE, *args], cwd=ROOT, text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+
+        async def hammer() -> None:
+            with anyio.fail_after(30):
+                async with await conat.connect(server.url) as client:
+                    while proc.poll() is None:
+                        subject = f"persist.project-{uuid.uuid4()}.api"  # a new key: a new activation
+                        with contextlib.suppress(conat.ConatError):
+                            await client.request(subject, {"op": "get", "stream": "s", "seq": 1}, timeout=1)
+
+        anyio.run(hammer)
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 7, err
+        assert "gave up" in err and "(code escalated)" in err
+        assert json_lines(out)[-1] == {"event": "failed", "code": "escalated"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         server.stop_sync()
 
 

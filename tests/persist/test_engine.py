@@ -7,18 +7,22 @@ import concurrent.futures
 import errno
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conat import FakeClock
+from conat.testing import FakeClock
 from persist import (
     BadRequest,
     Corrupt,
@@ -27,10 +31,14 @@ from persist import (
     StorageError,
     StreamConfig,
     WrongLastSequence,
+    _sql,
 )
+from persist._archive import reset_stream
+from persist._checks import check_set_args
 from persist._codec import COMPRESS_THRESHOLD, decode, encode
 from persist._engine import StreamFile, Write
-from persist._engine_io import storage_errors
+from persist._engine_io import MAX_BATCH_OPS, Apply, GroupCommit, Jobs, storage_errors
+from persist._store import StreamStore
 
 from .conftest import assert_backup_holds
 
@@ -116,6 +124,29 @@ async def test_get_all_batches(stream: StreamFile) -> None:
     assert [m.seq for b in batches for m in b] == list(range(3, 26))
 
 
+async def test_pages_are_bounded_by_bytes_while_they_are_read(stream: StreamFile) -> None:
+    """A page stops before the message that would pass ``max_bytes`` and never loads the rest: a
+    page of 4 MiB out of 32 MiB of 256 KiB messages allocates about its own size (it used to read
+    ``max_msgs`` rows, 32 MiB here, and only then trim)."""
+    big = os.urandom(256 * 1024)  # incompressible: stored as is
+    for _ in range(8):
+        await stream.set_many([Write(payload=big) for _ in range(16)])  # 128 messages, 32 MiB
+    tracemalloc.start()
+    try:
+        page = await stream.changes(0, max_msgs=1000, max_bytes=4 * 1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [m.seq for m in page.messages] == list(range(1, 17))  # 16 x 256 KiB = 4 MiB: a 17th would pass
+    assert peak < 12 * 1024 * 1024, peak
+    batches = [b async for b in stream.get_all(batch=1000, max_bytes=1024 * 1024 - 1)]
+    assert [len(b) for b in batches] == [3] * 42 + [2]  # pages under 1 MiB to the end (not 1,000 rows)
+    one = await stream.changes(0, max_bytes=1)  # a message larger than the bound comes alone
+    assert [m.seq for m in one.messages] == [1]
+    with pytest.raises(BadRequest):
+        await stream.changes(0, max_bytes=0)
+
+
 async def test_msg_id_dedup_survives_reopen(
     tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
 ) -> None:
@@ -128,6 +159,48 @@ async def test_msg_id_dedup_survives_reopen(
         assert (await s.inventory()).count == 1
 
 
+async def test_a_delete_retried_with_its_msg_id_reports_what_it_removed(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """A retried delete (its reply lost) found nothing and said so (``AKV.delete`` returned False
+    after deleting); with its msg-id it gets the first result and deletes nothing more."""
+    file = tmp_path / "d.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        await s.set(b"v1", key="k")
+        assert (await s.delete(key="k", msg_id="del-1")).seqs == [1]
+        await s.set(b"v2", key="k")  # written after the delete, before its retry
+        assert (await s.delete(key="k", msg_id="del-1")).seqs == [1]
+        assert (await s.get(key="k")) is not None  # the retry did not delete the new value
+        await s.set_many([Write(payload=b"%d" % i) for i in range(5)])
+        assert (await s.delete(up_to=7, msg_id="del-2")).seqs == [2, 3, 4, 5, 6, 7]
+        with pytest.raises(BadRequest, match="used by a delete"):
+            await s.set(b"x", msg_id="del-1")
+        await s.set(b"x", msg_id="set-1")
+        with pytest.raises(BadRequest, match="used by a set"):
+            await s.delete(seq=1, msg_id="set-1")
+    async with await StreamFile.open(file, executor=executor) as s:  # remembered on disk
+        assert (await s.delete(up_to=7, msg_id="del-2")).seqs == [2, 3, 4, 5, 6, 7]
+
+
+async def test_a_version_1_file_is_migrated(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "v1.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        await s.set(b"x", msg_id="old")
+    raw = sqlite3.connect(file)
+    raw.execute("ALTER TABLE dedup DROP COLUMN result")
+    raw.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
+    raw.commit()
+    raw.close()
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert (await s.set(b"y", msg_id="old")).duplicate
+        assert (await s.delete(seq=1, msg_id="gone")).seqs == [1]
+    raw = sqlite3.connect(file)
+    assert raw.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (_sql.SCHEMA_VERSION,)
+    raw.close()
+
+
 # ---- group commit -----------------------------------------------------------------------------------
 
 
@@ -137,6 +210,48 @@ async def test_group_commit_batches_concurrent_writes(stream: StreamFile) -> Non
     stats = stream.statistics()
     assert stats.writes == 2000
     assert stats.transactions <= 200, stats  # far fewer transactions than writes
+
+
+async def test_a_group_commit_batch_is_bounded(stream: StreamFile) -> None:
+    """A burst of writes queued at once made one transaction of all of them (unbounded); now each
+    holds at most MAX_BATCH_OPS writes, and a set_many is one group (never split)."""
+    burst = MAX_BATCH_OPS + 200
+    results = await asyncio.gather(*(stream.set(b"%d" % i) for i in range(burst)))
+    assert sorted(r.seq for r in results) == list(range(1, burst + 1))
+    stats = stream.statistics()
+    assert stats.largest_batch == MAX_BATCH_OPS and stats.transactions == 2, stats
+    many = await stream.set_many([Write(payload=b"m")] * (MAX_BATCH_OPS + 1))
+    assert stream.statistics().largest_batch == MAX_BATCH_OPS + 1
+    first = burst + 1
+    assert [r.seq for r in many if not isinstance(r, Exception)] == list(
+        range(first, first + MAX_BATCH_OPS + 1)
+    )
+
+
+async def test_group_commit_batches_by_bytes_and_whole_groups(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    batches: list[list[object]] = []
+
+    def commit(applies: Sequence[Apply]) -> list[object]:
+        batches.append([apply(None, 0.0) for apply in applies])  # type: ignore[arg-type]
+        return batches[-1]
+
+    def op(n: int) -> Apply:
+        return lambda db, now: n
+
+    queue = GroupCommit(asyncio.get_running_loop(), Jobs(executor), commit, "test", max_ops=4, max_bytes=100)
+    futures = [
+        *queue.put([op(1)], 60),
+        *queue.put([op(2)], 60),  # would pass 100 bytes: next batch
+        *queue.put([op(3), op(4), op(5)], 30),  # fits beside 2
+        *queue.put([op(6), op(7)], 0),  # would pass 4 ops: next batch
+        *queue.put([op(8), op(9), op(10), op(11), op(12)], 500),  # too big alone: a batch of its own
+        *queue.put([op(13)], 0),
+    ]
+    assert await asyncio.gather(*futures) == list(range(1, 14))
+    assert batches == [[1], [2, 3, 4, 5], [6, 7], [8, 9, 10, 11, 12], [13]]
+    assert queue.largest == 5 and queue.queued == 0
 
 
 # ---- limits -----------------------------------------------------------------------------------------
@@ -234,12 +349,62 @@ async def test_sweep_deletes_expired_rows_from_the_file(
         assert rows_in_file(file) == 0
 
 
+def _sweep_steps(db: sqlite3.Connection, config: StreamConfig, now: float) -> tuple[int, int]:
+    """Run the sweep at ``now`` in a transaction; (SQLite VM steps it took, messages it removed)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db.set_progress_handler(count, 1)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        removed, _ = _sql.sweep(db, config, now)
+        db.execute("COMMIT")
+    finally:
+        db.set_progress_handler(None, 1)
+    return steps, len(removed)
+
+
+def test_a_sweep_touches_only_what_it_removes_on_a_real_wall_clock(tmp_path: Path) -> None:
+    """20,000 messages and msg-ids inside their windows, at epoch times: a sweep with nothing to
+    remove reads none of them (it runs before every write transaction), and each later sweep
+    removes exactly the rows the model's rule says."""
+    now = time.time()
+    config = StreamConfig(max_age=600, duplicate_window=120)
+    db = _sql.connect(tmp_path / "s.db")
+    try:
+        _sql.init_db(db, config, "s", durable=True)
+        db.execute("BEGIN IMMEDIATE")
+        times = [now - 100 + i * 0.004 for i in range(20_000)]  # now-100 .. now-20
+        for seq, t in enumerate(times, 1):
+            _sql.insert(db, seq, t, check_set_args(b"x", None, None, None, None, f"id-{seq}"), "raw")
+        db.execute("COMMIT")
+
+        steps, removed = _sweep_steps(db, config, now)
+        assert removed == 0 and steps < 200  # was ~ 20,000 rows x 2 tables: a scan of each window
+
+        steps, removed = _sweep_steps(db, config, now + 60)  # msg-ids written before now - 60 go
+        assert removed == 0
+        left = db.execute("SELECT count(*) FROM dedup").fetchone()[0]
+        assert left == sum(1 for t in times if not t + 120 <= now + 60)
+        steps, removed = _sweep_steps(db, config, now + 550)  # messages written before now - 50 go
+        assert removed == sum(1 for t in times if t + 600 <= now + 550)
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == len(times) - removed
+    finally:
+        db.close()
+
+
 # ---- corruption ---------------------------------------------------------------------------------------
 
 
-async def test_corrupt_file_is_moved_aside(
+async def test_a_corrupt_file_is_moved_aside_and_refused_until_reset(
     tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
 ) -> None:
+    """A corrupt stream used to be reported once, then read as empty, and a write started it again
+    at seq 1. Now it stays ``corrupt``, reads and writes alike, until an operator resets it."""
     file = tmp_path / "bad.db"
     garbage = b"this is not a database " * 500
     file.write_bytes(garbage)
@@ -248,10 +413,94 @@ async def test_corrupt_file_is_moved_aside(
     assert e.value.code == "corrupt"
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("bad.db.corrupt-")]
     assert len(moved) == 1 and moved[0].read_bytes() == garbage
-    assert str(file) in str(e.value) and str(moved[0]) in str(e.value)
+    assert (
+        str(file) in str(e.value) and str(moved[0]) in str(e.value) and "conat stream reset" in str(e.value)
+    )
     assert not file.exists()
-    async with await StreamFile.open(file, executor=executor) as s:  # a fresh one can be created
+    for create in (True, False):  # a write would create it, a read would find nothing: both refused
+        with pytest.raises(Corrupt, match=f"moved aside to {moved[0]}.*conat stream reset") as again:
+            await StreamFile.open(file, executor=executor, create=create)
+        assert "found corrupt at" in str(again.value)
+    assert not file.exists()  # nothing was created meanwhile
+    assert reset_stream(tmp_path, file, None) == []  # the operator's reset
+    async with await StreamFile.open(file, executor=executor) as s:  # a fresh stream, a new id
         assert (await s.set(b"ok")).seq == 1
+    with pytest.raises(BadRequest, match="not quarantined"):  # a sound stream cannot be reset
+        reset_stream(tmp_path, file, None)
+    assert moved[0].read_bytes() == garbage  # never deleted
+
+
+def test_every_connection_treats_the_schema_as_untrusted(tmp_path: Path) -> None:
+    """A project's owner can write its stream files: SQL planted in one must not run with the
+    service's rights (``trusted_schema=OFF``), and a bad page is reported when read."""
+    db = _sql.connect(tmp_path / "s.db")
+    reader = _sql.connect(tmp_path / "s.db", reader=True)
+    try:
+        for conn in (db, reader):
+            assert conn.execute("PRAGMA trusted_schema").fetchone() == (0,)
+            assert conn.execute("PRAGMA cell_size_check").fetchone() == (1,)
+        db.create_function("side_effect", 0, lambda: 1)  # not innocuous, as SQLite sees it
+        db.execute("CREATE VIEW planted AS SELECT side_effect() AS x")
+        with pytest.raises(sqlite3.OperationalError, match="unsafe use of side_effect"):
+            db.execute("SELECT x FROM planted").fetchall()
+    finally:
+        reader.close()
+        db.close()
+
+
+async def test_a_file_with_objects_persist_did_not_make_is_refused(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    file = tmp_path / "t.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        await s.set(b"x")
+    raw = sqlite3.connect(file)
+    raw.execute("CREATE TRIGGER planted AFTER INSERT ON messages BEGIN DELETE FROM dedup; END")
+    raw.commit()
+    raw.close()
+    with pytest.raises(Corrupt, match="trigger 'planted'") as e:
+        await StreamFile.open(file, executor=executor)
+    assert "moved aside" in str(e.value) and not file.exists()
+
+
+async def test_quick_check_runs_only_after_an_unclean_close(
+    tmp_path: Path, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """It reads the whole file: every open of every stream paid it. A clean close removes the
+    ``-wal`` and ``-shm``; a crash leaves them, and then the file is checked."""
+    file = tmp_path / "q.db"
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert not s.checked  # created
+        await s.set(b"x")
+        crashed = tmp_path / "crashed.db"  # the files as a kill -9 would leave them
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copyfile(f"{file}{suffix}", f"{crashed}{suffix}")
+    assert not Path(f"{file}-wal").exists()
+    async with await StreamFile.open(file, executor=executor) as s:
+        assert not s.checked  # closed cleanly
+    async with await StreamFile.open(crashed, executor=executor) as s:
+        assert s.checked and (await s.get(seq=1)) is not None
+    async with await StreamFile.open(crashed, executor=executor, check=True) as s:
+        assert s.checked
+
+
+async def test_an_unclean_close_is_seen_through_an_archive_restore_check(tmp_path: Path) -> None:
+    """Reading the live file's last seq (to compare it with its archive) recovers its ``-wal``: the
+    store remembers what it saw before, and the open still checks the file."""
+    live, archive = tmp_path / "live", tmp_path / "archive"
+    async with StreamStore(lambda p: (live, f"{p}.db"), archive=lambda p: archive / f"{p}.db") as store:
+        async with store.stream("hub/s") as s:
+            await s.set(b"x")
+        await store.archive("hub/s")
+        async with store.stream("hub/s") as s:
+            await s.set(b"y")
+            for suffix in ("", "-wal", "-shm"):
+                shutil.copyfile(f"{live}/hub/s.db{suffix}", f"{tmp_path}/held{suffix}")
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copyfile(f"{tmp_path}/held{suffix}", f"{live}/hub/s.db{suffix}")
+    store = StreamStore(lambda p: (live, f"{p}.db"), archive=lambda p: archive / f"{p}.db")
+    async with store, store.stream("hub/s") as s:
+        assert s.checked and (await s.inventory()).count == 2
 
 
 # ---- backup -------------------------------------------------------------------------------------------

@@ -49,6 +49,12 @@ from conat import ConatError
             {"operation": "write", "path": "/a.db"},
             "SQLITE_FULL",
         ),
+        (
+            persist.RootInUse("/srv/sync", "pid 42 on a since t"),
+            "root-in-use",
+            {"root": "/srv/sync", "holder": "pid 42 on a since t"},
+            "pid 42",
+        ),
     ],
 )
 def test_codes_fields_and_messages(
@@ -81,6 +87,8 @@ def test_codes_are_distinct() -> None:
         persist.NotFound,
         persist.Corrupt,
         persist.StorageError,
+        persist.RootInUse,
+        persist.TooSlow,
     ]
     codes = [cls.code for cls in classes]
     assert len(set(codes)) == len(codes)

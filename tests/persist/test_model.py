@@ -12,11 +12,11 @@ from persist import (
     Inventory,
     Rejected,
     StreamConfig,
-    StreamModel,
     TooLarge,
     WrongLastSequence,
     message_size,
 )
+from persist.testing import StreamModel
 
 
 def model(**config: Any) -> StreamModel:

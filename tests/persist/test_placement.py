@@ -151,6 +151,24 @@ def test_overrides_from_env() -> None:
     assert placement.root == "/srv/sync"
 
 
+def test_lock_roots_cover_every_directory_a_file_is_reached_from() -> None:
+    env = {
+        "CONAT_SYNC": "/srv/sync/",
+        "CONAT_SYNC_PROJECTS": "/data/projects/[project_id]/.local/share/conat/persist",
+        "CONAT_SYNC_ACCOUNTS": "/data/accounts",
+        "CONAT_SYNC_HUB": "/srv/sync",
+        "CONAT_SYNC_ARCHIVE": "/archive",
+        "CONAT_SYNC_BACKUP": "/backup",
+    }
+    placement = Placement(PlacementConfig.from_env(env))
+    roots = [Path(p) for p in ("/archive", "/data/accounts", "/data/projects", "/srv/sync")]
+    assert placement.lock_roots() == roots
+    for path in (f"projects/{P}/x", f"accounts/{A}/x", f"hosts/{H}/x", "hub/x"):
+        root, _ = placement.locate(path)
+        assert root in roots
+    assert Placement(default_root="/d").lock_roots() == [Path("/d")]
+
+
 def test_empty_env_is_unset() -> None:
     assert PlacementConfig.from_env({"CONAT_SYNC_HUB": ""}) == PlacementConfig()
 

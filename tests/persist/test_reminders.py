@@ -15,8 +15,8 @@ import pytest
 
 import conat
 from actors import Actor, ActorSystem, Reminder, ReminderStore, actor_proxy
-from conat import FakeClock
 from conat._errors import ClosedError
+from conat.testing import FakeClock
 from persist import BadRequest, Corrupt, DurableReminderStore, StreamStore, TooLarge
 
 pytestmark = pytest.mark.anyio
@@ -172,9 +172,11 @@ async def test_survives_close_and_reopen_on_a_shared_stream_store(tmp_path: Path
 async def test_open_fails_cleanly_on_a_corrupt_file(tmp_path: Path) -> None:
     bad = tmp_path / "rem.db"
     bad.write_bytes(b"this is not a database" * 200)
-    with pytest.raises(Corrupt):
-        await DurableReminderStore.open(bad)
-    async with await DurableReminderStore.open(bad) as store:  # the bad file was moved aside
+    for _ in range(2):  # moved aside, then refused: reminders are not lost silently
+        with pytest.raises(Corrupt):
+            await DurableReminderStore.open(bad)
+    assert await DurableReminderStore.reset(bad) == []  # the operator's decision
+    async with await DurableReminderStore.open(bad) as store:
         assert await store.load("A") == []
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conat import ClosedError, FakeClock
+from conat import ClosedError
+from conat.testing import FakeClock
 from persist import NotFound, Rejected, StreamConfig
 from persist._store import StreamStore
 
@@ -100,6 +101,25 @@ async def test_idle_close_on_fake_clock(tmp_path: Path) -> None:
         async with store.stream("hub/s1") as s:  # reopened on demand
             assert (await s.inventory()).count == 1
     assert persist_threads() == []
+
+
+async def test_the_idle_reaper_never_closes_a_stream_leased_during_its_round(tmp_path: Path) -> None:
+    """The reaper closes idle streams one by one, awaiting each; a stream leased meanwhile stays open
+    under its lease (the documented rule), however stale it was when the round began."""
+    clock = FakeClock()
+    async with StreamStore(resolver(tmp_path), idle_close=60, clock=clock) as store:
+        for i in range(30):
+            async with store.stream(f"hub/s{i}") as s:
+                await s.set(b"x")
+        reaping = asyncio.create_task(clock.advance(61))  # every stream is stale now
+        await settle(lambda: store.statistics().closed >= 1)  # the round is under way
+        assert store.statistics().closed < 30
+        async with store.stream("hub/s29") as late:  # stale when the round began, leased now
+            await reaping
+            await settle(lambda: store.statistics().closed >= 29)
+            assert not late.closed
+            assert (await late.set(b"y")).seq == 2  # was ClosedError: closed under its lease
+        assert store.statistics().closed == 29
 
 
 async def test_not_found_and_closed(tmp_path: Path) -> None:

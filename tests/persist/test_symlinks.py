@@ -24,6 +24,7 @@ from persist import (
     StreamFile,
     StreamStore,
 )
+from persist._archive import reset_stream
 from persist._beneath import Anchor
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +136,9 @@ async def test_corrupt_file_beneath_root_is_moved_aside(
     moved = [p for p in file.parent.iterdir() if p.name.startswith("bad.db.corrupt-")]
     assert len(moved) == 1 and str(moved[0]) in str(e.value)
     assert not file.exists()
+    with pytest.raises(Corrupt, match="conat stream reset"):  # refused until an operator resets it
+        await StreamFile.open(file, root=root, executor=executor)
+    assert reset_stream(root, file, None) == []
     async with await StreamFile.open(file, root=root, executor=executor) as s:
         assert (await s.set(b"ok")).seq == 1
 
