@@ -327,12 +327,14 @@ class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TransferResult(msgspec.Struct, frozen=True, kw_only=True):
-    """One archive stream of a project, as sent (or received and verified)."""
+    """One transfer of a project's home, as sent (or received and verified): a tar archive, or a
+    ``btrfs send`` stream where both hosts keep homes as btrfs subvolumes (``files`` is then 0)."""
 
     bytes: int
     sha256: str
     files: int = 0
     seconds: float = 0.0
+    format: Literal["tar", "btrfs"] = "tar"
 
 
 class MoveResult(msgspec.Struct, frozen=True, kw_only=True):

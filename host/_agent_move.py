@@ -1,4 +1,5 @@
-"""Moving a project's home between hosts (and snapshots): one archive, streamed over a conat socket.
+"""Moving a project's home between hosts (and snapshots): one archive (or btrfs send stream),
+streamed over a conat socket.
 
 **The archive** (:func:`build_archive`): an uncompressed tar of the project's home, symlinks kept
 as links (never followed, not even in a race: every file is opened beneath its directory's
@@ -11,9 +12,14 @@ changed under it and gives up (:class:`StoreChanged`) rather than archive a torn
 
 **The stream.** The source's agent connects to the *destination's* bus with a project token
 master minted for that bus (grant: the project's own subjects) and opens a socket on
-``move.project-<p>``, where the destination's agent listens (:class:`Incoming`). It sends a
-:class:`Offer` (transfer id, size, SHA-256), the archive in 1 MiB messages (the socket's flow
-control paces it), and waits for the :class:`Ack`. The destination accepts only a transfer id
+``move.project-<p>``, where the destination's agent listens (:class:`Incoming`). The destination
+first says which formats it takes (:class:`Welcome`): ``btrfs`` where its homes are btrfs
+subvolumes, ``tar`` always. The source sends a ``btrfs send`` stream of its home if both sides
+keep homes as subvolumes (:mod:`host._btrfs_move`), else the archive: an :class:`Offer` (format,
+transfer id, size, SHA-256), then the bytes in 1 MiB messages (the socket's flow control paces
+them), and waits for the :class:`Ack`. A send stream is checked as it arrives
+(:class:`~host._btrfs_stream.SendStreamCheck`) and refused at its first command that could reach
+beyond the project. The destination accepts only a transfer id
 master announced with ``move_in`` for that project, counts and hashes what arrives into a staging
 file, and refuses (nothing unpacked) if the size or SHA-256 differ. Then it creates the project
 through its runner, unpacks into the new home with the same filter as the runner's imports (no
@@ -41,7 +47,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -50,6 +56,8 @@ from conat.platform import BadArgument, Limits, SnapshotInfo, TransferResult
 from persist import PersistServer
 from subjects import project_scope, service_subject
 
+from ._btrfs_move import OUTGOING, build_stream, install_stream, is_subvolume, make_home, remove_tree
+from ._btrfs_stream import SendStreamCheck
 from ._errors import StoreChanged
 from ._projects import HostProjects, _import_filter
 from ._runner import runner_proxy
@@ -71,6 +79,9 @@ MOVE_PATTERN: Final = "move.*"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _COMPANIONS: Final = ("-wal", "-shm", "-journal")
 _ACK_TIMEOUT: Final = 600.0
+_OFFER_TIMEOUT: Final = 6 * 3600.0
+"""The source builds its archive (or stream) after the destination's welcome: a dead source is
+noticed by the socket's keepalives long before this."""
 _PERSIST_DIR: Final = ".local/share/conat/persist"
 _DROP_TIMEOUT: Final = 5.0
 PEER_TIMEOUT: Final = 10.0
@@ -81,12 +92,20 @@ _WATCH_STEP: Final = 0.5
 _T = TypeVar("_T")
 
 
+class Welcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The destination's first message: the formats it takes (``btrfs`` where its homes are
+    subvolumes; ``tar`` always)."""
+
+    formats: list[str]
+
+
 class Offer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     transfer_id: str
     project_id: str
     bytes: int
     sha256: str
     files: int = 0
+    format: Literal["tar", "btrfs"] = "tar"
 
 
 class Ack(msgspec.Struct, frozen=True, kw_only=True):
@@ -304,50 +323,60 @@ async def send_archive(
     progress: Callable[[str, float], Awaitable[None]],
     peer_timeout: float = PEER_TIMEOUT,
 ) -> TransferResult:
-    """Archive ``project_id``'s home and stream it to the host at ``url`` as project ``target``;
-    fails once the destination has been silent (or its bus unreachable) for ``peer_timeout``."""
+    """Stream ``project_id``'s home to the host at ``url`` as project ``target``: a btrfs send
+    stream if the home is a subvolume and the destination takes one, else the archive; fails once
+    the destination has been silent (or its bus unreachable) for ``peer_timeout``."""
     home = projects.home(project_id)
     if not home.is_dir():
         raise BadArgument("project_id", f"project {project_id} has no home on this host")
     staging = projects.config.data / "moves"
     staging.mkdir(exist_ok=True, mode=0o700)
-    archive = staging / f"out-{transfer_id}.tar"
     began = time.monotonic()
-    try:
-        built = await asyncio.to_thread(build_archive, home, archive)
-        await progress(f"archive ready: {built.files} files, {built.bytes} bytes", 30)
-        async with await conat.connect(url, credentials=token, name="conat-move-out") as client:
-            streaming = _stream(client, archive, built, transfer_id, target, progress, peer_timeout)
-            ack = await _watched(client, streaming, "transfer", peer_timeout)
-    finally:
-        archive.unlink(missing_ok=True)
+    async with await conat.connect(url, credentials=token, name="conat-move-out") as client:
+        sending = _send(client, home, staging, transfer_id, target, progress, peer_timeout)
+        built, ack = await _watched(client, sending, "transfer", peer_timeout)
     if not ack.ok:
-        raise conat.ConatError(f"the destination refused the archive: {ack.error}")
+        raise conat.ConatError(f"the destination refused the {built.format} transfer: {ack.error}")
     if (ack.bytes, ack.sha256) != (built.bytes, built.sha256):
         raise conat.ConatError(
             f"checksum mismatch: sent {built.bytes} bytes sha256 {built.sha256}, got {ack.bytes} {ack.sha256}"
         )
     return TransferResult(
-        bytes=built.bytes, sha256=built.sha256, files=built.files, seconds=time.monotonic() - began
+        bytes=built.bytes,
+        sha256=built.sha256,
+        files=built.files,
+        seconds=time.monotonic() - began,
+        format=built.format,
     )
 
 
-async def _stream(
-    client: conat.Client, archive: Path, built: TransferResult, transfer_id: str, target: str,
+async def _send(
+    client: conat.Client, home: Path, staging: Path, transfer_id: str, target: str,
     progress: Callable[[str, float], Awaitable[None]], peer_timeout: float,
-) -> Ack:  # fmt: skip
+) -> tuple[Offer, Ack]:  # fmt: skip
     sock = await client.socket_connect(
         move_subject(target),
         timeout=30.0,
         keepalive=min(KEEPALIVE, peer_timeout / 3),
         peer_timeout=peer_timeout,
     )
+    out: Path | None = None
     try:
+        welcome = msgspec.msgpack.decode((await sock.recv(timeout=60.0)).raw, type=Welcome)
+        stream = "btrfs" in welcome.formats and await asyncio.to_thread(is_subvolume, home)
+        if stream:
+            out = staging / f"out-{transfer_id}.btrfs"
+            built = await asyncio.to_thread(build_stream, home, out)
+            await progress(f"btrfs send stream ready: {built.bytes} bytes", 30)
+        else:
+            out = staging / f"out-{transfer_id}.tar"
+            built = await asyncio.to_thread(build_archive, home, out)
+            await progress(f"archive ready: {built.files} files, {built.bytes} bytes", 30)
         offer = Offer(transfer_id=transfer_id, project_id=target, bytes=built.bytes, sha256=built.sha256,
-                      files=built.files)  # fmt: skip
+                      files=built.files, format="btrfs" if stream else "tar")  # fmt: skip
         await sock.send(msgspec.msgpack.encode(offer), encoding="raw")
         sent, reported = 0, 0.0
-        with archive.open("rb") as f:
+        with out.open("rb") as f:
             while block := await asyncio.to_thread(f.read, CHUNK):
                 await sock.send(block, encoding="raw")
                 sent += len(block)
@@ -355,8 +384,10 @@ async def _stream(
                 if share - reported >= 0.1:
                     reported = share
                     await progress(f"sent {sent} of {built.bytes} bytes", 30 + 40 * share)
-        return msgspec.msgpack.decode((await sock.recv(timeout=_ACK_TIMEOUT)).raw, type=Ack)
+        return offer, msgspec.msgpack.decode((await sock.recv(timeout=_ACK_TIMEOUT)).raw, type=Ack)
     finally:
+        if out is not None:
+            out.unlink(missing_ok=True)
         with contextlib.suppress(conat.ConatError):
             await sock.aclose(timeout=5.0)
 
@@ -380,6 +411,7 @@ class Incoming:
 
     async def start(self) -> None:
         self.folder.mkdir(exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self._sweep)
         self._server = await self.client.socket_listen(
             MOVE_PATTERN, keepalive=min(KEEPALIVE, self.peer_timeout / 3), peer_timeout=self.peer_timeout
         )
@@ -391,6 +423,17 @@ class Incoming:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _sweep(self) -> None:
+        """What transfers of an earlier run left (the agent died during them): none runs before
+        :meth:`start`, and a rolled-back move's ``move_abort`` finds nothing left to drop."""
+        if self.projects.subvolume_homes:  # (found out here, in a thread: it runs a command)
+            log.info("project homes are btrfs subvolumes: moves between such hosts use btrfs send")
+        for leftover in [*self.folder.glob("in-*"), *self.folder.glob("out-*")]:
+            leftover.unlink(missing_ok=True)
+        projects = self.projects.config.projects
+        for partial in [*projects.glob(".incoming-*"), *projects.glob(f"{OUTGOING}*")]:
+            remove_tree(partial)
+
     def expect(self, project_id: str, transfer_id: str, limits: Limits | None) -> None:
         self.expected[project_id] = (transfer_id, limits)
 
@@ -400,7 +443,9 @@ class Incoming:
     async def _receive(self, sock: conat.Socket) -> None:
         staging: Path | None = None
         try:
-            offer = msgspec.msgpack.decode((await sock.recv(timeout=60.0)).raw, type=Offer)
+            formats = ["btrfs", "tar"] if self.projects.subvolume_homes else ["tar"]
+            await sock.send(msgspec.msgpack.encode(Welcome(formats=formats)), encoding="raw")
+            offer = msgspec.msgpack.decode((await sock.recv(timeout=_OFFER_TIMEOUT)).raw, type=Offer)
             expected = self.expected.get(offer.project_id)
             if (
                 sock.subject != move_subject(offer.project_id)
@@ -408,8 +453,11 @@ class Incoming:
                 or expected[0] != offer.transfer_id
             ):
                 raise BadArgument("transfer_id", "this host expects no such transfer")
+            if offer.format not in formats:
+                raise BadArgument("format", f"this host does not take a {offer.format} transfer")
             del self.expected[offer.project_id]
-            staging = self.folder / f"in-{offer.transfer_id}.tar"
+            staging = self.folder / f"in-{offer.transfer_id}.{offer.format}"
+            check = SendStreamCheck() if offer.format == "btrfs" else None
             digest, size = hashlib.sha256(), 0
             with staging.open("wb") as f:
                 while size < offer.bytes:
@@ -418,9 +466,13 @@ class Incoming:
                     if size > offer.bytes:
                         raise BadArgument("archive", f"more than the {offer.bytes} bytes offered")
                     digest.update(block)
+                    if check is not None:  # refused as it arrives: nothing of it is ever applied
+                        check.feed(block)
                     await asyncio.to_thread(f.write, block)
             if digest.hexdigest() != offer.sha256:
                 raise BadArgument("archive", f"sha256 {digest.hexdigest()} is not the {offer.sha256} offered")
+            if check is not None:
+                check.finish()
             await self._install(offer, staging, expected[1])
             ack = Ack(ok=True, bytes=size, sha256=digest.hexdigest())
         except (conat.ConatError, msgspec.MsgspecError, OSError, tarfile.TarError) as e:
@@ -433,7 +485,17 @@ class Incoming:
             await sock.send(msgspec.msgpack.encode(ack), encoding="raw")
             await sock.aclose(timeout=10.0)
 
-    async def _install(self, offer: Offer, archive: Path, limits: Limits | None) -> None:
+    def _unpack(self, offer: Offer, received: Path, into: Path) -> None:
+        """Make ``into`` (beside the homes) from what arrived; blocking. A tar archive is unpacked
+        into a subvolume where homes are subvolumes, so a later move from here can send it."""
+        if offer.format == "btrfs":
+            install_stream(received, into)
+            return
+        if self.projects.subvolume_homes:
+            make_home(into)
+        _extract(received, into)
+
+    async def _install(self, offer: Offer, received: Path, limits: Limits | None) -> None:
         """Unpack beside the homes, move into place, then create the project (whose first bootlog
         entry then goes to the bootlog that arrived), and give the files to its uid."""
         projects = self.projects
@@ -442,11 +504,11 @@ class Incoming:
             raise BadArgument("project_id", f"project {offer.project_id} exists on this host already")
         staging = projects.config.projects / f".incoming-{offer.transfer_id}"
         try:
-            await asyncio.to_thread(_extract, archive, staging)
+            await asyncio.to_thread(self._unpack, offer, received, staging)
             await forget_streams(self.persist, staging, offer.project_id)
             staging.rename(home)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            await asyncio.to_thread(remove_tree, staging)
             raise
         runner = runner_proxy(self.client, projects.host_id, timeout=120.0)
         try:
@@ -460,7 +522,8 @@ class Incoming:
             shutil.rmtree(home, ignore_errors=True)
             raise
         self._marker(offer.project_id).write_text(json.dumps({"transfer_id": offer.transfer_id}))
-        await projects.bootlog(offer.project_id, "import", f"arrived: {offer.files} files, {offer.bytes} bytes, "
+        what = f"{offer.files} files" if offer.format == "tar" else "a btrfs send stream"
+        await projects.bootlog(offer.project_id, "import", f"arrived: {what}, {offer.bytes} bytes, "
                                f"sha256 {offer.sha256[:16]}... verified", 75)  # fmt: skip
 
     async def abort(self, project_id: str, transfer_id: str) -> None:
@@ -481,8 +544,10 @@ class Incoming:
             with contextlib.suppress(conat.RemoteError):
                 await runner.delete(project_id)
             marker.unlink(missing_ok=True)
-        (self.folder / f"in-{transfer_id}.tar").unlink(missing_ok=True)
-        shutil.rmtree(self.projects.config.projects / f".incoming-{transfer_id}", ignore_errors=True)
+        for received in self.folder.glob(f"in-{transfer_id}.*"):
+            received.unlink(missing_ok=True)
+        for partial in self.projects.config.projects.glob(f".incoming-{transfer_id}*"):
+            await asyncio.to_thread(remove_tree, partial)
 
     async def aclose(self) -> None:
         for task in (self._task, *self._tasks):

@@ -276,7 +276,7 @@ class Moves:
             )
         await self._set(move.id, bytes=sent.bytes, sha256=sent.sha256)
         await self._phase(
-            move, "verify", f"{sent.bytes} bytes, sha256 {sent.sha256[:16]}..., checking the copy", 80
+            move, "verify", f"{sent.bytes} bytes ({sent.format}), sha256 {sent.sha256[:16]}..., checking the copy", 80
         )
         with host_errors(move.destination):
             arrived = await ctx.links.runner(move.destination).status(target)

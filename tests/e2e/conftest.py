@@ -25,7 +25,7 @@ from conat.auth import write_private_file
 from master import ApiKeyFile, MasterApi, connect
 
 from ..conat.cli_support import Proc
-from ..host.conftest import searchable_tmp
+from ..host.conftest import btrfs_loop, btrfs_skip_reason, searchable_tmp
 
 KEEPALIVE = 0.5
 
@@ -33,6 +33,9 @@ KEEPALIVE = 0.5
 @dataclass
 class Platform:
     root: Path
+    btrfs: Path | None = None
+    """Where the hosts keep their projects when this machine can mount btrfs (moves then travel as
+    ``btrfs send`` streams); ``None``: under their data dirs (moves travel as tar archives)."""
     procs: list[Proc] = field(default_factory=list)
     master: Proc | None = None
     hosts: dict[str, Proc] = field(default_factory=dict)
@@ -64,7 +67,7 @@ class Platform:
             write_private_file(home / "join.token", join_token.encode())
         config = home / "host.toml"
         config.write_text(
-            f'[host]\ndata_dir = "{home / "data"}"\nhost_id = "{host_id}"\n'
+            f'[host]\ndata_dir = "{home / "data"}"\nhost_id = "{host_id}"\nprojects_dir = "{self.projects(host_id)}"\n'
             f'public_keys = "{home / "data" / "master.pub"}"\ncredentials = "{home / "data" / "host.token"}"\n'
             "stop_grace = 2.0\nidle_check = 1.0\nstop_projects_on_shutdown = true\n\n"
             f'[agent]\nmaster = "{master_url}"\njoin_token_file = "{home / "join.token"}"\ntransfer_timeout = 3.0\n'
@@ -77,14 +80,25 @@ class Platform:
     def host_dir(self, host_id: str) -> Path:
         return self.root / f"host-{host_id[:8]}" / "data"
 
+    def projects(self, host_id: str) -> Path:
+        """The host's project homes."""
+        if self.btrfs is not None:
+            return self.btrfs / f"host-{host_id[:8]}"
+        return self.host_dir(host_id) / "projects"
+
     async def admin(self) -> MasterApi:
         return await connect(ApiKeyFile.load(self.key_file))
 
 
 @pytest.fixture
 def platform() -> Iterator[Platform]:
-    with searchable_tmp("e2e") as root:
-        running = Platform(root)
+    with searchable_tmp("e2e") as root, contextlib.ExitStack() as stack:
+        btrfs: Path | None = None
+        if btrfs_skip_reason() is None:
+            (root / "btrfs").mkdir(mode=0o711)
+            btrfs = stack.enter_context(btrfs_loop(root / "btrfs", 2 << 30))
+            btrfs.chmod(0o711)
+        running = Platform(root, btrfs)
         try:
             yield running
         finally:  # hosts first, gracefully: they stop their projects (no process outlives the test)

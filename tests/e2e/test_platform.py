@@ -137,13 +137,16 @@ async def _flow(platform: Platform, url: str, admin: MasterApi) -> None:
     assert (after.host_id, after.state, after.desired) == (h2, "running", "running")
     assert await _sha(admin, pid, "big.bin") == big_sha
     assert await _kv(admin, pid) == "blue"
-    assert not (platform.host_dir(h1) / "projects" / pid).exists()  # the source was cleaned
+    assert not (platform.projects(h1) / pid).exists()  # the source was cleaned
     async with await admin.open_project(pid) as host:
         assert await fs(host, pid).read_file("notes/hello.txt", "utf-8") == "hello, platform"
-        moving = [e.phase async for e in bootlog.events(host, project_id=pid, follow=False)]
+        events = [e async for e in bootlog.events(host, project_id=pid, follow=False)]
+    moving = [e.phase for e in events]
     assert {"start", "ready", "move-block", "move-transfer", "import", "move-started", "move-done"} <= set(
         moving
     ), moving
+    arrived = next(e.message for e in events if e.phase == "import")  # homes on btrfs: a send stream
+    assert ("btrfs send stream" in arrived) == (platform.btrfs is not None), arrived
 
     # carol holds a token for h1's bus from before h1 goes down
     carol_made = await admin.accounts.create("carol")
@@ -163,7 +166,7 @@ async def _flow(platform: Platform, url: str, admin: MasterApi) -> None:
     await until(lambda: _online(admin, h1), timeout=60)
     with pytest.raises(conat.Unauthorized):  # revoked while h1 was down: refused there from the start
         await conat.connect(carol_old.url, credentials=carol_old.token, connect_attempts=1)
-    leftovers = platform.host_dir(h1) / "projects" / pid
+    leftovers = platform.projects(h1) / pid
     await until(lambda: not leftovers.exists(), timeout=30)  # the aborted transfer is dropped there
 
     step("master killed")
@@ -233,7 +236,7 @@ async def _failed_move(
         return project.state == "moving" and ": transfer" in project.reason
 
     def arriving() -> bool:  # bytes are reaching the destination's staging file
-        return any(f.stat().st_size > 0 for f in (platform.host_dir(h1) / "moves").glob("in-*.tar"))
+        return any(f.stat().st_size > 0 for f in (platform.host_dir(h1) / "moves").glob("in-*"))
 
     await until(sending, timeout=120, step=0.05)
     await until(arriving, timeout=60, step=0.01)
