@@ -18,8 +18,9 @@ stream that holds any of them:
 Theory of operation: the stream is ``btrfs-stream\\0``, a little-endian ``u32`` version, then
 commands, each a header (``u32`` length of its attributes, ``u16`` command, ``u32`` CRC32C) and
 that many bytes of attributes, each ``u16`` type, ``u16`` length, value. :meth:`SendStreamCheck.feed`
-takes the stream in pieces of any size as it arrives and keeps at most one command's bytes; the
-CRC is left to ``btrfs receive``, which checks it.
+takes the stream in pieces of any size as it arrives and keeps at most one command's bytes. Only
+the attributes of the commands checked here are read (not a ``write``'s data); their CRC and the
+other commands' attributes are left to ``btrfs receive``, which checks them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MAX_COMMAND: Final = 1 << 20
 _SUBVOL, _SNAPSHOT, _MKNOD, _MKFIFO, _MKSOCK, _SET_XATTR, _CLONE, _END = 1, 2, 5, 6, 7, 13, 16, 21
 _LAST_V1_COMMAND: Final = 22
 _A_UUID, _A_XATTR_NAME, _A_CLONE_UUID = 1, 13, 20
+_READ: Final = frozenset({_SUBVOL, _CLONE, _SET_XATTR})
 _REFUSED: Final = {
     _SNAPSHOT: "an incremental stream (snapshot of a parent)",
     _MKNOD: "a device node",
@@ -82,19 +84,24 @@ class SendStreamCheck:
                 raise BadArgument("stream", f"send stream version {version} (only version 1 is accepted)")
             del self._buffer[: len(MAGIC) + 4]
             self._started = True
-        while len(self._buffer) >= _HEAD.size:
-            length, command, _crc = _HEAD.unpack_from(self._buffer)
-            if length > MAX_COMMAND:
-                raise BadArgument("stream", f"a command of {length} bytes (at most {MAX_COMMAND})")
-            if len(self._buffer) < _HEAD.size + length:
-                return
-            attrs = bytes(self._buffer[_HEAD.size : _HEAD.size + length])
-            del self._buffer[: _HEAD.size + length]
-            self._command(command, attrs)
-            if self._ended:
-                if self._buffer:
-                    raise BadArgument("stream", "bytes after the end command")
-                return
+        buffer, at = self._buffer, 0
+        try:
+            while len(buffer) - at >= _HEAD.size:
+                length, command, _crc = _HEAD.unpack_from(buffer, at)
+                if length > MAX_COMMAND:
+                    raise BadArgument("stream", f"a command of {length} bytes (at most {MAX_COMMAND})")
+                end = at + _HEAD.size + length
+                if len(buffer) < end:
+                    return
+                # only the commands whose attributes are checked are copied out (not a write's data)
+                self._command(command, bytes(buffer[at + _HEAD.size : end]) if command in _READ else b"")
+                at = end
+                if self._ended:
+                    if len(buffer) > at:
+                        raise BadArgument("stream", "bytes after the end command")
+                    return
+        finally:
+            del buffer[:at]  # once per piece: a piece holds many commands
 
     def finish(self) -> None:
         """The stream is complete: it ended with its end command."""

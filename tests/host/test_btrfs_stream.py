@@ -81,7 +81,7 @@ def test_a_plain_stream_passes() -> None:
         (stream(command(SET_XATTR, attr(XATTR_NAME, b"trusted.x"))), "trusted.x"),
         (stream(command(99)), "unknown command 99"),
         (stream(command(SUBVOL, attr(UUID, OTHER))), "more than one subvolume"),
-        (stream(command(WRITE, struct.pack("<HH", DATA, 10) + b"abc")), "longer than its command"),
+        (stream(command(SET_XATTR, struct.pack("<HH", XATTR_NAME, 10) + b"abc")), "longer than its command"),
         (stream(end=False), "truncated"),
         (stream() + command(MKFILE), "after the end"),
     ],
