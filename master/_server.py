@@ -87,7 +87,8 @@ class MasterServer:
     """A running master. ``await MasterServer(config).start()``, then :meth:`aclose` (or ``async with``).
 
     ``providers``: the host providers (default: the ``local`` one under ``config.hosts_dir``).
-    ``wall``: the wall clock (tokens, audit, keepalives).
+    ``clock``: whose :meth:`~conat.Clock.wall` times tokens, audit entries and keepalives
+    (default: :class:`conat.SystemClock`; tests pass a ``conat.testing.FakeClock``).
     """
 
     def __init__(
@@ -95,10 +96,10 @@ class MasterServer:
         config: MasterConfig,
         *,
         providers: list[HostProvider] | None = None,
-        wall: Callable[[], float] = time.time,
+        clock: conat.Clock | None = None,
     ) -> None:
         self.config = config
-        self.wall = wall
+        self.wall: Callable[[], float] = (clock or conat.SystemClock()).wall
         self._providers = providers
         self.ctx: MasterContext | None = None
         self.system: ActorSystem | None = None

@@ -10,23 +10,18 @@ from pathlib import Path
 import pytest
 
 from conat.platform import HostLoad
+from conat.testing import FakeClock
 from master._db import AccountRow, Database, HostRow
 from master._liveness import HostLiveness
 
 pytestmark = pytest.mark.anyio
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 async def test_a_keepalive_racing_the_sweep_keeps_the_host_online(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "m.sqlite")
     try:
-        clock = Clock()
+        clock = FakeClock()
         host = str(uuid.uuid4())
         async with db.transaction() as tx:
             await tx.insert_account(AccountRow(id="a", name="a", admin=True, revision=0, created=0.0))
@@ -34,9 +29,9 @@ async def test_a_keepalive_racing_the_sweep_keeps_the_host_online(tmp_path: Path
                 id=host, name="h", owner="a", shared=False, region="", capacity=1, status="online", last_seen=None,
                 bus_url="", public_key="", provider="", revision=0, created=0.0,
             ))  # fmt: skip
-        liveness = HostLiveness(db, clock, offline_seconds=5.0)
+        liveness = HostLiveness(db, clock.wall, offline_seconds=5.0)
         await liveness.load()
-        clock.now += 10  # silent past the limit: the sweep will mark it offline
+        await clock.advance(10)  # silent past the limit: the sweep will mark it offline
         async with db.lock:  # the sweep decides, then waits for the database...
             sweep = asyncio.ensure_future(liveness.sweep())
             await asyncio.sleep(0.05)

@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from conat.testing import FakeClock
 from master._db import Database
 from master._queue import Action, Permanent, WorkQueue
 
 pytestmark = pytest.mark.anyio
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -41,21 +35,21 @@ async def _enqueue(queue: WorkQueue, kind: str, **options: object) -> int:
 
 
 async def test_an_action_has_one_owner_until_its_lease_expires(dbs: tuple[Database, Database]) -> None:
-    clock = Clock()
-    a, b = WorkQueue(dbs[0], clock, lease=30), WorkQueue(dbs[1], clock, lease=30)
+    clock = FakeClock()
+    a, b = WorkQueue(dbs[0], clock.wall, lease=30), WorkQueue(dbs[1], clock.wall, lease=30)
     ids = [await _enqueue(a, "k") for _ in range(20)]
     claimed = await asyncio.gather(*(q.claim() for q in [a, b] * 12))
     got = [c.id for c in claimed if c is not None]
     assert sorted(got) == ids  # each once, never twice, across both connections
     assert await a.claim() is None and await b.claim() is None
-    clock.now += 31  # owners gone (master killed): the leases run out, the actions run again
+    await clock.advance(31)  # owners gone (master killed): the leases run out, the actions run again
     again = await b.claim()
     assert again is not None and again.id == ids[0] and again.attempts == 2
 
 
 async def test_failures_are_retried_with_backoff_then_fail(dbs: tuple[Database, Database]) -> None:
-    clock = Clock()
-    queue = WorkQueue(dbs[0], clock, lease=30, backoff_min=1.0, backoff_max=8.0)
+    clock = FakeClock()
+    queue = WorkQueue(dbs[0], clock.wall, lease=30, backoff_min=1.0, backoff_max=8.0)
     attempts: list[int] = []
 
     async def flaky(action: Action) -> str:
@@ -72,17 +66,17 @@ async def test_failures_are_retried_with_backoff_then_fail(dbs: tuple[Database, 
         async with dbs[0].reading() as tx:
             row = await tx.fetch_one("SELECT not_before, state FROM actions WHERE id = ?", (action_id,))
         assert row is not None
-        delays.append(row[0] - clock.now)
+        delays.append(row[0] - clock.wall())
         assert await queue.claim() is None  # not before its backoff
-        clock.now = row[0] + 0.01
+        await clock.advance(row[0] + 0.01 - clock.wall())
     assert attempts == [1, 2, 3]
     assert outcome.state == "failed" and outcome.error == "try 3"
     assert 1.0 <= delays[0] < delays[1] <= 8.0 * 1.5
 
 
 async def test_permanent_failures_dedup_and_waiting(dbs: tuple[Database, Database]) -> None:
-    clock = Clock()
-    queue = WorkQueue(dbs[0], clock, lease=30, workers=2)
+    clock = FakeClock()
+    queue = WorkQueue(dbs[0], clock.wall, lease=30, workers=2)
 
     async def hopeless(action: Action) -> str:
         raise Permanent("cannot ever work")
