@@ -1,7 +1,8 @@
-"""``conat up`` as the platform, with real processes: ``conat status`` shows master and its hosts,
-a project runs through the admin's key file, and ``kill -9`` of ``conat up`` leaves nothing running
-(no nats-server, no host, no project process): every child dies with its parent, and the hosts
-stop their projects on the way out."""
+"""``conat up`` as the platform, with real processes: its ``--demo`` walk (a project started with
+its bootlog shown live, a file through the file server, a command, a stop), ``conat status``
+shows master and its hosts, a project runs through the admin's key file, and ``kill -9`` of
+``conat up`` leaves nothing running (no nats-server, no host, no project process): every child
+dies with its parent, and the hosts stop their projects on the way out."""
 
 from __future__ import annotations
 
@@ -28,9 +29,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 async def test_kill_9_of_conat_up_leaves_no_process_behind() -> None:
     with searchable_tmp("up") as data:
         env = {"CONAT_DATA_DIR": str(data)}
-        up = Proc(["--json", "up", "--hosts", "1"], env)
+        up = Proc(["--json", "up", "--hosts", "1", "--demo"], env)
         try:
             hint = json.loads(up.expect("stdout", '"event":"up"', timeout=180))
+            demo = [json.loads(line) for line in up.seen["stdout"] if line.startswith("{")]
+            phases = [e["phase"] for e in demo if e["event"] == "bootlog"]  # the bootlog, shown live
+            assert phases[-1] == "ready" and {"start", "launch", "connect"} <= set(phases), phases
+            exec_ = next(e for e in demo if e["event"] == "exec")  # a command through projects.exec
+            assert exec_["code"] == 0 and "hello.txt" in exec_["stdout"]  # the file written through fs.*
+            assert [e["state"] for e in demo if e["event"] == "stopped" and "state" in e] == ["opened"]
             assert any("conat projects list" in c for c in hint["try_commands"])
             status = invoke(["status"], env=env)  # type: ignore[arg-type]
             assert status.exit_code == 0, status.output
