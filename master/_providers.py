@@ -119,19 +119,24 @@ class Providers:
         return handle
 
     async def reconcile(self) -> int:
-        """Queue what brings the hosts table and the providers together; returns how many actions."""
+        """Queue what brings the hosts table and the providers together; returns how many actions.
+
+        The providers are asked before the transaction and unknown machines deleted after it: a
+        provider is a remote system (a cloud API), and master's database waits for nobody's."""
         ctx = self.ctx
+        lists: dict[str, dict[str, ProviderHost]] = {}
+        for name, provider in self.providers.items():
+            try:
+                lists[name] = {h.host_id: h for h in await provider.list()}
+            except Exception as e:  # noqa: BLE001 - a provider that cannot list is skipped this round
+                log.warning("provider %s could not list its hosts: %s", name, e)
         async with ctx.db.reading() as tx:
             rows = await tx.hosts(include_deleted=True)
         queued = 0
         offline: list[tuple[str, str]] = []
+        strangers: list[tuple[HostProvider, str]] = []
         async with ctx.db.transaction() as tx:
-            for name, provider in self.providers.items():
-                try:
-                    reported = {h.host_id: h for h in await provider.list()}
-                except Exception as e:  # noqa: BLE001 - a provider that cannot list is skipped this round
-                    log.warning("provider %s could not list its hosts: %s", name, e)
-                    continue
+            for name, reported in lists.items():
                 mine = {r.id: r for r in rows if r.provider == name}
                 for host_id, row in mine.items():
                     seen = reported.get(host_id)
@@ -149,12 +154,13 @@ class Providers:
                         await ctx.queue.enqueue(tx, f"provider.{kind}", f"host-{host_id}", {"host_id": host_id},
                                                 dedup=f"provider:{host_id}")  # fmt: skip
                         queued += 1
-                for host_id in reported.keys() - mine.keys():
-                    log.warning(
-                        "provider %s runs host %s that master does not know: deleting it", name, host_id
-                    )
-                    with contextlib.suppress(Exception):
-                        await provider.delete(host_id)
+                strangers += [(self.providers[name], host_id) for host_id in reported.keys() - mine.keys()]
+        for provider, host_id in strangers:
+            log.warning(
+                "provider %s runs host %s that master does not know: deleting it", provider.name, host_id
+            )
+            with contextlib.suppress(Exception):
+                await provider.delete(host_id)
         for host_id, why in offline:
             await ctx.liveness.mark_offline(host_id, why)
         if queued:
