@@ -25,6 +25,10 @@ Validation: every field that comes from the network and has a range is checked i
 anything happens. msgspec passes it through decoding unchanged, so a handler's caller gets the
 code and the field.
 
+Errors both services answer with are here too, registered so either side's callers get them back
+typed: :class:`BadArgument` (400), :class:`UnknownProject`, :class:`WrongState` (their branch of
+the tree is drawn in ``conat._errors``).
+
 Names are stable: the runner's types (``Limits``, ``ProjectStatus``...) keep the names they had in
 the host package, which re-exports them.
 """
