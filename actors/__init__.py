@@ -24,7 +24,6 @@ from ._errors import IllegalTransition as IllegalTransition
 from ._errors import OwnedElsewhere as OwnedElsewhere
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._ownership import OwnerNotice as OwnerNotice
-from ._policy import Backoff as Backoff
 from ._policy import Escalate as Escalate
 from ._policy import Restart as Restart
 from ._policy import RestartPolicy as RestartPolicy
@@ -47,7 +46,6 @@ __all__ = [
     "ActorSpec",
     "ActorStatistics",
     "ActorSystem",
-    "Backoff",
     "BrokenInvariant",
     "DeadLetter",
     "EndpointStatistics",

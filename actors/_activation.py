@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from conat import (
     INTERNAL,
     UNAVAILABLE,
+    BackoffSequence,
     ConatError,
     Message,
     PayloadError,
@@ -48,7 +49,6 @@ from ._actor import NO_REPLY, Reply
 from ._chain import CHAIN_HEADER, current_turn
 from ._errors import BrokenInvariant, IllegalTransition
 from ._mailbox import Mailbox
-from ._policy import Backoff
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -182,7 +182,7 @@ class Activation:
         self.not_before = 0.0
         self.passivate_requested = False
         self.head_failures = 0
-        self.backoff: Backoff | None = None  # made on the first crash: most keys never crash
+        self.backoff: BackoffSequence | None = None  # made on the first crash: most keys never crash
 
     def __repr__(self) -> str:
         return f"<Activation {self.runtime.spec.name}/{self.key!r} {self.state.value}>"
@@ -287,7 +287,7 @@ class Activation:
         runtime = self.runtime
         now = runtime.clock.now()
         if self.backoff is None:
-            self.backoff = Backoff(runtime.spec.policy, runtime.rand)
+            self.backoff = BackoffSequence(runtime.spec.policy.backoff, runtime.rand)
         self.not_before = now + self.backoff.next_delay(now)
         runtime.child_crashed(self, error)
 

@@ -36,6 +36,7 @@ import msgspec
 
 from conat import (
     UNAVAILABLE,
+    BackoffSequence,
     Client,
     Clock,
     ConatError,
@@ -54,9 +55,8 @@ from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
 from ._errors import LOOP_DETECTED, ActivationFailed, Escalation
 from ._mailbox import MailboxStatistics
-from ._policy import Backoff, Escalate, RestartTracker
+from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
-from ._subscribe import subscribe_or_undo
 
 __all__ = ["ActorRuntime", "ActorStatistics", "DeadLetter"]
 
@@ -169,7 +169,7 @@ class ActorRuntime:
             data=self._figures,
         )
         """The type in ``$SRV`` discovery, and its per-endpoint figures."""
-        self._restart_states: dict[str, tuple[Backoff, float]] = {}
+        self._restart_states: dict[str, tuple[BackoffSequence, float]] = {}
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_tasks: list[asyncio.Task[None]] = []
@@ -203,8 +203,7 @@ class ActorRuntime:
         self.failed = None
         self.linger_cap = LINGER_CAP
         try:
-            sub = await subscribe_or_undo(
-                self.client,
+            sub = await self.client.subscribe(
                 self.spec.subject,
                 queue=self.queue,
                 dispatch=self._route,

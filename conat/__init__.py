@@ -7,6 +7,9 @@ of every package is drawn in :mod:`conat._errors`; test helpers are in :mod:`con
 
 from subjects import InvalidSubject as InvalidSubject
 
+from ._backoff import Backoff as Backoff
+from ._backoff import BackoffSequence as BackoffSequence
+from ._backoff import retry as retry
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import ClientStatistics as ClientStatistics
@@ -60,6 +63,9 @@ from ._micro import PingResponse as PingResponse
 from ._micro import StatsResponse as StatsResponse
 from ._paths import data_dir as data_dir
 from ._process import die_with_parent as die_with_parent
+from ._queue import BoundedQueue as BoundedQueue
+from ._queue import QueueStatistics as QueueStatistics
+from ._ratelimit import TokenBucket as TokenBucket
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
@@ -82,7 +88,10 @@ from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 __all__ = [
     "BAD_REQUEST",
     "BUSY",
+    "Backoff",
+    "BackoffSequence",
     "BadURL",
+    "BoundedQueue",
     "Client",
     "ClientState",
     "ClientStatistics",
@@ -116,6 +125,7 @@ __all__ = [
     "PeerDead",
     "PingResponse",
     "PortInUse",
+    "QueueStatistics",
     "RAW",
     "RemoteError",
     "RpcRequest",
@@ -139,6 +149,7 @@ __all__ = [
     "SubscriptionStatistics",
     "SystemClock",
     "Timeout",
+    "TokenBucket",
     "UNAVAILABLE",
     "Unauthorized",
     "WebsocketConfig",
@@ -152,4 +163,5 @@ __all__ = [
     "register_error",
     "reply_encoding",
     "respond_error",
+    "retry",
 ]

@@ -122,7 +122,7 @@ class _Proxy:
             headers = self._headers() if self._headers is not None else None
             # The headers are call context of a layer above (the actor call chain): Conat-*
             # extension names may pass, the bus's own may not (conat._headers).
-            payload, headers = client._prepare(subject, body, headers, None, extensions=True)
+            payload, headers = client._core.prepare(subject, body, headers, None, extensions=True)
             msg = await request(client, subject, payload, headers, timeout or self._timeout)
             if result_type is Any:
                 return msg.data
@@ -348,7 +348,7 @@ async def serve(
 
     async def dispatch(msg: Message) -> None:
         await limiter.acquire()
-        client._spawn(handle(msg))
+        client._core.spawn(handle(msg))
 
     sub = await client.subscribe(subject, queue=queue, callback=dispatch)
     await micro.advertise(client, alive=lambda: not sub.closed)

@@ -18,8 +18,8 @@ method 404, wrong arguments 400) come from the typed-service dispatcher. A reque
 without a directory on this host gets ``ENOPROJECT``; for a key that is not ``project-<uuid>``,
 ``EINVAL``. Nothing a caller sends can crash the activation.
 
-**Rate.** Each project has a leaky bucket (``rate`` requests per second, aiolimiter); a request
-beyond it gets 429 at once. The caller's identity is not known to the actor (the subject, which the
+**Rate.** Each project has a token bucket (``rate`` requests per second, as a burst, on the
+server's clock); a request beyond it gets 429 at once. The caller's identity is not known to the actor (the subject, which the
 broker binds to the caller's grant, names only the project), so the limit is per project.
 
 **Audit.** With an audit log configured, every mutating call is recorded after it finished (method,
@@ -36,9 +36,6 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-import diff_match_patch as dmp_module
-from aiolimiter import AsyncLimiter
-
 from actors import NO_REPLY, Actor
 from conat import (
     BUSY,
@@ -49,6 +46,7 @@ from conat import (
     PayloadError,
     RemoteError,
     RpcRequest,
+    TokenBucket,
     error_reply,
     respond_error,
 )
@@ -58,6 +56,7 @@ from ._fs_audit import claimed_principal
 from ._fs_backend import check_snapshot_name, default_snapshot_name, list_snapshots
 from ._fs_errors import ETAG_MISMATCH, PATCH_FAILED, PATCH_TOO_LARGE, FsError, from_os_error
 from ._fs_ops import Sandbox
+from ._fs_patch import PatchFailed, apply_patch
 from ._fs_project import ProjectFs
 from ._fs_search import search as search_tree
 from ._fs_shared import FsShared, project_of
@@ -161,7 +160,7 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         self._shared = shared
         self._project: ProjectFs | None = None
         self._key_error: FsError | None = None
-        self._limiter = AsyncLimiter(shared.config.rate, 1.0)
+        self._limiter = TokenBucket(shared.config.rate)
         self._dispatcher = _DISPATCHER
 
     async def on_activate(self) -> None:
@@ -185,10 +184,9 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         except RemoteError as e:
             await respond_error(msg, *error_reply(e))
             return NO_REPLY
-        if not self._limiter.has_capacity():
+        if not self._limiter.try_take(self._shared.clock.now()):
             await respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
             return NO_REPLY
-        await self._limiter.acquire()
         project = self._project
         if project is not None:
             self._shared.touch(project.project_id)
@@ -548,14 +546,10 @@ def _write_delta(sandbox: Sandbox, project: ProjectFs, path: str, patch: str, ba
         text = data.decode()
     except UnicodeDecodeError:
         raise FsError(PATCH_FAILED, path, "the file is not UTF-8 text") from None
-    dmp = dmp_module.diff_match_patch()
     try:
-        patches = dmp.patch_fromText(patch)
-    except (ValueError, IndexError) as e:
-        raise FsError(PATCH_FAILED, path, f"the patch does not parse: {e}") from None
-    new, applied = dmp.patch_apply(patches, text)
-    if not all(applied):
-        raise FsError(PATCH_FAILED, path, f"{applied.count(False)} of {len(applied)} hunks do not apply")
+        new = apply_patch(text, patch)
+    except PatchFailed as e:
+        raise FsError(PATCH_FAILED, path, str(e)) from None
     return _write(sandbox, project, path, new.encode())
 
 

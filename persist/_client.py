@@ -2,7 +2,7 @@
 
 Every call is one request to ``persist.<scope>.api`` (a page of ``get_all`` or of the changefeed is
 one request too). Calls that are safe to repeat are retried, with exponential backoff and jitter
-(tenacity), while the service is unreachable (no responders, a timeout, a 503 from a stopping
+(:data:`CALL_BACKOFF`), while the service is unreachable (no responders, a timeout, a 503 from a stopping
 service) until the call's ``timeout``: reads always, and writes and deletes because each carries a
 msg-id (one is made up if the caller gave none), so one retried after a crash of the service is
 answered with its original result instead of being applied twice (a retried delete reports what
@@ -31,11 +31,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final, TypeVar, final
 
 import msgspec
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from conat import (
     BUSY,
     UNAVAILABLE,
+    Backoff,
     Client,
     ClientState,
     Message,
@@ -44,6 +44,7 @@ from conat import (
     Timeout,
     get_codec,
     rebuild_error,
+    retry,
 )
 
 from ._config import StreamConfig
@@ -78,6 +79,9 @@ DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_FEED_WAIT: Final = 10.0
 _ATTEMPT_TIMEOUT: Final = 5.0
 _AFTER_EVERYTHING: Final = 2**63 - 1
+CALL_BACKOFF: Final = Backoff(initial=0.02, maximum=1.0, jitter=1.0)
+"""Between the tries of a call while the service is unreachable (doubling, up to twice as long at
+random, so callers that lost the service together do not come back together)."""
 
 _encoder: Final = msgspec.msgpack.Encoder()
 
@@ -135,22 +139,13 @@ class _Caller:
         payload = _encoder.encode(request)
         attempt_timeout = wait + _ATTEMPT_TIMEOUT
         attempt = self._attempt if wait <= 0 else self._waiting_attempt
-        try:  # the first attempt outside tenacity: its per-call cost shows at 10k calls/s
-            reply = await attempt(payload, attempt_timeout)
-        except Exception as e:
-            if not _transient(e):
-                raise
-        else:
-            return msgspec.msgpack.decode(reply.raw, type=result)
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(max(self.timeout, attempt_timeout)),
-            wait=wait_exponential_jitter(multiplier=0.01, max=1.0, jitter=0.05),
-            retry=retry_if_exception(_transient),
-            reraise=True,
+        deadline = asyncio.get_running_loop().time() + max(self.timeout, attempt_timeout)
+        reply = await retry(
+            lambda: attempt(payload, attempt_timeout),
+            backoff=CALL_BACKOFF,
+            retry_if=_transient,
+            deadline=deadline,
         )
-        async for trial in retrying:
-            with trial:
-                reply = await attempt(payload, attempt_timeout)
         return msgspec.msgpack.decode(reply.raw, type=result)
 
     async def _waiting_attempt(self, payload: bytes, timeout: float) -> Message:

@@ -39,9 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, final
 
-from aiolimiter import AsyncLimiter
-
-from conat import ConatError
+from conat import ConatError, TokenBucket
 from subjects import grant
 
 from ._audit import AuditLog
@@ -139,22 +137,20 @@ class Connections:
 
 
 class _Limiters:
-    """One leaky bucket per key (address or principal), pruned when too many are remembered."""
+    """One token bucket per key (address or principal): ``rate`` attempts per ``per`` seconds, as a
+    burst; full buckets are forgotten when too many are remembered."""
 
     def __init__(self, rate: float, per: float) -> None:
         self.rate, self.per = rate, per
-        self._buckets: dict[str, AsyncLimiter] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
-    async def allow(self, key: str) -> bool:
+    def allow(self, key: str, now: float) -> bool:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= _LIMITER_CAP:
-                self._buckets = {k: b for k, b in self._buckets.items() if not b.has_capacity(self.rate)}
-            bucket = self._buckets[key] = AsyncLimiter(self.rate, self.per)
-        if not bucket.has_capacity():
-            return False
-        await bucket.acquire()  # has capacity: returns at once
-        return True
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full(now)}
+            bucket = self._buckets[key] = TokenBucket(self.rate / self.per, capacity=self.rate)
+        return bucket.try_take(now)
 
 
 @dataclass
@@ -241,7 +237,7 @@ class Decider:
 
         if info.kind not in self.allowed_kinds or info.type not in self.allowed_types:
             return refuse("connection-type")
-        if not await self._by_address.allow(address):
+        if not self._by_address.allow(address, now):
             return refuse("rate-limited")
         token = request.connect_opts.auth_token or request.connect_opts.password
         if not token:
@@ -251,7 +247,7 @@ class Decider:
         except TokenError as e:
             return refuse(str(e.code))
         principal = claims.sub
-        if not await self._by_principal.allow(principal):
+        if not self._by_principal.allow(principal, now):
             return refuse("rate-limited", principal)
         try:
             access = grant(principal, claims.scope, self.bus)

@@ -571,7 +571,7 @@ async def test_a_closed_server_connection_answers_late_frames_with_close(nats_se
     ):
 
         async def send(frame: object) -> None:
-            await raw._transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
+            await raw._core.transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
 
         async def expect(kind: type) -> object:
             while True:
@@ -625,7 +625,7 @@ async def test_a_closed_client_socket_answers_late_frames_with_close(nats_server
         assert conn.closed and conn._proto.error is None  # closed by peer, cleanly
         assert a.statistics().pending_requests == routes
 
-        await b._transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
+        await b._core.transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
         while True:
             frame = decode_frame((await wire.next(timeout=5)).raw)
             if isinstance(frame, Close):
@@ -875,7 +875,7 @@ async def test_chunked_messages_on_the_listener_subject_hold_back_no_socket(nats
     ):
         for tid in ("t1", "t2"):
             head = ChunkHead(tid, 4 * 65536, 65536, 4)
-            await evil._transport.publish(
+            await evil._core.transport.publish(
                 "hol.evil", b"x" * 65536, "raw.hol.pulls", {CHUNKED_HEADER: head.header()}
             )
         await evil.flush()

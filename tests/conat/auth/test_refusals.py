@@ -41,7 +41,7 @@ async def test_the_server_names_its_bus(bus: AuthBus) -> None:
     secrets_ = BusSecrets.load(Path(bus.server.config_path).parent.parent / "secrets")
     client = await conat.connect(bus.url, user="sys", password=secrets_.sys_password)
     try:
-        assert client._transport.server_name == bus_server_name(BUS)
+        assert client._core.transport.server_name == bus_server_name(BUS)
     finally:
         await client.aclose()
 
