@@ -27,6 +27,7 @@ import contextlib
 import heapq
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from conat import (
     MicroService,
     Subscription,
     SystemClock,
+    error_reply,
     respond_error,
 )
 
@@ -148,6 +150,7 @@ class ActorRuntime:
         self._on_escalation = on_escalation
         self.dispatcher = Dispatcher(cls)
         self.default_receive = cls.receive is Actor.receive
+        self.handles_now = cls.handle_now is not Actor.handle_now
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.stats = _Counters()
         self.tracker = RestartTracker(self.spec.policy, rand)
@@ -337,12 +340,39 @@ class ActorRuntime:
         else:
             activations.move_to_end(key)
         act.last_used = now
+        if self._may_handle_now(act) and self._handle_now(act, msg):
+            return
         if not act.mailbox.put(msg):
             self.stats.dropped += 1
             if msg.reply:
                 msg.respond_busy(f"actor {self.spec.name} key {key!r} mailbox is full")
             return
         self.wake(act)
+
+    def _may_handle_now(self, act: Activation) -> bool:
+        """Whether a message to ``act`` may take the fast path: the type has one, and the key is
+        active with nothing queued, no turn running and no passivation asked for."""
+        return self.handles_now and act.state is State.ACTIVE and act.idle and not act.passivate_requested
+
+    def _handle_now(self, act: Activation, msg: Message) -> bool:
+        """Offer ``msg`` to the instance's synchronous fast path (:meth:`Actor.handle_now`)."""
+        instance = act.instance
+        assert instance is not None
+        started = time.perf_counter_ns()
+        endpoint = None if self.default_receive else "receive"
+        try:
+            taken = instance.handle_now(msg)
+        except Exception as e:
+            if not isinstance(e, ConatError):
+                log.exception("%s/%r: handle_now failed on %s", self.spec.name, act.key, msg.subject)
+            if endpoint is not None:
+                self.micro.record(endpoint, time.perf_counter_ns() - started, e)
+            if msg.reply:
+                self.spawn(respond_error(msg, *error_reply(e)))
+            return True
+        if taken and endpoint is not None:
+            self.micro.record(endpoint, time.perf_counter_ns() - started, None)
+        return taken
 
     def wake(self, act: Activation) -> None:
         """Make sure something will run ``act``'s queued turns: its lingering task or a new one."""

@@ -396,6 +396,29 @@ class Client:
         payload, headers = self._encode(data, headers, encoding)
         await self._send(reply, payload, "", headers, "one")
 
+    def _reply_nowait(
+        self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
+    ) -> None:
+        """:meth:`_reply` without waiting: queued for the flusher at once; a reply that needs
+        chunking is sent by a task of this client."""
+        self._check_open()
+        if headers:
+            check_user_headers(headers)
+        payload, headers = self._encode(data, headers, encoding)
+        headers = self._tag(headers)
+        if len(payload) <= self._max_payload:
+            try:
+                self._transport.publish_nowait(reply, payload, "", headers)
+                return
+            except PayloadTooLarge:
+                pass  # it fits alone, not with its headers: chunk it
+        self._spawn(_guard(self._send_chunked(reply, payload, "", headers, "one"), "chunked reply"))
+
+    def _publish_control_nowait(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
+        """:meth:`_publish_control` without waiting."""
+        self._check_open()
+        self._transport.publish_nowait(subject, payload, "", self._tag(headers))
+
     def _tag(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         """Add ``Conat-Sender`` while chunked messages of ours are in flight (see the docstring)."""
         if not self._transfers.outgoing:

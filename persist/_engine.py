@@ -388,6 +388,58 @@ class StreamFile:
         )
         return result
 
+    def set_nowait(
+        self,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        encoding: str = DEFAULT_ENCODING,
+        ttl: float | None = None,
+        msg_id: str | None = None,
+        previous_seq: int | None = None,
+        done: Callable[[SetResult | PersistError], object],
+    ) -> None:
+        """:meth:`set` without waiting: the write is queued now, and ``done(outcome)`` is called on
+        the loop once its transaction has committed, with its :class:`SetResult`, or the
+        :class:`PersistError` that refused or failed it.
+
+        Writes queued this way and by :meth:`set` commit in the order they were queued.
+
+        Raises:
+            BadRequest, TooLarge: malformed arguments (nothing is queued, ``done`` is not called).
+            ClosedError: the stream is closing.
+        """
+        args, enc = _check_write(payload, key, headers, encoding, ttl, previous_seq, msg_id)
+        self._check_open()
+        self._queue.put_nowait(
+            [functools.partial(self._writer.set, args=args, encoding=enc)], args.size, _first(done)
+        )
+
+    def set_many_nowait(
+        self, writes: Sequence[Write], done: Callable[[list[SetResult | PersistError]], object]
+    ) -> None:
+        """:meth:`set_many` without waiting: ``done(outcomes)`` gets one outcome per write (its
+        result, or the error that refused it; every one the error, if the transaction failed).
+
+        Raises:
+            BadRequest, TooLarge: a malformed write (nothing is queued, ``done`` is not called).
+            ClosedError: the stream is closing.
+        """
+        checked = [
+            _check_write(w.payload, w.key, w.headers, w.encoding, w.ttl, w.previous_seq, w.msg_id)
+            for w in writes
+        ]
+        self._check_open()
+        if not checked:
+            self._loop.call_soon(done, [])
+            return
+        self._queue.put_nowait(
+            [functools.partial(self._writer.set, args=args, encoding=enc) for args, enc in checked],
+            sum(args.size for args, _ in checked),
+            done,  # type: ignore[arg-type]
+        )
+
     async def set_many(self, writes: Sequence[Write]) -> list[SetResult | PersistError]:
         """Write several messages in one transaction; each is judged on its own, in order.
 
@@ -443,6 +495,24 @@ class StreamFile:
         )
         return result
 
+    def delete_nowait(
+        self,
+        *,
+        seq: int | None = None,
+        seqs: Iterable[int] | None = None,
+        up_to: int | None = None,
+        key: str | None = None,
+        msg_id: str | None = None,
+        done: Callable[[DeleteResult | PersistError], object],
+    ) -> None:
+        """:meth:`delete` without waiting (see :meth:`set_nowait`)."""
+        sel = check_delete_args(seq, seqs, up_to, key, msg_id)
+        self._check_open()
+        apply = functools.partial(
+            self._writer.delete, targets=sel.targets, up_to=sel.up_to, key=sel.key, msg_id=sel.msg_id
+        )
+        self._queue.put_nowait([apply], 0, _first(done))
+
     async def sweep(self, now: float | None = None) -> int:
         """Remove (for real) every message expired at ``now`` (default: the clock) and stale msg-ids.
 
@@ -480,6 +550,29 @@ class StreamFile:
             functools.partial(_sql.select_message, config=config, now=now, seq=by_seq, key=by_key)
         )
         return _sql.decode_row(rows[0], self._what) if rows else None
+
+    def get_nowait(
+        self,
+        *,
+        seq: int | None = None,
+        key: str | None = None,
+        done: Callable[[StoredMessage | PersistError | None], object],
+    ) -> None:
+        """:meth:`get` without waiting: ``done(outcome)`` is called on the loop with the message (or
+        ``None``), or the :class:`PersistError` that failed the read.
+
+        Raises:
+            BadRequest: not exactly one of ``seq`` and ``key``. ClosedError: the stream is closing.
+        """
+        by_seq, by_key = check_selector("get", seq, key)
+        config, now = self._writer.state.config, self._clock.wall()
+        what = self._what
+
+        def work(db: sqlite3.Connection) -> StoredMessage | None:
+            rows = _sql.select_message(db, config=config, now=now, seq=by_seq, key=by_key)
+            return _sql.decode_row(rows[0], what) if rows else None
+
+        self._read_nowait(work, done)
 
     async def get_all(
         self, from_seq: int = 0, *, batch: int = DEFAULT_PAGE_MSGS, max_bytes: int = DEFAULT_PAGE_BYTES
@@ -633,8 +726,34 @@ class StreamFile:
         result: _T = await fut
         return result
 
+    def _read_nowait(self, work: Callable[[sqlite3.Connection], Any], done: Callable[[Any], object]) -> None:
+        self._check_open()
+        if self._readers is None:  # ephemeral: the writer connection, under its lock
+            job = self._jobs.submit(functools.partial(locked, self._writer.conn, work, self._what))
+            job.add_done_callback(functools.partial(_hand_over, done))
+            return
+        self._readers.submit(work, done)
+
     async def _read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         self._check_open()
         if self._readers is None:  # ephemeral: the writer connection, under its lock
             return await self._jobs.submit(functools.partial(locked, self._writer.conn, work, self._what))
         return await self._readers.run(work)
+
+
+def _first(done: Callable[[Any], object]) -> Callable[[list[object]], None]:
+    """A group callback for a group of one mutation: ``done`` gets its one outcome."""
+
+    def deliver(outcomes: list[object]) -> None:
+        done(outcomes[0])
+
+    return deliver
+
+
+def _hand_over(done: Callable[[Any], object], job: asyncio.Future[Any]) -> None:
+    """Give an executor job's outcome to ``done`` (its result, or the exception that failed it)."""
+    if job.cancelled():
+        done(ClosedError("persist stream"))
+        return
+    error = job.exception()
+    done(error if error is not None else job.result())

@@ -41,7 +41,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Self
+from typing import Any, Final, Self, final
 
 import msgspec
 
@@ -115,6 +115,38 @@ class _Shared:
         """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
 
 
+@final
+class _Slots:
+    """The operations of one scope in flight, at most ``limit``: a turn waits for a free slot,
+    the fast path takes one only if one is free (else the message becomes a turn)."""
+
+    __slots__ = ("_freed", "free")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._freed: asyncio.Future[None] | None = None
+
+    def take_nowait(self) -> bool:
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        return True
+
+    async def take(self) -> None:
+        while self.free <= 0:
+            if self._freed is None or self._freed.done():
+                self._freed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._freed)
+        self.free -= 1
+
+    def give(self) -> None:
+        self.free += 1
+        freed, self._freed = self._freed, None
+        if freed is not None and not freed.done():
+            freed.set_result(None)
+
+
+@final
 class _Hold:
     """What one operation holds: an in-flight slot of its scope and a lease on its stream.
 
@@ -124,9 +156,9 @@ class _Hold:
 
     __slots__ = ("_lease", "_slots")
 
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots: asyncio.Semaphore | None = slots
-        self._lease: Lease | None = None
+    def __init__(self, slots: _Slots, lease: Lease | None = None) -> None:
+        self._slots: _Slots | None = slots
+        self._lease = lease
 
     async def lease(
         self, store: StreamStore, path: str, config: StreamConfig | None, create: bool
@@ -137,7 +169,7 @@ class _Hold:
     def release(self) -> None:
         slots, self._slots = self._slots, None
         if slots is not None:
-            slots.release()
+            slots.give()
         lease, self._lease = self._lease, None
         if lease is not None:
             lease.release()
@@ -148,7 +180,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
 
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
-        self._inflight = asyncio.Semaphore(shared.max_inflight)
+        self._slots = _Slots(shared.max_inflight)
         self._waiters = 0
         self._used: dict[str, float] = {}
         self._bad_scope: BadPath | None = None
@@ -178,15 +210,40 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         if interval > 0:
             self.timer(interval, self._sweep, period=interval)
 
+    def handle_now(self, msg: Message) -> bool:
+        """The fast path (:meth:`actors.Actor.handle_now`): a request on a stream that is open
+        now is started here, on the read loop, with no task and no turn; its reply is sent by the
+        operation's completion callback. Anything else (a stream to open, a long poll, a refusal
+        to explain, a scope at its in-flight limit) becomes a turn (:meth:`receive`)."""
+        if self._bad_scope is not None:
+            return False
+        request = _decode(msg)
+        if request is None or not isinstance(request, _FAST_OPS):
+            return False
+        if isinstance(request, ReadOp) and request.wait > 0:
+            return False
+        try:
+            self._check(request)
+            path = self._storage_path(request.stream)
+        except PersistError:
+            return False
+        if not self._slots.take_nowait():
+            return False
+        lease = self._shared.store.lease_nowait(path)
+        if lease is None:
+            self._slots.give()
+            return False
+        self._used[path] = self.clock.now()
+        self._start(msg, lease.file, request, _Hold(self._slots, lease))
+        return True
+
     async def receive(self, msg: Message) -> Any:
         if self._bad_scope is not None:
             self.passivate()
             await _respond_failure(msg, self._bad_scope)
             return NO_REPLY
         try:
-            # conat's own clients send msgpack bytes as "raw"; any other codec is honoured
-            raw = msg.codec.name == "raw"
-            request = REQUEST_DECODER.decode(msg.raw) if raw else msg.decode(Request)  # type: ignore[arg-type]
+            request = _decode_or_raise(msg)
         except (msgspec.DecodeError, msgspec.ValidationError, PayloadError) as e:
             await respond_error(msg, BadRequest.code, f"bad persist request: {e}")
             return NO_REPLY
@@ -204,8 +261,8 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         if isinstance(request, ReadOp) and request.wait > 0 and self._waiters >= self._shared.max_waiters:
             await respond_error(msg, BUSY, f"persist {self.key}: {self._waiters} changefeed reads waiting")
             return NO_REPLY
-        await self._inflight.acquire()
-        hold = _Hold(self._inflight)
+        await self._slots.take()
+        hold = _Hold(self._slots)
         try:
             path = self._storage_path(request.stream)
             create = isinstance(request, SetOp | SetManyOp | ConfigOp) or (
@@ -222,39 +279,53 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             await _respond_failure(msg, e)
             return NO_REPLY
         self._used[path] = self.clock.now()
-        work = (
-            self._read(file, request, hold) if isinstance(request, ReadOp) else self._operate(file, request)
-        )
-        self._spawn(msg, work, hold)
+        if isinstance(request, ReadOp):
+            self._spawn(msg, self._read(file, request, hold), hold)
+        else:
+            self._start(msg, file, request, hold)
         return NO_REPLY
+
+    def _start(self, msg: Message, file: StreamFile, request: Request, hold: _Hold) -> None:
+        """Start ``request`` on ``file`` now (a write is queued before this returns, so writes are
+        queued in the order their requests arrived); the reply goes out when it is done."""
+        answer = functools.partial(_answer, msg, hold)
+        try:
+            match request:
+                case SetOp():
+                    file.set_nowait(
+                        request.payload,
+                        key=request.key,
+                        headers=request.headers,
+                        encoding=request.encoding,
+                        ttl=request.ttl,
+                        msg_id=request.msg_id,
+                        previous_seq=request.previous_seq,
+                        done=answer,
+                    )
+                case SetManyOp():
+                    file.set_many_nowait(request.writes, done=functools.partial(_answer_many, msg, hold))
+                case GetOp():
+                    file.get_nowait(seq=request.seq, key=request.key, done=answer)
+                case DeleteOp():
+                    file.delete_nowait(
+                        seq=request.seq,
+                        seqs=request.seqs,
+                        up_to=request.up_to,
+                        key=request.key,
+                        msg_id=request.msg_id,
+                        done=answer,
+                    )
+                case _:
+                    self._spawn(msg, self._operate(file, request), hold)
+        except Exception as e:  # noqa: BLE001 - a refusal before anything was queued
+            hold.release()
+            _fail_nowait(msg, e)
 
     # ---- operations (each in its own task, replying when done) -----------------------------------
 
     def _operate(self, file: StreamFile, request: Request) -> Awaitable[object]:
-        """Start ``request`` on ``file``: the returned awaitable's first step queues a write."""
+        """The awaitable of an operation that :meth:`_start` does not start by itself."""
         match request:
-            case SetOp():
-                return file.set(
-                    request.payload,
-                    key=request.key,
-                    headers=request.headers,
-                    encoding=request.encoding,
-                    ttl=request.ttl,
-                    msg_id=request.msg_id,
-                    previous_seq=request.previous_seq,
-                )
-            case SetManyOp():
-                return self._set_many(file, request)
-            case GetOp():
-                return file.get(seq=request.seq, key=request.key)
-            case DeleteOp():
-                return file.delete(
-                    seq=request.seq,
-                    seqs=request.seqs,
-                    up_to=request.up_to,
-                    key=request.key,
-                    msg_id=request.msg_id,
-                )
             case KeysOp():
                 limit = min(request.limit, MAX_KEYS) if request.limit > 0 else request.limit
                 return file.keys(after=request.after, limit=limit, max_bytes=self._shared.max_page_bytes)
@@ -262,16 +333,17 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 if request.changes is None:
                     return _ready(file.config())
                 return file.set_config(request.changes)
+            case ReadOp():
+                max_msgs = min(request.max_msgs, self._shared.max_page_msgs)
+                max_bytes = min(request.max_bytes, self._shared.max_page_bytes)
+                return file.changes(
+                    request.after_seq,
+                    after_delete=request.after_delete,
+                    stream_id=request.stream_id,
+                    max_msgs=max_msgs,
+                    max_bytes=max_bytes,
+                )
         raise BadRequest("persist", f"unknown operation {type(request).__name__}")  # pragma: no cover
-
-    async def _set_many(self, file: StreamFile, request: SetManyOp) -> list[Any]:
-        out: list[Any] = []
-        for result in await file.set_many(request.writes):
-            if isinstance(result, PersistError):
-                out.append({"error": result.code, "message": str(result), "data": error_fields(result)})
-            else:
-                out.append(result)
-        return out
 
     async def _read(self, file: StreamFile, request: ReadOp, hold: _Hold) -> ChangePage:
         """A page after the request's cursor; with ``wait``, a long poll until there is one.
@@ -551,6 +623,75 @@ async def _respond_failure(msg: Message, error: Exception) -> None:
     if not isinstance(error, ConatError):
         log.exception("persist operation on %s failed", msg.subject, exc_info=error)
     await respond_error(msg, *error_reply(error))
+
+
+def _answer(msg: Message, hold: _Hold, outcome: object) -> None:
+    """An operation's completion: give back what it held, then reply with its outcome."""
+    hold.release()
+    if isinstance(outcome, Exception):
+        _fail_nowait(msg, outcome)
+    elif msg.reply:
+        try:
+            msg.respond_nowait(outcome)
+        except ConatError as e:
+            log.debug("could not answer %s: %s", msg.subject, e)
+
+
+def _answer_many(msg: Message, hold: _Hold, outcomes: list[object]) -> None:
+    """A ``set_many``'s completion: each write's result, or its refusal as an error entry."""
+    if outcomes and all(o is outcomes[0] for o in outcomes) and isinstance(outcomes[0], Exception):
+        _answer(msg, hold, outcomes[0])  # the transaction failed: one error for the request
+        return
+    out: list[Any] = []
+    for result in outcomes:
+        if isinstance(result, PersistError):
+            out.append({"error": result.code, "message": str(result), "data": error_fields(result)})
+        else:
+            out.append(result)
+    _answer(msg, hold, out)
+
+
+def _fail_nowait(msg: Message, error: Exception) -> None:
+    """:func:`_respond_failure` without waiting."""
+    if not msg.reply:
+        return
+    if isinstance(error, PersistError):
+        code, text, data = error.code, str(error), error_fields(error)
+    elif isinstance(error, ClosedError):
+        code, text, data = 503, f"persist service stopping: {error}", None
+    else:
+        if not isinstance(error, ConatError):
+            log.error("persist operation on %s failed", msg.subject, exc_info=error)
+        code, text = error_reply(error)
+        data = None
+    try:
+        msg.respond_error_nowait(code, text, data=data)
+    except ConatError as e:
+        log.debug("could not answer %s: %s", msg.subject, e)
+
+
+def _decode_or_raise(msg: Message) -> Request | InventoryOp:
+    """The request in ``msg``. conat's own clients send msgpack (unlabelled, or labelled "raw");
+    any other codec is honoured.
+
+    Raises:
+        msgspec.DecodeError, msgspec.ValidationError, PayloadError: it is not a persist request.
+    """
+    if msg.encoding in ("msgpack", "raw"):
+        return REQUEST_DECODER.decode(msg.raw)
+    return msg.decode(Request)  # type: ignore[arg-type]
+
+
+def _decode(msg: Message) -> Request | InventoryOp | None:
+    """:func:`_decode_or_raise`, or ``None`` (the turn that follows explains the refusal)."""
+    try:
+        return _decode_or_raise(msg)
+    except (msgspec.DecodeError, msgspec.ValidationError, PayloadError):
+        return None
+
+
+_FAST_OPS: Final = (SetOp, SetManyOp, GetOp, DeleteOp, KeysOp, ReadOp)
+"""The operations the fast path starts (a long-polling ``ReadOp`` excepted)."""
 
 
 @functools.lru_cache(maxsize=4096)
