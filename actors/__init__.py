@@ -8,25 +8,22 @@ of a keyed type on the bus, and stops gracefully.
 
 from conat import EndpointStatistics as EndpointStatistics
 
-from ._activation import IllegalTransition as IllegalTransition
 from ._activation import State as State
 from ._activation import Timer as Timer
 from ._actor import NO_REPLY as NO_REPLY
 from ._actor import Actor as Actor
 from ._actor import ActorSpec as ActorSpec
 from ._actor import Reply as Reply
-from ._errors import ACTIVATION_FAILED as ACTIVATION_FAILED
-from ._errors import BUSY as BUSY
 from ._errors import LOOP_DETECTED as LOOP_DETECTED
-from ._errors import STOPPING as STOPPING
+from ._errors import ActivationFailed as ActivationFailed
 from ._errors import ActorDefinitionError as ActorDefinitionError
 from ._errors import ActorError as ActorError
 from ._errors import BrokenInvariant as BrokenInvariant
 from ._errors import Escalation as Escalation
+from ._errors import IllegalTransition as IllegalTransition
 from ._errors import OwnedElsewhere as OwnedElsewhere
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._ownership import OwnerNotice as OwnerNotice
-from ._policy import Backoff as Backoff
 from ._policy import Escalate as Escalate
 from ._policy import Restart as Restart
 from ._policy import RestartPolicy as RestartPolicy
@@ -41,7 +38,7 @@ from ._system import ActorSystem as ActorSystem
 from ._system import actor_proxy as actor_proxy
 
 __all__ = [
-    "ACTIVATION_FAILED",
+    "ActivationFailed",
     "Actor",
     "ActorDefinitionError",
     "ActorError",
@@ -49,8 +46,6 @@ __all__ = [
     "ActorSpec",
     "ActorStatistics",
     "ActorSystem",
-    "BUSY",
-    "Backoff",
     "BrokenInvariant",
     "DeadLetter",
     "EndpointStatistics",
@@ -69,7 +64,6 @@ __all__ = [
     "Restart",
     "RestartPolicy",
     "RestartTracker",
-    "STOPPING",
     "State",
     "Timer",
     "actor_proxy",

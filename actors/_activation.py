@@ -33,19 +33,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
-from conat import ConatError, Message, PayloadError, error_reply, reply_encoding, respond_error
+from conat import (
+    INTERNAL,
+    UNAVAILABLE,
+    BackoffSequence,
+    ConatError,
+    Message,
+    PayloadError,
+    error_reply,
+    reply_encoding,
+    respond_error,
+)
 
 from ._actor import NO_REPLY, Reply
 from ._chain import CHAIN_HEADER, current_turn
-from ._errors import STOPPING, BrokenInvariant
+from ._errors import BrokenInvariant, IllegalTransition
 from ._mailbox import Mailbox
-from ._policy import Backoff
 
 if TYPE_CHECKING:
     from ._actor import Actor
     from ._runtime import ActorRuntime
 
-__all__ = ["Activation", "IllegalTransition", "State", "Timer"]
+__all__ = ["Activation", "State", "Timer"]
 
 log = logging.getLogger("conat.actors")
 
@@ -65,13 +74,6 @@ _TRANSITIONS: Final[dict[tuple[State, str], State]] = {
     (State.PASSIVATING, "deactivated"): State.INACTIVE,
     (State.ACTIVE, "crash"): State.INACTIVE,
 }
-
-
-class IllegalTransition(RuntimeError):
-    """An activation was asked to do something its state does not allow (a runtime bug)."""
-
-    def __init__(self, key: str, state: State, event: str) -> None:
-        super().__init__(f"activation {key!r}: event {event!r} is illegal in state {state.value}")
 
 
 @final
@@ -180,7 +182,7 @@ class Activation:
         self.not_before = 0.0
         self.passivate_requested = False
         self.head_failures = 0
-        self.backoff: Backoff | None = None  # made on the first crash: most keys never crash
+        self.backoff: BackoffSequence | None = None  # made on the first crash: most keys never crash
 
     def __repr__(self) -> str:
         return f"<Activation {self.runtime.spec.name}/{self.key!r} {self.state.value}>"
@@ -188,7 +190,7 @@ class Activation:
     def _move(self, event: str) -> None:
         target = _TRANSITIONS.get((self.state, event))
         if target is None:
-            raise IllegalTransition(self.key, self.state, event)
+            raise IllegalTransition(self.key, self.state.value, event)
         self.state = target
 
     @property
@@ -285,7 +287,7 @@ class Activation:
         runtime = self.runtime
         now = runtime.clock.now()
         if self.backoff is None:
-            self.backoff = Backoff(runtime.spec.policy, runtime.rand)
+            self.backoff = BackoffSequence(runtime.spec.policy.backoff, runtime.rand)
         self.not_before = now + self.backoff.next_delay(now)
         runtime.child_crashed(self, error)
 
@@ -310,7 +312,7 @@ class Activation:
             else:
                 result = await instance.receive(msg)
         except asyncio.CancelledError:
-            await respond_error(msg, STOPPING, f"actor {runtime.spec.name} stopped during the call")
+            await respond_error(msg, UNAVAILABLE, f"actor {runtime.spec.name} stopped during the call")
             raise
         except BrokenInvariant as e:
             micro.record(endpoint, time.perf_counter_ns() - started, e)
@@ -331,7 +333,7 @@ class Activation:
             try:
                 await msg.respond(result, encoding=reply_encoding(msg, result))
             except PayloadError as e:
-                await respond_error(msg, 500, f"cannot encode the result: {e.detail}")
+                await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
 
     async def _call_turn(self, call: _Call) -> None:
         instance = self.instance

@@ -1,19 +1,17 @@
-"""The actor runtime's errors, a branch of conat's error tree::
+"""The actor runtime's errors: the ``ActorError`` branch of the error tree (drawn in conat._errors).
 
-    conat.ConatError
-    └── ActorError               "actor"
-        ├── BrokenInvariant      500                  raise in a handler: this activation's state is
-        │                                             broken; the caller gets 500, the key restarts
-        ├── ActorDefinitionError "bad-actor"          an actor class or its options are invalid
-        ├── Escalation           "escalated"          a supervisor gave up (N restarts in T seconds)
-        └── OwnedElsewhere       "owned-elsewhere"    another process owns this keyed actor type
-                                                      on the bus (refused at start, or lost later)
+Codes a caller sees from the runtime itself (not from a handler), as :class:`conat.RemoteError`:
+``429`` (:data:`conat.BUSY`) the key's mailbox is full, ``503`` (:data:`conat.UNAVAILABLE`) the
+actor is stopping, ``404``/``400`` unknown method or bad arguments, ``500`` an unexpected handler
+error, ``508`` (:data:`LOOP_DETECTED`) a reentrant call that would deadlock (the key is already
+waiting in the call chain), and :class:`ActivationFailed` (``activation-failed``): the message crashed
+the key's activation repeatedly and went to the dead-letter subject. A handler's own
+:class:`conat.ConatError` reaches the caller with its code (and, for a class registered with
+:func:`conat.register_error`, as that class).
 
-Codes callers see in :class:`conat.RemoteError` from the runtime itself (not from a handler):
-``429`` the key's mailbox is full, ``503`` the actor is stopping, ``404``/``400`` unknown method or
-bad arguments, ``500`` an unexpected handler error, ``"activation-failed"`` the message crashed the
-key's activation repeatedly and went to the dead-letter subject, ``508`` a reentrant call that
-would deadlock (the key is already waiting in the call chain).
+What to do: ``429`` and ``503`` retry later; ``508`` fix the call graph (an actor calls back into a
+key that is waiting for it); ``activation-failed`` look at the dead letter (its error says why the
+key could not activate), fix that, then send again.
 """
 
 from __future__ import annotations
@@ -21,24 +19,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from conat import ConatError, ErrorCode
+from conat import INTERNAL, ConatError, ErrorCode, register_error
 
 __all__ = [
-    "ACTIVATION_FAILED",
-    "BUSY",
     "LOOP_DETECTED",
-    "STOPPING",
+    "ActivationFailed",
     "ActorDefinitionError",
     "ActorError",
     "BrokenInvariant",
     "Escalation",
+    "IllegalTransition",
     "OwnedElsewhere",
 ]
 
-BUSY: Final = 429
-STOPPING: Final = 503
 LOOP_DETECTED: Final = 508
-ACTIVATION_FAILED: Final = "activation-failed"
+"""A call that would wait for itself: its key is already waiting further up the call chain."""
 
 
 class ActorError(ConatError):
@@ -55,7 +50,7 @@ class BrokenInvariant(ActorError):
     backoff, under its supervisor's restart intensity.
     """
 
-    code = 500
+    code = INTERNAL
 
     def __init__(self, what: str) -> None:
         super().__init__(f"broken invariant: {what}")
@@ -116,3 +111,40 @@ class OwnedElsewhere(ActorError):
             "one process (its keys run concurrently there), or split the keys over types with "
             "subjects of their own; unkeyed types may run in many processes with a queue group"
         )
+
+
+class IllegalTransition(ActorError, RuntimeError):
+    """An activation was asked to do something its state does not allow: a bug in the runtime.
+
+    Attributes:
+        key: the activation's key.
+        state: the state it was in (``"active"``...).
+        event: the event it was given (``"passivate"``...).
+    """
+
+    code = "illegal-transition"
+
+    def __init__(self, key: str, state: str, event: str) -> None:
+        self.key = key
+        self.state = state
+        self.event = event
+        super().__init__(f"activation {key!r}: event {event!r} is illegal in state {state}")
+
+
+@register_error
+class ActivationFailed(ActorError):
+    """A message crashed its key's activation ``poison_after`` times and went to the dead-letter
+    subject (``deadletter.<Name>``) instead of being processed. The key is not left dead: its
+    next message tries to activate it again.
+
+    Attributes:
+        key: the key that could not be activated.
+        reason: the activation's last error (``"OSError: ..."``); the dead letter carries it too.
+    """
+
+    code = "activation-failed"
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"activation of {key!r} failed: {reason}")

@@ -50,7 +50,6 @@ from conat import Client, ClientState, ConatError, Forbidden, Message, NoRespond
 from subjects import encode_token
 
 from ._errors import OwnedElsewhere
-from ._subscribe import subscribe_or_undo
 
 __all__ = ["CLAIM_PREFIX", "OwnerNotice", "Ownership", "Verdict", "claim_subject", "judge", "precedes"]
 
@@ -187,7 +186,7 @@ class Ownership:
                 return
             self._me = self._notice("owner", time.time())
             try:
-                self._sub = await subscribe_or_undo(self.client, self.claim, dispatch=self._on_notice)
+                self._sub = await self.client.subscribe(self.claim, dispatch=self._on_notice)
             except Forbidden as e:
                 self._unchecked(str(e))
                 return

@@ -1,9 +1,10 @@
 """Restart policy: exponential backoff with jitter, and restart intensity (N restarts in T seconds).
 
 Pure logic with time and randomness passed in, so supervision is tested without waiting. The two
-halves follow the anchors in the ecosystem notes: Akka's ``restartWithBackoff`` (min, max, random
-factor, reset after a quiet period) for *when* to restart, and OTP's supervisor intensity
-(``intensity``/``period``) for *whether* to restart or escalate to the parent.
+halves follow Akka's ``restartWithBackoff`` (min, max, random factor, reset after a quiet period)
+for *when* to restart, which is conat's one backoff policy (:class:`conat.Backoff`, see
+:attr:`RestartPolicy.backoff`), and OTP's supervisor intensity (``intensity``/``period``) for
+*whether* to restart or escalate to the parent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["Backoff", "Escalate", "Restart", "RestartPolicy", "RestartTracker"]
+from conat import Backoff, BackoffSequence
+
+__all__ = ["Escalate", "Restart", "RestartPolicy", "RestartTracker"]
 
 
 @final
@@ -53,6 +56,16 @@ class RestartPolicy:
         if self.reset_after < 0:
             raise ValueError(f"reset_after must be >= 0, not {self.reset_after}")
 
+    @property
+    def backoff(self) -> Backoff:
+        """The delays between restarts, as conat's backoff policy."""
+        return Backoff(
+            initial=self.backoff_min,
+            maximum=self.backoff_max,
+            jitter=self.jitter,
+            reset_after=self.reset_after,
+        )
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -73,41 +86,12 @@ class Escalate:
 
 
 @final
-class Backoff:
-    """The delay sequence of one supervised thing: min · 2^(n-1), capped, plus jitter."""
-
-    def __init__(self, policy: RestartPolicy, rand: Callable[[], float] = random.random) -> None:
-        self.policy = policy
-        self._rand = rand
-        self.attempt = 0
-        self._last_crash: float | None = None
-
-    def next_delay(self, now: float) -> float:
-        p = self.policy
-        if self._last_crash is not None and now - self._last_crash >= p.reset_after:
-            self.attempt = 0
-        self._last_crash = now
-        self.attempt += 1
-        base = min(p.backoff_max, p.backoff_min * 2.0 ** min(self.attempt - 1, 62))
-        return min(p.backoff_max, base * (1.0 + p.jitter * self._rand()))
-
-    def reset(self) -> None:
-        self.attempt = 0
-        self._last_crash = None
-
-    def expired(self, now: float) -> bool:
-        """Whether the next delay would start from ``backoff_min`` again (no crash for
-        ``reset_after`` seconds): until then the sequence is state worth keeping."""
-        return self._last_crash is None or now - self._last_crash >= self.policy.reset_after
-
-
-@final
 class RestartTracker:
     """Counts restarts in a sliding window and decides restart-with-delay or escalate."""
 
     def __init__(self, policy: RestartPolicy, rand: Callable[[], float] = random.random) -> None:
         self.policy = policy
-        self.backoff = Backoff(policy, rand)
+        self.backoff = BackoffSequence(policy.backoff, rand)
         self._times: deque[float] = deque()
         self.total = 0
 

@@ -36,6 +36,8 @@ from typing import Any, Final, TypeVar, final
 import msgspec
 
 from conat import (
+    UNAVAILABLE,
+    BackoffSequence,
     Client,
     Clock,
     ConatError,
@@ -52,11 +54,10 @@ from conat import (
 from ._activation import PASSIVATE, Activation, State, _Call
 from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
-from ._errors import ACTIVATION_FAILED, LOOP_DETECTED, STOPPING, Escalation
+from ._errors import LOOP_DETECTED, ActivationFailed, Escalation
 from ._mailbox import MailboxStatistics
-from ._policy import Backoff, Escalate, RestartTracker
+from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
-from ._subscribe import subscribe_or_undo
 
 __all__ = ["ActorRuntime", "ActorStatistics", "DeadLetter"]
 
@@ -170,7 +171,7 @@ class ActorRuntime:
             data=self._figures,
         )
         """The type in ``$SRV`` discovery, and its per-endpoint figures."""
-        self._restart_states: dict[str, tuple[Backoff, float]] = {}
+        self._restart_states: dict[str, tuple[BackoffSequence, float]] = {}
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_tasks: list[asyncio.Task[None]] = []
@@ -204,8 +205,7 @@ class ActorRuntime:
         self.failed = None
         self.linger_cap = LINGER_CAP
         try:
-            sub = await subscribe_or_undo(
-                self.client,
+            sub = await self.client.subscribe(
                 self.spec.subject,
                 queue=self.queue,
                 dispatch=self._route,
@@ -294,7 +294,7 @@ class ActorRuntime:
         await self._cancel([a.task for a in acts if a.task is not None])
         why = f"actor {self.spec.name} is stopping"
         for act in acts:
-            self.stats.rejected_stopping += act.reject_queued(STOPPING, why)
+            self.stats.rejected_stopping += act.reject_queued(UNAVAILABLE, why)
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -319,7 +319,7 @@ class ActorRuntime:
         if not self.accepting:
             if msg.reply:
                 self.stats.rejected_stopping += 1
-                self.spawn(respond_error(msg, STOPPING, f"actor {self.spec.name} is stopping"))
+                self.spawn(respond_error(msg, UNAVAILABLE, f"actor {self.spec.name} is stopping"))
             return
         key = self.spec.key_of(msg.subject)
         chain = msg.header(CHAIN_HEADER)
@@ -507,7 +507,7 @@ class ActorRuntime:
             await self.client.publish(self.spec.dead_letter, letter)
         except ConatError as e:
             log.error("%s: could not publish a dead letter: %s", self.spec.name, e)
-        await respond_error(msg, ACTIVATION_FAILED, f"activation of {letter.key!r} failed: {why}")
+        await respond_error(msg, *error_reply(ActivationFailed(letter.key, why)))
 
     # -- reminders -------------------------------------------------------------------------
     async def set_reminder(self, key: str, name: str, delay: float, period: float | None) -> None:

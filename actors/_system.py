@@ -65,7 +65,7 @@ class ActorSystem:
 
     Args:
         client: the connection every actor type subscribes on (not closed by the system).
-        clock: time source for passivation, timers, reminders and backoff (tests pass FakeClock).
+        clock: time source for passivation, timers, reminders and backoff (tests pass ``conat.testing.FakeClock``).
         reminders: where reminders are kept (None: actors cannot set reminders).
         policy: the system's restart policy for whole actor types.
         stop_timeout: default deadline of :meth:`stop`.

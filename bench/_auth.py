@@ -1,7 +1,7 @@
 """Auth benchmarks: a bus with the auth callout against the plain bus of the run.
 
 * ``auth_connect``: N sequential connects (p50, p99 latency), then 100 concurrent connects (s).
-  conat side: ``conat.connect(credentials=token)`` to an :class:`auth.AuthBus` (the callout
+  conat side: ``conat.connect(credentials=token)`` to a :class:`conat.auth.AuthBus` (the callout
   verifies the token and signs a user JWT per connect); baseline: ``conat.connect()`` to the plain
   server. The callout's cost is one server → responder → server round trip plus the crypto.
 * ``auth_pubsub`` / ``auth_request``: steady state once connected, on the auth bus (the client's
@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Final
 
 import conat
-from auth import AuthBus
-from conat.auth import Keyring, TokenIssuer
+from conat.auth import AuthBus, Keyring, TokenIssuer
 from subjects import Scope
 
 from ._harness import Bench, Measure, Metric, Sample, percentile

@@ -30,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import nats
@@ -39,24 +38,17 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg as NatsMsg
 
 import conat
-from conat import NatsServer, ServerConfig
 
 from ._harness import (
     Bench,
     Measure,
     Metric,
-    Report,
-    RowResult,
     Sample,
-    SideRun,
-    environment,
-    format_resources,
-    format_table,
+    Stamp,
     percentile,
-    run_bench,
 )
 
-__all__ = ["BENCH_NAMES", "BenchError", "make_benches", "run"]
+__all__ = ["BenchError", "bus_benches"]
 
 SMALL: Final = 128
 LARGE: Final = 16 * 1024
@@ -124,30 +116,13 @@ async def _raw_live(nc: NatsClient) -> None:
     await nc.flush()
 
 
-class _Clock:
-    """Wall time (perf_counter) and this process's CPU time (process_time), read together.
-
-    CPU time is the client side's cost alone (nats-server is another process); on a shared machine
-    it is steadier than wall time, which other processes' load inflates.
-    """
-
-    __slots__ = ("cpu", "wall")
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def __sub__(self, start: _Clock) -> tuple[float, float]:
-        return self.wall - start.wall, self.cpu - start.cpu
-
-
 class _Arrivals:
-    """Counts deliveries; resolves ``done`` with the :class:`_Clock` of the ``expected``-th one."""
+    """Counts deliveries; resolves ``done`` with the :class:`Stamp` of the ``expected``-th one."""
 
     def __init__(self) -> None:
         self.n = 0
         self.expected = 0
-        self.done: asyncio.Future[_Clock] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[Stamp] = asyncio.get_running_loop().create_future()
 
     def expect(self, expected: int) -> None:
         self.n = 0
@@ -157,14 +132,14 @@ class _Arrivals:
     def hit(self) -> None:
         self.n += 1
         if self.n == self.expected:
-            self.done.set_result(_Clock())
+            self.done.set_result(Stamp())
 
     def fail(self, error: BenchError) -> None:
         """End the wait with ``error`` (raised in a callback, it would only be logged)."""
         if not self.done.done():
             self.done.set_exception(error)
 
-    async def wait(self, what: str, timeout: float = WAIT_TIMEOUT) -> _Clock:
+    async def wait(self, what: str, timeout: float = WAIT_TIMEOUT) -> Stamp:
         try:
             async with asyncio.timeout(timeout):
                 return await self.done
@@ -205,11 +180,11 @@ def _publish(codec: _Codec) -> _Pair:
             for _ in range(_warmup(count)):
                 await publish(subject, payload, encoding=enc)
             await c.flush()
-            t0 = _Clock()
+            t0 = Stamp()
             for _ in range(count):
                 await publish(subject, payload, encoding=enc)
             await c.flush()
-            return _throughput(count, _Clock() - t0)
+            return _throughput(count, Stamp().since(t0))
 
     async def nats_side(url: str, count: int) -> Sample:
         async with _nats(url) as (nc,):
@@ -218,11 +193,11 @@ def _publish(codec: _Codec) -> _Pair:
             for _ in range(_warmup(count)):
                 await publish(subject, payload)
             await nc.flush()
-            t0 = _Clock()
+            t0 = Stamp()
             for _ in range(count):
                 await publish(subject, payload)
             await nc.flush()
-            return _throughput(count, _Clock() - t0)
+            return _throughput(count, Stamp().since(t0))
 
     return conat_side, nats_side
 
@@ -246,11 +221,11 @@ def _pubsub(codec: _Codec, size: int) -> _Pair:
             publish = pub.publish
             for n in (_warmup(count), count):
                 arrivals.expect(n)
-                t0 = _Clock()
+                t0 = Stamp()
                 for _ in range(n):
                     await publish(subject, payload, encoding=enc)
                 t1 = await arrivals.wait(f"conat pub->sub {size} B (dropped {s.statistics().dropped})")
-            return _throughput(count, t1 - t0)
+            return _throughput(count, t1.since(t0))
 
     async def nats_side(url: str, count: int) -> Sample:
         async with _nats(url, 2) as (pub, sub):
@@ -265,11 +240,11 @@ def _pubsub(codec: _Codec, size: int) -> _Pair:
             publish = pub.publish
             for n in (_warmup(count), count):
                 arrivals.expect(n)
-                t0 = _Clock()
+                t0 = Stamp()
                 for _ in range(n):
                     await publish(subject, payload)
                 t1 = await arrivals.wait(f"nats-py pub->sub {size} B")
-            return _throughput(count, t1 - t0)
+            return _throughput(count, t1.since(t0))
 
     return conat_side, nats_side
 
@@ -343,9 +318,9 @@ async def _drive(
     per = max(1, count // concurrency)
     await asyncio.gather(*(worker(max(1, _warmup(count) // concurrency), []) for _ in range(concurrency)))
     latencies: list[float] = []
-    t0 = _Clock()
+    t0 = Stamp()
     await asyncio.gather(*(worker(per, latencies) for _ in range(concurrency)))
-    return _latency_sample(latencies, _Clock() - t0)
+    return _latency_sample(latencies, Stamp().since(t0))
 
 
 # -- request_many streaming ----------------------------------------------------------------------
@@ -386,12 +361,12 @@ def _stream(codec: _Codec) -> _Pair:
             await responder.subscribe(subject, callback=stream)
             for k in (_warmup(count), count):
                 n = 0
-                t0 = _Clock()
+                t0 = Stamp()
                 async for _ in requester.request_many(
                     subject, b"", encoding=enc, timeout=WAIT_TIMEOUT, max_buffer=k + 16
                 ):
                     n += 1
-                spent = _Clock() - t0
+                spent = Stamp().since(t0)
                 if n != k:
                     raise BenchError(f"conat request_many: {n} of {k} replies")
             return _throughput(count, spent)
@@ -415,7 +390,7 @@ def _stream(codec: _Codec) -> _Pair:
             on_reply = replies.on_reply
             for k in (_warmup(count), count):
                 replies.reset()
-                t0 = _Clock()
+                t0 = Stamp()
                 inbox = requester.new_inbox()
                 sub = await requester.subscribe(inbox, cb=on_reply)
                 await requester.publish(subject, b"", reply=inbox)
@@ -424,7 +399,7 @@ def _stream(codec: _Codec) -> _Pair:
                         await replies.ended
                 except TimeoutError:
                     raise BenchError(f"nats-py stream: {replies.n} of {k} replies, no end marker") from None
-                spent = _Clock() - t0
+                spent = Stamp().since(t0)
                 await sub.unsubscribe()
                 if replies.n != k:
                     raise BenchError(f"nats-py stream: {replies.n} of {k} replies")
@@ -471,10 +446,10 @@ def _transfer(codec: _Codec) -> _Pair:
                 data = payload(m)
                 size = len(data)
                 arrivals.expect(1)
-                t0 = _Clock()
+                t0 = Stamp()
                 await pub.publish(subject, data, encoding=enc)
                 t1 = await arrivals.wait(f"conat transfer {m} MiB")
-            return mb_per_s(size, t1 - t0)
+            return mb_per_s(size, t1.since(t0))
 
     async def nats_side(url: str, mib: int) -> Sample:
         async with _nats(url, 2) as (pub, sub):
@@ -502,11 +477,11 @@ def _transfer(codec: _Codec) -> _Pair:
                 state["size"], state["received"] = len(data), 0
                 arrivals.expect(1)
                 publish = pub.publish
-                t0 = _Clock()
+                t0 = Stamp()
                 for i in range(0, len(data), chunk):
                     await publish(subject, data[i : i + chunk])
                 t1 = await arrivals.wait(f"nats-py transfer {m} MiB")
-            return mb_per_s(state["size"], t1 - t0)
+            return mb_per_s(state["size"], t1.since(t0))
 
     return conat_side, nats_side
 
@@ -514,8 +489,8 @@ def _transfer(codec: _Codec) -> _Pair:
 # -- the list ------------------------------------------------------------------------------------
 
 
-def make_benches(encoding: str = "raw") -> list[Bench]:
-    """Every bench, in table order. ``encoding``: the conat side's payload encoding."""
+def bus_benches(encoding: str = "raw") -> list[Bench]:
+    """The bus rows, in table order. ``encoding``: the conat side's payload encoding."""
     codec = _Codec(encoding)
     tp, rq = THROUGHPUT_TARGET, REQUEST_TARGET
     pub_c, pub_n = _publish(codec)
@@ -544,113 +519,4 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
               (Metric("request_many", "msgs/s", tp),), 20_000, 5_000, {"size": SMALL}),
         Bench("transfer", "one chunked transfer of N MiB to a subscriber", tr_c, tr_n,
               (Metric("transfer", "MB/s", tp),), 64, 16, {"unit_of_count": "MiB"}),
-        *_layer_benches(),
     ]  # fmt: skip
-
-
-def _layer_benches() -> list[Bench]:
-    """Rows of the layers above the bus (imported here: they import this module's helpers)."""
-    from ._actors import actor_benches
-    from ._auth import auth_benches
-    from ._fs import fs_benches
-    from ._host import host_benches
-    from ._persist import persist_benches
-    from ._persist_service import persist_service_benches
-    from ._socket import socket_benches
-
-    return [
-        *actor_benches(),
-        *socket_benches(),
-        *auth_benches(),
-        *persist_benches(),
-        *persist_service_benches(),
-        *fs_benches(),
-        *host_benches(),
-    ]
-
-
-BENCH_NAMES: Final = tuple(b.name for b in make_benches())
-
-
-# -- the run -------------------------------------------------------------------------------------
-
-
-async def _server_version(url: str) -> str:
-    async with _nats(url) as (nc,):
-        return str((nc._server_info or {}).get("version", "?"))
-
-
-async def run(
-    selected: Sequence[str],
-    *,
-    quick: bool,
-    reps: int,
-    scale: float,
-    uvloop: bool,
-    encoding: str,
-    directory: Path,
-) -> Report:
-    """Start one private nats-server, run the selected benches in order, print the table."""
-    benches = {b.name: b for b in make_benches(encoding)}
-    config = ServerConfig(server_name="conat-bench")
-    async with NatsServer(config, directory=directory / "nats-server") as server:
-        url = server.url
-        env = environment(uvloop=uvloop, nats_server=await _server_version(url))
-        report = Report(
-            environment=env,
-            mode="quick" if quick else "full",
-            reps=reps,
-            encoding=encoding,
-            method=f"best of {reps} per side (max throughput, min latency); sides alternate order each rep",
-        )
-        print(env.line())
-        print(f"mode {report.mode}, {report.method}; conat encoding {encoding!r}; server {url}\n", flush=True)
-        all_runs: dict[str, list[SideRun]] = {}
-        for name in selected:
-            bench = benches[name]
-            count = max(1, round((bench.quick_count if quick else bench.count) * scale))
-            rows, runs = await run_bench(bench, url, count=count, reps=reps, log=_log, judge=not quick)
-            report.rows.extend(rows)
-            all_runs[name] = runs
-            report.params[name] = {"description": bench.description, "count": count, **bench.params}
-            report.runs[name] = [
-                {
-                    "side": r.side,
-                    "rep": r.rep,
-                    "value": r.sample.value,
-                    "extra": r.sample.extra,
-                    "count": r.sample.count,
-                    "elapsed_s": r.sample.elapsed_s,
-                    "rss_mb": r.resources.rss_mb,
-                    "max_rss_mb": r.resources.max_rss_mb,
-                    "tasks": r.resources.tasks,
-                }
-                for r in runs
-            ]
-    metrics = {m.name: m for b in benches.values() for m in b.metrics}
-    print()
-    print(format_table(report.rows, metrics))
-    print()
-    print(format_resources(all_runs, {name: b.baseline for name, b in benches.items()}))
-    _print_verdict(report.rows, metrics)
-    return report
-
-
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
-def _print_verdict(rows: list[RowResult], metrics: dict[str, Metric]) -> None:
-    print()
-    if any(r.ok is None for r in rows):
-        print("quick run: too few operations to judge, so no verdicts (run without --quick for them)")
-        return
-    failed = [r.name for r in rows if not r.ok]
-    if failed:
-        print(f"below target ({len(failed)} of {len(rows)}): {', '.join(failed)}")
-    else:
-        print(f"all {len(rows)} rows meet their targets")
-    unstable = [r for r in rows if metrics[r.name].passes(r.ratio_paired) != r.ok]
-    if unstable:
-        listed = ", ".join(f"{r.name} (paired {r.ratio_paired:.2f})" for r in unstable)
-        print(f"noisy: the median paired ratio gives the other verdict for {listed}")

@@ -24,9 +24,9 @@ import click
 
 from conat.cli.plugin import Options, data_dir, json_option, to_json
 
-from ._bus import BENCH_NAMES
-from ._bus import run as run_benches
 from ._harness import DEFAULT_REPS, QUICK_REPS, write_json
+from ._run import BENCH_NAMES
+from ._run import run as run_benches
 
 __all__ = ["bench", "default_results_path", "main"]
 

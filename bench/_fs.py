@@ -51,8 +51,8 @@ from nats.aio.msg import Msg as NatsMsg
 import conat
 from host import FileServer, FileServerConfig, FsClient, fs
 
-from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, percentile
-from ._persist import _Clock, _workdir
+from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, Stamp, percentile
+from ._persist import _workdir
 
 __all__ = ["fs_benches"]
 
@@ -106,9 +106,9 @@ async def _in_flight(count: int, op: object) -> tuple[float, float]:
             await op()  # type: ignore[operator]
 
     await asyncio.gather(*(worker(max(1, per // 10)) for _ in range(IN_FLIGHT)))
-    t0 = _Clock()
+    t0 = Stamp()
     await asyncio.gather(*(worker(per) for _ in range(IN_FLIGHT)))
-    return _Clock().since(t0)
+    return Stamp().since(t0)
 
 
 # ---- small files ---------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def _small(write: bool) -> tuple[Measure, Measure]:
             path.write_bytes(_PAYLOAD)
             dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                t0 = _Clock()
+                t0 = Stamp()
                 for i in range(count):
                     if write:
                         temp = d / f".tmp{i}"
@@ -150,7 +150,7 @@ def _small(write: bool) -> tuple[Measure, Measure]:
                         fd = os.open(path, os.O_RDONLY)
                         os.read(fd, 1 << 20)
                         os.close(fd)
-                spent = _Clock().since(t0)
+                spent = Stamp().since(t0)
             finally:
                 os.close(dirfd)
         return _rate(count, spent)
@@ -205,7 +205,7 @@ def _stream(write: bool) -> tuple[Measure, Measure]:
                 if not write:
                     await asyncio.to_thread(_fill, root / "big", mib)
                 async with _rss_peak() as rss:
-                    t0 = _Clock()
+                    t0 = Stamp()
                     if write:
                         result = await f.write_stream("big", _chunks(mib))
                         size = result.size
@@ -213,7 +213,7 @@ def _stream(write: bool) -> tuple[Measure, Measure]:
                         size = 0
                         async for chunk in f.read_stream("big"):
                             size += len(chunk)
-                    spent = _Clock().since(t0)
+                    spent = Stamp().since(t0)
                 if size != mib * MB:
                     raise FsBenchError(f"streamed {size} bytes, not {mib} MiB")
         return _rate(mib * MB / 1e6, spent, {"rss_growth_mb": (rss[1] - rss[0]) / 1e6})
@@ -240,12 +240,12 @@ def _stream(write: bool) -> tuple[Measure, Measure]:
                             got += len((await receiver.recv(timeout=60)).raw)
 
                     async with _rss_peak() as rss:
-                        t0 = _Clock()
+                        t0 = Stamp()
                         reader = asyncio.create_task(receive())
                         for _ in range(total // chunk):
                             await sender.send(block, encoding="raw")
                         await reader
-                        spent = _Clock().since(t0)
+                        spent = Stamp().since(t0)
         return _rate(mib * MB / 1e6, spent, {"rss_growth_mb": (rss[1] - rss[0]) / 1e6})
 
     return conat_side, socket_side
@@ -265,7 +265,7 @@ def _delta() -> tuple[Measure, Measure]:
                 f, root = await _project(server, client)
                 (root / "doc").write_text(base)
                 text = base
-                t0 = _Clock()
+                t0 = Stamp()
                 for i in range(count):
                     edited = text[: MB // 2] + f"edit {i} " + text[MB // 2 :]
                     if delta:
@@ -274,7 +274,7 @@ def _delta() -> tuple[Measure, Measure]:
                     else:
                         await f.write_file("doc", edited)
                     text = edited
-                spent = _Clock().since(t0)
+                spent = Stamp().since(t0)
                 if (root / "doc").read_text() != text:
                     raise FsBenchError("the file is not the last edit")
         return _rate(count, spent)
@@ -309,7 +309,7 @@ def _watch() -> tuple[Measure, Measure]:
                 samples: list[float] = []
                 async with await f.watch("") as watch:
                     await watch.next(timeout=30)
-                    t0 = _Clock()
+                    t0 = Stamp()
                     for i in range(count):
                         name = f"w{i}"
                         start = time.perf_counter()
@@ -317,14 +317,14 @@ def _watch() -> tuple[Measure, Measure]:
                         while (await watch.next(timeout=30)).path != name:
                             pass
                         samples.append(time.perf_counter() - start)
-                    spent = _Clock().since(t0)
+                    spent = Stamp().since(t0)
         return _latency(samples, count, spent)
 
     async def inotify_side(url: str, count: int) -> Sample:
         with _workdir() as d, Inotify() as inotify:
             inotify.add_watch(d, Mask.CREATE | Mask.MODIFY)
             samples: list[float] = []
-            t0 = _Clock()
+            t0 = Stamp()
             for i in range(count):
                 name = f"w{i}"
                 start = time.perf_counter()
@@ -332,7 +332,7 @@ def _watch() -> tuple[Measure, Measure]:
                 while str((await asyncio.wait_for(inotify.get(), 30)).name) != name:
                     pass
                 samples.append(time.perf_counter() - start)
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
         return _latency(samples, count, spent)
 
     return conat_side, inotify_side
@@ -351,10 +351,10 @@ def _stats() -> tuple[Measure, Measure]:
                     await asyncio.gather(*(clients[i % PROJECTS].stat("") for i in range(STATS)))
 
                 await burst()
-                t0 = _Clock()
+                t0 = Stamp()
                 for _ in range(rounds):
                     await burst()
-                spent = _Clock().since(t0)
+                spent = Stamp().since(t0)
         return _rate(rounds * STATS, spent)
 
     async def nats_side(url: str, rounds: int) -> Sample:
@@ -373,10 +373,10 @@ def _stats() -> tuple[Measure, Measure]:
                 await asyncio.gather(*(caller.request(subject, b"stat", timeout=60) for _ in range(STATS)))
 
             await burst()
-            t0 = _Clock()
+            t0 = Stamp()
             for _ in range(rounds):
                 await burst()
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
         finally:
             await caller.close()
             await server.close()

@@ -40,6 +40,7 @@ import platform
 import resource
 import statistics
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -58,6 +59,7 @@ __all__ = [
     "RowResult",
     "Sample",
     "SideRun",
+    "Stamp",
     "environment",
     "format_resources",
     "format_table",
@@ -74,6 +76,27 @@ DEFAULT_REPS: Final = 5
 CPU_KEY: Final = "cpu_us_per_op"
 """Sample extra: this process's CPU time per operation (the client side's own cost)."""
 QUICK_REPS: Final = 1
+
+
+@final
+class Stamp:
+    """Wall time (perf_counter) and this process's CPU time (process_time), read together: the one
+    stopwatch of every bench.
+
+    CPU time is the client side's cost alone (nats-server is another process; every thread of this
+    one counts, SQLite's included); on a shared machine it is steadier than wall time, which other
+    processes' load inflates.
+    """
+
+    __slots__ = ("cpu", "wall")
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def since(self, start: Stamp) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds from ``start`` to this stamp."""
+        return self.wall - start.wall, self.cpu - start.cpu
 
 
 @final

@@ -65,7 +65,7 @@ from conat import NatsServer, ServerConfig
 from persist import StreamConfig, StreamFile, StreamStore, Write
 from persist.testing import MESSAGES_TABLE
 
-from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, resources
+from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, Stamp, resources
 from ._persist_steady import persist_steady_bench
 
 __all__ = ["persist_benches"]
@@ -106,19 +106,6 @@ class PersistBenchError(RuntimeError):
 
 
 # -- plumbing --------------------------------------------------------------------------------------
-
-
-class _Clock:
-    """Wall time and this process's CPU time (every thread's, the SQLite work included)."""
-
-    __slots__ = ("cpu", "wall")
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def since(self, start: _Clock) -> tuple[float, float]:
-        return self.wall - start.wall, self.cpu - start.cpu
 
 
 def _rate(count: int, spent: tuple[float, float], extra: dict[str, float] | None = None) -> Sample:
@@ -188,10 +175,10 @@ def _set_serial(sync: Sync) -> tuple[Measure, Measure]:
         async with _stream(sync) as s:
             for _ in range(_warmup(count)):
                 await s.set(PAYLOAD)
-            t0 = _Clock()
+            t0 = Stamp()
             for _ in range(count):
                 await s.set(PAYLOAD)
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
             if (last := (await s.inventory()).last_seq) != count + _warmup(count):
                 raise PersistBenchError(f"engine serial {sync}: last seq {last}")
         return _rate(count, spent)
@@ -209,9 +196,9 @@ def _set_serial(sync: Sync) -> tuple[Measure, Measure]:
                     db.execute("COMMIT")
 
             write(_warmup(count))
-            t0 = _Clock()
+            t0 = Stamp()
             write(count)
-            return _Clock().since(t0)
+            return Stamp().since(t0)
 
         return _rate(count, await _raw(sync, run))
 
@@ -229,9 +216,9 @@ def _set_batched(sync: Sync) -> tuple[Measure, Measure]:
             per = max(1, count // WRITERS)
             await asyncio.gather(*(writer(max(1, per // 10)) for _ in range(WRITERS)))
             before = s.statistics()
-            t0 = _Clock()
+            t0 = Stamp()
             await asyncio.gather(*(writer(per) for _ in range(WRITERS)))
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
             after = s.statistics()
         done = after.writes - before.writes
         if done != per * WRITERS:
@@ -257,9 +244,9 @@ def _set_batched(sync: Sync) -> tuple[Measure, Measure]:
                     db.execute("COMMIT")
 
             write(max(WRITERS, total // 10))
-            t0 = _Clock()
+            t0 = Stamp()
             write(total)
-            return _Clock().since(t0)
+            return Stamp().since(t0)
 
         return _rate(total, await _raw(sync, run), {"batch": float(WRITERS), GOAL: BATCHED_GOAL})
 
@@ -304,11 +291,11 @@ async def _phases(
     await run(put, warm)
     await run(get, warm)
     keys = [f"k{i}" for i in range(count)]
-    t0 = _Clock()
+    t0 = Stamp()
     await run(put, keys)
-    t1 = _Clock()
+    t1 = Stamp()
     await run(get, keys)
-    t2 = _Clock()
+    t2 = Stamp()
     (set_s, cpu1), (get_s, cpu2) = t1.since(t0), t2.since(t1)
     return set_s, get_s, cpu1 + cpu2
 
@@ -374,10 +361,10 @@ async def _get_all_engine(url: str, count: int) -> Sample:
                 await s.set_many([Write(payload=PAYLOAD)] * min(FILL_CHUNK, count - start))
         async with await StreamFile.open(path, executor=pool, config=config) as s:
             n = 0
-            t0 = _Clock()
+            t0 = Stamp()
             async for batch in s.get_all():
                 n += len(batch)
-            wall, cpu = _Clock().since(t0)
+            wall, cpu = Stamp().since(t0)
     if n != count:
         raise PersistBenchError(f"engine get_all: {n} of {count} messages")
     extra = {"msgs_per_s": count / wall, CPU_KEY: cpu / count * 1e6, GOAL: wall}
@@ -413,9 +400,9 @@ async def _get_all_raw(url: str, count: int) -> Sample:
             return len(rows)
 
         await _in_thread(pool, fill)
-        t0 = _Clock()
+        t0 = Stamp()
         n = await _in_thread(pool, read)
-        wall, cpu = _Clock().since(t0)
+        wall, cpu = Stamp().since(t0)
     if n != count:
         raise PersistBenchError(f"raw select: {n} of {count} rows")
     extra = {"msgs_per_s": count / wall, CPU_KEY: cpu / count * 1e6, GOAL: _get_all_goal(count)}
@@ -472,9 +459,9 @@ async def _open_engine(url: str, count: int) -> Sample:
                         await s.set(PAYLOAD)
                     fds.tick()
 
-            t0 = _Clock()
+            t0 = Stamp()
             await asyncio.gather(*(opener() for _ in range(OPENERS)))
-            wall, cpu = _Clock().since(t0)
+            wall, cpu = Stamp().since(t0)
             fds.sample()
             sample = _open_sample(count, wall, cpu, rss_before, fds)
             stats = store.statistics()
@@ -508,9 +495,9 @@ async def _open_raw(url: str, count: int) -> Sample:
                     db.close()
                 fds.tick()
 
-        t0 = _Clock()
+        t0 = Stamp()
         await asyncio.gather(*(_in_thread(pool, opener) for _ in range(THREADS)))
-        wall, cpu = _Clock().since(t0)
+        wall, cpu = Stamp().since(t0)
         fds.sample()
         return _open_sample(count, wall, cpu, rss_before, fds)
 

@@ -72,7 +72,7 @@ import conat
 from conat import NatsServer, ServerConfig
 from persist import AKV, AStream, PersistServer, Placement, PlacementConfig, StreamConfig, Write
 
-from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, percentile
+from ._harness import CPU_KEY, Bench, Measure, Metric, Sample, Stamp, percentile
 from ._persist import (
     GOAL,
     KV_CONCURRENCY,
@@ -80,7 +80,6 @@ from ._persist import (
     SIZE,
     PersistBenchError,
     Sync,
-    _Clock,
     _kv_sample,
     _phases,
     _rate,
@@ -175,9 +174,9 @@ async def _in_flight(count: int, publish: _Publish) -> tuple[int, int, tuple[flo
     per = max(1, count // IN_FLIGHT)
     warm = max(1, per // 10)
     await asyncio.gather(*(writer(warm) for _ in range(IN_FLIGHT)))
-    t0 = _Clock()
+    t0 = Stamp()
     await asyncio.gather(*(writer(per) for _ in range(IN_FLIGHT)))
-    spent = _Clock().since(t0)
+    spent = Stamp().since(t0)
     return per * IN_FLIGHT, (per + warm) * IN_FLIGHT, spent
 
 
@@ -230,9 +229,9 @@ def _set_batched() -> tuple[Measure, Measure]:
 
             per = max(1, count // outstanding)
             await asyncio.gather(*(writer(1) for _ in range(BATCHES_IN_FLIGHT)))
-            t0 = _Clock()
+            t0 = Stamp()
             await asyncio.gather(*(writer(per) for _ in range(BATCHES_IN_FLIGHT)))
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
         return _rate(per * outstanding, spent, {GOAL: per * outstanding / spent[0]})
 
     async def jetstream(url: str, count: int) -> Sample:
@@ -246,9 +245,9 @@ def _set_batched() -> tuple[Measure, Measure]:
 
             per = max(1, count // outstanding)
             await asyncio.gather(*(writer(1) for _ in range(outstanding)))
-            t0 = _Clock()
+            t0 = Stamp()
             await asyncio.gather(*(writer(per) for _ in range(outstanding)))
-            spent = _Clock().since(t0)
+            spent = Stamp().since(t0)
         return _rate(per * outstanding, spent, {GOAL: BATCHED_GOAL})
 
     return service, jetstream
@@ -320,12 +319,12 @@ async def _latencies(count: int, publish: _PublishSeq, arrivals: _Arrivals) -> S
     for _ in range(_warmup(count)):
         await arrivals.wait(await publish())
     latencies = []
-    t0 = _Clock()
+    t0 = Stamp()
     for _ in range(count):
         sent = time.perf_counter()
         seq = await publish()
         latencies.append(await arrivals.wait(seq) - sent)
-    wall, cpu = _Clock().since(t0)
+    wall, cpu = Stamp().since(t0)
     latencies.sort()
     extra = {"p99_ms": percentile(latencies, 0.99) * 1e3, CPU_KEY: cpu / count * 1e6}
     return Sample(percentile(latencies, 0.50) * 1e3, extra, count=count, elapsed_s=wall)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -26,7 +25,7 @@ from nats.aio.msg import Msg as NatsMsg
 
 import conat
 
-from ._harness import Bench, Measure, Metric, Sample
+from ._harness import Bench, Measure, Metric, Sample, Stamp
 
 __all__ = ["socket_benches"]
 
@@ -51,19 +50,6 @@ def _warmup(count: int) -> int:
 
 class _BenchError(RuntimeError):
     pass
-
-
-class _Clock:
-    """Wall and process CPU time, read together (as in :mod:`bench._bus`)."""
-
-    __slots__ = ("cpu", "wall")
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def __sub__(self, start: _Clock) -> tuple[float, float]:
-        return self.wall - start.wall, self.cpu - start.cpu
 
 
 def _sample(count: int, size: int, spent: tuple[float, float], per_mb: bool) -> Sample:
@@ -107,38 +93,38 @@ def _measures(size: int, per_mb: bool) -> tuple[Measure, Measure]:
     async def conat_side(url: str, count: int) -> Sample:
         async with _conat_pair(url) as (sock, conn):
 
-            async def read(n: int) -> _Clock:
+            async def read(n: int) -> Stamp:
                 recv = conn.recv
                 for _ in range(n):
                     msg = await recv()
                     if len(msg.raw) != size:
                         raise _BenchError(f"conat socket: a message of {len(msg.raw)} bytes, not {size}")
-                return _Clock()
+                return Stamp()
 
             spent = (0.0, 0.0)
             for n in (_warmup(count), count):
                 reader = asyncio.create_task(read(n))
                 send = sock.send
-                t0 = _Clock()
+                t0 = Stamp()
                 for _ in range(n):
                     await send(payload, encoding="raw")
                 try:
                     t1 = await asyncio.wait_for(reader, WAIT_TIMEOUT)
                 except TimeoutError:
                     raise _BenchError(f"conat socket: not all of {n} messages arrived") from None
-                spent = t1 - t0
+                spent = t1.since(t0)
             return _sample(count, size, spent, per_mb)
 
     async def nats_side(url: str, count: int) -> Sample:
         async with _nats_pair(url) as (pub, sub):
             _, subject = _subject()
             state = {"n": 0, "expected": 0}
-            done: asyncio.Future[_Clock] = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[Stamp] = asyncio.get_running_loop().create_future()
 
             async def on_msg(msg: NatsMsg) -> None:
                 state["n"] += 1
                 if state["n"] == state["expected"]:
-                    done.set_result(_Clock())
+                    done.set_result(Stamp())
 
             await sub.subscribe(subject, cb=on_msg)
             await sub.flush()
@@ -148,14 +134,14 @@ def _measures(size: int, per_mb: bool) -> tuple[Measure, Measure]:
                 state["n"], state["expected"] = 0, n
                 done = asyncio.get_running_loop().create_future()
                 publish = pub.publish
-                t0 = _Clock()
+                t0 = Stamp()
                 for _ in range(n):
                     await publish(subject, payload)
                 try:
                     t1 = await asyncio.wait_for(done, WAIT_TIMEOUT)
                 except TimeoutError:
                     raise _BenchError(f"nats-py pub/sub: {state['n']} of {n} messages arrived") from None
-                spent = t1 - t0
+                spent = t1.since(t0)
             return _sample(count, size, spent, per_mb)
 
     return conat_side, nats_side

@@ -1,16 +1,19 @@
 """conat: a message bus for Python services on NATS.
 
 Start with :func:`connect`; the returned :class:`Client` publishes, subscribes, requests, streams
-replies and chunks large payloads. :class:`NatsServer` runs a private nats-server.
+replies and chunks large payloads. :class:`NatsServer` runs a private nats-server. The error tree
+of every package is drawn in :mod:`conat._errors`; test helpers are in :mod:`conat.testing`.
 """
 
 from subjects import InvalidSubject as InvalidSubject
 
+from ._backoff import Backoff as Backoff
+from ._backoff import BackoffSequence as BackoffSequence
+from ._backoff import retry as retry
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import ClientStatistics as ClientStatistics
 from ._clock import Clock as Clock
-from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
 from ._codecs import JSON as JSON
 from ._codecs import MSGPACK as MSGPACK
@@ -18,6 +21,14 @@ from ._codecs import RAW as RAW
 from ._codecs import Codec as Codec
 from ._codecs import get_codec as get_codec
 from ._connect import connect as connect
+from ._error_registry import error_fields as error_fields
+from ._error_registry import rebuild_error as rebuild_error
+from ._error_registry import register_error as register_error
+from ._errors import BAD_REQUEST as BAD_REQUEST
+from ._errors import BUSY as BUSY
+from ._errors import INTERNAL as INTERNAL
+from ._errors import NOT_FOUND as NOT_FOUND
+from ._errors import UNAVAILABLE as UNAVAILABLE
 from ._errors import BadURL as BadURL
 from ._errors import ClosedError as ClosedError
 from ._errors import ConatError as ConatError
@@ -52,6 +63,9 @@ from ._micro import PingResponse as PingResponse
 from ._micro import StatsResponse as StatsResponse
 from ._paths import data_dir as data_dir
 from ._process import die_with_parent as die_with_parent
+from ._queue import BoundedQueue as BoundedQueue
+from ._queue import QueueStatistics as QueueStatistics
+from ._ratelimit import TokenBucket as TokenBucket
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
@@ -72,7 +86,12 @@ from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __all__ = [
+    "BAD_REQUEST",
+    "BUSY",
+    "Backoff",
+    "BackoffSequence",
     "BadURL",
+    "BoundedQueue",
     "Client",
     "ClientState",
     "ClientStatistics",
@@ -89,8 +108,8 @@ __all__ = [
     "EndpointStatistics",
     "EndpointStats",
     "ErrorCode",
-    "FakeClock",
     "Forbidden",
+    "INTERNAL",
     "InfoResponse",
     "InvalidSubject",
     "JSON",
@@ -98,6 +117,7 @@ __all__ = [
     "MSGPACK",
     "Message",
     "MicroService",
+    "NOT_FOUND",
     "NatsServer",
     "NoResponders",
     "PayloadError",
@@ -105,6 +125,7 @@ __all__ = [
     "PeerDead",
     "PingResponse",
     "PortInUse",
+    "QueueStatistics",
     "RAW",
     "RemoteError",
     "RpcRequest",
@@ -128,13 +149,19 @@ __all__ = [
     "SubscriptionStatistics",
     "SystemClock",
     "Timeout",
+    "TokenBucket",
+    "UNAVAILABLE",
     "Unauthorized",
     "WebsocketConfig",
     "connect",
     "data_dir",
     "die_with_parent",
+    "error_fields",
     "error_reply",
     "get_codec",
+    "rebuild_error",
+    "register_error",
     "reply_encoding",
     "respond_error",
+    "retry",
 ]

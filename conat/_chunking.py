@@ -30,12 +30,12 @@ chunks would scatter; pulling lets exactly the member that got the head fetch th
 gives flow control for free (the receiver never has more than a few windows in flight), and it
 only ever *answers* messages, which is what NATS response permissions allow between principals.
 
-This module does no I/O and reads time only through the injected clock.
+This module does no I/O and keeps no clock: every method that needs the time takes ``now``
+(seconds on the caller's monotonic clock).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, final
@@ -62,7 +62,6 @@ __all__ = [
     "reassembly_cost",
 ]
 
-Clock = Callable[[], float]
 Receivers = Literal["one", "many"]
 
 MIN_CHUNK_SIZE: Final = 1024
@@ -217,13 +216,11 @@ class OutgoingTransfers:
         max_bytes: int,
         ttl: float,
         linger: float = LINGER,
-        clock: Clock = time.monotonic,
         on_release: Callable[[str], object] | None = None,
     ) -> None:
         self._max_bytes = max_bytes
         self._ttl = ttl
         self._linger = linger
-        self._clock = clock
         self._on_release = on_release
         self._transfers: dict[str, _Outgoing] = {}
         self._bytes = 0
@@ -232,26 +229,25 @@ class OutgoingTransfers:
         self._expired = 0
 
     def add(
-        self, transfer_id: str, payload: bytes, chunk_size: int, receivers: Receivers = "many"
+        self, transfer_id: str, payload: bytes, chunk_size: int, receivers: Receivers = "many", *, now: float
     ) -> ChunkHead:
         """Hold ``payload`` for pulls; ``receivers="one"`` frees it when its receiver finishes."""
-        self.expire()
+        self.expire(now)
         size = len(payload)
         if self._bytes + size > self._max_bytes:
             self._evict_complete(self._bytes + size - self._max_bytes)
         if self._bytes + size > self._max_bytes:
             raise PayloadTooLarge(size, self._max_bytes - self._bytes, "outgoing chunked payload")
         head = ChunkHead(transfer_id, size, chunk_size, chunk_count(size, chunk_size))
-        self._transfers[transfer_id] = _Outgoing(head, memoryview(payload), receivers, self._clock())
+        self._transfers[transfer_id] = _Outgoing(head, memoryview(payload), receivers, now)
         self._bytes += size
         self._started += 1
         return head
 
-    def chunks(self, pull: PullRequest, puller: str) -> list[tuple[int, memoryview]] | None:
+    def chunks(self, pull: PullRequest, puller: str, *, now: float) -> list[tuple[int, memoryview]] | None:
         """The chunks ``puller`` asked for (clipped to the transfer and to :data:`MAX_PULL_BYTES`),
         or ``None`` if the transfer is unknown or expired. A finishing pull returns ``[]``."""
         out = self._transfers.get(pull.transfer_id)
-        now = self._clock()
         if out is None or out.last_activity + self._ttl < now:
             return None
         out.last_activity = now
@@ -304,9 +300,9 @@ class OutgoingTransfers:
                 needed -= out.head.total_size
                 self._release(tid, completed=True)
 
-    def expire(self) -> int:
-        """Free finished transfers whose linger is over and any idle for ``ttl``; returns how many."""
-        now = self._clock()
+    def expire(self, now: float) -> int:
+        """Free finished transfers whose linger is over and any idle for ``ttl`` at ``now``; returns
+        how many."""
         done = [t for t, o in self._transfers.items() if o.complete and o.last_activity + self._linger <= now]
         for tid in done:
             self._release(tid, completed=True)

@@ -8,7 +8,7 @@ from typing import Final
 
 from subjects import Permissions
 
-from ._client import Client, ClientState
+from ._client import Client
 from ._credentials import Credentials, CredentialSession, StaticToken, as_credentials
 from ._errors import BadURL, ConnectError, Unauthorized
 from ._paths import read_state
@@ -104,6 +104,7 @@ async def connect(
     try:
         await client._connect(
             urls,
+            session,
             token=token,
             user=user,
             password=password,
@@ -114,8 +115,6 @@ async def connect(
             max_outstanding_pings=max_outstanding_pings,
         )
     except BaseException as e:
-        client._closing = True
-        client._state = ClientState.CLOSED
         if isinstance(e, Unauthorized):
             if session is not None:
                 raise session.refusal() from None
@@ -130,8 +129,6 @@ async def connect(
                 "the server refused the credentials (authorization violation); it does not tell clients why",
             ) from None
         raise
-    if session is not None:
-        client._credentials = session
-        if not isinstance(session.source, StaticToken):
-            session.start(client)
+    if session is not None and not isinstance(session.source, StaticToken):
+        session.start(client)
     return client

@@ -37,16 +37,17 @@ import contextlib
 import datetime
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, final
 
 from subjects import Grant, grant, server_bus
 
+from ._backoff import Backoff
+from ._clock import Clock, SystemClock
 from ._errors import ConatError, Unauthorized
 from .auth._files import read_private_file
-from .auth._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY, TokenClaims, peek_claims
+from .auth._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY, TOKEN_PREFIX, TokenClaims, peek_claims
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -65,8 +66,8 @@ log = logging.getLogger("conat.credentials")
 
 MIN_MARGIN: Final = 2.0
 MARGIN_SHARE: Final = 0.2
-RETRY_MIN: Final = 0.2
-RETRY_MAX: Final = 5.0
+REFRESH_BACKOFF: Final = Backoff(initial=0.2, maximum=5.0)
+"""Between the tries of a refresh whose source failed or still had the current token."""
 MAX_TOKEN_FILE: Final = 1024 * 1024
 """A token file larger than this is not read at all (memory bound); the token in it must still be
 at most :data:`conat.auth.MAX_TOKEN_SIZE` characters."""
@@ -103,15 +104,14 @@ class TokenFile:
     (:func:`conat.auth.read_private_file`): nobody else can swap in their token or read ours.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, what: str = "token file") -> None:
         self.path = Path(path)
+        self._what = what
 
     async def fetch(self) -> str:
         """The token in the file. Raises :class:`conat.auth.SecretFileError` (a ConatError) naming
         the file and the problem (missing, a symlink, accessible by others, another user's...)."""
-        raw = await asyncio.to_thread(
-            read_private_file, self.path, what="token file", max_size=MAX_TOKEN_FILE
-        )
+        raw = await asyncio.to_thread(read_private_file, self.path, what=self._what, max_size=MAX_TOKEN_FILE)
         return raw.decode("ascii", errors="replace").strip()
 
     def __repr__(self) -> str:
@@ -133,9 +133,16 @@ class TokenProvider:
 
 
 def as_credentials(value: Credentials | str | os.PathLike[str] | Callable[[], Awaitable[str]]) -> Credentials:
-    """A token string, a token file path, a coroutine function, or a :class:`Credentials`."""
+    """A token, a token file path, a coroutine function, or a :class:`Credentials`.
+
+    A string is a token if it starts with ``conat1.`` (every conat token does, and no token has a
+    ``/``: a token never looks like a path); any other string is the path of a token file, and the
+    file's errors say that the string was read as a path.
+    """
     if isinstance(value, str):
-        return StaticToken(value)
+        if value.startswith(f"{TOKEN_PREFIX}."):
+            return StaticToken(value)
+        return TokenFile(value, what=f"token file (credentials that are not a {TOKEN_PREFIX} token name a file)")
     if isinstance(value, os.PathLike):
         return TokenFile(value)
     if hasattr(value, "fetch"):
@@ -173,13 +180,21 @@ def token_problem(token: str, claims: TokenClaims | None, now: float) -> tuple[s
 class CredentialSession:
     """The current token of one client, its grant, and the task that keeps it fresh.
 
-    ``url`` names the bus in error messages.
+    ``url`` names the bus in error messages; ``clock`` gives the time tokens are judged by (its
+    ``wall()``) and the refresh waits on.
     """
 
     def __init__(
-        self, source: Credentials, token: str, *, url: str = "the bus", max_refusals: int = 3
+        self,
+        source: Credentials,
+        token: str,
+        *,
+        url: str = "the bus",
+        max_refusals: int = 3,
+        clock: Clock | None = None,
     ) -> None:
         self.source = source
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.url = url
         self.max_refusals = max_refusals
         self.refreshes = 0
@@ -193,7 +208,7 @@ class CredentialSession:
 
     @classmethod
     async def open(
-        cls, source: Credentials, *, url: str = "the bus", max_refusals: int = 3
+        cls, source: Credentials, *, url: str = "the bus", max_refusals: int = 3, clock: Clock | None = None
     ) -> CredentialSession:
         """Fetch a first token from ``source``.
 
@@ -201,7 +216,7 @@ class CredentialSession:
             Unauthorized: ``"too-large"`` or ``"malformed"``: no bus would accept it.
             ConatError: the source has no token (e.g. an unreadable token file).
         """
-        return cls(source, await source.fetch(), url=url, max_refusals=max_refusals)
+        return cls(source, await source.fetch(), url=url, max_refusals=max_refusals, clock=clock)
 
     def install(self, token: str) -> None:
         """Make ``token`` current (the next CONNECT sends it).
@@ -235,7 +250,7 @@ class CredentialSession:
         server's INFO arrived): withheld (``""``, the server then refuses with no credentials)
         when the server names another bus than the token's."""
         client = self._client
-        served = server_bus(client._transport.server_name or "") if client is not None else None
+        served = server_bus(client._core.transport.server_name or "") if client is not None else None
         if served is not None and served != self.claims.aud:
             self.withheld_from = served
             return ""
@@ -244,7 +259,7 @@ class CredentialSession:
 
     def problem(self, now: float | None = None) -> Unauthorized | None:
         """A refusal the client can tell by itself for the current token now, or None."""
-        found = token_problem(self._token, self.claims, time.time() if now is None else now)
+        found = token_problem(self._token, self.claims, self.clock.wall() if now is None else now)
         if found is None:
             return None
         code, why = found
@@ -259,7 +274,7 @@ class CredentialSession:
                 "the token was not sent",
                 refusal="wrong-bus",
             )
-        now = time.time()
+        now = self.clock.wall()
         local = self.problem(now)
         if local is not None:
             return local
@@ -296,22 +311,24 @@ class CredentialSession:
     def _delay(self) -> float:
         lifetime = max(0.0, self.claims.exp - self.claims.iat)
         margin = max(MIN_MARGIN, MARGIN_SHARE * lifetime)
-        return max(0.0, self.claims.exp - margin - time.time())
+        return max(0.0, self.claims.exp - margin - self.clock.wall())
 
     async def _refresh_loop(self) -> None:
+        clock = self.clock
         while True:
-            await asyncio.sleep(self._delay())
+            await clock.sleep_until(clock.now() + self._delay())
             if not await self._fetch_new():
                 continue
             self.refreshes += 1
             client = self._client
             if client is not None and client.is_connected:
-                await client._transport.force_reconnect()
+                await client._core.transport.force_reconnect()
 
     async def _fetch_new(self) -> bool:
         """Fetch until the source gives a token different from the current one (or the current
         one expires: then False, and the server will close us at the JWT's expiry)."""
-        delay = RETRY_MIN
+        clock = self.clock
+        delays = REFRESH_BACKOFF.sequence()
         while True:
             try:
                 token = await self.source.fetch()
@@ -320,11 +337,10 @@ class CredentialSession:
                     return True
             except ConatError as e:
                 log.warning("could not refresh the credentials: %s", e)
-            if time.time() >= self.claims.exp:
-                await asyncio.sleep(RETRY_MAX)
+            if clock.wall() >= self.claims.exp:
+                await clock.sleep_until(clock.now() + REFRESH_BACKOFF.maximum)
                 return False
-            await asyncio.sleep(delay)
-            delay = min(RETRY_MAX, delay * 2)
+            await delays.sleep(clock)
 
     # -- refusals at reconnect -------------------------------------------------------------
     def refused(self) -> Unauthorized | None:
@@ -357,7 +373,7 @@ class CredentialSession:
         no fresh one in time) ends the client."""
         if not auth_expired:
             return None
-        if time.time() < self.claims.exp - 1:  # - 1: the user JWT's expiry is in whole seconds
+        if self.clock.wall() < self.claims.exp - 1:  # - 1: the user JWT's expiry is in whole seconds
             why = (
                 "the bus ended the connection at its lifetime cap, before the token's exp at "
                 f"{_utc(self.claims.exp)} (the bus's max_lifetime is shorter than the token's lifetime)"

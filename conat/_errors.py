@@ -1,46 +1,104 @@
-"""conat's error tree.
+"""The project's error tree, drawn once, and the status codes that are not a class of their own.
 
-Every error conat raises carries a stable ``code`` (an HTTP-like status number for bus-level
-failures; whatever a remote handler chose for :class:`RemoteError`) and structured fields, and
-builds its own message from them. Callers branch on the class or on ``code``, never on text::
+Every error the project raises is a :class:`ConatError`: it carries a stable ``code`` (an HTTP-like
+status number for bus-level failures, a stable symbolic name otherwise) and structured fields, and
+builds its own message from them. Callers branch on the class or on ``code``, never on the text.
+Each package defines its own branch in its ``_errors`` module; the whole tree is here::
 
     ConatError                       code
     ├── ConnectError                 "connect"   could not reach or authenticate to the bus
     │   ├── BadURL                   400         the URL itself is malformed
-    │   └── Unauthorized             401         the bus refused the credentials
+    │   └── Unauthorized             401         the bus refused the credentials (``refusal`` says why)
     ├── ClosedError                  "closed"    the client (or a subscription) was closed
     ├── NoResponders                 503         nobody listens on a request subject
     ├── Timeout                      408         no reply before the deadline
     │   └── Disconnected             503         the connection dropped while the request was in flight
     ├── Forbidden                    403         the credentials do not allow the subject
-    ├── RemoteError                  <handler>   the handler replied with an error
+    ├── RemoteError                  <handler>   the handler replied with an error (see below)
     ├── PayloadError                 400         a payload could not be encoded or decoded
     ├── PayloadTooLarge              413         a payload is over a size cap
-    ├── SocketError                  "socket"    a reliable socket (conat._socket) failed
+    ├── SocketError                  "socket"    a reliable socket failed
     │   ├── SocketBusy               429         the send window is full (``send_nowait``)
     │   ├── SocketClosed             "closed"    the socket is closed, by us or by the peer
     │   ├── EndOfStream              "eof"       the peer sent end of stream: nothing more will come
     │   ├── PeerDead                 408         nothing heard from the peer within ``peer_timeout``
     │   ├── SocketReset              "reset"     the peer aborted, or does not know the connection
     │   └── SocketProtocolError      "protocol"  an illegal lifecycle transition or a malformed frame
-    └── ServerError                  "server"    managing a local nats-server failed
-        ├── ServerBinaryNotFound     "server-binary-not-found"
-        ├── PortInUse                "port-in-use"
-        └── ServerConfigRejected     "server-config-rejected"
+    ├── ServerError                  "server"    managing a local nats-server failed
+    │   ├── ServerBinaryNotFound     "server-binary-not-found"
+    │   ├── PortInUse                "port-in-use"
+    │   └── ServerConfigRejected     "server-config-rejected"
+    ├── CredentialError              <check>     conat.auth: a key, sealed box, token or secret file
+    │                                            failed a check; its branch (one class per kind of
+    │                                            credential, ``code`` names the check) is drawn in
+    │                                            conat/auth/_errors.py, with every code
+    ├── AuthStoreError               "auth-store"           conat.auth: the bus's auth store cannot
+    │                                                       be used (drawn in conat/auth/_errors.py)
+    ├── DemoFailed                   "demo-failed"          ``conat up``: the demo gave a wrong answer
+    ├── ActorError                   "actor"                actors
+    │   ├── BrokenInvariant          500                    a handler's state is broken: the key restarts
+    │   ├── ActorDefinitionError     "bad-actor"            an actor class or its options are invalid
+    │   ├── Escalation               "escalated"            a supervisor gave up (N restarts in T seconds)
+    │   ├── OwnedElsewhere           "owned-elsewhere"      another process owns this keyed type
+    │   ├── IllegalTransition        "illegal-transition"   an activation's state machine was misdriven
+    │   └── ActivationFailed       * "activation-failed"    a message crashed its key's activation
+    │                                                       repeatedly and was dead-lettered
+    ├── PersistError                 "persist"              persist
+    │   ├── Rejected               * "reject"               a configured limit refused a write
+    │   ├── WrongLastSequence      * "wrong-last-sequence"  a compare-and-set write saw another seq
+    │   ├── BadPath                * "bad-path"             a storage path is malformed
+    │   │   └── OutsideScope       * "outside-scope"        a storage path (or file) escapes its scope
+    │   ├── TooLarge               * "too-large"            input over a hard, non-configurable bound
+    │   ├── BadConfig              * "bad-config"           a config field has a bad type or value
+    │   ├── BadRequest             * "bad-request"          an operation's arguments are malformed
+    │   ├── NotFound               * "not-found"            the stream (or object) does not exist
+    │   ├── Corrupt                * "corrupt"              stored data cannot be read back
+    │   ├── StorageError           * "storage"              the disk or file system failed
+    │   ├── RootInUse              * "root-in-use"          another service holds the storage root
+    │   └── TooSlow                  "too-slow"             a change-event reader fell behind
+    ├── HostError                    "host"                 host: the runner and its projects
+    │   ├── BadArgument              400                    a malformed or out-of-range argument
+    │   ├── UnknownProject         * "unknown-project"      no such project on this host
+    │   ├── ProjectExists          * "project-exists"       create/import of a project the host has
+    │   ├── WrongState             * "wrong-state"          illegal in the project's state
+    │   ├── NoCredentials          * "no-credentials"       no token for the project, none can be minted
+    │   └── LaunchFailed           * "launch-failed"        the project process could not be started
+    └── FsError                    * <errno>                host: the file server; ``code`` is an
+                                                            errno name (``ENOENT``...) or one of its
+                                                            own (``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...)
 
-Subject grammar errors are :class:`subjects.InvalidSubject` (code 400): ``subjects`` sits below
-``conat`` and cannot import it. conat re-exports that class so users catch it from one place.
+Beside the tree, and translated into it where they meet the bus: :class:`subjects.InvalidSubject`
+(code 400; ``subjects`` sits below ``conat`` and cannot import it, so conat re-exports the class for
+users to catch it from one place) and ``subjects.InvalidBus`` (400); the ``OSError`` s of
+:mod:`conat.beneath` (``OutsideRoot``, ``SymlinkRefused``, ``SpecialFile``, ``BadName``), which the
+file server turns into :class:`FsError` and persist into ``BadPath``.
+
+**Errors over the bus.** A handler that raises a :class:`ConatError` answers with its ``code`` (and,
+for a class marked ``*`` above, its fields): the caller's ``request()`` raises :class:`RemoteError`
+with that code. The classes marked ``*`` are registered for their codes
+(:func:`conat.register_error`): for them the caller gets the typed error back, rebuilt from its
+fields, and it is also a :class:`RemoteError` (``except RemoteError`` still catches it; ``code``,
+``remote_message`` and ``subject`` are there too). Only symbolic codes are registered: a number (400,
+404, 429, 500, 503...) is a status any handler may send for its own reasons, so it stays a plain
+:class:`RemoteError`. The numeric codes that several packages answer with, without a class of their
+own, are defined once, below (:data:`BUSY`, :data:`UNAVAILABLE`...).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 __all__ = [
+    "BAD_REQUEST",
+    "BUSY",
+    "INTERNAL",
+    "NOT_FOUND",
+    "UNAVAILABLE",
     "BadURL",
     "ClosedError",
     "ConatError",
     "ConnectError",
+    "DeadlinePassed",
     "Disconnected",
     "EndOfStream",
     "ErrorCode",
@@ -65,6 +123,25 @@ __all__ = [
 
 ErrorCode = int | str
 """An error code: an HTTP-like status (``503``) or a stable symbolic name (``"ENOENT"``)."""
+
+BAD_REQUEST: Final = 400
+"""The request cannot be understood: an undecodable body, an unknown field, a bad argument."""
+
+NOT_FOUND: Final = 404
+"""The request names something the service does not have (an RPC method, a socket connection)."""
+
+BUSY: Final = 429
+"""A bounded buffer, mailbox or rate refused the request: nothing was done; retry later, slower.
+
+Answered at once instead of queueing without bound (a subscription's buffer, an actor's mailbox, a
+service's rate or concurrency cap), so a caller learns of the overload in one round trip rather
+than at its deadline."""
+
+INTERNAL: Final = 500
+"""The handler failed in a way it did not name (an unexpected exception)."""
+
+UNAVAILABLE: Final = 503
+"""The service cannot answer now (it is stopping, or nobody serves the subject): retry later."""
 
 
 class ConatError(Exception):
@@ -107,7 +184,7 @@ class Unauthorized(ConnectError):
 class BadURL(ConnectError):
     """The URL is not a NATS URL conat can use (``nats://``, ``tls://``, ``ws://``, ``wss://``)."""
 
-    code: ErrorCode = 400
+    code: ErrorCode = BAD_REQUEST
 
 
 class ClosedError(ConatError):
@@ -123,7 +200,7 @@ class ClosedError(ConatError):
 class NoResponders(ConatError):
     """Nobody is subscribed to a request's subject. Raised at once (the server says so)."""
 
-    code: ErrorCode = 503
+    code: ErrorCode = UNAVAILABLE
 
     def __init__(self, subject: str) -> None:
         self.subject = subject
@@ -151,7 +228,7 @@ class Disconnected(Timeout):
     simply be repeated. Its code is 503, the code retry policies treat as "try again later".
     """
 
-    code: ErrorCode = 503
+    code: ErrorCode = UNAVAILABLE
 
     def __init__(self, subject: str, elapsed: float, what: str = "request") -> None:
         self.subject = subject
@@ -192,7 +269,7 @@ class RemoteError(ConatError):
 class PayloadError(ConatError, ValueError):
     """A payload could not be encoded or decoded with the chosen codec."""
 
-    code: ErrorCode = 400
+    code: ErrorCode = BAD_REQUEST
 
     def __init__(self, operation: str, codec: str, detail: str) -> None:
         self.operation = operation
@@ -231,7 +308,7 @@ class SocketBusy(SocketError):
     Raised by ``send_nowait``; ``send`` waits instead. Retry after the peer reads, or ``await send``.
     """
 
-    code: ErrorCode = 429
+    code: ErrorCode = BUSY
 
     def __init__(self, subject: str, unacked: int, window: int) -> None:
         self.unacked = unacked
@@ -313,3 +390,12 @@ class PortInUse(ServerError):
 
 class ServerConfigRejected(ServerError):
     code: ErrorCode = "server-config-rejected"
+
+
+class DeadlinePassed(Exception):
+    """Internal: set on a waiting future when its deadline passes. Never reaches a caller.
+
+    Whoever awaits the future turns it into the :class:`Timeout` (or :class:`PeerDead`) it means
+    there, naming the subject and the elapsed time, which the timer that expires the future does
+    not know. Not a :class:`ConatError`, so no ``except ConatError`` can swallow it by mistake.
+    """

@@ -27,7 +27,8 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import ErrorCode, PayloadError, RemoteError
+from ._error_registry import rebuild_error
+from ._errors import INTERNAL, ErrorCode, PayloadError, RemoteError
 
 __all__ = [
     "BUS_HEADERS",
@@ -111,7 +112,6 @@ MAX_ERROR_TEXT_BYTES: Final = 4096
 MAX_ERROR_DATA_BYTES: Final = 4096
 """An error reply's structured fields (JSON) over this size are left out (the code and text stay)."""
 _MICRO_TEXT_BYTES: Final = 256
-_INTERNAL: Final = 500
 
 
 def is_reserved(name: str, *, extensions: bool = False) -> bool:
@@ -153,7 +153,7 @@ def micro_code(code: ErrorCode) -> int:
     """The numeric NATS micro code for a conat code: integers as they are, anything else 500."""
     if isinstance(code, int) and not isinstance(code, bool):
         return code
-    return _INTERNAL
+    return INTERNAL
 
 
 def truncate_text(text: str, limit: int) -> str:
@@ -184,36 +184,42 @@ def error_headers(
         MICRO_ERROR_CODE_HEADER: str(micro_code(code)),
     }
     if data:
-        encoded = msgspec.json.encode(data).decode()
-        if len(encoded) <= MAX_ERROR_DATA_BYTES:
-            headers[ERROR_DATA_HEADER] = encoded
+        try:
+            encoded = msgspec.json.encode(data).decode()
+        except (TypeError, msgspec.EncodeError) as e:
+            log.warning("error %s: its data cannot be encoded (%s), sent without it", code, e)
         else:
-            log.warning("error %s: its %d bytes of data are over %d, sent without them",
-                        code, len(encoded), MAX_ERROR_DATA_BYTES)  # fmt: skip
+            if len(encoded) <= MAX_ERROR_DATA_BYTES:
+                headers[ERROR_DATA_HEADER] = encoded
+            else:
+                log.warning("error %s: its %d bytes of data are over %d, sent without them",
+                            code, len(encoded), MAX_ERROR_DATA_BYTES)  # fmt: skip
     return headers, truncate_text(text, MAX_ERROR_TEXT_BYTES).encode()
 
 
 def error_from_headers(headers: Mapping[str, str], body: bytes, subject: str) -> RemoteError | None:
     """The :class:`RemoteError` an error reply stands for, or ``None`` if it is not one.
 
-    A conat error reply (``Conat-Error``) gives its code, text and fields; a NATS micro error reply
-    from another service (``Nats-Service-Error-Code`` / ``Nats-Service-Error`` only) gives the micro
-    code and description (the body when the description is empty).
+    A conat error reply (``Conat-Error``) gives its code, text and fields, and is rebuilt as the
+    error class registered for its code (:func:`conat.rebuild_error`); a NATS micro error reply from
+    another service (``Nats-Service-Error-Code`` / ``Nats-Service-Error`` only) gives the micro code
+    and description (the body when the description is empty), always as a plain ``RemoteError``:
+    another service's codes are not ours to interpret.
     """
     code = headers.get(ERROR_HEADER)
     if code is not None:
-        return RemoteError(
+        return rebuild_error(
             parse_error_code(code),
             body.decode(errors="replace"),
-            subject,
-            _error_data(headers.get(ERROR_DATA_HEADER)),
+            subject=subject,
+            data=_error_data(headers.get(ERROR_DATA_HEADER)),
         )
     micro = headers.get(MICRO_ERROR_CODE_HEADER)
     description = headers.get(MICRO_ERROR_HEADER)
     if micro is None and description is None:
         return None
     text = description or body.decode(errors="replace")
-    return RemoteError(parse_error_code(micro) if micro else _INTERNAL, text, subject)
+    return RemoteError(parse_error_code(micro) if micro else INTERNAL, text, subject)
 
 
 def _error_data(text: str | None) -> dict[str, Any] | None:

@@ -119,7 +119,7 @@ class Message:
     ) -> None:
         """Send a reply. Call it several times and then :meth:`end` to stream to ``request_many``."""
         client = self._require_reply()
-        await client._reply(self.reply, data, headers, encoding)
+        await client._core.reply(self.reply, data, headers, encoding)
 
     def respond_nowait(
         self, data: Any = None, *, headers: dict[str, str] | None = None, encoding: str | None = None
@@ -135,7 +135,7 @@ class Message:
             ClosedError: the client is closed.
         """
         client = self._require_reply()
-        client._reply_nowait(self.reply, data, headers, encoding)
+        client._core.reply_nowait(self.reply, data, headers, encoding)
 
     def respond_error_nowait(
         self, code: ErrorCode, message: str, *, data: Mapping[str, Any] | None = None
@@ -143,14 +143,14 @@ class Message:
         """:meth:`respond_error` without waiting (see :meth:`respond_nowait`)."""
         client = self._require_reply()
         headers, body = error_headers(code, message, data)
-        client._publish_control_nowait(self.reply, headers, body)
+        client._core.publish_control_nowait(self.reply, headers, body)
 
     def respond_busy(self, why: str) -> None:
         """Answer with 429 (busy) without waiting: for a read loop or a router that must never block,
         when the message is dropped because a bounded buffer or mailbox is full. Does nothing if the
         message wants no reply or the client is closing."""
         if self.reply and self._client is not None:
-            self._client._reply_busy(self.reply, why)
+            self._client._core.reply_busy(self.reply, why)
 
     async def respond_error(
         self, code: ErrorCode, message: str, *, data: Mapping[str, Any] | None = None
@@ -164,12 +164,12 @@ class Message:
         """
         client = self._require_reply()
         headers, body = error_headers(code, message, data)
-        await client._publish_control(self.reply, headers, body)
+        await client._core.publish_control(self.reply, headers, body)
 
     async def end(self) -> None:
         """Send the end-of-stream marker that ends the caller's ``request_many`` iteration."""
         client = self._require_reply()
-        await client._publish_control(self.reply, {END_HEADER: "1"}, b"")
+        await client._core.publish_control(self.reply, {END_HEADER: "1"}, b"")
 
     @property
     def is_end(self) -> bool:

@@ -394,13 +394,13 @@ class _Responder:
             if (name is None or name == service.name) and (ident is None or ident == service.id):
                 answers.append(service.response(verb))
         if not self._services:
-            self._client._spawn(self._stop())
+            self._client._core.spawn(self._stop())
         for answer in answers:
             if self._pending >= MAX_PENDING_ANSWERS:
                 self.dropped += 1
                 continue
             self._pending += 1
-            self._client._spawn(self._answer(msg, answer))
+            self._client._core.spawn(self._answer(msg, answer))
 
     async def _answer(self, msg: Message, answer: PingResponse | InfoResponse | StatsResponse) -> None:
         try:

@@ -12,21 +12,22 @@ nats-server is ready, so that ``conat.connect()`` with no URL finds it. It is re
 stops. A state file whose process is gone (the server crashed, or the machine rebooted and the pid was
 reused by something else) reads as ``None``: a stale file never points a client at a dead URL.
 
-Every file written here is private (mode 0600) and replaced atomically (temporary file in the same
-directory, then :func:`os.replace`), so a reader never sees half a file, even if the writer is killed.
+Every file written here is private (mode 0600) and replaced atomically
+(:func:`conat.auth.write_private_file`), so a reader never sees half a file, even if the writer is
+killed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Final
 
 import msgspec
+
+from .auth._files import write_private_file
 
 __all__ = [
     "ServerState",
@@ -38,7 +39,6 @@ __all__ = [
     "read_state",
     "read_state_file",
     "state_path",
-    "write_private",
     "write_state",
 ]
 
@@ -60,6 +60,8 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
         manager_pid: the process that manages the server (``conat up`` / ``conat server``), which
             ``conat down`` stops; ``None`` in a file written without one. A live server whose manager
             is gone is an orphan: ``conat up`` stops it instead of calling it "already running".
+        bus: the bus a server with auth serves (``conat server --auth``): the audience its tokens
+            must name (``master`` or ``host-<uuid>``); ``None`` for a server without auth.
     """
 
     url: str
@@ -69,6 +71,7 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     log_path: str
     websocket_url: str | None = None
     manager_pid: int | None = None
+    bus: str | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -113,33 +116,6 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``, mode 0600. The parent directory must exist.
-
-    Concurrent writers of the same path each write a whole file; the last ``os.replace`` wins.
-
-    The temporary file is created 0600 before any byte is written, so the content is never readable
-    by others, not even for an instant.
-    """
-    # Unique per call: two writers of one path (threads, processes) never share a temporary file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have narrowed the mode; never widened it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def state_path() -> Path:
     """The state file's path: ``<data dir>/server.json``."""
     return data_dir() / STATE_FILE_NAME
@@ -149,7 +125,7 @@ def write_state(state: ServerState) -> Path:
     """Publish ``state`` in the state file (atomically, mode 0600). Returns the file's path."""
     path = state_path()
     ensure_private_dir(path.parent)
-    write_private(path, _encoder.encode(state))
+    write_private_file(path, _encoder.encode(state), what="state file")
     return path
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ._errors import ConatError, Disconnected, NoResponders, PayloadTooLarge, Timeout
+from ._backoff import Backoff, retry
+from ._errors import ConatError, DeadlinePassed, Disconnected, NoResponders, PayloadTooLarge, Timeout
 from ._headers import (
     ERROR_HEADER,
     MICRO_ERROR_CODE_HEADER,
@@ -29,15 +30,20 @@ from ._headers import (
     STATUS_HEADER,
     error_from_headers,
 )
-from ._intake import Intake, Item
 from ._message import Message
+from ._queue import BoundedQueue
 
 if TYPE_CHECKING:
-    from ._client import Client, Route
+    from ._client import Client
+    from ._core import Route
 
-__all__ = ["check_reply", "request", "request_many"]
+__all__ = ["INTEREST_BACKOFF", "check_reply", "request", "request_many"]
 
 T = TypeVar("T")
+
+INTEREST_BACKOFF: Final = Backoff(initial=0.005, maximum=0.25)
+"""Between the tries of a request that waits for a responder to appear: quick at first (a service
+starting beside its caller), then four times a second."""
 
 
 async def request(
@@ -48,22 +54,29 @@ async def request(
     timeout: float,
     wait_for_interest: bool = False,
 ) -> Message:
-    """Send an encoded request and return its first reply (see :meth:`Client.request`)."""
+    """Send an encoded request and return its first reply (see :meth:`Client.request`).
+
+    With ``wait_for_interest``, a :class:`NoResponders` answer is retried under
+    :data:`INTEREST_BACKOFF` until the deadline, which then raises :class:`Timeout`.
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
-    delay = 0.005
-    while True:
-        try:
-            return await _request_once(client, subject, payload, headers, deadline, started)
-        except NoResponders:
-            remaining = deadline - loop.time()
-            if not wait_for_interest or remaining <= 0:
-                raise
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.25)
-            if loop.time() >= deadline:
-                raise Timeout(subject, loop.time() - started) from None
+    if not wait_for_interest:
+        return await _request_once(client, subject, payload, headers, deadline, started)
+    try:
+        return await retry(
+            lambda: _request_once(client, subject, payload, headers, deadline, started),
+            backoff=INTEREST_BACKOFF,
+            retry_if=_no_responders,
+            deadline=deadline,
+        )
+    except NoResponders:
+        raise Timeout(subject, loop.time() - started) from None
+
+
+def _no_responders(error: Exception) -> bool:
+    return isinstance(error, NoResponders)
 
 
 async def _request_once(
@@ -75,11 +88,11 @@ async def _request_once(
     started: float,
 ) -> Message:
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Item] = loop.create_future()
+    future: asyncio.Future[Message | asyncio.Future[Message]] = loop.create_future()
 
     def route(rsubject: str, reply: str, data: bytes, hdr: dict[str, str] | None) -> None:
         if not future.done():
-            future.set_result(client._item(rsubject, reply, data, hdr)[0])
+            future.set_result(client._core.item(rsubject, reply, data, hdr)[0])
 
     def fail(e: BaseException) -> None:
         if not future.done():
@@ -90,7 +103,7 @@ async def _request_once(
     try:
         item = await _wait_until(future, deadline)
         msg = item if isinstance(item, Message) else await _wait_until(item, deadline)
-    except _Expired:
+    except DeadlinePassed:
         raise Timeout(subject, loop.time() - started) from None
     except Disconnected:
         raise Disconnected(subject, loop.time() - started) from None
@@ -105,54 +118,42 @@ async def _send_request(
     client: Client, subject: str, payload: bytes, headers: dict[str, str] | None, route: Route
 ) -> tuple[str, str | None]:
     """Open a reply route and send; returns the route's token and the chunk transfer's id."""
-    token, inbox = client._open_route(route)
-    client._route_subjects[token] = subject
+    core = client._core
+    token, inbox = core.open_route(route)
+    core.route_subjects[token] = subject
     try:
-        return token, await client._send(subject, payload, inbox, headers)
+        return token, await core.send(subject, payload, inbox, headers)
     except BaseException:
-        client._close_route(token)
+        core.close_route(token)
         raise
 
 
 def _finish_request(client: Client, token: str, transfer_id: str | None) -> None:
-    client._close_route(token)
+    core = client._core
+    core.close_route(token)
     if transfer_id is not None:
-        client._transfers.outgoing.discard(transfer_id)
+        core.transfers.outgoing.discard(transfer_id)
 
 
 class _ReplyStream:
-    """Replies to one ``request_many``, ordered per responder (:class:`Intake`), with a bound."""
+    """Replies to one ``request_many``: a :class:`BoundedQueue` (ordered per responder, bounded) and
+    the first error that ends the stream at once (a failed chunked reply, a dropped link)."""
 
     def __init__(self, limit: int) -> None:
-        self.items = Intake(self._wake, self._dropped)
-        self.waiter: asyncio.Future[None] | None = None
-        self.limit = limit
-        self.overflowed = False
+        self.items: BoundedQueue[Message] = BoundedQueue(limit, on_drop=self._dropped)
         self.failure: BaseException | None = None
-        """The first error that ends the stream: a failed chunked reply, a dropped link."""
 
     def fail(self, error: BaseException) -> None:
         if self.failure is None:
             self.failure = error
-        self._wake()
+        self.items.close()  # wakes the reader, which raises the failure first
 
     def _dropped(self, item: asyncio.Future[Message]) -> None:
-        if not item.cancelled():
-            self.fail(item.exception() or ConatError("chunked reply failed"))
+        self.fail(item.exception() or ConatError("chunked reply failed"))
 
-    def put(self, item: Item, sender: str | None) -> None:
-        if len(self.items) >= self.limit:
-            self.overflowed = True
-            if isinstance(item, asyncio.Future):
-                item.cancel()
-            self._wake()
-        else:
-            self.items.put(item, sender)
-
-    def _wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    def put(self, item: Message | asyncio.Future[Message], sender: str | None) -> None:
+        if not self.items.put(item, sender):
+            self.items.close()  # overflowed (counted in dropped): the reader ends after what it holds
 
 
 async def request_many(
@@ -171,14 +172,14 @@ async def request_many(
 
     Everything, checks included, happens on the first iteration (it is a generator).
     """
-    payload, headers = client._prepare(subject, data, headers, encoding)
+    payload, headers = client._core.prepare(subject, data, headers, encoding)
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
     stream = _ReplyStream(max_buffer)
 
     def route(rsubject: str, reply: str, rdata: bytes, hdr: dict[str, str] | None) -> None:
-        stream.put(*client._item(rsubject, reply, rdata, hdr))
+        stream.put(*client._core.item(rsubject, reply, rdata, hdr))
 
     def fail(e: BaseException) -> None:
         stream.fail(Disconnected(subject, loop.time() - started) if isinstance(e, Disconnected) else e)
@@ -186,29 +187,26 @@ async def request_many(
     route.fail = fail  # type: ignore[attr-defined]
     token, transfer_id = await _send_request(client, subject, payload, headers, route)
     received = 0
+    items = stream.items
     try:
         while max_messages is None or received < max_messages:
             if stream.failure is not None:
                 raise stream.failure
-            item = stream.items.pop()
-            if item is None:
-                if stream.overflowed:
+            msg = items.pop()
+            if msg is None:
+                if items.dropped:
                     raise PayloadTooLarge(max_buffer + 1, max_buffer, "unread replies")
-                arriving = len(stream.items) > 0  # a chunked reply is still being pulled
+                arriving = len(items) > 0  # a chunked reply is still being pulled
                 wait_until = deadline
                 if idle_timeout is not None and not arriving:
                     wait_until = min(deadline, loop.time() + idle_timeout)
-                stream.waiter = loop.create_future()
                 try:
-                    await _wait_until(stream.waiter, wait_until)
-                except _Expired:
+                    await _wait_until(items.waiter(), wait_until)
+                except DeadlinePassed:
                     if received == 0 or arriving:
                         raise Timeout(subject, loop.time() - started) from None
                     return
-                finally:
-                    stream.waiter = None
                 continue
-            msg = item if isinstance(item, Message) else item.result()
             if msg.is_end:
                 return
             yield check_reply(msg, subject)
@@ -220,17 +218,13 @@ async def request_many(
                 left.cancel()
 
 
-class _Expired(Exception):
-    """Set on a reply future by its deadline timer; turned into :class:`Timeout` by the waiter."""
-
-
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
-        future.set_exception(_Expired())
+        future.set_exception(DeadlinePassed())
 
 
 async def _wait_until(future: asyncio.Future[T], deadline: float) -> T:
-    """Await ``future`` until loop time ``deadline``, then raise :class:`_Expired`.
+    """Await ``future`` until loop time ``deadline``, then raise :class:`~conat._errors.DeadlinePassed`.
 
     One timer handle per wait: on the request path this is measurably cheaper than an
     ``asyncio.timeout`` scope. An expired future stays failed, which also stops a chunk transfer

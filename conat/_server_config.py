@@ -247,7 +247,7 @@ class ServerConfig:
         if self.ping_max is not None and (not isinstance(self.ping_max, int) or self.ping_max < 1):
             raise ValueError(f"ping_max: must be a positive int, got {self.ping_max!r}")
         if not isinstance(self.extra_blocks, Mapping):
-            # ValueError like every other field (STYLE 15), though this one is a type check.
+            # ValueError like every other field (a config names its bad field one way), though a type check.
             raise ValueError(f"extra_blocks: must be a mapping, got {self.extra_blocks!r}")  # noqa: TRY004
         object.__setattr__(self, "extra_blocks", MappingProxyType(dict(self.extra_blocks)))
         if not self.allow_remote:

@@ -1,6 +1,6 @@
 """Typed service proxies and the server side that answers them.
 
-Wire shape of a call (DESIGN §4): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
+Wire shape of a call (docs/wire-protocol.md): ``RpcRequest{name: "<namespace>.<method>", args, kwargs}``; the
 reply is the method's return value, or an error reply whose code the caller sees in
 :class:`RemoteError`. Arguments are converted to the implementation's annotated parameter types
 and the result to the protocol's annotated return type, both with msgspec, so a proxy's caller
@@ -18,13 +18,14 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
 import msgspec
 
 from ._codecs import DEFAULT_ENCODING, Encoding
-from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
+from ._error_registry import error_fields
+from ._errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ConatError, ErrorCode, PayloadError, RemoteError
 from ._message import Message
 from ._micro import MicroService, micro_name
 from ._request import request
@@ -48,9 +49,6 @@ __all__ = [
 log = logging.getLogger("conat.service")
 
 T = TypeVar("T")
-NOT_FOUND: Final = 404
-BAD_REQUEST: Final = 400
-INTERNAL: Final = 500
 DEFAULT_CONCURRENCY: Final = 64
 
 
@@ -124,7 +122,7 @@ class _Proxy:
             headers = self._headers() if self._headers is not None else None
             # The headers are call context of a layer above (the actor call chain): Conat-*
             # extension names may pass, the bus's own may not (conat._headers).
-            payload, headers = client._prepare(subject, body, headers, None, extensions=True)
+            payload, headers = client._core.prepare(subject, body, headers, None, extensions=True)
             msg = await request(client, subject, payload, headers, timeout or self._timeout)
             if result_type is Any:
                 return msg.data
@@ -257,13 +255,19 @@ class Dispatcher:
         return await self.call(instance, self.decode(msg))
 
 
-def error_reply(error: BaseException) -> tuple[ErrorCode, str]:
-    """The code and text a caller gets for ``error`` raised while answering it."""
+def error_reply(error: BaseException) -> tuple[ErrorCode, str, dict[str, Any]]:
+    """The code, text and fields a caller gets for ``error`` raised while answering it:
+    ``respond_error(msg, *error_reply(e))`` sends them.
+
+    A :class:`ConatError` keeps its code, and a registered one sends its fields, so the caller
+    rebuilds the same typed error (:func:`conat.register_error`); a :class:`RemoteError` from a call
+    the handler made passes on as it came; anything else is 500 with the exception's type and text.
+    """
     if isinstance(error, RemoteError):
-        return error.code, error.remote_message
+        return error.code, error.remote_message, error_fields(error)
     if isinstance(error, ConatError):
-        return error.code, str(error)
-    return INTERNAL, f"{type(error).__name__}: {error}"
+        return error.code, str(error), error_fields(error)
+    return INTERNAL, f"{type(error).__name__}: {error}", {}
 
 
 def reply_encoding(request: Message, result: Any) -> Encoding:
@@ -344,17 +348,20 @@ async def serve(
 
     async def dispatch(msg: Message) -> None:
         await limiter.acquire()
-        client._spawn(handle(msg))
+        client._core.spawn(handle(msg))
 
     sub = await client.subscribe(subject, queue=queue, callback=dispatch)
     await micro.advertise(client, alive=lambda: not sub.closed)
     return sub
 
 
-async def respond_error(msg: Message, code: ErrorCode, text: str) -> None:
-    """Send an error reply if ``msg`` wants one; a failure to send is logged, never raised."""
+async def respond_error(
+    msg: Message, code: ErrorCode, text: str, data: Mapping[str, Any] | None = None
+) -> None:
+    """Send an error reply (with ``data``, the error's fields) if ``msg`` wants one; a failure to
+    send is logged, never raised."""
     if msg.reply:
         try:
-            await msg.respond_error(code, text)
+            await msg.respond_error(code, text, data=data)
         except ConatError:
             log.debug("could not send an error reply on %r", msg.subject)

@@ -23,13 +23,14 @@ only through NATS *response permissions* (replies to subjects it received messag
 through a broad ``_INBOX.>`` grant. The client's frames, including its keepalive pings, keep that
 right fresh for as long as the connection lives.
 
-Frames are msgpack bodies with no NATS headers at all. The listening side, which routes frames to
+Frames are msgpack bodies with no NATS headers at all. The connecting side (the entry point and
+that inbox route) is :mod:`conat._socket_client`; the listening side, which routes frames to
 connections by (concrete subject, reply subject), is :mod:`conat._socket_server`; messages read are
 :class:`~conat._socket_message.SocketMessage`; the writer, timer and waits a socket pumps with are
 in :mod:`conat._socket_pump`.
 
 Time comes from a :class:`~conat._clock.Clock` (``clock=``), so keepalive, retransmission and
-timeouts can be driven by a :class:`~conat._clock.FakeClock` in tests.
+timeouts can be driven by a :class:`~conat.testing.FakeClock` in tests.
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ from ._client import ClientState
 from ._clock import Clock, SystemClock
 from ._errors import (
     ConatError,
+    DeadlinePassed,
     EndOfStream,
     ErrorCode,
-    Forbidden,
-    NoResponders,
     SocketClosed,
     Timeout,
 )
@@ -60,17 +60,17 @@ from ._socket_frames import (
     Frame,
     MessageReceived,
     SocketStatistics,
-    socket_config,
 )
 from ._socket_message import PendingRequests, SocketMessage, encode_payload
 from ._socket_protocol import SocketProtocol, SocketState
-from ._socket_pump import Alarm, Expired, Outbox, Waits
+from ._socket_pump import Alarm, Outbox, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._socket_client import InboxRoute
     from ._socket_server import SocketServer
 
-__all__ = ["Socket", "SocketStatistics", "connect_socket"]
+__all__ = ["Socket", "SocketStatistics"]
 
 log = logging.getLogger("conat.socket")
 
@@ -127,9 +127,8 @@ class Socket:
         self._finished = False
         self._closed_locally = False
         self._unlisten: Callable[[], None] | None = None
-        self._route_token: str | None = None
-        self._wait_for_interest = False
-        self._no_responders = 0
+        self._inbox_route: InboxRoute | None = None
+        """The client side's inbox route (:mod:`conat._socket_client`); None on a server's side."""
         self._malformed = 0
 
     def __repr__(self) -> str:
@@ -139,7 +138,7 @@ class Socket:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_server", True) is None and not getattr(self, "_finished", True):
             client = getattr(self, "_client", None)
-            if client is not None and not client._closing:
+            if client is not None and not client._core.closing:
                 _warn(f"unclosed conat socket {self.subject!r}", ResourceWarning, source=self, stacklevel=2)
 
     # -- state -----------------------------------------------------------------------------------
@@ -163,30 +162,11 @@ class Socket:
             id=self.id,
             buffered=len(self._inbox),
             pending_requests=len(self._requests),
-            no_responders=self._no_responders,
+            no_responders=0 if self._inbox_route is None else self._inbox_route.no_responders,
             malformed=self._malformed,
         )
 
     # -- frames in -------------------------------------------------------------------------------
-    def _route(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        """The client side's inbox route (runs on the read loop)."""
-        if headers is not None and headers.get("Status") == "503":
-            # Nobody listens on the subject. Connecting, that is the answer (unless we wait for a
-            # listener: then retransmission retries); once open, it is a listener restarting, and
-            # the protocol's own timers decide.
-            self._no_responders += 1
-            if self._proto.state is _CONNECTING and not self._wait_for_interest:
-                self._fail_local(NoResponders(self.subject))
-            return
-        self._on_raw(data)
-
-    def _route_failed(self, error: BaseException) -> None:
-        """The bus client is closing: its routes are failed before its connection goes."""
-        self._on_bus_closed()
-        if self._finished:
-            self._alarm.disarm()
-            self._route_token = None  # the client drops every route itself
-
     def _on_bus_closed(self) -> None:
         self._fail_local(SocketClosed(self.subject, "the bus client is closed"))
 
@@ -222,7 +202,7 @@ class Socket:
             self._pump()
             return
         frames = self._proto.poll(self._now())  # lingering: a Close for a late frame
-        if frames and not self._client._closing:
+        if frames and not self._client._core.closing:
             self._outbox.emit(frames)
 
     def _on_accepted(self) -> None:
@@ -248,7 +228,7 @@ class Socket:
 
     # -- frames out, timers -------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = self._client._spawn(coro)
+        task = self._client._core.spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -277,7 +257,7 @@ class Socket:
         self._rearm()
 
     async def _wait(self, deadline: float | None) -> None:
-        """Wait for any change (a frame, credit, a state change) or ``deadline`` (raises Expired)."""
+        """Wait for any change (a frame, credit, a state change) or ``deadline`` (raises DeadlinePassed)."""
         future = self._waits.waiter()
         if deadline is not None:
             self._add_deadline(deadline, future)
@@ -395,7 +375,7 @@ class Socket:
         try:
             await self._send(payload, headers, enc, request=rid, deadline=deadline)
             return await future
-        except Expired:
+        except DeadlinePassed:
             raise Timeout(self.subject, self._now() - started, "socket request") from None
         finally:
             self._requests.close(rid, future)
@@ -415,7 +395,7 @@ class Socket:
                 if proto.state is _CLOSED:
                     proto.check_can_send()
                 await self._wait(deadline)
-        except Expired:
+        except DeadlinePassed:
             raise Timeout(self.subject, self._now() - started, "socket drain") from None
 
     async def send_eof(self) -> None:
@@ -455,7 +435,7 @@ class Socket:
                 deadline = started + timeout
             try:
                 await self._wait(deadline)
-            except Expired:
+            except DeadlinePassed:
                 assert started is not None
                 raise Timeout(self.subject, self._now() - started, "socket receive") from None
 
@@ -487,14 +467,14 @@ class Socket:
         self._closed_locally = True
         proto = self._proto
         try:
-            if proto.state is _OPEN:  # a Socket is never seen CONNECTING: see connect_socket
+            if proto.state is _OPEN:  # a Socket is never seen CONNECTING: see _socket_client
                 await self.send_eof()
             if proto.state is _CLOSING:
                 deadline = self._now() + timeout
                 try:
                     while proto.state is _CLOSING and not proto.drained:
                         await self._wait(deadline)
-                except Expired:
+                except DeadlinePassed:
                     log.debug("socket %r: closing without all acks after %ss", self.subject, timeout)
                 if proto.state is _CLOSING:
                     self._outbox.emit(proto.close(self._now()))
@@ -534,7 +514,7 @@ class Socket:
         self._finished = True
         proto = self._proto
         frames = proto.poll(self._now())
-        if frames and not self._client._closing:
+        if frames and not self._client._core.closing:
             self._outbox.emit(frames)
         self._alarm.disarm()
         self._requests.fail_all(proto.closed_error())
@@ -543,20 +523,19 @@ class Socket:
             self._unlisten = None
         if self._server is not None:
             self._server._forget(self, proto.linger_until)
-        elif proto.linger_until is not None and self._route_token is not None and not self._client._closing:
+        elif proto.linger_until is not None and self._lingering and not self._client._core.closing:
             self._alarm.arm(proto.linger_until)
         else:
             self._release_route()
 
     def _release_route(self) -> None:
-        if self._route_token is not None:
-            self._client._close_route(self._route_token)
-            self._route_token = None
+        if self._inbox_route is not None:
+            self._inbox_route.release()
 
     @property
     def _lingering(self) -> bool:
         """Closed, and the client side's route still answers late frames (see :meth:`_finish`)."""
-        return self._finished and self._route_token is not None
+        return self._finished and self._inbox_route is not None and self._inbox_route.token is not None
 
     async def _flush_out(self) -> None:
         """Let the writer finish (the last frames matter: Fin, Close, Reset)."""
@@ -584,60 +563,3 @@ class Socket:
             self._settle()
         elif state is ClientState.CLOSED:
             self._on_bus_closed()
-
-
-# -- entry point (Client.socket_connect) -----------------------------------------------------------
-
-
-async def connect_socket(
-    client: Client,
-    subject: str,
-    *,
-    timeout: float,
-    clock: Clock | None,
-    window: int | None,
-    max_message: int | None,
-    keepalive: float | None,
-    peer_timeout: float | None,
-    wait_for_interest: bool = False,
-) -> Socket:
-    """See :meth:`conat.Client.socket_connect` (which holds the defaults)."""
-    client._check_open()
-    client._check_subject(subject)
-    if client.permissions is not None and not client.permissions.can_publish(subject):
-        raise Forbidden(subject, "publish")
-    config = socket_config(
-        client.max_payload,
-        window=window,
-        max_message=max_message,
-        keepalive=keepalive,
-        peer_timeout=peer_timeout,
-        connect_timeout=timeout,
-    )
-    clock = clock or SystemClock()
-    proto = SocketProtocol("client", config, clock.now(), id=client._transport.new_token(), subject=subject)
-    sock = Socket(client, proto, clock, subject=subject, target=subject)
-    sock._wait_for_interest = wait_for_interest
-
-    def route(rsubject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        sock._route(rsubject, reply, data, headers)
-
-    route.fail = sock._route_failed  # type: ignore[attr-defined]
-    sock._route_token, sock._outbox.reply = client._open_route(route)
-    sock._unlisten = client.on_state_change(sock._on_client_state)
-    try:
-        await sock._outbox.write(proto.connect(clock.now()))
-        sock._rearm()
-        while proto.state is _CONNECTING:
-            await sock._wait(None)
-    except BaseException:
-        sock.abort("connect cancelled")
-        await sock._flush_out()
-        raise
-    if proto.state is not _OPEN:
-        error = proto.error
-        await sock._flush_out()
-        if isinstance(error, Timeout) and sock._no_responders:
-            raise NoResponders(subject)
-        raise error or SocketClosed(subject, "closed while connecting")
-    return sock

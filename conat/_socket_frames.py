@@ -37,7 +37,7 @@ from typing import Final, final
 
 import msgspec
 
-from ._errors import ConatError, ErrorCode, SocketProtocolError
+from ._errors import BAD_REQUEST, BUSY, NOT_FOUND, UNAVAILABLE, ConatError, ErrorCode, SocketProtocolError
 
 __all__ = [
     "DATA_OVERHEAD",
@@ -108,17 +108,17 @@ MAX_SOCKET_ID: Final = 64
 MAX_REASON: Final = 256
 """The longest reset reason (and string code) kept from a peer; the rest is cut off."""
 
-RESET_MALFORMED: Final = 400
+RESET_MALFORMED: Final = BAD_REQUEST
 """Reset code: the peer broke the protocol (a frame out of place, a bad socket id)."""
-RESET_UNKNOWN: Final = 404
+RESET_UNKNOWN: Final = NOT_FOUND
 """Reset code: no such connection (the listener restarted, or forgot it long ago)."""
 RESET_ABORTED: Final = 410
 """Reset code: the application aborted the socket (``abort()``, a cancelled close or connect)."""
 RESET_TOO_LARGE: Final = 413
 """Reset code: a message over the receiver's ``max_message``."""
-RESET_WINDOW: Final = 429
+RESET_WINDOW: Final = BUSY
 """Reset code: the peer sent beyond the credit it was granted (it overran the window)."""
-RESET_UNAVAILABLE: Final = 503
+RESET_UNAVAILABLE: Final = UNAVAILABLE
 """Reset code: the listener refused a connection (closing, backlog full, or that client's share of it)."""
 
 

@@ -7,7 +7,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
 from ._codecs import MSGPACK, Codec, get_codec
-from ._errors import ConatError, ErrorCode, PayloadError, RemoteError
+from ._error_registry import rebuild_error
+from ._errors import ConatError, ErrorCode, PayloadError
 from ._socket_frames import MessageReceived
 
 if TYPE_CHECKING:
@@ -136,13 +137,13 @@ class PendingRequests:
             future.exception()  # retrieved: an expiry nobody awaited must not be logged
 
     def resolve(self, socket: Socket, event: MessageReceived) -> None:
-        """A response (``event.reply_to``): a message, or :class:`RemoteError` if it carries an error."""
+        """A response (``event.reply_to``): a message, or the error it carries (:func:`conat.rebuild_error`)."""
         future = self._futures.pop(event.reply_to, None)
         if future is None or future.done():
             return  # the requester gave up
         if event.error is not None:
             text = event.payload.decode(errors="replace")
-            future.set_exception(RemoteError(event.error, text, socket.subject))
+            future.set_exception(rebuild_error(event.error, text, subject=socket.subject))
         else:
             future.set_result(SocketMessage(socket, event))
 

@@ -10,7 +10,7 @@ The socket's protocol (:mod:`conat._socket_protocol`) is pure; a socket drives i
 - :class:`Alarm` is a single re-armable wake-up on any :class:`~conat._clock.Clock`: a
   ``loop.call_at`` handle on the system clock (no task), a task sleeping on the clock otherwise.
 - :class:`Waits` holds the futures that wait for "something changed" (each waiter re-checks its
-  condition when woken) and the deadlines that expire futures with :class:`Expired`.
+  condition when woken) and the deadlines that expire futures with :class:`~conat._errors.DeadlinePassed`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._clock import Clock, SystemClock
-from ._errors import ConatError
+from ._errors import ConatError, DeadlinePassed
+from ._queue import BoundedQueue
 from ._socket_frames import FRAME_ENCODER, Frame
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["DEFAULT_MAX_ANSWERS", "Alarm", "Answers", "Expired", "Outbox", "Spawn", "Waits"]
+__all__ = ["DEFAULT_MAX_ANSWERS", "Alarm", "Answers", "Outbox", "Spawn", "Waits"]
 
 log = logging.getLogger("conat.socket")
 
@@ -39,10 +40,6 @@ Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 DEFAULT_MAX_ANSWERS: Final = 1024
 """Answers a listener queues before it drops new ones (each is one small frame)."""
-
-
-class Expired(Exception):
-    """Set on a waiter by its deadline; turned into :class:`~conat.Timeout` by whoever waits."""
 
 
 @final
@@ -92,7 +89,7 @@ class Outbox:
         """Send the queue in order. The caller has set ``_writing``; this clears it."""
         out = self._frames
         client = self._client
-        publish = client._transport.publish
+        publish = client._core.transport.publish
         target, reply = self.target, self.reply
         try:
             while out:
@@ -101,7 +98,7 @@ class Outbox:
             self._lost(e)
         finally:
             self._writing = False
-            if out and not client._closing:  # cancelled mid-queue: a new writer takes the rest
+            if out and not client._core.closing:  # cancelled mid-queue: a new writer takes the rest
                 self._writing = True
                 self._spawn(self._writer())
 
@@ -110,7 +107,7 @@ class Outbox:
         # reconnecting. Either way what was lost is retransmitted (or no longer matters).
         self._frames.clear()
         log.debug("socket %r: frames not sent: %s", self._name, error)
-        if self._client._closing:
+        if self._client._core.closing:
             self._on_closed()
 
 
@@ -120,47 +117,47 @@ class Answers:
 
     For answers that are worth sending but not worth keeping: the peer's next frame is answered
     again. :meth:`emit` never blocks and never spawns more than one task; when ``limit`` frames
-    already wait it drops the new one and counts it in ``dropped``. ``task`` is the running writer
-    (None when idle), for its owner to await when it closes.
+    already wait it drops the new one and counts it in ``dropped`` (a :class:`BoundedQueue` holds
+    them). ``task`` is the running writer (None when idle), for its owner to await when it closes.
     """
 
     def __init__(self, client: Client, name: str, spawn: Spawn, limit: int = DEFAULT_MAX_ANSWERS) -> None:
         self._client = client
         self._name = name
         self._spawn = spawn
-        self._limit = limit
-        self._frames: deque[tuple[str, bytes]] = deque()
+        self._frames: BoundedQueue[tuple[str, bytes]] = BoundedQueue(limit)
         self.task: asyncio.Task[None] | None = None
-        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._frames)
 
+    @property
+    def dropped(self) -> int:
+        return self._frames.dropped
+
     def emit(self, target: str, frame: Frame) -> bool:
         """Queue ``frame`` for ``target``; False if it was dropped (the queue is full)."""
-        if len(self._frames) >= self._limit:
-            self.dropped += 1
+        if not self._frames.put((target, FRAME_ENCODER.encode(frame))):
             return False
-        self._frames.append((target, FRAME_ENCODER.encode(frame)))
         if self.task is None:
             self.task = self._spawn(self._writer())
         return True
 
     async def _writer(self) -> None:
         frames = self._frames
-        publish = self._client._transport.publish
+        publish = self._client._core.transport.publish
         try:
-            while frames:
-                target, raw = frames.popleft()
+            while (item := frames.pop()) is not None:
+                target, raw = item
                 try:
                     await publish(target, raw, "")
                 except ConatError as e:
                     log.debug("socket server %r: frame not sent: %s", self._name, e)
-                    if self._client._closing:
+                    if self._client._core.closing:
                         frames.clear()
         finally:
             self.task = None
-            if frames and not self._client._closing:  # cancelled mid-queue: a new writer takes the rest
+            if frames and not self._client._core.closing:  # cancelled mid-queue: a new writer takes the rest
                 self.task = self._spawn(self._writer())
 
 
@@ -244,7 +241,7 @@ class Waits:
     :meth:`notify` wakes every waiter, which then re-checks what it waits for (``waiters`` is
     non-empty while someone waits: the read path checks it per frame, without a call). The owner's timer
     calls :meth:`expire`, which fails each pending future whose deadline has passed with
-    :class:`Expired`; :meth:`earliest` says when that timer is next needed.
+    :class:`DeadlinePassed`; :meth:`earliest` says when that timer is next needed.
     """
 
     def __init__(self) -> None:
@@ -269,7 +266,7 @@ class Waits:
                 w.set_result(None)
 
     def add_deadline(self, deadline: float, future: asyncio.Future[Any], others: int = 0) -> None:
-        """Fail ``future`` with :class:`Expired` at ``deadline`` if it is still pending then.
+        """Fail ``future`` with :class:`DeadlinePassed` at ``deadline`` if it is still pending then.
 
         ``others`` counts the futures with deadlines that are not waiters (they bound the heap:
         it is swept of finished entries when it grows past four times the live ones).
@@ -292,4 +289,4 @@ class Waits:
         while dl and dl[0][0] <= now:
             _, _, future = heapq.heappop(dl)
             if not future.done():
-                future.set_exception(Expired())
+                future.set_exception(DeadlinePassed())

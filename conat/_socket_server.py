@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from ._client import ClientState
 from ._clock import Clock, SystemClock
-from ._errors import SocketClosed, SocketProtocolError, Timeout
+from ._errors import DeadlinePassed, SocketClosed, SocketProtocolError, Timeout
 from ._socket import DEFAULT_CLOSE_TIMEOUT, Socket
 from ._socket_frames import (
     MAX_SOCKET_ID,
@@ -52,7 +52,7 @@ from ._socket_frames import (
     socket_config,
 )
 from ._socket_protocol import SocketProtocol
-from ._socket_pump import Alarm, Answers, Expired, Waits
+from ._socket_pump import Alarm, Answers, Waits
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -111,7 +111,7 @@ class SocketServer:
         self._pending: dict[tuple[str, str], Socket] = {}  # in arrival order
         self._pending_by_peer: dict[str, int] = {}
         self._waits = Waits()
-        self._alarm = Alarm(clock, self._on_timer, self._client._spawn)
+        self._alarm = Alarm(clock, self._on_timer, self._client._core.spawn)
         self._answers = Answers(client, pattern, self._spawn)
         self._sub: Subscription | None = None
         self._unlisten: Callable[[], None] | None = None
@@ -129,7 +129,7 @@ class SocketServer:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if not getattr(self, "_closed", True) and getattr(self, "_sub", None) is not None:
             client = getattr(self, "_client", None)
-            if client is not None and not client._closing:
+            if client is not None and not client._core.closing:
                 _warn(
                     f"unclosed conat socket server {self.pattern!r}",
                     ResourceWarning,
@@ -237,11 +237,11 @@ class SocketServer:
         self._answer(reply, Reset(code, reason))
 
     def _answer(self, reply: str, frame: Frame) -> None:
-        if not self._client._closing:
+        if not self._client._core.closing:
             self._answers.emit(reply, frame)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = self._client._spawn(coro)
+        task = self._client._core.spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -293,7 +293,7 @@ class SocketServer:
                 self._rearm()
             try:
                 await future
-            except Expired:
+            except DeadlinePassed:
                 assert started is not None
                 raise Timeout(self.pattern, self._clock.now() - started, "socket accept") from None
 
@@ -340,7 +340,7 @@ class SocketServer:
                 conn.abort("socket server close cancelled")  # each aclose did already; idempotent
             sub = self._let_go()
             if sub is not None:
-                self._client._spawn(sub.unsubscribe())  # we were cancelled: do not wait for it
+                self._client._core.spawn(sub.unsubscribe())  # we were cancelled: do not wait for it
             raise
         sub = self._let_go()
         if sub is not None:

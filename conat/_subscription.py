@@ -5,21 +5,22 @@ returns. When the buffer is full the message is dropped and counted, and if its 
 a reply it gets an immediate busy error (code 429) instead of a silent timeout.
 
 A buffered item is either a :class:`Message` or a future for one whose chunks are still being
-pulled. The buffer is an :class:`~conat._intake.Intake`: a large message never overtakes a small
-one its sender published after it, and never holds back another sender's messages.
+pulled. The buffer is a :class:`~conat._queue.BoundedQueue` ordered per sender: a large message
+never overtakes a small one its sender published after it, and never holds back another sender's
+messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self, final
 
 from ._errors import ClosedError, ConatError, Timeout
-from ._intake import Intake, Item
 from ._message import Message
+from ._queue import BoundedQueue
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -28,7 +29,6 @@ __all__ = ["Subscription", "SubscriptionStatistics"]
 
 log = logging.getLogger("conat.subscription")
 
-BUSY_CODE: Final = 429
 DEFAULT_MAX_BUFFER: Final = 10_000
 
 
@@ -72,61 +72,25 @@ class Subscription:
         self.pattern = pattern
         self.queue = queue
         self.max_buffer = max_buffer
-        self._items = Intake(self._on_ready, self._on_drop)
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
+        self._dispatch = dispatch
+        self._items: BoundedQueue[Message] = BoundedQueue(
+            max_buffer, deliver=None if dispatch is None else self._call_dispatch, on_drop=self._on_drop
+        )
         self._error: ConatError | None = None
         self.sid = 0
-        self._received = 0
-        self._delivered = 0
-        self._dropped = 0
-        self._failed_transfers = 0
         self._task: asyncio.Task[None] | None = None
-        self._dispatch = dispatch
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self._closed}>"
+        return f"<Subscription {self.pattern!r} queue={self.queue!r} closed={self.closed}>"
 
     # -- producer side (read loop)
-    def _put(self, item: Item, reply: str, sender: str | None) -> None:
-        if self._closed:
-            if isinstance(item, asyncio.Future):
-                item.cancel()
-            return
-        self._received += 1
-        if len(self._items) >= self.max_buffer:
-            self._dropped += 1
-            if isinstance(item, asyncio.Future):
-                item.cancel()
-            if reply:
-                self._client._reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
-            return
-        if (
-            self._dispatch is not None
-            and isinstance(item, Message)
-            and not self._items.ready
-            and not self._items.waits_for(sender)
-        ):
-            self._delivered += 1
-            self._call_dispatch(item)
-            return
-        self._items.put(item, sender)
-
-    def _on_ready(self) -> None:
-        """Items became ready: dispatch them now (dispatch mode), or wake the consumer."""
-        if self._dispatch is not None:
-            while (msg := self._next_ready()) is not None:
-                self._call_dispatch(msg)
-            return
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    def _put(self, item: Message | asyncio.Future[Message], reply: str, sender: str | None) -> None:
+        items = self._items
+        if not items.put(item, sender) and reply and not items.closed:
+            self._client._core.reply_busy(reply, f"subscription {self.pattern!r} buffer is full")
 
     def _on_drop(self, item: asyncio.Future[Message]) -> None:
-        """A chunked message failed (its sender is gone, it was over a cap...) or was cancelled."""
-        if item.cancelled():
-            return
-        self._failed_transfers += 1
+        """A chunked message failed (its sender is gone, it was over a cap...)."""
         log.warning("dropped a chunked message on %r: %s", self.pattern, item.exception())
 
     def _call_dispatch(self, msg: Message) -> None:
@@ -140,13 +104,10 @@ class Subscription:
     def _fail(self, error: ConatError) -> None:
         """End iteration with ``error`` (e.g. the server refused the subscription)."""
         self._error = error
-        self._close_buffer()
+        self._items.close(error)
 
     def _close_buffer(self) -> None:
-        self._closed = True
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._items.close()
 
     def _cancel_arriving(self) -> None:
         """Stop pulling the chunked messages still arriving (nobody will take them any more)."""
@@ -155,31 +116,11 @@ class Subscription:
                 item.cancel()
 
     # -- consumer side ---------------------------------------------------------------------
-    def __aiter__(self) -> Subscription:
-        return self
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._items  # iterating the buffer itself: no frame of ours per message
 
     async def __anext__(self) -> Message:
-        while True:
-            msg = self._next_ready()
-            if msg is not None:
-                return msg
-            if self._closed and not self._items:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def _next_ready(self) -> Message | None:
-        """Pop the oldest ready item; ``None`` if none is ready."""
-        item = self._items.pop()
-        if item is None:
-            return None
-        self._delivered += 1
-        return item if isinstance(item, Message) else item.result()
+        return await self._items.__anext__()
 
     async def next(self, timeout: float | None = None) -> Message:
         """The next message.
@@ -192,35 +133,36 @@ class Subscription:
         started = loop.time()
         try:
             async with asyncio.timeout(timeout):
-                return await self.__anext__()
+                return await self._items.__anext__()
         except StopAsyncIteration:
             raise ClosedError("subscription") from None
         except TimeoutError:
             raise Timeout(self.pattern, loop.time() - started, "next message") from None
 
     def statistics(self) -> SubscriptionStatistics:
+        items = self._items
         return SubscriptionStatistics(
             self.pattern,
             self.queue,
-            self._received,
-            self._delivered,
-            self._dropped,
-            len(self._items),
+            items.received,
+            items.delivered,
+            items.dropped,
+            len(items),
             self.max_buffer,
-            self._failed_transfers,
+            items.failed,
         )
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._items.closed
 
     # -- lifecycle -------------------------------------------------------------------------
     async def unsubscribe(self) -> None:
         """Stop receiving. Messages already buffered are still yielded; then iteration ends."""
-        if self._closed and self.sid == 0:
+        if self._items.closed and self.sid == 0:
             return
         self._close_buffer()
-        await self._client._unsubscribe(self)
+        await self._client._core.unsubscribe(self)
         if self._dispatch is not None:
             self._cancel_arriving()
         task = self._task
@@ -234,8 +176,8 @@ class Subscription:
         """Stop intake without losing what is in flight: the server stops routing here, and every
         message it routed before that is still buffered or dispatched; then the subscription ends
         like :meth:`unsubscribe`. Raises :class:`Timeout` if the server does not confirm in time."""
-        if not self._closed and self.sid:
-            await self._client._drain(self, timeout)
+        if not self._items.closed and self.sid:
+            await self._client._core.drain(self, timeout)
         await self.unsubscribe()
 
     async def __aenter__(self) -> Self:
@@ -250,7 +192,7 @@ class Subscription:
         )
 
     async def _run_callback(self, callback: Callable[[Message], Awaitable[object]]) -> None:
-        async for msg in self:
+        async for msg in self._items:
             try:
                 await callback(msg)
             except asyncio.CancelledError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Final
 
 from ._chunking import (
@@ -27,7 +26,7 @@ from ._chunking import (
     Receivers,
     reassembly_cost,
 )
-from ._errors import ClosedError, ConatError, Disconnected, NoResponders, PayloadError, Timeout
+from ._errors import BAD_REQUEST, ClosedError, ConatError, Disconnected, NoResponders, PayloadError, Timeout
 from ._headers import (
     CHUNK_HEADER,
     CHUNKED_HEADER,
@@ -40,7 +39,7 @@ from ._headers import (
 from ._message import Message
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._core import ClientCore
 
 __all__ = ["TransferEngine"]
 
@@ -51,19 +50,23 @@ IDLE_REPULL: Final = 3.0
 MAX_STALLS: Final = 3
 """Idle gaps (of :data:`IDLE_REPULL` s, each followed by a re-pull) in a row before giving up."""
 GONE: Final = 410
-BAD_REQUEST: Final = 400
+
+
+def _now() -> float:
+    """The event loop's monotonic time (:class:`~conat.SystemClock`'s), which the timer runs on."""
+    return asyncio.get_running_loop().time()
 
 
 class TransferEngine:
     """Both halves of chunked transfer for one client."""
 
     def __init__(
-        self, client: Client, *, max_reassembly_bytes: int, max_outgoing_bytes: int, timeout: float
+        self, core: ClientCore, *, max_reassembly_bytes: int, max_outgoing_bytes: int, timeout: float
     ) -> None:
-        self._client = client
+        self._core = core
         self.timeout = timeout
         self.outgoing = OutgoingTransfers(
-            max_bytes=max_outgoing_bytes, ttl=timeout, clock=time.monotonic, on_release=self._released
+            max_bytes=max_outgoing_bytes, ttl=timeout, on_release=self._released
         )
         self.budget = ReassemblyBudget(max_reassembly_bytes)
         self._sources: dict[str, str] = {}  # inbox token of a publish's source -> its transfer id
@@ -86,7 +89,7 @@ class TransferEngine:
     def add_outgoing(
         self, transfer_id: str, payload: bytes, chunk_size: int, receivers: Receivers
     ) -> ChunkHead:
-        head = self.outgoing.add(transfer_id, payload, chunk_size, receivers)
+        head = self.outgoing.add(transfer_id, payload, chunk_size, receivers, now=_now())
         self._schedule()
         return head
 
@@ -114,29 +117,29 @@ class TransferEngine:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._expire)
+        self._timer = asyncio.get_running_loop().call_at(at, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        self.outgoing.expire()
+        self.outgoing.expire(_now())
         self._schedule()
 
     async def serve_pull(self, header: str, reply: str) -> None:
-        client = self._client
+        core = self._core
         try:
             pull = PullRequest.parse(header)
         except PayloadError as e:
-            await client._publish_control(reply, *error_headers(BAD_REQUEST, str(e)))
+            await core.publish_control(reply, *error_headers(BAD_REQUEST, str(e)))
             return
-        chunks = self.outgoing.chunks(pull, reply)
+        chunks = self.outgoing.chunks(pull, reply, now=_now())
         if pull.finished:
             self._schedule()
             return
         if chunks is None:
-            await client._publish_control(reply, *error_headers(GONE, f"transfer {pull.transfer_id} is gone"))
+            await core.publish_control(reply, *error_headers(GONE, f"transfer {pull.transfer_id} is gone"))
             return
         for index, data in chunks:
-            await client._transport.publish(
+            await core.transport.publish(
                 reply, data, headers={CHUNK_HEADER: ChunkRef(pull.transfer_id, index).header()}
             )
 
@@ -150,7 +153,7 @@ class TransferEngine:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-        client = self._client
+        core = self._core
         head: ChunkHead | None = None
         try:
             head = ChunkHead.parse(headers[CHUNKED_HEADER])
@@ -163,10 +166,10 @@ class TransferEngine:
             future.exception()  # the consumer may never look; don't warn about it
             user_reply = headers.get(REPLY_HEADER, "")
             if user_reply:
-                client._spawn(client._publish_control(user_reply, *error_headers(e.code, str(e))))
+                core.spawn(core.publish_control(user_reply, *error_headers(e.code, str(e))))
             if head is not None and source:  # refused for its size: the sender may free it now
                 done = PullRequest(head.transfer_id, head.count, 0)
-                client._spawn(self._finished(source, done, client._new_inbox_subject()))
+                core.spawn(self._finished(source, done, core.new_inbox_subject()))
             return future
 
         async def run() -> None:
@@ -181,22 +184,22 @@ class TransferEngine:
             else:
                 if not future.done():
                     reply = headers.get(REPLY_HEADER, "")
-                    future.set_result(Message(subject, reply, payload, headers, client))
+                    future.set_result(Message(subject, reply, payload, headers, core.client))
             finally:
                 self.budget.release(cost)
 
-        task = client._spawn(run())
+        task = core.spawn(run())
         # Whoever waits may give up (cancel, deadline): then stop pulling at once.
         future.add_done_callback(lambda f: None if task.done() else task.cancel())
         return future
 
     async def _pull(self, head: ChunkHead, source: str, first: bytes) -> bytes:
-        client = self._client
+        core = self._core
         incoming = _Incoming(head, source)
         incoming.assembly.add(0, first)
         if incoming.assembly.complete:
             return incoming.assembly.payload()
-        token, inbox = client._open_route(incoming)
+        token, inbox = core.open_route(incoming)
         self._incoming.add(incoming)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -209,7 +212,7 @@ class TransferEngine:
 
         async def pull(first_index: int, count: int) -> None:
             hdr = {PULL_HEADER: PullRequest(head.transfer_id, first_index, count).header()}
-            await client._transport.publish(source, b"", reply=inbox, headers=hdr)
+            await core.transport.publish(source, b"", reply=inbox, headers=hdr)
 
         try:
             while requested < head.count and requested < 1 + 2 * window:
@@ -240,17 +243,15 @@ class TransferEngine:
                     requested += n
             return assembly.payload()
         finally:
-            client._close_route(token)
+            core.close_route(token)
             self._incoming.discard(incoming)
-            if not sender_gone and not client._closing:
-                client._spawn(self._finished(source, PullRequest(head.transfer_id, head.count, 0), inbox))
+            if not sender_gone and not core.closing:
+                core.spawn(self._finished(source, PullRequest(head.transfer_id, head.count, 0), inbox))
 
     async def _finished(self, source: str, done: PullRequest, inbox: str) -> None:
         """Tell the sender we are done with a transfer (best effort: it expires anyway)."""
         try:
-            await self._client._transport.publish(
-                source, b"", reply=inbox, headers={PULL_HEADER: done.header()}
-            )
+            await self._core.transport.publish(source, b"", reply=inbox, headers={PULL_HEADER: done.header()})
         except ClosedError:
             pass
         except ConatError as e:

@@ -1,7 +1,7 @@
 """The one boundary between conat and nats-py.
 
 No ``nats.*`` name or exception leaves this module: callers see conat's error tree and plain
-callables. Three things here differ on purpose from stock nats-py (see shared/notes/ecosystem.md):
+callables. Three things here differ on purpose from stock nats-py:
 
 * **Direct dispatch.** conat's subscriptions do not use nats-py's per-subscription queue and task.
   The read loop hands each message to a synchronous handler that only enqueues it into a bounded
@@ -18,6 +18,32 @@ callables. Three things here differ on purpose from stock nats-py (see shared/no
   with :class:`PayloadTooLarge` instead of sending it.
 * **The server's status is unforgeable.** ``Status``/``Description`` come only from the inline
   status line (``NATS/1.0 503``); header lines of those names from a sender are ignored.
+
+What this module uses of nats-py beyond its public API, and why
+---------------------------------------------------------------
+nats-py is pinned to a minor version (``pyproject.toml``), and ``tests/conat/test_nats_py.py``
+checks each item below on the installed version (presence, signature, behaviour), naming the item
+and what it is for when an upgrade breaks it:
+
+* ``Client._process_msg(sid, subject, reply, data, headers)``: overridden; the parser calls it for
+  every MSG/HMSG, so direct dispatch happens here.
+* ``Subscription(conn, id, subject, queue)``, ``Client._subs``, ``Client._sid``,
+  ``Client._send_subscribe(sub)``, ``Client._send_unsubscribe(sid)``: a subscription registered as
+  nats-py's own ``subscribe`` registers one (so its reconnect re-sends it), without its queue and task.
+* ``Client._pending``, ``_pending_data_size``, ``_max_pending_size``, ``_flush_queue``,
+  ``_flush_pending(force_flush)``: :meth:`Transport.publish` queues the protocol command itself
+  (nats-py's ``publish`` re-validates and re-encodes the headers on every call) and kicks the flusher.
+* ``Client._send_command(cmd)``, ``Client._pongs``: :meth:`Transport.flush` queues its PING behind
+  what is pending and waits for its PONG.
+* ``Client._nuid``: unique tokens (inboxes, transfer ids) from nats-py's NUID generator.
+* ``Client._server_info``: the server's name from its INFO, known before CONNECT (credentials).
+* ``Client._transport``: the socket nats-py leaves open after a refused connect, closed here.
+* ``Client.options["max_reconnect_attempts"]`` and ``["allow_reconnect"]``: bounded tries at first,
+  reconnects forever once connected.
+* Error texts: nats-py lowercases the server's ``-ERR`` text and reports ``nats: <text>``;
+  ``permissions violation for (publish|subscription) to "<subject>"`` is a refused publish or
+  subscription, ``authorization violation`` refused credentials, ``authentication expired`` an
+  expired user JWT (nats-py then closes for good).
 """
 
 from __future__ import annotations
@@ -25,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -505,22 +532,23 @@ class Transport:
 
 
 def check_url(url: str) -> str:
-    """Validate one server URL (``nats://host:port`` and friends); raise :class:`BadURL`."""
+    """Validate one server URL (``nats://host:port`` and friends) with :mod:`urllib.parse`, as
+    nats-py parses it; raise :class:`BadURL` naming what is wrong."""
     if not isinstance(url, str) or not url:
         raise BadURL(repr(url), "expected a non-empty URL string")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    if "://" not in url:
         raise BadURL(url, "missing scheme (expected nats://host:port)")
-    if scheme not in _URL_SCHEMES:
-        raise BadURL(url, f"unsupported scheme {scheme!r} (use one of {', '.join(_URL_SCHEMES)})")
-    host = rest.rpartition("@")[2].split("/", 1)[0]
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:  # a port that is not a number or out of range, an unclosed "[..."
+        raise BadURL(url, str(e)) from None
+    if parts.scheme not in _URL_SCHEMES:
+        raise BadURL(url, f"unsupported scheme {parts.scheme!r} (use one of {', '.join(_URL_SCHEMES)})")
     if not host:
         raise BadURL(url, "missing host")
-    hostname, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise BadURL(url, f"bad port {port!r}")
-    if not hostname:
-        raise BadURL(url, "missing host")
+    if port == 0:
+        raise BadURL(url, "bad port 0")
     return url
 
 

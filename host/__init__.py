@@ -1,4 +1,4 @@
-"""host: the project host (DESIGN.md §8): many projects on one machine, each a sandboxed process.
+"""host: the project host: many projects on one machine, each a sandboxed process (docs/host.md).
 
 - :class:`HostServer` (``conat host serve``): the host's own bus with the auth callout, persist,
   bootlogs, the runner and the file server, all as actors; reconciles projects after a restart.

@@ -1,22 +1,21 @@
-"""The host's error tree. Every error has a stable ``code`` that reaches a remote caller unchanged
-(the actor runtime answers a handler's :class:`conat.ConatError` with its code), and builds its own
-message from its fields::
+"""The host's errors: the ``HostError`` branch of the error tree (drawn in conat._errors).
 
-    ConatError
-    └── HostError                 "host"
-        ├── BadArgument           400                 a malformed or out-of-range argument
-        ├── UnknownProject        "unknown-project"   no such project on this host
-        ├── ProjectExists         "project-exists"    create/import of a project this host has
-        ├── WrongState            "wrong-state"       the operation is illegal in the project's state
-        ├── NoCredentials         "no-credentials"    no token for the project, and none can be minted
-        └── LaunchFailed          "launch-failed"     the project process could not be started
+Every error has a stable ``code`` that reaches a remote caller unchanged (the actor runtime answers a
+handler's :class:`conat.ConatError` with its code and fields), and builds its own message from its
+fields. The symbolic ones are registered with :func:`conat.register_error`, so master (or any caller
+of the runner) gets the same class back, e.g. ``except WrongState``; :class:`BadArgument` is 400, a
+status any service may answer with, so it reaches a caller as a plain :class:`conat.RemoteError`.
 
-A refused operation changes nothing: the state machine is checked before anything is done.
+A refused operation changes nothing: the state machine is checked before anything is done. What to
+do: ``unknown-project`` — create (or import) it first; ``project-exists`` — it is there already;
+``wrong-state`` — wait for the state the operation needs (``status`` says where it is), or stop it
+first; ``no-credentials`` — pass the project's token; ``launch-failed`` — read the reason (also on the
+bootlog), fix the host or the project, start again.
 """
 
 from __future__ import annotations
 
-from conat import ConatError, ErrorCode
+from conat import BAD_REQUEST, ConatError, ErrorCode, register_error
 
 __all__ = [
     "BadArgument",
@@ -38,7 +37,7 @@ class HostError(ConatError):
 class BadArgument(HostError):
     """A malformed or out-of-range argument; ``field`` names it."""
 
-    code: ErrorCode = 400
+    code: ErrorCode = BAD_REQUEST
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
@@ -46,6 +45,7 @@ class BadArgument(HostError):
         super().__init__(f"bad argument {field}: {reason}")
 
 
+@register_error
 class UnknownProject(HostError):
     """No project with this id on this host."""
 
@@ -56,6 +56,7 @@ class UnknownProject(HostError):
         super().__init__(f"project {project_id} is not on this host")
 
 
+@register_error
 class ProjectExists(HostError):
     """``create``/``import`` of a project the host already has."""
 
@@ -66,6 +67,7 @@ class ProjectExists(HostError):
         super().__init__(f"project {project_id} already exists on this host")
 
 
+@register_error
 class WrongState(HostError):
     """An operation (an event of the state machine) that is illegal in the current state."""
 
@@ -79,6 +81,7 @@ class WrongState(HostError):
         super().__init__(f"{who}cannot {event} while {state}")
 
 
+@register_error
 class NoCredentials(HostError):
     """The start named no token and the host holds no key to mint one."""
 
@@ -89,6 +92,7 @@ class NoCredentials(HostError):
         super().__init__(f"no credentials for project {project_id}: pass a token (this host cannot mint one)")
 
 
+@register_error
 class LaunchFailed(HostError):
     """The project process could not be started (the reason is also on the bootlog)."""
 

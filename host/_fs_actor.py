@@ -18,8 +18,8 @@ method 404, wrong arguments 400) come from the typed-service dispatcher. A reque
 without a directory on this host gets ``ENOPROJECT``; for a key that is not ``project-<uuid>``,
 ``EINVAL``. Nothing a caller sends can crash the activation.
 
-**Rate.** Each project has a leaky bucket (``rate`` requests per second, aiolimiter); a request
-beyond it gets 429 at once. The caller's identity is not known to the actor (the subject, which the
+**Rate.** Each project has a token bucket (``rate`` requests per second, as a burst, on the
+server's clock); a request beyond it gets 429 at once. The caller's identity is not known to the actor (the subject, which the
 broker binds to the caller's grant, names only the project), so the limit is per project.
 
 **Audit.** With an audit log configured, every mutating call is recorded after it finished (method,
@@ -37,10 +37,21 @@ from pathlib import Path
 from typing import Any, Final
 
 import diff_match_patch as dmp_module
-from aiolimiter import AsyncLimiter
 
 from actors import NO_REPLY, Actor
-from conat import ConatError, Dispatcher, Message, PayloadError, RemoteError, RpcRequest
+from conat import (
+    BUSY,
+    INTERNAL,
+    ConatError,
+    Dispatcher,
+    Message,
+    PayloadError,
+    RemoteError,
+    RpcRequest,
+    TokenBucket,
+    error_reply,
+    respond_error,
+)
 from conat.beneath import open_root, split_path
 
 from ._fs_audit import claimed_principal
@@ -71,7 +82,6 @@ __all__ = ["FileServerActor"]
 
 log = logging.getLogger("conat.host.fs")
 
-BUSY: Final = 429
 BESIDE: Final = frozenset({"search", "find", "du"})
 """Long calls that run beside the mailbox (``readdir`` too when recursive)."""
 READS: Final = frozenset(
@@ -151,7 +161,7 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         self._shared = shared
         self._project: ProjectFs | None = None
         self._key_error: FsError | None = None
-        self._limiter = AsyncLimiter(shared.config.rate, 1.0)
+        self._limiter = TokenBucket(shared.config.rate)
         self._dispatcher = _DISPATCHER
 
     async def on_activate(self) -> None:
@@ -173,18 +183,17 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
         try:
             request = self._dispatcher.decode(msg)
         except RemoteError as e:
-            await _respond_error(msg, e.code, e.remote_message)
+            await respond_error(msg, *error_reply(e))
             return NO_REPLY
-        if not self._limiter.has_capacity():
-            await _respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
+        if not self._limiter.try_take(self._shared.clock.now()):
+            await respond_error(msg, BUSY, f"{self.key}: over {self._shared.config.rate:g} requests/s")
             return NO_REPLY
-        await self._limiter.acquire()
         project = self._project
         if project is not None:
             self._shared.touch(project.project_id)
             if request.name in BESIDE or (request.name == "readdir" and _recursive(request)):
                 if project.background >= self._shared.config.background:
-                    await _respond_error(msg, BUSY, f"{self.key}: too many long calls running")
+                    await respond_error(msg, BUSY, f"{self.key}: too many long calls running")
                     return NO_REPLY
                 project.background += 1
                 self._shared.spawn(self._beside(project, msg, request, long=True))
@@ -213,27 +222,23 @@ class FileServerActor(Actor, subject="fs.*", name="fs", idle=300.0, max_buffer=1
             result = await self._dispatcher.call(self, request)
         except asyncio.CancelledError:
             raise
-        except FsError as e:
+        except ConatError as e:  # FsError among them: its code and fields (path, detail) go back
             outcome = str(e.code)
-            await _respond_error(msg, e.code, str(e), {"path": e.path})
-        except ConatError as e:
-            outcome = str(e.code)
-            text = e.remote_message if isinstance(e, RemoteError) else str(e)
-            await _respond_error(msg, e.code, text)
+            await respond_error(msg, *error_reply(e))
         except OSError as e:  # the boundary: never a host path in a reply
             error = from_os_error(e, "")
             outcome = str(error.code)
-            await _respond_error(msg, error.code, str(error))
+            await respond_error(msg, *error_reply(error))
         except Exception as e:
-            outcome = "500"
+            outcome = str(INTERNAL)
             log.exception("fs %s %s failed", self.key, request.name)
-            await _respond_error(msg, 500, f"{type(e).__name__}: {e}")
+            await respond_error(msg, *error_reply(e))
         else:
             if msg.reply:
                 try:
                     await msg.respond(result)
                 except PayloadError as e:
-                    await _respond_error(msg, 500, f"cannot encode the result: {e.detail}")
+                    await respond_error(msg, INTERNAL, f"cannot encode the result: {e.detail}")
                 except ConatError as e:
                     log.debug("could not answer %s: %s", msg.subject, e)
         audit = self._shared.audit
@@ -504,17 +509,6 @@ def _recursive(request: RpcRequest) -> bool:
     if "recursive" in request.kwargs:
         return bool(request.kwargs["recursive"])
     return len(request.args) > 1 and bool(request.args[1])
-
-
-async def _respond_error(
-    msg: Message, code: int | str, text: str, data: dict[str, Any] | None = None
-) -> None:
-    if not msg.reply:
-        return
-    try:
-        await msg.respond_error(code, text, data=data)
-    except ConatError:
-        log.debug("could not send an error reply on %r", msg.subject)
 
 
 class _Charge:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Final, Self, final
 
-from conat import Client, ConatError, EndOfStream, RemoteError, Socket
+from conat import INTERNAL, Client, ConatError, EndOfStream, Socket, rebuild_error
 from subjects import fs_project
 
 from ._fs_server import WatchRequest, watch_subject
@@ -60,7 +60,13 @@ class FsWatch:
             msg = await self._sock.recv(timeout=timeout)
             if msg.header("fs") == "error":
                 data = msg.data
-                raise RemoteError(data.get("code", 500), data.get("message", ""), self._sock.subject)
+                fields = data.get("data")
+                raise rebuild_error(
+                    data.get("code", INTERNAL),
+                    data.get("message", ""),
+                    subject=self._sock.subject,
+                    data=fields if isinstance(fields, dict) else None,
+                )
             self._ready.extend(msg.decode(list[WatchEvent]))
         return self._ready.popleft()
 
@@ -79,8 +85,8 @@ class FsWatch:
 
 class FsClient(FileSystem):
     """A project's file server, over ``client``. Every :class:`~host.FileSystem` method is an RPC
-    (``timeout=`` per call is accepted too); errors are :class:`conat.RemoteError` with the file
-    server's codes."""
+    (``timeout=`` per call is accepted too); errors are :class:`~host.FsError` with the file server's
+    codes (each also a :class:`conat.RemoteError`)."""
 
     def __init__(self, client: Client, project_id: str, *, timeout: float = 30.0) -> None:
         self.client = client
@@ -108,7 +114,7 @@ class FsClient(FileSystem):
     async def read_stream(self, path: str) -> AsyncIterator[bytes]:
         """The file's contents in chunks, any size, with flow control (bounded memory).
 
-        Raises :class:`conat.RemoteError` if the contents sent do not add up (size or SHA-256).
+        Raises :class:`~host.FsError` ``EIO`` if the contents sent do not add up (size or SHA-256).
         """
         sha = hashlib.sha256()
         size = 0
@@ -118,7 +124,12 @@ class FsClient(FileSystem):
                 size += len(item)
                 yield item
             elif isinstance(item, WriteResult) and (item.size, item.sha256) != (size, sha.hexdigest()):
-                raise RemoteError("EIO", f"the transfer of {path!r} was corrupted", self.project_id)
+                raise rebuild_error(
+                    "EIO",
+                    f"the transfer of {path!r} was corrupted",
+                    subject=self.project_id,
+                    data={"path": path, "detail": "the transfer was corrupted (size or SHA-256 differ)"},
+                )
 
     async def stat_and_stream(self, path: str) -> tuple[Stat, AsyncIterator[bytes]]:
         """The file's :class:`Stat` (as sent) and an iterator of its contents."""

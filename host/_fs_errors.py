@@ -1,23 +1,22 @@
-"""The file server's errors: one class, errno-style codes, translated from ``OSError`` at one boundary.
+"""The file server's errors: one class, :class:`FsError`, with errno-style codes, translated from
+``OSError`` at one boundary (its place in the error tree is drawn in conat._errors).
 
-Every refusal reaches a caller as :class:`conat.RemoteError` whose ``code`` is one of the strings
-below (the wire contract) and whose message names the path *relative to the project root*, never a
-host path::
+Every refusal reaches a caller as an :class:`FsError` (registered with :func:`conat.register_error`
+for every code below, so it is also a :class:`conat.RemoteError` with that ``code``), whose message
+names the path *relative to the project root*, never a host path. The codes are the wire contract::
 
-    ConatError
-    └── FsError                    code
-        (the kernel's)             ENOENT EEXIST EISDIR ENOTDIR ENOTEMPTY EACCES EPERM ENOSPC EDQUOT
-                                   ELOOP ENAMETOOLONG EXDEV EINVAL EBUSY EIO EFBIG EMFILE
-        OUTSIDE_ROOT               the path, a symlink or a magic link on it, or ``..`` leads out
-        ESPECIAL                   a FIFO, socket or device: never opened (nothing blocks on it)
-        EHARDLINK                  a file with more than one hard link: its contents and metadata
-                                   may belong outside the project, so they are neither read nor changed
-        ETAG_MISMATCH              ``write_file_delta``: the file is not the base the patch was made on
-        PATCH_FAILED               the patch does not parse, or does not apply cleanly
-        PATCH_TOO_LARGE            the patch is over the server's cap
-        LOCK                       ``read_file`` with a lock window: another reader holds it
-        ENOPROJECT                 the project has no directory on this host
-        EBADNAME                   a snapshot name (or another name the server chooses) is malformed
+    (the kernel's)     ENOENT EEXIST EISDIR ENOTDIR ENOTEMPTY EACCES EPERM ENOSPC EDQUOT ELOOP
+                       ENAMETOOLONG EXDEV EINVAL EBUSY EIO EFBIG EMFILE EROFS ETXTBSY
+    OUTSIDE_ROOT       the path, a symlink or a magic link on it, or ``..`` leads out
+    ESPECIAL           a FIFO, socket or device: never opened (nothing blocks on it)
+    EHARDLINK          a file with more than one hard link: its contents and metadata may belong
+                       outside the project, so they are neither read nor changed
+    ETAG_MISMATCH      ``write_file_delta``: the file is not the base the patch was made on
+    PATCH_FAILED       the patch does not parse, or does not apply cleanly
+    PATCH_TOO_LARGE    the patch is over the server's cap
+    LOCK               ``read_file`` with a lock window: another reader holds it
+    ENOPROJECT         the project has no directory on this host
+    EBADNAME           a snapshot name (or another name the server chooses) is malformed
 
 What to do: ``ENOENT``/``EEXIST``/``ENOTEMPTY``... as for the system call; ``OUTSIDE_ROOT``,
 ``ESPECIAL``, ``EHARDLINK``, ``EINVAL``, ``ENAMETOOLONG`` — fix the path (retrying cannot help);
@@ -31,7 +30,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import Final, final
 
-from conat import ConatError, RemoteError
+from conat import ConatError, register_error
 from conat.beneath import BadName, OutsideRoot, SpecialFile, SymlinkRefused
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "PATCH_TOO_LARGE",
     "FsError",
     "from_os_error",
-    "is_fs_error",
 ]
 
 OUTSIDE_ROOT: Final = "OUTSIDE_ROOT"
@@ -106,6 +104,8 @@ class FsError(ConatError):
         super().__init__(f"{code}: {self.detail}: {path!r}" if path else f"{code}: {self.detail}")
 
 
+register_error(FsError, codes=sorted(CODES))
+
 _DEFAULT_DETAIL: Final = {
     OUTSIDE_ROOT: "the path leads outside the project",
     ESPECIAL: "not a regular file",
@@ -146,8 +146,3 @@ def _errno_text(number: int | None) -> str:
     import os
 
     return os.strerror(number) if number else "I/O error"
-
-
-def is_fs_error(error: BaseException, code: str) -> bool:
-    """Whether ``error`` (local :class:`FsError` or a caller's :class:`conat.RemoteError`) has ``code``."""
-    return isinstance(error, FsError | RemoteError) and error.code == code

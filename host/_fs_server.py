@@ -21,7 +21,7 @@ from typing import Any, Final, Self
 import msgspec
 
 from actors import ActorSystem
-from conat import Client, Clock, ConatError, Socket, SocketServer, SystemClock
+from conat import Client, Clock, ConatError, Socket, SocketServer, SystemClock, error_reply
 from subjects import watch_project
 
 from ._fs_actor import FileServerActor
@@ -60,7 +60,7 @@ class FileServer:
     Args:
         client: the host bus connection (not closed here).
         config: where projects live and the limits.
-        clock: time for watcher inactivity and read-lock windows (tests pass a FakeClock).
+        clock: time for watcher inactivity and read-lock windows (tests pass ``conat.testing.FakeClock``).
         system: an actor system to run in (default: one of its own, stopped at :meth:`aclose`).
         on_activity: called (at most every few seconds per project) when a project's files are used:
             the host passes :func:`~host.report_activity`, so file work keeps a project from idle stop.
@@ -129,7 +129,10 @@ class FileServer:
             await shared.hub.serve(project, request.path, sock, request.echo)
         except FsError as e:
             with contextlib.suppress(ConatError):
-                await sock.send({"type": "error", "code": e.code, "message": str(e)}, headers={"fs": "error"})
+                code, message, data = error_reply(e)
+                await sock.send(
+                    {"type": "error", "code": code, "message": message, "data": data}, headers={"fs": "error"}
+                )
         except ConatError as e:
             log.debug("watch on %s ended: %s", sock.subject, e)
         finally:

@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from conat import Client, ConatError, RemoteError, Socket, SocketMessage
+from conat import INTERNAL, Client, ConatError, RemoteError, Socket, SocketMessage, error_reply, rebuild_error
 from subjects import service_subject
 
 from ._fs_errors import FsError, from_os_error
@@ -75,6 +75,8 @@ class TransferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _Failure(msgspec.Struct, frozen=True):
     code: str | int
     message: str
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The error's fields (:func:`conat.error_fields`), so the client rebuilds it typed."""
 
 
 # ---- the server's side -------------------------------------------------------------------------------
@@ -103,15 +105,14 @@ async def serve_transfer(shared: FsShared, sock: Socket) -> None:
         finally:
             project.background -= 1
     except FsError as e:
-        await _fail(sock, e.code, str(e))
+        await _fail(sock, e)
     except OSError as e:  # the boundary: a host path never reaches the caller
-        error = from_os_error(e, request.path if request is not None else "")
-        await _fail(sock, error.code, str(error))
+        await _fail(sock, from_os_error(e, request.path if request is not None else ""))
     except ConatError as e:
         log.debug("transfer on %s ended: %s", sock.subject, e)
     except Exception as e:
         log.exception("transfer on %s failed", sock.subject)
-        await _fail(sock, 500, f"{type(e).__name__}: {e}")
+        await _fail(sock, e)
     finally:
         if project is not None:
             shared.release(project)
@@ -121,9 +122,9 @@ async def serve_transfer(shared: FsShared, sock: Socket) -> None:
             sock.abort()
 
 
-async def _fail(sock: Socket, code: str | int, message: str) -> None:
+async def _fail(sock: Socket, error: Exception) -> None:
     try:
-        await sock.send(_Failure(code, message), headers={KIND: "error"})
+        await sock.send(_Failure(*error_reply(error)), headers={KIND: "error"})
     except ConatError:
         pass
 
@@ -211,7 +212,7 @@ async def _serve_write(shared: FsShared, project: ProjectFs, sock: Socket, reque
 def _raise(msg: SocketMessage, subject: str) -> None:
     if msg.header(KIND) == "error":
         failure = msg.decode(_Failure)
-        raise RemoteError(failure.code, failure.message, subject)
+        raise rebuild_error(failure.code, failure.message, subject=subject, data=failure.data)
 
 
 async def read_chunks(
@@ -236,7 +237,7 @@ async def read_chunks(
                 return
             else:
                 _raise(msg, subject)
-                raise RemoteError(500, f"unexpected transfer message {kind!r}", subject)
+                raise RemoteError(INTERNAL, f"unexpected transfer message {kind!r}", subject)
     finally:
         try:
             await sock.aclose()

@@ -1,4 +1,4 @@
-"""The file server's wire types and its RPC protocol, :class:`FileSystem` (DESIGN.md §3, §8).
+"""The file server's wire types and its RPC protocol, :class:`FileSystem` (docs/file-server.md).
 
 Calls go to ``fs.project-<p>`` in the typed-service shape (``{"name": "read_file", "args": [...],
 "kwargs": {...}}``); results are these msgspec Structs (or plain values). Paths are text relative to
@@ -155,8 +155,8 @@ class WatchEvent(msgspec.Struct, frozen=True):
 class FileSystem(Protocol):
     """The RPCs of ``fs.project-<p>``. Every path is relative to the project root.
 
-    Errors come back as :class:`conat.RemoteError` with the errno-style codes of
-    :mod:`host._fs_errors` (``ENOENT``, ``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...).
+    Errors come back as :class:`~host.FsError` (also a :class:`conat.RemoteError`) with the
+    errno-style codes of :mod:`host._fs_errors` (``ENOENT``, ``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...).
     """
 
     async def read_file(self, path: str, encoding: str | None = None, lock: float | None = None) -> Any:

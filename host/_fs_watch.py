@@ -34,13 +34,12 @@ import contextlib
 import errno
 import logging
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, final
 
 from asyncinotify import Event, Inotify, Mask
 
-from conat import Clock, ConatError, Socket
+from conat import BoundedQueue, Clock, ConatError, Socket
 from conat.beneath import Follow, fd_path, open_beneath, open_dir_beneath, split_path
 
 from ._fs_errors import FsError
@@ -71,41 +70,38 @@ _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @final
 class Subscriber:
-    """One watch socket's queue of events (bounded, with an explicit overflow)."""
+    """One watch socket's queue of events (a :class:`conat.BoundedQueue`, with an explicit overflow)."""
 
     def __init__(self, sock: Socket, prefix: str, echo: str | None, size: int) -> None:
         self.sock = sock
         self.prefix = prefix
         self.echo = echo
-        self.size = size
-        self.queue: deque[WatchEvent] = deque()
-        self.overflowed = False
-        self.dropped = 0
-        self.wake = asyncio.Event()
+        self.queue: BoundedQueue[WatchEvent] = BoundedQueue(size)
+        self._last: WatchEvent | None = None  # the newest event queued, for coalescing
+        self._reported = 0  # drops already told with an overflow event
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
 
     def push(self, event: WatchEvent) -> None:
-        if self.queue and self.queue[-1] == event:
+        if self.queue.ready and self._last == event:
             return  # coalesce repeats (a burst of writes is one change)
-        if len(self.queue) >= self.size:
-            self.overflowed = True
-            self.dropped += 1
-        else:
-            self.queue.append(event)
-        self.wake.set()
+        self._last = event
+        self.queue.put(event)  # a full queue drops it: the pump reports an overflow
 
     async def pump(self) -> None:
         """Send queued events until the socket closes: everything queued goes in one message (a
-        list), so a burst costs one message, not one per event."""
+        list), so a burst costs one message, not one per event; after lost ones, an ``overflow``."""
+        queue = self.queue
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue or self.overflowed:
-                batch = list(self.queue)
-                self.queue.clear()
-                if self.overflowed:
-                    self.overflowed = False
-                    batch.append(WatchEvent("overflow", self.prefix))
-                await self.sock.send(batch)
+            await queue.wait()
+            batch = queue.pop_all()
+            self._last = None
+            if queue.dropped > self._reported:
+                self._reported = queue.dropped
+                batch.append(WatchEvent("overflow", self.prefix))
+            await self.sock.send(batch)
 
 
 def _join(a: str, b: str) -> str:

@@ -35,8 +35,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
-
 import conat
 from actors import NO_REPLY, Actor, actor_proxy
 from subjects import runner_host
@@ -53,20 +51,24 @@ log = logging.getLogger("conat.host.runner")
 
 _CALL_TIMEOUT: Final = 60.0
 _REPORT_PATIENCE: Final = 300.0
+REPORT_BACKOFF: Final = conat.Backoff(initial=0.2, maximum=5.0, jitter=1.0)
+"""Between the tries of a state report the project's actor could not take (busy, restarting)."""
+
+
+def _is_conat_error(error: Exception) -> bool:
+    return isinstance(error, conat.ConatError)
 
 
 async def deliver(call: Callable[[], Awaitable[None]], project_id: str) -> None:
     """Deliver a task's report to a project's actor, retrying while the host is too busy to commit
     it (a report is idempotent: one for a superseded attempt or another pid is ignored)."""
     try:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_delay(_REPORT_PATIENCE),
-            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-            retry=retry_if_exception_type(conat.ConatError),
-            reraise=True,
-        ):
-            with attempt:
-                await call()
+        await conat.retry(
+            call,
+            backoff=REPORT_BACKOFF,
+            retry_if=_is_conat_error,
+            deadline=asyncio.get_running_loop().time() + _REPORT_PATIENCE,
+        )
     except Exception:
         log.exception("project %s: a state report was lost; a host restart reconciles it", project_id)
 
@@ -305,12 +307,8 @@ class Runner(Actor, subject="runner.host-00000000-0000-0000-0000-000000000000", 
     async def _answer(self, msg: conat.Message) -> None:
         try:
             result = await Actor.receive(self, msg)
-        except Exception as e:  # noqa: BLE001 - answered with its code, like the runtime does
-            if msg.reply:
-                code = e.code if isinstance(e, conat.ConatError) else 500
-                text = e.remote_message if isinstance(e, conat.RemoteError) else str(e)
-                with contextlib.suppress(conat.ConatError):
-                    await msg.respond_error(code, text)
+        except Exception as e:  # noqa: BLE001 - answered with its code and fields, like the runtime does
+            await conat.respond_error(msg, *conat.error_reply(e))
             return
         if msg.reply:
             with contextlib.suppress(conat.ConatError):

@@ -3,7 +3,7 @@
 Start-up, in order (each step on the host's bootlog ``bootlog.host.<h>`` once the bus is up):
 
 1. a stale bus of a previous run that died without stopping it (its pid file) is killed;
-2. the host bus: a managed nats-server with the auth callout (:class:`auth.AuthBus`), trusting
+2. the host bus: a managed nats-server with the auth callout (:class:`conat.auth.AuthBus`), trusting
    master's pinned public keys, on the configured (or last used) port;
 3. the host's own connection (principal ``host-<h>``: everything on its own bus);
 4. persist: the host's stores under ``<data_dir>/sync``, each project's under its home
@@ -44,9 +44,8 @@ import psutil
 
 import conat
 from actors import ActorSystem, actor_proxy
-from auth import AuthBus
 from conat import ServerConfig
-from conat.auth import Keyring, PublicKeys, TokenIssuer
+from conat.auth import AuthBus, Keyring, PublicKeys, TokenIssuer, write_private_file
 from persist import PersistServer, Placement, PlacementConfig
 from subjects import HUB, Scope, host_scope
 
@@ -111,16 +110,6 @@ def read_host_state(data_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state
-
-
-def _write_private(path: Path, data: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
 
 
 def _kill_stale_bus(data: Path) -> None:
@@ -233,7 +222,9 @@ class HostServer:
             )  # fmt: skip
         server_pid = self.bus.server.pid
         if server_pid is not None:
-            _write_private(data / BUS_PID, json.dumps([server_pid, psutil.Process(server_pid).create_time()]))
+            write_private_file(
+                data / BUS_PID, json.dumps([server_pid, psutil.Process(server_pid).create_time()]).encode()
+            )
         self.client = await conat.connect(
             self.bus.url, name=f"conat-{self.scope}", credentials=self._credentials()
         )
@@ -295,9 +286,9 @@ class HostServer:
         assert self.bus is not None
         _host, port = _host_port(self.bus.url)
         state = {"url": self.bus.url, "host_id": self.host_id, "pid": os.getpid(), "port": port}
-        _write_private(data / STATE_FILE, json.dumps(state))
+        write_private_file(data / STATE_FILE, json.dumps(state).encode())
         if self._issuer is not None:  # the local admin's credentials (conat host status)
-            _write_private(data / ADMIN_TOKEN, self.mint(HUB, _ADMIN_TOKEN_TTL))
+            write_private_file(data / ADMIN_TOKEN, self.mint(HUB, _ADMIN_TOKEN_TTL).encode())
 
     async def _bootlog(self, phase: str, message: str, progress: float | None = None) -> None:
         if self.projects is not None:
@@ -399,7 +390,8 @@ class HostServer:
             with contextlib.suppress(OSError):
                 state = read_host_state(self.config.data)
                 if state is not None and state.get("pid") == os.getpid():
-                    _write_private(self.config.data / STATE_FILE, json.dumps({**state, "pid": None}))
+                    stopped = json.dumps({**state, "pid": None}).encode()
+                    write_private_file(self.config.data / STATE_FILE, stopped)
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
 

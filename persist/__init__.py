@@ -1,4 +1,4 @@
-"""persist: SQLite-persisted streams and KV stores, placed per subject scope (DESIGN.md §6).
+"""persist: SQLite-persisted streams and KV stores, placed per subject scope (docs/persistence.md).
 
 Layers, bottom up: the error tree, stream configuration and storage placement; the reference model
 of a stream's semantics and the SQLite engine that implements it (:class:`StreamFile`, one file per
@@ -27,7 +27,7 @@ from ._dkv import MISSING as MISSING
 from ._dkv import DKVStatistics as DKVStatistics
 from ._dkv import KeyChanged as KeyChanged
 from ._dkv import KeyDeleted as KeyDeleted
-from ._dkv import KeyReject as KeyReject
+from ._dkv import KeySaveFailed as KeySaveFailed
 from ._dkv import KVEvent as KVEvent
 from ._dkv import Merge as Merge
 from ._dstream import Added as Added
@@ -36,11 +36,10 @@ from ._dstream import DStream as DStream
 from ._dstream import DStreamStatistics as DStreamStatistics
 from ._dstream import Entry as Entry
 from ._dstream import Older as Older
-from ._dstream import Reject as Reject
 from ._dstream import Saved as Saved
+from ._dstream import SaveFailed as SaveFailed
 from ._dstream import StreamEvent as StreamEvent
 from ._engine import ChangePage as ChangePage
-from ._engine import StoredMessage as StoredMessage
 from ._engine import StreamFile as StreamFile
 from ._engine import StreamFileStatistics as StreamFileStatistics
 from ._engine import Write as Write
@@ -62,8 +61,8 @@ from ._follower import Events as Events
 from ._follower import Resync as Resync
 from ._model import DeleteResult as DeleteResult
 from ._model import Inventory as Inventory
-from ._model import Message as Message
 from ._model import SetResult as SetResult
+from ._model import StoredMessage as StoredMessage
 from ._model import message_size as message_size
 from ._placement import ENV_VARS as ENV_VARS
 from ._placement import FILE_SUFFIX as FILE_SUFFIX
@@ -116,7 +115,7 @@ __all__ = [
     "KVEvent",
     "KeyChanged",
     "KeyDeleted",
-    "KeyReject",
+    "KeySaveFailed",
     "Limit",
     "MAX_HEADER_BYTES",
     "MAX_KEY_BYTES",
@@ -125,7 +124,6 @@ __all__ = [
     "MAX_PART_BYTES",
     "MISSING",
     "Merge",
-    "Message",
     "NotFound",
     "Older",
     "OutsideScope",
@@ -134,11 +132,11 @@ __all__ = [
     "PersistService",
     "Placement",
     "PlacementConfig",
-    "Reject",
     "Rejected",
     "ResetResult",
     "Resync",
     "RootInUse",
+    "SaveFailed",
     "Saved",
     "SetResult",
     "StorageError",

@@ -16,52 +16,19 @@ import struct
 from collections.abc import Iterable
 from typing import Final, final
 
+from conat import TokenBucket
+
 from ._checks import SetArgs
 from ._config import UNLIMITED, StreamConfig
 from ._errors import Limit, Rejected, WrongLastSequence
 
-__all__ = ["Rates", "TokenBucket", "admit", "byte_limit", "expired_through", "trim"]
-
-
-@final
-class TokenBucket:
-    """A token bucket holding at most one second of ``rate``, full at first use.
-
-    It refills continuously from the ``now`` of the last :meth:`take`; time going backwards refills
-    nothing (the stamp never moves back).
-
-    Args:
-        rate: tokens per second, which is also the capacity.
-    """
-
-    __slots__ = ("rate", "stamp", "tokens")
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp: float | None = None
-
-    def available(self, now: float) -> float:
-        """The tokens there are at ``now`` (may be negative after a take larger than what was there)."""
-        if self.stamp is None:
-            return self.tokens
-        return min(self.rate, self.tokens + max(0.0, now - self.stamp) * self.rate)
-
-    def take(self, now: float, cost: float) -> None:
-        """Take ``cost`` tokens at ``now`` (no check: call :meth:`available` first)."""
-        self.tokens = self.available(now) - cost
-        self.stamp = now if self.stamp is None else max(self.stamp, now)
-
-    def copy(self) -> TokenBucket:
-        """An independent bucket in the same state."""
-        other = TokenBucket(self.rate)
-        other.tokens, other.stamp = self.tokens, self.stamp
-        return other
+__all__ = ["Rates", "admit", "byte_limit", "expired_through", "trim"]
 
 
 @final
 class Rates:
-    """The two rate limits of a stream: a message bucket and a byte bucket (``None`` if unlimited).
+    """The two rate limits of a stream: a message bucket and a byte bucket (``None`` if unlimited),
+    each a :class:`conat.TokenBucket` holding one second of its rate, on the stream's write times.
 
     Args:
         config: the config whose ``max_msgs_per_second`` and ``max_bytes_per_second`` apply.

@@ -4,8 +4,9 @@ Blocking functions, run in :class:`persist.StreamStore`'s executor; the store de
 (its docstring states the rule). Each runs inside :func:`persist._engine_io.storage_errors`, so only
 persist errors leave.
 
-**Copies.** An archive copy is written with SQLite's online backup API (never a file copy: a WAL
-database's main file alone can lack committed data, notes/reliability.md lesson 4) into a temporary
+**Copies.** An archive copy is written with SQLite's online backup API (never a file copy: committed
+data can still sit in the ``-wal`` file, so a copy of the main file alone can lack it, even every
+table) into a temporary
 file beside the archive, switched to ``journal_mode=DELETE`` so it is one self-contained file (no
 ``-wal``/``-shm`` ever appears beside it, and it can be read with ``mode=ro``), flushed, then renamed
 over the archive, and the directory flushed (:func:`persist._durable.write_copy`; new directories on

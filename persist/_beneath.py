@@ -7,7 +7,7 @@ what SQLite opened.
 Why: a stream's file is ``<root>/<relative>.db`` (:mod:`persist._placement`), and directories
 beneath the root may belong to someone else (a project's home). A check on the *text* of a path
 (``realpath``, then ``open``) is a race, and a symlink planted beneath the root would let the engine
-create or write a file anywhere (notes/reliability.md lesson 5). So the kernel does the checking:
+create or write a file anywhere. So the kernel does the checking:
 
 1. The root is opened as given, symlinks followed: the root is the operator's, and operators do
    symlink it. Only what is beneath it is checked.

@@ -36,6 +36,7 @@ import msgspec
 from conat import InvalidSubject, PayloadError
 from conat.cli.plugin import (
     EXIT_REMOTE,
+    EXIT_USAGE,
     Options,
     Printer,
     common_options,
@@ -93,17 +94,16 @@ _timeout_option: Final = click.option(
 def _run(opts: Options, main: Coroutine[Any, Any, T]) -> T:
     """``run(main)``, where a refusal by the service exits 2 (a remote error, as for ``conat req``).
 
-    ``not-found`` is raised on: the CLI reports it and exits 1, as for a missing key.
+    ``not-found`` exits 1, as for a missing key, whether the CLI found it missing or the service
+    answered so (the service's arrives as a :class:`NotFound` that is also a ``RemoteError``).
     """
     try:
         return run(main)
     except PersistError as e:
-        if isinstance(e, NotFound):
-            raise
         if opts.debug:
             traceback.print_exception(e, file=sys.stderr)
         click.echo(f"conat: error: {e} (code {e.code})", err=True)
-        raise click.exceptions.Exit(EXIT_REMOTE) from None
+        raise click.exceptions.Exit(EXIT_USAGE if isinstance(e, NotFound) else EXIT_REMOTE) from None
 
 
 def _follow(opts: Options, main: Coroutine[Any, Any, None]) -> None:

@@ -2,7 +2,7 @@
 
 Every call is one request to ``persist.<scope>.api`` (a page of ``get_all`` or of the changefeed is
 one request too). Calls that are safe to repeat are retried, with exponential backoff and jitter
-(tenacity), while the service is unreachable (no responders, a timeout, a 503 from a stopping
+(:data:`CALL_BACKOFF`), while the service is unreachable (no responders, a timeout, a 503 from a stopping
 service) until the call's ``timeout``: reads always, and writes and deletes because each carries a
 msg-id (one is made up if the caller gave none), so one retried after a crash of the service is
 answered with its original result instead of being applied twice (a retried delete reports what
@@ -31,13 +31,25 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final, TypeVar, final
 
 import msgspec
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from conat import Client, ClientState, Message, NoResponders, RemoteError, Timeout, get_codec
+from conat import (
+    BUSY,
+    UNAVAILABLE,
+    Backoff,
+    Client,
+    ClientState,
+    Message,
+    NoResponders,
+    RemoteError,
+    Timeout,
+    get_codec,
+    rebuild_error,
+    retry,
+)
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StoredMessage, Write
-from ._errors import BadRequest, PersistError, error_from_remote
+from ._errors import BadRequest, PersistError
 from ._model import DeleteResult, Inventory, SetResult
 from ._wire import (
     DEFAULT_PAGE_BYTES,
@@ -66,8 +78,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_FEED_WAIT: Final = 10.0
 _ATTEMPT_TIMEOUT: Final = 5.0
-_STOPPING: Final = 503
 _AFTER_EVERYTHING: Final = 2**63 - 1
+CALL_BACKOFF: Final = Backoff(initial=0.02, maximum=1.0, jitter=1.0)
+"""Between the tries of a call while the service is unreachable (doubling, up to twice as long at
+random, so callers that lost the service together do not come back together)."""
 
 _encoder: Final = msgspec.msgpack.Encoder()
 
@@ -76,7 +90,7 @@ def _transient(error: BaseException) -> bool:
     """Whether a call may be repeated: the service was unreachable or stopping."""
     if isinstance(error, NoResponders | Timeout):
         return True
-    return isinstance(error, RemoteError) and error.code in (_STOPPING, 429)
+    return isinstance(error, RemoteError) and error.code in (UNAVAILABLE, BUSY)
 
 
 @final
@@ -125,22 +139,13 @@ class _Caller:
         payload = _encoder.encode(request)
         attempt_timeout = wait + _ATTEMPT_TIMEOUT
         attempt = self._attempt if wait <= 0 else self._waiting_attempt
-        try:  # the first attempt outside tenacity: its per-call cost shows at 10k calls/s
-            reply = await attempt(payload, attempt_timeout)
-        except Exception as e:
-            if not _transient(e):
-                raise
-        else:
-            return msgspec.msgpack.decode(reply.raw, type=result)
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(max(self.timeout, attempt_timeout)),
-            wait=wait_exponential_jitter(multiplier=0.01, max=1.0, jitter=0.05),
-            retry=retry_if_exception(_transient),
-            reraise=True,
+        deadline = asyncio.get_running_loop().time() + max(self.timeout, attempt_timeout)
+        reply = await retry(
+            lambda: attempt(payload, attempt_timeout),
+            backoff=CALL_BACKOFF,
+            retry_if=_transient,
+            deadline=deadline,
         )
-        async for trial in retrying:
-            with trial:
-                reply = await attempt(payload, attempt_timeout)
         return msgspec.msgpack.decode(reply.raw, type=result)
 
     async def _waiting_attempt(self, payload: bytes, timeout: float) -> Message:
@@ -171,10 +176,8 @@ class _Caller:
             # reconnected while it waited: send it again (the service answers the same cursor)
 
     async def _attempt(self, payload: bytes, timeout: float) -> Message:
-        try:
-            return await self.client.request(self.subject, payload, timeout=timeout, encoding="raw")
-        except RemoteError as e:
-            raise error_from_remote(e) from None
+        """One request; a refusal raises the persist error it stands for (registered in conat)."""
+        return await self.client.request(self.subject, payload, timeout=timeout, encoding="raw")
 
 
 @final
@@ -421,7 +424,7 @@ class AStream:
             if entry.name != self.name:
                 break
             if entry.error is not None:
-                error = error_from_remote(RemoteError(entry.error, entry.message or "", data=entry.error_data))
+                error = rebuild_error(entry.error, entry.message or "", data=entry.error_data)
                 raise error if isinstance(error, PersistError) else PersistError(entry.message or "")
             return entry.inventory
         return None
@@ -542,5 +545,5 @@ async def list_streams(
 def _set_many_result(raw: dict[str, Any]) -> SetResult | PersistError:
     if "error" not in raw:
         return msgspec.convert(raw, SetResult)
-    error = error_from_remote(RemoteError(raw["error"], raw.get("message", ""), data=raw.get("data")))
+    error = rebuild_error(raw["error"], raw.get("message", ""), data=raw.get("data"))
     return error if isinstance(error, PersistError) else PersistError(str(error))

@@ -20,8 +20,9 @@ can lose *after they were acknowledged*:
 ==========  ==================================================================================
 
 A process crash (``kill -9``) loses no committed transaction under *any* setting: a committed
-transaction is in the OS page cache, which outlives the process (notes/reliability.md, lesson 2,
-measured). Only the OS going down separates the three. ``sync`` means nothing for an ephemeral
+transaction is in the OS page cache, which outlives the process (measured: hundreds of thousands of
+acknowledged commits over repeated ``kill -9`` s, none lost). Only the OS going down separates the
+three. ``sync`` means nothing for an ephemeral
 stream, which loses everything when its process stops.
 
 Configs are frozen :class:`msgspec.Struct` s. Construct them directly (validated in

@@ -67,7 +67,7 @@ __all__ = [
     "KVEvent",
     "KeyChanged",
     "KeyDeleted",
-    "KeyReject",
+    "KeySaveFailed",
     "Merge",
 ]
 
@@ -114,7 +114,7 @@ class KeyDeleted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
-class KeyReject(msgspec.Struct, frozen=True, kw_only=True):
+class KeySaveFailed(msgspec.Struct, frozen=True, kw_only=True):
     """A local write of ``key`` was refused (``value``: what it wrote, :data:`MISSING` for a delete).
 
     The key reads its saved value again. ``error`` is usually :class:`~persist.Rejected`, or what
@@ -126,7 +126,7 @@ class KeyReject(msgspec.Struct, frozen=True, kw_only=True):
     error: Exception
 
 
-KVEvent = KeyChanged | KeyDeleted | KeyReject | Resync
+KVEvent = KeyChanged | KeyDeleted | KeySaveFailed | Resync
 
 
 @final
@@ -469,7 +469,7 @@ class DKV(Follower[KVEvent, str]):
             edit = self._edits.get(key)
             if edit is None:
                 continue
-            self._emit(KeyReject(key=key, value=edit.sent_value, error=error))
+            self._emit(KeySaveFailed(key=key, value=edit.sent_value, error=error))
             if edit.version != edit.sent:
                 continue  # a newer write of the key is judged on its own
             self._finish(key, edit)

@@ -71,7 +71,7 @@ __all__ = [
     "Deleted",
     "Entry",
     "Older",
-    "Reject",
+    "SaveFailed",
     "Saved",
     "StreamEvent",
 ]
@@ -130,7 +130,7 @@ class Deleted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
-class Reject(msgspec.Struct, frozen=True, kw_only=True):
+class SaveFailed(msgspec.Struct, frozen=True, kw_only=True):
     """A local publish was refused and left the view; nothing was stored.
 
     ``error`` is usually :class:`~persist.Rejected` (a limit of the stream, named by ``limit``).
@@ -147,7 +147,7 @@ class Older(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[Entry]
 
 
-StreamEvent = Added | Saved | Deleted | Reject | Older | Resync
+StreamEvent = Added | Saved | Deleted | SaveFailed | Older | Resync
 
 
 # ---- DStream -----------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ class DStream(Follower[StreamEvent, _Pending]):
         """Add ``value`` to the view at once and save it in the background.
 
         Returns:
-            the unsaved entry (its ``msg_id`` names it in later :class:`Saved`/:class:`Reject`).
+            the unsaved entry (its ``msg_id`` names it in later :class:`Saved`/:class:`SaveFailed`).
 
         Raises:
             BadRequest, TooLarge, PayloadError: malformed arguments (nothing was added).
@@ -504,7 +504,7 @@ class DStream(Follower[StreamEvent, _Pending]):
         for p in tokens:
             if p.entry.msg_id in self._pending:
                 self._settle(p)
-                self._emit(Reject(entry=p.entry, error=error))
+                self._emit(SaveFailed(entry=p.entry, error=error))
 
     async def _saved(self, results: list[tuple[_Pending, SetResult | PersistError]]) -> None:
         for p, result in results:

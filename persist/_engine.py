@@ -36,7 +36,8 @@ WAL lets them run beside the writer. An ephemeral stream lives in a private ``:m
 reads share the writer connection (and its lock).
 
 **Dedup.** Msg-ids live in the ``dedup`` table, written in the same transaction as their message, so a
-retry after a crash or restart is still recognised (notes/reliability.md, lesson 3). Rate buckets are
+retry after a crash or restart is still recognised (an in-memory cache of msg-ids would forget them
+at a restart, and the retry would be stored twice). Rate buckets are
 in memory only: they start full when a file is opened.
 
 **Errors.** No ``sqlite3`` (or ``OSError``) error leaves the engine: they are translated at one
@@ -93,8 +94,7 @@ from ._durable import write_copy
 from ._engine_io import Conn, GroupCommit, Jobs, ReaderPool, close_all, locked, open_writer
 from ._engine_writer import Writer
 from ._errors import BadRequest, PersistError
-from ._model import DeleteResult, Inventory, SetResult
-from ._sql import DEFAULT_ENCODING, StoredMessage
+from ._model import DEFAULT_ENCODING, DeleteResult, Inventory, SetResult, StoredMessage
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
@@ -417,10 +417,10 @@ class StreamFile:
         )
 
     def set_many_nowait(
-        self, writes: Sequence[Write], done: Callable[[list[SetResult | PersistError]], object]
+        self, writes: Sequence[Write], done: Callable[[list[SetResult | PersistError] | PersistError], object]
     ) -> None:
         """:meth:`set_many` without waiting: ``done(outcomes)`` gets one outcome per write (its
-        result, or the error that refused it; every one the error, if the transaction failed).
+        result, or the error that refused it), or the one error that failed the transaction.
 
         Raises:
             BadRequest, TooLarge: a malformed write (nothing is queued, ``done`` is not called).
@@ -634,7 +634,7 @@ class StreamFile:
     async def backup(self, dest: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the stream to ``dest`` with SQLite's online backup API.
 
-        Safe under concurrent writes (never a copy of a live WAL file, notes/reliability.md lesson 4):
+        Safe under concurrent writes (never a file copy, which can miss what sits in the ``-wal``):
         the copy holds every write committed before it started. ``dest`` is written to a temporary
         file of its own beside it (two backups to one ``dest`` never share one), fsynced, renamed
         into place, and its directory fsynced (:func:`persist._durable.write_copy`).
@@ -741,11 +741,12 @@ class StreamFile:
         return await self._readers.run(work)
 
 
-def _first(done: Callable[[Any], object]) -> Callable[[list[object]], None]:
-    """A group callback for a group of one mutation: ``done`` gets its one outcome."""
+def _first(done: Callable[[Any], object]) -> Callable[[list[object] | PersistError], None]:
+    """A group callback for a group of one mutation: ``done`` gets its one outcome (the error
+    that failed the transaction, if it failed)."""
 
-    def deliver(outcomes: list[object]) -> None:
-        done(outcomes[0])
+    def deliver(outcomes: list[object] | PersistError) -> None:
+        done(outcomes if isinstance(outcomes, PersistError) else outcomes[0])
 
     return deliver
 

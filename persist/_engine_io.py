@@ -3,7 +3,8 @@
 The pieces :class:`persist.StreamFile` is built from (its docstring is the theory of operation):
 
 - :func:`storage_errors`, the one boundary where ``sqlite3`` and ``OSError`` errors become
-  :class:`persist.Corrupt` or :class:`persist.StorageError` (STYLE rule 5). Every call into
+  :class:`persist.Corrupt` or :class:`persist.StorageError`, so callers meet persist's error tree
+  only, never a driver's exception that would change with the driver. Every call into
   ``sqlite3`` or the file system made for a stream file runs inside it;
 - :class:`Conn`, a connection with the lock that keeps it to one thread at a time;
 - :class:`Jobs`, the caller's executor plus the jobs submitted to it and not yet finished;
@@ -64,7 +65,7 @@ Apply = Callable[[sqlite3.Connection, float], object]
 """A queued mutation: ``apply(db, now)`` runs inside the writer's transaction and returns its result."""
 
 
-# ---- error translation (the one boundary for sqlite3/OSError, STYLE rule 5) ------------------------
+# ---- error translation (the one boundary for sqlite3/OSError) --------------------------------------
 
 
 _MISUSE: tuple[type[sqlite3.Error], ...] = (
@@ -318,9 +319,10 @@ class ReaderPool:
 # ---- the writer's queue ------------------------------------------------------------------------------
 
 
-Done = Callable[[list[object]], None]
+Done = Callable[[list[object] | PersistError], None]
 """A group's completion callback (:meth:`GroupCommit.put_nowait`): called on the loop with one
-outcome per mutation, a result or the :class:`PersistError` that refused or failed it."""
+outcome per mutation (a result, or the :class:`PersistError` that refused it) once its transaction
+committed, or with the one :class:`PersistError` that failed the whole transaction."""
 
 
 @final
@@ -341,6 +343,13 @@ class _Group:
         self.futures = futures
         self.done = done
 
+    def _call(self, outcome: list[object] | PersistError) -> None:
+        assert self.done is not None
+        try:
+            self.done(outcome)
+        except Exception:
+            logger.exception("a persist completion callback failed")
+
     def live(self) -> bool:
         """Whether someone still waits for it (every future of a group cancelled: skip it)."""
         return self.futures is None or not all(f.done() for f in self.futures)
@@ -348,10 +357,7 @@ class _Group:
     def deliver(self, outcomes: Sequence[object]) -> None:
         """Hand each mutation its outcome (a result, or a :class:`PersistError`)."""
         if self.done is not None:
-            try:
-                self.done(list(outcomes))
-            except Exception:
-                logger.exception("a persist completion callback failed")
+            self._call(list(outcomes))
             return
         assert self.futures is not None
         for fut, res in zip(self.futures, outcomes, strict=True):
@@ -362,9 +368,9 @@ class _Group:
             else:
                 fut.set_result(res)
 
-    def fail(self, error: BaseException) -> None:
+    def fail(self, error: PersistError) -> None:
         if self.done is not None:
-            self.deliver([error] * len(self.applies))
+            self._call(error)
             return
         assert self.futures is not None
         for fut in self.futures:

@@ -1,23 +1,9 @@
-"""persist's error tree.
+"""persist's errors: the ``PersistError`` branch of the error tree (drawn in conat._errors).
 
 Every error carries a stable symbolic ``code`` and structured fields, and builds its own message from
-them. The persist service sends ``code`` over the bus (a caller sees it as
-:class:`conat.RemoteError` with the same code), so these strings are part of the wire contract::
-
-    ConatError
-    └── PersistError               "persist"
-        ├── Rejected               "reject"               a configured limit refused a write (``limit``)
-        ├── WrongLastSequence      "wrong-last-sequence"  a compare-and-set write saw another last seq
-        ├── BadPath                "bad-path"             a storage path is malformed
-        ├── OutsideScope           "outside-scope"        a storage path (or file) escapes its scope
-        ├── TooLarge               "too-large"            input over a hard, non-configurable bound
-        ├── BadConfig              "bad-config"           a config field has a bad type or value
-        ├── BadRequest             "bad-request"          an operation's arguments are malformed
-        ├── NotFound               "not-found"            the stream (or object) does not exist
-        ├── Corrupt                "corrupt"              stored data cannot be read back
-        ├── StorageError           "storage"              the disk or file system failed (full, I/O...)
-        ├── RootInUse              "root-in-use"          another persist service holds the storage root
-        └── TooSlow                "too-slow"             a change-event reader fell behind its bounded buffer
+them. The codes are part of the wire contract: every class the service sends is registered with
+:func:`conat.register_error`, so a caller over the bus gets the same class back, rebuilt from its
+fields (and also a :class:`conat.RemoteError` with the same code).
 
 ``reject`` versus ``too-large``: ``reject`` means the stream's *configuration* refused the write
 (``max_msg_size``, ``max_msgs`` with discard new, a rate limit...), so another stream, or the same one
@@ -38,10 +24,9 @@ builtin :class:`ValueError` s, as configuration errors are throughout conat.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Literal
+from typing import Literal
 
-from conat import ConatError, ErrorCode, RemoteError
+from conat import ConatError, ErrorCode, register_error
 
 __all__ = [
     "BadConfig",
@@ -58,8 +43,6 @@ __all__ = [
     "TooLarge",
     "TooSlow",
     "WrongLastSequence",
-    "error_fields",
-    "error_from_remote",
 ]
 
 Limit = Literal[
@@ -80,6 +63,7 @@ class PersistError(ConatError):
     code: ErrorCode = "persist"
 
 
+@register_error
 class Rejected(PersistError):
     """A configured limit refused a write; nothing was written.
 
@@ -98,6 +82,7 @@ class Rejected(PersistError):
         super().__init__(f"write rejected by {limit}={value!r}: {detail}")
 
 
+@register_error
 class WrongLastSequence(PersistError):
     """A compare-and-set write (``previous_seq``) found another last seq; nothing was written.
 
@@ -118,6 +103,7 @@ class WrongLastSequence(PersistError):
         super().__init__(f"wrong last sequence for {what}: expected {expected}, actual {actual}")
 
 
+@register_error
 class BadPath(PersistError, ValueError):
     """A storage path is malformed: unknown scope kind, bad id, empty/absolute/overlong name, NUL...
 
@@ -134,6 +120,7 @@ class BadPath(PersistError, ValueError):
         super().__init__(f"bad storage path {path!r}: {reason}")
 
 
+@register_error
 class OutsideScope(BadPath):
     """A storage path climbs out of its scope (``..``), or a resolved file falls outside its root.
 
@@ -149,6 +136,7 @@ class OutsideScope(BadPath):
         super().__init__(path, f"it is outside its scope {scope!r}")
 
 
+@register_error
 class TooLarge(PersistError, ValueError):
     """Input is over a bound built into persist (not a configured limit: that is :class:`Rejected`).
 
@@ -167,6 +155,7 @@ class TooLarge(PersistError, ValueError):
         super().__init__(f"{what} of {size} bytes is over persist's limit of {limit} bytes")
 
 
+@register_error
 class BadConfig(PersistError, ValueError):
     """A configuration field has a bad type or value, or is unknown.
 
@@ -183,6 +172,7 @@ class BadConfig(PersistError, ValueError):
         super().__init__(f"bad config {field}: {reason}")
 
 
+@register_error
 class BadRequest(PersistError, ValueError):
     """An operation's arguments are malformed (wrong type, conflicting selectors, negative seq...).
 
@@ -199,6 +189,7 @@ class BadRequest(PersistError, ValueError):
         super().__init__(f"bad {op} request: {reason}")
 
 
+@register_error
 class NotFound(PersistError):
     """The stream (or another named object) does not exist.
 
@@ -213,6 +204,7 @@ class NotFound(PersistError):
         super().__init__(f"{what} not found")
 
 
+@register_error
 class Corrupt(PersistError):
     """Stored data cannot be read back (bad row, undecodable payload, failed integrity check).
 
@@ -229,6 +221,7 @@ class Corrupt(PersistError):
         super().__init__(f"{what} is corrupt: {detail}")
 
 
+@register_error
 class StorageError(PersistError):
     """The disk or file system failed under an operation (disk full, file too large, I/O error,
     permission denied, database locked...); not corruption, which is :class:`Corrupt`.
@@ -250,6 +243,7 @@ class StorageError(PersistError):
         super().__init__(f"storage failure during {operation} on {path}: {detail}")
 
 
+@register_error
 class RootInUse(PersistError):
     """Another persist service holds the storage root, so this one may not start on it.
 
@@ -288,40 +282,3 @@ class TooSlow(PersistError):
         self.what = what
         self.limit = limit
         super().__init__(f"change events of {what} were not read fast enough (more than {limit} pending)")
-
-
-_BY_CODE: dict[ErrorCode, type[PersistError]] = {
-    cls.code: cls
-    for cls in (
-        Rejected,
-        WrongLastSequence,
-        BadPath,
-        OutsideScope,
-        TooLarge,
-        BadConfig,
-        BadRequest,
-        NotFound,
-        Corrupt,
-        StorageError,
-        RootInUse,
-        TooSlow,
-    )
-}
-
-
-def error_fields(error: PersistError) -> dict[str, Any]:
-    """The constructor arguments of ``error`` (every subclass keeps them as same-named attributes),
-    sent as the error reply's data so the client can rebuild it."""
-    params = inspect.signature(type(error).__init__).parameters
-    return {name: getattr(error, name) for name in params if name != "self" and hasattr(error, name)}
-
-
-def error_from_remote(error: RemoteError) -> PersistError | RemoteError:
-    """The typed error a persist service sent as ``error`` (``error`` itself if it is not one)."""
-    cls = _BY_CODE.get(error.code)
-    if cls is None:
-        return error
-    try:
-        return cls(**error.data)
-    except TypeError:  # an older or newer service: keep the code, the text and the fields
-        return error

@@ -21,7 +21,7 @@ earlier ones (:meth:`Follower._read_from`).
 
 **One feed task.** It applies each page to the cache (:meth:`Follower._apply`): deletes first (a
 page's messages are live at its snapshot, so no range of the same page can hold one of them), then
-messages. A failed read is retried with backoff (0.05 s doubling to 2 s); so is a page whose
+messages. A failed read is retried with backoff (:data:`RETRY_BACKOFF`); so is a page whose
 applying raised (a bug is logged, it does not stop the cache from following).
 
 **One saver at a time.** Writes go out through one saver task, started when there is something to
@@ -55,13 +55,22 @@ import contextlib
 import logging
 import secrets
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, Self, TypeVar, final
 
 import msgspec
 
-from conat import ClosedError, ConatError, PayloadError, get_codec
+from conat import (
+    Backoff,
+    BoundedQueue,
+    Clock,
+    ClosedError,
+    ConatError,
+    PayloadError,
+    QueueStatistics,
+    SystemClock,
+    get_codec,
+)
 
 from ._client import AStream
 from ._engine import ChangePage, StoredMessage, Write
@@ -72,6 +81,7 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_EVENTS",
     "MSG_ID_HEADER",
+    "RETRY_BACKOFF",
     "Events",
     "Follower",
     "Ranges",
@@ -94,8 +104,8 @@ DEFAULT_CLOSE_TIMEOUT: Final = 5.0
 """How long :meth:`Follower.aclose` waits for unsaved writes by default (s)."""
 _BATCH_MSGS: Final = 1000
 _BATCH_BYTES: Final = 4 * 1024 * 1024
-_BACKOFF_MIN: Final = 0.05
-_BACKOFF_MAX: Final = 2.0
+RETRY_BACKOFF: Final = Backoff(initial=0.05, maximum=2.0)
+"""Between the tries of a failed feed read or save (reset by the next success)."""
 
 E = TypeVar("E")
 T = TypeVar("T")
@@ -172,31 +182,22 @@ class Events(Generic[E]):
         self._what = what
         self._limit = limit
         self._unsubscribe = unsubscribe
-        self._queue: deque[E] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._too_slow = False
-        self._ended = False
+        self._queue: BoundedQueue[E] = BoundedQueue(limit)
 
     @property
     def pending(self) -> int:
         """Events waiting to be read."""
         return len(self._queue)
 
+    def statistics(self) -> QueueStatistics:
+        """The iterator's queue: events pushed, read, and dropped (once too slow)."""
+        return self._queue.statistics()
+
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> E:
-        while not self._queue:
-            if self._too_slow:
-                raise TooSlow(self._what, self._limit)
-            if self._ended:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._queue.popleft()
+        return await self._queue.__anext__()
 
     async def __aenter__(self) -> Self:
         return self
@@ -210,24 +211,14 @@ class Events(Generic[E]):
         self._end()
 
     def _push(self, event: E) -> None:
-        if self._ended:
-            return
-        if len(self._queue) >= self._limit:
-            self._too_slow = True
-            self._queue.clear()
-            self._end()
-            return
-        self._queue.append(event)
-        self._wake()
+        queue = self._queue
+        if not queue.put(event) and not queue.closed:  # full: cut off
+            queue.clear()
+            self._end(TooSlow(self._what, self._limit))
 
-    def _end(self) -> None:
-        self._ended = True
+    def _end(self, error: TooSlow | None = None) -> None:
+        self._queue.close(error)
         self._unsubscribe(self)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 # ---- the follower: cursor, feed task, saver, events, lifecycle ----------------------------------
@@ -245,10 +236,13 @@ class Follower(Generic[E, T]):
 
     _kind = "cache"
 
-    def __init__(self, stream: AStream, *, wait: float, max_events: int) -> None:
+    def __init__(
+        self, stream: AStream, *, wait: float, max_events: int, clock: Clock | None = None
+    ) -> None:
         if max_events < 1:
             raise BadRequest(self._kind, f"max_events must be positive, not {max_events!r}")
         self._stream = stream
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._codec = get_codec(stream.encoding)
         self._wait = wait
         self._max_events = max_events
@@ -365,7 +359,7 @@ class Follower(Generic[E, T]):
             self._saver = asyncio.get_running_loop().create_task(self._save_loop(), name=name)
 
     async def _save_loop(self) -> None:
-        delay = _BACKOFF_MIN
+        delays = RETRY_BACKOFF.sequence()
         try:
             while batch := self._take_batch():
                 tokens = [token for token, _ in batch]
@@ -375,12 +369,11 @@ class Follower(Generic[E, T]):
                     self._refuse(tokens, e)
                     continue
                 except (ConatError, OSError) as e:
-                    log.warning("%r: saving failed, retrying in %.2fs: %s", self, delay, e)
+                    log.warning("%r: saving failed (%d in a row), retrying: %s", self, delays.attempt + 1, e)
                     self._unsend(tokens)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    await delays.sleep(self._clock)
                     continue
-                delay = _BACKOFF_MIN
+                delays.reset()
                 await self._saved(list(zip(tokens, results, strict=True)))
         finally:
             self._saver = None  # no await between the last (empty) take and this
@@ -414,7 +407,7 @@ class Follower(Generic[E, T]):
         return messages
 
     async def _follow(self) -> None:
-        delay = _BACKOFF_MIN
+        delays = RETRY_BACKOFF.sequence()
         while True:
             try:
                 page = await self._stream.read_page(
@@ -428,15 +421,13 @@ class Follower(Generic[E, T]):
                 else:
                     self._advance(page)
             except (ConatError, OSError) as e:
-                log.warning("%r: feed failed, retrying in %.2fs: %s", self, delay, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                log.warning("%r: feed failed (%d in a row), retrying: %s", self, delays.attempt + 1, e)
+                await delays.sleep(self._clock)
             except Exception:  # a bug must not stop the cache from following: log it, go on
-                log.exception("%r: applying a page failed, retrying in %.2fs", self, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                log.exception("%r: applying a page failed (%d in a row), retrying", self, delays.attempt + 1)
+                await delays.sleep(self._clock)
             else:
-                delay = _BACKOFF_MIN
+                delays.reset()
 
     def _advance(self, page: ChangePage) -> None:
         if page.messages:

@@ -63,9 +63,11 @@ only about new writes), and sweeps with the new ``max_age``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import final
+from typing import Any, Final, TypeVar, final
 
 import msgspec
+
+from conat import get_codec
 
 from ._admission import Rates, admit, trim
 from ._checks import (  # message_size: defined with the checks, exported here (persist.message_size)
@@ -79,18 +81,24 @@ from ._checks import (  # message_size: defined with the checks, exported here (
 from ._config import UNLIMITED, StreamConfig
 from ._errors import BadRequest
 
+T = TypeVar("T")
+
+DEFAULT_ENCODING: Final = "msgpack"
+"""The encoding label of a payload written without one (conat's default codec)."""
+
 __all__ = [
+    "DEFAULT_ENCODING",
     "DeleteResult",
     "Inventory",
-    "Message",
     "SetResult",
+    "StoredMessage",
     "StreamModel",
     "message_size",
 ]
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored message.
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored message, as the model, the engine and the service's clients give it back.
 
     Attributes:
         seq: its sequence number (unique in the stream, forever).
@@ -100,6 +108,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
         payload: the payload bytes (stored compressed or not: that is the engine's business).
         ttl: its own time to live in seconds, or ``None``.
         size: :func:`message_size` of it.
+        encoding: the payload's codec label, opaque to persist (the client's codec name,
+            ``"msgpack"`` by default); :meth:`value` decodes with it.
     """
 
     seq: int
@@ -109,6 +119,16 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     payload: bytes
     ttl: float | None
     size: int
+    encoding: str = DEFAULT_ENCODING
+
+    def value(self, type_: type[T] | None = None) -> Any:
+        """The payload decoded with its ``encoding`` (a conat codec), into ``type_`` if given.
+
+        Raises:
+            conat.PayloadError: the payload does not decode (or not into ``type_``).
+        """
+        codec = get_codec(self.encoding)
+        return codec.decode(self.payload) if type_ is None else codec.decode_as(self.payload, type_)
 
 
 class SetResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,7 +174,7 @@ class StreamModel:
 
     def __init__(self, config: StreamConfig | None = None) -> None:
         self._config = config if config is not None else StreamConfig()
-        self._messages: dict[int, Message] = {}  # insertion order is seq order: seqs only grow
+        self._messages: dict[int, StoredMessage] = {}  # insertion order is seq order: seqs only grow
         self._keys: dict[str, int] = {}
         self._bytes = 0
         self._last_seq = 0
@@ -215,7 +235,7 @@ class StreamModel:
         if current is not None:
             self._remove(current)
         self._last_seq += 1
-        message = Message(
+        message = StoredMessage(
             seq=self._last_seq,
             time=now,
             key=args.key,
@@ -312,7 +332,7 @@ class StreamModel:
 
     # ---- reads (never mutate; expired messages are invisible) ----------------------------------
 
-    def get(self, *, now: float, seq: int | None = None, key: str | None = None) -> Message | None:
+    def get(self, *, now: float, seq: int | None = None, key: str | None = None) -> StoredMessage | None:
         """The live message with ``seq``, or the live message of ``key`` (exactly one), or ``None``."""
         now = check_now("get", now)
         by_seq, by_key = check_selector("get", seq, key)
@@ -322,7 +342,7 @@ class StreamModel:
             return None
         return message
 
-    def get_all(self, *, now: float, from_seq: int = 0) -> list[Message]:
+    def get_all(self, *, now: float, from_seq: int = 0) -> list[StoredMessage]:
         """Every live message with ``seq >= from_seq``, in seq order."""
         now = check_now("get_all", now)
         start = check_seq("get_all", "from_seq", from_seq)
@@ -345,7 +365,7 @@ class StreamModel:
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _expired(self, message: Message, now: float) -> bool:
+    def _expired(self, message: StoredMessage, now: float) -> bool:
         max_age = self._config.max_age
         if max_age != UNLIMITED and now >= message.time + max_age:
             return True

@@ -36,7 +36,8 @@ variable counts as unset.
 
 Resolution is a pure function of its inputs: nothing is created or read. The check that the file stays
 inside its root is on the normalized *text*; symlinks inside the root are the engine's to refuse when
-it opens the file (``openat2(RESOLVE_BENEATH)``, notes/reliability.md lesson 5, :mod:`persist._beneath`).
+it opens the file (``openat2(RESOLVE_BENEATH)``: the kernel resolves the path, so no symlink swapped
+in between a check and the open can redirect it; :mod:`persist._beneath`).
 
 **Where checking starts.** :meth:`Placement.locate` splits a file into the trusted root the engine
 walks from and the path beneath it, for :class:`persist.StreamStore`. The root is the configured

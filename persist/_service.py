@@ -1,4 +1,4 @@
-"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>`` (DESIGN.md §6).
+"""The persist service: a keyed actor per storage scope on ``persist.<scope>.>``.
 
 Theory of operation
 -------------------
@@ -40,18 +40,30 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Self, final
 
 import msgspec
 
 from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere
-from conat import Client, ClosedError, ConatError, Message, PayloadError, error_reply, respond_error
+from conat import (
+    BUSY,
+    UNAVAILABLE,
+    Client,
+    ClosedError,
+    ConatError,
+    ErrorCode,
+    Message,
+    PayloadError,
+    error_fields,
+    error_reply,
+    respond_error,
+)
 from subjects import InvalidSubject, ScopeKind, parse_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
-from ._errors import BadPath, BadRequest, NotFound, PersistError, error_fields
+from ._errors import BadPath, BadRequest, NotFound, PersistError
 from ._inventory import names_page
 from ._model import DeleteResult
 from ._placement import Placement, StoragePath
@@ -88,7 +100,6 @@ DEFAULT_SWEEP_INTERVAL: Final = 30.0
 BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
-BUSY: Final = 429
 _SCOPES: Final = "use hub, project-<uuid>, account-<uuid> or host-<uuid>"
 
 
@@ -113,6 +124,30 @@ class _Shared:
         self.tasks: set[asyncio.Task[None]] = set()
         self.waiting: set[asyncio.Task[Any]] = set()
         """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
+        self.inflight = _InFlight()
+
+
+@final
+class _InFlight:
+    """Every operation of the service in flight (every scope's): a stop waits until none is left,
+    since an operation started on the fast path has no task to wait for."""
+
+    __slots__ = ("_drained", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._drained: asyncio.Future[None] | None = None
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drained(self) -> None:
+        """Return once no operation is in flight."""
+        if self.count > 0:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
 
 
 @final
@@ -120,16 +155,18 @@ class _Slots:
     """The operations of one scope in flight, at most ``limit``: a turn waits for a free slot,
     the fast path takes one only if one is free (else the message becomes a turn)."""
 
-    __slots__ = ("_freed", "free")
+    __slots__ = ("_all", "_freed", "free")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, everywhere: _InFlight) -> None:
         self.free = limit
+        self._all = everywhere
         self._freed: asyncio.Future[None] | None = None
 
     def take_nowait(self) -> bool:
         if self.free <= 0:
             return False
         self.free -= 1
+        self._all.count += 1
         return True
 
     async def take(self) -> None:
@@ -138,9 +175,11 @@ class _Slots:
                 self._freed = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._freed)
         self.free -= 1
+        self._all.count += 1
 
     def give(self) -> None:
         self.free += 1
+        self._all.done()
         freed, self._freed = self._freed, None
         if freed is not None and not freed.done():
             freed.set_result(None)
@@ -180,7 +219,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
 
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
-        self._slots = _Slots(shared.max_inflight)
+        self._slots = _Slots(shared.max_inflight, shared.inflight)
         self._waiters = 0
         self._used: dict[str, float] = {}
         self._bad_scope: BadPath | None = None
@@ -432,7 +471,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             try:
                 result = await work
             except asyncio.CancelledError:
-                await respond_error(msg, 503, "persist service stopping")
+                await respond_error(msg, UNAVAILABLE, "persist service stopping")
                 raise
             except Exception as e:  # noqa: BLE001 - every failure becomes the caller's error reply
                 await _respond_failure(msg, e)
@@ -593,6 +632,8 @@ class PersistServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # the fast path's operations: they have no task
+            await asyncio.wait_for(self._shared.inflight.drained(), timeout)
         if self._owns_store:
             await self.store.aclose()
         if self._lock is not None:  # after the files are closed: the next service may open them
@@ -612,13 +653,8 @@ async def _respond(msg: Message, result: object) -> None:
 
 
 async def _respond_failure(msg: Message, error: Exception) -> None:
-    if isinstance(error, PersistError):
-        if msg.reply:
-            with contextlib.suppress(ConatError):
-                await msg.respond_error(error.code, str(error), data=error_fields(error))
-        return
     if isinstance(error, ClosedError):
-        await respond_error(msg, 503, f"persist service stopping: {error}")
+        await respond_error(msg, UNAVAILABLE, f"persist service stopping: {error}")
         return
     if not isinstance(error, ConatError):
         log.exception("persist operation on %s failed", msg.subject, exc_info=error)
@@ -637,10 +673,11 @@ def _answer(msg: Message, hold: _Hold, outcome: object) -> None:
             log.debug("could not answer %s: %s", msg.subject, e)
 
 
-def _answer_many(msg: Message, hold: _Hold, outcomes: list[object]) -> None:
-    """A ``set_many``'s completion: each write's result, or its refusal as an error entry."""
-    if outcomes and all(o is outcomes[0] for o in outcomes) and isinstance(outcomes[0], Exception):
-        _answer(msg, hold, outcomes[0])  # the transaction failed: one error for the request
+def _answer_many(msg: Message, hold: _Hold, outcomes: list[object] | PersistError) -> None:
+    """A ``set_many``'s completion: each write's result, or its refusal as an error entry (the
+    transaction's failure is one error for the request)."""
+    if isinstance(outcomes, PersistError):
+        _answer(msg, hold, outcomes)
         return
     out: list[Any] = []
     for result in outcomes:
@@ -655,15 +692,14 @@ def _fail_nowait(msg: Message, error: Exception) -> None:
     """:func:`_respond_failure` without waiting."""
     if not msg.reply:
         return
-    if isinstance(error, PersistError):
-        code, text, data = error.code, str(error), error_fields(error)
-    elif isinstance(error, ClosedError):
-        code, text, data = 503, f"persist service stopping: {error}", None
+    code: ErrorCode
+    data: Mapping[str, Any] | None
+    if isinstance(error, ClosedError):
+        code, text, data = UNAVAILABLE, f"persist service stopping: {error}", None
     else:
         if not isinstance(error, ConatError):
             log.error("persist operation on %s failed", msg.subject, exc_info=error)
-        code, text = error_reply(error)
-        data = None
+        code, text, data = error_reply(error)
     try:
         msg.respond_error_nowait(code, text, data=data)
     except ConatError as e:

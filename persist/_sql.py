@@ -33,24 +33,20 @@ import secrets
 import sqlite3
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
-
-from conat import get_codec
 
 from . import _codec
 from ._admission import expired_through
 from ._checks import SetArgs
 from ._config import UNLIMITED, StreamConfig
 from ._errors import Corrupt, PersistError, StorageError
-from ._model import Inventory, Message
+from ._model import Inventory, StoredMessage
 
 __all__ = [
-    "DEFAULT_ENCODING",
     "SCHEMA_VERSION",
     "Opened",
-    "StoredMessage",
     "connect",
     "decode_row",
     "delete_by",
@@ -78,7 +74,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 2
-DEFAULT_ENCODING: Final = "msgpack"
 _BUSY_TIMEOUT_MS: Final = 10_000
 DELETE_LOG_KEEP: Final = 10_000
 """Rows of the delete log kept (at least); a changefeed cursor older than that must resync."""
@@ -122,30 +117,10 @@ CREATE TABLE IF NOT EXISTS deletes (
 """
 )
 
-T = TypeVar("T")
-
 _COLUMNS: Final = "seq, time, key, headers, payload, encoding, compressed, size, ttl"
 
 _headers_encoder: Final = msgspec.msgpack.Encoder()
 _headers_decoder: Final = msgspec.msgpack.Decoder(dict[str, str])
-
-
-class StoredMessage(Message, frozen=True, kw_only=True):
-    """A :class:`persist.Message` as read back from storage, with the payload's ``encoding`` label.
-
-    ``encoding`` is opaque to persist (the client's codec name, ``"msgpack"`` by default).
-    """
-
-    encoding: str = DEFAULT_ENCODING
-
-    def value(self, type_: type[T] | None = None) -> Any:
-        """The payload decoded with its ``encoding`` (a conat codec), into ``type_`` if given.
-
-        Raises:
-            conat.PayloadError: the payload does not decode (or not into ``type_``).
-        """
-        codec = get_codec(self.encoding)
-        return codec.decode(self.payload) if type_ is None else codec.decode_as(self.payload, type_)
 
 
 # ---- opening -----------------------------------------------------------------------------------------

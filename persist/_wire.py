@@ -3,8 +3,8 @@
 A request goes to ``persist.<scope>.api`` (:func:`api_subject`); its body is one of the structs
 below, told apart by the ``op`` tag. A success reply is the operation's result (msgpack); a refusal
 is an error reply whose code is the :class:`~persist.PersistError` code and whose data carries the
-error's fields, so the client raises the same typed error the engine raised
-(:func:`persist._errors.error_from_remote`).
+error's fields, so the client raises the same typed error the engine raised (every persist error
+the service sends is registered with :func:`conat.register_error`).
 
 ``stream`` is the stream's name inside the scope (``"bootlog"``, ``"patches/a.txt"``); the scope comes
 from the subject, so a caller allowed on one scope can never name another's stream.

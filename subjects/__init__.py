@@ -1,6 +1,7 @@
 """conat's subjects: grammar, wildcard matching, token codec, permission sets and well-known names.
 
-Pure (no I/O) and dependency-light, so every other package can rely on it. See DESIGN.md §3.
+Pure (no I/O) and dependency-light, so every other package can rely on it. Which subjects exist and
+who may use them: docs/design.md ("Subjects").
 """
 
 from ._grammar import MAX_SUBJECT_BYTES as MAX_SUBJECT_BYTES

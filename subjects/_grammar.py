@@ -19,12 +19,8 @@ where NATS's leniency only causes trouble:
   to) may have them. Every literal subject is also a pattern;
 - at most :data:`MAX_SUBJECT_BYTES` bytes in UTF-8 (see there for why).
 
-Errors::
-
-    ValueError
-    └── InvalidSubject      code 400, reason: see ``Reason``
-
-When a string breaks several rules, the one reported is the first in this order: not a string,
+Errors: :class:`InvalidSubject` (a ``ValueError``, code 400; branch on its ``reason``, one of
+:data:`Reason`). Its place beside conat's error tree is drawn in ``conat._errors``. When a string breaks several rules, the one reported is the first in this order: not a string,
 empty, too long, bad character (leftmost), empty token (leftmost), wildcard misuse (leftmost token).
 """
 

@@ -1,4 +1,4 @@
-"""Well-known subjects (DESIGN.md §3): the only place that formats them.
+"""Well-known subjects: the only place that formats them (so no subject is ever spelled twice).
 
 Services are addressed ``<service>.<scope>[.<rest>]`` where the scope is one token:
 

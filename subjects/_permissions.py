@@ -1,6 +1,6 @@
 """Permission sets: what one connection may publish and subscribe to.
 
-conat decides, nats-server enforces (see AUTH.md): the auth callout turns a :class:`Permissions`
+conat decides, nats-server enforces: the auth callout turns a :class:`Permissions`
 into the ``pub``/``sub`` lists of a NATS user JWT with :meth:`Permissions.to_nats`, and clients use
 :meth:`Permissions.can_publish` / :meth:`Permissions.can_subscribe` to fail fast with ``Forbidden``
 instead of waiting for the server's asynchronous permission violation.

@@ -1,4 +1,4 @@
-"""The auth policy (AUTH.md): what one connection of one principal may do on one bus, as pure data.
+"""The auth policy: what one connection of one principal may do on one bus, as pure data.
 
 The auth callout verifies a token, then calls :func:`grant` with the token's ``sub`` (the principal),
 its ``scope`` and its ``aud`` (the bus), and turns the :class:`Grant` into the user JWT:
@@ -33,12 +33,12 @@ hub / any bus                      everything                                   
 an explicit ``allow: [">"]`` (an empty list next to the response permissions every grant carries
 would mean "publish nothing" to nats-server, see :mod:`subjects._permissions`).
 
-Decisions (and where they depart from the AUTH.md table)
---------------------------------------------------------
+Decisions, and why
+------------------
 - **The token's scope is already specific to its bus**: master mints a host-bus token listing the
   projects the account may open *there*, so every p in ``scope.projects`` is granted, without this
-  module knowing which host runs which project. ``bootlog.project.<p>`` comes with p (AUTH.md:
-  "persist and bootlog subjects of p"; persist is covered by ``*.project-p.>``).
+  module knowing which host runs which project. ``bootlog.project.<p>`` comes with p: whoever may
+  open a project may follow it starting (its persist subjects are covered by ``*.project-p.>``).
 - **An account's scope on the master bus is ignored**: there it may only call its own API
   (``master.account-a.api``); master checks every method, collaborator lists and the admin flag
   itself. ``admin`` never widens bus permissions: an admin opening a project gets a token for that
@@ -59,7 +59,7 @@ Decisions (and where they depart from the AUTH.md table)
   cannot enumerate. It costs nothing: master mints every token (it could grant itself anything), and
   a host runs the callout and the server of its own bus. Every other grant lists its subscribe
   subjects explicitly and never covers another principal's inbox or ``_INBOX.>``.
-- **Every grant can answer** (AUTH.md gives responses only to services). conat's chunked transfers
+- **Every grant can answer**, not only services'. conat's chunked transfers
   are *pulled* by the receiver (:mod:`conat._chunking`): an account sending a large payload answers
   the receiver's pull requests, which needs ``resp`` like any service. ``resp`` only allows answering
   messages the connection was allowed to receive, so for a client it adds nothing else.
@@ -84,13 +84,10 @@ of a connection to one reply subject of the client, refreshed by each client fra
 peer timeout 30 s), and a chunked transfer answers one pull with a window of chunks. So the default
 is generous: 10 000 replies per received message, for 120 s (four peer timeouts).
 
-Errors::
-
-    ValueError
-    ├── InvalidSubject   code 400, reason "bad-scope" (principal, field="principal")
-    │                    or "bad-id" (scope ids, field="projects"/"hosts")
-    └── InvalidBus       code 400, reason "bad-bus"
-    TypeError            a Scope/ResponsePermission field of the wrong type
+Errors (both ``ValueError`` s with code 400, beside conat's error tree in ``conat._errors``):
+:class:`~subjects.InvalidSubject` with reason ``"bad-scope"`` (a principal, ``field="principal"``) or
+``"bad-id"`` (scope ids, ``field="projects"``/``"hosts"``); :class:`InvalidBus` (reason ``"bad-bus"``).
+A ``Scope``/``ResponsePermission`` field of the wrong type raises ``TypeError``.
 """
 
 from __future__ import annotations

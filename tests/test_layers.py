@@ -25,11 +25,10 @@ BELOW: Final[dict[str, frozenset[str]]] = {
     "subjects": frozenset(),
     "conat": frozenset({"subjects"}),
     "actors": frozenset({"subjects", "conat"}),
-    "auth": frozenset({"subjects", "conat", "actors"}),  # TODO(seams): moves into conat.auth
     "persist": frozenset({"subjects", "conat", "actors"}),
-    "host": frozenset({"subjects", "conat", "actors", "auth", "persist"}),
-    "master": frozenset({"subjects", "conat", "actors", "auth", "persist"}),
-    "bench": frozenset({"subjects", "conat", "actors", "auth", "persist", "host", "master"}),
+    "host": frozenset({"subjects", "conat", "actors", "persist"}),
+    "master": frozenset({"subjects", "conat", "actors", "persist"}),
+    "bench": frozenset({"subjects", "conat", "actors", "persist", "host", "master"}),
 }
 """Each package and the packages it may import."""
 

@@ -1,4 +1,7 @@
-"""conat.auth: credentials for the NATS auth callout, on PyNaCl.
+"""conat.auth: the bus's security, in one home: keys, tokens, the auth callout, the audit log, and
+starting a bus that only authorized clients can use. We decide here; nats-server enforces.
+
+Credentials (what clients and issuers use; no bus needed):
 
 * nkeys (:class:`KeyPair`, :func:`decode_public_key`...): Ed25519 keys as checksummed base32.
 * xkeys (:class:`CurveKeyPair`): X25519 keys and the ``xkv1`` box that hides callout requests.
@@ -8,29 +11,59 @@
 * conat tokens (:class:`TokenIssuer`, :class:`TokenVerifier`): our own short-lived Ed25519-signed
   claims; :class:`Keyring` holds and rotates their signing keys, :class:`PublicKeys` pins them.
 * API keys (:func:`new_api_key`, :func:`verify_api_key`): secrets shown once, stored scrypt-hashed.
-* secret files (:func:`read_private_file`): seeds, passwords, tokens and pinned keys are read
+* private files (:func:`read_private_file`, :func:`write_private_file`): seeds, passwords, tokens,
+  pinned keys and every other 0600 file, written atomically and private from the first byte, read
   without following symlinks and checked (owner, mode, size) on the descriptor that reads them.
 
+The bus side (a bus with the auth callout; the model is in ``docs/auth.md``):
+
+* :class:`AuthBus`: nats-server with the auth callout configured, plus one responder.
+* :class:`AuthResponder`: one callout responder (several share a bus), revocation and kicks.
+* :class:`AuthCallout`: the callout itself, a plain conat service (shown in ``$SRV``) that asks a
+  :class:`Decider`; :class:`AuthStore` (revocation floors, used one-time tokens) and
+  :class:`AuditLog` (every decision) are the bus's durable state.
+
+The bus side uses the conat client, which itself reads tokens with the credentials above; so its
+names are loaded on first use (``from conat.auth import AuthBus`` works as usual), and importing
+``conat`` never needs the client half-built.
+
 Every failure on untrusted input is a :class:`CredentialError` (a :class:`conat.ConatError`) with
-a stable ``code``; see :mod:`conat.auth._nkeys` for the tree.
+a stable ``code``; :mod:`conat.auth._errors` draws the tree and lists every code.
 """
 
 # Re-exports, one block per module: add a new module's names as a new block, and keep __all__ sorted
-# (tests/test_exported_members.py checks it).
+# (tests/test_exported_members.py checks it). The bus side is in _BUS_SIDE (loaded on first use).
+
+import importlib as _importlib
+import typing as _typing
 
 from ._apikeys import API_KEY_PREFIX as API_KEY_PREFIX
 from ._apikeys import ApiKeyRecord as ApiKeyRecord
 from ._apikeys import api_key_id as api_key_id
 from ._apikeys import new_api_key as new_api_key
 from ._apikeys import verify_api_key as verify_api_key
-from ._files import SecretFileError as SecretFileError
-from ._files import SecretFileErrorCode as SecretFileErrorCode
+from ._errors import ApiKeyError as ApiKeyError
+from ._errors import ApiKeyErrorCode as ApiKeyErrorCode
+from ._errors import AuthStoreError as AuthStoreError
+from ._errors import CredentialError as CredentialError
+from ._errors import JwtError as JwtError
+from ._errors import JwtErrorCode as JwtErrorCode
+from ._errors import KeyringError as KeyringError
+from ._errors import KeyringErrorCode as KeyringErrorCode
+from ._errors import NkeyError as NkeyError
+from ._errors import NkeyErrorCode as NkeyErrorCode
+from ._errors import SecretFileError as SecretFileError
+from ._errors import SecretFileErrorCode as SecretFileErrorCode
+from ._errors import TokenError as TokenError
+from ._errors import TokenErrorCode as TokenErrorCode
+from ._errors import XkeyError as XkeyError
+from ._errors import XkeyErrorCode as XkeyErrorCode
 from ._files import read_private_file as read_private_file
 from ._files import write_private_file as write_private_file
+from ._issuer import SigningKeys as SigningKeys
+from ._issuer import TokenIssuer as TokenIssuer
 from ._jwt import DEFAULT_LEEWAY as DEFAULT_LEEWAY
 from ._jwt import JWT_HEADER as JWT_HEADER
-from ._jwt import JwtError as JwtError
-from ._jwt import JwtErrorCode as JwtErrorCode
 from ._jwt import decode_jwt as decode_jwt
 from ._jwt import encode_jwt as encode_jwt
 from ._jwt import verify_jwt as verify_jwt
@@ -46,11 +79,8 @@ from ._nats_claims import ServerId as ServerId
 from ._nats_claims import authorization_response as authorization_response
 from ._nats_claims import parse_authorization_request as parse_authorization_request
 from ._nats_claims import user_jwt as user_jwt
-from ._nkeys import CredentialError as CredentialError
 from ._nkeys import KeyKind as KeyKind
 from ._nkeys import KeyPair as KeyPair
-from ._nkeys import NkeyError as NkeyError
-from ._nkeys import NkeyErrorCode as NkeyErrorCode
 from ._nkeys import check_public_key as check_public_key
 from ._nkeys import crc16 as crc16
 from ._nkeys import decode_public_key as decode_public_key
@@ -68,22 +98,66 @@ from ._tokens import MAX_TOKEN_TTL as MAX_TOKEN_TTL
 from ._tokens import MIN_TOKEN_TTL as MIN_TOKEN_TTL
 from ._tokens import TOKEN_LEEWAY as TOKEN_LEEWAY
 from ._tokens import TOKEN_PREFIX as TOKEN_PREFIX
-from ._tokens import ApiKeyError as ApiKeyError
-from ._tokens import ApiKeyErrorCode as ApiKeyErrorCode
-from ._tokens import KeyringError as KeyringError
-from ._tokens import KeyringErrorCode as KeyringErrorCode
-from ._tokens import PublicKeySource as PublicKeySource
-from ._tokens import SigningKeys as SigningKeys
 from ._tokens import TokenClaims as TokenClaims
-from ._tokens import TokenError as TokenError
-from ._tokens import TokenErrorCode as TokenErrorCode
-from ._tokens import TokenIssuer as TokenIssuer
-from ._tokens import TokenVerifier as TokenVerifier
 from ._tokens import peek_claims as peek_claims
+from ._verifier import PublicKeySource as PublicKeySource
+from ._verifier import TokenVerifier as TokenVerifier
 from ._xkey import XKEY_VERSION as XKEY_VERSION
 from ._xkey import CurveKeyPair as CurveKeyPair
-from ._xkey import XkeyError as XkeyError
-from ._xkey import XkeyErrorCode as XkeyErrorCode
+
+if _typing.TYPE_CHECKING:
+    from ._audit import AuditEntry as AuditEntry
+    from ._audit import AuditLog as AuditLog
+    from ._bus import AuthBus as AuthBus
+    from ._bus import callout_blocks as callout_blocks
+    from ._callout import MIN_CONNECTION_LIFETIME as MIN_CONNECTION_LIFETIME
+    from ._callout import Connections as Connections
+    from ._callout import Decider as Decider
+    from ._callout import Decision as Decision
+    from ._callout_service import CALLOUT_SERVICE as CALLOUT_SERVICE
+    from ._callout_service import AuthCallout as AuthCallout
+    from ._callout_service import CalloutStatistics as CalloutStatistics
+    from ._responder import REVOCATION_SUBJECT as REVOCATION_SUBJECT
+    from ._responder import AuthResponder as AuthResponder
+    from ._responder import Revocation as Revocation
+    from ._responder import RevocationNotice as RevocationNotice
+    from ._secrets import BusSecrets as BusSecrets
+    from ._store import AuthStore as AuthStore
+
+_BUS_SIDE: _typing.Final = {
+    "AuditEntry": "._audit",
+    "AuditLog": "._audit",
+    "AuthBus": "._bus",
+    "callout_blocks": "._bus",
+    "CALLOUT_SERVICE": "._callout_service",
+    "MIN_CONNECTION_LIFETIME": "._callout",
+    "AuthCallout": "._callout_service",
+    "CalloutStatistics": "._callout_service",
+    "Connections": "._callout",
+    "Decider": "._callout",
+    "Decision": "._callout",
+    "REVOCATION_SUBJECT": "._responder",
+    "AuthResponder": "._responder",
+    "Revocation": "._responder",
+    "RevocationNotice": "._responder",
+    "BusSecrets": "._secrets",
+    "AuthStore": "._store",
+}
+"""The bus side's names and their modules, imported on first use (see the module docstring)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _BUS_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -92,12 +166,25 @@ __all__ = [
     "ApiKeyError",
     "ApiKeyErrorCode",
     "ApiKeyRecord",
+    "AuditEntry",
+    "AuditLog",
+    "AuthBus",
+    "AuthCallout",
+    "AuthResponder",
+    "AuthStore",
+    "AuthStoreError",
     "AuthorizationRequest",
+    "BusSecrets",
+    "CALLOUT_SERVICE",
+    "CalloutStatistics",
     "ClientInfo",
     "ConnectOpts",
+    "Connections",
     "CredentialError",
     "CurveKeyPair",
     "DEFAULT_LEEWAY",
+    "Decider",
+    "Decision",
     "JWT_HEADER",
     "JwtError",
     "JwtErrorCode",
@@ -110,13 +197,17 @@ __all__ = [
     "MAX_REVISION",
     "MAX_TOKEN_SIZE",
     "MAX_TOKEN_TTL",
+    "MIN_CONNECTION_LIFETIME",
     "MIN_TOKEN_TTL",
     "MemoryReplayGuard",
     "NkeyError",
     "NkeyErrorCode",
     "PublicKeySource",
     "PublicKeys",
+    "REVOCATION_SUBJECT",
     "ReplayGuard",
+    "Revocation",
+    "RevocationNotice",
     "SecretFileError",
     "SecretFileErrorCode",
     "ServerId",
@@ -134,6 +225,7 @@ __all__ = [
     "XkeyErrorCode",
     "api_key_id",
     "authorization_response",
+    "callout_blocks",
     "check_public_key",
     "crc16",
     "decode_jwt",

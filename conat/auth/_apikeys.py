@@ -30,7 +30,8 @@ from typing import Final
 import msgspec
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ._tokens import ApiKeyError, _b64decode, _b64encode
+from ._errors import ApiKeyError
+from ._tokens import b64url_decode, b64url_encode
 
 __all__ = ["API_KEY_PREFIX", "ApiKeyRecord", "api_key_id", "new_api_key", "verify_api_key"]
 
@@ -101,7 +102,7 @@ def new_api_key(*, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> t
         ValueError: naming the parameter, for unusable scrypt parameters.
     """
     key_id = secrets.token_hex(8)
-    key = f"{API_KEY_PREFIX}_{key_id}_{_b64encode(secrets.token_bytes(_SECRET_SIZE))}"
+    key = f"{API_KEY_PREFIX}_{key_id}_{b64url_encode(secrets.token_bytes(_SECRET_SIZE))}"
     salt = secrets.token_bytes(_SALT_SIZE)
     # Validate the parameters before the (possibly expensive) hash.
     ApiKeyRecord(key_id=key_id, hash=bytes(_HASH_SIZE), salt=salt, n=n, r=r, p=p)
@@ -116,7 +117,7 @@ def _parse(key: object) -> str | None:
     match = _KEY_RE.fullmatch(key)
     if match is None:
         return None
-    secret = _b64decode(match.group(2))
+    secret = b64url_decode(match.group(2))
     if secret is None or len(secret) != _SECRET_SIZE:
         return None
     return match.group(1)

@@ -16,9 +16,9 @@ as in the Go library (which omits zero values).
 Decoding is strict: no padding, no characters outside the base64url alphabet, and each segment must
 be the canonical encoding of its bytes, so there is exactly one accepted spelling of a token.
 
-Errors: :class:`JwtError` (a :class:`~conat.auth.CredentialError`) with codes ``"bad-jwt"``
-(malformed, wrong header, claims not an object, ``iss`` not an nkey), ``"bad-signature"``,
-``"wrong-issuer"``, ``"wrong-audience"``, ``"expired"``, ``"not-yet-valid"``.
+Errors: :class:`~conat.auth.JwtError` with codes ``"bad-jwt"`` (malformed, wrong header, claims
+not an object, ``iss`` not an nkey), ``"bad-signature"``, ``"wrong-issuer"``, ``"wrong-audience"``,
+``"expired"``, ``"not-yet-valid"`` (the tree and every code: :mod:`conat.auth._errors`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,16 @@ import hashlib
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 
-from ._nkeys import CredentialError, KeyPair, NkeyError, verify_signature
+from ._errors import JwtError, NkeyError
+from ._nkeys import KeyPair, verify_signature
 
 __all__ = [
     "DEFAULT_LEEWAY",
     "JWT_HEADER",
-    "JwtError",
-    "JwtErrorCode",
     "decode_jwt",
     "encode_jwt",
     "verify_jwt",
@@ -52,27 +51,9 @@ DEFAULT_LEEWAY: Final = 5.0
 """Seconds of clock skew tolerated on ``exp``/``nbf``: hosts of a cluster disagree a little, and
 NATS truncates times to whole seconds."""
 
-JwtErrorCode = Literal[
-    "bad-jwt", "bad-signature", "wrong-issuer", "wrong-audience", "expired", "not-yet-valid"
-]
-
 _HEADER_SEGMENT: Final = base64.urlsafe_b64encode(msgspec.json.encode(JWT_HEADER)).rstrip(b"=").decode()
 _ENCODER: Final = msgspec.json.Encoder()
 _B64URL_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-class JwtError(CredentialError):
-    """A JWT is malformed or fails verification. ``code`` says which check failed.
-
-    Codes: ``"bad-jwt"``, ``"bad-signature"``, ``"wrong-issuer"``, ``"wrong-audience"``,
-    ``"expired"``, ``"not-yet-valid"``. Refuse the token; only ``"expired"`` and ``"not-yet-valid"``
-    can change with time (or with a fixed clock).
-    """
-
-    code: JwtErrorCode
-
-    def __init__(self, code: JwtErrorCode, detail: str) -> None:
-        super().__init__(code, "jwt", detail)
 
 
 def _b64encode(data: bytes) -> str:

@@ -6,7 +6,7 @@ Layout: one file per key in the key directory (default ``<data dir>/keys/``, mod
         3f9c0a51d2e8b7a4.key     {"kid": ..., "alg": "ed25519", "serial": 1, "created": ..., "seed": ...}
         b81d6e0c4a7f2935.key     {"kid": ..., "serial": 2, ...}
 
-Each file is JSON, mode 0600, written atomically (:func:`conat._paths.write_private`); ``seed`` is the
+Each file is JSON, mode 0600, written atomically (:func:`conat.auth.write_private_file`); ``seed`` is the
 32-byte Ed25519 seed in unpadded base64url. The key with the highest ``serial`` is the **current** key:
 it signs every new token. There is no separate "current" pointer to get out of step: rotating is
 writing one new file, atomically.
@@ -42,10 +42,10 @@ from typing import Final, Literal, final
 import msgspec
 from nacl.signing import SigningKey
 
-from conat._paths import data_dir, ensure_private_dir, write_private
-
-from ._files import SecretFileError, read_private_file
-from ._tokens import _KID_RE, KeyringError, KeyringErrorCode, _b64decode, _b64encode, _public_key_bytes
+from .._paths import data_dir, ensure_private_dir
+from ._errors import KeyringError, KeyringErrorCode, SecretFileError
+from ._files import read_private_file, write_private_file
+from ._tokens import KID_RE, b64url_decode, b64url_encode, public_key_bytes
 
 __all__ = ["Keyring", "PublicKeys"]
 
@@ -108,8 +108,8 @@ def _load_key(path: Path) -> _Key:
         record = _key_file_decoder.decode(raw)
     except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError
         raise KeyringError("bad-key-file", "key file does not decode", str(path)) from None
-    seed = _b64decode(record.seed)
-    if record.kid != path.name.removesuffix(KEY_SUFFIX) or not _KID_RE.fullmatch(record.kid):
+    seed = b64url_decode(record.seed)
+    if record.kid != path.name.removesuffix(KEY_SUFFIX) or not KID_RE.fullmatch(record.kid):
         raise KeyringError("bad-key-file", "the kid in the key file does not match its name", str(path))
     if seed is None or len(seed) != 32:
         raise KeyringError("bad-key-file", "the seed is not 32 bytes of base64url", str(path))
@@ -237,10 +237,13 @@ class Keyring:
             kid = secrets.token_hex(8)
         serial = max((key.serial for key in self._keys.values()), default=0) + 1
         signing = SigningKey.generate()
-        record = _KeyFile(kid=kid, serial=serial, created=self._clock(), seed=_b64encode(bytes(signing)))
+        record = _KeyFile(kid=kid, serial=serial, created=self._clock(), seed=b64url_encode(bytes(signing)))
         path = self._path / f"{kid}{KEY_SUFFIX}"
         try:
-            write_private(path, _key_file_encoder.encode(record))
+            write_private_file(path, _key_file_encoder.encode(record), what="key file")
+        except SecretFileError as exc:
+            why = exc.detail.removeprefix(f"{path}: ")
+            raise KeyringError("io", f"cannot write key file: {why}", str(path)) from None
         except OSError as exc:
             raise KeyringError("io", f"cannot write key file: {exc.strerror}", str(path)) from None
         self._keys[kid] = _Key(kid, serial, record.created, signing)
@@ -298,7 +301,7 @@ class PublicKeys(Mapping[str, bytes]):
     __slots__ = ("_keys",)
 
     def __init__(self, keys: Mapping[str, bytes | str]) -> None:
-        self._keys = {kid: _public_key_bytes(kid, value) for kid, value in keys.items()}
+        self._keys = {kid: public_key_bytes(kid, value) for kid, value in keys.items()}
 
     @classmethod
     def from_export(cls, text: str | bytes) -> PublicKeys:
@@ -349,13 +352,16 @@ class PublicKeys(Mapping[str, bytes]):
         """
         file = Path(path)
         try:
-            write_private(file, self.export().encode())
+            write_private_file(file, self.export().encode(), what="pinned keys")
+        except SecretFileError as exc:
+            why = exc.detail.removeprefix(f"{file}: ")
+            raise KeyringError("io", f"cannot write pinned keys: {why}", str(file)) from None
         except OSError as exc:
             raise KeyringError("io", f"cannot write pinned keys: {exc.strerror}", str(file)) from None
 
     def export(self) -> str:
         """JSON ``{kid: base64url}``, sorted by kid."""
-        return msgspec.json.encode({kid: _b64encode(raw) for kid, raw in sorted(self._keys.items())}).decode()
+        return msgspec.json.encode({kid: b64url_encode(raw) for kid, raw in sorted(self._keys.items())}).decode()
 
     def public_keys(self) -> dict[str, bytes]:
         """``{kid: public key}`` (a copy)."""

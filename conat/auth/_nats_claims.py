@@ -30,8 +30,9 @@ from typing import Any, Final
 
 import msgspec
 
-from ._jwt import DEFAULT_LEEWAY, JwtError, encode_jwt, verify_jwt
-from ._nkeys import KeyKind, KeyPair, NkeyError, check_public_key
+from ._errors import JwtError, NkeyError
+from ._jwt import DEFAULT_LEEWAY, encode_jwt, verify_jwt
+from ._nkeys import KeyKind, KeyPair, check_public_key
 
 __all__ = [
     "AUTHORIZATION_REQUEST_AUDIENCE",

@@ -16,17 +16,8 @@ without padding, the length must be exact, the checksum must match, and the stri
 differs only there is refused rather than silently read as the same key). The checksum catches any
 burst of up to 16 flipped bits, so every single-character typo in a key or seed is refused.
 
-Errors (one family, every one with a stable ``code``)::
-
-    ConatError
-    └── CredentialError          "credential"   a key, box or token is malformed or fails a check
-        ├── NkeyError            "bad-nkey"       not base32, wrong length, not canonical
-        │                        "bad-checksum"   the CRC-16 does not match
-        │                        "bad-prefix"     unknown kind, or not the kind expected
-        │                        "bad-signature"  an Ed25519 signature does not verify
-        ├── XkeyError            (conat.auth._xkey) a sealed box cannot be opened
-        ├── JwtError             (conat.auth._jwt)  a JWT is malformed or fails verification
-        └── SecretFileError      (conat.auth._files) a secret file is unsafe or unreadable
+Errors: :class:`~conat.auth.NkeyError` (codes ``bad-nkey``, ``bad-checksum``, ``bad-prefix``,
+``bad-signature``; the tree and every code: :mod:`conat.auth._errors`).
 
 Messages never contain a seed, not even a corrupted one: they name the part that is wrong.
 """
@@ -37,20 +28,17 @@ import base64
 import binascii
 import enum
 import functools
-from typing import Final, Literal, final
+from typing import Final, final
 
 import nacl.exceptions
 import nacl.signing
 import nacl.utils
 
-from .._errors import ConatError, ErrorCode
+from ._errors import NkeyError
 
 __all__ = [
-    "CredentialError",
     "KeyKind",
     "KeyPair",
-    "NkeyError",
-    "NkeyErrorCode",
     "check_public_key",
     "crc16",
     "decode_public_key",
@@ -75,38 +63,6 @@ SEED_LENGTH: Final = 58
 
 _SEED_PREFIX: Final = 18 << 3  # "S"
 _PRIVATE_PREFIX: Final = 15 << 3  # "P", the Go library's 64-byte private key form; never accepted here
-
-
-class CredentialError(ConatError):
-    """A key, sealed box or token is malformed or fails a check. Branch on ``code``.
-
-    Raised for untrusted input (a token from the network, a key from a config file): the caller's
-    answer is to refuse that input, not to retry.
-    """
-
-    code: ErrorCode = "credential"
-
-    def __init__(self, code: str, what: str, detail: str) -> None:
-        self.code = code
-        self.what = what
-        self.detail = detail
-        super().__init__(f"{what}: {detail}")
-
-
-NkeyErrorCode = Literal["bad-nkey", "bad-checksum", "bad-prefix", "bad-signature"]
-
-
-class NkeyError(CredentialError):
-    """An nkey string or an Ed25519 signature is wrong. ``what`` names the key's role.
-
-    Codes: ``"bad-nkey"`` (not base32, wrong length, not canonical), ``"bad-checksum"``,
-    ``"bad-prefix"`` (unknown kind, or another kind than expected), ``"bad-signature"``.
-    """
-
-    code: NkeyErrorCode
-
-    def __init__(self, code: NkeyErrorCode, what: str, detail: str) -> None:
-        super().__init__(code, what, detail)
 
 
 @enum.unique

@@ -14,31 +14,30 @@ Wire format, the same as the Go nkeys library's ``Seal``/``Open``::
 authenticated, so a box that was altered, or sealed by anyone but the claimed sender, fails to
 open with :class:`XkeyError` ``"bad-mac"`` rather than yielding garbage.
 
-Errors: :class:`XkeyError` (a :class:`~conat.auth.CredentialError`) with codes ``"bad-version"``
-(no ``xkv1`` tag), ``"bad-length"`` (too short to hold a nonce and a MAC) and ``"bad-mac"``;
-malformed keys raise :class:`~conat.auth.NkeyError`.
+Errors: :class:`~conat.auth.XkeyError` with codes ``"bad-version"`` (no ``xkv1`` tag),
+``"bad-length"`` (too short to hold a nonce and a MAC) and ``"bad-mac"``; malformed keys raise
+:class:`~conat.auth.NkeyError` (the tree and every code: :mod:`conat.auth._errors`).
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal, final
+from typing import Final, final
 
 import nacl.exceptions
 import nacl.public
 import nacl.utils
 
+from ._errors import NkeyError, XkeyError
 from ._nkeys import (
     RAW_KEY_SIZE,
-    CredentialError,
     KeyKind,
-    NkeyError,
     decode_public_key,
     decode_seed,
     encode_public_key,
     encode_seed,
 )
 
-__all__ = ["XKEY_VERSION", "CurveKeyPair", "XkeyError", "XkeyErrorCode"]
+__all__ = ["XKEY_VERSION", "CurveKeyPair"]
 
 XKEY_VERSION: Final = b"xkv1"
 """The tag that starts every sealed box."""
@@ -46,18 +45,6 @@ XKEY_VERSION: Final = b"xkv1"
 NONCE_SIZE: Final = nacl.public.Box.NONCE_SIZE  # 24
 MAC_SIZE: Final = 16  # Poly1305 tag
 _MIN_SEALED: Final = len(XKEY_VERSION) + NONCE_SIZE + MAC_SIZE
-
-XkeyErrorCode = Literal["bad-version", "bad-length", "bad-mac"]
-
-
-class XkeyError(CredentialError):
-    """A sealed box cannot be opened. Codes: ``"bad-version"``, ``"bad-length"``, ``"bad-mac"``."""
-
-    code: XkeyErrorCode
-
-    def __init__(self, code: XkeyErrorCode, detail: str) -> None:
-        super().__init__(code, "sealed box", detail)
-
 
 @final
 class CurveKeyPair:

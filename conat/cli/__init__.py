@@ -1,5 +1,5 @@
 """The ``conat`` command line: ``conat up``, ``server``, ``status``, ``down``, ``pub``, ``sub``, ``req``,
-``reply``, and plugin commands such as ``run`` (from ``actors``) and ``bench`` (from ``bench``).
+``reply``, ``auth``, and plugin commands such as ``run`` (from ``actors``) and ``bench`` (from ``bench``).
 
 ``main`` is the console-script entry point; ``cli`` is the click group (for ``CliRunner``).
 """
@@ -8,13 +8,14 @@ import io
 import sys
 
 from ._app import cli as cli
+from ._auth_cmds import auth_group
 from ._bus import pub, reply, req, sub
 from ._lifecycle import down, status
 from ._server_cmds import server, up
 
 __all__ = ["cli", "main"]
 
-for _command in (up, server, status, down, pub, sub, req, reply):
+for _command in (up, server, status, down, pub, sub, req, reply, auth_group):
     cli.add_command(_command)
 
 

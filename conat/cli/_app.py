@@ -40,6 +40,7 @@ from conat import (
     RemoteError,
     ServerError,
     Timeout,
+    Unauthorized,
 )
 
 __all__ = [
@@ -136,6 +137,9 @@ def exit_code_for(error: BaseException) -> int:
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, Unauthorized):  # which refusal, and for a bus with auth, how to get in
+        hint = "; pass --credentials FILE (a token file, see `conat auth token`)"
+        return f"{error}{hint if error.refusal == 'no-credentials' else ''} (code {error.code}: {error.refusal})"
     if isinstance(error, ConatError | InvalidSubject):
         return f"{error} (code {error.code})"
     return f"{type(error).__name__}: {error} (use --debug for the traceback)"

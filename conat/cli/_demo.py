@@ -120,7 +120,7 @@ async def _count(msg: conat.Message) -> None:
         return
     n = msg.data
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_COUNT:
-        await msg.respond_error(400, f"expected an integer in 1..{MAX_COUNT}, got {n!r}")
+        await msg.respond_error(conat.BAD_REQUEST, f"expected an integer in 1..{MAX_COUNT}, got {n!r}")
         return
     for i in range(1, n + 1):
         await msg.respond(i)

@@ -157,7 +157,7 @@ def status(opts: Options, data_dir: Path | None) -> None:
     where its log is. Exits 8 if no bus is running (a stale state file included).
 
     With --json: one object with "running" and, when running, url, pid, manager_pid, orphaned,
-    started_at, uptime_s, websocket_url, config_path, log_path, state_path.
+    started_at, uptime_s, websocket_url, bus (with auth), config_path, log_path, state_path.
     """
     _use_data_dir(data_dir)
     out = Printer(opts.json)
@@ -175,6 +175,8 @@ def status(opts: Options, data_dir: Path | None) -> None:
         f"  nats-server pid {state.pid}, {manager}",
         f"  up {_uptime(uptime)}",
     ]
+    if state.bus is not None:
+        lines.append(f"  auth:      bus {state.bus}: clients need a token (`conat auth token`)")
     if state.websocket_url is not None:
         lines.append(f"  websocket: {state.websocket_url}")
     lines += [f"  log:       {state.log_path}", f"  state:     {state_path()}"]
@@ -188,6 +190,7 @@ def status(opts: Options, data_dir: Path | None) -> None:
         started_at=state.started_at,
         uptime_s=round(uptime, 3),
         websocket_url=state.websocket_url,
+        bus=state.bus,
         config_path=state.config_path,
         log_path=state.log_path,
         state_path=str(state_path()),

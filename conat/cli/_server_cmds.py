@@ -23,8 +23,10 @@ import click
 from conat._paths import state_path
 from conat._server import NatsServer, serve_forever
 from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerConfig, WebsocketConfig
+from subjects import MASTER_BUS
 
 from ._app import Options, json_option, run, stop_on_signals, until_stopped
+from ._auth_cmds import auth_keys, check_bus, keys_option, public_keys_option, serve_auth
 from ._demo import (
     COUNT,
     GREETER,
@@ -80,6 +82,15 @@ def _server_config(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the config, log and state file go (default: $CONAT_DATA_DIR, else ~/.local/share/conat).",
 )
+@click.option(
+    "--auth", is_flag=True, help="Accept only clients with a token signed by your keys (`conat auth keygen`)."
+)
+@click.option(
+    "--bus",
+    help="With --auth: the bus this is (the audience its tokens name): master (the default) or host-<uuid>.",
+)
+@keys_option("With --auth: the signing keys whose tokens it accepts (default: <data dir>/keys).")
+@public_keys_option("With --auth: pinned public keys instead (`conat auth keygen --export FILE`).")
 @json_option
 @click.pass_obj
 def server(
@@ -90,19 +101,35 @@ def server(
     max_payload: int,
     websocket_port: int | None,
     data_dir: Path | None,
+    auth: bool,
+    bus: str | None,
+    keys: Path | None,
+    public_keys: Path | None,
 ) -> None:
     """Run a private nats-server in the foreground until Ctrl-C, SIGTERM or SIGHUP (`conat down`).
 
     Prints its URL once it is ready and publishes it in the state file, so that `conat pub`,
     `conat req`, ... (and conat.connect() with no URL) find it.
+
+    With --auth it is a bus with the auth callout: only clients with a valid token connect
+    (`conat auth token ... -o FILE`, then `conat --credentials FILE ...`), each with the
+    permissions its token grants; every decision goes to the audit log under
+    <data dir>/buses/<bus>.
     """
     config = _server_config(host, port, allow_remote, max_payload, websocket_port)
+    if not auth and (keys is not None or public_keys is not None or bus is not None):
+        raise click.UsageError("--bus, --keys and --public-keys go with --auth")
     if data_dir is not None:
         os.environ["CONAT_DATA_DIR"] = str(data_dir.absolute())
     out = Printer(opts.json)
+    # with --auth, checked before anything starts: a bad bus name or missing keys exit 1 at once
+    accepted = (check_bus(bus or MASTER_BUS), auth_keys(keys, public_keys)) if auth else None
     ensure_not_running(out)
     try:
-        run(serve_forever(config, on_ready=lambda s: _announce_server(out, s)))
+        if accepted is not None:
+            run(serve_auth(config, out, bus=accepted[0], public_keys=accepted[1]))
+        else:
+            run(serve_forever(config, on_ready=lambda s: _announce_server(out, s)))
     except KeyboardInterrupt:
         pass
     out.event("conat server stopped", event="stopped")

@@ -9,8 +9,8 @@ import pytest
 
 import conat
 from actors import ActorSystem
-from conat import FakeClock
 from conat._server import NatsServer
+from conat.testing import FakeClock
 
 
 @pytest.fixture

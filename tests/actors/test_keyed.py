@@ -9,9 +9,10 @@ import msgspec
 import pytest
 
 import conat
-from actors import BUSY, NO_REPLY, Actor, ActorDefinitionError, ActorSystem, Reply, actor_proxy
-from conat import FakeClock, RemoteError, RpcRequest
+from actors import NO_REPLY, Actor, ActorDefinitionError, ActorSystem, Reply, actor_proxy
+from conat import RemoteError, RpcRequest
 from conat._server import NatsServer
+from conat.testing import FakeClock
 
 from .conftest import eventually
 
@@ -173,7 +174,7 @@ async def test_full_mailbox_answers_busy_and_counts(system: ActorSystem, client:
     )
     with pytest.raises(RemoteError) as e:
         await proxy.add(1)
-    assert e.value.code == BUSY
+    assert e.value.code == conat.BUSY
     GATES["g"].set()
     await first
     assert sorted(await asyncio.gather(*queued)) == [1, 2, 3, 4]

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 import conat
-from actors import STOPPING, Actor, ActorSystem, MemoryReminderStore, actor_proxy
-from conat import FakeClock, RemoteError, RpcRequest
+from actors import Actor, ActorSystem, MemoryReminderStore, actor_proxy
+from conat import RemoteError, RpcRequest
+from conat.testing import FakeClock
 
 from ..micro_schemas import INFO_SCHEMA, PING_SCHEMA, STATS_SCHEMA
 from ..micro_schemas import validate as _validate
@@ -73,7 +74,7 @@ async def test_stop_past_the_deadline_answers_everyone_with_503(nats_server: Any
         for call in [running, *queued]:
             with pytest.raises(RemoteError) as e:
                 await call
-            assert e.value.code == STOPPING
+            assert e.value.code == conat.UNAVAILABLE
         assert system.runtime(Worker).statistics().rejected_stopping == 3
 
 

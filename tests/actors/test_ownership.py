@@ -27,8 +27,8 @@ from actors import (
     actor_proxy,
 )
 from actors._ownership import Verdict, claim_subject, judge
-from conat import FakeClock
 from conat._server import NatsServer
+from conat.testing import FakeClock
 from subjects import Permissions
 
 from .conftest import eventually

@@ -6,17 +6,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import Backoff, Escalate, Restart, RestartPolicy, RestartTracker
+from actors import Escalate, Restart, RestartPolicy, RestartTracker
+from conat import BackoffSequence
 
 
 def test_backoff_doubles_and_caps() -> None:
-    backoff = Backoff(RestartPolicy(backoff_min=0.1, backoff_max=1.0, jitter=0.0), rand=lambda: 0.5)
+    policy = RestartPolicy(backoff_min=0.1, backoff_max=1.0, jitter=0.0)
+    backoff = BackoffSequence(policy.backoff, rand=lambda: 0.5)
     delays = [backoff.next_delay(float(i)) for i in range(6)]
     assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
 
 
 def test_backoff_resets_after_quiet_period() -> None:
-    backoff = Backoff(RestartPolicy(backoff_min=1.0, backoff_max=60.0, jitter=0.0, reset_after=30.0))
+    policy = RestartPolicy(backoff_min=1.0, backoff_max=60.0, jitter=0.0, reset_after=30.0)
+    backoff = BackoffSequence(policy.backoff)
     assert backoff.next_delay(0.0) == 1.0
     assert backoff.next_delay(1.0) == 2.0
     assert backoff.next_delay(100.0) == 1.0
@@ -25,7 +28,7 @@ def test_backoff_resets_after_quiet_period() -> None:
 @given(st.floats(0, 1), st.integers(1, 40))
 def test_jitter_stays_within_its_fraction(r: float, attempts: int) -> None:
     policy = RestartPolicy(backoff_min=0.5, backoff_max=8.0, jitter=0.25)
-    backoff = Backoff(policy, rand=lambda: r)
+    backoff = BackoffSequence(policy.backoff, rand=lambda: r)
     delay = 0.0
     for i in range(attempts):
         delay = backoff.next_delay(float(i))

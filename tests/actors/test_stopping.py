@@ -9,7 +9,6 @@ import pytest
 
 import conat
 from actors import (
-    STOPPING,
     Actor,
     ActorSystem,
     BrokenInvariant,
@@ -18,8 +17,9 @@ from actors import (
     RestartPolicy,
     actor_proxy,
 )
-from conat import FakeClock, RemoteError
+from conat import RemoteError
 from conat._server import NatsServer
+from conat.testing import FakeClock
 
 from .conftest import eventually
 
@@ -41,7 +41,7 @@ async def _server_and_caller(url: str) -> tuple[conat.Client, conat.Client]:
 
 
 def _all_stopping(results: list[object]) -> bool:
-    return all(isinstance(r, RemoteError) and r.code == STOPPING for r in results)
+    return all(isinstance(r, RemoteError) and r.code == conat.UNAVAILABLE for r in results)
 
 
 async def _stop_and_expect_503s(system: ActorSystem, calls: list[asyncio.Task[str]]) -> None:

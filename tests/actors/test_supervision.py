@@ -10,8 +10,8 @@ import pytest
 
 import conat
 from actors import (
-    ACTIVATION_FAILED,
     LOOP_DETECTED,
+    ActivationFailed,
     Actor,
     ActorSystem,
     BrokenInvariant,
@@ -20,7 +20,8 @@ from actors import (
     RestartPolicy,
     actor_proxy,
 )
-from conat import FakeClock, RemoteError
+from conat import RemoteError
+from conat.testing import FakeClock
 
 from .conftest import eventually
 
@@ -76,9 +77,12 @@ async def test_a_message_that_keeps_crashing_activation_is_dead_lettered(
     await system.start(Fragile)
     letters = await client.subscribe("deadletter.Fragile")
     FAILING.add("bad")
-    with pytest.raises(RemoteError) as e:
+    with pytest.raises(ActivationFailed) as e:  # the typed error, rebuilt from the reply's fields
         await actor_proxy(client, Fragile, "bad").bump()
-    assert e.value.code == ACTIVATION_FAILED
+    assert isinstance(e.value, RemoteError)  # ...and still the RemoteError it always was
+    assert e.value.code == "activation-failed"
+    assert e.value.key == "bad"
+    assert "cannot load bad" in e.value.reason
     assert "cannot load bad" in e.value.remote_message
     letter = (await letters.next(timeout=5)).decode(DeadLetter)
     assert (letter.actor, letter.key, letter.subject) == ("Fragile", "bad", "fragile.bad")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import Actor, ActorDefinitionError, IllegalTransition, State
+from actors import Actor, ActorDefinitionError, ActorError, IllegalTransition, State
 from actors._activation import _TRANSITIONS
 from actors._mailbox import Mailbox
 
@@ -35,9 +35,17 @@ def test_illegal_transitions_raise(state: State, event: str) -> None:
         act._move(event)
         assert act.state is _TRANSITIONS[(state, event)]
     else:
-        with pytest.raises(IllegalTransition, match=f"{event!r} is illegal in state {state.value}"):
+        with pytest.raises(IllegalTransition, match=f"{event!r} is illegal in state {state.value}") as e:
             act._move(event)
         assert act.state is state
+        # a branch of the error tree with a stable code and its fields, not a bare RuntimeError
+        assert isinstance(e.value, ActorError)
+        assert (e.value.code, e.value.key, e.value.state, e.value.event) == (
+            "illegal-transition",
+            "k",
+            state.value,
+            event,
+        )
 
 
 @given(st.lists(st.sampled_from(["msg", "internal", "get"]), max_size=200), st.integers(1, 8))

@@ -26,6 +26,7 @@ from conat._chunking import (
     chunk_count,
     reassembly_cost,
 )
+from conat._headers import CHUNKED_HEADER, SENDER_HEADER, error_headers
 
 MB = 1024 * 1024
 
@@ -33,12 +34,12 @@ MB = 1024 * 1024
 @given(st.binary(max_size=12_000), st.integers(MIN_CHUNK_SIZE, 3000), st.randoms(use_true_random=False))
 @settings(max_examples=200, deadline=None)
 def test_chunks_reassemble_in_any_order_with_duplicates(payload: bytes, size: int, rnd) -> None:
-    clock = [0.0]
-    out = OutgoingTransfers(max_bytes=20_000, ttl=5, clock=lambda: clock[0])
-    head = out.add("t1", payload, size)
+    now = 0.0
+    out = OutgoingTransfers(max_bytes=20_000, ttl=5)
+    head = out.add("t1", payload, size, now=now)
     assert head.count == chunk_count(len(payload), size)
     assert ChunkHead.parse(head.header()) == head
-    chunks = out.chunks(PullRequest("t1", 0, head.count), "_INBOX.r.1")
+    chunks = out.chunks(PullRequest("t1", 0, head.count), "_INBOX.r.1", now=now)
     assert chunks is not None and len(chunks) == head.count
     order = chunks + rnd.sample(chunks, min(3, len(chunks)))  # duplicates
     rnd.shuffle(order)
@@ -49,20 +50,20 @@ def test_chunks_reassemble_in_any_order_with_duplicates(payload: bytes, size: in
 
 
 def test_outgoing_expiry_and_cap() -> None:
-    clock = [0.0]
-    out = OutgoingTransfers(max_bytes=100, ttl=5, clock=lambda: clock[0])
-    out.add("a", b"x" * 60, 10)
+    now = 0.0
+    out = OutgoingTransfers(max_bytes=100, ttl=5)
+    out.add("a", b"x" * 60, 10, now=now)
     with pytest.raises(PayloadTooLarge) as e:
-        out.add("b", b"y" * 60, 10)
+        out.add("b", b"y" * 60, 10, now=now)
     assert e.value.code == 413
-    clock[0] = 4
-    assert out.chunks(PullRequest("a", 0, 1), "r") is not None  # a pull extends the lifetime
-    clock[0] = 8
-    assert out.chunks(PullRequest("a", 5, 10), "r") is not None
-    clock[0] = 14
-    assert out.chunks(PullRequest("a", 0, 1), "r") is None
-    assert out.expire() == 1 and out.statistics().bytes_held == 0
-    out.add("b", b"y" * 60, 10)
+    now = 4
+    assert out.chunks(PullRequest("a", 0, 1), "r", now=now) is not None  # a pull extends the lifetime
+    now = 8
+    assert out.chunks(PullRequest("a", 5, 10), "r", now=now) is not None
+    now = 14
+    assert out.chunks(PullRequest("a", 0, 1), "r", now=now) is None
+    assert out.expire(now) == 1 and out.statistics().bytes_held == 0
+    out.add("b", b"y" * 60, 10, now=now)
 
 
 def test_malformed_headers_and_chunks_are_rejected() -> None:
@@ -187,38 +188,38 @@ def test_a_reassembly_allocates_only_what_arrives() -> None:
 
 
 def test_outgoing_transfers_are_freed_when_their_receivers_finish() -> None:
-    clock = [0.0]
+    now = 0.0
     released: list[str] = []
-    out = OutgoingTransfers(max_bytes=100, ttl=60, linger=3, clock=lambda: clock[0], on_release=released.append)
+    out = OutgoingTransfers(max_bytes=100, ttl=60, linger=3, on_release=released.append)
     # A reply has one receiver: freed at its finishing pull.
-    out.add("reply", b"r" * 40, 10, "one")
-    assert out.chunks(PullRequest("reply", 1, 3), "_INBOX.a.1") is not None
-    assert out.chunks(PullRequest("reply", 4, 0), "_INBOX.a.1") == []  # "finished"
+    out.add("reply", b"r" * 40, 10, "one", now=now)
+    assert out.chunks(PullRequest("reply", 1, 3), "_INBOX.a.1", now=now) is not None
+    assert out.chunks(PullRequest("reply", 4, 0), "_INBOX.a.1", now=now) == []  # "finished"
     assert "reply" not in out and released == ["reply"]
     # A publish may have several: freed once all that pulled finished and the linger is over.
-    out.add("pub", b"p" * 40, 10)
-    out.chunks(PullRequest("pub", 1, 3), "_INBOX.a.2")
-    out.chunks(PullRequest("pub", 1, 3), "_INBOX.b.2")
-    out.chunks(PullRequest("pub", 4, 0), "_INBOX.a.2")
-    clock[0] = 10
-    assert out.expire() == 0 and "pub" in out  # b is still pulling
-    out.chunks(PullRequest("pub", 4, 0), "_INBOX.b.2")
+    out.add("pub", b"p" * 40, 10, now=now)
+    out.chunks(PullRequest("pub", 1, 3), "_INBOX.a.2", now=now)
+    out.chunks(PullRequest("pub", 1, 3), "_INBOX.b.2", now=now)
+    out.chunks(PullRequest("pub", 4, 0), "_INBOX.a.2", now=now)
+    now = 10
+    assert out.expire(now) == 0 and "pub" in out  # b is still pulling
+    out.chunks(PullRequest("pub", 4, 0), "_INBOX.b.2", now=now)
     assert out.next_expiry() == 13
-    clock[0] = 13
-    assert out.expire() == 1 and "pub" not in out
+    now = 13
+    assert out.expire(now) == 1 and "pub" not in out
     # Under memory pressure, finished transfers go first instead of refusing a new one.
-    out.add("done", b"d" * 60, 10)
-    out.chunks(PullRequest("done", 6, 0), "_INBOX.a.3")
-    out.add("next", b"n" * 60, 10)  # would be over 100 bytes with "done" still held
+    out.add("done", b"d" * 60, 10, now=now)
+    out.chunks(PullRequest("done", 6, 0), "_INBOX.a.3", now=now)
+    out.add("next", b"n" * 60, 10, now=now)  # would be over 100 bytes with "done" still held
     assert "done" not in out and "next" in out
     with pytest.raises(PayloadTooLarge):
-        out.add("over", b"o" * 60, 10)  # "next" is not finished: refused
+        out.add("over", b"o" * 60, 10, now=now)  # "next" is not finished: refused
     # A head that reached nobody is freed at once; a pull is clipped to MAX_PULL_BYTES.
     out.no_interest("next")
     assert len(out) == 0 and out.statistics().bytes_held == 0
     big = OutgoingTransfers(max_bytes=64 * MB, ttl=60)
-    big.add("b", bytes(64 * MB), MB)
-    chunks = big.chunks(PullRequest("b", 0, 64), "_INBOX.c.1")
+    big.add("b", bytes(64 * MB), MB, now=now)
+    chunks = big.chunks(PullRequest("b", 0, 64), "_INBOX.c.1", now=now)
     assert chunks is not None and len(chunks) == 16
 
 
@@ -370,33 +371,33 @@ async def test_one_senders_order_is_kept_across_chunked_messages(nats_server) ->
 )
 @settings(max_examples=300, deadline=None)
 def test_outgoing_transfers_stay_within_their_cap_and_release_each_once(ops) -> None:
-    clock = [0.0]
+    now = 0.0
     released: list[str] = []
-    out = OutgoingTransfers(max_bytes=10_000, ttl=60, linger=3, clock=lambda: clock[0], on_release=released.append)
+    out = OutgoingTransfers(max_bytes=10_000, ttl=60, linger=3, on_release=released.append)
     added: list[str] = []
     for op, n, who in ops:
         tid = f"t{n}"
         if op == "add":
             if tid not in out:
                 try:
-                    out.add(tid, bytes(1000 * (n + 1)), MIN_CHUNK_SIZE, "one" if n % 2 else "many")
+                    out.add(tid, bytes(1000 * (n + 1)), MIN_CHUNK_SIZE, "one" if n % 2 else "many", now=now)
                     added.append(tid)
                 except PayloadTooLarge:
                     pass
         elif op == "pull":
-            out.chunks(PullRequest(tid, 0, 2), f"r{who}")
+            out.chunks(PullRequest(tid, 0, 2), f"r{who}", now=now)
         elif op == "finish":
-            out.chunks(PullRequest(tid, 9, 0), f"r{who}")
+            out.chunks(PullRequest(tid, 9, 0), f"r{who}", now=now)
         elif op == "tick":
-            clock[0] += n
-            out.expire()
+            now += n
+            out.expire(now)
         else:
             out.no_interest(tid)
         held = out.statistics().bytes_held
         assert 0 <= held <= 10_000
         assert held == sum(1000 * (int(t[1:]) + 1) for t in set(added) if t in out)
-    clock[0] += 61
-    out.expire()
+    now += 61
+    out.expire(now)
     assert len(out) == 0 and out.statistics().bytes_held == 0
     assert sorted(released) == sorted(added)  # each transfer released exactly once
 
@@ -414,3 +415,33 @@ async def test_a_head_without_a_pull_source_is_refused(nats_server) -> None:
             assert sub.statistics().failed_transfers == 1 and c.state is conat.ClientState.CONNECTED
         finally:
             await foreign.close()
+
+
+@pytest.mark.anyio
+async def test_a_closed_subscriptions_reader_ends_when_its_last_chunked_message_fails(nats_server) -> None:
+    """Unsubscribed while a chunked message is still arriving, the reader waits for it; when it
+    then fails (the sender says the transfer is gone), the reader ends instead of waiting forever."""
+    raw = await nats.connect(nats_server.url)
+    try:
+        pulls = await raw.subscribe("fake.sender.source")  # the sender's pull source: alive, slow
+        async with await conat.connect(nats_server.url) as c:
+            sub = await c.subscribe("chunked.fails")
+            head = ChunkHead("t1", 2 * MIN_CHUNK_SIZE, MIN_CHUNK_SIZE, 2)
+            await raw.publish(
+                "chunked.fails",
+                b"x" * MIN_CHUNK_SIZE,
+                reply="fake.sender.source",
+                headers={CHUNKED_HEADER: head.header(), SENDER_HEADER: "sender-1"},
+            )
+            pull = await pulls.next_msg(timeout=5)  # the receiver pulls: the message is arriving
+            reader = asyncio.ensure_future(sub.__anext__())
+            await asyncio.sleep(0.05)
+            await sub.unsubscribe()
+            assert not reader.done()  # it still waits for the message that is arriving
+            headers, body = error_headers(410, "transfer t1 is gone")
+            await raw.publish(pull.reply, body, headers=headers)
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(reader, 5)
+            assert sub.statistics().failed_transfers == 1
+    finally:
+        await raw.close()

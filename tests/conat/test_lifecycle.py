@@ -65,7 +65,7 @@ async def test_closing_leaves_no_tasks_and_fails_pending_requests(nats_server) -
 async def test_unclosed_client_warns() -> None:
     c = conat.Client()
     c._state = ClientState.CONNECTED
-    c._closing = False
+    c._core.closing = False
     del c
     with pytest.warns(ResourceWarning):
         gc.collect()

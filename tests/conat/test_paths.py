@@ -18,7 +18,6 @@ from conat._paths import (
     pid_alive,
     read_state,
     state_path,
-    write_private,
     write_state,
 )
 from conat._server import NatsServer
@@ -103,16 +102,6 @@ def test_ensure_data_dir_leaves_an_existing_dir_alone(private_data_dir: Path) ->
     os.chmod(private_data_dir, 0o755)
     ensure_data_dir()
     assert _mode(private_data_dir) == 0o755
-
-
-def test_write_private_is_0600_and_leaves_no_temporary_file(tmp_path: Path) -> None:
-    target = tmp_path / "secret"
-    target.write_text("old")
-    os.chmod(target, 0o644)
-    write_private(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert _mode(target) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
 
 
 # -- state file -------------------------------------------------------------------------------------

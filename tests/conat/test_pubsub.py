@@ -200,3 +200,27 @@ async def test_reserved_header_names_are_refused(nats_server) -> None:
         sub = await c.subscribe("hdr.reserved")
         await c.publish("hdr.reserved", 1, headers={"Nats-Msg-Id": "m1", "X-Status": "ok"})
         assert (await sub.next(timeout=5)).headers == {"Nats-Msg-Id": "m1", "X-Status": "ok"}
+
+
+async def test_a_cancelled_subscribe_leaves_no_subscription_behind(nats_server) -> None:
+    """Cancel ``subscribe`` at each of its stages (before, while and after the server confirms):
+    either it returned a subscription, or nothing is left subscribed, here or on the server."""
+    async with await conat.connect(nats_server.url) as c, await conat.connect(nats_server.url) as other:
+        cancelled_at_confirmation = 0
+        for steps in range(12):
+            subject = f"cancel.sub.{steps}"
+            task = asyncio.ensure_future(c.subscribe(subject))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                sub = await task
+            except asyncio.CancelledError:
+                assert c.statistics().subscriptions == 0
+                await c.flush()  # the undo's UNSUB, like any unsubscribe's, is on its way: let it land
+                with pytest.raises(conat.NoResponders):  # the server knows no subscriber either
+                    await other.request(subject, 1, timeout=5)
+                cancelled_at_confirmation += steps > 0
+            else:
+                await sub.unsubscribe()
+        assert cancelled_at_confirmation, "no cancellation landed while the server confirmed"

@@ -15,7 +15,6 @@ import conat
 from conat import (
     ClientState,
     EndOfStream,
-    FakeClock,
     NoResponders,
     PayloadTooLarge,
     PeerDead,
@@ -40,6 +39,7 @@ from conat._socket_frames import (
     decode_frame,
     encode_frame,
 )
+from conat.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -351,7 +351,7 @@ async def test_socket_survives_a_nats_server_restart(fresh_nats_server) -> None:
         assert sock.statistics().retransmitted + conn.statistics().retransmitted > 0
 
 
-# -- cancellation (STYLE rule 13): cancel the caller at each await point; the socket stays usable ---
+# -- cancellation: cancel the caller at each await point; the socket stays usable -------------------
 
 
 async def _fill_window(sock: Socket) -> int:
@@ -571,7 +571,7 @@ async def test_a_closed_server_connection_answers_late_frames_with_close(nats_se
     ):
 
         async def send(frame: object) -> None:
-            await raw._transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
+            await raw._core.transport.publish("linger.one", encode_frame(frame), reply)  # type: ignore[arg-type]
 
         async def expect(kind: type) -> object:
             while True:
@@ -625,7 +625,7 @@ async def test_a_closed_client_socket_answers_late_frames_with_close(nats_server
         assert conn.closed and conn._proto.error is None  # closed by peer, cleanly
         assert a.statistics().pending_requests == routes
 
-        await b._transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
+        await b._core.transport.publish(sock._outbox.reply, encode_frame(Ping()), "")  # a late frame
         while True:
             frame = decode_frame((await wire.next(timeout=5)).raw)
             if isinstance(frame, Close):
@@ -657,7 +657,7 @@ async def test_backlog_is_validated(nats_server) -> None:
         assert b.statistics().subscriptions == 0
 
 
-# -- hostile peers: raw frames on a real bus (STYLE rule 18) ----------------------------------------
+# -- hostile peers: raw frames on a real bus (every byte from the network is hostile) ---------------
 
 
 class RawPeer:
@@ -875,7 +875,7 @@ async def test_chunked_messages_on_the_listener_subject_hold_back_no_socket(nats
     ):
         for tid in ("t1", "t2"):
             head = ChunkHead(tid, 4 * 65536, 65536, 4)
-            await evil._transport.publish(
+            await evil._core.transport.publish(
                 "hol.evil", b"x" * 65536, "raw.hol.pulls", {CHUNKED_HEADER: head.header()}
             )
         await evil.flush()

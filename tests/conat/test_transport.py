@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import conat
 from conat import PayloadError
-from conat._transport import encode_headers, parse_headers
+from conat._transport import check_url, encode_headers, parse_headers
 
 header_names = st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}", fullmatch=True)
 header_values = st.text(
@@ -55,3 +55,41 @@ async def test_bad_header_on_publish_is_a_clear_error(nats_server) -> None:
         sub = await c.subscribe("hdr.test")
         await c.publish("hdr.test", 1, headers={"X-Ok": "fine"})
         assert (await sub.next(timeout=5)).headers == {"X-Ok": "fine"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://[::1]:99999",  # regression: a port out of range behind an IPv6 host was accepted
+        "nats://a:b:c",  # regression: two colons were taken for an IPv6 host without brackets
+        "nats://h:0",
+        "nats://h:-1",
+        "nats://h:42x",
+        "nats://[::1",
+        "nats://:4222",
+        "nats://user:pw@:4222",
+        "NATS-X://h:1",
+        "h:4222",
+        "",
+    ],
+)
+def test_malformed_urls_are_refused(url: str) -> None:
+    with pytest.raises(conat.BadURL) as e:
+        check_url(url)
+    assert e.value.code == 400
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://127.0.0.1:4222",
+        "nats://[::1]:4222",
+        "nats://[::1]",
+        "tls://user:secret@bus.example.org:4443",
+        "ws://localhost:8080/path",
+        "wss://h",
+        "NATS://h:1",
+    ],
+)
+def test_well_formed_urls_pass(url: str) -> None:
+    assert check_url(url) == url

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 import conat
-from host import ExecOutput, Limits, activity_subject, exec_command, exec_stream, fs, report_activity
+from host import (
+    ExecOutput,
+    Limits,
+    ProjectExists,
+    UnknownProject,
+    WrongState,
+    activity_subject,
+    exec_command,
+    exec_stream,
+    fs,
+    report_activity,
+)
 from persist import bootlog
 from subjects import Scope
 
@@ -79,9 +90,10 @@ def _alive(pid: int | None) -> bool:
 async def test_bad_input_gets_a_code_and_changes_nothing(host: Host) -> None:
     unknown = str(uuid.uuid4())
     for call in (host.runner.status(unknown), host.runner.start(unknown), host.runner.delete(unknown)):
-        with pytest.raises(conat.RemoteError) as e:
+        with pytest.raises(UnknownProject) as unknown_project:  # typed, and still a RemoteError
             await call
-        assert e.value.code == "unknown-project"
+        assert isinstance(unknown_project.value, conat.RemoteError)
+        assert (unknown_project.value.code, unknown_project.value.project_id) == ("unknown-project", unknown)
     with pytest.raises(conat.RemoteError) as e:
         await host.runner.create("not-a-uuid")
     assert e.value.code == 400 and "project_id" in str(e.value)
@@ -92,12 +104,16 @@ async def test_bad_input_gets_a_code_and_changes_nothing(host: Host) -> None:
             {"name": "create", "args": [str(uuid.uuid4()), {"memory_mb": 1}], "kwargs": {}},
         )
     assert e.value.code == 400 and "memory_mb" in str(e.value)
-    with pytest.raises(conat.RemoteError) as e:
+    with pytest.raises(WrongState) as wrong_state:  # raised by the project's actor, passed on by the runner
         await host.runner.stop(project)
-    assert e.value.code == "wrong-state"
-    with pytest.raises(conat.RemoteError) as e:
+    assert (wrong_state.value.code, wrong_state.value.state, wrong_state.value.event) == (
+        "wrong-state",
+        "opened",
+        "stop",
+    )
+    with pytest.raises(ProjectExists) as exists:
         await host.runner.create(project)
-    assert e.value.code == "project-exists"
+    assert (exists.value.code, exists.value.project_id) == ("project-exists", project)
     with pytest.raises(conat.RemoteError) as e:
         await host.runner.start(project, token="conat1.not.a-token")
     assert e.value.code == 400

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import conat
-from conat import FakeClock
 from conat._server import NatsServer
+from conat.testing import FakeClock
 from persist import PersistServer, Placement, PlacementConfig, StreamFile
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conat import FakeClock
+from conat.testing import FakeClock
 from persist import (
     BadRequest,
     Corrupt,

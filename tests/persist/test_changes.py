@@ -31,8 +31,8 @@ from hypothesis.stateful import (
 )
 
 import persist._sql
-from conat import FakeClock
 from conat._errors import ClosedError
+from conat.testing import FakeClock
 from persist import BadRequest, Rejected, StreamConfig, WrongLastSequence
 from persist._engine import ChangePage, StoredMessage, StreamFile, Write
 

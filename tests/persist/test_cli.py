@@ -198,6 +198,9 @@ def test_a_corrupt_stream_is_listed_refused_and_reset(bus: Bus, scope: str) -> N
     entries = json_lines(bus.invoke("--json", "stream", "ls", scope).stdout)
     assert (entries[0]["name"], entries[0]["error"]) == ("broken", "corrupt") and entries[1]["count"] == 1
 
+    nothing = bus.invoke("stream", "reset", "--restore", scope, "broken")  # no archive root here
+    assert nothing.exit_code == 1, nothing.output  # the service's not-found exits 1, as a missing key does
+    assert "(code not-found)" in nothing.stderr and "no archive is configured" in nothing.stderr
     reset = bus.invoke("--json", "stream", "reset", scope, "broken")
     assert reset.exit_code == 0, reset.output
     assert json_lines(reset.stdout) == [

@@ -18,7 +18,7 @@ from persist import (
     Events,
     KeyChanged,
     KeyDeleted,
-    KeyReject,
+    KeySaveFailed,
     KVEvent,
     PersistServer,
     Rejected,
@@ -177,7 +177,7 @@ async def test_a_failing_merge_refuses_the_losing_write(
         await asyncio.gather(one.save(), two.save())
         winner = await AKV(client, scope, "fail").get("k")
         await until(lambda: one.get("k") == two.get("k") == winner)
-        rejects = [e for ev in events for e in await drain(ev) if isinstance(e, KeyReject)]
+        rejects = [e for ev in events for e in await drain(ev) if isinstance(e, KeySaveFailed)]
         assert len(rejects) == 1 and isinstance(rejects[0].error, ValueError)
         assert rejects[0].value == 3 - winner  # the loser's value
 
@@ -228,7 +228,7 @@ async def test_a_refused_write_reverts_to_the_saved_value(
         assert kv.get("k") == "x" * 500
         await kv.save()
         assert kv.get("k") == "small" and not kv.has_unsaved_changes()
-        (reject,) = [e for e in await drain(events) if isinstance(e, KeyReject)]
+        (reject,) = [e for e in await drain(events) if isinstance(e, KeySaveFailed)]
         assert (
             reject.key == "k" and isinstance(reject.error, Rejected) and reject.error.limit == "max_msg_size"
         )

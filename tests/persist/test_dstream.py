@@ -19,10 +19,10 @@ from persist import (
     Older,
     PersistServer,
     Placement,
-    Reject,
     Rejected,
     Resync,
     Saved,
+    SaveFailed,
     StreamEvent,
     TooSlow,
 )
@@ -131,7 +131,7 @@ async def test_a_refused_write_leaves_the_view_with_a_reject_event(
         assert not ds.has_unsaved_changes()
         assert [e.value for e in ds.entries()] == ["ok", "also ok"]
         seen = await drain(events)
-        (reject,) = [e for e in seen if isinstance(e, Reject)]
+        (reject,) = [e for e in seen if isinstance(e, SaveFailed)]
         assert reject.entry.msg_id == big.msg_id and reject.entry.value == "x" * 500
         assert isinstance(reject.error, Rejected) and reject.error.limit == "max_msg_size"
         assert [v for _, v in await all_values(ds.stream)] == ["ok", "also ok"]

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conat import FakeClock
+from conat.testing import FakeClock
 from persist import (
     BadRequest,
     Corrupt,

@@ -14,8 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from persist import (
     UNLIMITED,
-    Message,
     Rejected,
+    StoredMessage,
     StreamConfig,
     WrongLastSequence,
     message_size,
@@ -43,7 +43,7 @@ keys = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "dd"]))
 msg_ids = st.one_of(st.none(), st.sampled_from(["m1", "m2", "m3"]))
 
 
-def stored(m: StreamModel) -> list[Message]:
+def stored(m: StreamModel) -> list[StoredMessage]:
     return m.get_all(now=FAR_PAST)
 
 

@@ -15,8 +15,8 @@ import pytest
 
 import conat
 from actors import Actor, ActorSystem, Reminder, ReminderStore, actor_proxy
-from conat import FakeClock
 from conat._errors import ClosedError
+from conat.testing import FakeClock
 from persist import BadRequest, Corrupt, DurableReminderStore, StreamStore, TooLarge
 
 pytestmark = pytest.mark.anyio

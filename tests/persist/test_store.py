@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conat import ClosedError, FakeClock
+from conat import ClosedError
+from conat.testing import FakeClock
 from persist import NotFound, Rejected, StreamConfig
 from persist._store import StreamStore
 

@@ -1,4 +1,4 @@
-"""Well-known subject builders: the DESIGN.md §3 table, id checking, and token validation."""
+"""Well-known subject builders: the table of subjects, id checking, and token validation."""
 
 from __future__ import annotations
 

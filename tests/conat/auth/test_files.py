@@ -1,6 +1,8 @@
 """Secret files are checked on the descriptor that reads them: no symlink followed, regular files
 of this user only, no access for others (public keys: readable, never writable), bounded size.
-And every reader of secrets uses that check: token files, pinned keys, key files."""
+And every reader of secrets uses that check: token files, pinned keys, key files. Private files are
+written by one writer: atomic, 0600 from the first byte, never through a symlink or a file that
+was already there."""
 
 from __future__ import annotations
 
@@ -120,3 +122,74 @@ def test_pinned_keys_are_checked_on_what_is_opened(tmp_path: Path) -> None:
     with pytest.raises(KeyringError) as e:
         PublicKeys.load(tmp_path / "link.json")
     assert e.value.code == "bad-key-file" and "symlink" in str(e.value)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def test_write_private_file_is_0600_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "secret"
+    target.write_text("old")
+    os.chmod(target, 0o644)
+    write_private_file(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
+
+
+def test_a_symlink_at_the_target_is_replaced_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    victim.chmod(0o644)
+    (tmp_path / "state.json").symlink_to(victim)
+    write_private_file(tmp_path / "state.json", b"{}")
+    assert victim.read_bytes() == b"keep me" and victim.stat().st_mode & 0o777 == 0o644
+    assert not (tmp_path / "state.json").is_symlink()
+    assert read_private_file(tmp_path / "state.json") == b"{}"
+
+
+def test_nothing_already_beside_the_target_is_written_through(tmp_path: Path) -> None:
+    """A file or symlink left where a writer would put its temporary file (a crashed writer of the
+    same pid, or someone else's) is never opened: the new file is created, 0600, or nothing is."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    stale = tmp_path / f".host.json.{os.getpid()}"
+    stale.write_bytes(b"stale")
+    stale.chmod(0o666)
+    (tmp_path / f".admin.token.{os.getpid()}").symlink_to(victim)
+    write_private_file(tmp_path / "host.json", b'{"pid": 1}')
+    write_private_file(tmp_path / "admin.token", b"token")
+    assert (tmp_path / "host.json").stat().st_mode & 0o777 == 0o600
+    assert read_private_file(tmp_path / "admin.token") == b"token"
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_concurrent_writers_of_one_path_each_write_a_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    contents = [bytes([65 + i]) * 200_000 for i in range(8)]
+    errors: list[BaseException] = []
+
+    def write(data: bytes) -> None:
+        try:
+            for _ in range(5):
+                write_private_file(target, data)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(data,)) for data in contents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() in contents
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    write_private_file(target, b"v1")
+    with pytest.raises(TypeError):
+        write_private_file(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]

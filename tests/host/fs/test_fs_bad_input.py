@@ -11,6 +11,7 @@ import pytest
 
 import conat
 from conat import RpcRequest
+from conat.testing import FakeClock
 from host import FileServer, FileServerConfig, FsClient, fs, io_subject, watch_subject
 from subjects import fs_project
 
@@ -91,6 +92,24 @@ async def test_rate_limit_per_project(client: conat.Client, tmp_path: Path) -> N
         other = str(uuid.uuid4())
         await server.create_project(other)
         assert await fs(client, other).exists("") is True  # another project has its own bucket
+
+
+async def test_rate_limit_runs_on_the_servers_clock(client: conat.Client, tmp_path: Path) -> None:
+    """The per-project bucket refills with the file server's clock: exact under a fake clock."""
+    clock = FakeClock()
+    config = FileServerConfig(projects=str(tmp_path / "p" / "[project_id]"), rate=5.0)
+    async with FileServer(client, config, clock=clock) as server:
+        project = str(uuid.uuid4())
+        await server.create_project(project)
+        f = fs(client, project)
+        assert [await f.exists("") for _ in range(5)] == [True] * 5
+        with pytest.raises(conat.RemoteError) as refused:
+            await f.exists("")
+        assert refused.value.code == 429
+        await clock.advance(0.2)  # one more token
+        assert await f.exists("") is True
+        with pytest.raises(conat.RemoteError):
+            await f.exists("")
 
 
 async def test_audit_log_records_mutations(f: FsClient, server: FileServer, project: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import conat
-from host import FsClient
+from host import FsClient, FsError
 
 pytestmark = pytest.mark.anyio
 
@@ -86,8 +86,10 @@ async def _watch(f: FsClient, path: str) -> object:
 
 
 async def refused(call: Awaitable[object]) -> conat.RemoteError:
-    with pytest.raises(conat.RemoteError) as info:
+    """The refusal, which comes back as the file server's typed error (RPC, transfer or watch)."""
+    with pytest.raises(FsError) as info:
         await call
+    assert isinstance(info.value, conat.RemoteError)
     return info.value
 
 

@@ -12,7 +12,7 @@ import diff_match_patch as dmp_module
 import pytest
 
 import conat
-from host import CopyResult, FileServer, FsClient, Stat, WriteResult
+from host import CopyResult, FileServer, FsClient, FsError, Stat, WriteResult
 
 pytestmark = pytest.mark.anyio
 
@@ -21,6 +21,14 @@ async def code_of(awaitable: object) -> str | int:
     with pytest.raises(conat.RemoteError) as info:
         await awaitable  # type: ignore[misc]
     return info.value.code
+
+
+async def test_errors_come_back_typed_with_their_fields(f: FsClient) -> None:
+    with pytest.raises(FsError) as info:
+        await f.read_file("no/such/file")
+    assert isinstance(info.value, conat.RemoteError)  # callers catching RemoteError still do
+    assert (info.value.code, info.value.path) == ("ENOENT", "no/such/file")
+    assert info.value.remote_message == str(info.value)
 
 
 def sha(data: bytes) -> str:

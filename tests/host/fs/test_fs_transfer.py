@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import conat
-from host import FsClient, Stat, fs
+from host import FsClient, FsError, Stat, fs
 
 pytestmark = pytest.mark.anyio
 
@@ -82,9 +82,10 @@ async def test_an_aborted_write_changes_nothing(f: FsClient, root: Path) -> None
 
 async def test_stream_errors_have_codes(f: FsClient, root: Path) -> None:
     (root / "d").mkdir()
-    with pytest.raises(conat.RemoteError) as info:
+    with pytest.raises(FsError) as missing:  # typed, rebuilt from the transfer's failure frame
         await anext(f.read_stream("missing"))
-    assert info.value.code == "ENOENT"
+    assert (missing.value.code, missing.value.path) == ("ENOENT", "missing")
+    assert isinstance(missing.value, conat.RemoteError)
     with pytest.raises(conat.RemoteError) as info:
         await anext(f.read_stream("d"))
     assert info.value.code == "EISDIR"

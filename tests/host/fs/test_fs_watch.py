@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import conat
-from conat import FakeClock
+from conat.testing import FakeClock
 from host import FileServer, FileServerConfig, FsClient, FsWatch, WatchEvent, fs
 
 pytestmark = pytest.mark.anyio

@@ -2,7 +2,7 @@
 
 A bus may run any number of responders (:class:`AuthResponder`), in any processes: they share the
 load of ``$SYS.REQ.USER.AUTH`` as a queue group, and they share the bus's state through the bus
-directory: the secrets, the audit log and the :class:`~auth.AuthStore` (revocation floors, used
+directory: the secrets, the audit log and the :class:`~conat.auth.AuthStore` (revocation floors, used
 one-time tokens). Each decision reads the store, so a responder that starts, restarts or missed a
 message knows every revocation at once.
 
@@ -17,7 +17,7 @@ tells the one that answered. So a revoke is a broadcast:
    and kicks its own connections;
 3. kicks the connections it granted itself whose token revision is below the floor.
 
-With the decider's "record the connection, then read the floor" (see :mod:`auth._callout`), a
+With the decider's "record the connection, then read the floor" (see :mod:`conat.auth._callout`), a
 connect racing a revoke is refused or kicked, whichever responder answered it. A kicked client
 reconnects at once with the same or a fresh token; the same token is now refused.
 
@@ -39,15 +39,16 @@ from typing import Final, Self, final
 import msgspec
 
 import conat
-from actors import ActorSystem
 from conat import ConatError, Message
-from conat.auth import MAX_TOKEN_SIZE, TOKEN_LEEWAY, PublicKeySource, TokenVerifier
 from subjects import InvalidSubject, Principal
 
 from ._audit import AuditLog
-from ._callout import AuthCallout, Decider
+from ._callout import Decider
+from ._callout_service import AuthCallout
 from ._secrets import BusSecrets
 from ._store import AuthStore
+from ._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY
+from ._verifier import PublicKeySource, TokenVerifier
 
 __all__ = [
     "APP_ACCOUNT",
@@ -140,14 +141,13 @@ class AuthResponder:
         bus: str,
         responder: conat.Client,
         system: conat.Client,
-        actors: ActorSystem,
-        decider: Decider,
+        callout: AuthCallout,
         audit: AuditLog,
         store: AuthStore,
     ) -> None:
         self.bus = bus
-        self.actors = actors
-        self.decider = decider
+        self.callout = callout
+        self.decider = callout.decider
         self.audit = audit
         self.store = store
         self.origin = secrets.token_hex(8)
@@ -202,13 +202,12 @@ class AuthResponder:
                 per_address=per_address,
                 per_principal=per_principal,
             )
-            actors = ActorSystem(responder)
-            self = cls(bus, responder, system, actors, decider, audit, store)
+            self = cls(bus, responder, system, AuthCallout(responder, decider), audit, store)
             # notices and disconnects first: nothing granted from here on can be missed by a kick
             await responder.subscribe(REVOCATION_SUBJECT, callback=self._on_notice)
             await system.subscribe(f"$SYS.ACCOUNT.{APP_ACCOUNT}.DISCONNECT", dispatch=self._on_disconnect)
-            await actors.start(AuthCallout, factory=lambda: AuthCallout(decider))
-            stack.push_async_callback(actors.stop)
+            await self.callout.start()
+            stack.push_async_callback(self.callout.aclose)
             stack.pop_all()
         return self
 
@@ -302,7 +301,7 @@ class AuthResponder:
         return True
 
     async def aclose(self) -> None:
-        await self.actors.stop()
+        await self.callout.aclose()
         for client in (self._system, self._responder):
             await client.aclose()
         await self.store.aclose()

@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 
 import conat
-from actors import ActorRuntime, ActorSystem
-from auth import AuthBus, AuthCallout, BusSecrets
-from conat import ClientState
-from conat.auth import Keyring, SecretFileError, TokenIssuer
+from conat import ClientState, InfoResponse, StatsResponse
+from conat.auth import (
+    AUTH_CALLOUT_SUBJECT,
+    CALLOUT_SERVICE,
+    AuthBus,
+    AuthCallout,
+    BusSecrets,
+    Keyring,
+    SecretFileError,
+    TokenIssuer,
+)
 from subjects import Scope
 
 from .conftest import BUS, A, Mint, P, Q, connect_as, refused_reason, until
@@ -115,23 +122,37 @@ async def test_secrets_are_private_and_never_in_argv_env_or_logs(bus: AuthBus, m
 
 async def test_several_responders_share_the_load_as_a_queue_group(bus: AuthBus, mint: Mint) -> None:
     secrets_ = BusSecrets.load_or_create(Path(bus.server.config_path).parent.parent / "secrets")
-    async with (
-        await conat.connect(bus.url, user="auth", password=secrets_.auth_password) as second,
-        ActorSystem(second) as system,
-    ):
-        runtime = await system.start(AuthCallout, factory=lambda: AuthCallout(bus.decider))
-        first = bus.responder.actors.runtime(AuthCallout)
-        before = _answered(first)
-        for i in range(40):
-            client = await connect_as(bus, mint.token(f"account-{uuid.UUID(int=900 + i)}"))
-            await client.aclose()
-        by_first, by_second = _answered(first) - before, _answered(runtime)
-        assert by_first + by_second == 40  # exactly one answer per connect
-        assert by_first > 0 and by_second > 0
+    async with await conat.connect(bus.url, user="auth", password=secrets_.auth_password) as second:
+        other = await AuthCallout(second, bus.decider).start()
+        try:
+            first = bus.responder.callout
+            before = first.statistics().answered
+            for i in range(40):
+                client = await connect_as(bus, mint.token(f"account-{uuid.UUID(int=900 + i)}"))
+                await client.aclose()
+            by_first, by_second = first.statistics().answered - before, other.statistics().answered
+            assert by_first + by_second == 40  # exactly one answer per connect
+            assert by_first > 0 and by_second > 0
+            assert other.statistics().granted == by_second
+        finally:
+            await other.aclose()
 
 
-def _answered(runtime: ActorRuntime) -> int:
-    return sum(e.num_requests for e in runtime.statistics().endpoints)
+async def test_the_callout_is_a_service_in_srv_discovery(bus: AuthBus, mint: Mint) -> None:
+    """The callout is a plain conat service, discoverable like any other (in the AUTH account,
+    where its connection lives), with its figures."""
+    await (await connect_as(bus, mint.token(f"account-{A}", Scope(projects=(P,))))).aclose()
+    secrets_ = BusSecrets.load_or_create(Path(bus.server.config_path).parent.parent / "secrets")
+    async with await conat.connect(bus.url, user="auth", password=secrets_.auth_password) as operator:
+        info = (await operator.request(f"$SRV.INFO.{CALLOUT_SERVICE}", None)).decode(InfoResponse)
+        stats = (await operator.request(f"$SRV.STATS.{CALLOUT_SERVICE}", None)).decode(StatsResponse)
+    assert info.id == bus.responder.callout.micro.id
+    assert [(e.name, e.subject, e.queue_group) for e in info.endpoints] == [
+        ("authorize", AUTH_CALLOUT_SUBJECT, "conat-auth")
+    ]
+    (endpoint,) = stats.endpoints
+    assert endpoint.num_requests >= 1 and endpoint.num_errors == 0
+    assert endpoint.data is not None and endpoint.data["granted"] >= 1
 
 
 async def test_a_one_time_token_is_refused_after_its_first_use(bus: AuthBus, mint: Mint) -> None:
@@ -166,6 +187,25 @@ async def test_a_token_file_is_read_at_connect_and_must_be_private(
     with pytest.raises(SecretFileError, match="accessible by group or others") as e:
         await conat.connect(bus.url, credentials=path)
     assert e.value.code == "insecure"
+
+
+async def test_a_string_that_is_not_a_token_is_a_token_files_path(
+    bus: AuthBus, mint: Mint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``credentials="path/to/token"`` works like a ``Path``: a token always starts with ``conat1.``
+    and never looks like a path, so any other string names a file, and the error says so."""
+    path = tmp_path / "token"
+    path.write_text(mint.token(f"account-{A}", Scope(projects=(P,))) + "\n")
+    path.chmod(0o600)
+    async with await conat.connect(bus.url, credentials=str(path)) as client:
+        assert client.principal == f"account-{A}"
+    monkeypatch.chdir(tmp_path)
+    async with await conat.connect(bus.url, credentials="token") as client:  # relative, no "/"
+        assert client.principal == f"account-{A}"
+    with pytest.raises(SecretFileError) as e:
+        await conat.connect(bus.url, credentials="let-me-in")
+    assert e.value.code == "missing"
+    assert "let-me-in" in str(e.value) and "not a conat1 token name a file" in str(e.value)
 
 
 async def test_the_cli_takes_a_token_file_never_the_token(bus: AuthBus, mint: Mint, tmp_path: Path) -> None:

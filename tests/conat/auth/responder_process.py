@@ -1,6 +1,6 @@
 """A callout responder in a process of its own, for the tests of responders sharing one bus.
 
-Run as ``python -m tests.auth.responder_process URL BUS DIRECTORY PINNED_KEYS``; prints ``ready``
+Run as ``python -m tests.conat.auth.responder_process URL BUS DIRECTORY PINNED_KEYS``; prints ``ready``
 once it answers, and stops when its stdin is closed.
 """
 
@@ -10,8 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from auth import AuthResponder
-from conat.auth import PublicKeys
+from conat.auth import AuthResponder, PublicKeys
 
 
 async def main(url: str, bus: str, directory: str, keys: str) -> None:

@@ -7,7 +7,7 @@ header is ignored when xkey is configured: fail closed), verify the server's sig
 connection type, rate-limit by client address, verify the conat token (signature, kid, audience =
 this bus, time window), rate-limit by principal, map principal and scope to a
 :class:`subjects.Grant`, record the pending connection, check revocation and one-time use against
-the bus's durable :class:`~auth.AuthStore`, and sign a user JWT with those permissions (always
+the bus's durable :class:`~conat.auth.AuthStore`, and sign a user JWT with those permissions (always
 with explicit denies and an explicit ``>`` for "everything"), the private inbox prefix and response
 permissions. A refusal is an authorization response carrying only the reason code (nats-server
 logs it; the client only ever sees "Authorization Violation"). Every decision goes to the audit
@@ -26,8 +26,8 @@ connection was recorded before the floor was written and the kick finds it; nats
 client id from the moment the client's socket is accepted, so a kick also closes a client whose
 authorization is still in flight.
 
-:class:`AuthCallout` is the actor that serves the subject; several (in processes of their own,
-see :class:`~auth.AuthResponder`) share the load as a queue group.
+:class:`~conat.auth.AuthCallout` (:mod:`conat.auth._callout_service`) is the service that asks the
+decider; several (in processes of their own, see :class:`~conat.auth.AuthResponder`) share the load.
 """
 
 from __future__ import annotations
@@ -37,30 +37,26 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import Final, final
 
-from aiolimiter import AsyncLimiter
+from conat import ConatError, TokenBucket
+from subjects import grant
 
-from actors import Actor, Reply
-from conat import ConatError, Message
-from conat.auth import (
-    AUTH_CALLOUT_SUBJECT,
+from ._audit import AuditLog
+from ._errors import AuthStoreError, TokenError
+from ._nats_claims import (
     XKEY_HEADER,
     AuthorizationRequest,
-    CurveKeyPair,
-    KeyPair,
-    TokenError,
-    TokenVerifier,
     authorization_response,
     parse_authorization_request,
     user_jwt,
 )
-from subjects import grant
+from ._nkeys import KeyPair
+from ._store import AuthStore
+from ._verifier import TokenVerifier
+from ._xkey import CurveKeyPair
 
-from ._audit import AuditLog
-from ._store import AuthStore, AuthStoreError
-
-__all__ = ["MIN_CONNECTION_LIFETIME", "AuthCallout", "Connections", "Decider", "Decision"]
+__all__ = ["MIN_CONNECTION_LIFETIME", "Connections", "Decider", "Decision"]
 
 log = logging.getLogger("conat.auth.callout")
 
@@ -141,22 +137,20 @@ class Connections:
 
 
 class _Limiters:
-    """One leaky bucket per key (address or principal), pruned when too many are remembered."""
+    """One token bucket per key (address or principal): ``rate`` attempts per ``per`` seconds, as a
+    burst; full buckets are forgotten when too many are remembered."""
 
     def __init__(self, rate: float, per: float) -> None:
         self.rate, self.per = rate, per
-        self._buckets: dict[str, AsyncLimiter] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
-    async def allow(self, key: str) -> bool:
+    def allow(self, key: str, now: float) -> bool:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= _LIMITER_CAP:
-                self._buckets = {k: b for k, b in self._buckets.items() if not b.has_capacity(self.rate)}
-            bucket = self._buckets[key] = AsyncLimiter(self.rate, self.per)
-        if not bucket.has_capacity():
-            return False
-        await bucket.acquire()  # has capacity: returns at once
-        return True
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full(now)}
+            bucket = self._buckets[key] = TokenBucket(self.rate / self.per, capacity=self.rate)
+        return bucket.try_take(now)
 
 
 @dataclass
@@ -243,7 +237,7 @@ class Decider:
 
         if info.kind not in self.allowed_kinds or info.type not in self.allowed_types:
             return refuse("connection-type")
-        if not await self._by_address.allow(address):
+        if not self._by_address.allow(address, now):
             return refuse("rate-limited")
         token = request.connect_opts.auth_token or request.connect_opts.password
         if not token:
@@ -253,7 +247,7 @@ class Decider:
         except TokenError as e:
             return refuse(str(e.code))
         principal = claims.sub
-        if not await self._by_principal.allow(principal):
+        if not self._by_principal.allow(principal, now):
             return refuse("rate-limited", principal)
         try:
             access = grant(principal, claims.scope, self.bus)
@@ -314,16 +308,3 @@ class Decider:
         if self.xkey is not None and server_xkey:
             return self.xkey.seal(data, server_xkey)
         return data
-
-
-class AuthCallout(Actor, subject=AUTH_CALLOUT_SUBJECT, queue="conat-auth", idle=None, max_buffer=10_000):
-    """Answers nats-server's authorization requests (build with ``factory=lambda: AuthCallout(d)``)."""
-
-    def __init__(self, decider: Decider) -> None:
-        self.decider = decider
-
-    async def receive(self, msg: Message) -> Any:
-        decision = await self.decider.decide(msg.raw, msg.header(XKEY_HEADER))
-        if decision is None:
-            return Reply(b"", encoding="raw")  # an empty reply is a refusal
-        return Reply(decision.response, encoding="raw")

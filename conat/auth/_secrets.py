@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Final, Self, final
 
 from conat import ConatError
-from conat.auth import CurveKeyPair, KeyPair, SecretFileError, read_private_file, write_private_file
+
+from ._errors import SecretFileError
+from ._files import read_private_file, write_private_file
+from ._nkeys import KeyPair
+from ._xkey import CurveKeyPair
 
 __all__ = ["BusSecrets"]
 
@@ -47,7 +51,7 @@ def _secret(directory: Path, name: str, make: Callable[[], str] | None) -> str:
         if exc.code != "missing" or make is None:
             raise
     value = make()
-    write_private_file(path, value.encode())
+    write_private_file(path, value.encode(), what="bus secret")
     return value
 
 

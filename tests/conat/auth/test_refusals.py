@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import conat
-from auth import AuthBus, BusSecrets
 from conat import ClientState, Unauthorized
+from conat.auth import AuthBus, BusSecrets
 from subjects import MASTER_BUS, Scope, bus_server_name
 
 from .conftest import BUS, H, Mint, connect_as, refused_reason, until
@@ -41,7 +41,7 @@ async def test_the_server_names_its_bus(bus: AuthBus) -> None:
     secrets_ = BusSecrets.load(Path(bus.server.config_path).parent.parent / "secrets")
     client = await conat.connect(bus.url, user="sys", password=secrets_.sys_password)
     try:
-        assert client._transport.server_name == bus_server_name(BUS)
+        assert client._core.transport.server_name == bus_server_name(BUS)
     finally:
         await client.aclose()
 
@@ -52,7 +52,7 @@ async def test_what_the_client_knows_it_says_before_sending_the_token(bus: AuthB
         "expired": mint.token(principal, ttl=60, now=time.time() - 3600),
         "not-yet-valid": mint.token(principal, nbf=time.time() + 3600),
         "too-large": "conat1." + "A" * 1_000_000 + "." + "A" * 86,  # a 1 MB token
-        "malformed": "let-me-in",
+        "malformed": "conat1.let-me-in",  # any other string is a token file's path (test_lifecycle.py)
     }
     for code, token in cases.items():
         error, rows = await _refusal(bus, token)

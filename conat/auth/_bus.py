@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from conat import NatsServer, ServerConfig
-from conat.auth import TOKEN_LEEWAY, PublicKeySource
 from subjects import bus_server_name, server_bus
 
 from ._audit import AuditLog
@@ -35,6 +34,8 @@ from ._callout import Decider
 from ._responder import APP_ACCOUNT, AUTH_USER, SYS_USER, AuthResponder, Revocation
 from ._secrets import BusSecrets
 from ._store import AuthStore
+from ._tokens import TOKEN_LEEWAY
+from ._verifier import PublicKeySource
 
 __all__ = ["AuthBus", "callout_blocks"]
 

@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 
 import conat
-from auth import AuthBus, AuthResponder, Decision
 from conat import ClientState, Unauthorized
-from conat.auth import PublicKeys
+from conat.auth import AuthBus, AuthResponder, Decision, PublicKeys
 from subjects import Scope
 
 from .conftest import BUS, Mint, P, connect_as, refused_reason, until
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def account(n: int) -> str:
@@ -129,11 +128,11 @@ async def test_revocations_and_used_one_time_tokens_survive_a_restart(mint: Mint
 
 @contextlib.asynccontextmanager
 async def responder_process(bus: AuthBus, directory: Path, keys: Path) -> AsyncIterator[None]:
-    """A responder of ``bus`` in a process of its own (tests/auth/responder_process.py)."""
+    """A responder of ``bus`` in a process of its own (tests/conat/auth/responder_process.py)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.auth.responder_process",
+        "tests.conat.auth.responder_process",
         bus.url,
         BUS,
         str(directory),

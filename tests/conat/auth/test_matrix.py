@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import conat
-from auth import AuthBus
 from conat import Forbidden, Unauthorized
+from conat.auth import AuthBus
 from subjects import MASTER_BUS, Scope, grant, master_host_api, runner_host
 
 from .conftest import BUS, H2, A, B, H, Mint, O, P, Q, connect_as

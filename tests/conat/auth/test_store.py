@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from auth import AuditLog, AuthStore, AuthStoreError
 from conat import ConatError
+from conat.auth import AuditLog, AuthStore, AuthStoreError
 
 pytestmark = pytest.mark.anyio
 

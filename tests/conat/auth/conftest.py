@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 import conat
-from auth import AuthBus, Revocation
 from conat import Unauthorized
-from conat.auth import Keyring, TokenIssuer
+from conat.auth import AuthBus, Keyring, Revocation, TokenIssuer
 from subjects import Scope
 
 P = str(uuid.UUID(int=1))  # project P

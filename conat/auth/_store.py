@@ -18,7 +18,8 @@ Writes are ``synchronous=FULL``: a revocation or a used one-time token that was 
 survives a power loss. Both are rare (a revoke, a host join), so their fsync costs nothing that
 matters; reads are the common path (one indexed lookup per connect).
 
-Errors: every SQLite or I/O failure is raised as :class:`AuthStoreError` (code ``"auth-store"``);
+Errors: every SQLite or I/O failure is raised as :class:`~conat.auth.AuthStoreError` (code
+``"auth-store"``);
 the callout then refuses the connection (fail closed) and says so in the audit log.
 """
 
@@ -33,11 +34,12 @@ from typing import Final, Self, final
 import aiosqlite
 
 from conat import ConatError
-from conat.auth import MAX_REVISION
 
 from ._db import connect_private
+from ._errors import AuthStoreError
+from ._tokens import MAX_REVISION
 
-__all__ = ["AuthStore", "AuthStoreError"]
+__all__ = ["AuthStore"]
 
 log = logging.getLogger("conat.auth.store")
 
@@ -55,19 +57,6 @@ CREATE TABLE IF NOT EXISTS used_tokens (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS used_tokens_expires ON used_tokens (expires);
 """
-
-
-@final
-class AuthStoreError(ConatError):
-    """The bus's auth store cannot be read or written (disk, permissions, corruption)."""
-
-    code = "auth-store"
-
-    def __init__(self, path: Path, operation: str, detail: str) -> None:
-        self.path = path
-        self.operation = operation
-        self.detail = detail
-        super().__init__(f"auth store {path}: cannot {operation}: {detail}")
 
 
 @final

@@ -5,6 +5,7 @@ answer refuses; and the kick list (:class:`Connections`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,11 +14,15 @@ from typing import Any
 
 import pytest
 
-from auth import MIN_CONNECTION_LIFETIME, AuthStore, Connections, Decider, Decision
 from conat.auth import (
     AUTHORIZATION_REQUEST_AUDIENCE,
+    MIN_CONNECTION_LIFETIME,
     TOKEN_LEEWAY,
+    AuthStore,
+    Connections,
     CurveKeyPair,
+    Decider,
+    Decision,
     KeyKind,
     KeyPair,
     Keyring,
@@ -186,3 +191,17 @@ def test_connections_kick_list() -> None:
     assert connections.of(A) == [("N1", 2)]
     connections.prune(300.0)
     assert len(connections) == 0
+
+
+async def test_connect_attempts_are_limited_on_the_deciders_clock(setup: Setup) -> None:
+    """The per-principal limit refills with the decider's own clock (not the event loop's), so
+    it is exact under a fixed clock: 3 attempts per 60 s, one more every 20 s."""
+    decider = dataclasses.replace(setup.decider, per_principal=(3.0, 60.0))
+    token = setup.issuer.issue(A, BUS, Scope(), 3600, now=setup.clock[0])
+    outcomes = [(await decide(decider, token, cid=20 + i)).reason for i in range(4)]
+    assert outcomes == ["ok", "ok", "ok", "rate-limited"]
+    setup.clock[0] += 19.0
+    assert (await decide(decider, token, cid=30)).reason == "rate-limited"
+    setup.clock[0] += 1.0
+    assert (await decide(decider, token, cid=31)).granted
+    assert (await decide(decider, token, cid=32)).reason == "rate-limited"

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from auth import AuthBus, BusSecrets
 from conat import ConatError, ServerConfig
-from conat.auth import Keyring, SecretFileError
+from conat.auth import AuthBus, BusSecrets, Keyring, SecretFileError
 
 from .conftest import BUS
 
