@@ -95,6 +95,7 @@ from ._engine_io import Conn, GroupCommit, Jobs, ReaderPool, close_all, locked, 
 from ._engine_writer import Writer
 from ._errors import BadRequest, PersistError
 from ._model import DEFAULT_ENCODING, DeleteResult, Inventory, SetResult, StoredMessage
+from ._tail import Commit, Tail
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
@@ -204,6 +205,7 @@ class StreamFile:
 
     _writer: Writer
     _queue: GroupCommit
+    _tail: Tail
 
     def __init__(
         self,
@@ -300,8 +302,10 @@ class StreamFile:
             self._clock,
             durable=path is not None,
             what=self._what,
-            on_commit=lambda: loop.call_soon_threadsafe(self._changed),
+            on_commit=lambda commit: loop.call_soon_threadsafe(self._changed, commit),
         )
+        state = self._writer.state
+        self._tail = Tail(state.last_seq, state.first_delete, state.last_delete)
         self._queue = GroupCommit(self._loop, self._jobs, self._writer.commit, self._what)
         self._closed = False
         return self
@@ -653,7 +657,8 @@ class StreamFile:
         """Counts committed transactions that changed messages (since open)."""
         return self._version
 
-    def _changed(self) -> None:
+    def _changed(self, commit: Commit) -> None:
+        self._tail.committed(commit)
         self._version += 1
         if self.on_change is not None and not self._closed:
             self.on_change()
@@ -691,6 +696,17 @@ class StreamFile:
         else:
             resync = False
         config, now = self._writer.state.config, self._clock.wall()
+        if not resync:
+            self._check_open()
+            recent = self._tail.page(config, now, start, after_delete, max_msgs, max_bytes, max_deletes)
+            if recent is not None:  # the recent commits tell it: no read of the file
+                return ChangePage(
+                    messages=recent.messages,
+                    deletes=recent.deletes,
+                    delete_cursor=recent.delete_cursor,
+                    last_seq=recent.last_seq,
+                    stream_id=self.stream_id,
+                )
         rows, deletes, cursor, first_delete, last_seq = await self._read(
             functools.partial(
                 _sql.select_changes,

@@ -205,6 +205,11 @@ class _Hold:
         self._lease = await store.lease(path, config=config, create=create)
         return self._lease.file
 
+    def lease_nowait(self, store: StreamStore, path: str) -> StreamFile | None:
+        """The stream, if it is open now (no wait: the woken changefeed read's usual case)."""
+        self._lease = store.lease_nowait(path)
+        return None if self._lease is None else self._lease.file
+
     def release(self) -> None:
         slots, self._slots = self._slots, None
         if slots is not None:
@@ -426,7 +431,9 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                         await asyncio.wait_for(asyncio.shield(changed), left)
                     except TimeoutError:
                         return page  # nothing changed: the empty page stands
-                file = await hold.lease(store, path, self._new_config(request), True)
+                file = hold.lease_nowait(store, path) or await hold.lease(
+                    store, path, self._new_config(request), True
+                )
         finally:
             if waiting:
                 self._waiters -= 1
