@@ -34,7 +34,9 @@ _op = st.one_of(
 )
 
 
-async def _file_page(s: StreamFile, after_seq: int, after_delete: int | None, max_msgs: int, max_bytes: int) -> ChangePage:
+async def _file_page(
+    s: StreamFile, after_seq: int, after_delete: int | None, max_msgs: int, max_bytes: int
+) -> ChangePage:
     """The page read from the file (what :meth:`StreamFile.changes` reads when the tail cannot tell)."""
     config, now = s._writer.state.config, s._clock.wall()
     rows, deletes, cursor, first, last_seq = await s._read(
@@ -93,7 +95,12 @@ async def _run(ops: list[tuple[object, ...]], bounds: tuple[int, int]) -> int:
                 tail = s._tail
                 last_delete = tail.last_delete
                 for after_seq in range(tail.base_seq, tail.last_seq + 1):
-                    for after_delete in {None, tail.base_delete, max(tail.base_delete, last_delete - 1), last_delete}:
+                    for after_delete in {
+                        None,
+                        tail.base_delete,
+                        max(tail.base_delete, last_delete - 1),
+                        last_delete,
+                    }:
                         mem = tail.page(
                             s._writer.state.config, clock.wall(), after_seq, after_delete, *bounds, 1000
                         )
@@ -112,7 +119,10 @@ async def _run(ops: list[tuple[object, ...]], bounds: tuple[int, int]) -> int:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(_op, min_size=1, max_size=25), bounds=st.sampled_from([(1000, 1 << 20), (2, 1 << 20), (1000, 20)]))
+@given(
+    ops=st.lists(_op, min_size=1, max_size=25),
+    bounds=st.sampled_from([(1000, 1 << 20), (2, 1 << 20), (1000, 20)]),
+)
 def test_memory_pages_equal_file_pages(ops: list[tuple[object, ...]], bounds: tuple[int, int]) -> None:
     assert asyncio.run(_run(ops, bounds)) > 0
 
