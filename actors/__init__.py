@@ -30,6 +30,7 @@ from ._partitions import Partitions as Partitions
 from ._partitions import partition_of as partition_of
 from ._partitions import partition_subject as partition_subject
 from ._partitions import subject_mapping as subject_mapping
+from ._partitions import wait_for_partitions as wait_for_partitions
 from ._policy import Escalate as Escalate
 from ._policy import Restart as Restart
 from ._policy import RestartPolicy as RestartPolicy
@@ -79,4 +80,5 @@ __all__ = [
     "partition_of",
     "partition_subject",
     "subject_mapping",
+    "wait_for_partitions",
 ]

@@ -52,6 +52,7 @@ __all__ = [
     "Partitions",
     "ProbeAnswer",
     "check_mapping",
+    "wait_for_partitions",
     "partition_of",
     "partition_subject",
     "subject_mapping",
@@ -204,3 +205,31 @@ async def check_mapping(
                 f"{'no partitions' if answer.count is None else f'{answer.owned} of {answer.count}'}",
             )  # fmt: skip
         await asyncio.sleep(0)
+
+
+async def wait_for_partitions(
+    client: Client, subject_for: object, pattern: str, count: int, timeout: float
+) -> None:
+    """Wait until every partition of ``pattern`` (split ``count`` ways) has an owner serving it:
+    a probe through the mapping to a key of each partition is answered. For a supervisor of
+    partitioned workers, before it says it is ready.
+
+    Raises:
+        Timeout: a partition still had no owner after ``timeout`` seconds.
+        PartitionsUnmapped: a probe reached a runtime that does not own that partition of ``count``.
+    """
+    positions = _wildcards(pattern)
+    tail = "probe" if pattern.endswith(">") else None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for index in range(count):
+        subject = subject_for(probe_key(index, count, len(positions)), tail)  # type: ignore[operator]
+        reply = await client.request(
+            subject, b"", headers={PROBE_HEADER: "1"}, timeout=max(0.1, deadline - loop.time()),
+            encoding="raw", wait_for_interest=True,
+        )  # fmt: skip
+        answer = msgspec.json.decode(reply.raw, type=ProbeAnswer)
+        if answer.count != count or index not in answer.owned:
+            raise PartitionsUnmapped(
+                pattern, count, f"partition {index} is served by {answer.owned} of {answer.count}"
+            )

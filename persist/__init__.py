@@ -76,6 +76,7 @@ from ._service import BOOTLOG_CONFIG as BOOTLOG_CONFIG
 from ._service import BootlogService as BootlogService
 from ._service import PersistServer as PersistServer
 from ._service import PersistService as PersistService
+from ._service import persist_mappings as persist_mappings
 from ._store import StreamStore as StreamStore
 from ._store import StreamStoreStatistics as StreamStoreStatistics
 from ._wire import ResetResult as ResetResult
@@ -160,4 +161,5 @@ __all__ = [
     "bootlog_stream",
     "list_streams",
     "message_size",
+    "persist_mappings",
 ]

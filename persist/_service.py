@@ -45,7 +45,7 @@ from typing import Any, Final, Self, final
 
 import msgspec
 
-from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere
+from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere, Partitions, subject_mapping
 from conat import (
     BUSY,
     UNAVAILABLE,
@@ -59,7 +59,7 @@ from conat import (
     error_reply,
     respond_error,
 )
-from subjects import InvalidSubject, ScopeKind, parse_scope
+from subjects import InvalidSubject, ScopeKind, parse_scope, persist_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
@@ -90,7 +90,15 @@ from ._wire import (
     StreamInventory,
 )
 
-__all__ = ["BOOTLOG_CONFIG", "BOOTLOG_STREAM", "BootlogService", "PersistServer", "PersistService"]
+__all__ = [
+    "BOOTLOG_CONFIG",
+    "BOOTLOG_STREAM",
+    "SUBJECT",
+    "BootlogService",
+    "PersistServer",
+    "PersistService",
+    "persist_mappings",
+]
 
 log = logging.getLogger("persist.service")
 
@@ -101,6 +109,14 @@ BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
 _SCOPES: Final = "use hub, project-<uuid>, account-<uuid> or host-<uuid>"
+SUBJECT: Final = "persist.*.>"
+"""What the persist service serves: every scope's requests."""
+
+
+def persist_mappings(workers: int) -> dict[str, str]:
+    """The nats-server subject mapping that splits the persist service's scopes among ``workers``
+    partitioned workers (``ServerConfig(mappings=...)``); none for one worker."""
+    return dict([subject_mapping(SUBJECT, workers)]) if workers > 1 else {}
 
 
 class _Shared:
@@ -125,6 +141,8 @@ class _Shared:
         self.waiting: set[asyncio.Task[Any]] = set()
         """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
         self.inflight = _InFlight()
+        self.forward_bootlogs = False
+        """Partitioned workers: bootlog requests go on to the persist subject (the scope's worker)."""
 
 
 @final
@@ -531,6 +549,32 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
                 "bootlog", f"only set, get and read of stream {BOOTLOG_STREAM!r} are served here"
             )
 
+    def handle_now(self, msg: Message) -> bool:
+        return not self._shared.forward_bootlogs and super().handle_now(msg)
+
+    async def receive(self, msg: Message) -> Any:
+        if not self._shared.forward_bootlogs:
+            return await super().receive(msg)
+        # partitioned workers: the scope's stream files belong to the worker of its partition, so
+        # the bootlog (a stream of that scope) is written there, through the persist subject
+        try:
+            request = _decode_or_raise(msg)
+            self._check(request)
+            self._scope()  # the key names a scope
+        except (msgspec.DecodeError, msgspec.ValidationError, PayloadError, InvalidSubject) as e:
+            await respond_error(msg, BadRequest.code, f"bad bootlog request: {e}")
+            return NO_REPLY
+        except PersistError as e:
+            await _respond_failure(msg, e)
+            return NO_REPLY
+        assert isinstance(request, SetOp | ReadOp | GetOp)
+        if not isinstance(request, GetOp):
+            request = msgspec.structs.replace(request, config=msgspec.to_builtins(BOOTLOG_CONFIG))
+        scope = self.key.replace(".", "-", 1)
+        wait = request.wait if isinstance(request, ReadOp) else 0.0
+        self._spawn(msg, _forward(self.client, persist_scope(scope, "api"), request, wait))
+        return NO_REPLY
+
 
 class PersistServer:
     """Runs the persist service on a connection: one :class:`PersistService` activation per scope.
@@ -547,6 +591,10 @@ class PersistServer:
         store: the stream store (default: one over ``placement`` with its defaults).
         subject: the pattern served (default ``persist.*.>``, every scope of the bus).
         bootlog: also serve the bootlogs (:class:`BootlogService`) from the same store.
+        partitions: serve only these partitions of the scopes (a partitioned worker: ``conat persist
+            serve --workers N``); the bus must split ``subject`` with :func:`persist_mappings`. Each
+            worker locks its own partition of the roots, and a worker of partition 0 also serves the
+            bootlogs, sending each on to the worker of its scope.
         max_inflight, max_waiters, sweep_interval: see the module docstring.
         max_page_msgs, max_page_bytes: the caps on a page of messages, whatever a client asks.
     """
@@ -564,6 +612,7 @@ class PersistServer:
         max_page_msgs: int = MAX_PAGE_MSGS,
         max_page_bytes: int = MAX_PAGE_BYTES,
         bootlog: bool = True,
+        partitions: Partitions | None = None,
     ) -> None:
         if max_page_msgs < 1 or max_page_bytes < 1:
             raise ValueError(f"page caps must be positive, not {max_page_msgs!r}, {max_page_bytes!r}")
@@ -579,6 +628,8 @@ class PersistServer:
         )
         self._system = ActorSystem(client)
         self._subject = subject
+        self._partitions = partitions
+        self._shared.forward_bootlogs = partitions is not None
         self._lock: RootLock | None = None
 
     async def start(self) -> Self:
@@ -588,7 +639,11 @@ class PersistServer:
             RootInUse: another persist service holds one of the placement's roots.
             StorageError: a root cannot be created, or its lock file opened.
         """
-        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots())
+        parts = self._partitions
+        partition = None if parts is None else (parts.owned[0], parts.count)
+        if parts is not None and len(parts.owned) != 1:
+            raise ValueError(f"a partitioned persist worker serves one partition, not {parts}")
+        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots(), partition)
         try:
             await self._serve()
         except BaseException:
@@ -602,8 +657,9 @@ class PersistServer:
         if self._subject != PersistService.spec().subject:
             cls = type("PersistService", (PersistService,), {}, subject=self._subject)
         shared = self._shared
-        await self._system.start(cls, factory=lambda: cls(shared))
-        if self._bootlog:
+        parts = self._partitions
+        await self._system.start(cls, factory=lambda: cls(shared), partitions=parts)
+        if self._bootlog and (parts is None or 0 in parts.owned):
             await self._system.start(BootlogService, factory=lambda: BootlogService(shared))
 
     async def __aenter__(self) -> Self:
@@ -650,11 +706,31 @@ class PersistServer:
 # ---- replies -----------------------------------------------------------------------------------------
 
 
+class _Relayed:
+    """A reply relayed as it came (its bytes already the answer's msgpack)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+async def _forward(client: Client, subject: str, request: Request, wait: float) -> _Relayed:
+    """Send ``request`` on to ``subject``; its answer, or its refusal raised as it came."""
+    reply = await client.request(
+        subject, msgspec.msgpack.encode(request), timeout=wait + 10.0, encoding="raw", wait_for_interest=True
+    )
+    return _Relayed(reply.raw)
+
+
 async def _respond(msg: Message, result: object) -> None:
     if not msg.reply:
         return
     try:
-        await msg.respond(result)
+        if isinstance(result, _Relayed):
+            await msg.respond(result.raw, encoding="raw")
+        else:
+            await msg.respond(result)
     except ConatError as e:
         log.debug("could not answer %s: %s", msg.subject, e)
 
