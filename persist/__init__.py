@@ -82,6 +82,7 @@ from ._store import StreamStoreStatistics as StreamStoreStatistics
 from ._wire import ResetResult as ResetResult
 from ._wire import StreamInventory as StreamInventory
 from ._wire import api_subject as api_subject
+from ._workers import Workers as Workers
 from .bootlog import BootlogEvent as BootlogEvent
 from .bootlog import bootlog_stream as bootlog_stream
 
@@ -154,6 +155,7 @@ __all__ = [
     "TooLarge",
     "TooSlow",
     "UNLIMITED",
+    "Workers",
     "Write",
     "WrongLastSequence",
     "api_subject",
