@@ -235,7 +235,7 @@ async def _service_processes(workers: int) -> AsyncIterator[tuple[str, list[int]
         async with NatsServer(config, directory=d / "server") as server:
             env_root = str(d / "persist")
             if workers > 1:
-                procs = Workers(workers, ["--url", server.url, "--root", env_root], stop_timeout=2.0)
+                procs = Workers(workers, ["--url", server.url, "--root", env_root], stop_timeout=2.0, quiet=True)
                 await procs.start()
                 try:
                     async with await conat.connect(server.url) as probe:

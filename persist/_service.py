@@ -11,9 +11,18 @@ the operation's own task when it finishes (the turn returns :data:`actors.NO_REP
 of a scope wait on the same group commit instead of one transaction each, and a long-polling
 changefeed never blocks the scope.
 
-**Order.** An operation's task starts with the stream already leased, and its first step queues the
-write on the stream's writer (nothing awaits before that), so writes of one scope are queued in the
-order their requests arrived: a client that sends ``set a`` then ``set b`` gets ``seq(a) < seq(b)``.
+**The fast path.** A request for a stream that is open now, arriving while the scope's activation is
+idle, is started on the read loop (:meth:`PersistService.handle_now`): no task and no turn; the
+write is queued on the stream's group commit (a read on a reader connection) with a completion
+callback that answers (``respond_nowait``). Anything else becomes a turn as described above.
+
+**Order.** Both paths queue a write before the scope's next message is looked at (a turn queues it
+before it returns, and the runtime offers the fast path only to an idle activation), so writes of
+one scope are queued in the order their requests arrived: a client that sends ``set a`` then
+``set b`` gets ``seq(a) < seq(b)``.
+
+**Partitions.** With ``partitions`` the service serves one partition of the scopes (the bus splits
+``persist.*.>``: :func:`persist_mappings`, :mod:`persist._workers`).
 
 **Acknowledgement.** A write is answered after the transaction holding it has committed (with
 ``sync="full"``, after the fsync), never before: an acknowledged write survives a kill -9 of the

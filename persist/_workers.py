@@ -54,10 +54,12 @@ def worker_command(index: int, count: int, args: Sequence[str]) -> list[str]:
 
 @final
 class Workers:
-    """N worker processes kept running until :meth:`stop` (module docstring)."""
+    """N worker processes kept running until :meth:`stop` (module docstring); ``quiet`` sends their
+    output lines to /dev/null (their errors still go to stderr)."""
 
-    def __init__(self, count: int, args: Sequence[str], *, stop_timeout: float) -> None:
+    def __init__(self, count: int, args: Sequence[str], *, stop_timeout: float, quiet: bool = False) -> None:
         self.count = count
+        self._stdout = asyncio.subprocess.DEVNULL if quiet else None
         self._args = list(args)
         self._stop_timeout = stop_timeout
         self._procs: dict[int, asyncio.subprocess.Process] = {}
@@ -78,7 +80,7 @@ class Workers:
 
     async def _spawn(self, index: int) -> None:
         cmd = die_with_parent(worker_command(index, self.count, self._args))
-        self._procs[index] = await asyncio.create_subprocess_exec(*cmd)
+        self._procs[index] = await asyncio.create_subprocess_exec(*cmd, stdout=self._stdout)
 
     async def _keep(self, index: int) -> None:
         delays = BackoffSequence(WORKER_BACKOFF)
