@@ -307,7 +307,7 @@ def persist_scale_benches() -> list[Bench]:
               (Metric("persist_service_kv_1000", "ops/s", 0.6),
                Metric("persist_service_kv_1000_set", "ops/s", 0.6, "set_ops"),
                Metric("persist_service_kv_1000_get", "ops/s", 1.0, "get_ops")),
-              20_000, 2_000, {"size": SIZE, "sync": "normal", "concurrency": WIDE}, baseline=js),
+              20_000, 1_000, {"size": SIZE, "sync": "normal", "concurrency": WIDE}, baseline=js),
         Bench("persist_changefeed_fanout",
               f"service: {FEEDS} AStream.changefeed consumers on {FEED_CONNECTIONS} connections, N updates"
               f" ({FANOUT_IN_FLIGHT} in flight), publish -> each consumer, vs {FEEDS} ordered push"
@@ -315,13 +315,13 @@ def persist_scale_benches() -> list[Bench]:
               _fanout_service, _fanout_jetstream,
               (Metric("persist_changefeed_fanout_p50", "ms", 2.0, higher_is_better=False),
                Metric("persist_changefeed_fanout_p99", "ms", 3.0, "p99_ms", higher_is_better=False)),
-              1_000, 100, {"size": SIZE, "feeds": FEEDS, "sync": "normal"}, baseline=js),
+              1_000, 30, {"size": SIZE, "feeds": FEEDS, "sync": "normal"}, baseline=js),
         Bench("persist_workers",
               f"service processes: AStream.publish to {SCOPES} scopes, {WORKERS_IN_FLIGHT} in flight,"
               f" sync=normal, 128 B: {WORKERS} partitioned workers vs 1 process",
               _workers_side(WORKERS), _workers_side(1),  # type: ignore[arg-type]
               (Metric("persist_workers", "msgs/s", 1.0),
                Metric("persist_workers_service_cpu", "us/op", 0.0, SERVICE_CPU, informational=True)),
-              20_000, 2_000, {"size": SIZE, "sync": "normal", "workers": WORKERS, "scopes": SCOPES},
+              20_000, 1_000, {"size": SIZE, "sync": "normal", "workers": WORKERS, "scopes": SCOPES},
               baseline="1 worker"),
     ]  # fmt: skip
