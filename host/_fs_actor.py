@@ -36,8 +36,6 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-import diff_match_patch as dmp_module
-
 from actors import NO_REPLY, Actor
 from conat import (
     BUSY,
@@ -58,6 +56,7 @@ from ._fs_audit import claimed_principal
 from ._fs_backend import check_snapshot_name, default_snapshot_name, list_snapshots
 from ._fs_errors import ETAG_MISMATCH, PATCH_FAILED, PATCH_TOO_LARGE, FsError, from_os_error
 from ._fs_ops import Sandbox
+from ._fs_patch import PatchFailed, apply_patch
 from ._fs_project import ProjectFs
 from ._fs_search import search as search_tree
 from ._fs_shared import FsShared, project_of
@@ -547,14 +546,10 @@ def _write_delta(sandbox: Sandbox, project: ProjectFs, path: str, patch: str, ba
         text = data.decode()
     except UnicodeDecodeError:
         raise FsError(PATCH_FAILED, path, "the file is not UTF-8 text") from None
-    dmp = dmp_module.diff_match_patch()
     try:
-        patches = dmp.patch_fromText(patch)
-    except (ValueError, IndexError) as e:
-        raise FsError(PATCH_FAILED, path, f"the patch does not parse: {e}") from None
-    new, applied = dmp.patch_apply(patches, text)
-    if not all(applied):
-        raise FsError(PATCH_FAILED, path, f"{applied.count(False)} of {len(applied)} hunks do not apply")
+        new = apply_patch(text, patch)
+    except PatchFailed as e:
+        raise FsError(PATCH_FAILED, path, str(e)) from None
     return _write(sandbox, project, path, new.encode())
 
 

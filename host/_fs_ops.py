@@ -67,6 +67,17 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
 
 
+def is_text(name: str) -> bool:
+    """Whether ``name`` (from the OS, undecodable bytes as surrogate escapes) is UTF-8 text."""
+    if name.isascii():
+        return True
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def file_type(mode: int) -> FileType:
     if stat.S_ISREG(mode):
         return "file"

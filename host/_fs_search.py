@@ -70,7 +70,7 @@ def _candidates(
     sandbox: Sandbox, start: int, base: str, globs: list[str] | None, budget: Budget
 ) -> Iterator[tuple[int, str]]:
     """Open regular files below ``start``: ``(fd, path relative to the root)``; the caller closes."""
-    for rel, entry, kind, parent in walk(start, budget):
+    for rel, entry, kind, parent in walk(start, budget, text_names=True):
         if kind != "file":
             continue
         if globs and not any(
@@ -135,9 +135,8 @@ def search(
     finally:
         _close_all(batch)
         os.close(start)
-    return SearchResult(
-        matches[:limit], truncated or budget.truncated, "ripgrep" if rg is not None else "python"
-    )
+    engine = "ripgrep" if rg is not None else "python"
+    return SearchResult(matches[:limit], truncated or budget.truncated, engine, budget.undecodable)
 
 
 def _close_all(batch: list[tuple[int, str]]) -> None:

@@ -62,6 +62,8 @@ class DirListing(msgspec.Struct, frozen=True):
 
     entries: list[DirEntry]
     truncated: bool = False
+    undecodable: int = 0
+    """How many names were left out because they are not UTF-8 (paths travel as text)."""
 
 
 class ListingEntry(msgspec.Struct, frozen=True):
@@ -76,6 +78,8 @@ class Listing(msgspec.Struct, frozen=True):
 
     entries: list[ListingEntry]
     truncated: bool = False
+    undecodable: int = 0
+    """How many names were left out because they are not UTF-8 (paths travel as text)."""
 
 
 class WriteResult(msgspec.Struct, frozen=True):
@@ -102,6 +106,8 @@ class FindResult(msgspec.Struct, frozen=True):
 
     paths: list[str]
     truncated: bool = False
+    undecodable: int = 0
+    """How many names were left out because they are not UTF-8 (paths travel as text)."""
 
 
 class SearchMatch(msgspec.Struct, frozen=True):
@@ -117,6 +123,8 @@ class SearchResult(msgspec.Struct, frozen=True):
     matches: list[SearchMatch]
     truncated: bool = False
     engine: str = "python"
+    undecodable: int = 0
+    """How many names were left out because they are not UTF-8 (paths travel as text)."""
 
 
 class DuResult(msgspec.Struct, frozen=True):

@@ -32,7 +32,7 @@ from conat.beneath import (
 )
 
 from ._fs_errors import EHARDLINK, FsError
-from ._fs_ops import AtomicFile, Sandbox, file_type, is_temp_name, translate
+from ._fs_ops import AtomicFile, Sandbox, file_type, is_temp_name, is_text, translate
 from ._fs_types import (
     CopyResult,
     DirEntry,
@@ -56,12 +56,17 @@ _COPY_CHUNK: Final = 1 << 30
 @final
 @dataclass
 class Budget:
-    """How much a walk may do: ``limit`` entries before ``deadline`` (``time.monotonic()``)."""
+    """How much a walk may do: ``limit`` entries before ``deadline`` (``time.monotonic()``).
+
+    ``undecodable`` counts the names a walk for a reply left out: names that are not UTF-8 cannot be
+    sent (the wire carries paths as text) nor named by a caller, so they are skipped, and counted
+    so that the reply can say so instead of failing as a whole."""
 
     limit: int
     deadline: float
     used: int = 0
     truncated: bool = False
+    undecodable: int = 0
 
     @classmethod
     def of(cls, limit: int, seconds: float) -> Budget:
@@ -98,12 +103,19 @@ def _entry_type(entry: os.DirEntry[str]) -> FileType:
 
 
 def walk(
-    fd: int, budget: Budget, *, max_depth: int = MAX_DEPTH, skip_temp: bool = True
+    fd: int,
+    budget: Budget,
+    *,
+    max_depth: int = MAX_DEPTH,
+    skip_temp: bool = True,
+    text_names: bool = False,
 ) -> Iterator[tuple[str, os.DirEntry[str], FileType, int]]:
     """Every entry below the directory ``fd`` (not closed here), depth first.
 
     Yields ``(relative path, entry, type, parent fd)``; directories are entered after they are
     yielded, up to ``max_depth`` levels (1: only ``fd``'s own entries). Stops when ``budget`` says so.
+    With ``text_names`` (a walk whose paths go into a reply), an entry whose name is not UTF-8 is
+    neither yielded nor entered, only counted in ``budget.undecodable``.
     """
     stack = [_Level(os.dup(fd), "", 1)]
     try:
@@ -114,6 +126,9 @@ def walk(
                 os.close(stack.pop().fd)
                 continue
             if skip_temp and is_temp_name(entry.name):
+                continue
+            if text_names and not is_text(entry.name):
+                budget.undecodable += 1
                 continue
             if not budget.take():
                 return
@@ -144,10 +159,12 @@ def readdir(sandbox: Sandbox, path: str, recursive: bool, budget: Budget) -> Dir
     try:
         with translate(path):
             depth = MAX_DEPTH if recursive else 1
-            entries = [DirEntry(rel, kind) for rel, _, kind, _ in walk(fd, budget, max_depth=depth)]
+            entries = [
+                DirEntry(rel, kind) for rel, _, kind, _ in walk(fd, budget, max_depth=depth, text_names=True)
+            ]
     finally:
         os.close(fd)
-    return DirListing(entries, budget.truncated)
+    return DirListing(entries, budget.truncated, budget.undecodable)
 
 
 def listing(sandbox: Sandbox, path: str, budget: Budget) -> Listing:
@@ -155,7 +172,7 @@ def listing(sandbox: Sandbox, path: str, budget: Budget) -> Listing:
     out: list[ListingEntry] = []
     try:
         with translate(path):
-            for rel, entry, kind, _ in walk(fd, budget, max_depth=1):
+            for rel, entry, kind, _ in walk(fd, budget, max_depth=1, text_names=True):
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -163,7 +180,7 @@ def listing(sandbox: Sandbox, path: str, budget: Budget) -> Listing:
                 out.append(ListingEntry(rel, kind, st.st_size, st.st_mtime))
     finally:
         os.close(fd)
-    return Listing(out, budget.truncated)
+    return Listing(out, budget.truncated, budget.undecodable)
 
 
 def _join(base: str, rel: str) -> str:
@@ -193,7 +210,7 @@ def find(
         with translate(path):
             depth = MAX_DEPTH if max_depth is None else max(0, min(max_depth, MAX_DEPTH))
             if depth > 0:
-                for rel, entry, etype, _ in walk(fd, budget, max_depth=depth):
+                for rel, entry, etype, _ in walk(fd, budget, max_depth=depth, text_names=True):
                     if want is not None and etype != want:
                         continue
                     if names and not any(fnmatch.fnmatchcase(entry.name, g) for g in names):
@@ -204,7 +221,7 @@ def find(
                     found.append(_join(path, rel))
     finally:
         os.close(fd)
-    return FindResult(found, truncated or budget.truncated)
+    return FindResult(found, truncated or budget.truncated, budget.undecodable)
 
 
 def du(sandbox: Sandbox, path: str, budget: Budget) -> DuResult:

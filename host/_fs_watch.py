@@ -43,7 +43,7 @@ from conat import BoundedQueue, Clock, ConatError, Socket
 from conat.beneath import Follow, fd_path, open_beneath, open_dir_beneath, split_path
 
 from ._fs_errors import FsError
-from ._fs_ops import is_temp_name, translate
+from ._fs_ops import is_temp_name, is_text, translate
 from ._fs_project import ProjectFs
 from ._fs_types import WatchEvent, WatchEventType
 
@@ -145,7 +145,11 @@ class SharedWatcher:
                     watch = self.inotify.add_watch(fd_path(dfd), _MASK)
                     self.dirs[watch.wd] = drel
                     for entry in os.scandir(dfd):
-                        if is_temp_name(entry.name) or (self.only is not None and entry.name != self.only):
+                        if (
+                            is_temp_name(entry.name)
+                            or not is_text(entry.name)
+                            or (self.only is not None and entry.name != self.only)
+                        ):
                             continue
                         path = _join(drel, entry.name)
                         if entry.is_dir(follow_symlinks=False):
@@ -196,7 +200,7 @@ class SharedWatcher:
                 return [WatchEvent("unlinkDir", base)]
             return []
         name = str(event.name)
-        if is_temp_name(name) or (self.only is not None and name != self.only):
+        if is_temp_name(name) or not is_text(name) or (self.only is not None and name != self.only):
             return []
         path = _join(base, name)
         if Mask.ISDIR in mask:

@@ -243,3 +243,21 @@ async def test_search_never_reads_hardlinked_files(f: FsClient, root: Path, outs
     assert await code_of(f.copy_file("hard", "copy")) == "EHARDLINK"
     await f.write_file("hard", "replaced")  # replaces the link, never writes through it
     assert (root / "hard").read_text() == "replaced"
+
+
+async def test_names_that_are_not_utf8_are_left_out_and_counted(f: FsClient, root: Path) -> None:
+    """Paths travel as text: a name that is not UTF-8 cannot be sent, so listings skip it and say
+    how many they skipped, instead of failing as a whole (a 500 before)."""
+    with open(os.path.join(os.fsencode(root), b"bad\xff.txt"), "wb") as fh:
+        fh.write(b"needle\n")
+    os.mkdir(os.path.join(os.fsencode(root), b"dir\xfe"))
+    (root / "good.txt").write_text("needle\n")
+    listed = await f.readdir("")
+    assert [e.name for e in listed.entries] == ["good.txt"] and listed.undecodable == 2
+    assert [e.name for e in (await f.listing("")).entries] == ["good.txt"]
+    assert (await f.listing("")).undecodable == 2
+    found = await f.find("")
+    assert found.paths == ["good.txt"] and found.undecodable == 2
+    searched = await f.search("needle", "")
+    assert [m.path for m in searched.matches] == ["good.txt"] and searched.undecodable == 2
+    assert (await f.du("")).files == 2  # usage still counts every file

@@ -172,3 +172,16 @@ async def test_inactive_watchers_are_dropped_and_heartbeats_keep_them(
         await asyncio.sleep(0.2)
         await clock.advance(61)
         assert hub.statistics()["watchers"] == 0
+
+
+async def test_a_name_that_is_not_utf8_is_not_reported_and_the_watch_lives(f: FsClient, root: Path) -> None:
+    """Paths travel as text: such a name cannot be sent, so it makes no event (it broke the socket's
+    encoding before), and the events after it still arrive."""
+    os.mkdir(os.path.join(os.fsencode(root), b"old\xfe"))  # present when the watch starts
+    async with await f.watch("") as watch:
+        assert await watch.next(timeout=10) == WatchEvent("ready", "")
+        with open(os.path.join(os.fsencode(root), b"bad\xff.txt"), "wb") as fh:
+            fh.write(b"x")
+        (root / "good.txt").write_text("y")
+        seen = await events_until(watch, {("add", "good.txt")})
+        assert all(e.path.isascii() for e in seen), seen
