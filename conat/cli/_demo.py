@@ -167,6 +167,12 @@ class UpExtension:
     """
 
     name: str = "extension"
+    workers: int = 1
+    """Processes to serve the extension's partitioned service with (``conat up --workers N``)."""
+
+    def mappings(self, workers: int) -> dict[str, str]:
+        """Subject mappings the bus needs for ``workers`` processes of the service (none by default)."""
+        return {}
 
     def serve(self, url: str, out: Printer) -> contextlib.AbstractAsyncContextManager[object]:
         """Run the service on the bus at ``url`` while the block runs.

@@ -164,9 +164,16 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
     "--port", "-p", type=_port, default=0, show_default=True, help="Client port (0: a random free one)."
 )
 @click.option("--once", is_flag=True, help="Run the demo conversation, then stop everything and exit.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes of each partitioned service (persist), its keys split among them by the bus.",
+)
 @json_option
 @click.pass_obj
-def up(opts: Options, port: int, once: bool) -> None:
+def up(opts: Options, port: int, once: bool, workers: int) -> None:
     """Start the local bus and a demo service on it, show them talking, and keep running.
 
     Starts a nats-server (like `conat server`), serves a small greeter service on public.demo.*
@@ -179,8 +186,12 @@ def up(opts: Options, port: int, once: bool) -> None:
     """
     out = Printer(opts.json)
     ensure_not_running(out)
+    mappings: dict[str, str] = {}
+    for extension in up_extensions():
+        extension.workers = workers
+        mappings.update(extension.mappings(workers))
     try:
-        run(_up(out, ServerConfig(port=port), once))
+        run(_up(out, ServerConfig(port=port, mappings=mappings), once))
     except KeyboardInterrupt:
         pass
 
