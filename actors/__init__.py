@@ -22,8 +22,15 @@ from ._errors import BrokenInvariant as BrokenInvariant
 from ._errors import Escalation as Escalation
 from ._errors import IllegalTransition as IllegalTransition
 from ._errors import OwnedElsewhere as OwnedElsewhere
+from ._errors import PartitionsUnmapped as PartitionsUnmapped
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._ownership import OwnerNotice as OwnerNotice
+from ._partitions import PARTITION_PREFIX as PARTITION_PREFIX
+from ._partitions import Partitions as Partitions
+from ._partitions import partition_of as partition_of
+from ._partitions import partition_subject as partition_subject
+from ._partitions import subject_mapping as subject_mapping
+from ._partitions import wait_for_partitions as wait_for_partitions
 from ._policy import Escalate as Escalate
 from ._policy import Restart as Restart
 from ._policy import RestartPolicy as RestartPolicy
@@ -58,6 +65,9 @@ __all__ = [
     "NO_REPLY",
     "OwnedElsewhere",
     "OwnerNotice",
+    "PARTITION_PREFIX",
+    "Partitions",
+    "PartitionsUnmapped",
     "Reminder",
     "ReminderStore",
     "Reply",
@@ -67,4 +77,8 @@ __all__ = [
     "State",
     "Timer",
     "actor_proxy",
+    "partition_of",
+    "partition_subject",
+    "subject_mapping",
+    "wait_for_partitions",
 ]

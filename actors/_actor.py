@@ -230,6 +230,22 @@ class Actor:
         encoding, :data:`NO_REPLY` if the handler answered by itself). Default: typed RPC."""
         return await self._activation.runtime.dispatcher.invoke(self, msg)
 
+    def handle_now(self, msg: Message) -> bool:
+        """A synchronous fast path, tried on the connection's read loop before ``msg`` is queued.
+
+        The runtime offers a message here only when this instance is active and idle (nothing in
+        its mailbox, no turn running, no passivation asked for), so whatever this starts, it
+        starts in the key's order: a message it declines (``False``, the default) becomes a turn
+        as usual, and every later message waits behind that turn. Return ``True`` when it took
+        the message: it then answers it itself, now or from a completion callback (e.g. with
+        :meth:`conat.Message.respond_nowait`). Use it for work that needs no ``await`` to start
+        (queueing an operation whose completion replies), so that a busy key pays no task and no
+        turn per message.
+
+        It must not block. An exception is answered like a failed turn's (an error reply).
+        """
+        return False
+
     # -- services the runtime gives an activation ------------------------------------------
     @property
     def client(self) -> Client:

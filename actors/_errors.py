@@ -30,6 +30,7 @@ __all__ = [
     "Escalation",
     "IllegalTransition",
     "OwnedElsewhere",
+    "PartitionsUnmapped",
 ]
 
 LOOP_DETECTED: Final = 508
@@ -110,6 +111,31 @@ class OwnedElsewhere(ActorError):
             "type has one owner per bus, so that no key is ever active twice: to scale, run it in "
             "one process (its keys run concurrently there), or split the keys over types with "
             "subjects of their own; unkeyed types may run in many processes with a queue group"
+        )
+
+
+class PartitionsUnmapped(ActorError):
+    """A partitioned start found that the bus does not split the type's keys as it was told to:
+    the subject mapping is missing, or splits them another number of ways, or a probe to one of its
+    partitions reached another process (:mod:`actors._partitions`). Nothing is served: the process
+    would wait for messages that never come. Start the bus with the mapping
+    (``ServerConfig(partitions=...)``; ``conat up --workers N`` does it), or start unpartitioned.
+
+    Attributes:
+        subject: the type's subject pattern.
+        count: the number of partitions this process was started with.
+        reason: what the probe found.
+    """
+
+    code = "partitions-unmapped"
+
+    def __init__(self, subject: str, count: int, reason: str) -> None:
+        self.subject = subject
+        self.count = count
+        self.reason = reason
+        super().__init__(
+            f"the bus does not split {subject} into {count} partitions ({reason}); start it with the"
+            " subject mapping (ServerConfig(partitions=...), conat up --workers N) or serve unpartitioned"
         )
 
 

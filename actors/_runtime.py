@@ -27,6 +27,7 @@ import contextlib
 import heapq
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
 from ._errors import LOOP_DETECTED, ActivationFailed, Escalation
 from ._mailbox import MailboxStatistics
+from ._partitions import PROBE_HEADER, Partitions, ProbeAnswer, partition_subject, unmapped_subject
 from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
 
@@ -137,8 +139,10 @@ class ActorRuntime:
         rand: Callable[[], float] = random.random,
         queue: str | None = None,
         instance_id: str = "",
+        partitions: Partitions | None = None,
     ) -> None:
         self.cls = cls
+        self.partitions = partitions
         self.spec: ActorSpec = cls.spec()
         self.client = client
         self.clock: Clock = clock or SystemClock()
@@ -150,6 +154,7 @@ class ActorRuntime:
         self._on_escalation = on_escalation
         self.dispatcher = Dispatcher(cls)
         self.default_receive = cls.receive is Actor.receive
+        self.handles_now = cls.handle_now is not Actor.handle_now
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.stats = _Counters()
         self.tracker = RestartTracker(self.spec.policy, rand)
@@ -170,7 +175,7 @@ class ActorRuntime:
         )
         """The type in ``$SRV`` discovery, and its per-endpoint figures."""
         self._restart_states: dict[str, tuple[BackoffSequence, float]] = {}
-        self._sub: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_tasks: list[asyncio.Task[None]] = []
         self._due: list[tuple[float, str, str]] = []
@@ -195,27 +200,30 @@ class ActorRuntime:
         :class:`Forbidden`...) or is cancelled, nothing is subscribed and nothing runs, so a
         retried start serves once.
         """
-        if self._sub is not None:
+        if self._subscriptions:
             raise ConatError(f"actor {self.spec.name} is already serving")
         reminders = await self.reminders.load(self.spec.name) if self.reminders is not None else []
         self.running = True  # before subscribing: the first message may come before it returns
         self.accepting = True
         self.failed = None
         self.linger_cap = LINGER_CAP
+        subs: list[Subscription] = []
         try:
-            sub = await self.client.subscribe(
-                self.spec.subject,
-                queue=self.queue,
-                dispatch=self._route,
-                max_buffer=self.spec.max_buffer,
-            )
+            for subject in self.subjects():
+                sub = await self.client.subscribe(
+                    subject, queue=self.queue, dispatch=self._route, max_buffer=self.spec.max_buffer
+                )
+                subs.append(sub)
         except BaseException:
             self.accepting = False
+            for sub in subs:
+                with contextlib.suppress(ConatError):
+                    await sub.unsubscribe()
             await self._halt()  # anything routed meanwhile is answered (503)
             self.activations.clear()
             raise
         # nothing below awaits or can fail: the type serves from here on
-        self._sub = sub
+        self._subscriptions = subs
         self.micro.reset_started()
         loop = asyncio.get_running_loop()
         if self.spec.idle is not None:
@@ -234,8 +242,8 @@ class ActorRuntime:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        sub, self._sub = self._sub, None
-        if sub is not None:
+        subs, self._subscriptions = self._subscriptions, []
+        for sub in subs:
             try:
                 await sub.drain(max(0.1, deadline - loop.time()))
             except ConatError as e:
@@ -270,9 +278,9 @@ class ActorRuntime:
 
     async def abort(self) -> None:
         """Hard stop after an escalation: unsubscribe, cancel every turn, answer what is queued."""
-        sub, self._sub = self._sub, None
+        subs, self._subscriptions = self._subscriptions, []
         self.accepting = False
-        if sub is not None:
+        for sub in subs:
             with contextlib.suppress(ConatError):
                 await sub.unsubscribe()
         await self._cancel(self._service_tasks)
@@ -312,8 +320,20 @@ class ActorRuntime:
         return task
 
     # -- routing ---------------------------------------------------------------------------
+    def subjects(self) -> list[str]:
+        """What the type subscribes to: its pattern, or the subjects of the partitions it owns."""
+        parts = self.partitions
+        if parts is None:
+            return [self.spec.subject]
+        return [partition_subject(self.spec.subject, parts.count, i) for i in parts.owned]
+
     def _route(self, msg: Message) -> None:
         """Called from the read loop for each message: put it in its key's mailbox, never wait."""
+        if self.partitions is not None:
+            msg.subject = unmapped_subject(msg.subject)  # actors see the subject as published
+        if msg.reply and msg.header(PROBE_HEADER) is not None:
+            self.spawn(self._answer_probe(msg))
+            return
         if not self.accepting:
             if msg.reply:
                 self.stats.rejected_stopping += 1
@@ -338,12 +358,47 @@ class ActorRuntime:
         else:
             activations.move_to_end(key)
         act.last_used = now
+        if self._may_handle_now(act) and self._handle_now(act, msg):
+            return
         if not act.mailbox.put(msg):
             self.stats.dropped += 1
             if msg.reply:
                 msg.respond_busy(f"actor {self.spec.name} key {key!r} mailbox is full")
             return
         self.wake(act)
+
+    def _may_handle_now(self, act: Activation) -> bool:
+        """Whether a message to ``act`` may take the fast path: the type has one, and the key is
+        active with nothing queued, no turn running and no passivation asked for."""
+        return self.handles_now and act.state is State.ACTIVE and act.idle and not act.passivate_requested
+
+    def _handle_now(self, act: Activation, msg: Message) -> bool:
+        """Offer ``msg`` to the instance's synchronous fast path (:meth:`Actor.handle_now`)."""
+        instance = act.instance
+        assert instance is not None
+        started = time.perf_counter_ns()
+        endpoint = None if self.default_receive else "receive"
+        try:
+            taken = instance.handle_now(msg)
+        except Exception as e:
+            if not isinstance(e, ConatError):
+                log.exception("%s/%r: handle_now failed on %s", self.spec.name, act.key, msg.subject)
+            if endpoint is not None:
+                self.micro.record(endpoint, time.perf_counter_ns() - started, e)
+            if msg.reply:
+                self.spawn(respond_error(msg, *error_reply(e)))
+            return True
+        if taken and endpoint is not None:
+            self.micro.record(endpoint, time.perf_counter_ns() - started, None)
+        return taken
+
+    async def _answer_probe(self, msg: Message) -> None:
+        """Answer a partition probe (:mod:`actors._partitions`): which partitions this runtime owns."""
+        parts = self.partitions
+        answer = ProbeAnswer(self.instance_id, None if parts is None else parts.count,
+                             [] if parts is None else list(parts.owned))  # fmt: skip
+        with contextlib.suppress(ConatError):
+            await msg.respond(msgspec.json.encode(answer), encoding="raw")
 
     def wake(self, act: Activation) -> None:
         """Make sure something will run ``act``'s queued turns: its lingering task or a new one."""

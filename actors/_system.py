@@ -34,6 +34,7 @@ from ._actor import Actor
 from ._chain import chain_headers
 from ._errors import ActorDefinitionError, Escalation, OwnedElsewhere
 from ._ownership import DEFAULT_GRACE, Ownership
+from ._partitions import Partitions, check_mapping
 from ._policy import Escalate, RestartPolicy, RestartTracker
 from ._reminders import ReminderStore
 from ._runtime import ActorRuntime
@@ -96,7 +97,7 @@ class ActorSystem:
         self._runtimes: list[ActorRuntime] = []
         self._starting: set[str] = set()
         self._trackers: dict[str, RestartTracker] = {}
-        self._claims: dict[str, Ownership] = {}
+        self._claims: dict[str, list[Ownership]] = {}
         self._done = asyncio.Event()
         self._failure: Escalation | OwnedElsewhere | None = None
         self._stopping = False
@@ -122,6 +123,7 @@ class ActorSystem:
         *,
         factory: Callable[[], Actor] | None = None,
         queue: str | None = None,
+        partitions: Partitions | None = None,
     ) -> ActorRuntime:
         """Start serving actor type ``cls``; ``factory`` builds each activation's instance (default
         ``cls()``); ``queue`` overrides the class's queue group.
@@ -151,28 +153,36 @@ class ActorSystem:
             rand=self._rand,
             queue=queue,
             instance_id=self.instance_id,
+            partitions=partitions,
         )
-        claim: Ownership | None = None
-        if spec.keyed:
-            claim = Ownership(
+        if partitions is not None and not spec.keyed:
+            raise ActorDefinitionError(f"actor {spec.name!r} ({spec.subject}) is not keyed: nothing to partition")
+        claims = [
+            Ownership(
                 self.client,
                 spec.name,
-                spec.subject,
+                subject,
                 runtime.micro.id,
                 on_lost=lambda lost: self._on_lost(runtime, lost),
                 grace=self.claim_grace,
             )
+            for subject in (runtime.subjects() if spec.keyed else [])
+        ]  # one claim per partition: each partition has one owner
         self._starting.add(spec.name)
         try:
-            if claim is not None:
-                await claim.acquire()
+            taken: list[Ownership] = []
             try:
+                for claim in claims:
+                    await claim.acquire()
+                    taken.append(claim)
                 await runtime.start()
+                if partitions is not None:
+                    await check_mapping(self.client, spec.subject, spec.subject_for, partitions, self.instance_id)
                 await runtime.micro.advertise(self.client)
             except BaseException:
                 await runtime.abort()
                 await runtime.micro.withdraw()
-                if claim is not None:
+                for claim in taken:
                     await claim.release()
                 raise
         finally:
@@ -180,13 +190,13 @@ class ActorSystem:
         if self._stopping:  # stop() ran meanwhile and could not see this type
             await runtime.stop(0.0)
             await runtime.micro.withdraw()
-            if claim is not None:
+            for claim in claims:
                 await claim.release()
             raise ConatError("the actor system is stopped")
         self._runtimes.append(runtime)
         self._trackers[spec.name] = RestartTracker(self.policy, self._rand)
-        if claim is not None:
-            self._claims[spec.name] = claim
+        if claims:
+            self._claims[spec.name] = claims
         return runtime
 
     def proxy(self, cls: type[A], key: str = "", *, tail: str | None = None, timeout: float = 10.0) -> A:
@@ -265,8 +275,9 @@ class ActorSystem:
             for runtime in reversed(self._runtimes):
                 await runtime.stop(max(0.0, deadline - loop.time()))
                 await runtime.micro.withdraw()
-            for claim in self._claims.values():
-                await claim.release()
+            for claims in self._claims.values():
+                for claim in claims:
+                    await claim.release()
             self._claims.clear()
             try:
                 await self.client.flush(max(0.1, deadline - loop.time()))

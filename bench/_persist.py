@@ -271,9 +271,12 @@ async def _raw(sync: Sync, run: Callable[[sqlite3.Connection], tuple[float, floa
 
 
 async def _phases(
-    count: int, put: Callable[[str], Awaitable[None]], get: Callable[[str], Awaitable[None]]
+    count: int,
+    put: Callable[[str], Awaitable[None]],
+    get: Callable[[str], Awaitable[None]],
+    concurrency: int = KV_CONCURRENCY,
 ) -> tuple[float, float, float]:
-    """Warm up, then ``count`` puts and ``count`` gets, :data:`KV_CONCURRENCY` at a time.
+    """Warm up, then ``count`` puts and ``count`` gets, ``concurrency`` at a time.
 
     Returns the seconds of each phase and the CPU seconds of both.
     """
@@ -285,7 +288,7 @@ async def _phases(
             for key in it:
                 await op(key)
 
-        await asyncio.gather(*(worker() for _ in range(KV_CONCURRENCY)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     warm = [f"warm{i}" for i in range(_warmup(count))]
     await run(put, warm)

@@ -44,13 +44,13 @@ JetStream side's holds only nats-py's: the server's work is in the nats-server p
 
 Targets
 -------
-Reported, never asserted. JetStream is a Go server doing this in-process next to its socket;
-persist serves it from Python on the same two cores the server and both clients share, with a
-request/reply hop on each side of the service (client → server → service → server → client) and
-SQLite in a thread pool. So the throughput targets (:data:`SET_TARGET`, :data:`KV_TARGET`) are
-half of JetStream's rate: within 2x of it means the service adds no cost beyond one Python
-hop. A changefeed page is a long-poll request answered by the service when the commit wakes it,
-one more hop than JetStream's push delivery, so :data:`LATENCY_TARGET` allows twice its latency.
+Reported, never asserted; they are the hot-path issue's: acknowledged writes at 0.6 of
+JetStream's rate (:data:`SET_TARGET`, :data:`KV_TARGET`), durable writes keeping their lead over
+JetStream with ``sync_interval: always`` (:data:`SET_FULL_TARGET`), KV reads at least as fast as
+JetStream's (:data:`KV_GET_TARGET`: a SQLite read, often answered without a thread hop, against a
+round trip through JetStream), and changefeed latency within 2x (p50) and 3x (p99) of an ordered
+push consumer (a page is answered from the stream's in-memory tail the moment its commit lands,
+but it still crosses the bus twice more than JetStream's push).
 """
 
 from __future__ import annotations
@@ -104,9 +104,16 @@ FEED_WAIT: Final = 5.0
 JS_STREAM: Final = "BENCH"
 JS_SUBJECT: Final = "bench.persist"
 
-SET_TARGET: Final = 0.5
-KV_TARGET: Final = 0.5
+SET_TARGET: Final = 0.6
+"""Acknowledged writes (sync=normal) against JetStream's (default sync)."""
+SET_FULL_TARGET: Final = 1.4
+"""Durable writes (sync=full) against JetStream with ``sync_interval: always``: keep the lead."""
+KV_TARGET: Final = 0.6
+"""KV set against JetStream KV put."""
+KV_GET_TARGET: Final = 1.0
+"""KV get against JetStream KV get: a SQLite read is cheaper than a round trip through JetStream."""
 LATENCY_TARGET: Final = 2.0
+P99_TARGET: Final = 3.0
 
 _Publish = Callable[[], Awaitable[None]]
 _PublishSeq = Callable[[], Awaitable[int]]
@@ -407,7 +414,7 @@ def persist_service_benches() -> list[Bench]:
         Bench("persist_service_set",
               f"service: AStream.publish, {IN_FLIGHT} in flight, sync=full, 128 B,"
               " vs js.publish (sync_interval: always)",
-              set_f, set_f_js, (Metric("persist_service_set", "msgs/s", SET_TARGET),),
+              set_f, set_f_js, (Metric("persist_service_set", "msgs/s", SET_FULL_TARGET),),
               20_000, 2_000, {"size": SIZE, "sync": "full", "in_flight": IN_FLIGHT}, baseline=js),
         Bench("persist_service_set_normal",
               f"service: AStream.publish, {IN_FLIGHT} in flight, sync=normal, 128 B,"
@@ -430,7 +437,7 @@ def persist_service_benches() -> list[Bench]:
               _kv_service, _kv_jetstream,
               (Metric("persist_service_kv", "ops/s", KV_TARGET),
                Metric("persist_service_kv_set", "ops/s", KV_TARGET, "set_ops"),
-               Metric("persist_service_kv_get", "ops/s", KV_TARGET, "get_ops")),
+               Metric("persist_service_kv_get", "ops/s", KV_GET_TARGET, "get_ops")),
               10_000, 1_000, {"size": SIZE, "sync": "normal", "concurrency": KV_CONCURRENCY},
               baseline=js),
         Bench(lat,
@@ -438,6 +445,6 @@ def persist_service_benches() -> list[Bench]:
               " vs js.publish -> ordered push consumer",
               _changefeed_service, _changefeed_jetstream,
               (Metric(f"{lat}_p50", "ms", LATENCY_TARGET, higher_is_better=False),
-               Metric(f"{lat}_p99", "ms", LATENCY_TARGET, "p99_ms", higher_is_better=False)),
+               Metric(f"{lat}_p99", "ms", P99_TARGET, "p99_ms", higher_is_better=False)),
               2_000, 200, {"size": SIZE, "sync": "normal"}, baseline=js),
     ]  # fmt: skip

@@ -33,6 +33,7 @@ from ._harness import (
 from ._host import host_benches
 from ._master import master_benches
 from ._persist import persist_benches
+from ._persist_scale import persist_scale_benches
 from ._persist_service import persist_service_benches
 from ._socket import socket_benches
 
@@ -49,6 +50,7 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
         *auth_benches(),
         *persist_benches(),
         *persist_service_benches(),
+        *persist_scale_benches(),
         *fs_benches(),
         *host_benches(),
         *master_benches(),

@@ -20,7 +20,9 @@ private members of the client. What they may use, and its contract:
   that target (:class:`Forbidden`).
 - Sending: ``prepare`` (every check a publish makes, then the encoding), ``send`` (a message,
   chunked when it does not fit), ``reply`` (answer a request), ``publish_control`` (an error reply
-  or an end marker: small, never chunked), ``reply_busy`` (a 429 answer without waiting).
+  or an end marker: small, never chunked), ``reply_busy`` (a 429 answer without waiting);
+  ``reply_nowait`` and ``publish_control_nowait`` queue an answer without waiting (for code on the
+  read loop or in a completion callback).
 - Receiving: ``item`` turns a raw message into a :class:`Message`, or into a future of one for the
   head of a chunked message (``transfers`` pulls the rest).
 - Subscriptions: ``subscriptions`` (by sid), ``unsubscribe(sub)`` and ``drain(sub)``.
@@ -345,6 +347,30 @@ class ClientCore:
         payload, headers = self._encode(data, headers, encoding)
         await self.send(reply, payload, "", headers, "one")
 
+    def reply_nowait(
+        self, reply: str, data: Any, headers: dict[str, str] | None, encoding: str | None
+    ) -> None:
+        """:meth:`reply` without waiting: queued for the flusher at once (replies sent this way go
+        out in the order they were queued); one that needs chunking is sent by a task of the
+        client."""
+        self.check_open()
+        if headers:
+            check_user_headers(headers)
+        payload, headers = self._encode(data, headers, encoding)
+        headers = self._tag(headers)
+        if len(payload) <= self.max_payload:
+            try:
+                self.transport.publish_nowait(reply, payload, "", headers)
+                return
+            except PayloadTooLarge:
+                pass  # it fits alone, not with its headers: nothing was sent; chunk it
+        self.spawn(_logged(self._send_chunked(reply, payload, "", headers, "one"), "chunked reply"))
+
+    def publish_control_nowait(self, subject: str, headers: dict[str, str], payload: bytes) -> None:
+        """:meth:`publish_control` without waiting."""
+        self.check_open()
+        self.transport.publish_nowait(subject, payload, "", self._tag(headers))
+
     def _tag(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         """Add ``Conat-Sender`` while chunked messages of ours are in flight (:mod:`conat._client`)."""
         if not self.transfers.outgoing:
@@ -418,3 +444,11 @@ class ClientCore:
         if not self.closing:
             headers, body = error_headers(BUSY, why)
             self.spawn(self.publish_control(reply, headers, body))
+
+
+async def _logged(work: Awaitable[object], what: str) -> None:
+    """Await ``work`` in a task nobody awaits: its failure is logged, not left unretrieved."""
+    try:
+        await work
+    except Exception:
+        log.exception("%s failed", what)

@@ -40,6 +40,8 @@ Each package defines its own branch in its ``_errors`` module; the whole tree is
     │   ├── ActorDefinitionError     "bad-actor"            an actor class or its options are invalid
     │   ├── Escalation               "escalated"            a supervisor gave up (N restarts in T seconds)
     │   ├── OwnedElsewhere           "owned-elsewhere"      another process owns this keyed type
+    │   ├── PartitionsUnmapped       "partitions-unmapped"  the bus does not split a type's keys as
+    │   │                                                   its partitioned owner was started with
     │   ├── IllegalTransition        "illegal-transition"   an activation's state machine was misdriven
     │   └── ActivationFailed       * "activation-failed"    a message crashed its key's activation
     │                                                       repeatedly and was dead-lettered

@@ -121,6 +121,30 @@ class Message:
         client = self._require_reply()
         await client._core.reply(self.reply, data, headers, encoding)
 
+    def respond_nowait(
+        self, data: Any = None, *, headers: dict[str, str] | None = None, encoding: str | None = None
+    ) -> None:
+        """:meth:`respond` without waiting: the reply is queued for sending at once, for code that
+        must not await (a completion callback, a router's fast path on the read loop). Replies
+        sent this way go out in the order they were queued; one too large for a single message is
+        sent chunked by a task of the client.
+
+        Raises:
+            ValueError: the message has no reply subject.
+            PayloadError: ``data`` cannot be encoded, or a header name is reserved.
+            ClosedError: the client is closed.
+        """
+        client = self._require_reply()
+        client._core.reply_nowait(self.reply, data, headers, encoding)
+
+    def respond_error_nowait(
+        self, code: ErrorCode, message: str, *, data: Mapping[str, Any] | None = None
+    ) -> None:
+        """:meth:`respond_error` without waiting (see :meth:`respond_nowait`)."""
+        client = self._require_reply()
+        headers, body = error_headers(code, message, data)
+        client._core.publish_control_nowait(self.reply, headers, body)
+
     def respond_busy(self, why: str) -> None:
         """Answer with 429 (busy) without waiting: for a read loop or a router that must never block,
         when the message is dropped because a bounded buffer or mailbox is full. Does nothing if the

@@ -196,6 +196,10 @@ class ServerConfig:
         ping_interval: seconds between server pings to idle clients (``None`` = server default, 2 min).
         ping_max: unanswered pings before the server drops a client (``None`` = server default, 2).
         debug: log debug lines (connections opened and closed). Never trace: it would log payloads.
+        mappings: subject mappings, source pattern -> destination (nats-server's ``mappings``; e.g.
+            the ones that split a keyed actor type's keys into partitions: ``actors.subject_mapping``).
+            They apply to the accounts clients use: the default one, or every account of
+            ``extra_blocks["accounts"]`` but the system account (a bus with auth).
         extra_blocks: deep-merged into the generated tree (see :func:`config_tree`); the extension
             point for accounts, authorization and other blocks this record does not model.
     """
@@ -212,6 +216,7 @@ class ServerConfig:
     ping_interval: float | None = None
     ping_max: int | None = None
     debug: bool = False
+    mappings: Mapping[str, str] = field(default_factory=dict)
     extra_blocks: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -246,6 +251,14 @@ class ServerConfig:
             )
         if self.ping_max is not None and (not isinstance(self.ping_max, int) or self.ping_max < 1):
             raise ValueError(f"ping_max: must be a positive int, got {self.ping_max!r}")
+        if not isinstance(self.mappings, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and _NAME_RE.fullmatch(k) and _NAME_RE.fullmatch(v)
+            for k, v in self.mappings.items()
+        ):
+            raise ValueError(
+                f"mappings: must map subject patterns to destinations (no spaces), got {self.mappings!r}"
+            )
+        object.__setattr__(self, "mappings", MappingProxyType(dict(self.mappings)))
         if not isinstance(self.extra_blocks, Mapping):
             # ValueError like every other field (a config names its bad field one way), though a type check.
             raise ValueError(f"extra_blocks: must be a mapping, got {self.extra_blocks!r}")  # noqa: TRY004
@@ -321,6 +334,15 @@ def config_tree(
             block["remotes"] = [{"url": url} for url in leaf.remotes]
         tree["leafnodes"] = block
     _deep_merge(tree, config.extra_blocks)
+    if config.mappings:
+        accounts = tree.get("accounts")
+        if isinstance(accounts, dict) and accounts:
+            system = tree.get("system_account")
+            for name, account in accounts.items():
+                if name != system and isinstance(account, dict):
+                    account.setdefault("mappings", {}).update(config.mappings)
+        else:
+            tree.setdefault("mappings", {}).update(config.mappings)
     return tree
 
 

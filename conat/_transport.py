@@ -343,6 +343,32 @@ class Transport:
             PayloadError: (400) a header name or value cannot be encoded.
         """
         nc = self._nc
+        if self._queue(subject, payload, reply, headers):
+            await nc._flush_pending(force_flush=True)
+        elif nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+    def publish_nowait(
+        self,
+        subject: str,
+        payload: bytes | memoryview,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """:meth:`publish` for callers that must not wait (a read-loop router, a completion
+        callback): the command is queued and the flusher woken, nothing is awaited. Past the
+        pending-bytes limit it is not written inline: the flusher writes everything queued.
+
+        Raises: as :meth:`publish`.
+        """
+        self._queue(subject, payload, reply, headers)
+        self._kick()
+
+    def _queue(
+        self, subject: str, payload: bytes | memoryview, reply: str, headers: dict[str, str] | None
+    ) -> bool:
+        """Append the command to nats-py's pending buffer; whether that buffer is now over its limit."""
+        nc = self._nc
         if nc.is_closed:
             raise ClosedError("client")
         size = len(payload)
@@ -370,10 +396,19 @@ class Transport:
         # nats-py's _send_command, inlined: one coroutine frame less per message.
         nc._pending.append(cmd)
         nc._pending_data_size += len(cmd)
-        if 0 < nc._max_pending_size < nc._pending_data_size:
-            await nc._flush_pending(force_flush=True)
-        elif nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
+        return 0 < nc._max_pending_size < nc._pending_data_size
+
+    def _kick(self) -> None:
+        """Wake nats-py's flusher if it is idle (its ``_flush_pending`` without the awaits: a
+        connected client with a live flusher only needs one item in the flush queue)."""
+        nc = self._nc
+        queue = nc._flush_queue
+        if queue is None or not queue.empty() or not nc.is_connected:
+            return  # already woken; or not connected: the reconnect flushes what is pending
+        flusher = nc._flusher_task
+        if flusher is None or flusher.done():
+            return  # nats-py flushes inline on its next awaited publish or at the reconnect
+        queue.put_nowait(asyncio.get_running_loop().create_future())
 
     async def subscribe(self, subject: str, queue: str | None, handler: DirectHandler) -> int:
         """Register ``handler`` for ``subject``; returns the subscription id. Re-armed on reconnect."""

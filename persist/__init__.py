@@ -76,11 +76,13 @@ from ._service import BOOTLOG_CONFIG as BOOTLOG_CONFIG
 from ._service import BootlogService as BootlogService
 from ._service import PersistServer as PersistServer
 from ._service import PersistService as PersistService
+from ._service import persist_mappings as persist_mappings
 from ._store import StreamStore as StreamStore
 from ._store import StreamStoreStatistics as StreamStoreStatistics
 from ._wire import ResetResult as ResetResult
 from ._wire import StreamInventory as StreamInventory
 from ._wire import api_subject as api_subject
+from ._workers import Workers as Workers
 from .bootlog import BootlogEvent as BootlogEvent
 from .bootlog import bootlog_stream as bootlog_stream
 
@@ -153,6 +155,7 @@ __all__ = [
     "TooLarge",
     "TooSlow",
     "UNLIMITED",
+    "Workers",
     "Write",
     "WrongLastSequence",
     "api_subject",
@@ -160,4 +163,5 @@ __all__ = [
     "bootlog_stream",
     "list_streams",
     "message_size",
+    "persist_mappings",
 ]

@@ -95,6 +95,7 @@ from ._engine_io import Conn, GroupCommit, Jobs, ReaderPool, close_all, locked, 
 from ._engine_writer import Writer
 from ._errors import BadRequest, PersistError
 from ._model import DEFAULT_ENCODING, DeleteResult, Inventory, SetResult, StoredMessage
+from ._tail import Commit, Tail
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
@@ -204,6 +205,7 @@ class StreamFile:
 
     _writer: Writer
     _queue: GroupCommit
+    _tail: Tail
 
     def __init__(
         self,
@@ -300,8 +302,10 @@ class StreamFile:
             self._clock,
             durable=path is not None,
             what=self._what,
-            on_commit=lambda: loop.call_soon_threadsafe(self._changed),
+            on_commit=lambda commit: loop.call_soon_threadsafe(self._changed, commit),
         )
+        state = self._writer.state
+        self._tail = Tail(state.last_seq, state.first_delete, state.last_delete)
         self._queue = GroupCommit(self._loop, self._jobs, self._writer.commit, self._what)
         self._closed = False
         return self
@@ -388,6 +392,58 @@ class StreamFile:
         )
         return result
 
+    def set_nowait(
+        self,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        encoding: str = DEFAULT_ENCODING,
+        ttl: float | None = None,
+        msg_id: str | None = None,
+        previous_seq: int | None = None,
+        done: Callable[[SetResult | PersistError], object],
+    ) -> None:
+        """:meth:`set` without waiting: the write is queued now, and ``done(outcome)`` is called on
+        the loop once its transaction has committed, with its :class:`SetResult`, or the
+        :class:`PersistError` that refused or failed it.
+
+        Writes queued this way and by :meth:`set` commit in the order they were queued.
+
+        Raises:
+            BadRequest, TooLarge: malformed arguments (nothing is queued, ``done`` is not called).
+            ClosedError: the stream is closing.
+        """
+        args, enc = _check_write(payload, key, headers, encoding, ttl, previous_seq, msg_id)
+        self._check_open()
+        self._queue.put_nowait(
+            [functools.partial(self._writer.set, args=args, encoding=enc)], args.size, _first(done)
+        )
+
+    def set_many_nowait(
+        self, writes: Sequence[Write], done: Callable[[list[SetResult | PersistError] | PersistError], object]
+    ) -> None:
+        """:meth:`set_many` without waiting: ``done(outcomes)`` gets one outcome per write (its
+        result, or the error that refused it), or the one error that failed the transaction.
+
+        Raises:
+            BadRequest, TooLarge: a malformed write (nothing is queued, ``done`` is not called).
+            ClosedError: the stream is closing.
+        """
+        checked = [
+            _check_write(w.payload, w.key, w.headers, w.encoding, w.ttl, w.previous_seq, w.msg_id)
+            for w in writes
+        ]
+        self._check_open()
+        if not checked:
+            self._loop.call_soon(done, [])
+            return
+        self._queue.put_nowait(
+            [functools.partial(self._writer.set, args=args, encoding=enc) for args, enc in checked],
+            sum(args.size for args, _ in checked),
+            done,  # type: ignore[arg-type]
+        )
+
     async def set_many(self, writes: Sequence[Write]) -> list[SetResult | PersistError]:
         """Write several messages in one transaction; each is judged on its own, in order.
 
@@ -443,6 +499,24 @@ class StreamFile:
         )
         return result
 
+    def delete_nowait(
+        self,
+        *,
+        seq: int | None = None,
+        seqs: Iterable[int] | None = None,
+        up_to: int | None = None,
+        key: str | None = None,
+        msg_id: str | None = None,
+        done: Callable[[DeleteResult | PersistError], object],
+    ) -> None:
+        """:meth:`delete` without waiting (see :meth:`set_nowait`)."""
+        sel = check_delete_args(seq, seqs, up_to, key, msg_id)
+        self._check_open()
+        apply = functools.partial(
+            self._writer.delete, targets=sel.targets, up_to=sel.up_to, key=sel.key, msg_id=sel.msg_id
+        )
+        self._queue.put_nowait([apply], 0, _first(done))
+
     async def sweep(self, now: float | None = None) -> int:
         """Remove (for real) every message expired at ``now`` (default: the clock) and stale msg-ids.
 
@@ -480,6 +554,29 @@ class StreamFile:
             functools.partial(_sql.select_message, config=config, now=now, seq=by_seq, key=by_key)
         )
         return _sql.decode_row(rows[0], self._what) if rows else None
+
+    def get_nowait(
+        self,
+        *,
+        seq: int | None = None,
+        key: str | None = None,
+        done: Callable[[StoredMessage | PersistError | None], object],
+    ) -> None:
+        """:meth:`get` without waiting: ``done(outcome)`` is called on the loop with the message (or
+        ``None``), or the :class:`PersistError` that failed the read.
+
+        Raises:
+            BadRequest: not exactly one of ``seq`` and ``key``. ClosedError: the stream is closing.
+        """
+        by_seq, by_key = check_selector("get", seq, key)
+        config, now = self._writer.state.config, self._clock.wall()
+        what = self._what
+
+        def work(db: sqlite3.Connection) -> StoredMessage | None:
+            rows = _sql.select_message(db, config=config, now=now, seq=by_seq, key=by_key)
+            return _sql.decode_row(rows[0], what) if rows else None
+
+        self._read_nowait(work, done)
 
     async def get_all(
         self, from_seq: int = 0, *, batch: int = DEFAULT_PAGE_MSGS, max_bytes: int = DEFAULT_PAGE_BYTES
@@ -560,7 +657,8 @@ class StreamFile:
         """Counts committed transactions that changed messages (since open)."""
         return self._version
 
-    def _changed(self) -> None:
+    def _changed(self, commit: Commit) -> None:
+        self._tail.committed(commit)
         self._version += 1
         if self.on_change is not None and not self._closed:
             self.on_change()
@@ -598,6 +696,17 @@ class StreamFile:
         else:
             resync = False
         config, now = self._writer.state.config, self._clock.wall()
+        if not resync:
+            self._check_open()
+            recent = self._tail.page(config, now, start, after_delete, max_msgs, max_bytes, max_deletes)
+            if recent is not None:  # the recent commits tell it: no read of the file
+                return ChangePage(
+                    messages=recent.messages,
+                    deletes=recent.deletes,
+                    delete_cursor=recent.delete_cursor,
+                    last_seq=recent.last_seq,
+                    stream_id=self.stream_id,
+                )
         rows, deletes, cursor, first_delete, last_seq = await self._read(
             functools.partial(
                 _sql.select_changes,
@@ -633,8 +742,35 @@ class StreamFile:
         result: _T = await fut
         return result
 
+    def _read_nowait(self, work: Callable[[sqlite3.Connection], Any], done: Callable[[Any], object]) -> None:
+        self._check_open()
+        if self._readers is None:  # ephemeral: the writer connection, under its lock
+            job = self._jobs.submit(functools.partial(locked, self._writer.conn, work, self._what))
+            job.add_done_callback(functools.partial(_hand_over, done))
+            return
+        self._readers.submit(work, done)
+
     async def _read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         self._check_open()
         if self._readers is None:  # ephemeral: the writer connection, under its lock
             return await self._jobs.submit(functools.partial(locked, self._writer.conn, work, self._what))
         return await self._readers.run(work)
+
+
+def _first(done: Callable[[Any], object]) -> Callable[[list[object] | PersistError], None]:
+    """A group callback for a group of one mutation: ``done`` gets its one outcome (the error
+    that failed the transaction, if it failed)."""
+
+    def deliver(outcomes: list[object] | PersistError) -> None:
+        done(outcomes if isinstance(outcomes, PersistError) else outcomes[0])
+
+    return deliver
+
+
+def _hand_over(done: Callable[[Any], object], job: asyncio.Future[Any]) -> None:
+    """Give an executor job's outcome to ``done`` (its result, or the exception that failed it)."""
+    if job.cancelled():
+        done(ClosedError("persist stream"))
+        return
+    error = job.exception()
+    done(error if error is not None else job.result())

@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_BATCH_OPS",
     "Apply",
     "Conn",
+    "Done",
     "GroupCommit",
     "Jobs",
     "ReaderPool",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("conat.persist.engine")
 
 Apply = Callable[[sqlite3.Connection, float], object]
 """A queued mutation: ``apply(db, now)`` runs inside the writer's transaction and returns its result."""
@@ -165,6 +169,42 @@ class Jobs:
 
 
 @final
+class _Read:
+    """One queued read: its work, and who learns the outcome (a future or a callback)."""
+
+    __slots__ = ("done", "future", "work")
+
+    def __init__(
+        self,
+        work: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any] | None,
+        done: Callable[[Any], object] | None,
+    ) -> None:
+        self.work = work
+        self.future = future
+        self.done = done
+
+    def wanted(self) -> bool:
+        return self.future is None or not self.future.cancelled()
+
+    def give(self, ok: bool, value: Any) -> None:
+        if self.done is not None:
+            try:
+                self.done(value)
+            except Exception:
+                logger.exception("a persist read callback failed")
+            return
+        fut = self.future
+        assert fut is not None
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+@final
 class ReaderPool:
     """The reader connections of one file: opened on demand, at most ``max_readers``, reused.
 
@@ -185,57 +225,54 @@ class ReaderPool:
         self._max = max_readers
         self._running = 0
         self._closed = False
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queue: list[_Read] = []
         self._idle: list[Conn] = []
         self.all: list[Conn] = []
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work(db)`` on a reader connection in the executor (with the reads queued beside it)."""
         fut: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        self._queue.append((work, fut))
+        self._queue.append(_Read(work, fut, None))
         self._start()
         return await fut
+
+    def submit(self, work: Callable[[sqlite3.Connection], Any], done: Callable[[Any], object]) -> None:
+        """:meth:`run` with a callback: ``done(outcome)`` is called on the loop with the result, or
+        the exception that failed the read (a :class:`PersistError`; :class:`ClosedError` if the
+        pool closed first)."""
+        self._queue.append(_Read(work, None, done))
+        self._start()
 
     def _start(self) -> None:
         if self._closed:
             queued, self._queue = self._queue, []
-            for _, fut in queued:
-                if not fut.done():
-                    fut.set_exception(ClosedError(f"persist stream {self._what}"))
+            for read in queued:
+                read.give(False, ClosedError(f"persist stream {self._what}"))
             return
         while self._queue and self._running < self._max:
             batch, self._queue = self._queue, []
-            batch = [(w, f) for w, f in batch if not f.cancelled()]
+            batch = [r for r in batch if r.wanted()]
             if not batch:
                 continue
             self._running += 1
             try:
-                job = self._jobs.submit(functools.partial(self._with_reader, [w for w, _ in batch]))
+                job = self._jobs.submit(functools.partial(self._with_reader, [r.work for r in batch]))
             except BaseException as e:
                 self._running -= 1
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(e)
+                for r in batch:
+                    r.give(False, e)
                 raise
             job.add_done_callback(functools.partial(self._finished, batch))
 
-    def _finished(
-        self,
-        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
-        job: asyncio.Future[list[tuple[bool, Any]]],
-    ) -> None:
+    def _finished(self, batch: list[_Read], job: asyncio.Future[list[tuple[bool, Any]]]) -> None:
         self._running -= 1
         failure = None if job.cancelled() else job.exception()
         outcomes = job.result() if failure is None and not job.cancelled() else None
-        for n, (_, fut) in enumerate(batch):
-            if fut.done():
-                continue
+        for n, read in enumerate(batch):
             if outcomes is None:
-                fut.set_exception(failure if failure is not None else asyncio.CancelledError())
-            elif outcomes[n][0]:
-                fut.set_result(outcomes[n][1])
+                read.give(False, failure if failure is not None else asyncio.CancelledError())
             else:
-                fut.set_exception(outcomes[n][1])
+                read.give(*outcomes[n])
         self._start()
 
     def attach(self, anchor: Anchor) -> None:
@@ -282,12 +319,63 @@ class ReaderPool:
 # ---- the writer's queue ------------------------------------------------------------------------------
 
 
-class _Op:
-    __slots__ = ("apply", "future")
+Done = Callable[[list[object] | PersistError], None]
+"""A group's completion callback (:meth:`GroupCommit.put_nowait`): called on the loop with one
+outcome per mutation (a result, or the :class:`PersistError` that refused it) once its transaction
+committed, or with the one :class:`PersistError` that failed the whole transaction."""
 
-    def __init__(self, apply: Apply, future: asyncio.Future[Any]) -> None:
-        self.apply = apply
-        self.future = future
+
+@final
+class _Group:
+    """What one :meth:`GroupCommit.put` (or :meth:`GroupCommit.put_nowait`) queued."""
+
+    __slots__ = ("applies", "done", "futures", "nbytes")
+
+    def __init__(
+        self,
+        applies: list[Apply],
+        nbytes: int,
+        futures: list[asyncio.Future[Any]] | None,
+        done: Done | None,
+    ) -> None:
+        self.applies = applies
+        self.nbytes = nbytes
+        self.futures = futures
+        self.done = done
+
+    def _call(self, outcome: list[object] | PersistError) -> None:
+        assert self.done is not None
+        try:
+            self.done(outcome)
+        except Exception:
+            logger.exception("a persist completion callback failed")
+
+    def live(self) -> bool:
+        """Whether someone still waits for it (every future of a group cancelled: skip it)."""
+        return self.futures is None or not all(f.done() for f in self.futures)
+
+    def deliver(self, outcomes: Sequence[object]) -> None:
+        """Hand each mutation its outcome (a result, or a :class:`PersistError`)."""
+        if self.done is not None:
+            self._call(list(outcomes))
+            return
+        assert self.futures is not None
+        for fut, res in zip(self.futures, outcomes, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, PersistError):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    def fail(self, error: PersistError) -> None:
+        if self.done is not None:
+            self._call(error)
+            return
+        assert self.futures is not None
+        for fut in self.futures:
+            if not fut.done():
+                fut.set_exception(error)
 
 
 MAX_BATCH_OPS: Final = 1000
@@ -304,7 +392,9 @@ class GroupCommit:
     ``commit(applies)`` runs in one transaction and returns, per mutation, its result or the
     :class:`PersistError` that refused it; if it raises, every mutation of the batch fails with that
     error (a :class:`PersistError`, or one wrapping anything else). Mutations queued while a batch
-    commits go into the next one. A caller's future resolves only after its batch has committed.
+    commits go into the next one. A caller learns its outcome only after its batch has committed:
+    through a future (:meth:`put`) or a callback (:meth:`put_nowait`, which costs no future and
+    no task per caller). Outcomes are delivered in queue order, on the loop.
 
     **Bounded batches.** A batch takes whole groups (what one :meth:`put` queued: a ``set_many`` is
     one group, so it commits in one transaction) in order, up to :data:`MAX_BATCH_OPS` mutations and
@@ -336,7 +426,7 @@ class GroupCommit:
         self._what = what
         self._max_ops = max_ops
         self._max_bytes = max_bytes
-        self._queue: collections.deque[tuple[list[_Op], int]] = collections.deque()
+        self._queue: collections.deque[_Group] = collections.deque()
         self._queued = 0
         self._drainer: asyncio.Task[None] | None = None
         self.largest = 0
@@ -356,57 +446,65 @@ class GroupCommit:
         """Queue ``applies`` as one group (in order, in one transaction) of ``nbytes`` of messages;
         one future each."""
         futures = [self._loop.create_future() for _ in applies]
-        self._queue.append(([_Op(a, f) for a, f in zip(applies, futures, strict=True)], nbytes))
-        self._queued += len(futures)
+        self._add(_Group(list(applies), nbytes, futures, None))
+        return futures
+
+    def put_nowait(self, applies: Sequence[Apply], nbytes: int, done: Done) -> None:
+        """Queue ``applies`` as one group, like :meth:`put`; ``done(outcomes)`` is called on the
+        loop once its transaction has committed (or failed: then every outcome is the error)."""
+        self._add(_Group(list(applies), nbytes, None, done))
+
+    def _add(self, group: _Group) -> None:
+        self._queue.append(group)
+        self._queued += len(group.applies)
         if self._drainer is None or self._drainer.done():
             self._drainer = self._loop.create_task(self._drain(), name=f"persist-writer {self._what}")
-        return futures
 
     async def wait(self) -> None:
         """Wait until the drain task has emptied the queue (not cancelled by the caller's cancellation)."""
         if self._drainer is not None:
             await asyncio.shield(self._drainer)
 
-    def _take(self) -> list[_Op]:
+    def _take(self) -> list[_Group]:
         """The next batch: whole groups, within the bounds, at least one."""
-        batch: list[_Op] = []
-        size = 0
+        batch: list[_Group] = []
+        ops = size = 0
         while self._queue:
-            ops, nbytes = self._queue[0]
-            if batch and (len(batch) + len(ops) > self._max_ops or size + nbytes > self._max_bytes):
+            group = self._queue[0]
+            n = len(group.applies)
+            if batch and (ops + n > self._max_ops or size + group.nbytes > self._max_bytes):
                 break
             self._queue.popleft()
-            self._queued -= len(ops)
-            batch.extend(ops)
-            size += nbytes
-        return [op for op in batch if not op.future.done()]
+            self._queued -= n
+            if group.live():
+                batch.append(group)
+                ops += n
+                size += group.nbytes
+        return batch
 
     async def _drain(self) -> None:
         while self._queue:
             batch = self._take()
             if not batch:
                 continue
-            self.largest = max(self.largest, len(batch))
-            applies = [op.apply for op in batch]
+            applies = [a for group in batch for a in group.applies]
+            self.largest = max(self.largest, len(applies))
             try:
                 results = await asyncio.shield(self._jobs.submit(functools.partial(self._commit, applies)))
             except BaseException as e:
                 error = (
                     e if isinstance(e, PersistError) else PersistError(f"write failed on {self._what}: {e!r}")
                 )
-                for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(error)
+                for group in batch:
+                    group.fail(error)
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 continue
-            for op, res in zip(batch, results, strict=True):
-                if op.future.done():
-                    continue
-                if isinstance(res, PersistError):
-                    op.future.set_exception(res)
-                else:
-                    op.future.set_result(res)
+            at = 0
+            for group in batch:
+                n = len(group.applies)
+                group.deliver(results[at : at + n])
+                at += n
 
 
 # ---- opening -----------------------------------------------------------------------------------------

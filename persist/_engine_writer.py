@@ -22,7 +22,8 @@ from ._checks import SetArgs
 from ._config import StreamConfig
 from ._engine_io import Apply, Conn, storage_errors
 from ._errors import BadRequest, PersistError
-from ._model import DeleteResult, SetResult
+from ._model import DeleteResult, SetResult, StoredMessage
+from ._tail import Commit
 
 __all__ = ["State", "Writer"]
 
@@ -62,7 +63,8 @@ class Writer:
         durable: a file (not ``:memory:``): apply the config's ``synchronous`` level.
         what: names the file in errors.
         on_commit: called (in the executor thread) after each committed transaction that changed
-            messages, so the owner can wake changefeed readers.
+            messages, with what it changed (:class:`persist._tail.Commit`), so the owner can
+            answer changefeed readers.
     """
 
     def __init__(
@@ -73,7 +75,7 @@ class Writer:
         *,
         durable: bool,
         what: str,
-        on_commit: Callable[[], object] = lambda: None,
+        on_commit: Callable[[Commit], object] = lambda commit: None,
     ) -> None:
         self.conn = conn
         self.state = State(opened)
@@ -82,6 +84,8 @@ class Writer:
         self._on_commit = on_commit
         self._deleted: list[int] = []
         self._deleted_through = 0
+        self._added: list[StoredMessage] = []
+        self._logged: list[tuple[int, int, int]] = []
         self.writes = 0
         self._clock = clock
         self._durable = durable
@@ -105,6 +109,7 @@ class Writer:
             db.execute("BEGIN IMMEDIATE")
             self._swept_at = None
             self._deleted, self._deleted_through = [], 0
+            self._added, self._logged = [], []
             try:
                 for apply in batch:
                     try:
@@ -126,7 +131,8 @@ class Writer:
             if self.state.config.sync != saved.config.sync and self._durable:
                 _sql.set_synchronous(db, self.state.config)
             if changed:
-                self._on_commit()
+                st = self.state
+                self._on_commit(Commit(self._added, self._logged, st.last_seq, st.first_delete, st.last_delete))
             return results
 
     def _log_deletes(self, db: sqlite3.Connection) -> bool:
@@ -137,7 +143,9 @@ class Writer:
         if not ranges:
             return False
         st = self.state
+        last = st.last_delete
         st.first_delete, st.last_delete = _sql.log_deletes(db, ranges, st.first_delete, st.last_delete)
+        self._logged = [(last + i, low, high) for i, (low, high) in enumerate(ranges, 1)]
         return True
 
     # ---- mutations (each runs inside commit's transaction) ------------------------------------------
@@ -190,6 +198,18 @@ class Writer:
         _sql.insert(db, st.last_seq, now, args, encoding)
         st.count += 1
         st.bytes += args.size
+        self._added.append(
+            StoredMessage(
+                seq=st.last_seq,
+                time=now,
+                key=args.key,
+                headers=args.headers,
+                payload=args.payload,
+                ttl=float(args.ttl) if args.ttl is not None else None,
+                size=args.size,
+                encoding=encoding,
+            )
+        )
         return SetResult(seq=st.last_seq, time=now)
 
     def delete(

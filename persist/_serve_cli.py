@@ -17,15 +17,28 @@ from typing import Final
 
 import click
 
-from actors import Escalation
+from actors import Escalation, Partitions, wait_for_partitions
 from conat.cli.plugin import EXIT_GAVE_UP, Options, Printer, common_options, run, stop_on_signals
 
 from ._placement import Placement
-from ._service import PersistServer
+from ._service import SUBJECT, PersistServer, PersistService
+from ._workers import Workers
 
 __all__ = ["EXIT_GAVE_UP", "SUBJECT", "persist_group"]
 
-SUBJECT: Final = "persist.*.>"
+_MAX_WORKERS: Final = 64
+_WORKERS_STARTUP: Final = 60.0
+"""How long the workers may take until every partition is served."""
+
+
+def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Partitions | None:
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    try:
+        return Partitions.one(int(index), int(count))
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: want I/N, a partition of N (0 <= I < N): {e}") from None
 
 
 @click.group("persist", short_help="Run the persist service.")
@@ -52,9 +65,30 @@ def persist_group() -> None:
     show_default=True,
     help="Seconds operations in flight may take to answer on Ctrl-C/SIGTERM.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, _MAX_WORKERS),
+    default=1,
+    show_default=True,
+    help="Processes serving the scopes, each one partition of them (one core each). The bus must"
+    " split persist.*.> as many ways: `conat up --workers N` does.",
+)
+@click.option(
+    "--partition",
+    metavar="I/N",
+    callback=_partition,
+    help="Serve only partition I of N of the scopes (what each of --workers N runs).",
+)
 @common_options
 @click.pass_obj
-def serve(opts: Options, root: Path | None, config_file: Path | None, stop_timeout: float) -> None:
+def serve(
+    opts: Options,
+    root: Path | None,
+    config_file: Path | None,
+    stop_timeout: float,
+    workers: int,
+    partition: Partitions | None,
+) -> None:
     """Serve persist.*.> (every scope) on the bus until Ctrl-C or SIGTERM.
 
     Files are placed by $CONAT_SYNC, $CONAT_SYNC_PROJECTS|ACCOUNTS|HOSTS|HUB (or a TOML [sync]
@@ -67,8 +101,16 @@ def serve(opts: Options, root: Path | None, config_file: Path | None, stop_timeo
     toml = config_file.read_bytes() if config_file is not None else None
     placement = Placement.from_sources(env=env, toml=toml)
     out = Printer(opts.json)
+    if workers > 1 and partition is not None:
+        raise click.UsageError("--workers starts the partitions itself: give it or --partition, not both")
     try:
-        run(_serve(opts, out, placement, stop_timeout))
+        if workers > 1:
+            files = ["--root", str(root.absolute())] if root is not None else []
+            if config_file is not None:
+                files += ["--config", str(config_file.absolute())]
+            run(_serve_workers(opts, out, workers, files, stop_timeout))
+        else:
+            run(_serve(opts, out, placement, stop_timeout, partition))
     except KeyboardInterrupt:
         pass
     except Escalation as e:
@@ -78,15 +120,50 @@ def serve(opts: Options, root: Path | None, config_file: Path | None, stop_timeo
     out.event("persist service stopped", event="stopped")
 
 
-async def _serve(opts: Options, out: Printer, placement: Placement, stop_timeout: float) -> None:
+async def _serve_workers(
+    opts: Options, out: Printer, count: int, files: list[str], stop_timeout: float
+) -> None:
+    """Run ``count`` partitioned workers (:mod:`persist._workers`) until a signal; ready once each
+    partition answers through the bus."""
+    with stop_on_signals() as stop:
+        async with await opts.connect("conat-persist-workers") as client:
+            url = client.connected_url or opts.url or ""  # the workers connect where this did
+            args = ["--url", url, "--stop-timeout", str(stop_timeout), *files]
+            if opts.credentials:
+                args += ["--credentials", opts.credentials]
+            if opts.json:
+                args.append("--json")
+            workers = Workers(count, args, stop_timeout=stop_timeout)
+            await workers.start()
+            try:
+                spec = PersistService.spec()
+                await wait_for_partitions(client, spec.subject_for, SUBJECT, count, _WORKERS_STARTUP)
+                out.event(
+                    f"persist service: {count} workers on {SUBJECT} (pids {workers.pids})\nPress Ctrl-C to stop.",
+                    event="ready", subject=SUBJECT, workers=count, pids=workers.pids, url=url,
+                )  # fmt: skip
+                await stop.wait()
+            finally:
+                await workers.stop()
+
+
+async def _serve(
+    opts: Options,
+    out: Printer,
+    placement: Placement,
+    stop_timeout: float,
+    partition: Partitions | None = None,
+) -> None:
     """Serve until a signal, or until the service gives up (then raise its :class:`Escalation`)."""
     with stop_on_signals() as stop:
         async with await opts.connect("conat-persist") as client:
-            server = await PersistServer(client, placement).start()
+            server = await PersistServer(client, placement, partitions=partition).start()
             try:
+                part = "" if partition is None else f", partition {partition}"
                 out.event(
-                    f"persist service ready on {SUBJECT} (files under {placement.root})\nPress Ctrl-C to stop.",
+                    f"persist service ready on {SUBJECT}{part} (files under {placement.root})\nPress Ctrl-C to stop.",
                     event="ready", subject=SUBJECT, root=placement.root, url=client.connected_url,
+                    partition=None if partition is None else partition.owned[0],
                 )  # fmt: skip
                 stopped = asyncio.ensure_future(stop.wait())
                 failed = asyncio.ensure_future(_stopped(server))

@@ -11,9 +11,18 @@ the operation's own task when it finishes (the turn returns :data:`actors.NO_REP
 of a scope wait on the same group commit instead of one transaction each, and a long-polling
 changefeed never blocks the scope.
 
-**Order.** An operation's task starts with the stream already leased, and its first step queues the
-write on the stream's writer (nothing awaits before that), so writes of one scope are queued in the
-order their requests arrived: a client that sends ``set a`` then ``set b`` gets ``seq(a) < seq(b)``.
+**The fast path.** A request for a stream that is open now, arriving while the scope's activation is
+idle, is started on the read loop (:meth:`PersistService.handle_now`): no task and no turn; the
+write is queued on the stream's group commit (a read on a reader connection) with a completion
+callback that answers (``respond_nowait``). Anything else becomes a turn as described above.
+
+**Order.** Both paths queue a write before the scope's next message is looked at (a turn queues it
+before it returns, and the runtime offers the fast path only to an idle activation), so writes of
+one scope are queued in the order their requests arrived: a client that sends ``set a`` then
+``set b`` gets ``seq(a) < seq(b)``.
+
+**Partitions.** With ``partitions`` the service serves one partition of the scopes (the bus splits
+``persist.*.>``: :func:`persist_mappings`, :mod:`persist._workers`).
 
 **Acknowledgement.** A write is answered after the transaction holding it has committed (with
 ``sync="full"``, after the fsync), never before: an acknowledged write survives a kill -9 of the
@@ -37,27 +46,29 @@ when nobody writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, Self
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, Self, final
 
 import msgspec
 
-from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere
+from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere, Partitions, subject_mapping
 from conat import (
     BUSY,
     UNAVAILABLE,
     Client,
     ClosedError,
     ConatError,
+    ErrorCode,
     Message,
     PayloadError,
     error_fields,
     error_reply,
     respond_error,
 )
-from subjects import InvalidSubject, ScopeKind, parse_scope
+from subjects import InvalidSubject, ScopeKind, parse_scope, persist_scope
 
 from ._config import StreamConfig
 from ._engine import ChangePage, StreamFile
@@ -88,7 +99,15 @@ from ._wire import (
     StreamInventory,
 )
 
-__all__ = ["BOOTLOG_CONFIG", "BOOTLOG_STREAM", "BootlogService", "PersistServer", "PersistService"]
+__all__ = [
+    "BOOTLOG_CONFIG",
+    "BOOTLOG_STREAM",
+    "SUBJECT",
+    "BootlogService",
+    "PersistServer",
+    "PersistService",
+    "persist_mappings",
+]
 
 log = logging.getLogger("persist.service")
 
@@ -99,6 +118,14 @@ BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
 _SCOPES: Final = "use hub, project-<uuid>, account-<uuid> or host-<uuid>"
+SUBJECT: Final = "persist.*.>"
+"""What the persist service serves: every scope's requests."""
+
+
+def persist_mappings(workers: int) -> dict[str, str]:
+    """The nats-server subject mapping that splits the persist service's scopes among ``workers``
+    partitioned workers (``ServerConfig(mappings=...)``); none for one worker."""
+    return dict([subject_mapping(SUBJECT, workers)]) if workers > 1 else {}
 
 
 class _Shared:
@@ -122,8 +149,70 @@ class _Shared:
         self.tasks: set[asyncio.Task[None]] = set()
         self.waiting: set[asyncio.Task[Any]] = set()
         """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
+        self.inflight = _InFlight()
+        self.forward_bootlogs = False
+        """Partitioned workers: bootlog requests go on to the persist subject (the scope's worker)."""
 
 
+@final
+class _InFlight:
+    """Every operation of the service in flight (every scope's): a stop waits until none is left,
+    since an operation started on the fast path has no task to wait for."""
+
+    __slots__ = ("_drained", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._drained: asyncio.Future[None] | None = None
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drained(self) -> None:
+        """Return once no operation is in flight."""
+        if self.count > 0:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+
+@final
+class _Slots:
+    """The operations of one scope in flight, at most ``limit``: a turn waits for a free slot,
+    the fast path takes one only if one is free (else the message becomes a turn)."""
+
+    __slots__ = ("_all", "_freed", "free")
+
+    def __init__(self, limit: int, everywhere: _InFlight) -> None:
+        self.free = limit
+        self._all = everywhere
+        self._freed: asyncio.Future[None] | None = None
+
+    def take_nowait(self) -> bool:
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        self._all.count += 1
+        return True
+
+    async def take(self) -> None:
+        while self.free <= 0:
+            if self._freed is None or self._freed.done():
+                self._freed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._freed)
+        self.free -= 1
+        self._all.count += 1
+
+    def give(self) -> None:
+        self.free += 1
+        self._all.done()
+        freed, self._freed = self._freed, None
+        if freed is not None and not freed.done():
+            freed.set_result(None)
+
+
+@final
 class _Hold:
     """What one operation holds: an in-flight slot of its scope and a lease on its stream.
 
@@ -133,9 +222,9 @@ class _Hold:
 
     __slots__ = ("_lease", "_slots")
 
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots: asyncio.Semaphore | None = slots
-        self._lease: Lease | None = None
+    def __init__(self, slots: _Slots, lease: Lease | None = None) -> None:
+        self._slots: _Slots | None = slots
+        self._lease = lease
 
     async def lease(
         self, store: StreamStore, path: str, config: StreamConfig | None, create: bool
@@ -143,10 +232,15 @@ class _Hold:
         self._lease = await store.lease(path, config=config, create=create)
         return self._lease.file
 
+    def lease_nowait(self, store: StreamStore, path: str) -> StreamFile | None:
+        """The stream, if it is open now (no wait: the woken changefeed read's usual case)."""
+        self._lease = store.lease_nowait(path)
+        return None if self._lease is None else self._lease.file
+
     def release(self) -> None:
         slots, self._slots = self._slots, None
         if slots is not None:
-            slots.release()
+            slots.give()
         lease, self._lease = self._lease, None
         if lease is not None:
             lease.release()
@@ -157,7 +251,7 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
 
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
-        self._inflight = asyncio.Semaphore(shared.max_inflight)
+        self._slots = _Slots(shared.max_inflight, shared.inflight)
         self._waiters = 0
         self._used: dict[str, float] = {}
         self._bad_scope: BadPath | None = None
@@ -187,15 +281,40 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         if interval > 0:
             self.timer(interval, self._sweep, period=interval)
 
+    def handle_now(self, msg: Message) -> bool:
+        """The fast path (:meth:`actors.Actor.handle_now`): a request on a stream that is open
+        now is started here, on the read loop, with no task and no turn; its reply is sent by the
+        operation's completion callback. Anything else (a stream to open, a long poll, a refusal
+        to explain, a scope at its in-flight limit) becomes a turn (:meth:`receive`)."""
+        if self._bad_scope is not None:
+            return False
+        request = _decode(msg)
+        if request is None or not isinstance(request, _FAST_OPS):
+            return False
+        if isinstance(request, ReadOp) and request.wait > 0:
+            return False
+        try:
+            self._check(request)
+            path = self._storage_path(request.stream)
+        except PersistError:
+            return False
+        if not self._slots.take_nowait():
+            return False
+        lease = self._shared.store.lease_nowait(path)
+        if lease is None:
+            self._slots.give()
+            return False
+        self._used[path] = self.clock.now()
+        self._start(msg, lease.file, request, _Hold(self._slots, lease))
+        return True
+
     async def receive(self, msg: Message) -> Any:
         if self._bad_scope is not None:
             self.passivate()
             await _respond_failure(msg, self._bad_scope)
             return NO_REPLY
         try:
-            # conat's own clients send msgpack bytes as "raw"; any other codec is honoured
-            raw = msg.codec.name == "raw"
-            request = REQUEST_DECODER.decode(msg.raw) if raw else msg.decode(Request)  # type: ignore[arg-type]
+            request = _decode_or_raise(msg)
         except (msgspec.DecodeError, msgspec.ValidationError, PayloadError) as e:
             await respond_error(msg, BadRequest.code, f"bad persist request: {e}")
             return NO_REPLY
@@ -213,8 +332,8 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
         if isinstance(request, ReadOp) and request.wait > 0 and self._waiters >= self._shared.max_waiters:
             await respond_error(msg, BUSY, f"persist {self.key}: {self._waiters} changefeed reads waiting")
             return NO_REPLY
-        await self._inflight.acquire()
-        hold = _Hold(self._inflight)
+        await self._slots.take()
+        hold = _Hold(self._slots)
         try:
             path = self._storage_path(request.stream)
             create = isinstance(request, SetOp | SetManyOp | ConfigOp) or (
@@ -231,39 +350,53 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
             await _respond_failure(msg, e)
             return NO_REPLY
         self._used[path] = self.clock.now()
-        work = (
-            self._read(file, request, hold) if isinstance(request, ReadOp) else self._operate(file, request)
-        )
-        self._spawn(msg, work, hold)
+        if isinstance(request, ReadOp):
+            self._spawn(msg, self._read(file, request, hold), hold)
+        else:
+            self._start(msg, file, request, hold)
         return NO_REPLY
+
+    def _start(self, msg: Message, file: StreamFile, request: Request, hold: _Hold) -> None:
+        """Start ``request`` on ``file`` now (a write is queued before this returns, so writes are
+        queued in the order their requests arrived); the reply goes out when it is done."""
+        answer = functools.partial(_answer, msg, hold)
+        try:
+            match request:
+                case SetOp():
+                    file.set_nowait(
+                        request.payload,
+                        key=request.key,
+                        headers=request.headers,
+                        encoding=request.encoding,
+                        ttl=request.ttl,
+                        msg_id=request.msg_id,
+                        previous_seq=request.previous_seq,
+                        done=answer,
+                    )
+                case SetManyOp():
+                    file.set_many_nowait(request.writes, done=functools.partial(_answer_many, msg, hold))
+                case GetOp():
+                    file.get_nowait(seq=request.seq, key=request.key, done=answer)
+                case DeleteOp():
+                    file.delete_nowait(
+                        seq=request.seq,
+                        seqs=request.seqs,
+                        up_to=request.up_to,
+                        key=request.key,
+                        msg_id=request.msg_id,
+                        done=answer,
+                    )
+                case _:
+                    self._spawn(msg, self._operate(file, request), hold)
+        except Exception as e:  # noqa: BLE001 - a refusal before anything was queued
+            hold.release()
+            _fail_nowait(msg, e)
 
     # ---- operations (each in its own task, replying when done) -----------------------------------
 
     def _operate(self, file: StreamFile, request: Request) -> Awaitable[object]:
-        """Start ``request`` on ``file``: the returned awaitable's first step queues a write."""
+        """The awaitable of an operation that :meth:`_start` does not start by itself."""
         match request:
-            case SetOp():
-                return file.set(
-                    request.payload,
-                    key=request.key,
-                    headers=request.headers,
-                    encoding=request.encoding,
-                    ttl=request.ttl,
-                    msg_id=request.msg_id,
-                    previous_seq=request.previous_seq,
-                )
-            case SetManyOp():
-                return self._set_many(file, request)
-            case GetOp():
-                return file.get(seq=request.seq, key=request.key)
-            case DeleteOp():
-                return file.delete(
-                    seq=request.seq,
-                    seqs=request.seqs,
-                    up_to=request.up_to,
-                    key=request.key,
-                    msg_id=request.msg_id,
-                )
             case KeysOp():
                 limit = min(request.limit, MAX_KEYS) if request.limit > 0 else request.limit
                 return file.keys(after=request.after, limit=limit, max_bytes=self._shared.max_page_bytes)
@@ -271,16 +404,17 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                 if request.changes is None:
                     return _ready(file.config())
                 return file.set_config(request.changes)
+            case ReadOp():
+                max_msgs = min(request.max_msgs, self._shared.max_page_msgs)
+                max_bytes = min(request.max_bytes, self._shared.max_page_bytes)
+                return file.changes(
+                    request.after_seq,
+                    after_delete=request.after_delete,
+                    stream_id=request.stream_id,
+                    max_msgs=max_msgs,
+                    max_bytes=max_bytes,
+                )
         raise BadRequest("persist", f"unknown operation {type(request).__name__}")  # pragma: no cover
-
-    async def _set_many(self, file: StreamFile, request: SetManyOp) -> list[Any]:
-        out: list[Any] = []
-        for result in await file.set_many(request.writes):
-            if isinstance(result, PersistError):
-                out.append({"error": result.code, "message": str(result), "data": error_fields(result)})
-            else:
-                out.append(result)
-        return out
 
     async def _read(self, file: StreamFile, request: ReadOp, hold: _Hold) -> ChangePage:
         """A page after the request's cursor; with ``wait``, a long poll until there is one.
@@ -324,7 +458,9 @@ class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000
                         await asyncio.wait_for(asyncio.shield(changed), left)
                     except TimeoutError:
                         return page  # nothing changed: the empty page stands
-                file = await hold.lease(store, path, self._new_config(request), True)
+                file = hold.lease_nowait(store, path) or await hold.lease(
+                    store, path, self._new_config(request), True
+                )
         finally:
             if waiting:
                 self._waiters -= 1
@@ -422,6 +558,32 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
                 "bootlog", f"only set, get and read of stream {BOOTLOG_STREAM!r} are served here"
             )
 
+    def handle_now(self, msg: Message) -> bool:
+        return not self._shared.forward_bootlogs and super().handle_now(msg)
+
+    async def receive(self, msg: Message) -> Any:
+        if not self._shared.forward_bootlogs:
+            return await super().receive(msg)
+        # partitioned workers: the scope's stream files belong to the worker of its partition, so
+        # the bootlog (a stream of that scope) is written there, through the persist subject
+        try:
+            request = _decode_or_raise(msg)
+            self._check(request)
+            self._scope()  # the key names a scope
+        except (msgspec.DecodeError, msgspec.ValidationError, PayloadError, InvalidSubject) as e:
+            await respond_error(msg, BadRequest.code, f"bad bootlog request: {e}")
+            return NO_REPLY
+        except PersistError as e:
+            await _respond_failure(msg, e)
+            return NO_REPLY
+        assert isinstance(request, SetOp | ReadOp | GetOp)
+        if not isinstance(request, GetOp):
+            request = msgspec.structs.replace(request, config=msgspec.to_builtins(BOOTLOG_CONFIG))
+        scope = self.key.replace(".", "-", 1)
+        wait = request.wait if isinstance(request, ReadOp) else 0.0
+        self._spawn(msg, _forward(self.client, persist_scope(scope, "api"), request, wait))
+        return NO_REPLY
+
 
 class PersistServer:
     """Runs the persist service on a connection: one :class:`PersistService` activation per scope.
@@ -438,6 +600,10 @@ class PersistServer:
         store: the stream store (default: one over ``placement`` with its defaults).
         subject: the pattern served (default ``persist.*.>``, every scope of the bus).
         bootlog: also serve the bootlogs (:class:`BootlogService`) from the same store.
+        partitions: serve only these partitions of the scopes (a partitioned worker: ``conat persist
+            serve --workers N``); the bus must split ``subject`` with :func:`persist_mappings`. Each
+            worker locks its own partition of the roots, and a worker of partition 0 also serves the
+            bootlogs, sending each on to the worker of its scope.
         max_inflight, max_waiters, sweep_interval: see the module docstring.
         max_page_msgs, max_page_bytes: the caps on a page of messages, whatever a client asks.
     """
@@ -455,6 +621,7 @@ class PersistServer:
         max_page_msgs: int = MAX_PAGE_MSGS,
         max_page_bytes: int = MAX_PAGE_BYTES,
         bootlog: bool = True,
+        partitions: Partitions | None = None,
     ) -> None:
         if max_page_msgs < 1 or max_page_bytes < 1:
             raise ValueError(f"page caps must be positive, not {max_page_msgs!r}, {max_page_bytes!r}")
@@ -470,6 +637,8 @@ class PersistServer:
         )
         self._system = ActorSystem(client)
         self._subject = subject
+        self._partitions = partitions
+        self._shared.forward_bootlogs = partitions is not None
         self._lock: RootLock | None = None
 
     async def start(self) -> Self:
@@ -479,7 +648,11 @@ class PersistServer:
             RootInUse: another persist service holds one of the placement's roots.
             StorageError: a root cannot be created, or its lock file opened.
         """
-        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots())
+        parts = self._partitions
+        partition = None if parts is None else (parts.owned[0], parts.count)
+        if parts is not None and len(parts.owned) != 1:
+            raise ValueError(f"a partitioned persist worker serves one partition, not {parts}")
+        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots(), partition)
         try:
             await self._serve()
         except BaseException:
@@ -493,8 +666,9 @@ class PersistServer:
         if self._subject != PersistService.spec().subject:
             cls = type("PersistService", (PersistService,), {}, subject=self._subject)
         shared = self._shared
-        await self._system.start(cls, factory=lambda: cls(shared))
-        if self._bootlog:
+        parts = self._partitions
+        await self._system.start(cls, factory=lambda: cls(shared), partitions=parts)
+        if self._bootlog and (parts is None or 0 in parts.owned):
             await self._system.start(BootlogService, factory=lambda: BootlogService(shared))
 
     async def __aenter__(self) -> Self:
@@ -530,6 +704,8 @@ class PersistServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # the fast path's operations: they have no task
+            await asyncio.wait_for(self._shared.inflight.drained(), timeout)
         if self._owns_store:
             await self.store.aclose()
         if self._lock is not None:  # after the files are closed: the next service may open them
@@ -539,11 +715,31 @@ class PersistServer:
 # ---- replies -----------------------------------------------------------------------------------------
 
 
+class _Relayed:
+    """A reply relayed as it came (its bytes already the answer's msgpack)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+async def _forward(client: Client, subject: str, request: Request, wait: float) -> _Relayed:
+    """Send ``request`` on to ``subject``; its answer, or its refusal raised as it came."""
+    reply = await client.request(
+        subject, msgspec.msgpack.encode(request), timeout=wait + 10.0, encoding="raw", wait_for_interest=True
+    )
+    return _Relayed(reply.raw)
+
+
 async def _respond(msg: Message, result: object) -> None:
     if not msg.reply:
         return
     try:
-        await msg.respond(result)
+        if isinstance(result, _Relayed):
+            await msg.respond(result.raw, encoding="raw")
+        else:
+            await msg.respond(result)
     except ConatError as e:
         log.debug("could not answer %s: %s", msg.subject, e)
 
@@ -555,6 +751,75 @@ async def _respond_failure(msg: Message, error: Exception) -> None:
     if not isinstance(error, ConatError):
         log.exception("persist operation on %s failed", msg.subject, exc_info=error)
     await respond_error(msg, *error_reply(error))
+
+
+def _answer(msg: Message, hold: _Hold, outcome: object) -> None:
+    """An operation's completion: give back what it held, then reply with its outcome."""
+    hold.release()
+    if isinstance(outcome, Exception):
+        _fail_nowait(msg, outcome)
+    elif msg.reply:
+        try:
+            msg.respond_nowait(outcome)
+        except ConatError as e:
+            log.debug("could not answer %s: %s", msg.subject, e)
+
+
+def _answer_many(msg: Message, hold: _Hold, outcomes: list[object] | PersistError) -> None:
+    """A ``set_many``'s completion: each write's result, or its refusal as an error entry (the
+    transaction's failure is one error for the request)."""
+    if isinstance(outcomes, PersistError):
+        _answer(msg, hold, outcomes)
+        return
+    out: list[Any] = []
+    for result in outcomes:
+        if isinstance(result, PersistError):
+            out.append({"error": result.code, "message": str(result), "data": error_fields(result)})
+        else:
+            out.append(result)
+    _answer(msg, hold, out)
+
+
+def _fail_nowait(msg: Message, error: Exception) -> None:
+    """:func:`_respond_failure` without waiting."""
+    if not msg.reply:
+        return
+    code: ErrorCode
+    data: Mapping[str, Any] | None
+    if isinstance(error, ClosedError):
+        code, text, data = UNAVAILABLE, f"persist service stopping: {error}", None
+    else:
+        if not isinstance(error, ConatError):
+            log.error("persist operation on %s failed", msg.subject, exc_info=error)
+        code, text, data = error_reply(error)
+    try:
+        msg.respond_error_nowait(code, text, data=data)
+    except ConatError as e:
+        log.debug("could not answer %s: %s", msg.subject, e)
+
+
+def _decode_or_raise(msg: Message) -> Request | InventoryOp:
+    """The request in ``msg``. conat's own clients send msgpack (unlabelled, or labelled "raw");
+    any other codec is honoured.
+
+    Raises:
+        msgspec.DecodeError, msgspec.ValidationError, PayloadError: it is not a persist request.
+    """
+    if msg.encoding in ("msgpack", "raw"):
+        return REQUEST_DECODER.decode(msg.raw)
+    return msg.decode(Request)  # type: ignore[arg-type]
+
+
+def _decode(msg: Message) -> Request | InventoryOp | None:
+    """:func:`_decode_or_raise`, or ``None`` (the turn that follows explains the refusal)."""
+    try:
+        return _decode_or_raise(msg)
+    except (msgspec.DecodeError, msgspec.ValidationError, PayloadError):
+        return None
+
+
+_FAST_OPS: Final = (SetOp, SetManyOp, GetOp, DeleteOp, KeysOp, ReadOp)
+"""The operations the fast path starts (a long-polling ``ReadOp`` excepted)."""
 
 
 @functools.lru_cache(maxsize=4096)

@@ -219,6 +219,7 @@ class StreamStore:
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._loading: set[asyncio.Task[StreamFile]] = set()
         self._changed: asyncio.Event | None = None
+        self._watchers = 0
         self._reaper: asyncio.Task[None] | None = None
         self._opened = 0
         self._closed_count = 0
@@ -259,6 +260,18 @@ class StreamStore:
         ``with`` block (the persist service takes it in one task and gives it back in another).
         Call :meth:`Lease.release` exactly when done; it is idempotent."""
         return Lease(self, await self._acquire(path, config, create))
+
+    def lease_nowait(self, path: str) -> Lease | None:
+        """A lease on the stream at ``path`` if it is open and ready now, else ``None`` (then use
+        :meth:`lease`, which opens it). Never waits: for a caller on a fast path."""
+        if self._closed:
+            return None
+        entry = self._entries.get(path)
+        if entry is None or entry.file is None:
+            return None
+        entry.leases += 1
+        self._entries.move_to_end(path)
+        return Lease(self, entry)
 
     async def _acquire(self, path: str, config: StreamConfig | None, create: bool) -> _Entry:
         """Take a lease on ``path``'s entry, opening the stream if needed."""
@@ -409,7 +422,7 @@ class StreamStore:
             if victim is not None:
                 await self._close(victim)
                 continue
-            await self._changed.wait()
+            await self._wait_changed()
 
     # ---- closing ---------------------------------------------------------------------------------
 
@@ -454,8 +467,7 @@ class StreamStore:
         Does not archive it (call :meth:`archive` first for that).
         """
         while (entry := self._entries.get(path)) is not None and entry.leases > 0:
-            assert self._changed is not None
-            await self._changed.wait()
+            await self._wait_changed()
         await self._close(path, archive=False)
 
     async def _reap(self) -> None:
@@ -644,10 +656,22 @@ class StreamStore:
         self._reaper = loop.create_task(self._reap(), name="persist-store idle reaper")
 
     def _notify(self) -> None:
-        """Wake every task waiting for a lease to end or a stream to close (they re-check)."""
-        if self._changed is not None:
+        """Wake every task waiting for a lease to end or a stream to close (they re-check).
+
+        Only when one waits: a lease is released for every request the service answers.
+        """
+        if self._changed is not None and self._watchers:
             self._changed.set()
             self._changed = asyncio.Event()
+
+    async def _wait_changed(self) -> None:
+        """Wait for the next :meth:`_notify` (the caller re-checks what it waits for)."""
+        assert self._changed is not None
+        self._watchers += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._watchers -= 1
 
 
 async def _settle(work: asyncio.Future[Any]) -> None:

@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import conat
+from actors import wait_for_partitions
 from conat.cli.plugin import DemoFailed, Printer, UpExtension, line, to_json
 
 from ._cli import SUBJECT
 from ._client import AKV, AStream
 from ._placement import Placement
-from ._service import PersistServer
+from ._service import PersistServer, PersistService, persist_mappings
+from ._workers import Workers
 
 __all__ = ["PersistUp", "up_extension"]
 
@@ -33,9 +35,16 @@ class PersistUp(UpExtension):
 
     name = "persist"
 
+    def mappings(self, workers: int) -> dict[str, str]:
+        return persist_mappings(workers)
+
     @contextlib.asynccontextmanager
     async def serve(self, url: str, out: Printer) -> AsyncIterator[None]:
         placement = Placement.from_sources()  # <data dir>/sync unless $CONAT_SYNC* say otherwise
+        if self.workers > 1:
+            async with self._workers(url, out, placement):
+                yield
+            return
         async with await conat.connect(url, name="conat-up-persist") as client:
             server = await PersistServer(client, placement).start()
             try:
@@ -47,6 +56,25 @@ class PersistUp(UpExtension):
                 yield
             finally:
                 await server.aclose(_UP_STOP_TIMEOUT)
+
+    @contextlib.asynccontextmanager
+    async def _workers(self, url: str, out: Printer, placement: Placement) -> AsyncIterator[None]:
+        """``workers`` partitioned worker processes (the bus maps persist.*.> for them)."""
+        workers = Workers(self.workers, ["--url", url, "--stop-timeout", str(_UP_STOP_TIMEOUT)],
+                          stop_timeout=_UP_STOP_TIMEOUT)  # fmt: skip
+        await workers.start()
+        try:
+            async with await conat.connect(url, name="conat-up-persist") as client:
+                await wait_for_partitions(client, PersistService.spec().subject_for, SUBJECT, self.workers, 60.0)
+            out.event(
+                line("service", f"{SUBJECT}: persisted streams and KV stores, {self.workers} workers "
+                     f"(pids {workers.pids}), SQLite files under {placement.root}"),
+                event="service", name="persist", subject=SUBJECT, root=placement.root,
+                workers=self.workers, pids=workers.pids,
+            )  # fmt: skip
+            yield
+        finally:
+            await workers.stop()
 
     async def demo(self, url: str, out: Printer) -> None:
         async with await conat.connect(url, name="conat-up-persist-demo") as client:

@@ -1,7 +1,7 @@
 """The ``conat`` click group: global options, exit codes, error reporting, and the event loop.
 
 Exit codes: one table, :data:`EXIT_CODES`, for every command (plugins' included). ``conat --help``
-prints it and the README shows the same table (a test holds them together); :func:`exit_code_for`
+prints it and docs/cli.md shows the same table (a test holds them together); :func:`exit_code_for`
 maps an error to its code.
 
 Global options (``--url``, ``--credentials``, ``--json``, ``--debug``, ``--log-level``) work before
@@ -95,7 +95,7 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_NOT_RUNNING, "no bus is running (conat status, conat down)"),
     (EXIT_INTERRUPTED, "interrupted by Ctrl-C during a one-shot command"),
 )
-"""Every exit code of ``conat`` and what it means, in order: the one table (``--help``, README)."""
+"""Every exit code of ``conat`` and what it means, in order: the one table (``--help``, docs/cli.md)."""
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """What stops a long-running command cleanly (exit 0). SIGHUP: the terminal was closed."""

@@ -185,6 +185,12 @@ class UpExtension:
     """
 
     name: str = "extension"
+    workers: int = 1
+    """Processes to serve the extension's partitioned service with (``conat up --workers N``)."""
+
+    def mappings(self, workers: int) -> dict[str, str]:
+        """Subject mappings the bus needs for ``workers`` processes of the service (none by default)."""
+        return {}
 
     def configure(self, options: UpOptions) -> None:
         """Take ``conat up``'s options before :meth:`serve` (default: ignore them)."""

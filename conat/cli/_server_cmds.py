@@ -171,9 +171,16 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
 @click.option(
     "--demo", is_flag=True, help="Walk through the platform: a project, its live bootlog, files, exec."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes of each partitioned service (persist), its keys split among them by the bus.",
+)
 @json_option
 @click.pass_obj
-def up(opts: Options, port: int, once: bool, hosts: int, demo: bool) -> None:
+def up(opts: Options, port: int, once: bool, hosts: int, demo: bool, workers: int) -> None:
     """Start the whole platform on this machine, show it working, and keep it running.
 
     Starts a nats-server (like `conat server`), serves a small greeter service on public.demo.*
@@ -185,11 +192,17 @@ def up(opts: Options, port: int, once: bool, hosts: int, demo: bool) -> None:
     a longer walk through a project, its live bootlog, its files and a command). Then it keeps
     everything up until Ctrl-C, SIGTERM or SIGHUP, or `conat down` from another terminal (with
     --once: it stops and exits 0). Every process it starts dies with it, even if it is killed.
+    With --workers N, persist runs as N processes, the bus splitting its keys among them.
     """
     out = Printer(opts.json)
     ensure_not_running(out)
+    mappings: dict[str, str] = {}
+    for extension in up_extensions():
+        extension.workers = workers
+        mappings.update(extension.mappings(workers))
     try:
-        run(_up(out, ServerConfig(port=port), once, UpOptions(hosts=hosts, demo=demo, once=once)))
+        options = UpOptions(hosts=hosts, demo=demo, once=once)
+        run(_up(out, ServerConfig(port=port, mappings=mappings), once, options))
     except KeyboardInterrupt:
         pass
 

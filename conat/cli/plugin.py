@@ -25,7 +25,7 @@ A command uses this module and nothing private of ``conat.cli``:
   stderr; :func:`to_json` and :func:`format_value` format values the way every command does.
 - Commands raise: ``conat``'s group turns any exception into one error line and the exit code of
   :func:`exit_code_for`; a command returns normally for exit code 0. :data:`EXIT_CODES` is the one
-  table of exit codes (``conat --help`` and the README print it): a plugin uses its ``EXIT_*``
+  table of exit codes (``conat --help`` and docs/cli.md print it): a plugin uses its ``EXIT_*``
   constants and adds no codes of its own.
 """
 

@@ -109,19 +109,19 @@ def test_exit_code_table() -> None:
     assert exit_code_for(conat.BadURL("foo://x", "unsupported scheme")) == 1  # a typo, not the network
 
 
-def _readme_exit_codes() -> list[tuple[int, str]]:
-    """The rows of the README's exit code table (``| code | meaning |``)."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def _documented_exit_codes() -> list[tuple[int, str]]:
+    """The rows of the exit code table in docs/cli.md (``| code | meaning |``)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     table = text.split("| exit code | meaning |", 1)[1].split("\n\n", 1)[0]
     rows = [line.strip().strip("|").split("|") for line in table.splitlines()[2:]]
     return [(int(code), meaning.strip().replace("`", "")) for code, meaning in rows]
 
 
-def test_one_exit_code_table_in_help_and_readme() -> None:
+def test_one_exit_code_table_in_help_and_docs() -> None:
     codes = [code for code, _ in EXIT_CODES]
     assert codes == sorted(codes) and len(set(codes)) == len(codes)
     assert {0, 1, 2, 3, 4, 5, 6, 7, 8, 130} == set(codes)
-    assert _readme_exit_codes() == list(EXIT_CODES)
+    assert _documented_exit_codes() == list(EXIT_CODES)
     shown = invoke(["--help"]).stdout.split("Exit codes:\n", 1)[1].splitlines()
     assert [line.split(None, 1) for line in shown[: len(EXIT_CODES)]] == [
         [str(code), meaning] for code, meaning in EXIT_CODES

@@ -509,3 +509,23 @@ def test_conat_reaches_persist_only_through_entry_points() -> None:
     code = "import sys, conat; assert not [m for m in sys.modules if m.split('.')[0] == 'persist']"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)
     assert PersistUp in [type(e) for e in up_extensions()]  # beside the platform's
+
+
+def test_up_with_two_persist_workers(tmp_path: Path) -> None:
+    """``conat up --workers 2``: the bus splits persist.*.> two ways, two worker processes serve
+    it, and the demo's stream and key (scope ``hub``) go through the partition that owns them."""
+    try:
+        result = CliRunner().invoke(
+            cli, ["--json", "up", "--once", "--workers", "2"], env={"CONAT_DATA_DIR": str(tmp_path)},
+            catch_exceptions=False, prog_name="conat",
+        )  # fmt: skip
+    finally:
+        for up in up_extensions():
+            up.workers = 1  # the extensions are shared objects: leave them as other tests expect
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    (persist,) = [e for e in events if e["event"] == "service" and e.get("name") == "persist"]
+    assert persist["workers"] == 2 and len(persist["pids"]) == 2
+    stored = next(e for e in events if e["event"] == "persist")
+    assert stored["seqs"] == [1, 2, 3]
+    assert events[-1]["event"] == "stopped"

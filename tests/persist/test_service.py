@@ -158,6 +158,26 @@ async def test_refusals_arrive_typed(server: PersistServer, client: conat.Client
     assert (await s.get(key="a")) is not None
 
 
+async def test_refusals_on_an_open_stream_are_per_write(
+    server: PersistServer, client: conat.Client, scope: str
+) -> None:
+    """On a stream already open a request takes the fast path (no turn): a refused write still
+    arrives typed, and a batch of one refused write is a list with its refusal, not an error of
+    the whole request (which a client would retry as if the transaction had failed)."""
+    kv = AKV(client, scope, "cas")
+    first = await kv.set("a", 1)
+    with pytest.raises(WrongLastSequence):
+        await kv.set("a", 2, previous_seq=first.seq + 5)
+    s = AStream(client, scope, "cas")
+    (only,) = await s.publish_many([Write(payload=b"x", key="a", previous_seq=first.seq + 5)])
+    assert isinstance(only, WrongLastSequence) and only.actual == first.seq
+    ok, refused = await s.publish_many(
+        [Write(payload=b"y", key="b"), Write(payload=b"z", key="a", previous_seq=0)]
+    )
+    assert not isinstance(ok, Exception) and isinstance(refused, WrongLastSequence)
+    assert (await kv.get("a")) == 1
+
+
 async def test_requests_on_bad_scopes_are_refused_without_crashing(
     server: PersistServer, client: conat.Client, scope: str
 ) -> None:
