@@ -33,6 +33,8 @@ and what it is for when an upgrade breaks it:
 * ``Client._pending``, ``_pending_data_size``, ``_max_pending_size``, ``_flush_queue``,
   ``_flush_pending(force_flush)``: :meth:`Transport.publish` queues the protocol command itself
   (nats-py's ``publish`` re-validates and re-encodes the headers on every call) and kicks the flusher.
+* ``Client._flusher_task``: a reply sent without an await (:meth:`Transport.publish_nowait`) wakes
+  the flusher only while that task runs; otherwise the next awaited publish or the reconnect flushes.
 * ``Client._send_command(cmd)``, ``Client._pongs``: :meth:`Transport.flush` queues its PING behind
   what is pending and waits for its PONG.
 * ``Client._nuid``: unique tokens (inboxes, transfer ids) from nats-py's NUID generator.
