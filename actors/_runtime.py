@@ -208,6 +208,7 @@ class ActorRuntime:
                 queue=self.queue,
                 dispatch=self._route,
                 max_buffer=self.spec.max_buffer,
+                cluster_wide=True,  # on a cluster: callers on every node reach it once it serves
             )
         except BaseException:
             self.accepting = False

@@ -53,6 +53,9 @@ from ._errors import SocketProtocolError as SocketProtocolError
 from ._errors import SocketReset as SocketReset
 from ._errors import Timeout as Timeout
 from ._errors import Unauthorized as Unauthorized
+from ._interest import PROBE_ACCOUNT as PROBE_ACCOUNT
+from ._interest import PROBE_SUBJECT as PROBE_SUBJECT
+from ._interest import probe_blocks as probe_blocks
 from ._message import Message as Message
 from ._micro import EndpointInfo as EndpointInfo
 from ._micro import EndpointStatistics as EndpointStatistics
@@ -120,6 +123,8 @@ __all__ = [
     "NOT_FOUND",
     "NatsServer",
     "NoResponders",
+    "PROBE_ACCOUNT",
+    "PROBE_SUBJECT",
     "PayloadError",
     "PayloadTooLarge",
     "PeerDead",
@@ -159,6 +164,7 @@ __all__ = [
     "error_fields",
     "error_reply",
     "get_codec",
+    "probe_blocks",
     "rebuild_error",
     "register_error",
     "reply_encoding",

@@ -59,6 +59,9 @@ to a server with less."""
 MONITOR_HOST: Final = "127.0.0.1"
 """The monitoring endpoint exposes connection details without auth: it never leaves loopback."""
 
+ROUTE_POOL_SIZE: Final = -1
+"""Route pooling off: one ordered route per pair of nodes (see :class:`ClusterConfig`)."""
+
 _ROUTE_SCHEMES: Final = ("nats-route://", "nats://", "tls://")
 _LEAF_SCHEMES: Final = ("nats-leaf://", "nats://", "tls://", "ws://", "wss://")
 _NAME_RE: Final = re.compile(r"\S+")
@@ -136,6 +139,14 @@ class ClusterConfig:
         port: 0 picks a random free port.
         routes: seed URLs (``nats-route://host:port``) of other nodes. One reachable seed is enough:
             nodes learn each other from it. Listing the node itself is harmless.
+
+    Every node is rendered with ``pool_size: -1``: one route per pair of nodes, carrying every
+    account in order, rather than nats-server's default pool of routes each pinned to some
+    accounts (and a separate one for the system account). A client's interest changes and its
+    later requests to the system account then travel on the same connection, in order, which is
+    what makes interest confirmable cluster-wide (:mod:`conat._interest`). Every node of a cluster
+    must agree on it. Costs nothing that matters here: conat's clients, not the routes, bound
+    throughput.
     """
 
     name: str
@@ -311,6 +322,7 @@ def config_tree(
             "host": cl.host,
             "port": _port(cl.port),
             "routes": list(cl.routes),
+            "pool_size": ROUTE_POOL_SIZE,
         }
     if (leaf := config.leafnodes) is not None:
         block: dict[str, Any] = {}

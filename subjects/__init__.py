@@ -19,6 +19,7 @@ from ._match import matches as matches
 from ._match import pattern_is_subset as pattern_is_subset
 from ._match import subjects_collide as subjects_collide
 from ._names import HUB as HUB
+from ._names import INTEREST_PROBE as INTEREST_PROBE
 from ._names import PUBLIC_PATTERN as PUBLIC_PATTERN
 from ._names import ScopeKind as ScopeKind
 from ._names import account_scope as account_scope
@@ -67,6 +68,7 @@ __all__ = [
     "EMPTY_TOKEN",
     "Grant",
     "HUB",
+    "INTEREST_PROBE",
     "InvalidBus",
     "InvalidSubject",
     "MASTER_BUS",

@@ -9,7 +9,9 @@ The policy
 ----------
 ``i(x)`` is ``_INBOX.x.>`` (the inbox pattern of principal ``x``), ``pub`` is :data:`PUBLIC_PATTERN`.
 Every grant also carries the *explicit denies* ``$SYS.>`` and ``_INBOX.>`` on publish and ``$SYS.>``
-on subscribe, and :data:`DEFAULT_RESPONSES` (see "Responses" below).
+on subscribe, :data:`DEFAULT_RESPONSES` (see "Responses" below), and may publish
+:data:`~subjects.INTEREST_PROBE` (every server of a cluster answers it, about an empty account, so a
+client can confirm that its subscriptions are known on every node; it tells nothing else).
 
 =================================  ==============================================  ==============================
 principal / bus                    publish allow                                   subscribe allow
@@ -104,6 +106,7 @@ import msgspec
 from ._grammar import InvalidSubject
 from ._names import (
     HUB,
+    INTEREST_PROBE,
     PUBLIC_PATTERN,
     ScopeKind,
     _uuid,
@@ -370,12 +373,12 @@ def _grant(
     subscribe: Iterable[str] | None,
     subscribe_deny: Iterable[str] = (),
 ) -> Grant:
-    """A grant with the explicit denies, own inbox and ``public.>`` always added.
+    """A grant with the explicit denies, own inbox, ``public.>`` and the interest probe always added.
 
     ``None`` means "everything" (minus the denies); patterns keep their first-seen order.
     """
     inbox = inbox_prefix(who)
-    publish_allow = None if publish is None else tuple(dict.fromkeys((*publish, PUBLIC_PATTERN)))
+    publish_allow = None if publish is None else tuple(dict.fromkeys((*publish, PUBLIC_PATTERN, INTEREST_PROBE)))
     subscribe_allow = (
         None if subscribe is None else tuple(dict.fromkeys((*subscribe, inbox_pattern(who), PUBLIC_PATTERN)))
     )

@@ -155,7 +155,13 @@ def test_websocket_block() -> None:
 def test_cluster_block() -> None:
     routes = ["nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6223"]
     tree = config_tree(ServerConfig(cluster=ClusterConfig("c1", port=6222, routes=routes)))
-    assert tree["cluster"] == {"name": "c1", "host": "127.0.0.1", "port": 6222, "routes": routes}
+    assert tree["cluster"] == {
+        "name": "c1",
+        "host": "127.0.0.1",
+        "port": 6222,
+        "routes": routes,
+        "pool_size": -1,  # one ordered route per pair of nodes: interest is confirmable cluster-wide
+    }
 
 
 def test_leafnode_blocks() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from subjects import (
     DEFAULT_RESPONSES,
+    INTEREST_PROBE,
     MASTER_BUS,
     Grant,
     InvalidBus,
@@ -170,7 +171,7 @@ def _restricted(
     publish: tuple[str, ...], subscribe: tuple[str, ...], sub_deny: tuple[str, ...] = ()
 ) -> Permissions:
     return Permissions(
-        publish_allow=publish,
+        publish_allow=(*publish, INTEREST_PROBE),  # every grant may confirm interest cluster-wide
         publish_deny=PUB_DENY,
         subscribe_allow=subscribe,
         subscribe_deny=(*SUB_DENY, *sub_deny),
@@ -245,6 +246,13 @@ EXACT: list[tuple[str, Scope, str, Permissions]] = [
 
 
 @pytest.mark.parametrize(("principal", "scope", "bus", "expected"), EXACT)
+def test_every_grant_may_send_the_interest_probe(
+    principal: str, scope: Scope, bus: str, expected: Permissions
+) -> None:
+    assert grant(principal, scope, bus).permissions.can_publish(INTEREST_PROBE)
+
+
+@pytest.mark.parametrize(("principal", "scope", "bus", "expected"), EXACT)
 def test_exact_grants(principal: str, scope: Scope, bus: str, expected: Permissions) -> None:
     g = grant(principal, scope, bus)
     assert g.permissions == expected
@@ -274,7 +282,7 @@ def test_to_nats_is_never_unrestricted_by_accident() -> None:
     }
     assert grant(f"host-{H}", Scope(), f"host-{H}").permissions.to_nats() == nats
     minimal = grant(f"project-{P}", Scope(), MASTER_BUS).permissions.to_nats()
-    assert minimal["pub"] == {"allow": ["public.>"], "deny": ["$SYS.>", "_INBOX.>"]}
+    assert minimal["pub"] == {"allow": ["public.>", INTEREST_PROBE], "deny": ["$SYS.>", "_INBOX.>"]}
 
 
 def test_response_permission_claim() -> None:
