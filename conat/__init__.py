@@ -72,6 +72,7 @@ from ._ratelimit import TokenBucket as TokenBucket
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
+from ._server_config import LeafUser as LeafUser
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import Dispatcher as Dispatcher
@@ -117,6 +118,7 @@ __all__ = [
     "InvalidSubject",
     "JSON",
     "LeafNodeConfig",
+    "LeafUser",
     "MSGPACK",
     "Message",
     "MicroService",

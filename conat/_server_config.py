@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, final
 
+from subjects import Permissions
+
 from ._chunking import MIN_CHUNK_SIZE
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "MIN_MAX_PAYLOAD",
     "ClusterConfig",
     "LeafNodeConfig",
+    "LeafUser",
     "ServerConfig",
     "WebsocketConfig",
     "config_tree",
@@ -164,25 +167,91 @@ class ClusterConfig:
 
 @final
 @dataclass(frozen=True, slots=True)
+class LeafUser:
+    """A login for leaf links on a hub, and what its link may carry.
+
+    The permissions are the link's, seen from the hub: ``publish`` is what the leaf may send into
+    the hub, ``subscribe`` what the hub sends down to it (nats-server forwards nothing else, either
+    way). A leaf link has no response permissions: replies that cross it must be allowed by name.
+    For a host's leaf, :func:`subjects.leaf_permissions` gives the policy's lists.
+
+    Attributes:
+        user: the login name (also shown in the hub's logs).
+        password: its password (the config file is 0600 for that reason).
+        permissions: what the link may carry (:class:`subjects.Permissions`).
+        account: the hub's account the link lands in.
+    """
+
+    user: str
+    password: str
+    permissions: Permissions
+    account: str = "APP"
+
+    def __post_init__(self) -> None:
+        _check_name("leafnodes.users.user", self.user)
+        _check_name("leafnodes.users.account", self.account)
+        if not isinstance(self.password, str) or not self.password:
+            raise ValueError(f"leafnodes.users.password: must be a non-empty string (user {self.user!r})")
+        if not isinstance(self.permissions, Permissions):
+            raise ValueError(  # noqa: TRY004 -- a config names its bad field one way: ValueError
+                f"leafnodes.users.permissions: must be a subjects.Permissions, got {self.permissions!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"LeafUser(user={self.user!r}, account={self.account!r}, permissions={self.permissions!r})"
+
+    def to_conf(self) -> dict[str, Any]:
+        """The user's entry in its account's ``users`` (leaf links only)."""
+        nats = self.permissions.to_nats()
+        return {
+            "user": self.user,
+            "password": self.password,
+            "permissions": {"publish": dict(nats["pub"]), "subscribe": dict(nats["sub"])},
+            "allowed_connection_types": ["LEAFNODE"],
+        }
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class LeafNodeConfig:
-    """Leaf-node links: accept leaf nodes (a hub), connect to hubs (a leaf), or both.
+    """Leaf-node links: accept leaf nodes (a hub), link to a hub (a leaf), or both.
 
     Attributes:
         listen_host: address to bind the leaf-node listener (used only if ``listen_port`` is set).
         listen_port: ``None`` = do not accept leaf nodes; 0 = a random free port.
-        remotes: hub URLs (``nats-leaf://[user:pass@]host:port``) to connect to. They may carry
+        remotes: the hub's URLs (``nats-leaf://[user:pass@]host:port``), one per node of the hub's
+            cluster: **one** link, to the first that answers, failing over to the others (not one
+            link per URL, which would deliver every message once per link). They may carry
             credentials: the config file is written mode 0600 for that reason.
+        account: the local account the link binds to (a bus with accounts: ``APP``); ``None``
+            for a server without accounts.
+        users: the hub side: logins for leaf links, each with what its link may carry
+            (:class:`LeafUser`). They go in their account with ``allowed_connection_types`` leaf
+            only, and skip the hub's auth callout. A hub with users needs accounts (a bus with auth).
     """
 
     listen_host: str = "127.0.0.1"
     listen_port: int | None = None
     remotes: Sequence[str] = ()
+    account: str | None = None
+    users: Sequence[LeafUser] = ()
 
     def __post_init__(self) -> None:
         _check_host("leafnodes.listen_host", self.listen_host)
         _check_port("leafnodes.listen_port", self.listen_port, optional=True)
         object.__setattr__(self, "remotes", _as_tuple(self.remotes))
         _check_urls("leafnodes.remotes", self.remotes, _LEAF_SCHEMES)
+        if self.account is not None:
+            _check_name("leafnodes.account", self.account)
+        object.__setattr__(self, "users", tuple(self.users))
+        for user in self.users:
+            if not isinstance(user, LeafUser):
+                raise ValueError(f"leafnodes.users: must be LeafUser records, got {user!r}")  # noqa: TRY004
+        names = [user.user for user in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError(f"leafnodes.users: user names must be unique, got {names!r}")
+        if self.users and self.listen_port is None:
+            raise ValueError("leafnodes.users: a hub's leaf users need listen_port")
         if self.listen_port is None and not self.remotes:
             raise ValueError("leafnodes: set listen_port, remotes, or both")
 
@@ -330,10 +399,31 @@ def config_tree(
             block["host"] = leaf.listen_host
             block["port"] = _port(leaf.listen_port)
         if leaf.remotes:
-            block["remotes"] = [{"url": url} for url in leaf.remotes]
+            remote: dict[str, Any] = {"urls": list(leaf.remotes)}  # one link, failing over
+            if leaf.account is not None:
+                remote["account"] = leaf.account
+            block["remotes"] = [remote]
         tree["leafnodes"] = block
     _deep_merge(tree, config.extra_blocks)
+    if config.leafnodes is not None and config.leafnodes.users:
+        _add_leaf_users(tree, config.leafnodes.users)
     return tree
+
+
+def _add_leaf_users(tree: dict[str, Any], users: Sequence[LeafUser]) -> None:
+    """Add the hub's leaf users to their accounts (beside the users already there). They are
+    static logins: they skip the auth callout (``auth_users``), which the hub must have (without
+    accounts and auth, nats-server would demand a login of every client)."""
+    callout = tree.get("authorization", {}).get("auth_callout")
+    accounts = tree.get("accounts")
+    if not isinstance(callout, dict) or not isinstance(accounts, dict):
+        raise ValueError(  # noqa: TRY004 -- the config's content is wrong, not a Python type
+            "leafnodes.users: leaf users need a hub with accounts and the auth callout (a bus with auth)"
+        )
+    for user in users:
+        account = accounts.setdefault(user.account, {})
+        account["users"] = [*account.get("users", []), user.to_conf()]
+    callout["auth_users"] = [*callout.get("auth_users", []), *(user.user for user in users)]
 
 
 def _deep_merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:

@@ -56,6 +56,7 @@ from ._policy import ResponsePermission as ResponsePermission
 from ._policy import Scope as Scope
 from ._policy import bus_server_name as bus_server_name
 from ._policy import grant as grant
+from ._policy import leaf_permissions as leaf_permissions
 from ._policy import parse_bus as parse_bus
 from ._policy import server_bus as server_bus
 from ._tokens import EMPTY_TOKEN as EMPTY_TOKEN
@@ -99,6 +100,7 @@ __all__ = [
     "is_valid_pattern",
     "is_valid_subject",
     "key_token",
+    "leaf_permissions",
     "master_account_api",
     "master_host_api",
     "matches",

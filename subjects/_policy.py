@@ -137,6 +137,7 @@ __all__ = [
     "Scope",
     "bus_server_name",
     "grant",
+    "leaf_permissions",
     "parse_bus",
     "server_bus",
 ]
@@ -448,3 +449,30 @@ def _cached_grant(principal: str, scope: Scope, bus: str) -> Grant:
         subjects = list(_project_subjects(_id(who.id, "project")))
         return _grant(token, subjects, subjects)
     return _grant(token, (), ())
+
+
+def leaf_permissions(host: UUID | str) -> Permissions:
+    """What the leaf link of host ``h``'s bus to master's bus may carry (seen from master's side:
+    publish is host to master, subscribe is master to host). conat's ``LeafUser`` puts it on the
+    link; nats-server forwards nothing else, either way.
+
+    The lists are host ``h``'s grant on the master bus (``master.host-h.api`` and its bootlog up;
+    ``runner.host-h`` and its inbox down; ``public.>`` both ways), widened by what the link must
+    carry for others: ``runner.host-h.>`` down (the runner's actor per project) and master's reply
+    inboxes ``_INBOX.hub.>`` up. A leaf link has no response permissions, so the replies of the
+    host's services to master's requests cross as publishes: a host could publish into master's
+    inboxes (never into another principal's), and master's clients take such a reply for what it
+    is, an answer from a host. Publishing into ``$SYS`` is denied.
+
+    Raises:
+        InvalidSubject: ``host`` is not a canonical UUID (``reason="bad-id"``).
+    """
+    ident = _uuid(host, "host")
+    up = grant(host_scope(ident), Scope(), MASTER_BUS).permissions
+    down_allow = up.subscribe_allow or ()
+    return Permissions(
+        publish_allow=(*(up.publish_allow or ()), inbox_pattern(HUB)),
+        publish_deny=(_SYS_DENY,),
+        subscribe_allow=(*down_allow[:1], f"{runner_host(ident)}.>", *down_allow[1:]),
+        subscribe_deny=_SUBSCRIBE_DENY,
+    )

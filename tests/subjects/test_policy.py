@@ -567,3 +567,17 @@ def test_server_names_round_trip(host: uuid.UUID, node: str) -> None:
     bus = f"host-{host}"
     assert server_bus(bus_server_name(bus)) == bus
     assert server_bus(bus_server_name(bus, node)) == bus
+
+
+def test_a_hosts_leaf_link_carries_its_master_subjects_and_replies_to_master_only() -> None:
+    from subjects import leaf_permissions
+
+    link = leaf_permissions(H)
+    assert link.can_publish(f"master.host-{H}.api") and link.can_publish(f"bootlog.host.{H}")
+    assert link.can_publish("_INBOX.hub.abc.1")  # replies to master's requests cross as publishes
+    for subject in (f"master.host-{X}.api", f"fs.project-{P}", "_INBOX.account-x.y", "$SYS.REQ.SERVER.PING"):
+        assert not link.can_publish(subject), subject
+    assert link.can_subscribe(f"runner.host-{H}") and link.can_subscribe(f"runner.host-{H}.{P}")
+    assert link.can_subscribe(f"_INBOX.host-{H}.>")
+    for subject in (f"runner.host-{X}", f"fs.project-{P}", f"persist.project-{P}.>", "_INBOX.hub.>"):
+        assert not link.can_subscribe(subject), subject
