@@ -473,6 +473,7 @@ async def serve_forever(
                         log_path=str(server.log_path),
                         websocket_url=server.websocket_url,
                         manager_pid=os.getpid(),
+                        monitor_url=server.monitor_url,
                     )
                 )
             try:
