@@ -28,7 +28,7 @@ import msgspec
 from click.decorators import FC
 
 from conat import ServerError
-from conat._paths import ServerState, clear_state, data_dir, read_state, write_state
+from conat._paths import clear_state, data_dir, read_state, write_state
 from conat._server_config import ServerConfig
 from conat.auth import (
     MAX_REVISION,
@@ -422,19 +422,7 @@ async def serve_auth(config: ServerConfig, out: Printer, *, bus: str, public_key
             server = auth.server
             pid = server.pid
             assert pid is not None
-            write_state(
-                ServerState(
-                    url=server.url,
-                    pid=pid,
-                    started_at=server.started_at or time.time(),
-                    config_path=str(server.config_path),
-                    log_path=str(server.log_path),
-                    websocket_url=server.websocket_url,
-                    manager_pid=os.getpid(),
-                    bus=bus,
-                    monitor_url=server.monitor_url,
-                )
-            )
+            write_state(server.state(bus=bus))
             if server.config.cluster is not None:  # what `conat auth join` hands to other nodes
                 auth.join().write(directory / JOIN_FILE)
             try:

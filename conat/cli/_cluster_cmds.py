@@ -16,8 +16,6 @@ publishes it in the state file: ``conat status`` reads the routes and leaf links
 from __future__ import annotations
 
 import json
-import os
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -28,7 +26,7 @@ from typing import Any, Final
 import click
 
 from conat import ServerError
-from conat._paths import ServerState, clear_state, data_dir, write_state
+from conat._paths import clear_state, data_dir, write_state
 from conat._server_config import ClusterConfig, ServerConfig, server_config_from
 from conat.auth import AuthNode, BusJoin
 
@@ -89,19 +87,7 @@ async def serve_node(join: BusJoin, node: str, config: ServerConfig, out: Printe
             server = started.server
             pid = server.pid
             assert pid is not None
-            write_state(
-                ServerState(
-                    url=server.url,
-                    pid=pid,
-                    started_at=server.started_at or time.time(),
-                    config_path=str(server.config_path),
-                    log_path=str(server.log_path),
-                    websocket_url=server.websocket_url,
-                    manager_pid=os.getpid(),
-                    bus=join.bus,
-                    monitor_url=server.monitor_url,
-                )
-            )
+            write_state(server.state(bus=join.bus))
             try:
                 out.event(
                     f"conat server ready at {server.url} (nats-server pid {pid}): node"

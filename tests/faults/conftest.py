@@ -8,6 +8,7 @@ marked ``slow`` (``--run-slow``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import conat
 from conat.testing import LocalCluster
 
 
@@ -61,3 +63,45 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """Three nats-servers in one cluster on loopback."""
     async with LocalCluster(tmp_path / "cluster", 3) as c:
         yield c
+
+
+Outcome = tuple[float, float, int | None]
+"""A request: when it started (``perf_counter``), how long it took, its error code (None: served)."""
+
+
+class Requests:
+    """Requests to ``subject`` in a loop until ``stop`` is set, each outcome recorded."""
+
+    def __init__(self, client: conat.Client, subject: str, timeout: float) -> None:
+        self.client, self.subject, self.timeout = client, subject, timeout
+        self.outcomes: list[Outcome] = []
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            code: int | None = None
+            try:
+                await self.client.request(self.subject, b"x", encoding="raw", timeout=self.timeout)
+            except conat.ConatError as e:
+                raw = getattr(e, "code", None)
+                code = raw if isinstance(raw, int) else -1
+            self.outcomes.append((started, time.perf_counter() - started, code))
+            if code is not None:
+                await asyncio.sleep(0.05)  # no busy loop while the link is down
+
+    def between(self, start: float, end: float = float("inf")) -> list[Outcome]:
+        return [o for o in self.outcomes if start <= o[0] < end]
+
+    def served_after(self, when: float) -> bool:
+        return any(code is None for _, _, code in self.between(when))
+
+
+def failures(outcomes: list[Outcome]) -> dict[int, int]:
+    """Error codes of ``outcomes`` and how often each came."""
+    codes = [code for _, _, code in outcomes if code is not None]
+    return {code: codes.count(code) for code in sorted(set(codes))}
+
+
+def longest(outcomes: list[Outcome]) -> float:
+    return max((took for _, took, _ in outcomes), default=0.0)

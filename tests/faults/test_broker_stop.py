@@ -18,7 +18,7 @@ import pytest
 import conat
 from conat import NatsServer, ServerConfig
 
-from .conftest import report
+from .conftest import Requests, failures, longest, report
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -37,21 +37,8 @@ async def test_sigstop_of_the_broker_for_10_s(tmp_path: Path) -> None:
             await responder.subscribe("fault.svc", callback=_echo)
             ticks: list[int] = []
             await responder.subscribe("fault.tick", dispatch=lambda m: ticks.append(m.data))
-            outcomes: list[tuple[float, float, int | None]] = []
-            stop = asyncio.Event()
-
-            async def requests() -> None:
-                while not stop.is_set():
-                    started = time.perf_counter()
-                    try:
-                        await requester.request("fault.svc", b"x", encoding="raw", timeout=REQUEST_TIMEOUT)
-                        code = None
-                    except conat.ConatError as e:
-                        code = e.code if isinstance(e.code, int) else -1  # type: ignore[attr-defined]
-                        await asyncio.sleep(0.05)
-                    outcomes.append((started, time.perf_counter() - started, code))
-
-            task = asyncio.create_task(requests())
+            requests = Requests(requester, "fault.svc", REQUEST_TIMEOUT)
+            task = asyncio.create_task(requests.run())
             try:
                 await asyncio.sleep(0.5)
                 frozen = time.perf_counter()
@@ -62,7 +49,7 @@ async def test_sigstop_of_the_broker_for_10_s(tmp_path: Path) -> None:
                     os.kill(pid, signal.SIGCONT)
                 thawed = time.perf_counter()
                 async with asyncio.timeout(20):
-                    while not any(s > thawed and c is None for s, _, c in outcomes):
+                    while not requests.served_after(thawed):
                         await asyncio.sleep(0.02)
                 back = time.perf_counter() - thawed
                 for n in range(100):
@@ -71,19 +58,19 @@ async def test_sigstop_of_the_broker_for_10_s(tmp_path: Path) -> None:
                     while len(ticks) < 100:
                         await asyncio.sleep(0.02)
             finally:
-                stop.set()
+                requests.stop.set()
                 await task
-            during = [o for o in outcomes if frozen <= o[0] < thawed]
-            failed = [c for *_, c in during if c is not None]
+            during = requests.between(frozen, thawed)
+            failed = failures(during)
             report(
                 "SIGSTOP 10 s",
                 requests_during=len(during),
-                failed={c: failed.count(c) for c in set(failed)},
-                max_request_s=max(t for _, t, _ in during),
+                failed=failed,
+                max_request_s=longest(during),
                 requests_back_after_sigcont_s=back,
                 reconnects=requester.statistics().reconnects,
             )
             assert set(failed) <= {408, 503}
-            assert max(t for _, t, _ in during) < REQUEST_TIMEOUT + 0.5
+            assert longest(during) < REQUEST_TIMEOUT + 0.5
             assert back < 15.0
             assert ticks == list(range(100))

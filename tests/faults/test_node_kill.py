@@ -17,7 +17,7 @@ import pytest
 import conat
 from conat.testing import LocalCluster
 
-from .conftest import Stopwatch, percentile, report
+from .conftest import Requests, Stopwatch, failures, longest, percentile, report
 
 pytestmark = pytest.mark.anyio
 
@@ -52,22 +52,12 @@ async def test_kill_9_of_a_node_during_traffic(cluster: LocalCluster) -> None:
                 n += 1
                 await asyncio.sleep(0.005)
 
-        outcomes: list[tuple[float, float, int | None]] = []  # (started, took, error code)
+        requests = [Requests(requester, "fault.echo", REQUEST_TIMEOUT) for _ in range(4)]
 
-        async def request_loop() -> None:
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    await requester.request("fault.echo", b"x", encoding="raw", timeout=REQUEST_TIMEOUT)
-                    code = None
-                except conat.ConatError as e:
-                    code = int(getattr(e, "code", 0)) if isinstance(getattr(e, "code", None), int) else -1
-                outcomes.append((started, time.perf_counter() - started, code))
-
-        tasks = [asyncio.create_task(publish()), *(asyncio.create_task(request_loop()) for _ in range(4))]
+        tasks = [asyncio.create_task(publish()), *(asyncio.create_task(r.run()) for r in requests)]
         try:
             async with asyncio.timeout(10):
-                while len(ticks) < 50 or len(outcomes) < 8:
+                while len(ticks) < 50 or sum(len(r.outcomes) for r in requests) < 8:
                     await asyncio.sleep(0.02)
             killed_at = time.perf_counter()
             clock = Stopwatch()
@@ -77,24 +67,26 @@ async def test_kill_9_of_a_node_during_traffic(cluster: LocalCluster) -> None:
                     await asyncio.sleep(0.01)
             sub_back = clock()
             async with asyncio.timeout(15):
-                while not any(s > killed_at and code is None for s, _, code in outcomes):
+                while not any(r.served_after(killed_at) for r in requests):
                     await asyncio.sleep(0.01)
             req_back = clock()
         finally:
             stop.set()
+            for r in requests:
+                r.stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-        around = [(took, code) for started, took, code in outcomes if started > killed_at - 1.0]
-        failed = [code for _, code in around if code is not None]
+        around = [o for r in requests for o in r.between(killed_at - 1.0)]
+        failed = failures(around)
         report(
             "kill -9 of a cluster node",
             subscription_back_s=sub_back,
             requests_back_s=req_back,
             requests_around_the_kill=len(around),
-            failed={code: failed.count(code) for code in sorted(set(failed), key=str)},
-            max_request_s=max(took for took, _ in around),
-            p99_request_s=percentile([took for took, _ in around], 0.99),
+            failed=failed,
+            max_request_s=longest(around),
+            p99_request_s=percentile([took for _, took, _ in around], 0.99),
         )
         assert sub_back < 5.0, f"the subscription delivered again only after {sub_back:.2f}s"
         assert set(failed) <= RETRIABLE, failed  # never a non-retriable error
-        assert max(took for took, _ in around) < REQUEST_TIMEOUT + 0.5  # never hangs past its deadline
+        assert longest(around) < REQUEST_TIMEOUT + 0.5  # never hangs past its deadline
         assert sub_client.is_connected and requester.connected_url != victim

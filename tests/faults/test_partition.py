@@ -21,7 +21,7 @@ import pytest
 import conat
 from conat import ClientState, ServerConfig
 
-from .conftest import report
+from .conftest import Requests, failures, longest, report
 from .netns import PartitionedServer
 
 pytestmark = pytest.mark.anyio
@@ -43,30 +43,16 @@ class Traffic:
     """Requests (to a queue group of two responders) and publishes through the link, recorded."""
 
     def __init__(self, requester: conat.Client, publisher: conat.Client) -> None:
-        self.requester, self.publisher = requester, publisher
-        self.outcomes: list[tuple[float, float, int | None]] = []  # started, took, error code
+        self.requests = Requests(requester, "fault.svc", REQUEST_TIMEOUT)
+        self.publisher = publisher
         self.published = 0
-        self.stop = asyncio.Event()
-
-    async def requests(self) -> None:
-        while not self.stop.is_set():
-            started = time.perf_counter()
-            try:
-                await self.requester.request("fault.svc", b"x", encoding="raw", timeout=REQUEST_TIMEOUT)
-                code = None
-            except conat.ConatError as e:
-                code = e.code if isinstance(e.code, int) else -1  # type: ignore[attr-defined]
-                await asyncio.sleep(0.05)
-            self.outcomes.append((started, time.perf_counter() - started, code))
+        self.stop = self.requests.stop
 
     async def publishes(self) -> None:
         while not self.stop.is_set():
             await self.publisher.publish("fault.tick", self.published)
             self.published += 1
             await asyncio.sleep(0.01)
-
-    def between(self, start: float, end: float) -> list[tuple[float, float, int | None]]:
-        return [o for o in self.outcomes if start <= o[0] < end]
 
 
 @contextlib.asynccontextmanager
@@ -83,7 +69,7 @@ async def traffic_across(
         received: list[int] = []
         await responder_a.subscribe("fault.tick", dispatch=lambda m: received.append(m.data))
         traffic = Traffic(requester, requester)
-        tasks = [asyncio.create_task(traffic.requests()), asyncio.create_task(traffic.publishes())]
+        tasks = [asyncio.create_task(traffic.requests.run()), asyncio.create_task(traffic.publishes())]
         try:
             yield traffic, received, clients
         finally:
@@ -101,24 +87,22 @@ async def _until(check: object, timeout: float) -> float:
 
 async def test_a_link_down_for_5_s_heals_without_a_reconnect(partitioned: PartitionedServer) -> None:
     async with traffic_across(partitioned) as (traffic, received, clients):
-        await _until(lambda: len(received) > 20 and any(c is None for *_, c in traffic.outcomes), 10)
+        await _until(lambda: len(received) > 20 and traffic.requests.served_after(0), 10)
         down = time.perf_counter()
         partitioned.partition()
         await asyncio.sleep(5.0)
         partitioned.heal()
         healed = time.perf_counter()
-        back = await _until(
-            lambda: any(s > healed and c is None for s, _, c in traffic.between(healed, 1e12)), 10
-        )
+        back = await _until(lambda: traffic.requests.served_after(healed), 10)
         sent = traffic.published
         await _until(lambda: len(received) >= sent - 5, 10)
-        during = traffic.between(down, healed)
-        failed = [c for *_, c in during if c is not None]
+        during = traffic.requests.between(down, healed)
+        failed = failures(during)
         report(
             "partition 5 s",
             requests_during=len(during),
-            failed={c: failed.count(c) for c in set(failed)},
-            max_request_s=max(t for _, t, _ in during),
+            failed=failed,
+            max_request_s=longest(during),
             requests_back_after_heal_s=back,
             published=sent,
             delivered=len(received),
@@ -126,7 +110,7 @@ async def test_a_link_down_for_5_s_heals_without_a_reconnect(partitioned: Partit
         )
         assert all(c.state is ClientState.CONNECTED for c in clients)
         assert set(failed) <= {408, 503}
-        assert max(t for _, t, _ in during) < REQUEST_TIMEOUT + 0.5  # never hangs
+        assert longest(during) < REQUEST_TIMEOUT + 0.5  # never hangs
         assert sorted(received) == list(range(len(received)))  # TCP kept what crossed late: no gap
 
 
@@ -135,10 +119,7 @@ async def test_a_link_down_longer_than_the_dead_link_time_ends_clearly_and_recov
     partitioned: PartitionedServer,
 ) -> None:
     async with traffic_across(partitioned) as (traffic, _, clients):
-        states: dict[str, list[tuple[float, ClientState]]] = {c.name or "": [] for c in clients}
-        for c in clients:
-            c.on_state_change(lambda s, name=c.name or "": states[name].append((time.perf_counter(), s)))
-        await _until(lambda: any(c is None for *_, c in traffic.outcomes), 10)
+        await _until(lambda: traffic.requests.served_after(0), 10)
         down = time.perf_counter()
         partitioned.partition()
         detected = await _until(lambda: all(c.state is ClientState.RECONNECTING for c in clients), 30)
@@ -147,21 +128,19 @@ async def test_a_link_down_longer_than_the_dead_link_time_ends_clearly_and_recov
         healed = time.perf_counter()
         reconnected = await _until(lambda: all(c.state is ClientState.CONNECTED for c in clients), 30)
         await asyncio.sleep(1.0)
-        after = traffic.between(time.perf_counter(), 1e12)
         window_start = time.perf_counter()
         await asyncio.sleep(5.0)  # every request after the heal, to a queue group of two, is served
-        after = traffic.between(window_start, time.perf_counter())
-        during = traffic.between(down, healed)
-        failed = [c for *_, c in during if c is not None]
-        lost_after = [c for *_, c in after if c is not None]
+        after = traffic.requests.between(window_start, time.perf_counter())
+        during = traffic.requests.between(down, healed)
+        failed = failures(during)
         report(
             "partition 20 s",
             dead_link_detected_s=detected,
             reconnected_after_heal_s=reconnected,
-            failed_during={c: failed.count(c) for c in set(failed)},
-            max_request_s=max(t for _, t, _ in during),
+            failed_during=failed,
+            max_request_s=longest(during),
             requests_after=len(after),
-            failed_after=len(lost_after),
+            failed_after=failures(after),
         )
-        assert set(failed) <= {408, 503} and max(t for _, t, _ in during) < REQUEST_TIMEOUT + 0.5
-        assert after and not lost_after, f"{len(lost_after)} of {len(after)} requests failed after the heal"
+        assert set(failed) <= {408, 503} and longest(during) < REQUEST_TIMEOUT + 0.5
+        assert after and not failures(after), f"requests failed after the heal: {failures(after)}"

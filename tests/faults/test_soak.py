@@ -22,7 +22,6 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -32,19 +31,13 @@ from conat.testing import LocalCluster
 from persist import AStream
 from tests.persist.test_service_crash import ServiceProcess
 
-from .conftest import open_fds, percentile, report, rss_mib
+from .conftest import Requests, failures, longest, open_fds, percentile, report, rss_mib
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(0)]
 
 DURATION = float(os.environ.get("CONAT_SOAK_SECONDS", "3600"))
 FAULT_EVERY = float(os.environ.get("CONAT_SOAK_FAULT_EVERY", "30"))
 REQUEST_TIMEOUT = 2.0
-
-
-@dataclass
-class Window:
-    latencies: list[float] = field(default_factory=list)
-    errors: dict[int, int] = field(default_factory=dict)
 
 
 async def _echo(msg: conat.Message) -> None:
@@ -80,25 +73,10 @@ async def test_soak_with_a_fault_every_30_s(tmp_path: Path) -> None:
         await responder_a.subscribe("soak.tick", dispatch=lambda m: ticks.append(1), cluster_wide=True)
         stream = AStream(writer_client, f"project-{uuid.uuid4()}", "soak", timeout=120)
         feed_stream = AStream(responder_b, stream.scope, "soak", timeout=120)
-        window = Window()
+        requests = Requests(requester, "soak.svc", REQUEST_TIMEOUT)
+        stop = requests.stop
         acked: list[int] = []
         fed: list[int] = []
-        worst = 0.0
-        stop = asyncio.Event()
-
-        async def requests() -> None:
-            nonlocal worst
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    await requester.request("soak.svc", b"x", encoding="raw", timeout=REQUEST_TIMEOUT)
-                    window.latencies.append(time.perf_counter() - started)
-                except conat.ConatError as e:
-                    code = e.code if isinstance(e.code, int) else -1  # type: ignore[attr-defined]
-                    window.errors[code] = window.errors.get(code, 0) + 1
-                    await asyncio.sleep(0.05)
-                worst = max(worst, time.perf_counter() - started)
-                await asyncio.sleep(0.01)
 
         async def publishes() -> None:
             while not stop.is_set():
@@ -141,17 +119,20 @@ async def test_soak_with_a_fault_every_30_s(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGCONT)
             return f"SIGSTOP node {victim} 5 s"
 
-        tasks = [asyncio.create_task(t()) for t in (requests, publishes, writes)]
+        tasks = [asyncio.create_task(t()) for t in (requests.run, publishes, writes)]
         feeder = asyncio.create_task(feed())
         started = time.perf_counter()
         rss: list[tuple[float, float]] = []
         service_rss: list[tuple[float, float]] = []
         fds: list[int] = []
         n = 0
+        period = time.perf_counter()
         try:
             while time.perf_counter() - started < DURATION:
                 await asyncio.sleep(max(0.0, FAULT_EVERY - 5))
                 what = await fault(n)
+                window = requests.between(period)
+                period = time.perf_counter()
                 now = time.perf_counter() - started
                 assert service.proc is not None
                 rss.append((now, rss_mib()))
@@ -163,12 +144,11 @@ async def test_soak_with_a_fault_every_30_s(tmp_path: Path) -> None:
                     persist_rss_mib=service_rss[-1][1],
                     fds=fds[-1],
                     persist_fds=open_fds(service.proc.pid),
-                    requests=len(window.latencies),
-                    p99_ms=percentile(window.latencies, 0.99) * 1000,
-                    errors=dict(window.errors),
+                    requests=len(window),
+                    p99_ms=percentile([took for _, took, code in window if code is None], 0.99) * 1000,
+                    errors=failures(window),
                     acked_writes=len(acked),
                 )
-                window = Window()
                 n += 1
         finally:
             stop.set()
@@ -190,8 +170,8 @@ async def test_soak_with_a_fault_every_30_s(tmp_path: Path) -> None:
             fds_first_last=(fds[0], fds[-1]) if fds else None,
             acked_writes=len(acked),
             ticks=len(ticks),
-            worst_request_s=worst,
+            worst_request_s=longest(requests.outcomes),
         )
         assert stored == acked and fed == acked  # nothing acknowledged lost, fed once each in order
-        assert worst < REQUEST_TIMEOUT + 1.0  # no request outlived its deadline
+        assert longest(requests.outcomes) < REQUEST_TIMEOUT + 1.0  # no request outlived its deadline
         assert len(fds) < 2 or fds[-1] <= fds[0] + 8  # no descriptor leak over time
