@@ -40,7 +40,7 @@ from subjects import Permissions, validate_pattern, validate_subject
 
 from ._core import ClientCore
 from ._credentials import CredentialSession
-from ._errors import ConatError, Forbidden, Unauthorized
+from ._errors import ConatError, Forbidden, Timeout, Unauthorized
 from ._message import Message
 from ._request import request, request_many
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
@@ -413,11 +413,14 @@ class Client:
         chunk, headers included) instead of pulling the rest: for routers whose own protocol never
         chunks (sockets), so that no publisher can make them pull, or hold their messages back.
 
-        ``cluster_wide``: return only once every server of the cluster routes to this subscription,
-        so that a publish from a client on any other node reaches it (:meth:`flush` with
-        ``cluster_wide``; without it, the subscription is live on this client's server only, and
-        other nodes learn of it a moment later). Services pass it where they start. If it cannot be
-        confirmed (:class:`Timeout`, :class:`Forbidden`), nothing is left subscribed.
+        ``cluster_wide``: return once every server of the cluster routes to this subscription, so
+        that a publish from a client on any other node reaches it (see :meth:`flush`; without it,
+        the subscription is live on this client's server only, and other nodes learn of it a
+        moment later). Services pass it where they start. A server that has not confirmed within
+        :data:`~conat._interest.DEFAULT_INTEREST_TIMEOUT` seconds (its route is down or it is
+        stalled: it learns of the subscription once its route works) does not fail the
+        subscription: it is kept, and a warning names the servers. A grant that does not allow
+        asking raises :class:`Forbidden` and leaves nothing subscribed.
 
         Atomic with respect to cancellation: cancelled, it leaves no subscription behind (on the
         server either).
@@ -437,10 +440,13 @@ class Client:
             await core.unsubscribe(sub)
             raise sub._error
         if cluster_wide:
+            from . import _interest
             from ._interest import confirm_interest
 
             try:
-                await confirm_interest(self, flushed=True)
+                await confirm_interest(self, _interest.DEFAULT_INTEREST_TIMEOUT, flushed=True)
+            except Timeout as e:  # a node that cannot answer must not keep services from starting
+                log.warning("subscribed to %r, but not confirmed on every node: %s", pattern, e)
             except BaseException:
                 sub._close_buffer()
                 await core.unsubscribe(sub)

@@ -28,6 +28,11 @@ subscriptions. The servers to wait for are those of the latest INFO (``connect_u
 updates it as servers join and leave); a server that stopped advertising them is waited for until
 no answer has come for :data:`IDLE_ANSWER` seconds.
 
+``subscribe(cluster_wide=True)`` waits at most :data:`DEFAULT_INTEREST_TIMEOUT` and keeps the
+subscription when some server has not answered by then (a route that is down, or a stalled node
+whose route still looks up: services must start); ``flush(cluster_wide=True)`` raises
+:class:`~conat.Timeout`.
+
 What it does not cover: interest across leaf-node links (a leaf server is in no cluster; the
 system account does not cross the link), and servers whose routes to ours are down (they learn
 every subscription when the route comes back). On a server that is in no cluster it returns after

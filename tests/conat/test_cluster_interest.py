@@ -114,3 +114,30 @@ async def test_a_grant_without_the_probe_is_refused_and_leaves_nothing(cluster: 
         with pytest.raises(conat.Forbidden):
             await client.subscribe("a.x", cluster_wide=True)
         assert client.statistics().subscriptions == 0
+
+
+async def test_a_stalled_node_delays_a_subscription_but_never_fails_it(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose route is up but which answers nothing (SIGSTOP) stays in the cluster's list:
+    a service's subscription waits for it at most the interest timeout, then is kept (services
+    must start); an explicit cluster-wide flush says the truth (Timeout)."""
+    import os
+    import signal
+
+    import conat._interest
+
+    monkeypatch.setattr(conat._interest, "DEFAULT_INTEREST_TIMEOUT", 0.5)
+    pid = cluster.nodes[2].pid
+    assert pid is not None
+    async with await conat.connect(cluster.urls[0]) as a, await conat.connect(cluster.urls[1]) as b:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sub = await a.subscribe("stalled", cluster_wide=True)
+            with pytest.raises(conat.Timeout, match="2/3 servers"):
+                await a.flush(timeout=0.5, cluster_wide=True)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await b.publish("stalled", b"through a node that confirmed", encoding="raw")
+        msg = await asyncio.wait_for(anext(aiter(sub)), 5)
+        assert msg.raw == b"through a node that confirmed"
