@@ -24,7 +24,7 @@ from .conftest import Stopwatch, report
 
 pytestmark = pytest.mark.anyio
 
-TOTAL, KILL_AFTER, WRITERS = 3000, 1000, 32
+TOTAL, KILL_AFTER, WRITERS = 2000, 700, 32
 
 
 async def test_kill_9_of_persist_during_writes_and_a_changefeed(
