@@ -211,7 +211,11 @@ class ActorRuntime:
         try:
             for subject in self.subjects():
                 sub = await self.client.subscribe(
-                    subject, queue=self.queue, dispatch=self._route, max_buffer=self.spec.max_buffer
+                    subject,
+                    queue=self.queue,
+                    dispatch=self._route,
+                    max_buffer=self.spec.max_buffer,
+                    cluster_wide=True,  # on a cluster: callers on every node reach it once it serves
                 )
                 subs.append(sub)
         except BaseException:

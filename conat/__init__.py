@@ -53,6 +53,9 @@ from ._errors import SocketProtocolError as SocketProtocolError
 from ._errors import SocketReset as SocketReset
 from ._errors import Timeout as Timeout
 from ._errors import Unauthorized as Unauthorized
+from ._interest import PROBE_ACCOUNT as PROBE_ACCOUNT
+from ._interest import PROBE_SUBJECT as PROBE_SUBJECT
+from ._interest import probe_blocks as probe_blocks
 from ._message import Message as Message
 from ._micro import EndpointInfo as EndpointInfo
 from ._micro import EndpointStatistics as EndpointStatistics
@@ -69,6 +72,7 @@ from ._ratelimit import TokenBucket as TokenBucket
 from ._server import NatsServer as NatsServer
 from ._server_config import ClusterConfig as ClusterConfig
 from ._server_config import LeafNodeConfig as LeafNodeConfig
+from ._server_config import LeafUser as LeafUser
 from ._server_config import ServerConfig as ServerConfig
 from ._server_config import WebsocketConfig as WebsocketConfig
 from ._service import Dispatcher as Dispatcher
@@ -114,12 +118,15 @@ __all__ = [
     "InvalidSubject",
     "JSON",
     "LeafNodeConfig",
+    "LeafUser",
     "MSGPACK",
     "Message",
     "MicroService",
     "NOT_FOUND",
     "NatsServer",
     "NoResponders",
+    "PROBE_ACCOUNT",
+    "PROBE_SUBJECT",
     "PayloadError",
     "PayloadTooLarge",
     "PeerDead",
@@ -159,6 +166,7 @@ __all__ = [
     "error_fields",
     "error_reply",
     "get_codec",
+    "probe_blocks",
     "rebuild_error",
     "register_error",
     "reply_encoding",

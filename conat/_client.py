@@ -40,7 +40,7 @@ from subjects import Permissions, validate_pattern, validate_subject
 
 from ._core import ClientCore
 from ._credentials import CredentialSession
-from ._errors import ConatError, Forbidden, Unauthorized
+from ._errors import ConatError, Forbidden, Timeout, Unauthorized
 from ._message import Message
 from ._request import request, request_many
 from ._socket_frames import DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT
@@ -224,6 +224,19 @@ class Client:
         return self._core.transport.connected_url
 
     @property
+    def cluster(self) -> str | None:
+        """The cluster of the server this client is connected to (``None``: a server in no
+        cluster). On a cluster, see ``subscribe(cluster_wide=True)``."""
+        return self._core.transport.cluster
+
+    @property
+    def cluster_urls(self) -> tuple[str, ...]:
+        """The client URLs (``host:port``) of every server of this client's cluster, its own
+        included, as its server last listed them (empty in no cluster, or when the cluster does not
+        advertise them). nats-server updates the list as servers join and leave."""
+        return self._core.transport.cluster_urls
+
+    @property
     def principal(self) -> str | None:
         """Who the bus knows this client as (from its credentials), None without credentials."""
         return self._credentials.principal if self._credentials is not None else None
@@ -306,15 +319,49 @@ class Client:
         payload, headers = core.prepare(subject, data, headers, encoding)
         await core.send(subject, payload, reply or "", headers)
 
-    async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Return when the server has processed everything sent so far (subscriptions included)."""
+    async def flush(self, timeout: float = DEFAULT_TIMEOUT, *, cluster_wide: bool = False) -> None:
+        """Return when the server has processed everything sent so far (subscriptions included).
+
+        With ``cluster_wide``, return only once every server of the cluster routes to the
+        subscriptions made so far (see :mod:`conat._interest`: what holds where, and what it costs:
+        one request answered by each server; nothing more on a server in no cluster). Raises
+        :class:`Timeout` if some server did not confirm in time, :class:`Forbidden` if this client's
+        grant does not allow asking.
+        """
         self._core.check_open()
+        if cluster_wide:
+            from ._interest import confirm_interest
+
+            await confirm_interest(self, timeout)
+            return
         await self._core.transport.flush(timeout)
+
+    async def cluster_servers(
+        self, timeout: float = DEFAULT_TIMEOUT, *, at_least: int = 0
+    ) -> tuple[str, ...]:
+        """The names of the servers of this client's cluster, once each confirmed that it routes to
+        this client's subscriptions (:meth:`flush` with ``cluster_wide``); on a server in no cluster,
+        that server's name alone. Raises as :meth:`flush` does.
+
+        ``at_least``: ask again (with backoff) until that many servers answer, for up to ``timeout``
+        seconds: a node that just started learns its peers over its routes.
+        """
+        from ._interest import confirm_interest, wait_for_servers
+
+        self._core.check_open()
+        if at_least > 1:
+            return await wait_for_servers(self, at_least, timeout)
+        return await confirm_interest(self, timeout)
 
     # -- subscribe -------------------------------------------------------------------------
     @overload
     async def subscribe(
-        self, pattern: str, *, queue: str | None = None, max_buffer: int = DEFAULT_MAX_BUFFER
+        self,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        cluster_wide: bool = False,
     ) -> Subscription: ...
 
     @overload
@@ -325,6 +372,7 @@ class Client:
         queue: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         callback: Callable[[Message], Awaitable[object]],
+        cluster_wide: bool = False,
     ) -> Subscription: ...
 
     @overload
@@ -336,6 +384,7 @@ class Client:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         dispatch: Callable[[Message], object],
         reassemble: bool = True,
+        cluster_wide: bool = False,
     ) -> Subscription: ...
 
     async def subscribe(
@@ -347,6 +396,7 @@ class Client:
         callback: Callable[[Message], Awaitable[object]] | None = None,
         dispatch: Callable[[Message], object] | None = None,
         reassemble: bool = True,
+        cluster_wide: bool = False,
     ) -> Subscription:
         """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
 
@@ -362,6 +412,15 @@ class Client:
         still arriving. ``reassemble=False`` hands a chunked message over as it arrived (its first
         chunk, headers included) instead of pulling the rest: for routers whose own protocol never
         chunks (sockets), so that no publisher can make them pull, or hold their messages back.
+
+        ``cluster_wide``: return once every server of the cluster routes to this subscription, so
+        that a publish from a client on any other node reaches it (see :meth:`flush`; without it,
+        the subscription is live on this client's server only, and other nodes learn of it a
+        moment later). Services pass it where they start. A server that has not confirmed within
+        :data:`~conat._interest.DEFAULT_INTEREST_TIMEOUT` seconds (its route is down or it is
+        stalled: it learns of the subscription once its route works) does not fail the
+        subscription: it is kept, and a warning names the servers. A grant that does not allow
+        asking raises :class:`Forbidden` and leaves nothing subscribed.
 
         Atomic with respect to cancellation: cancelled, it leaves no subscription behind (on the
         server either).
@@ -380,6 +439,18 @@ class Client:
         if sub._error is not None:
             await core.unsubscribe(sub)
             raise sub._error
+        if cluster_wide:
+            from . import _interest
+            from ._interest import confirm_interest
+
+            try:
+                await confirm_interest(self, _interest.DEFAULT_INTEREST_TIMEOUT, flushed=True)
+            except Timeout as e:  # a node that cannot answer must not keep services from starting
+                log.warning("subscribed to %r, but not confirmed on every node: %s", pattern, e)
+            except BaseException:
+                sub._close_buffer()
+                await core.unsubscribe(sub)
+                raise
         if callback is not None:
             sub._start_callback(callback)
         return sub
@@ -467,7 +538,10 @@ class Client:
         namespace: str | None = None,
         concurrency: int = 64,
     ) -> Subscription:
-        """Answer RPC requests on ``subject`` with ``impl``'s public async methods."""
+        """Answer RPC requests on ``subject`` with ``impl``'s public async methods.
+
+        On a cluster it returns once every node routes to it (``subscribe(cluster_wide=True)``).
+        """
         from ._service import serve
 
         return await serve(self, subject, impl, queue=queue, namespace=namespace, concurrency=concurrency)
@@ -489,7 +563,8 @@ class Client:
         Iterate the returned :class:`SocketServer` (or ``await server.accept()``) for connections;
         each one's ``subject`` is the concrete subject its client connected on. ``window`` is the
         credit granted to each client (bytes), ``max_message`` the largest message (16 MiB),
-        ``keepalive`` / ``peer_timeout`` the idle ping and dead-peer times (10 s / 30 s).
+        ``keepalive`` / ``peer_timeout`` the idle ping and dead-peer times (10 s / 30 s). On a
+        cluster it returns once every node routes to it (``subscribe(cluster_wide=True)``).
         See :mod:`conat._socket` and :mod:`conat._socket_server`.
         """
         from ._socket_server import listen

@@ -62,6 +62,8 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
             is gone is an orphan: ``conat up`` stops it instead of calling it "already running".
         bus: the bus a server with auth serves (``conat server --auth``): the audience its tokens
             must name (``master`` or ``host-<uuid>``); ``None`` for a server without auth.
+        monitor_url: the server's monitoring endpoint (``http://127.0.0.1:<port>``), on for a node
+            of a cluster or a leaf: ``conat status`` reads the topology (routes, leaf links) there.
     """
 
     url: str
@@ -72,6 +74,7 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     websocket_url: str | None = None
     manager_pid: int | None = None
     bus: str | None = None
+    monitor_url: str | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()

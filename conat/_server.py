@@ -344,6 +344,28 @@ class NatsServer:
         await asyncio.shield(run.protocol.exited)
         return run.transport.get_returncode()
 
+    def state(self, *, bus: str | None = None) -> ServerState:
+        """What this process publishes about the running server in the state file (this process
+        manages it), for ``conat.connect()`` with no URL and ``conat status``/``down``.
+
+        Raises:
+            RuntimeError: the server is not running.
+        """
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError("the nats-server is not running")
+        return ServerState(
+            url=self.url,
+            pid=pid,
+            started_at=self.started_at or time.time(),
+            config_path=str(self.config_path),
+            log_path=str(self.log_path),
+            websocket_url=self.websocket_url,
+            manager_pid=os.getpid(),
+            bus=bus,
+            monitor_url=self.monitor_url,
+        )
+
     async def aclose(self) -> None:
         """Same as :meth:`stop`."""
         await self.stop()
@@ -464,17 +486,7 @@ async def serve_forever(
             run = server._run
             assert run is not None
             if state:
-                write_state(
-                    ServerState(
-                        url=server.url,
-                        pid=run.pid,
-                        started_at=server.started_at or time.time(),
-                        config_path=str(server.config_path),
-                        log_path=str(server.log_path),
-                        websocket_url=server.websocket_url,
-                        manager_pid=os.getpid(),
-                    )
-                )
+                write_state(server.state())
             try:
                 if on_ready is not None:
                     on_ready(server)

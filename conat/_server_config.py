@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, final
 
+import msgspec
+
+from subjects import Permissions
+
 from ._chunking import MIN_CHUNK_SIZE
 
 __all__ = [
@@ -35,10 +39,12 @@ __all__ = [
     "MIN_MAX_PAYLOAD",
     "ClusterConfig",
     "LeafNodeConfig",
+    "LeafUser",
     "ServerConfig",
     "WebsocketConfig",
     "config_tree",
     "dumps_conf",
+    "server_config_from",
     "is_loopback",
     "quote",
     "render",
@@ -58,6 +64,9 @@ to a server with less."""
 
 MONITOR_HOST: Final = "127.0.0.1"
 """The monitoring endpoint exposes connection details without auth: it never leaves loopback."""
+
+ROUTE_POOL_SIZE: Final = -1
+"""Route pooling off: one ordered route per pair of nodes (see :class:`ClusterConfig`)."""
 
 _ROUTE_SCHEMES: Final = ("nats-route://", "nats://", "tls://")
 _LEAF_SCHEMES: Final = ("nats-leaf://", "nats://", "tls://", "ws://", "wss://")
@@ -136,6 +145,14 @@ class ClusterConfig:
         port: 0 picks a random free port.
         routes: seed URLs (``nats-route://host:port``) of other nodes. One reachable seed is enough:
             nodes learn each other from it. Listing the node itself is harmless.
+
+    Every node is rendered with ``pool_size: -1``: one route per pair of nodes, carrying every
+    account in order, rather than nats-server's default pool of routes each pinned to some
+    accounts (and a separate one for the system account). A client's interest changes and its
+    later requests to the system account then travel on the same connection, in order, which is
+    what makes interest confirmable cluster-wide (:mod:`conat._interest`). Every node of a cluster
+    must agree on it. Costs nothing that matters here: conat's clients, not the routes, bound
+    throughput.
     """
 
     name: str
@@ -153,25 +170,91 @@ class ClusterConfig:
 
 @final
 @dataclass(frozen=True, slots=True)
+class LeafUser:
+    """A login for leaf links on a hub, and what its link may carry.
+
+    The permissions are the link's, seen from the hub: ``publish`` is what the leaf may send into
+    the hub, ``subscribe`` what the hub sends down to it (nats-server forwards nothing else, either
+    way). A leaf link has no response permissions: replies that cross it must be allowed by name.
+    For a host's leaf, :func:`subjects.leaf_permissions` gives the policy's lists.
+
+    Attributes:
+        user: the login name (also shown in the hub's logs).
+        password: its password (the config file is 0600 for that reason).
+        permissions: what the link may carry (:class:`subjects.Permissions`).
+        account: the hub's account the link lands in.
+    """
+
+    user: str
+    password: str
+    permissions: Permissions
+    account: str = "APP"
+
+    def __post_init__(self) -> None:
+        _check_name("leafnodes.users.user", self.user)
+        _check_name("leafnodes.users.account", self.account)
+        if not isinstance(self.password, str) or not self.password:
+            raise ValueError(f"leafnodes.users.password: must be a non-empty string (user {self.user!r})")
+        if not isinstance(self.permissions, Permissions):
+            raise ValueError(  # noqa: TRY004 -- a config names its bad field one way: ValueError
+                f"leafnodes.users.permissions: must be a subjects.Permissions, got {self.permissions!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"LeafUser(user={self.user!r}, account={self.account!r}, permissions={self.permissions!r})"
+
+    def to_conf(self) -> dict[str, Any]:
+        """The user's entry in its account's ``users`` (leaf links only)."""
+        nats = self.permissions.to_nats()
+        return {
+            "user": self.user,
+            "password": self.password,
+            "permissions": {"publish": dict(nats["pub"]), "subscribe": dict(nats["sub"])},
+            "allowed_connection_types": ["LEAFNODE"],
+        }
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class LeafNodeConfig:
-    """Leaf-node links: accept leaf nodes (a hub), connect to hubs (a leaf), or both.
+    """Leaf-node links: accept leaf nodes (a hub), link to a hub (a leaf), or both.
 
     Attributes:
         listen_host: address to bind the leaf-node listener (used only if ``listen_port`` is set).
         listen_port: ``None`` = do not accept leaf nodes; 0 = a random free port.
-        remotes: hub URLs (``nats-leaf://[user:pass@]host:port``) to connect to. They may carry
+        remotes: the hub's URLs (``nats-leaf://[user:pass@]host:port``), one per node of the hub's
+            cluster: **one** link, to the first that answers, failing over to the others (not one
+            link per URL, which would deliver every message once per link). They may carry
             credentials: the config file is written mode 0600 for that reason.
+        account: the local account the link binds to (a bus with accounts: ``APP``); ``None``
+            for a server without accounts.
+        users: the hub side: logins for leaf links, each with what its link may carry
+            (:class:`LeafUser`). They go in their account with ``allowed_connection_types`` leaf
+            only, and skip the hub's auth callout. A hub with users needs accounts (a bus with auth).
     """
 
     listen_host: str = "127.0.0.1"
     listen_port: int | None = None
     remotes: Sequence[str] = ()
+    account: str | None = None
+    users: Sequence[LeafUser] = ()
 
     def __post_init__(self) -> None:
         _check_host("leafnodes.listen_host", self.listen_host)
         _check_port("leafnodes.listen_port", self.listen_port, optional=True)
         object.__setattr__(self, "remotes", _as_tuple(self.remotes))
         _check_urls("leafnodes.remotes", self.remotes, _LEAF_SCHEMES)
+        if self.account is not None:
+            _check_name("leafnodes.account", self.account)
+        object.__setattr__(self, "users", tuple(self.users))
+        for user in self.users:
+            if not isinstance(user, LeafUser):
+                raise ValueError(f"leafnodes.users: must be LeafUser records, got {user!r}")  # noqa: TRY004
+        names = [user.user for user in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError(f"leafnodes.users: user names must be unique, got {names!r}")
+        if self.users and self.listen_port is None:
+            raise ValueError("leafnodes.users: a hub's leaf users need listen_port")
         if self.listen_port is None and not self.remotes:
             raise ValueError("leafnodes: set listen_port, remotes, or both")
 
@@ -324,6 +407,7 @@ def config_tree(
             "host": cl.host,
             "port": _port(cl.port),
             "routes": list(cl.routes),
+            "pool_size": ROUTE_POOL_SIZE,
         }
     if (leaf := config.leafnodes) is not None:
         block: dict[str, Any] = {}
@@ -331,9 +415,14 @@ def config_tree(
             block["host"] = leaf.listen_host
             block["port"] = _port(leaf.listen_port)
         if leaf.remotes:
-            block["remotes"] = [{"url": url} for url in leaf.remotes]
+            remote: dict[str, Any] = {"urls": list(leaf.remotes)}  # one link, failing over
+            if leaf.account is not None:
+                remote["account"] = leaf.account
+            block["remotes"] = [remote]
         tree["leafnodes"] = block
     _deep_merge(tree, config.extra_blocks)
+    if config.leafnodes is not None and config.leafnodes.users:
+        _add_leaf_users(tree, config.leafnodes.users)
     if config.mappings:
         accounts = tree.get("accounts")
         if isinstance(accounts, dict) and accounts:
@@ -344,6 +433,22 @@ def config_tree(
         else:
             tree.setdefault("mappings", {}).update(config.mappings)
     return tree
+
+
+def _add_leaf_users(tree: dict[str, Any], users: Sequence[LeafUser]) -> None:
+    """Add the hub's leaf users to their accounts (beside the users already there). They are
+    static logins: they skip the auth callout (``auth_users``), which the hub must have (without
+    accounts and auth, nats-server would demand a login of every client)."""
+    callout = tree.get("authorization", {}).get("auth_callout")
+    accounts = tree.get("accounts")
+    if not isinstance(callout, dict) or not isinstance(accounts, dict):
+        raise ValueError(  # noqa: TRY004 -- the config's content is wrong, not a Python type
+            "leafnodes.users: leaf users need a hub with accounts and the auth callout (a bus with auth)"
+        )
+    for user in users:
+        account = accounts.setdefault(user.account, {})
+        account["users"] = [*account.get("users", []), user.to_conf()]
+    callout["auth_users"] = [*callout.get("auth_users", []), *(user.user for user in users)]
 
 
 def _deep_merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -424,3 +529,40 @@ def dumps_conf(tree: Mapping[str, Any]) -> str:
         TypeError: for a value of another type, a non-string key, or a non-finite float.
     """
     return "# generated by conat; do not edit: it is rewritten at every start\n" + _body(tree, "")
+
+
+_FILE_FIELDS: Final[dict[type, frozenset[str]]] = {
+    ServerConfig: frozenset(ServerConfig.__dataclass_fields__) - {"extra_blocks"},
+    ClusterConfig: frozenset(ClusterConfig.__dataclass_fields__),
+    LeafNodeConfig: frozenset(LeafNodeConfig.__dataclass_fields__) - {"users"},
+    WebsocketConfig: frozenset(WebsocketConfig.__dataclass_fields__),
+}
+_BLOCKS: Final = {"cluster": ClusterConfig, "leafnodes": LeafNodeConfig, "websocket": WebsocketConfig}
+
+
+def server_config_from(data: Mapping[str, Any]) -> ServerConfig:
+    """A :class:`ServerConfig` from plain data (a TOML file's): the same fields and blocks
+    (``cluster``, ``leafnodes``, ``websocket``), validated the same way.
+
+    Leaf users and ``extra_blocks`` are not read from data (they hold secrets and raw config).
+
+    Raises:
+        ValueError: an unknown or malformed field (the message names it).
+    """
+
+    def check(block: Mapping[str, Any], kind: type, where: str) -> None:
+        if not isinstance(block, Mapping):  # bad content of a file: a ValueError like every field's
+            raise ValueError(f"{where or 'config'}: must be a table, got {block!r}")  # noqa: TRY004
+        unknown = sorted(set(block) - _FILE_FIELDS[kind])
+        if unknown:
+            raise ValueError(f"{where + '.' if where else ''}{unknown[0]}: not a field of {kind.__name__}")
+        if kind is ServerConfig:
+            for name, sub in _BLOCKS.items():
+                if name in block:
+                    check(block[name], sub, name)
+
+    check(data, ServerConfig, "")
+    try:
+        return msgspec.convert(dict(data), ServerConfig)
+    except msgspec.ValidationError as e:
+        raise ValueError(str(e)) from None

@@ -350,7 +350,7 @@ async def serve(
         await limiter.acquire()
         client._core.spawn(handle(msg))
 
-    sub = await client.subscribe(subject, queue=queue, callback=dispatch)
+    sub = await client.subscribe(subject, queue=queue, callback=dispatch, cluster_wide=True)
     await micro.advertise(client, alive=lambda: not sub.closed)
     return sub
 

@@ -140,7 +140,9 @@ class SocketServer:
     async def _start(self) -> None:
         # Frames are never chunked: reassembling would let any publisher make us pull, and hold
         # every connection's frames back behind its transfer.
-        self._sub = await self._client.subscribe(self.pattern, dispatch=self._on_message, reassemble=False)
+        self._sub = await self._client.subscribe(
+            self.pattern, dispatch=self._on_message, reassemble=False, cluster_wide=True
+        )
         self._unlisten = self._client.on_state_change(self._on_client_state)
 
     @property

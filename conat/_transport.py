@@ -33,10 +33,16 @@ and what it is for when an upgrade breaks it:
 * ``Client._pending``, ``_pending_data_size``, ``_max_pending_size``, ``_flush_queue``,
   ``_flush_pending(force_flush)``: :meth:`Transport.publish` queues the protocol command itself
   (nats-py's ``publish`` re-validates and re-encodes the headers on every call) and kicks the flusher.
+* ``Client._flusher_task``: a reply sent without an await (:meth:`Transport.publish_nowait`) wakes
+  the flusher only while that task runs; otherwise the next awaited publish or the reconnect flushes.
 * ``Client._send_command(cmd)``, ``Client._pongs``: :meth:`Transport.flush` queues its PING behind
   what is pending and waits for its PONG.
 * ``Client._nuid``: unique tokens (inboxes, transfer ids) from nats-py's NUID generator.
-* ``Client._server_info``: the server's name from its INFO, known before CONNECT (credentials).
+* ``Client._server_info``: the server's name from its INFO, known before CONNECT (credentials), and
+  its cluster.
+* ``Client._process_info(info, initial_connection)``: overridden to keep the cluster's client URLs
+  of the latest INFO (nats-py keeps only the first INFO): how many servers a cluster-wide interest
+  confirmation waits for (:mod:`conat._interest`).
 * ``Client._transport``: the socket nats-py leaves open after a refused connect, closed here.
 * ``Client.options["max_reconnect_attempts"]`` and ``["allow_reconnect"]``: bounded tries at first,
   reconnects forever once connected.
@@ -150,6 +156,8 @@ class _Connection(_NatsClient):
     def __init__(self) -> None:
         super().__init__()
         self.direct: dict[int, DirectHandler] = {}
+        self.cluster_urls: tuple[str, ...] = ()
+        """The client URLs of the servers of the cluster, as the latest INFO listed them."""
         self._parsed: dict[bytes, dict[str, str] | None] = {}
         self._encoded: dict[tuple[tuple[str, str], ...], bytes] = {}
 
@@ -173,6 +181,12 @@ class _Connection(_NatsClient):
                 self._parsed.clear()
             self._parsed[raw] = parsed
         return parsed
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        urls = info.get("connect_urls")
+        if initial_connection or urls is not None:
+            self.cluster_urls = tuple(u for u in urls or () if isinstance(u, str))
+        await super()._process_info(info, initial_connection)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         handler = self.direct.get(sid)
@@ -301,6 +315,18 @@ class Transport:
         """The name in the server's INFO: known once the socket is open, before CONNECT is sent."""
         name = self._nc._server_info.get("server_name")
         return name if isinstance(name, str) else None
+
+    @property
+    def cluster(self) -> str | None:
+        """The cluster name in the server's INFO: ``None`` for a server that is in no cluster."""
+        name = self._nc._server_info.get("cluster")
+        return name if isinstance(name, str) and name else None
+
+    @property
+    def cluster_urls(self) -> tuple[str, ...]:
+        """The client URLs of the cluster's servers (the latest INFO's ``connect_urls``; this server
+        included). Empty when the cluster does not advertise them (``no_advertise``)."""
+        return self._nc.cluster_urls
 
     @property
     def auth_expired(self) -> bool:

@@ -5,8 +5,12 @@
   keepalives, passivation, timers, reminders and backoff without sleeping.
 
 Runtime code takes a :class:`conat.Clock` and defaults to :class:`conat.SystemClock`.
+
+- :class:`LocalCluster`: ``n`` nats-servers forming one cluster on loopback, returned once the mesh
+  is complete; nodes can be killed and restarted (failover and fault tests).
 """
 
 from ._clock import FakeClock
+from ._local_cluster import LocalCluster
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "LocalCluster"]

@@ -19,6 +19,7 @@ from ._match import matches as matches
 from ._match import pattern_is_subset as pattern_is_subset
 from ._match import subjects_collide as subjects_collide
 from ._names import HUB as HUB
+from ._names import INTEREST_PROBE as INTEREST_PROBE
 from ._names import PUBLIC_PATTERN as PUBLIC_PATTERN
 from ._names import ScopeKind as ScopeKind
 from ._names import account_scope as account_scope
@@ -55,6 +56,7 @@ from ._policy import ResponsePermission as ResponsePermission
 from ._policy import Scope as Scope
 from ._policy import bus_server_name as bus_server_name
 from ._policy import grant as grant
+from ._policy import leaf_permissions as leaf_permissions
 from ._policy import parse_bus as parse_bus
 from ._policy import server_bus as server_bus
 from ._tokens import EMPTY_TOKEN as EMPTY_TOKEN
@@ -67,6 +69,7 @@ __all__ = [
     "EMPTY_TOKEN",
     "Grant",
     "HUB",
+    "INTEREST_PROBE",
     "InvalidBus",
     "InvalidSubject",
     "MASTER_BUS",
@@ -97,6 +100,7 @@ __all__ = [
     "is_valid_pattern",
     "is_valid_subject",
     "key_token",
+    "leaf_permissions",
     "master_account_api",
     "master_host_api",
     "matches",

@@ -28,6 +28,7 @@ from ._tokens import encode_token
 
 __all__ = [
     "HUB",
+    "INTEREST_PROBE",
     "PUBLIC_PATTERN",
     "ScopeKind",
     "account_scope",
@@ -61,6 +62,11 @@ HUB: Final = "hub"
 
 PUBLIC_PATTERN: Final = "public.>"
 """Everything under ``public``: anyone may publish and subscribe there."""
+
+INTEREST_PROBE: Final = "$CONAT.interest"
+"""The request every server of a cluster answers, about an empty account: what a client sends to
+confirm that its subscriptions are known cluster-wide (``conat``'s ``subscribe(cluster_wide=True)``).
+Anyone may publish it; its answers name the servers and say nothing else."""
 
 key_token = encode_token
 """Encode arbitrary text or bytes as one token (alias of :func:`encode_token`, named for builders)."""

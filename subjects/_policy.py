@@ -9,7 +9,9 @@ The policy
 ----------
 ``i(x)`` is ``_INBOX.x.>`` (the inbox pattern of principal ``x``), ``pub`` is :data:`PUBLIC_PATTERN`.
 Every grant also carries the *explicit denies* ``$SYS.>`` and ``_INBOX.>`` on publish and ``$SYS.>``
-on subscribe, and :data:`DEFAULT_RESPONSES` (see "Responses" below).
+on subscribe, :data:`DEFAULT_RESPONSES` (see "Responses" below), and may publish
+:data:`~subjects.INTEREST_PROBE` (every server of a cluster answers it, about an empty account, so a
+client can confirm that its subscriptions are known on every node; it tells nothing else).
 
 =================================  ==============================================  ==============================
 principal / bus                    publish allow                                   subscribe allow
@@ -104,6 +106,7 @@ import msgspec
 from ._grammar import InvalidSubject
 from ._names import (
     HUB,
+    INTEREST_PROBE,
     PUBLIC_PATTERN,
     ScopeKind,
     _uuid,
@@ -134,6 +137,7 @@ __all__ = [
     "Scope",
     "bus_server_name",
     "grant",
+    "leaf_permissions",
     "parse_bus",
     "server_bus",
 ]
@@ -370,12 +374,12 @@ def _grant(
     subscribe: Iterable[str] | None,
     subscribe_deny: Iterable[str] = (),
 ) -> Grant:
-    """A grant with the explicit denies, own inbox and ``public.>`` always added.
+    """A grant with the explicit denies, own inbox, ``public.>`` and the interest probe always added.
 
     ``None`` means "everything" (minus the denies); patterns keep their first-seen order.
     """
     inbox = inbox_prefix(who)
-    publish_allow = None if publish is None else tuple(dict.fromkeys((*publish, PUBLIC_PATTERN)))
+    publish_allow = None if publish is None else tuple(dict.fromkeys((*publish, PUBLIC_PATTERN, INTEREST_PROBE)))
     subscribe_allow = (
         None if subscribe is None else tuple(dict.fromkeys((*subscribe, inbox_pattern(who), PUBLIC_PATTERN)))
     )
@@ -445,3 +449,30 @@ def _cached_grant(principal: str, scope: Scope, bus: str) -> Grant:
         subjects = list(_project_subjects(_id(who.id, "project")))
         return _grant(token, subjects, subjects)
     return _grant(token, (), ())
+
+
+def leaf_permissions(host: UUID | str) -> Permissions:
+    """What the leaf link of host ``h``'s bus to master's bus may carry (seen from master's side:
+    publish is host to master, subscribe is master to host). conat's ``LeafUser`` puts it on the
+    link; nats-server forwards nothing else, either way.
+
+    The lists are host ``h``'s grant on the master bus (``master.host-h.api`` and its bootlog up;
+    ``runner.host-h`` and its inbox down; ``public.>`` both ways), widened by what the link must
+    carry for others: ``runner.host-h.>`` down (the runner's actor per project) and master's reply
+    inboxes ``_INBOX.hub.>`` up. A leaf link has no response permissions, so the replies of the
+    host's services to master's requests cross as publishes: a host could publish into master's
+    inboxes (never into another principal's), and master's clients take such a reply for what it
+    is, an answer from a host. Publishing into ``$SYS`` is denied.
+
+    Raises:
+        InvalidSubject: ``host`` is not a canonical UUID (``reason="bad-id"``).
+    """
+    ident = _uuid(host, "host")
+    up = grant(host_scope(ident), Scope(), MASTER_BUS).permissions
+    down_allow = up.subscribe_allow or ()
+    return Permissions(
+        publish_allow=(*(up.publish_allow or ()), inbox_pattern(HUB)),
+        publish_deny=(_SYS_DENY,),
+        subscribe_allow=(*down_allow[:1], f"{runner_host(ident)}.>", *down_allow[1:]),
+        subscribe_deny=_SUBSCRIBE_DENY,
+    )

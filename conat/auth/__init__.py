@@ -17,7 +17,9 @@ Credentials (what clients and issuers use; no bus needed):
 
 The bus side (a bus with the auth callout; the model is in ``docs/auth.md``):
 
-* :class:`AuthBus`: nats-server with the auth callout configured, plus one responder.
+* :class:`AuthBus`: nats-server with the auth callout configured, plus one responder; on a cluster,
+  :meth:`AuthBus.join` gives a :class:`BusJoin` and :class:`AuthNode` starts another node of the bus
+  with it (no seed: the bus directory stays the bus's one authority).
 * :class:`AuthResponder`: one callout responder (several share a bus), revocation and kicks.
 * :class:`AuthCallout`: the callout itself, a plain conat service (shown in ``$SRV``) that asks a
   :class:`Decider`; :class:`AuthStore` (revocation floors, used one-time tokens) and
@@ -118,6 +120,9 @@ if _typing.TYPE_CHECKING:
     from ._callout_service import CALLOUT_SERVICE as CALLOUT_SERVICE
     from ._callout_service import AuthCallout as AuthCallout
     from ._callout_service import CalloutStatistics as CalloutStatistics
+    from ._cluster import AuthNode as AuthNode
+    from ._cluster import BusJoin as BusJoin
+    from ._cluster import callout_config as callout_config
     from ._responder import REVOCATION_SUBJECT as REVOCATION_SUBJECT
     from ._responder import AuthResponder as AuthResponder
     from ._responder import Revocation as Revocation
@@ -134,6 +139,9 @@ _BUS_SIDE: _typing.Final = {
     "MIN_CONNECTION_LIFETIME": "._callout",
     "AuthCallout": "._callout_service",
     "CalloutStatistics": "._callout_service",
+    "AuthNode": "._cluster",
+    "BusJoin": "._cluster",
+    "callout_config": "._cluster",
     "Connections": "._callout",
     "CredentialExchange": "._callout",
     "Decider": "._callout",
@@ -172,10 +180,12 @@ __all__ = [
     "AuditLog",
     "AuthBus",
     "AuthCallout",
+    "AuthNode",
     "AuthResponder",
     "AuthStore",
     "AuthStoreError",
     "AuthorizationRequest",
+    "BusJoin",
     "BusSecrets",
     "CALLOUT_SERVICE",
     "CalloutStatistics",
@@ -229,6 +239,7 @@ __all__ = [
     "api_key_id",
     "authorization_response",
     "callout_blocks",
+    "callout_config",
     "check_public_key",
     "crc16",
     "decode_jwt",

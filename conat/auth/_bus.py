@@ -15,6 +15,11 @@ bus directory (:class:`BusSecrets`). nats-server reads the passwords from its 06
 The bus directory also holds the audit log and the auth store (revocations, used one-time tokens),
 shared by every responder of the bus: more responders, in other processes, join with
 :meth:`AuthResponder.start` on the same directory.
+
+On a cluster (``config.cluster``) the bus runs on more nodes: :meth:`AuthBus.join` gives what a
+node needs (a :class:`~conat.auth.BusJoin`, written to a 0600 file), and the node starts with
+:class:`~conat.auth.AuthNode` without any seed. The bus directory stays the bus's one authority
+(see :mod:`conat.auth._cluster` for why).
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Self
 
 from conat import NatsServer, ServerConfig
 from subjects import bus_server_name, server_bus
 
 from ._audit import AuditLog
 from ._callout import CredentialExchange, Decider
-from ._responder import APP_ACCOUNT, AUTH_USER, SYS_USER, AuthResponder, Revocation
+from ._cluster import BusJoin, callout_config
+from ._responder import AuthResponder, Revocation
 from ._secrets import BusSecrets
 from ._store import AuthStore
 from ._tokens import TOKEN_LEEWAY
@@ -41,31 +47,17 @@ __all__ = ["AuthBus", "callout_blocks"]
 
 log = logging.getLogger("conat.auth.bus")
 
-MAX_CONTROL_LINE: Final = 32 * 1024
-
 
 def callout_blocks(secrets_: BusSecrets, *, timeout: float = 2.0) -> dict[str, Any]:
-    """The nats-server config blocks of a bus with the auth callout (merged into ServerConfig)."""
-    return {
-        "accounts": {
-            "AUTH": {"users": [{"user": AUTH_USER, "password": secrets_.auth_password}]},
-            APP_ACCOUNT: {},
-            "SYS": {"users": [{"user": SYS_USER, "password": secrets_.sys_password}]},
-        },
-        "system_account": "SYS",
-        # a token with a large scope (many projects) must reach the callout, which judges its size
-        # (conat.auth.MAX_TOKEN_SIZE, well below this)
-        "max_control_line": MAX_CONTROL_LINE,
-        "authorization": {
-            "timeout": timeout,
-            "auth_callout": {
-                "issuer": secrets_.issuer.public_key,
-                "account": "AUTH",
-                "auth_users": [AUTH_USER, SYS_USER],
-                "xkey": secrets_.xkey.public_key,
-            },
-        },
-    }
+    """The nats-server config blocks of a bus with the auth callout (merged into ServerConfig):
+    :func:`~conat.auth.callout_config` with the public halves of the bus's keys."""
+    return callout_config(
+        issuer=secrets_.issuer.public_key,
+        xkey=secrets_.xkey.public_key,
+        auth_password=secrets_.auth_password,
+        sys_password=secrets_.sys_password,
+        timeout=timeout,
+    )
 
 
 def _server_name(bus: str, configured: str | None) -> str:
@@ -83,10 +75,11 @@ def _server_name(bus: str, configured: str | None) -> str:
 class AuthBus:
     """A running bus with the callout. Create with :meth:`start`; close with :meth:`aclose`."""
 
-    def __init__(self, bus: str, server: NatsServer, responder: AuthResponder) -> None:
+    def __init__(self, bus: str, server: NatsServer, responder: AuthResponder, directory: Path) -> None:
         self.bus = bus
         self.server = server
         self.responder = responder
+        self.directory = directory
 
     @property
     def url(self) -> str:
@@ -151,9 +144,38 @@ class AuthBus:
                 per_address=per_address,
                 per_principal=per_principal,
                 exchange=exchange,
+                peers=merged.cluster is not None and bool(merged.cluster.routes),
             )
             stack.pop_all()
-        return cls(bus, server, responder)
+        return cls(bus, server, responder, directory)
+
+    def join(self, routes: tuple[str, ...] | None = None) -> BusJoin:
+        """What a node needs to join this bus (:class:`~conat.auth.BusJoin`): write it with
+        ``.write(path)`` (a 0600 file) and start the node with :class:`~conat.auth.AuthNode`.
+
+        Args:
+            routes: the route URLs the node seeds from; default this bus's own node.
+
+        Raises:
+            ValueError: the bus runs in no cluster (start it with ``config.cluster``).
+        """
+        cluster, own = self.server.config.cluster, self.server.cluster_url
+        if cluster is None or own is None:
+            raise ValueError(
+                f"bus {self.bus!r} runs in no cluster: start it with config.cluster to add nodes"
+            )
+        secrets_ = BusSecrets.load(self.directory / "secrets")
+        config = callout_blocks(secrets_)
+        return BusJoin(
+            bus=self.bus,
+            cluster=cluster.name,
+            routes=routes or (own,),
+            issuer=secrets_.issuer.public_key,
+            xkey=secrets_.xkey.public_key,
+            auth_password=secrets_.auth_password,
+            sys_password=secrets_.sys_password,
+            timeout=float(config["authorization"]["timeout"]),
+        )
 
     async def revoke(self, principal: str, *, below: int | None = None) -> Revocation:
         """Refuse ``principal``'s tokens below a revision and kick its connections: see

@@ -21,7 +21,14 @@ from conat import Client, ConatError, Message, MicroService, Subscription
 from ._callout import Decider
 from ._nats_claims import AUTH_CALLOUT_SUBJECT, XKEY_HEADER
 
-__all__ = ["CALLOUT_MAX_BUFFER", "CALLOUT_QUEUE", "CALLOUT_SERVICE", "AuthCallout", "CalloutStatistics"]
+__all__ = [
+    "CALLOUT_MAX_BUFFER",
+    "CALLOUT_QUEUE",
+    "CALLOUT_SERVICE",
+    "STORE_METADATA",
+    "AuthCallout",
+    "CalloutStatistics",
+]
 
 log = logging.getLogger("conat.auth.callout_service")
 
@@ -33,6 +40,8 @@ CALLOUT_QUEUE: Final = "conat-auth"
 CALLOUT_MAX_BUFFER: Final = 10_000
 """Authorization requests that may wait for one responder; beyond that they are refused at once."""
 CALLOUT_STOP_TIMEOUT: Final = 5.0
+STORE_METADATA: Final = "conat.auth.store"
+"""The ``$SRV`` metadata key naming the auth store a responder decides with (its id)."""
 
 
 @final
@@ -104,7 +113,7 @@ class AuthCallout:
             AUTH_CALLOUT_SUBJECT,
             [CALLOUT_ENDPOINT],
             description="nats-server's auth callout: who may connect, and with which permissions",
-            metadata={"conat.bus": decider.bus},
+            metadata={"conat.bus": decider.bus, STORE_METADATA: decider.store.id},
             queue_group=queue,
             data=lambda: dataclasses.asdict(self.statistics()),
         )
@@ -120,7 +129,7 @@ class AuthCallout:
         if self._sub is not None:
             raise ValueError("the callout service is already started")
         sub = self._sub = await self._client.subscribe(
-            AUTH_CALLOUT_SUBJECT, queue=self._queue, max_buffer=self._max_buffer
+            AUTH_CALLOUT_SUBJECT, queue=self._queue, max_buffer=self._max_buffer, cluster_wide=True
         )
         self._task = asyncio.get_running_loop().create_task(self._serve(sub), name="conat-auth-callout")
         await self.micro.advertise(self._client, alive=lambda: not sub.closed)

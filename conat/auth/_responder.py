@@ -15,14 +15,26 @@ tells the one that answered. So a revoke is a broadcast:
    the bus's own static users can publish or read there): every other responder raises the floor
    in its store too (a no-op on the same file; the copy a responder on another machine would keep)
    and kicks its own connections;
-3. kicks the connections it granted itself whose token revision is below the floor.
+3. kicks the connections it granted itself whose token revision is below the floor;
+4. sweeps the cluster: asks every server for the principal's connections
+   (``$SYS.REQ.SERVER.PING.CONNZ``, filtered by account and user: the user JWT's name is the
+   principal) and kicks those still there. So a connection whose responder is gone (its kick list
+   died with it) is kicked too, on whichever node it is. A connection at the new revision that
+   another responder granted just before the revoke is kicked as well, and comes back at once: the
+   servers do not know a connection's revision, and a needless reconnect is cheaper than a missed
+   kick.
 
 With the decider's "record the connection, then read the floor" (see :mod:`conat.auth._callout`), a
 connect racing a revoke is refused or kicked, whichever responder answered it. A kicked client
 reconnects at once with the same or a fresh token; the same token is now refused.
 
 Each responder holds two connections: the ``auth`` user (AUTH account: callout requests and
-notices) and the ``sys`` user (SYS account: kicks and disconnect events).
+notices) and the ``sys`` user (SYS account: kicks, the sweep and disconnect events). Given every
+node's URL (or learning them from the cluster), both fail over when their node dies.
+
+On a cluster, a responder that starts checks ``$SRV`` discovery first: a responder of the same
+bus deciding with another store (another bus directory) means two authorities, whose revocations
+and one-time tokens would each be half the bus's, so it refuses to start (:mod:`conat.auth._cluster`).
 """
 
 from __future__ import annotations
@@ -39,12 +51,13 @@ from typing import Final, Self, final
 import msgspec
 
 import conat
-from conat import ConatError, Message
+from conat import ConatError, InfoResponse, Message
 from subjects import InvalidSubject, Principal
 
 from ._audit import AuditLog
 from ._callout import CredentialExchange, Decider
-from ._callout_service import AuthCallout
+from ._callout_service import CALLOUT_SERVICE, STORE_METADATA, AuthCallout
+from ._errors import AuthStoreError
 from ._secrets import BusSecrets
 from ._store import AuthStore
 from ._tokens import MAX_TOKEN_SIZE, TOKEN_LEEWAY
@@ -68,6 +81,12 @@ APP_ACCOUNT: Final = "APP"
 REVOCATION_SUBJECT: Final = "conat.auth.revoked"
 """Where responders tell each other about revocations (AUTH account: the bus's static users only)."""
 KICK_TIMEOUT: Final = 2.0
+SWEEP_PAGE: Final = 1024
+"""Connections per server per CONNZ answer in a revocation's sweep (nats-server's own default)."""
+PEER_WAIT: Final = 10.0
+"""How long a responder of a node started with routes waits for its peers before it starts."""
+DISCOVERY_WAIT: Final = 0.3
+"""How long a starting responder listens for other responders' ``$SRV`` answers (clusters only)."""
 
 
 @final
@@ -102,6 +121,23 @@ class Revocation:
     principal: str
     below: int
     kicked: int
+
+
+class _Connz(msgspec.Struct):
+    class _Server(msgspec.Struct):
+        id: str = ""
+
+    class _Data(msgspec.Struct):
+        class _Conn(msgspec.Struct):
+            cid: int = 0
+            authorized_user: str = ""
+
+        total: int = 0
+        offset: int = 0
+        connections: list[_Conn] = msgspec.field(default_factory=list)
+
+    server: _Server = msgspec.field(default_factory=_Server)
+    data: _Data = msgspec.field(default_factory=_Data)
 
 
 class _Disconnect(msgspec.Struct):
@@ -159,7 +195,7 @@ class AuthResponder:
         cls,
         *,
         bus: str,
-        url: str,
+        url: str | list[str],
         public_keys: Mapping[str, bytes | str] | PublicKeySource,
         directory: Path,
         leeway: float = TOKEN_LEEWAY,
@@ -167,8 +203,10 @@ class AuthResponder:
         per_address: tuple[float, float] = (200.0, 1.0),
         per_principal: tuple[float, float] = (20.0, 1.0),
         exchange: CredentialExchange | None = None,
+        peers: bool = False,
     ) -> Self:
-        """Start answering the callout of ``bus``, whose server is at ``url``.
+        """Start answering the callout of ``bus``, whose server is at ``url`` (a cluster: a list of
+        nodes' URLs, or one; the others are learned from it).
 
         ``directory`` is the bus directory: its ``secrets`` (which must exist: the bus created
         them), ``audit.sqlite`` and ``auth.sqlite`` are shared with every other responder of the
@@ -176,6 +214,12 @@ class AuthResponder:
         ``per_address``/``per_principal``: connect attempts allowed as (count, per seconds), per
         responder, with bursts up to the count; beyond them a connect is refused ``rate-limited``.
         ``exchange`` judges credentials that are not conat tokens (see :class:`CredentialExchange`).
+        ``peers``: the node at ``url`` was started with routes to others: wait (up to
+        :data:`PEER_WAIT` seconds) until they answer before looking for another authority.
+
+        Raises:
+            AuthStoreError: the store cannot be opened, or (on a cluster) another responder of
+                the bus decides with another store.
         """
         secrets_ = BusSecrets.load(directory / "secrets")
         async with contextlib.AsyncExitStack() as stack:
@@ -206,6 +250,7 @@ class AuthResponder:
                 exchange=exchange,
             )
             self = cls(bus, responder, system, AuthCallout(responder, decider), audit, store)
+            await self._check_single_authority(peers)
             # notices and disconnects first: nothing granted from here on can be missed by a kick
             await responder.subscribe(REVOCATION_SUBJECT, callback=self._on_notice)
             await system.subscribe(f"$SYS.ACCOUNT.{APP_ACCOUNT}.DISCONNECT", dispatch=self._on_disconnect)
@@ -246,7 +291,88 @@ class AuthResponder:
         except ConatError as e:  # the floor is committed: responders sharing the store refuse anyway
             log.error("could not tell the other responders that %s is revoked: %s", principal, e)
         kicked = await self._kick_below(principal, floor)
+        kicked += await self._sweep(principal, floor)
         return Revocation(principal, floor, kicked)
+
+    async def _check_single_authority(self, peers: bool) -> None:
+        """Refuse to serve a cluster's bus that responders with another store already serve."""
+        client = self._responder
+        if client.cluster is None:
+            return
+        if peers:
+            try:
+                await client.cluster_servers(PEER_WAIT, at_least=2)
+            except conat.Timeout:
+                log.warning(
+                    "%s: no other node answered within %gs; cannot check for another authority",
+                    self.bus,
+                    PEER_WAIT,
+                )
+        others: set[str] = set()
+        try:
+            async for msg in client.request_many(
+                f"$SRV.INFO.{CALLOUT_SERVICE}", timeout=DISCOVERY_WAIT * 3, idle_timeout=DISCOVERY_WAIT
+            ):
+                with contextlib.suppress(msgspec.DecodeError):
+                    info = msgspec.json.decode(msg.raw, type=InfoResponse)
+                    if info.metadata.get("conat.bus") == self.bus:
+                        others.add(info.metadata.get(STORE_METADATA, ""))
+        except (conat.NoResponders, conat.Timeout):
+            return  # nobody serves the bus yet
+        others.discard(self.store.id)
+        if others:
+            raise AuthStoreError(
+                self.store.path,
+                f"serve bus {self.bus!r}",
+                f"responders with another auth store ({', '.join(sorted(others))}) already serve it: a bus"
+                " has one authority; add a node with its join file (AuthBus.join, `conat auth join`), and"
+                " more responders on the bus directory",
+            )
+
+    async def _sweep(self, principal: str, below: int) -> int:
+        """Kick ``principal``'s connections on every server of the cluster but those this responder
+        granted at ``below`` or above (module docstring); returns how many were kicked."""
+        connections = self.decider.connections
+        mine = set(connections.of(principal)) - set(connections.of(principal, below=below))
+        targets: set[tuple[str, int]] = set()
+        servers = len(self._system.cluster_urls) if self._system.cluster is not None else 1
+        offset = 0
+        while True:
+            more = False
+            body = {
+                "account": APP_ACCOUNT,
+                "user": principal,
+                "auth": True,
+                "limit": SWEEP_PAGE,
+                "offset": offset,
+            }
+            try:
+                async for msg in self._system.request_many(
+                    "$SYS.REQ.SERVER.PING.CONNZ",
+                    msgspec.json.encode(body),
+                    encoding="raw",
+                    timeout=KICK_TIMEOUT,
+                    idle_timeout=None if servers else DISCOVERY_WAIT,
+                    max_messages=servers or None,
+                ):
+                    try:
+                        answer = msgspec.json.decode(msg.raw, type=_Connz)
+                    except msgspec.DecodeError:
+                        continue
+                    for conn in answer.data.connections:
+                        if conn.authorized_user == principal:
+                            targets.add((answer.server.id, conn.cid))
+                    more = more or answer.data.total > offset + SWEEP_PAGE
+            except ConatError as e:
+                log.warning("could not sweep the cluster for %s's connections: %s", principal, e)
+                break
+            if not more:
+                break
+            offset += SWEEP_PAGE
+        results = await asyncio.gather(
+            *(self._kick(principal, server, cid) for server, cid in sorted(targets - mine))
+        )
+        return sum(results)
 
     async def _on_notice(self, msg: Message) -> None:
         try:

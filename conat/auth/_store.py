@@ -14,6 +14,10 @@ second insert finds it and is refused. Rows are kept until ``expires`` (the toke
 the leeway, in the bus's own clock, the same clock that refuses the token as expired from then on)
 and pruned as new ones come.
 
+**Identity.** Each store has a random ``id``, made with the file: the bus's responders show it in
+``$SRV`` discovery, so a responder that would decide for the same bus from another store (another
+directory: its revocations and one-time tokens would not be the bus's) is refused at start.
+
 Writes are ``synchronous=FULL``: a revocation or a used one-time token that was acknowledged
 survives a power loss. Both are rare (a revoke, a host join), so their fsync costs nothing that
 matters; reads are the common path (one indexed lookup per connect).
@@ -56,6 +60,11 @@ CREATE TABLE IF NOT EXISTS used_tokens (
     expires REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS used_tokens_expires ON used_tokens (expires);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('id', lower(hex(randomblob(8)))) ON CONFLICT (key) DO NOTHING;
 """
 
 
@@ -63,9 +72,11 @@ CREATE INDEX IF NOT EXISTS used_tokens_expires ON used_tokens (expires);
 class AuthStore:
     """Open with ``await AuthStore.open(path)``; close with :meth:`aclose`."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, id: str = "") -> None:
         self._db = db
         self.path = path
+        self.id = id
+        """This store's identity (module docstring): the same for every process that opens the file."""
         self._inserts = 0
 
     @classmethod
@@ -82,10 +93,11 @@ class AuthStore:
         try:
             await db.executescript(_SCHEMA)
             await db.commit()
+            rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'id'")
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             await db.close()
             raise AuthStoreError(path, "open", str(exc)) from None
-        return cls(db, path)
+        return cls(db, path, next(str(value) for (value,) in rows))
 
     async def floor(self, principal: str) -> int:
         """The revision below which ``principal``'s tokens are refused (0: none are)."""

@@ -28,17 +28,19 @@ import msgspec
 from click.decorators import FC
 
 from conat import ServerError
-from conat._paths import ServerState, clear_state, data_dir, read_state, write_state
+from conat._paths import clear_state, data_dir, read_state, write_state
 from conat._server_config import ServerConfig
 from conat.auth import (
     MAX_REVISION,
     MAX_TOKEN_TTL,
     MIN_TOKEN_TTL,
     AuthBus,
+    BusJoin,
     Keyring,
     KeyringError,
     PublicKeys,
     PublicKeySource,
+    SecretFileError,
     TokenClaims,
     TokenError,
     TokenIssuer,
@@ -50,6 +52,7 @@ from conat.auth import (
 from subjects import InvalidBus, InvalidSubject, Scope, parse_bus
 
 from ._app import Options, json_option, stop_on_signals, until_stopped
+from ._cluster_cmds import JOIN_FILE
 from ._output import Printer
 
 __all__ = ["auth_group", "auth_keys", "check_bus", "keys_option", "public_keys_option", "serve_auth"]
@@ -287,6 +290,57 @@ def token(
     )
 
 
+@auth_group.command(short_help="Write what another node needs to join the running bus (a 0600 file).")
+@click.option(
+    "-o", "--out", "target", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file."
+)
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    metavar="URL",
+    help="Routes the node seeds from, nats-route://HOST:PORT (default: the running node's).",
+)
+@json_option
+@click.pass_obj
+def join(opts: Options, target: Path, routes: tuple[str, ...]) -> None:
+    """Write the join file of the running bus (`conat server --auth --cluster ...` on this data dir)
+    to a 0600 file: the bus, its cluster and routes, the callout's public keys and the bus's static
+    passwords (no seed). On the new node: `conat server --join FILE --node NAME`. The file is a
+    secret: hand it over as one.
+    """
+    printer = Printer(opts.json)
+    state = read_state()
+    if state is None or state.bus is None:
+        raise click.UsageError(
+            "no running bus with auth on this data dir (start one with `conat server --auth --cluster`)"
+        )
+    source = data_dir() / "buses" / state.bus / JOIN_FILE
+    try:
+        bus_join = BusJoin.read(source)
+    except SecretFileError as e:
+        if e.code != "missing":
+            raise
+        raise click.UsageError(
+            f"bus {state.bus} runs in no cluster: start it with --cluster to add nodes"
+        ) from None
+    if routes:
+        try:
+            bus_join = msgspec.structs.replace(bus_join, routes=routes)
+        except (ValueError, msgspec.ValidationError) as e:
+            raise click.UsageError(f"--route: {e}") from None
+    bus_join.write(target)
+    printer.event(
+        f"join file for bus {bus_join.bus} (cluster {bus_join.cluster}, routes"
+        f" {', '.join(bus_join.routes)}): {target}\n  on the new node: conat server --join {target} --node NAME",
+        event="join",
+        file=str(target),
+        bus=bus_join.bus,
+        cluster=bus_join.cluster,
+        routes=list(bus_join.routes),
+    )
+
+
 @auth_group.command(short_help="Show what a token file holds, and whether it is valid.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_keys_option
@@ -368,18 +422,9 @@ async def serve_auth(config: ServerConfig, out: Printer, *, bus: str, public_key
             server = auth.server
             pid = server.pid
             assert pid is not None
-            write_state(
-                ServerState(
-                    url=server.url,
-                    pid=pid,
-                    started_at=server.started_at or time.time(),
-                    config_path=str(server.config_path),
-                    log_path=str(server.log_path),
-                    websocket_url=server.websocket_url,
-                    manager_pid=os.getpid(),
-                    bus=bus,
-                )
-            )
+            write_state(server.state(bus=bus))
+            if server.config.cluster is not None:  # what `conat auth join` hands to other nodes
+                auth.join().write(directory / JOIN_FILE)
             try:
                 _announce(out, auth, directory)
                 code = await until_stopped(stop, server.wait())
@@ -402,11 +447,16 @@ def _announce(out: Printer, auth: AuthBus, directory: Path) -> None:
             log_path=str(server.log_path),
             audit_path=str(auth.audit.path),
             directory=str(directory),
+            cluster_url=server.cluster_url,
         )
         return
     lines = [f"conat server ready at {server.url} (nats-server pid {server.pid}): bus {auth.bus}, with auth"]
     if server.websocket_url is not None:
         lines.append(f"  websocket: {server.websocket_url}")
+    if (cluster := server.config.cluster) is not None:
+        lines.append(
+            f"  cluster:   {cluster.name}, routes at {server.cluster_url}: `conat auth join -o FILE` for a node"
+        )
     lines += [
         f"  log:       {server.log_path}",
         f"  audit:     {auth.audit.path}",

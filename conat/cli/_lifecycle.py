@@ -32,6 +32,7 @@ from conat._paths import ServerState, clear_state, pid_alive, read_state_file, s
 from conat._process import parent_pid, stop_pid
 
 from ._app import EXIT_NOT_RUNNING, Options
+from ._cluster_cmds import topology, topology_lines
 from ._demo import up_extensions
 from ._output import Printer
 
@@ -158,7 +159,9 @@ def status(opts: Options, data_dir: Path | None) -> None:
     where its log is. Exits 8 if no bus is running (a stale state file included).
 
     With --json: one object with "running" and, when running, url, pid, manager_pid, orphaned,
-    started_at, uptime_s, websocket_url, bus (with auth), config_path, log_path, state_path.
+    started_at, uptime_s, websocket_url, bus (with auth), config_path, log_path, state_path, and
+    topology (a node of a cluster or a leaf: its node and cluster names, its routes and its leaf
+    links, read from its monitoring endpoint; null otherwise).
     """
     _use_data_dir(data_dir)
     out = Printer(opts.json)
@@ -180,6 +183,9 @@ def status(opts: Options, data_dir: Path | None) -> None:
         lines.append(f"  auth:      bus {state.bus}: clients need a token (`conat auth token`)")
     if state.websocket_url is not None:
         lines.append(f"  websocket: {state.websocket_url}")
+    topo = topology(state.monitor_url) if state.monitor_url is not None else None
+    if topo is not None:
+        lines += topology_lines(topo)
     lines += [f"  log:       {state.log_path}", f"  state:     {state_path()}"]
     extensions = {e.name: e.status() for e in up_extensions()}  # the platform's parts, if any run
     lines += [line for found in extensions.values() for line in found]
@@ -198,6 +204,7 @@ def status(opts: Options, data_dir: Path | None) -> None:
         log_path=state.log_path,
         state_path=str(state_path()),
         extensions={name: found for name, found in extensions.items() if found},
+        topology=topo,
     )
 
 

@@ -15,18 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import click
 
+from conat import ConatError
 from conat._paths import state_path
 from conat._server import NatsServer, serve_forever
 from conat._server_config import DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT, ServerConfig, WebsocketConfig
+from conat.auth import BusJoin
 from subjects import MASTER_BUS
 
 from ._app import Options, json_option, run, stop_on_signals, until_stopped
 from ._auth_cmds import auth_keys, check_bus, keys_option, public_keys_option, serve_auth
+from ._cluster_cmds import cluster_config, config_file, serve_node
 from ._demo import (
     COUNT,
     GREETER,
@@ -92,10 +96,44 @@ def _server_config(
 )
 @keys_option("With --auth: the signing keys whose tokens it accepts (default: <data dir>/keys).")
 @public_keys_option("With --auth: pinned public keys instead (`conat auth keygen --export FILE`).")
+@click.option(
+    "--cluster", "cluster_name", metavar="NAME", help="Be a node of cluster NAME (routes to other nodes)."
+)
+@click.option(
+    "--cluster-port",
+    type=_port,
+    default=0,
+    show_default=True,
+    help="With --cluster: the route port (0: random).",
+)
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    metavar="URL",
+    help="With --cluster: a node to connect to, nats-route://HOST:PORT (repeatable; one is enough).",
+)
+@click.option(
+    "--node", help="This node's name (its nats-server's; with --auth or --join: conat-<bus>.<node>)."
+)
+@click.option(
+    "--join",
+    "join_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Run a node of a bus with auth, from its join file (`conat auth join` on its first node).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The server's options from a TOML file (port, cluster {name, port, routes}, leafnodes {...}...).",
+)
 @json_option
-@click.pass_obj
+@click.pass_context
 def server(
-    opts: Options,
+    ctx: click.Context,
     port: int,
     host: str,
     allow_remote: bool,
@@ -106,6 +144,12 @@ def server(
     bus: str | None,
     keys: Path | None,
     public_keys: Path | None,
+    cluster_name: str | None,
+    cluster_port: int,
+    routes: tuple[str, ...],
+    node: str | None,
+    join_file: Path | None,
+    config_path: Path | None,
 ) -> None:
     """Run a private nats-server in the foreground until Ctrl-C, SIGTERM or SIGHUP (`conat down`).
 
@@ -116,24 +160,62 @@ def server(
     (`conat auth token ... -o FILE`, then `conat --credentials FILE ...`), each with the
     permissions its token grants; every decision goes to the audit log under
     <data dir>/buses/<bus>.
+
+    With --cluster it is a node of a cluster: give the others a --route to it (its route URL is
+    printed). With --auth too, it is the first node of a bus on a cluster, and
+    `conat auth join -o FILE` writes what the other nodes need; they run with --join FILE.
+    `conat status` shows the routes and leaf links. --config FILE takes the options from a TOML
+    file instead of the flags.
     """
-    config = _server_config(host, port, allow_remote, max_payload, websocket_port)
+    opts: Options = ctx.obj
+    if config_path is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _FLAG_OPTIONS if _given(ctx, n)]
+        if given:
+            raise click.UsageError(
+                f"--config takes the server's options from the file: drop {', '.join(given)}"
+            )
+        config = config_file(config_path)
+    else:
+        config = _server_config(host, port, allow_remote, max_payload, websocket_port)
+    config = cluster_config(config, cluster_name, cluster_port, routes, None if join_file else node)
     if not auth and (keys is not None or public_keys is not None or bus is not None):
         raise click.UsageError("--bus, --keys and --public-keys go with --auth")
+    if join_file is not None and (auth or cluster_name is not None):
+        raise click.UsageError(
+            "--join runs a node of an existing bus: its bus and cluster come from the file"
+        )
     if data_dir is not None:
         os.environ["CONAT_DATA_DIR"] = str(data_dir.absolute())
     out = Printer(opts.json)
     # with --auth, checked before anything starts: a bad bus name or missing keys exit 1 at once
     accepted = (check_bus(bus or MASTER_BUS), auth_keys(keys, public_keys)) if auth else None
+    join = _read_join(join_file) if join_file is not None else None
     ensure_not_running(out)
     try:
         if accepted is not None:
             run(serve_auth(config, out, bus=accepted[0], public_keys=accepted[1]))
+        elif join is not None:
+            run(serve_node(join, node or secrets.token_hex(3), config, out))
         else:
             run(serve_forever(config, on_ready=lambda s: _announce_server(out, s)))
     except KeyboardInterrupt:
         pass
     out.event("conat server stopped", event="stopped")
+
+
+_FLAG_OPTIONS = ("port", "host", "allow_remote", "max_payload", "websocket_port", "cluster_port")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
+
+
+def _read_join(path: Path) -> BusJoin:
+    try:
+        return BusJoin.read(path)
+    except (ValueError, ConatError) as e:
+        raise click.UsageError(f"--join {path}: {e}") from None
 
 
 def _announce_server(out: Printer, srv: NatsServer) -> None:
@@ -144,6 +226,8 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
             url=srv.url,
             pid=srv.pid,
             websocket_url=srv.websocket_url,
+            cluster_url=srv.cluster_url,
+            leafnode_url=srv.leafnode_url,
             log_path=str(srv.log_path),
             state_path=str(state_path()),
         )
@@ -151,6 +235,10 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
     lines = [f"conat server ready at {srv.url} (nats-server pid {srv.pid})"]
     if srv.websocket_url is not None:
         lines.append(f"  websocket: {srv.websocket_url}")
+    if (cluster := srv.config.cluster) is not None:
+        lines.append(f"  cluster:   {cluster.name}: other nodes take --route {srv.cluster_url}")
+    if srv.leafnode_url is not None:
+        lines.append(f"  leafnodes: {srv.leafnode_url}")
     lines.append(f"  log:       {srv.log_path}")
     lines.append(f"  state:     {state_path()}")
     lines.append("Press Ctrl-C to stop.")

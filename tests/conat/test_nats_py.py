@@ -61,6 +61,8 @@ class Member:
 CONTRACT: tuple[Member, ...] = (
     Member("_process_msg", "override the parser's hook for every MSG/HMSG (direct dispatch)",
            ("sid", "subject", "reply", "data", "headers")),
+    Member("_process_info", "keep the cluster's client URLs of every INFO (cluster-wide interest)",
+           ("info", "initial_connection")),
     Member("__init__", "build subscriptions the way nats-py's subscribe() does", ("conn", "id", "subject", "queue"),
            coroutine=False, owner=NatsSubscription),
     Member("_subs", "register a subscription so that a reconnect re-sends it", kind=dict),
@@ -72,10 +74,11 @@ CONTRACT: tuple[Member, ...] = (
     Member("_max_pending_size", "refuse to buffer past nats-py's limit while reconnecting", kind=int),
     Member("_flush_queue", "kick nats-py's flusher after queueing a command", kind=(NoneType, asyncio.Queue)),
     Member("_flush_pending", "kick (or force) nats-py's flusher", ("force_flush",)),
+    Member("_flusher_task", "wake the flusher without an await only while it runs", kind=(NoneType, asyncio.Task)),
     Member("_send_command", "queue flush()'s PING behind what is pending", ("cmd", "priority")),
     Member("_pongs", "wait for the PONG that answers flush()'s PING", kind=list),
     Member("_nuid", "make unique tokens (inboxes, transfer ids)", kind=NUID),
-    Member("_server_info", "read the server's name from INFO before CONNECT (credentials)", kind=dict),
+    Member("_server_info", "read the server's name (credentials) and cluster from INFO", kind=dict),
     Member("_transport", "close the socket nats-py leaves open after a refused connect", kind=NoneType),
 )  # fmt: skip
 

@@ -155,14 +155,24 @@ def test_websocket_block() -> None:
 def test_cluster_block() -> None:
     routes = ["nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6223"]
     tree = config_tree(ServerConfig(cluster=ClusterConfig("c1", port=6222, routes=routes)))
-    assert tree["cluster"] == {"name": "c1", "host": "127.0.0.1", "port": 6222, "routes": routes}
+    assert tree["cluster"] == {
+        "name": "c1",
+        "host": "127.0.0.1",
+        "port": 6222,
+        "routes": routes,
+        "pool_size": -1,  # one ordered route per pair of nodes: interest is confirmable cluster-wide
+    }
 
 
 def test_leafnode_blocks() -> None:
     hub = config_tree(ServerConfig(leafnodes=LeafNodeConfig(listen_port=0)))
     assert hub["leafnodes"] == {"host": "127.0.0.1", "port": -1}
     leaf = config_tree(ServerConfig(leafnodes=LeafNodeConfig(remotes=["nats-leaf://u:p@127.0.0.1:7422"])))
-    assert leaf["leafnodes"] == {"remotes": [{"url": "nats-leaf://u:p@127.0.0.1:7422"}]}
+    assert leaf["leafnodes"] == {"remotes": [{"urls": ["nats-leaf://u:p@127.0.0.1:7422"]}]}
+    # several URLs are one hub's nodes: one link that fails over, not one link (and copy) per URL
+    urls = ["nats-leaf://127.0.0.1:7422", "nats-leaf://127.0.0.1:7423", "nats-leaf://127.0.0.1:7424"]
+    three = config_tree(ServerConfig(leafnodes=LeafNodeConfig(remotes=urls)))
+    assert three["leafnodes"] == {"remotes": [{"urls": urls}]}
 
 
 def test_extra_blocks_deep_merge_add_override_and_delete() -> None:

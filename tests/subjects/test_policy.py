@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from subjects import (
     DEFAULT_RESPONSES,
+    INTEREST_PROBE,
     MASTER_BUS,
     Grant,
     InvalidBus,
@@ -170,7 +171,7 @@ def _restricted(
     publish: tuple[str, ...], subscribe: tuple[str, ...], sub_deny: tuple[str, ...] = ()
 ) -> Permissions:
     return Permissions(
-        publish_allow=publish,
+        publish_allow=(*publish, INTEREST_PROBE),  # every grant may confirm interest cluster-wide
         publish_deny=PUB_DENY,
         subscribe_allow=subscribe,
         subscribe_deny=(*SUB_DENY, *sub_deny),
@@ -245,6 +246,13 @@ EXACT: list[tuple[str, Scope, str, Permissions]] = [
 
 
 @pytest.mark.parametrize(("principal", "scope", "bus", "expected"), EXACT)
+def test_every_grant_may_send_the_interest_probe(
+    principal: str, scope: Scope, bus: str, expected: Permissions
+) -> None:
+    assert grant(principal, scope, bus).permissions.can_publish(INTEREST_PROBE)
+
+
+@pytest.mark.parametrize(("principal", "scope", "bus", "expected"), EXACT)
 def test_exact_grants(principal: str, scope: Scope, bus: str, expected: Permissions) -> None:
     g = grant(principal, scope, bus)
     assert g.permissions == expected
@@ -274,7 +282,7 @@ def test_to_nats_is_never_unrestricted_by_accident() -> None:
     }
     assert grant(f"host-{H}", Scope(), f"host-{H}").permissions.to_nats() == nats
     minimal = grant(f"project-{P}", Scope(), MASTER_BUS).permissions.to_nats()
-    assert minimal["pub"] == {"allow": ["public.>"], "deny": ["$SYS.>", "_INBOX.>"]}
+    assert minimal["pub"] == {"allow": ["public.>", INTEREST_PROBE], "deny": ["$SYS.>", "_INBOX.>"]}
 
 
 def test_response_permission_claim() -> None:
@@ -559,3 +567,17 @@ def test_server_names_round_trip(host: uuid.UUID, node: str) -> None:
     bus = f"host-{host}"
     assert server_bus(bus_server_name(bus)) == bus
     assert server_bus(bus_server_name(bus, node)) == bus
+
+
+def test_a_hosts_leaf_link_carries_its_master_subjects_and_replies_to_master_only() -> None:
+    from subjects import leaf_permissions
+
+    link = leaf_permissions(H)
+    assert link.can_publish(f"master.host-{H}.api") and link.can_publish(f"bootlog.host.{H}")
+    assert link.can_publish("_INBOX.hub.abc.1")  # replies to master's requests cross as publishes
+    for subject in (f"master.host-{X}.api", f"fs.project-{P}", "_INBOX.account-x.y", "$SYS.REQ.SERVER.PING"):
+        assert not link.can_publish(subject), subject
+    assert link.can_subscribe(f"runner.host-{H}") and link.can_subscribe(f"runner.host-{H}.{P}")
+    assert link.can_subscribe(f"_INBOX.host-{H}.>")
+    for subject in (f"runner.host-{X}", f"fs.project-{P}", f"persist.project-{P}.>", "_INBOX.hub.>"):
+        assert not link.can_subscribe(subject), subject
