@@ -72,6 +72,7 @@ CONTRACT: tuple[Member, ...] = (
     Member("_max_pending_size", "refuse to buffer past nats-py's limit while reconnecting", kind=int),
     Member("_flush_queue", "kick nats-py's flusher after queueing a command", kind=(NoneType, asyncio.Queue)),
     Member("_flush_pending", "kick (or force) nats-py's flusher", ("force_flush",)),
+    Member("_flusher_task", "kick the flusher only while it runs", kind=(NoneType, asyncio.Task)),
     Member("_send_command", "queue flush()'s PING behind what is pending", ("cmd", "priority")),
     Member("_pongs", "wait for the PONG that answers flush()'s PING", kind=list),
     Member("_nuid", "make unique tokens (inboxes, transfer ids)", kind=NUID),
