@@ -119,7 +119,8 @@ class PartitionsUnmapped(ActorError):
     the subject mapping is missing, or splits them another number of ways, or a probe to one of its
     partitions reached another process (:mod:`actors._partitions`). Nothing is served: the process
     would wait for messages that never come. Start the bus with the mapping
-    (``ServerConfig(partitions=...)``; ``conat up --workers N`` does it), or start unpartitioned.
+    (``ServerConfig(mappings=...)`` with :func:`actors.subject_mapping`; ``conat up --workers N`` does it for
+    persist), or start unpartitioned.
 
     Attributes:
         subject: the type's subject pattern.
@@ -135,7 +136,7 @@ class PartitionsUnmapped(ActorError):
         self.reason = reason
         super().__init__(
             f"the bus does not split {subject} into {count} partitions ({reason}); start it with the"
-            " subject mapping (ServerConfig(partitions=...), conat up --workers N) or serve unpartitioned"
+            " subject mapping (ServerConfig(mappings=...), actors.subject_mapping) or serve unpartitioned"
         )
 
 
