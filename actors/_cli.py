@@ -65,6 +65,12 @@ def resolve_targets(targets: tuple[str, ...]) -> list[type[Actor]]:
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--queue", help="Queue group for every type (overrides each class's own).")
 @click.option(
+    "--standby",
+    is_flag=True,
+    help="For a keyed type another process serves: wait and take over when it stops (or is gone "
+    "for the claim's lease), instead of refusing.",
+)
+@click.option(
     "--stop-timeout",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -73,7 +79,9 @@ def resolve_targets(targets: tuple[str, ...]) -> list[type[Actor]]:
 )
 @common_options
 @click.pass_obj
-def run_actors(opts: Options, targets: tuple[str, ...], queue: str | None, stop_timeout: float) -> None:
+def run_actors(
+    opts: Options, targets: tuple[str, ...], queue: str | None, standby: bool, stop_timeout: float
+) -> None:
     """Serve the actor types TARGETS (module:Class, or module for all of its actors) on the bus.
 
     Stops gracefully on SIGINT/SIGTERM: intake closes, in-flight calls finish within
@@ -81,20 +89,37 @@ def run_actors(opts: Options, targets: tuple[str, ...], queue: str | None, stop_
     """
     classes = resolve_targets(targets)
     try:
-        run(_serve(opts, classes, queue, stop_timeout))
+        run(_serve(opts, classes, queue, stop_timeout, standby=standby))
     except Escalation as e:
         click.echo(f"conat: error: {e} (code {e.code})", err=True)
         raise click.exceptions.Exit(EXIT_ESCALATED) from None
 
 
-async def _serve(opts: Options, classes: list[type[Actor]], queue: str | None, stop_timeout: float) -> None:
+async def _serve(
+    opts: Options,
+    classes: list[type[Actor]],
+    queue: str | None,
+    stop_timeout: float,
+    *,
+    standby: bool = False,
+) -> None:
     async with await opts.connect("conat-run") as client:
         system = ActorSystem(client, stop_timeout=stop_timeout)
         out = Printer(opts.json)
         with stop_on_signals() as stop:
             try:
                 for cls in classes:
-                    runtime = await system.start(cls, queue=queue)
+                    if standby and cls.spec().keyed:
+                        click.echo(f"standing by for {cls.spec().name} on {cls.spec().subject}", err=True)
+                    starting = asyncio.ensure_future(system.start(cls, queue=queue, standby=standby))
+                    stopped = asyncio.ensure_future(stop.wait())  # a standby may wait long: Ctrl-C ends it
+                    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    stopped.cancel()
+                    if not starting.done():
+                        starting.cancel()
+                        await asyncio.gather(starting, return_exceptions=True)
+                        break
+                    runtime = starting.result()
                     group = f" (queue group {runtime.queue!r})" if runtime.queue else ""
                     text = f"serving {runtime.spec.name} on {runtime.spec.subject}{group}"
                     if opts.json:  # machine output on stdout; people read stderr
