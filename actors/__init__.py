@@ -7,6 +7,7 @@ of a keyed type on the bus, and stops gracefully.
 """
 
 from conat import EndpointStatistics as EndpointStatistics
+from subjects import PARTITION_PREFIX as PARTITION_PREFIX
 
 from ._activation import State as State
 from ._activation import Timer as Timer
@@ -25,7 +26,6 @@ from ._errors import OwnedElsewhere as OwnedElsewhere
 from ._errors import PartitionsUnmapped as PartitionsUnmapped
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._ownership import OwnerNotice as OwnerNotice
-from ._partitions import PARTITION_PREFIX as PARTITION_PREFIX
 from ._partitions import Partitions as Partitions
 from ._partitions import partition_of as partition_of
 from ._partitions import partition_subject as partition_subject
@@ -43,6 +43,9 @@ from ._runtime import ActorStatistics as ActorStatistics
 from ._runtime import DeadLetter as DeadLetter
 from ._system import ActorSystem as ActorSystem
 from ._system import actor_proxy as actor_proxy
+from ._workers import Workers as Workers
+from ._workers import serving_workers as serving_workers
+from ._workers import worker_options as worker_options
 
 __all__ = [
     "ActivationFailed",
@@ -76,9 +79,12 @@ __all__ = [
     "RestartTracker",
     "State",
     "Timer",
+    "Workers",
     "actor_proxy",
     "partition_of",
     "partition_subject",
+    "serving_workers",
     "subject_mapping",
     "wait_for_partitions",
+    "worker_options",
 ]

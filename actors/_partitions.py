@@ -28,21 +28,27 @@ Guarantees, and what keeps them:
   that never come. Every runtime answers probes (an unpartitioned one too), before its actors see
   anything.
 
-Permissions: nats-server checks a publisher's permissions on the subject it published (before the
-mapping), and a subscriber's on the subject it subscribes to, so callers need no grant on
-``$CONAT.part.>``; the owning processes do (conat's service principals have it).
+Permissions: nats-server applies the mapping *before* it checks a publisher's permissions, so a
+caller is checked on the partition subject: conat's grants let every principal publish the
+partitioned twin of each subject it may publish (``$CONAT.part.*.*.<pattern>``,
+:func:`subjects.partitioned_pattern`), and nothing else under ``$CONAT.part``. A caller could use
+the twin to send a key to the wrong partition (``$CONAT.part.<n>.<j>.<subject>`` straight), so an
+owner refuses (400) a message whose key is not of the partition it arrived on: it never serves a key
+another partition owns. Subscribing to partition subjects needs a grant on them (the owning
+processes have it; callers do not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Final, final
 
 import msgspec
 
 from conat import Client, ConatError, Forbidden, NoResponders, Timeout
-from subjects import validate_pattern
+from subjects import PARTITION_PREFIX, validate_pattern
 
 from ._errors import ActorDefinitionError, PartitionsUnmapped
 
@@ -59,7 +65,6 @@ __all__ = [
     "unmapped_subject",
 ]
 
-PARTITION_PREFIX: Final = "$CONAT.part"
 PROBE_HEADER: Final = "X-Conat-Partition-Probe"
 """A request carrying it is answered by the runtime itself with a :class:`ProbeAnswer` (never seen
 by an actor): a partitioned start checks the bus's mapping with it. Not a ``Conat-*`` name, which the
@@ -101,6 +106,21 @@ class Partitions:
         """Partition ``index`` of ``count``."""
         return cls(count, (index,))
 
+    @classmethod
+    def parse(cls, text: str) -> Partitions:
+        """Partition ``I`` of ``N`` from ``"I/N"`` (a command line's ``--partition I/N``).
+
+        Raises:
+            ValueError: ``text`` is not ``I/N`` with ``0 <= I < N``.
+        """
+        index, slash, count = text.partition("/")
+        try:
+            if not slash:
+                raise ValueError("no '/'")
+            return cls.one(int(index), int(count))
+        except ValueError as e:
+            raise ValueError(f"{text!r}: want I/N, a partition of N (0 <= I < N): {e}") from None
+
     def __str__(self) -> str:
         return f"{','.join(map(str, self.owned))} of {self.count}"
 
@@ -135,6 +155,7 @@ def subject_mapping(pattern: str, count: int) -> tuple[str, str]:
     return pattern, f"{PARTITION_PREFIX}.{count}.{{{{partition({count},{args})}}}}.{'.'.join(dest)}"
 
 
+@functools.lru_cache(maxsize=4096)
 def partition_of(key: str, count: int) -> int:
     """The partition nats-server maps ``key`` (its tokens, ``.``-joined) to: FNV-1a 32 of the
     tokens concatenated, modulo ``count``."""
@@ -147,6 +168,13 @@ def partition_of(key: str, count: int) -> int:
 def unmapped_subject(subject: str) -> str:
     """The subject a message was published to, from the partition subject it arrived on."""
     return subject.split(".", _PREFIX_TOKENS)[_PREFIX_TOKENS]
+
+
+def split_partition_subject(subject: str) -> tuple[int, str]:
+    """``(index, subject as published)`` of a message that arrived on a partition subject
+    (``$CONAT.part.<count>.<index>.<subject>``: the owner subscribed to its count and index)."""
+    parts = subject.split(".", _PREFIX_TOKENS)
+    return int(parts[_PREFIX_TOKENS - 1]), parts[_PREFIX_TOKENS]
 
 
 def probe_key(index: int, count: int, tokens: int = 1) -> str:

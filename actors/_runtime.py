@@ -36,6 +36,7 @@ from typing import Any, Final, TypeVar, final
 import msgspec
 
 from conat import (
+    BAD_REQUEST,
     UNAVAILABLE,
     BackoffSequence,
     Client,
@@ -56,7 +57,14 @@ from ._actor import Actor, ActorSpec
 from ._chain import CHAIN_HEADER, parse, refusal
 from ._errors import LOOP_DETECTED, ActivationFailed, Escalation
 from ._mailbox import MailboxStatistics
-from ._partitions import PROBE_HEADER, Partitions, ProbeAnswer, partition_subject, unmapped_subject
+from ._partitions import (
+    PROBE_HEADER,
+    Partitions,
+    ProbeAnswer,
+    partition_of,
+    partition_subject,
+    split_partition_subject,
+)
 from ._policy import Escalate, RestartTracker
 from ._reminders import Reminder, ReminderStore
 
@@ -333,8 +341,9 @@ class ActorRuntime:
 
     def _route(self, msg: Message) -> None:
         """Called from the read loop for each message: put it in its key's mailbox, never wait."""
-        if self.partitions is not None:
-            msg.subject = unmapped_subject(msg.subject)  # actors see the subject as published
+        parts = self.partitions
+        if parts is not None:
+            index, msg.subject = split_partition_subject(msg.subject)  # actors see it as published
         if msg.reply and msg.header(PROBE_HEADER) is not None:
             self.spawn(self._answer_probe(msg))
             return
@@ -344,6 +353,13 @@ class ActorRuntime:
                 self.spawn(respond_error(msg, UNAVAILABLE, f"actor {self.spec.name} is stopping"))
             return
         key = self.spec.key_of(msg.subject)
+        if parts is not None and partition_of(key, parts.count) != index:
+            # sent to the partition subject straight, not through the bus's mapping: another
+            # partition owns the key, and one key is only ever served by one owner
+            if msg.reply:
+                wrong = f"key {key!r} of {self.spec.name} is not of partition {index} of {parts.count}"
+                self.spawn(respond_error(msg, BAD_REQUEST, wrong))
+            return
         chain = msg.header(CHAIN_HEADER)
         if chain is not None:
             why = refusal(parse(chain), f"{self.spec.name}/{key}")

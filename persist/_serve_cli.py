@@ -17,7 +17,7 @@ from typing import Final
 
 import click
 
-from actors import Escalation, Partitions, wait_for_partitions
+from actors import Escalation, Partitions, serving_workers, worker_options
 from conat.cli.plugin import EXIT_GAVE_UP, Options, Printer, common_options, run, stop_on_signals
 
 from ._placement import Placement
@@ -27,18 +27,15 @@ from ._workers import Workers
 __all__ = ["EXIT_GAVE_UP", "SUBJECT", "persist_group"]
 
 _MAX_WORKERS: Final = 64
-_WORKERS_STARTUP: Final = 60.0
-"""How long the workers may take until every partition is served."""
 
 
 def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Partitions | None:
     if value is None:
         return None
-    index, _, count = value.partition("/")
     try:
-        return Partitions.one(int(index), int(count))
+        return Partitions.parse(value)
     except ValueError as e:
-        raise click.BadParameter(f"{value!r}: want I/N, a partition of N (0 <= I < N): {e}") from None
+        raise click.BadParameter(str(e)) from None
 
 
 @click.group("persist", short_help="Run the persist service.")
@@ -128,23 +125,15 @@ async def _serve_workers(
     with stop_on_signals() as stop:
         async with await opts.connect("conat-persist-workers") as client:
             url = client.connected_url or opts.url or ""  # the workers connect where this did
-            args = ["--url", url, "--stop-timeout", str(stop_timeout), *files]
-            if opts.credentials:
-                args += ["--credentials", opts.credentials]
-            if opts.json:
-                args.append("--json")
+            args = [*worker_options(client, opts), "--stop-timeout", str(stop_timeout), *files]
             workers = Workers(count, args, stop_timeout=stop_timeout)
-            await workers.start()
-            try:
-                spec = PersistService.spec()
-                await wait_for_partitions(client, spec.subject_for, SUBJECT, count, _WORKERS_STARTUP)
+            spec = PersistService.spec()
+            async with serving_workers(client, workers, [(SUBJECT, spec.subject_for)]):
                 out.event(
                     f"persist service: {count} workers on {SUBJECT} (pids {workers.pids})\nPress Ctrl-C to stop.",
                     event="ready", subject=SUBJECT, workers=count, pids=workers.pids, url=url,
                 )  # fmt: skip
                 await stop.wait()
-            finally:
-                await workers.stop()
 
 
 async def _serve(

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import conat
-from actors import wait_for_partitions
+from actors import serving_workers
 from conat.cli.plugin import DemoFailed, Printer, UpExtension, line, to_json
 
 from ._cli import SUBJECT
@@ -62,10 +62,10 @@ class PersistUp(UpExtension):
         """``workers`` partitioned worker processes (the bus maps persist.*.> for them)."""
         workers = Workers(self.workers, ["--url", url, "--stop-timeout", str(_UP_STOP_TIMEOUT)],
                           stop_timeout=_UP_STOP_TIMEOUT)  # fmt: skip
-        await workers.start()
-        try:
-            async with await conat.connect(url, name="conat-up-persist") as client:
-                await wait_for_partitions(client, PersistService.spec().subject_for, SUBJECT, self.workers, 60.0)
+        async with (
+            await conat.connect(url, name="conat-up-persist") as client,
+            serving_workers(client, workers, [(SUBJECT, PersistService.spec().subject_for)]),
+        ):
             out.event(
                 line("service", f"{SUBJECT}: persisted streams and KV stores, {self.workers} workers "
                      f"(pids {workers.pids}), SQLite files under {placement.root}"),
@@ -73,8 +73,6 @@ class PersistUp(UpExtension):
                 workers=self.workers, pids=workers.pids,
             )  # fmt: skip
             yield
-        finally:
-            await workers.stop()
 
     async def demo(self, url: str, out: Printer) -> None:
         async with await conat.connect(url, name="conat-up-persist-demo") as client:

@@ -20,6 +20,7 @@ from ._match import pattern_is_subset as pattern_is_subset
 from ._match import subjects_collide as subjects_collide
 from ._names import HUB as HUB
 from ._names import INTEREST_PROBE as INTEREST_PROBE
+from ._names import PARTITION_PREFIX as PARTITION_PREFIX
 from ._names import PUBLIC_PATTERN as PUBLIC_PATTERN
 from ._names import ScopeKind as ScopeKind
 from ._names import account_scope as account_scope
@@ -33,6 +34,7 @@ from ._names import key_token as key_token
 from ._names import master_account_api as master_account_api
 from ._names import master_host_api as master_host_api
 from ._names import parse_scope as parse_scope
+from ._names import partitioned_pattern as partitioned_pattern
 from ._names import persist_pattern as persist_pattern
 from ._names import persist_scope as persist_scope
 from ._names import project_pattern as project_pattern
@@ -75,6 +77,7 @@ __all__ = [
     "MASTER_BUS",
     "MAX_SUBJECT_BYTES",
     "NatsPermissions",
+    "PARTITION_PREFIX",
     "PUBLIC_PATTERN",
     "Permissions",
     "Principal",
@@ -106,6 +109,7 @@ __all__ = [
     "matches",
     "parse_bus",
     "parse_scope",
+    "partitioned_pattern",
     "pattern_is_subset",
     "persist_pattern",
     "persist_scope",

@@ -68,6 +68,17 @@ INTEREST_PROBE: Final = "$CONAT.interest"
 confirm that its subscriptions are known cluster-wide (``conat``'s ``subscribe(cluster_wide=True)``).
 Anyone may publish it; its answers name the servers and say nothing else."""
 
+PARTITION_PREFIX: Final = "$CONAT.part"
+"""Where a bus's subject mapping sends a partitioned type's messages: ``$CONAT.part.<count>.<index>.``
+followed by the subject as published (``actors`` partitions keyed types with it)."""
+
+
+def partitioned_pattern(pattern: str) -> str:
+    """The pattern ``pattern``'s subjects have once a subject mapping put them in a partition (any
+    count, any index). nats-server checks a publish against the mapped subject, so a grant that lets
+    a principal publish ``pattern`` must let it publish this too (:func:`subjects.grant` does)."""
+    return f"{PARTITION_PREFIX}.*.*.{pattern}"
+
 key_token = encode_token
 """Encode arbitrary text or bytes as one token (alias of :func:`encode_token`, named for builders)."""
 

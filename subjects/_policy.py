@@ -76,6 +76,12 @@ Decisions, and why
   rejects them): they are malformed input and raise. A known principal on a bus it has no business
   on (a project on master, a host on another host's bus) gets the minimal grant: own inbox and
   ``public.>``, never an error.
+- Every publish allow pattern ``p`` comes with its partitioned twin ``$CONAT.part.*.*.p``
+  (:func:`partitioned_pattern`): nats-server applies an account's subject mapping *before* it checks
+  a publish, so a principal publishing ``persist.project-p.kv`` on a bus that partitions
+  ``persist.*.>`` is checked on ``$CONAT.part.<n>.<i>.persist.project-p.kv``. The twin reaches
+  nothing the principal could not reach by publishing ``p`` itself: a partition's owner refuses a
+  message whose key is not of its partition (``actors``).
 
 Responses
 ---------
@@ -119,6 +125,7 @@ from ._names import (
     master_account_api,
     master_host_api,
     parse_scope,
+    partitioned_pattern,
     project_pattern,
     project_scope,
     runner_host,
@@ -379,7 +386,11 @@ def _grant(
     ``None`` means "everything" (minus the denies); patterns keep their first-seen order.
     """
     inbox = inbox_prefix(who)
-    publish_allow = None if publish is None else tuple(dict.fromkeys((*publish, PUBLIC_PATTERN, INTEREST_PROBE)))
+    if publish is None:
+        publish_allow = None
+    else:  # each subject also as a bus's subject mapping may partition it: checked after mapping
+        allowed = (*publish, PUBLIC_PATTERN)
+        publish_allow = tuple(dict.fromkeys((*allowed, *map(partitioned_pattern, allowed), INTEREST_PROBE)))
     subscribe_allow = (
         None if subscribe is None else tuple(dict.fromkeys((*subscribe, inbox_pattern(who), PUBLIC_PATTERN)))
     )

@@ -148,6 +148,21 @@ async def test_each_key_is_served_by_its_partitions_one_owner(
         await _close(*b)
 
 
+async def test_a_key_sent_to_another_partition_is_refused(
+    mapped_server: NatsServer, caller: conat.Client
+) -> None:
+    """Straight to a partition subject (not through the mapping): the owner serves only its keys."""
+    a = await _owner(mapped_server.url, "owner-a", 0, 1)
+    try:
+        key = next(k for k in (f"w{i}" for i in range(20)) if partition_of(k, COUNT) == 1)
+        with pytest.raises(conat.RemoteError) as wrong:
+            await caller.request(f"$CONAT.part.{COUNT}.0.ptest.{key}", {"name": "bump"}, timeout=5)
+        assert wrong.value.code == 400 and "not of partition 0 of 2" in str(wrong.value)
+        assert (await caller.request(f"$CONAT.part.{COUNT}.1.ptest.{key}", {"name": "bump"})).data == [key, 1, "owner-a"]
+    finally:
+        await _close(*a)
+
+
 async def test_actors_see_the_subject_as_published(mapped_server: NatsServer, caller: conat.Client) -> None:
     async with (
         await conat.connect(mapped_server.url) as client,

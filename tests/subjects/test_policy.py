@@ -170,8 +170,10 @@ SUB_DENY = ("$SYS.>",)
 def _restricted(
     publish: tuple[str, ...], subscribe: tuple[str, ...], sub_deny: tuple[str, ...] = ()
 ) -> Permissions:
+    """``publish`` as listed, each with its partitioned twin after them (what a bus's subject mapping
+    makes of it: nats-server checks a publish after mapping)."""
     return Permissions(
-        publish_allow=(*publish, INTEREST_PROBE),  # every grant may confirm interest cluster-wide
+        publish_allow=(*publish, *(f"$CONAT.part.*.*.{p}" for p in publish), INTEREST_PROBE),
         publish_deny=PUB_DENY,
         subscribe_allow=subscribe,
         subscribe_deny=(*SUB_DENY, *sub_deny),
@@ -282,7 +284,10 @@ def test_to_nats_is_never_unrestricted_by_accident() -> None:
     }
     assert grant(f"host-{H}", Scope(), f"host-{H}").permissions.to_nats() == nats
     minimal = grant(f"project-{P}", Scope(), MASTER_BUS).permissions.to_nats()
-    assert minimal["pub"] == {"allow": ["public.>", INTEREST_PROBE], "deny": ["$SYS.>", "_INBOX.>"]}
+    assert minimal["pub"] == {
+        "allow": ["public.>", "$CONAT.part.*.*.public.>", INTEREST_PROBE],
+        "deny": ["$SYS.>", "_INBOX.>"],
+    }
 
 
 def test_response_permission_claim() -> None:
