@@ -32,6 +32,7 @@ from ._harness import (
     run_bench,
 )
 from ._host import host_benches
+from ._master import master_benches
 from ._persist import persist_benches
 from ._persist_scale import persist_scale_benches
 from ._persist_service import persist_service_benches
@@ -57,6 +58,7 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
         *persist_scale_benches(),
         *fs_benches(),
         *host_benches(),
+        *master_benches(),
         *cluster_benches(),
     ]
 

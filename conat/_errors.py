@@ -58,16 +58,34 @@ Each package defines its own branch in its ``_errors`` module; the whole tree is
     │   ├── StorageError           * "storage"              the disk or file system failed
     │   ├── RootInUse              * "root-in-use"          another service holds the storage root
     │   └── TooSlow                  "too-slow"             a change-event reader fell behind
-    ├── HostError                    "host"                 host: the runner and its projects
+    ├── PlatformError                "platform"             conat.platform: what master and hosts both
+    │   │                                                   answer with
     │   ├── BadArgument              400                    a malformed or out-of-range argument
-    │   ├── UnknownProject         * "unknown-project"      no such project on this host
+    │   ├── UnknownProject         * "unknown-project"      no such project (here, or that the caller
+    │   │                                                   may see)
+    │   └── WrongState             * "wrong-state"          illegal in the project's (or host's) state
+    │       └── AlreadyRunning     * "already-running"      master: a second start
+    ├── HostError                    "host"                 host: the runner and its projects
     │   ├── ProjectExists          * "project-exists"       create/import of a project the host has
-    │   ├── WrongState             * "wrong-state"          illegal in the project's state
     │   ├── NoCredentials          * "no-credentials"       no token for the project, none can be minted
-    │   └── LaunchFailed           * "launch-failed"        the project process could not be started
-    └── FsError                    * <errno>                host: the file server; ``code`` is an
-                                                            errno name (``ENOENT``...) or one of its
-                                                            own (``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...)
+    │   ├── LaunchFailed           * "launch-failed"        the project process could not be started
+    │   └── StoreChanged           * "store-changed"        a store kept changing while it was archived
+    ├── FsError                    * <errno>                host: the file server; ``code`` is an
+    │                                                       errno name (``ENOENT``...) or one of its
+    │                                                       own (``OUTSIDE_ROOT``, ``ETAG_MISMATCH``...)
+    └── MasterError                  "master"               master: accounts, hosts, placement, moves
+        ├── UnknownAccount         * "unknown-account"      no such account
+        ├── UnknownHost            * "unknown-host"         no such host (or not one the caller may use)
+        ├── UnknownApiKey          * "unknown-api-key"      no such API key of the caller's
+        ├── NotAllowed               403                    the caller may not do this (not owner/admin)
+        ├── HostOffline            * "host-offline"         the host does not answer keepalives
+        ├── NoCapacity             * "no-capacity"          no usable online host has room
+        ├── NoHost                 * "no-host"              the caller may use no host at all
+        ├── Busy                   * "busy"                 a move (or clone) of the project is running
+        ├── HostFailed             * "host-failed"          the host refused or failed (its code kept)
+        ├── MoveFailed             * "move-failed"          a move rolled back (intact on its source)
+        ├── SchemaTooNew           * "schema-too-new"       the database was made by a newer master
+        └── MasterLocked           * "master-locked"        another master runs on this data directory
 
 Beside the tree, and translated into it where they meet the bus: :class:`subjects.InvalidSubject`
 (code 400; ``subjects`` sits below ``conat`` and cannot import it, so conat re-exports the class for

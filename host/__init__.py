@@ -21,6 +21,7 @@ from ._errors import HostError as HostError
 from ._errors import LaunchFailed as LaunchFailed
 from ._errors import NoCredentials as NoCredentials
 from ._errors import ProjectExists as ProjectExists
+from ._errors import StoreChanged as StoreChanged
 from ._errors import UnknownProject as UnknownProject
 from ._errors import WrongState as WrongState
 from ._exec import ExecResult as ExecResult
@@ -126,6 +127,7 @@ __all__ = [
     "SearchResult",
     "Snapshot",
     "Stat",
+    "StoreChanged",
     "TRANSITIONS",
     "TransferRequest",
     "UnknownProject",

@@ -26,6 +26,7 @@ import msgspec
 import conat
 from conat.cli.plugin import Options, Printer, common_options, run, stop_on_signals
 
+from ._agent import agent_setup, serve_agent
 from ._config import HostConfig
 from ._runner import runner_proxy
 from ._server import ADMIN_TOKEN, HostServer, read_host_state
@@ -66,14 +67,30 @@ _config_option: Final = click.option(
 
 @host_group.command("serve", short_help="Run a project host until Ctrl-C.")
 @_config_option
+@click.option("--master", help="Master's bus URL: the host registers there and serves master's commands.")
+@click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The one-time join token (0600).",
+)
+@click.option(
+    "--join-token", help="The join token itself (visible to local users in ps: prefer --join-token-file)."
+)
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="With --master: the host's data dir."
+)
 @common_options
 @click.pass_obj
-def serve(opts: Options, config_file: Path | None) -> None:
-    """Serve a project host on its own bus until Ctrl-C or SIGTERM."""
-    config = _load_config(config_file)
+def serve(
+    opts: Options, config_file: Path | None, master: str | None, join_token_file: Path | None,
+    join_token: str | None, data_dir: Path | None,
+) -> None:  # fmt: skip
+    """Serve a project host on its own bus until Ctrl-C or SIGTERM (with --master or an [agent]
+    table: registered with master, serving its commands)."""
     out = Printer(opts.json)
+    agent = agent_setup(config_file, master, join_token_file, join_token, data_dir)
     try:
-        run(_serve(config, out))
+        run(_serve(_load_config(config_file), out) if agent is None else serve_agent(*agent, out))
     except KeyboardInterrupt:
         pass
     out.event("host stopped", event="stopped")

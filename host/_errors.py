@@ -1,4 +1,6 @@
-"""The host's errors: the ``HostError`` branch of the error tree (drawn in conat._errors).
+"""The host's errors: the ``HostError`` branch of the error tree (drawn in conat._errors), and the
+errors the host shares with master (:class:`BadArgument`, :class:`UnknownProject`,
+:class:`WrongState`), defined once in :mod:`conat.platform` and re-exported here.
 
 Every error has a stable ``code`` that reaches a remote caller unchanged (the actor runtime answers a
 handler's :class:`conat.ConatError` with its code and fields), and builds its own message from its
@@ -15,7 +17,8 @@ bootlog), fix the host or the project, start again.
 
 from __future__ import annotations
 
-from conat import BAD_REQUEST, ConatError, ErrorCode, register_error
+from conat import ConatError, ErrorCode, register_error
+from conat.platform import BadArgument, UnknownProject, WrongState
 
 __all__ = [
     "BadArgument",
@@ -23,6 +26,7 @@ __all__ = [
     "LaunchFailed",
     "NoCredentials",
     "ProjectExists",
+    "StoreChanged",
     "UnknownProject",
     "WrongState",
 ]
@@ -34,28 +38,6 @@ class HostError(ConatError):
     code: ErrorCode = "host"
 
 
-class BadArgument(HostError):
-    """A malformed or out-of-range argument; ``field`` names it."""
-
-    code: ErrorCode = BAD_REQUEST
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"bad argument {field}: {reason}")
-
-
-@register_error
-class UnknownProject(HostError):
-    """No project with this id on this host."""
-
-    code: ErrorCode = "unknown-project"
-
-    def __init__(self, project_id: str) -> None:
-        self.project_id = project_id
-        super().__init__(f"project {project_id} is not on this host")
-
-
 @register_error
 class ProjectExists(HostError):
     """``create``/``import`` of a project the host already has."""
@@ -65,20 +47,6 @@ class ProjectExists(HostError):
     def __init__(self, project_id: str) -> None:
         self.project_id = project_id
         super().__init__(f"project {project_id} already exists on this host")
-
-
-@register_error
-class WrongState(HostError):
-    """An operation (an event of the state machine) that is illegal in the current state."""
-
-    code: ErrorCode = "wrong-state"
-
-    def __init__(self, state: str, event: str, project_id: str = "") -> None:
-        self.state = state
-        self.event = event
-        self.project_id = project_id
-        who = f"project {project_id} " if project_id else ""
-        super().__init__(f"{who}cannot {event} while {state}")
 
 
 @register_error
@@ -102,3 +70,15 @@ class LaunchFailed(HostError):
         self.project_id = project_id
         self.reason = reason
         super().__init__(f"project {project_id} could not start: {reason}")
+
+
+@register_error
+class StoreChanged(HostError):
+    """A SQLite store kept changing while it was copied into an archive (a snapshot or clone of a
+    running project): nothing was archived; stop the project and try again."""
+
+    code: ErrorCode = "store-changed"
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        super().__init__(f"the store {store!r} changed while it was copied: stop the project and try again")

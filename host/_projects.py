@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ from persist import AKV, bootlog
 from subjects import Scope, host_scope, project_scope, project_subject
 
 from ._activity import activity_pattern, project_of_activity
+from ._btrfs_move import btrfs_homes, make_home
 from ._cgroups import CONTROLLERS, Cgroups, available_controllers, host_parent
 from ._config import HostConfig
 from ._errors import BadArgument, LaunchFailed, NoCredentials
@@ -157,9 +159,19 @@ class HostProjects:
     def netns_name(self, project_id: str) -> str:
         return f"conat-{project_id}"
 
+    @functools.cached_property
+    def subvolume_homes(self) -> bool:
+        """Whether homes are btrfs subvolumes here (the projects directory is on btrfs and the host
+        runs as root): a move between two such hosts then sends a home with ``btrfs send``."""
+        self.config.projects.mkdir(parents=True, exist_ok=True, mode=0o711)
+        return btrfs_homes(self.config.projects)
+
     def prepare_home(self, record: ProjectRecord) -> None:
-        """Create the home (0700, owned by the project's uid) and the host-side state directory."""
+        """Create the home (0700, owned by the project's uid; a btrfs subvolume where
+        :attr:`subvolume_homes`) and the host-side state directory."""
         home = self.home(record.project_id)
+        if self.subvolume_homes and not home.exists():
+            make_home(home)
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if record.uid is not None:
             os.chown(home, record.uid, record.uid)

@@ -109,7 +109,7 @@ class ProjectActor(Actor, subject="runner.host-00000000-0000-0000-0000-000000000
 
     def _require(self) -> ProjectRecord:
         if self.record is None:
-            raise UnknownProject(self.key)
+            raise UnknownProject(self.key, "this host")
         return self.record
 
     async def _move(self, record: ProjectRecord, event: Any, reason: str = "") -> ProjectState:

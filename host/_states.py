@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
+from conat.platform import ProjectState
+
 from ._errors import WrongState
 
 __all__ = ["EVENTS", "QUIET", "STATES", "TRANSITIONS", "Event", "ProjectState", "check_quiet", "transition"]
 
-ProjectState = Literal["opened", "starting", "running", "stopping", "error"]
 Event = Literal["start", "started", "stop", "stopped", "fail", "crash"]
 
 STATES: Final[tuple[ProjectState, ...]] = get_args(ProjectState)

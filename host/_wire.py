@@ -1,5 +1,9 @@
-"""Wire and stored types of the host (msgspec Structs): what the runner takes and answers, what it
-keeps per project in the host's persist scope, and the exec protocol of a project process.
+"""Wire and stored types of the host (msgspec Structs): what it keeps per project in the host's
+persist scope, and the exec protocol of a project process.
+
+The runner's wire types (what master sends and gets back: :class:`Limits`, :class:`ProjectStatus`,
+:class:`HostStatus`...) live in :mod:`conat.platform`, below both master and host, and are
+re-exported here under the same names.
 
 Every field that comes from the network is validated in ``__post_init__`` and refused with
 :class:`~host.BadArgument` naming the field, so a bad request changes nothing.
@@ -7,12 +11,12 @@ Every field that comes from the network is validated in ``__post_init__`` and re
 
 from __future__ import annotations
 
-import math
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import msgspec
 
-from ._errors import BadArgument
+from conat.platform import BadArgument, HostStatus, Isolation, Limits, ProjectStatus, ProjectUsage, convert
+
 from ._states import ProjectState
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "ProjectRecord",
     "ProjectStatus",
     "ProjectUsage",
+    "convert",
 ]
 
 _MIB: Final = 1024 * 1024
@@ -32,62 +37,6 @@ MAX_COMMAND_ARGS: Final = 4096
 MAX_COMMAND_BYTES: Final = 256 * 1024
 MAX_EXEC_TIMEOUT: Final = 24 * 3600.0
 MAX_STDIN_BYTES: Final = 16 * _MIB
-
-
-def _positive_int(field: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadArgument(field, f"must be an integer in {low}..{high}, got {value!r}")
-
-
-class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Resource limits of one project (the host's defaults, or what ``create`` names).
-
-    Attributes:
-        memory_mb: memory cap of the whole project (cgroup ``memory.limit_in_bytes``; without a
-            memory cgroup, ``RLIMIT_AS`` of each process at 4x this, a blunter tool).
-        cpu_percent: CPU share, 100 = one core (cgroup CFS quota); ``RLIMIT_CPU`` is not used, it
-            would kill a long-running project.
-        pids: processes and threads of the project (cgroup ``pids.max``; ``RLIMIT_NPROC`` too when
-            the project has its own uid).
-        open_files: ``RLIMIT_NOFILE`` of each process.
-        file_size_mb: largest file a process may write (``RLIMIT_FSIZE``): a write beyond it fails
-            and the file is cut at the limit.
-        idle_timeout: seconds without activity after which the project is stopped (``None``: never).
-    """
-
-    memory_mb: int = 1024
-    cpu_percent: int = 100
-    pids: int = 256
-    open_files: int = 1024
-    file_size_mb: int = 1024
-    idle_timeout: float | None = None
-
-    def __post_init__(self) -> None:
-        _positive_int("limits.memory_mb", self.memory_mb, 16, 1024 * 1024)
-        _positive_int("limits.cpu_percent", self.cpu_percent, 1, 100 * 1024)
-        _positive_int("limits.pids", self.pids, 8, 1 << 22)
-        _positive_int("limits.open_files", self.open_files, 64, 1 << 20)
-        _positive_int("limits.file_size_mb", self.file_size_mb, 1, 1 << 30)
-        timeout = self.idle_timeout
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not math.isfinite(timeout)
-            or timeout <= 0
-        ):  # fmt: skip
-            raise BadArgument(
-                "limits.idle_timeout", f"must be a positive number of seconds or null, got {timeout!r}"
-            )
-
-
-class Isolation(msgspec.Struct, frozen=True, kw_only=True):
-    """Which isolation a project has, and exactly what is missing and why.
-
-    ``applied`` lists what is in force (``cgroup-memory``, ``cgroup-cpu``, ``cgroup-pids``,
-    ``rlimits``, ``uid``, ``netns``, ``mountns``, ``env``); ``missing`` maps each absent one to the
-    reason (``"not root"``, ``"no memory cgroup controller"``, ``"bubblewrap not installed"``...).
-    """
-
-    applied: tuple[str, ...] = ()
-    missing: dict[str, str] = {}
 
 
 class ProjectRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -112,37 +61,6 @@ class ProjectRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     changed: float = 0.0
     started: float | None = None
     exit_status: int | None = None
-
-
-class ProjectUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """Resource use of a running project (its whole cgroup when there is one, else its process tree)."""
-
-    cpu_seconds: float = 0.0
-    memory_bytes: int = 0
-    pids: int = 0
-    uptime: float = 0.0
-
-
-class ProjectStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """One project as the runner reports it."""
-
-    project_id: str
-    state: ProjectState
-    reason: str = ""
-    pid: int | None = None
-    usage: ProjectUsage | None = None
-    limits: Limits = msgspec.field(default_factory=Limits)
-    isolation: Isolation = msgspec.field(default_factory=Isolation)
-    last_activity: float | None = None
-
-
-class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """The host and its projects (``conat host status``)."""
-
-    host_id: str
-    url: str
-    projects: list[ProjectStatus]
-    capabilities: Isolation
 
 
 class ExecRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -207,13 +125,3 @@ class ExecExit(msgspec.Struct, frozen=True, tag="exit"):
 ExecEvent = ExecOutput | ExecExit
 EXEC_EVENT_DECODER: Final = msgspec.msgpack.Decoder(ExecEvent)
 EXEC_ENCODER: Final = msgspec.msgpack.Encoder()
-
-
-def convert(value: Any, kind: type[Any], field: str) -> Any:
-    """``msgspec.convert`` whose failures are :class:`BadArgument` naming ``field``."""
-    try:
-        return msgspec.convert(value, kind)
-    except BadArgument:
-        raise
-    except (msgspec.ValidationError, TypeError, ValueError) as exc:
-        raise BadArgument(field, str(exc)) from None

@@ -61,3 +61,26 @@ def test_persist_testing_all_sorted_and_complete() -> None:
     from persist import testing
 
     check_exports(testing)
+
+
+def test_master_all_sorted_and_complete() -> None:
+    import master
+
+    check_exports(master)
+
+
+def test_conat_platform_all_sorted_and_complete() -> None:
+    """conat.platform is a module, not a package: its public names are what it defines or
+    re-exports from conat's private modules (its imports of typing names are not public)."""
+    from conat import platform
+
+    exported = list(platform.__all__)
+    assert exported == sorted(exported), "conat.platform.__all__ is not sorted"
+    assert len(set(exported)) == len(exported), "conat.platform.__all__ has duplicates"
+    assert all(hasattr(platform, name) for name in exported)
+    public = {
+        name
+        for name, value in vars(platform).items()
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("conat.")
+    }
+    assert not public - set(exported), sorted(public - set(exported))

@@ -161,6 +161,8 @@ def test_packages_meet_only_at_public_seams() -> None:
         ("conat", "from actors import Actor\n", "not below conat"),
         ("subjects", "import conat\n", "not below subjects"),
         ("host", "from master import x\n", "not below host"),
+        ("master", "from host import x\n", "not below master"),
+        ("master", "import host._agent\n", "not below master"),
         ("persist", "from conat import _paths\n", "private conat: _paths"),
         ("conat", "importlib.import_module('bench')\n", "by string"),
     ],

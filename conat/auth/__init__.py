@@ -114,6 +114,7 @@ if _typing.TYPE_CHECKING:
     from ._bus import callout_blocks as callout_blocks
     from ._callout import MIN_CONNECTION_LIFETIME as MIN_CONNECTION_LIFETIME
     from ._callout import Connections as Connections
+    from ._callout import CredentialExchange as CredentialExchange
     from ._callout import Decider as Decider
     from ._callout import Decision as Decision
     from ._callout_service import CALLOUT_SERVICE as CALLOUT_SERVICE
@@ -142,6 +143,7 @@ _BUS_SIDE: _typing.Final = {
     "BusJoin": "._cluster",
     "callout_config": "._cluster",
     "Connections": "._callout",
+    "CredentialExchange": "._callout",
     "Decider": "._callout",
     "Decision": "._callout",
     "REVOCATION_SUBJECT": "._responder",
@@ -191,6 +193,7 @@ __all__ = [
     "ConnectOpts",
     "Connections",
     "CredentialError",
+    "CredentialExchange",
     "CurveKeyPair",
     "DEFAULT_LEEWAY",
     "Decider",

@@ -35,7 +35,7 @@ from conat import NatsServer, ServerConfig
 from subjects import bus_server_name, server_bus
 
 from ._audit import AuditLog
-from ._callout import Decider
+from ._callout import CredentialExchange, Decider
 from ._cluster import BusJoin, callout_config
 from ._responder import AuthResponder, Revocation
 from ._secrets import BusSecrets
@@ -109,6 +109,7 @@ class AuthBus:
         max_lifetime: float = 3600.0,
         per_address: tuple[float, float] = (200.0, 1.0),
         per_principal: tuple[float, float] = (20.0, 1.0),
+        exchange: CredentialExchange | None = None,
     ) -> Self:
         """Start the server and a responder for ``bus`` in ``directory``.
 
@@ -116,7 +117,8 @@ class AuthBus:
         ``per_address``/``per_principal``: connect attempts allowed as (count, per seconds), with
         bursts up to the count; beyond them a connect is refused with ``rate-limited``.
         Revocations and used one-time tokens recorded in ``directory`` by an earlier run apply at
-        once.
+        once. ``exchange``: credentials other than conat tokens (master's API keys) are judged by
+        it (:class:`~conat.auth.CredentialExchange`).
 
         Raises:
             ValueError: ``config.server_name`` names another bus.
@@ -141,6 +143,7 @@ class AuthBus:
                 max_lifetime=max_lifetime,
                 per_address=per_address,
                 per_principal=per_principal,
+                exchange=exchange,
                 peers=merged.cluster is not None and bool(merged.cluster.routes),
             )
             stack.pop_all()

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Final, Protocol, final
 
 from conat import ConatError, TokenBucket
 from subjects import grant
@@ -53,10 +53,11 @@ from ._nats_claims import (
 )
 from ._nkeys import KeyPair
 from ._store import AuthStore
+from ._tokens import TOKEN_PREFIX, TokenClaims
 from ._verifier import TokenVerifier
 from ._xkey import CurveKeyPair
 
-__all__ = ["MIN_CONNECTION_LIFETIME", "Connections", "Decider", "Decision"]
+__all__ = ["MIN_CONNECTION_LIFETIME", "Connections", "CredentialExchange", "Decider", "Decision"]
 
 log = logging.getLogger("conat.auth.callout")
 
@@ -65,6 +66,19 @@ _LIMITER_CAP: Final = 50_000
 MIN_CONNECTION_LIFETIME: Final = 3.0
 """A token with less time than this (seconds) left in the bus's acceptance window is refused as
 expired: its user JWT would expire (by whole seconds) before or as the client gets to use it."""
+
+
+class CredentialExchange(Protocol):
+    """Judges credentials that are not conat tokens, for the bus's issuer (master's API keys).
+
+    :meth:`claims` gets the credential as the client sent it and returns the claims it stands for
+    (principal, audience = this bus, revision, a short expiry), or ``None`` to refuse it
+    (``bad-credential``). The decision then goes on exactly as for a verified token: rate limits,
+    grant, revocation floor, audit. Raising :class:`conat.ConatError` refuses the connection as
+    ``exchange-unavailable`` (fail closed).
+    """
+
+    async def claims(self, credential: str, bus: str) -> TokenClaims | None: ...
 
 
 @final
@@ -172,6 +186,7 @@ class Decider:
         allowed_types: connection types accepted (``nats``, ``websocket``; nats-server does not
             enforce ``allowed_connection_types`` on the callout path, so we do).
         allowed_kinds: client kinds accepted (``Client``; leaf nodes use static config).
+        exchange: judges credentials that are not conat tokens (None: only tokens are accepted).
     """
 
     bus: str
@@ -188,6 +203,7 @@ class Decider:
     per_principal: tuple[float, float] = (20.0, 1.0)
     clock: Callable[[], float] = time.time
     connections: Connections = field(default_factory=Connections)
+    exchange: CredentialExchange | None = None
 
     def __post_init__(self) -> None:
         self._by_address = _Limiters(*self.per_address)
@@ -242,10 +258,22 @@ class Decider:
         token = request.connect_opts.auth_token or request.connect_opts.password
         if not token:
             return refuse("no-credentials")
-        try:
-            claims = self.verifier.verify(token, check_replay=False)
-        except TokenError as e:
-            return refuse(str(e.code))
+        if self.exchange is not None and not token.startswith(f"{TOKEN_PREFIX}."):
+            try:
+                exchanged = await self.exchange.claims(token, self.bus)
+            except ConatError as e:
+                log.error("credential exchange failed: %s", e)
+                return refuse("exchange-unavailable")
+            if exchanged is None:
+                return refuse("bad-credential")
+            if exchanged.aud != self.bus:
+                return refuse("wrong-audience", exchanged.sub)
+            claims = exchanged
+        else:
+            try:
+                claims = self.verifier.verify(token, check_replay=False)
+            except TokenError as e:
+                return refuse(str(e.code))
         principal = claims.sub
         if not self._by_principal.allow(principal, now):
             return refuse("rate-limited", principal)

@@ -55,7 +55,7 @@ from conat import ConatError, InfoResponse, Message
 from subjects import InvalidSubject, Principal
 
 from ._audit import AuditLog
-from ._callout import Decider
+from ._callout import CredentialExchange, Decider
 from ._callout_service import CALLOUT_SERVICE, STORE_METADATA, AuthCallout
 from ._errors import AuthStoreError
 from ._secrets import BusSecrets
@@ -202,6 +202,7 @@ class AuthResponder:
         max_lifetime: float = 3600.0,
         per_address: tuple[float, float] = (200.0, 1.0),
         per_principal: tuple[float, float] = (20.0, 1.0),
+        exchange: CredentialExchange | None = None,
         peers: bool = False,
     ) -> Self:
         """Start answering the callout of ``bus``, whose server is at ``url`` (a cluster: a list of
@@ -212,6 +213,7 @@ class AuthResponder:
         bus. ``public_keys`` are master's token keys by kid (pinned: tokens are verified locally).
         ``per_address``/``per_principal``: connect attempts allowed as (count, per seconds), per
         responder, with bursts up to the count; beyond them a connect is refused ``rate-limited``.
+        ``exchange`` judges credentials that are not conat tokens (see :class:`CredentialExchange`).
         ``peers``: the node at ``url`` was started with routes to others: wait (up to
         :data:`PEER_WAIT` seconds) until they answer before looking for another authority.
 
@@ -245,6 +247,7 @@ class AuthResponder:
                 max_lifetime=max_lifetime,
                 per_address=per_address,
                 per_principal=per_principal,
+                exchange=exchange,
             )
             self = cls(bus, responder, system, AuthCallout(responder, decider), audit, store)
             await self._check_single_authority(peers)

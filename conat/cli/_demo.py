@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import logging
@@ -48,6 +49,7 @@ __all__ = [
     "GreeterService",
     "GreeterStats",
     "UpExtension",
+    "UpOptions",
     "conversation",
     "demo_service",
     "hint_commands",
@@ -156,6 +158,22 @@ async def demo_service(url: str) -> AsyncIterator[GreeterService]:
                 await asyncio.gather(shouting, return_exceptions=True)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpOptions:
+    """``conat up``'s options an extension may use (given to :meth:`UpExtension.configure`).
+
+    Attributes:
+        hosts: how many local project hosts the platform should run (``--hosts``).
+        demo: walk through the platform (``--demo``): a project started with its bootlog shown
+            live, a file written and read, a command run.
+        once: stop after the conversation (``--once``).
+    """
+
+    hosts: int = 1
+    demo: bool = False
+    once: bool = False
+
+
 class UpExtension:
     """A higher layer's part in ``conat up``: a service run in-process on the embedded bus, a demo
     step, and commands to try. Subclass it and name an instance in the :data:`PLUGIN_GROUP` entry
@@ -173,6 +191,13 @@ class UpExtension:
     def mappings(self, workers: int) -> dict[str, str]:
         """Subject mappings the bus needs for ``workers`` processes of the service (none by default)."""
         return {}
+
+    def configure(self, options: UpOptions) -> None:
+        """Take ``conat up``'s options before :meth:`serve` (default: ignore them)."""
+
+    def status(self) -> list[str]:
+        """Lines for ``conat status`` about what this extension runs (another process may ask)."""
+        return []
 
     def serve(self, url: str, out: Printer) -> contextlib.AbstractAsyncContextManager[object]:
         """Run the service on the bus at ``url`` while the block runs.

@@ -33,6 +33,7 @@ from conat._process import parent_pid, stop_pid
 
 from ._app import EXIT_NOT_RUNNING, Options
 from ._cluster_cmds import topology, topology_lines
+from ._demo import up_extensions
 from ._output import Printer
 
 __all__ = ["BusState", "bus_state", "down", "ensure_not_running", "status"]
@@ -186,6 +187,8 @@ def status(opts: Options, data_dir: Path | None) -> None:
     if topo is not None:
         lines += topology_lines(topo)
     lines += [f"  log:       {state.log_path}", f"  state:     {state_path()}"]
+    extensions = {e.name: e.status() for e in up_extensions()}  # the platform's parts, if any run
+    lines += [line for found in extensions.values() for line in found]
     out.event(
         "\n".join(lines),
         running=True,
@@ -200,6 +203,7 @@ def status(opts: Options, data_dir: Path | None) -> None:
         config_path=state.config_path,
         log_path=state.log_path,
         state_path=str(state_path()),
+        extensions={name: found for name, found in extensions.items() if found},
         topology=topo,
     )
 

@@ -36,6 +36,7 @@ from ._demo import (
     GREETER,
     SOCKETS,
     UpExtension,
+    UpOptions,
     conversation,
     demo_service,
     hint_commands,
@@ -253,6 +254,12 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
 )
 @click.option("--once", is_flag=True, help="Run the demo conversation, then stop everything and exit.")
 @click.option(
+    "--hosts", type=click.IntRange(0, 64), default=1, show_default=True, help="Local project hosts to run."
+)
+@click.option(
+    "--demo", is_flag=True, help="Walk through the platform: a project, its live bootlog, files, exec."
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
@@ -261,16 +268,19 @@ def _announce_server(out: Printer, srv: NatsServer) -> None:
 )
 @json_option
 @click.pass_obj
-def up(opts: Options, port: int, once: bool, workers: int) -> None:
-    """Start the local bus and a demo service on it, show them talking, and keep running.
+def up(opts: Options, port: int, once: bool, hosts: int, demo: bool, workers: int) -> None:
+    """Start the whole platform on this machine, show it working, and keep it running.
 
     Starts a nats-server (like `conat server`), serves a small greeter service on public.demo.*
-    and the services of installed extensions (persist: streams and KV stores in SQLite files
-    under the data dir), then, as a client, makes typed requests, reads a stream, does a pub/sub
-    round trip, sends an 8 MiB (chunked) request, and writes and reads back a persisted stream
-    and a KV key, printing one line per step. Then it keeps the bus and the services up until
-    Ctrl-C, SIGTERM or SIGHUP, or `conat down` from another terminal (with --once: it stops and
-    exits 0). The nats-server dies with this process, even if it is killed.
+    and the services of installed extensions: persist (streams and KV stores in SQLite files
+    under the data dir) and the platform (master on its own bus, with --hosts local project hosts
+    on theirs, and an admin API key in a 0600 file). Then, as a client, it makes typed requests,
+    reads a stream, does a pub/sub round trip, sends an 8 MiB (chunked) request, writes and reads
+    back a persisted stream and a KV key, and runs a project, printing one line per step (--demo:
+    a longer walk through a project, its live bootlog, its files and a command). Then it keeps
+    everything up until Ctrl-C, SIGTERM or SIGHUP, or `conat down` from another terminal (with
+    --once: it stops and exits 0). Every process it starts dies with it, even if it is killed.
+    With --workers N, persist runs as N processes, the bus splitting its keys among them.
     """
     out = Printer(opts.json)
     ensure_not_running(out)
@@ -279,12 +289,13 @@ def up(opts: Options, port: int, once: bool, workers: int) -> None:
         extension.workers = workers
         mappings.update(extension.mappings(workers))
     try:
-        run(_up(out, ServerConfig(port=port, mappings=mappings), once))
+        options = UpOptions(hosts=hosts, demo=demo, once=once)
+        run(_up(out, ServerConfig(port=port, mappings=mappings), once, options))
     except KeyboardInterrupt:
         pass
 
 
-async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
+async def _up(out: Printer, config: ServerConfig, once: bool, options: UpOptions | None = None) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[NatsServer] = loop.create_future()
 
@@ -309,7 +320,7 @@ async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
         )
         with stop_on_signals() as stop:  # replaces serve_forever's handlers: we stop it ourselves
             server_task.add_done_callback(lambda _: stop.set())
-            await _demo(out, srv.url, once, stop)
+            await _demo(out, srv.url, once, stop, options or UpOptions(once=once))
         if server_task.done():
             server_task.result()  # ServerError if it died on its own; None if a signal stopped it
     finally:
@@ -319,8 +330,10 @@ async def _up(out: Printer, config: ServerConfig, once: bool) -> None:
     out.event(line("bus", "stopped"), event="stopped")
 
 
-async def _demo(out: Printer, url: str, once: bool, stop: asyncio.Event) -> None:
+async def _demo(out: Printer, url: str, once: bool, stop: asyncio.Event, options: UpOptions) -> None:
     extensions = up_extensions()  # persist's service and demo step, when installed (no import of it here)
+    for extension in extensions:
+        extension.configure(options)
     async with demo_service(url), contextlib.AsyncExitStack() as running:
         out.event(
             line(

@@ -51,7 +51,7 @@ from ._app import (
     stop_on_signals,
     until_stopped,
 )
-from ._demo import DemoFailed, UpExtension, line
+from ._demo import DemoFailed, UpExtension, UpOptions, line
 from ._output import Printer, format_value, read_data, to_json
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "Options",
     "Printer",
     "UpExtension",
+    "UpOptions",
     "common_options",
     "data_dir",
     "exit_code_for",

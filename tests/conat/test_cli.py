@@ -383,8 +383,11 @@ def test_up_once_runs_the_demo_conversation(tmp_path: Path, procs: list[Proc]) -
         f"service  persist.*.>: persisted streams and KV stores, SQLite files under {tmp_path / 'sync'}",
         "persist  hub/demo: published 3 (seq 1..3), read back 3 in order",
         'kv       hub/demo-kv: put greeting="hello from conat up" (seq 1), get -> "hello from conat up"',
-        # the host's part: a local host on its own bus, and a project created, run and deleted
-        "service  host ",
+        # the platform's part: master, a local host on its own bus, the admin's key, and a project
+        # created, run and deleted through master
+        "service  master at nats://127.0.0.1:",
+        "host     local-1 ",
+        f"admin    admin API key in {tmp_path / 'admin.key'} (0600)",
         "project  ",
     ):
         assert any(line.startswith(expected) for line in lines), (expected, out)
@@ -399,13 +402,14 @@ def test_up_once_json_lines(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     events = json_lines(result.stdout)
     assert [e["event"] for e in events] == [
-        "server", "service", "service", "service", "request", "request", "request", "stream", "pubsub",
-        "socket", "chunked", "project", "persist", "kv", "demo", "stopped",
+        "server", "service", "service", "host", "admin", "service", "request", "request", "request", "stream",
+        "pubsub", "socket", "chunked", "project", "persist", "kv", "demo", "stopped",
     ]  # fmt: skip
-    chunked, project, stored, kv = events[10:14]
+    chunked, project, stored, kv = events[12:16]
     assert chunked["bytes"] == 8 * 1024 * 1024 and chunked["identical"] is True
-    assert events[2]["name"] == "host" and project["stdout"] == "hello from a project\n"  # host's part
-    assert (events[3]["name"], events[3]["subject"]) == ("persist", "persist.*.>")
+    assert events[2]["name"] == "master" and project["stdout"] == "hello from a project\n"  # the platform
+    assert events[3]["host_id"] == project["host_id"] and events[4]["key_file"] == str(tmp_path / "admin.key")
+    assert (events[5]["name"], events[5]["subject"]) == ("persist", "persist.*.>")
     assert (stored["scope"], stored["stream"], stored["seqs"]) == ("hub", "demo", [1, 2, 3])
     assert stored["values"] == [{"n": n, "text": f"message {n}"} for n in (1, 2, 3)]
     assert (kv["kv"], kv["key"], kv["value"]) == ("demo-kv", "greeting", "hello from conat up")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,45 @@ def searchable_tmp(prefix: str) -> Iterator[Path]:
     finally:
         if os.environ.get("CONAT_KEEP_TMP") is None:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def btrfs_skip_reason() -> str | None:
+    """Why a btrfs filesystem cannot be made here for a test (``None``: it can)."""
+    if os.geteuid() != 0:
+        return "btrfs tests need root (mount -o loop)"
+    if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
+        return "btrfs-progs is not installed (apt-get install btrfs-progs)"
+    if "btrfs" not in Path("/proc/filesystems").read_text():
+        return "the kernel has no btrfs support"
+    return None
+
+
+@contextlib.contextmanager
+def btrfs_loop(directory: Path, size: int = 512 << 20) -> Iterator[Path]:
+    """A fresh btrfs filesystem of ``size`` bytes on a loop device, mounted at ``directory/mnt``
+    while the block runs (the image is ``directory/img``).
+
+    Raises:
+        pytest.skip.Exception: one cannot be made here (see :func:`btrfs_skip_reason`).
+    """
+    why = btrfs_skip_reason()
+    if why is not None:
+        pytest.skip(why)
+    image, mount = directory / "img", directory / "mnt"
+    mount.mkdir()
+    with open(image, "wb") as out:
+        out.truncate(size)
+    try:
+        subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["mount", "-o", "loop", str(image), str(mount)], check=True, capture_output=True, timeout=60
+        )
+    except (subprocess.CalledProcessError, OSError) as e:
+        pytest.skip(f"cannot make and mount a btrfs loop image here: {e}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True, timeout=60)
 
 
 @dataclass

@@ -508,7 +508,7 @@ def test_conat_reaches_persist_only_through_entry_points() -> None:
     """``import conat`` never imports persist; ``conat up`` finds persist's part as an extension."""
     code = "import sys, conat; assert not [m for m in sys.modules if m.split('.')[0] == 'persist']"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)
-    assert PersistUp in [type(e) for e in up_extensions()]  # (the host adds its own)
+    assert PersistUp in [type(e) for e in up_extensions()]  # beside the platform's
 
 
 def test_up_with_two_persist_workers(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +13,8 @@ import pytest
 
 import conat
 from host import FileServer, FileServerConfig, FsClient, QuotaInfo, btrfs_available, fs
+
+from ..conftest import btrfs_loop
 
 pytestmark = pytest.mark.anyio
 
@@ -112,38 +113,11 @@ async def test_snapshots(f: FsClient, root: Path, server: FileServer, project: s
 # ---- btrfs --------------------------------------------------------------------------------------------
 
 
-def _btrfs_skip_reason(tmp: Path) -> str | None:
-    if os.geteuid() != 0:
-        return "btrfs tests need root (mount -o loop)"
-    if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
-        return "btrfs-progs is not installed (apt-get install btrfs-progs)"
-    if "btrfs" not in Path("/proc/filesystems").read_text():
-        return "the kernel has no btrfs support"
-    return None
-
-
 @pytest.fixture(scope="module")
 def btrfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 512 MiB btrfs filesystem on a loop device, mounted for this module."""
-    tmp = tmp_path_factory.mktemp("btrfs")
-    why = _btrfs_skip_reason(tmp)
-    if why is not None:
-        pytest.skip(why)
-    image, mount = tmp / "img", tmp / "mnt"
-    mount.mkdir()
-    with open(image, "wb") as out:
-        out.truncate(512 << 20)
-    try:
-        subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True, timeout=60)
-        subprocess.run(
-            ["mount", "-o", "loop", str(image), str(mount)], check=True, capture_output=True, timeout=60
-        )
-    except (subprocess.CalledProcessError, OSError) as e:
-        pytest.skip(f"cannot make and mount a btrfs loop image here: {e}")
-    try:
+    with btrfs_loop(tmp_path_factory.mktemp("btrfs")) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True, timeout=60)
 
 
 async def test_btrfs_backend(client: conat.Client, btrfs_mount: Path) -> None:
