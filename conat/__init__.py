@@ -65,6 +65,7 @@ from ._micro import MicroService as MicroService
 from ._micro import PingResponse as PingResponse
 from ._micro import StatsResponse as StatsResponse
 from ._paths import data_dir as data_dir
+from ._paths import try_lock_file as try_lock_file
 from ._process import die_with_parent as die_with_parent
 from ._queue import BoundedQueue as BoundedQueue
 from ._queue import QueueStatistics as QueueStatistics
@@ -172,4 +173,5 @@ __all__ = [
     "reply_encoding",
     "respond_error",
     "retry",
+    "try_lock_file",
 ]

@@ -19,6 +19,7 @@ killed.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
@@ -39,6 +40,7 @@ __all__ = [
     "read_state",
     "read_state_file",
     "state_path",
+    "try_lock_file",
     "write_state",
 ]
 
@@ -117,6 +119,22 @@ def ensure_private_dir(path: Path) -> None:
         except FileExistsError:
             continue  # created concurrently: not ours to chmod
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def try_lock_file(path: Path) -> int | None:
+    """Take an exclusive ``flock`` on ``path`` (created 0600): the open descriptor, which holds the
+    lock until it is closed, or None if another open file holds it.
+
+    How a service says "one of me per directory": the kernel releases the lock when its holder
+    exits, kill -9 included, so a crashed process never blocks its successor. (On network
+    filesystems ``flock`` may be local to one machine.)"""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def state_path() -> Path:

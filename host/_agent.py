@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -173,12 +172,9 @@ class HostAgent:
     # -- files ----------------------------------------------------------------------------------------
     def _lock(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True, mode=0o711)
-        fd = os.open(self.data / AGENT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise HostError(f"another host agent runs on {self.data}") from None
+        fd = conat.try_lock_file(self.data / AGENT_LOCK)
+        if fd is None:
+            raise HostError(f"another host agent runs on {self.data}")
         self._lock_fd = fd
 
     def _state(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ import psutil
 
 import conat
 from actors import ActorSystem, actor_proxy
-from conat import ServerConfig
+from conat import ServerConfig, try_lock_file
 from conat.auth import AuthBus, Keyring, PublicKeys, TokenIssuer, write_private_file
 from persist import PersistServer, Placement, PlacementConfig
 from subjects import HUB, Scope, host_scope
@@ -191,13 +190,10 @@ class HostServer:
     def _lock(self, data: Path) -> None:
         """One host per data dir: an exclusive lock held while this server runs (released by the
         kernel if the process dies, so a killed host never blocks its restart)."""
-        fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock_file(data / LOCK_FILE)
+        if fd is None:
             state = read_host_state(data) or {}
-            raise HostError(f"another host runs on {data} (pid {state.get('pid', '?')})") from None
+            raise HostError(f"another host runs on {data} (pid {state.get('pid', '?')})")
         self._lock_fd = fd
 
     async def _start(self, data: Path) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from typing import Any, Final, Self
 
 import conat
 from actors import ActorSystem
-from conat import ServerConfig
+from conat import ServerConfig, try_lock_file
 from conat.auth import AuthBus, Keyring, write_private_file
 from conat.platform import NewApiKey
 from subjects import MASTER_BUS
@@ -134,12 +133,9 @@ class MasterServer:
         return self
 
     def _lock(self, data: Path) -> None:
-        fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise MasterLocked(str(data), (read_master_state(data) or {}).get("pid", "?")) from None
+        fd = try_lock_file(data / LOCK_FILE)
+        if fd is None:
+            raise MasterLocked(str(data), (read_master_state(data) or {}).get("pid", "?"))
         self._lock_fd = fd
 
     async def _start(self, data: Path) -> None:
