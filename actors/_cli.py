@@ -94,6 +94,12 @@ class _Run(NamedTuple):
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--queue", help="Queue group for every type (overrides each class's own).")
 @click.option(
+    "--standby",
+    is_flag=True,
+    help="For a keyed type another process serves: wait and take over when it stops (or is gone "
+    "for the claim's lease), instead of refusing.",
+)
+@click.option(
     "--stop-timeout",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -120,6 +126,7 @@ def run_actors(
     opts: Options,
     targets: tuple[str, ...],
     queue: str | None,
+    standby: bool,
     stop_timeout: float,
     partitions: int,
     partition: Partitions | None,
@@ -138,7 +145,7 @@ def run_actors(
         if partitions > 1:
             run(_serve_partitions(opts, job, partitions))
         else:
-            run(_serve(opts, job, partition))
+            run(_serve(opts, job, partition, standby=standby))
     except Escalation as e:
         click.echo(f"conat: error: {e} (code {e.code})", err=True)
         raise click.exceptions.Exit(EXIT_ESCALATED) from None
@@ -153,7 +160,7 @@ def _serves_here(cls: type[Actor], queue: str | None, partition: Partitions | No
     return partition.owned == (0,)
 
 
-async def _serve(opts: Options, job: _Run, partition: Partitions | None) -> None:
+async def _serve(opts: Options, job: _Run, partition: Partitions | None, *, standby: bool = False) -> None:
     async with await opts.connect("conat-run") as client:
         system = ActorSystem(client, stop_timeout=job.stop_timeout)
         out = Printer(opts.json)
@@ -163,7 +170,19 @@ async def _serve(opts: Options, job: _Run, partition: Partitions | None) -> None
                     if not _serves_here(cls, job.queue, partition):
                         continue
                     parts = partition if cls.spec().keyed else None
-                    runtime = await system.start(cls, queue=job.queue, partitions=parts)
+                    if standby and cls.spec().keyed:
+                        click.echo(f"standing by for {cls.spec().name} on {cls.spec().subject}", err=True)
+                    starting = asyncio.ensure_future(
+                        system.start(cls, queue=job.queue, partitions=parts, standby=standby)
+                    )
+                    stopped = asyncio.ensure_future(stop.wait())  # a standby may wait long: Ctrl-C ends it
+                    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    stopped.cancel()
+                    if not starting.done():
+                        starting.cancel()
+                        await asyncio.gather(starting, return_exceptions=True)
+                        break
+                    runtime = starting.result()
                     group = f" (queue group {runtime.queue!r})" if runtime.queue else ""
                     part = f" (partition {parts})" if parts is not None else ""
                     text = f"serving {runtime.spec.name} on {runtime.spec.subject}{group}{part}"
@@ -202,11 +221,15 @@ async def _serve_partitions(opts: Options, job: _Run, count: int) -> None:
             args = [*job.targets, *worker_options(client, opts), "--stop-timeout", str(job.stop_timeout)]
             if job.queue is not None:
                 args += ["--queue", job.queue]
-            workers = Workers(count, _worker_command(args), stop_timeout=job.stop_timeout, what="conat run worker")
+            workers = Workers(
+                count, _worker_command(args), stop_timeout=job.stop_timeout, what="conat run worker"
+            )
             keyed = [cls.spec() for cls in job.classes if cls.spec().keyed]
             async with serving_workers(client, workers, [(spec.subject, spec.subject_for) for spec in keyed]):
                 for spec in keyed:
-                    text = f"serving {spec.name} on {spec.subject} in {count} partitions (pids {workers.pids})"
+                    text = (
+                        f"serving {spec.name} on {spec.subject} in {count} partitions (pids {workers.pids})"
+                    )
                     if opts.json:
                         Printer(True).event(text, event="serving", actor=spec.name, subject=spec.subject,
                                             partitions=count, pids=workers.pids)  # fmt: skip

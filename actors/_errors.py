@@ -85,7 +85,8 @@ class OwnedElsewhere(ActorError):
     :meth:`ActorSystem.start` when an owner answers (``running`` False), or by
     :meth:`ActorSystem.wait` when two owners met after both started and this one yielded
     (``running`` True). ``owner`` holds what the owner said about itself: ``instance``, ``pid``,
-    ``host``, ``client`` (its connection name) and ``since`` (epoch seconds).
+    ``host``, ``client`` (its connection name) and ``since`` (epoch seconds); or only ``fenced``
+    when this owner's connection was down for half its lease (a standby may have taken over).
     """
 
     code = "owned-elsewhere"
@@ -101,11 +102,13 @@ class OwnedElsewhere(ActorError):
         since = owner.get("since")
         if isinstance(since, int | float) and since > 0:
             who += f", owner since {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M:%S}Z"
-        what = (
-            "this process stops serving it"
-            if running
-            else "this process refuses to serve it too"
-        )
+        what = "this process stops serving it" if running else "this process refuses to serve it too"
+        if owner.get("fenced"):
+            super().__init__(
+                f"keyed actor {actor} ({subject}): this process was {owner['fenced']}, past half "
+                "its claim's lease, so a standby may own it now; this process stops serving it"
+            )
+            return
         super().__init__(
             f"keyed actor {actor} ({subject}) is already served by {who}; {what}. A keyed actor "
             "type has one owner per bus, so that no key is ever active twice: to scale, run it in "

@@ -33,7 +33,7 @@ from conat import Client, Clock, ConatError, SystemClock
 from ._actor import Actor
 from ._chain import chain_headers
 from ._errors import ActorDefinitionError, Escalation, OwnedElsewhere
-from ._ownership import DEFAULT_GRACE, Ownership
+from ._ownership import DEFAULT_GRACE, DEFAULT_LEASE, Ownership
 from ._partitions import Partitions, check_mapping
 from ._policy import Escalate, RestartPolicy, RestartTracker
 from ._reminders import ReminderStore
@@ -73,6 +73,8 @@ class ActorSystem:
         claim_grace: seconds a keyed type waits after claiming ownership before it serves, so
             that two processes starting it at the same moment settle who owns it first (real
             time, not ``clock``: it is about the network).
+        claim_lease: seconds a keyed type's claim may go unanswered before a standby takes it
+            over; an owner whose connection is down for half of it stops serving the type.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class ActorSystem:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         rand: Callable[[], float] = random.random,
         claim_grace: float = DEFAULT_GRACE,
+        claim_lease: float = DEFAULT_LEASE,
     ) -> None:
         self.client = client
         self.clock: Clock = clock or SystemClock()
@@ -92,6 +95,7 @@ class ActorSystem:
         self.policy = policy
         self.stop_timeout = stop_timeout
         self.claim_grace = claim_grace
+        self.claim_lease = claim_lease
         self.instance_id = secrets.token_hex(8)
         self._rand = rand
         self._runtimes: list[ActorRuntime] = []
@@ -124,9 +128,14 @@ class ActorSystem:
         factory: Callable[[], Actor] | None = None,
         queue: str | None = None,
         partitions: Partitions | None = None,
+        standby: bool = False,
     ) -> ActorRuntime:
         """Start serving actor type ``cls``; ``factory`` builds each activation's instance (default
         ``cls()``); ``queue`` overrides the class's queue group.
+
+        ``standby`` (a keyed type): when another process owns it (or the partitions asked for),
+        wait until that owner stops or has been unreachable for the claim's lease, then serve
+        (:mod:`actors._ownership`), instead of refusing. Cancel to give up waiting.
 
         All or nothing: when it raises, nothing of the type is left subscribed, claimed or
         discoverable, and a later start may try again.
@@ -156,7 +165,9 @@ class ActorSystem:
             partitions=partitions,
         )
         if partitions is not None and not spec.keyed:
-            raise ActorDefinitionError(f"actor {spec.name!r} ({spec.subject}) is not keyed: nothing to partition")
+            raise ActorDefinitionError(
+                f"actor {spec.name!r} ({spec.subject}) is not keyed: nothing to partition"
+            )
         claims = [
             Ownership(
                 self.client,
@@ -165,6 +176,7 @@ class ActorSystem:
                 runtime.micro.id,
                 on_lost=lambda lost: self._on_lost(runtime, lost),
                 grace=self.claim_grace,
+                lease=self.claim_lease,
             )
             for subject in (runtime.subjects() if spec.keyed else [])
         ]  # one claim per partition: each partition has one owner
@@ -173,11 +185,13 @@ class ActorSystem:
             taken: list[Ownership] = []
             try:
                 for claim in claims:
-                    await claim.acquire()
+                    await claim.acquire(standby=standby)
                     taken.append(claim)
                 await runtime.start()
                 if partitions is not None:
-                    await check_mapping(self.client, spec.subject, spec.subject_for, partitions, self.instance_id)
+                    await check_mapping(
+                        self.client, spec.subject, spec.subject_for, partitions, self.instance_id
+                    )
                 await runtime.micro.advertise(self.client)
             except BaseException:
                 await runtime.abort()

@@ -61,7 +61,11 @@ def _loop_factory(uvloop: bool) -> tuple[Callable[[], asyncio.AbstractEventLoop]
     return uv.new_event_loop, True
 
 
-@click.command("bench", short_help="Benchmark conat against baselines measured in the same run.")
+@click.group(
+    "bench",
+    invoke_without_command=True,
+    short_help="Benchmark conat against baselines measured in the same run.",
+)
 @click.option(
     "--quick",
     is_flag=True,
@@ -119,7 +123,11 @@ def bench(
 
     Baselines: raw nats-py, a plain subscription handler, a bus without auth, raw sqlite3,
     JetStream. Missed targets are reported, not an error: the exit code is 0.
+
+    `conat bench report` runs the rows and writes a Markdown report with plots.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     opts = ctx.ensure_object(Options)
     path = out if out is not None else default_results_path()
     factory, use_uvloop = _loop_factory(uvloop)
@@ -147,6 +155,43 @@ def bench(
         click.echo(to_json(report.to_json()))
     else:
         click.echo(f"\nwrote {path} ({report.elapsed_s:.1f}s)")
+
+
+@bench.command("report", short_help="Run the rows and write a Markdown report with PNG plots.")
+@click.option("--quick", is_flag=True, help="Small counts and one repetition (no verdicts).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where to write report.md, its plots and results.json. Default: <data dir>/bench/report.",
+)
+@click.option("--rows", callback=_rows, metavar="NAME,...", help="Only these benches (default: all).")
+@click.option("--reps", type=click.IntRange(min=1), help="Repetitions per side.")
+@click.option("--uvloop/--no-uvloop", default=True, show_default=True, help="Run on uvloop.")
+def report_cmd(quick: bool, out: Path | None, rows: list[str], reps: int | None, uvloop: bool) -> None:
+    """Run every row (or --rows) and write DIR/report.md: tables and PNG plots of throughput vs
+    payload size, vs clients, vs streams/actors/workers, latency percentiles and 1 vs 3 nodes,
+    each row beside its baseline from the same run. Needs matplotlib (pip install 'conat[report]')."""
+    from ._report import INSTALL_HINT, have_matplotlib, write_report
+
+    if not have_matplotlib():
+        raise click.ClickException(INSTALL_HINT)
+    directory = out if out is not None else data_dir() / "bench" / "report"
+    factory, use_uvloop = _loop_factory(uvloop)
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="conat-bench-") as tmp,
+        asyncio.Runner(loop_factory=factory) as runner,
+    ):
+        report = runner.run(
+            run_benches(
+                rows, quick=quick, reps=reps if reps is not None else (QUICK_REPS if quick else DEFAULT_REPS),
+                scale=1.0, uvloop=use_uvloop, encoding="raw", directory=Path(tmp),
+            )
+        )  # fmt: skip
+    report.elapsed_s = time.perf_counter() - started
+    write_json(report, directory / "results.json")
+    click.echo(f"\nwrote {write_report(report, directory)} ({report.elapsed_s:.1f}s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from conat import NatsServer, ServerConfig
 from ._actors import actor_benches
 from ._auth import auth_benches
 from ._bus import bus_benches
+from ._cluster import cluster_benches
 from ._fs import fs_benches
 from ._harness import (
     Bench,
@@ -40,8 +41,12 @@ __all__ = ["BENCH_NAMES", "make_benches", "run"]
 
 
 def make_benches(encoding: str = "raw") -> list[Bench]:
-    """Every bench, in table order: the bus, then the layers above it. ``encoding``: the conat
-    side's payload encoding on the bus rows."""
+    """Every bench, in table order: the bus, then the layers above it, then the cluster rows.
+    ``encoding``: the conat side's payload encoding on the bus rows.
+
+    Every module's rows are listed here, and ``conat bench`` and ``conat bench report`` take every
+    row from this list: a new bench module (master's large-deployment simulation, say) only
+    returns its :class:`Bench` rows from a ``<x>_benches()`` function added here."""
     return [
         *bus_benches(encoding),
         *actor_benches(),
@@ -52,6 +57,7 @@ def make_benches(encoding: str = "raw") -> list[Bench]:
         *persist_scale_benches(),
         *fs_benches(),
         *host_benches(),
+        *cluster_benches(),
     ]
 
 
@@ -101,7 +107,12 @@ async def run(
             rows, runs = await run_bench(bench, url, count=count, reps=reps, log=_log, judge=not quick)
             report.rows.extend(rows)
             all_runs[name] = runs
-            report.params[name] = {"description": bench.description, "count": count, **bench.params}
+            report.params[name] = {
+                "description": bench.description,
+                "count": count,
+                "baseline": bench.baseline,
+                **bench.params,
+            }
             report.runs[name] = [
                 {
                     "side": r.side,

@@ -177,6 +177,8 @@ def _resolve(words: list[str]) -> tuple[list[str], click.Command, list[str]]:
     words = list(words)
     while words and isinstance(command, click.Group):
         word = words[0]
+        if word.startswith("-") and command is not cli and command.invoke_without_command:
+            break  # the options of a group that runs by itself too (`conat bench --quick`)
         if word.startswith("-"):  # a global option before the command, with its value if it takes one
             words = words[2:] if word in _GLOBAL_WITH_VALUE else words[1:]
             continue
@@ -202,6 +204,9 @@ def test_shown_command_exists(where: str, command: str) -> None:
     path, resolved, rest = _resolve(words)
     shown_options = {m.group(0) for m in re.finditer(r"(?<![\w-])--?[a-zA-Z][\w-]*", " ".join(words))}
     assert path or (rest == [] and shown_options), f"{where}: `{command}` names no conat command"
+    runs_alone = isinstance(resolved, click.Group) and resolved.invoke_without_command
+    if runs_alone and rest and rest[0].startswith(("-", "[", ">")):
+        rest = []  # `conat bench [--quick]`: the group itself, with its options
     if isinstance(resolved, click.Group) and rest:  # a group shown with a placeholder (`conat fs ls|cat`)
         assert "|" in rest[0] or rest[0].isupper() or rest[0] == "...", (
             f"{where}: `{command}`: {rest[0]!r} is not a command of `conat {' '.join(path)}`"
