@@ -8,7 +8,9 @@ for both sides.
 What each side does
 -------------------
 * payloads: conat sends them with ``encoding="raw"`` by default, so the payload bytes on the wire
-  are the nats-py ones; conat adds its ``Conat-Encoding: raw`` header (about 30 bytes, and an HPUB
+  are the nats-py ones. Publishes to a subscription go unlabelled (``label=False``, a plain PUB as
+  nats-py's) to a subscription that declared the encoding (``subscribe(..., encoding="raw")``);
+  requests and replies carry their ``Conat-Encoding: raw`` header (about 30 bytes, and an HPUB
   instead of a PUB). ``--encoding msgpack`` uses conat's default codec instead (2-5 bytes of msgpack
   framing, no header) and echoes ``msg.data``.
 * subscribers: conat ``subscribe(callback=...)``; nats-py ``nc.subscribe(subject, cb=...)``. Both run
@@ -154,6 +156,8 @@ class _Codec:
 
     def __init__(self, encoding: str) -> None:
         self.encoding: str | None = "raw" if encoding == "raw" else None
+        self.label = self.encoding is None
+        """Publishes to a subscription go unlabelled: its subscriber declared the encoding."""
 
     def payload(self, msg: conat.Message) -> bytes:
         return msg.raw if self.encoding == "raw" else bytes(msg.data)
@@ -171,18 +175,18 @@ def _throughput(count: int, spent: tuple[float, float], extra: dict[str, float] 
 
 def _publish(codec: _Codec) -> _Pair:
     payload = b"p" * SMALL
-    enc = codec.encoding
+    enc, label = codec.encoding, codec.label
 
     async def conat_side(url: str, count: int) -> Sample:
         async with _conat(url) as (c,):
             subject = _subject("publish")
             publish = c.publish
             for _ in range(_warmup(count)):
-                await publish(subject, payload, encoding=enc)
+                await publish(subject, payload, encoding=enc, label=label)
             await c.flush()
             t0 = Stamp()
             for _ in range(count):
-                await publish(subject, payload, encoding=enc)
+                await publish(subject, payload, encoding=enc, label=label)
             await c.flush()
             return _throughput(count, Stamp().since(t0))
 
@@ -207,7 +211,7 @@ def _publish(codec: _Codec) -> _Pair:
 
 def _pubsub(codec: _Codec, size: int) -> _Pair:
     payload = b"s" * size
-    enc = codec.encoding
+    enc, label = codec.encoding, codec.label
 
     async def conat_side(url: str, count: int) -> Sample:
         async with _conat(url, 2) as (pub, sub):
@@ -217,13 +221,13 @@ def _pubsub(codec: _Codec, size: int) -> _Pair:
             async def on_msg(msg: conat.Message) -> None:
                 arrivals.hit()
 
-            s = await sub.subscribe(subject, callback=on_msg, max_buffer=RAW_PENDING_MSGS)
+            s = await sub.subscribe(subject, callback=on_msg, max_buffer=RAW_PENDING_MSGS, encoding=enc)
             publish = pub.publish
             for n in (_warmup(count), count):
                 arrivals.expect(n)
                 t0 = Stamp()
                 for _ in range(n):
-                    await publish(subject, payload, encoding=enc)
+                    await publish(subject, payload, encoding=enc, label=label)
                 t1 = await arrivals.wait(f"conat pub->sub {size} B (dropped {s.statistics().dropped})")
             return _throughput(count, t1.since(t0))
 
@@ -441,13 +445,13 @@ def _transfer(codec: _Codec) -> _Pair:
                 else:
                     arrivals.hit()
 
-            await sub.subscribe(subject, callback=on_msg)
+            await sub.subscribe(subject, callback=on_msg, encoding=enc)
             for m in (warm_mib, mib):
                 data = payload(m)
                 size = len(data)
                 arrivals.expect(1)
                 t0 = Stamp()
-                await pub.publish(subject, data, encoding=enc)
+                await pub.publish(subject, data, encoding=enc, label=codec.label)
                 t1 = await arrivals.wait(f"conat transfer {m} MiB")
             return mb_per_s(size, t1.since(t0))
 

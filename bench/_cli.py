@@ -97,7 +97,7 @@ def _loop_factory(uvloop: bool) -> tuple[Callable[[], asyncio.AbstractEventLoop]
     type=click.Choice(ENCODINGS),
     default="raw",
     show_default=True,
-    help="conat's payload encoding (raw: the same payload bytes as nats-py plus a Conat-Encoding header).",
+    help="conat's payload encoding (raw: the same payload bytes as nats-py; publishes go unlabelled to a subscription that declared raw, requests carry a Conat-Encoding header).",
 )
 @json_option
 @click.pass_context

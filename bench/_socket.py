@@ -9,7 +9,8 @@
   another connection counts in a callback (fire and forget, no acks, nothing retained).
 
 ``socket_128`` reports messages/s for 128 B messages, ``socket_64k`` MB/s for 64 KiB messages.
-The target ratio is 0.5: reliability is not free, but it should not cost more than half.
+Target ratios: 0.9 for ``socket_128`` (issue 17: small messages should cost about what raw pub/sub
+costs), 0.5 for ``socket_64k`` (reliability is not free, but it should not cost more than half).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = ["socket_benches"]
 SMALL: Final = 128
 LARGE: Final = 64 * 1024
 TARGET: Final = 0.5
+SMALL_TARGET: Final = 0.9
 WAIT_TIMEOUT: Final = 60.0
 
 _serial = 0
@@ -153,7 +155,7 @@ def socket_benches() -> list[Bench]:
     large_c, large_n = _measures(LARGE, per_mb=True)
     return [
         Bench("socket_128", "reliable socket, one way, 128 B, vs raw pub/sub", small_c, small_n,
-              (Metric("socket_128", "msgs/s", TARGET),), 100_000, 10_000, {"size": SMALL}),
+              (Metric("socket_128", "msgs/s", SMALL_TARGET),), 100_000, 10_000, {"size": SMALL}),
         Bench("socket_64k", "reliable socket, one way, 64 KiB, vs raw pub/sub", large_c, large_n,
               (Metric("socket_64k", "MB/s", TARGET),), 5_000, 1_000, {"size": LARGE}),
     ]  # fmt: skip

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
 from subjects import Permissions, validate_pattern, validate_subject
 
+from ._codecs import get_codec
 from ._core import ClientCore
 from ._credentials import CredentialSession
 from ._errors import ConatError, Forbidden, Timeout, Unauthorized
@@ -306,8 +307,15 @@ class Client:
         headers: dict[str, str] | None = None,
         encoding: str | None = None,
         reply: str | None = None,
+        label: bool = True,
     ) -> None:
         """Publish ``data`` (encoded with ``encoding``, msgpack by default) to ``subject``.
+
+        An encoding other than msgpack is named in a ``Conat-Encoding`` header, so every receiver
+        can read it. ``label=False`` leaves that header out (the cheapest message: a plain PUB) for
+        receivers that agreed on the encoding beforehand: a subscription made with
+        ``subscribe(..., encoding=...)``, or a foreign client. Any other conat receiver reads an
+        unlabelled body as msgpack.
 
         Payloads that do not fit the server's max_payload together with their headers are chunked.
         Raises :class:`InvalidSubject`, :class:`PayloadError` (unencodable, or a header name
@@ -316,7 +324,7 @@ class Client:
         :class:`ClosedError`.
         """
         core = self._core
-        payload, headers = core.prepare(subject, data, headers, encoding)
+        payload, headers = core.prepare(subject, data, headers, encoding, label=label)
         await core.send(subject, payload, reply or "", headers)
 
     async def flush(self, timeout: float = DEFAULT_TIMEOUT, *, cluster_wide: bool = False) -> None:
@@ -362,6 +370,7 @@ class Client:
         queue: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         cluster_wide: bool = False,
+        encoding: str | None = None,
     ) -> Subscription: ...
 
     @overload
@@ -373,6 +382,7 @@ class Client:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         callback: Callable[[Message], Awaitable[object]],
         cluster_wide: bool = False,
+        encoding: str | None = None,
     ) -> Subscription: ...
 
     @overload
@@ -385,6 +395,7 @@ class Client:
         dispatch: Callable[[Message], object],
         reassemble: bool = True,
         cluster_wide: bool = False,
+        encoding: str | None = None,
     ) -> Subscription: ...
 
     async def subscribe(
@@ -397,6 +408,7 @@ class Client:
         dispatch: Callable[[Message], object] | None = None,
         reassemble: bool = True,
         cluster_wide: bool = False,
+        encoding: str | None = None,
     ) -> Subscription:
         """Subscribe to ``pattern`` (wildcards allowed). Live on the server when this returns.
 
@@ -422,11 +434,18 @@ class Client:
         subscription: it is kept, and a warning names the servers. A grant that does not allow
         asking raises :class:`Forbidden` and leaves nothing subscribed.
 
+        ``encoding`` declares how a message without a ``Conat-Encoding`` header is read here
+        (msgpack when ``None``): with ``"raw"``, an unlabelled message (``publish(...,
+        label=False)``, or a foreign client's plain publish) arrives as its bytes. A labelled
+        message is always read as its label says. Raises :class:`PayloadError` for an unknown
+        encoding.
+
         Atomic with respect to cancellation: cancelled, it leaves no subscription behind (on the
         server either).
         """
         if callback is not None and dispatch is not None:
             raise TypeError("subscribe() takes callback or dispatch, not both")
+        codec = get_codec(encoding)
         core = self._core
         core.check_open()
         validate_pattern(pattern)
@@ -434,7 +453,7 @@ class Client:
             validate_subject(queue)
         if self.permissions is not None and not self.permissions.can_subscribe(pattern):
             raise Forbidden(pattern, "subscription")
-        sub = Subscription(self, pattern, queue, max_buffer, dispatch)
+        sub = Subscription(self, pattern, queue, max_buffer, dispatch, codec)
         await core.subscribe(sub, reassemble)
         if sub._error is not None:
             await core.unsubscribe(sub)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from subjects import validate_subject
 
 from ._chunking import MIN_CHUNK_SIZE, ChunkHead, Receivers
-from ._codecs import MSGPACK, get_codec
+from ._codecs import MSGPACK, Codec, get_codec
 from ._errors import BUSY, ClosedError, ConnectError, Disconnected, Forbidden, PayloadTooLarge
 from ._headers import (
     CHUNKED_HEADER,
@@ -240,21 +240,23 @@ class ClientCore:
 
     def _subscription_route(self, sub: Subscription) -> Route:
         client = self.client
+        codec = sub.codec
 
         def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
             if headers is None:
-                sub._put(Message(subject, reply, data, None, client), reply, None)
+                sub._put(Message(subject, reply, data, None, client, codec), reply, None)
             else:
-                item, sender = self.item(subject, reply, data, headers)
+                item, sender = self.item(subject, reply, data, headers, codec)
                 sub._put(item, headers.get(REPLY_HEADER, reply), sender)
 
         return route
 
     def _plain_route(self, sub: Subscription) -> Route:
         client = self.client
+        codec = sub.codec
 
         def route(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-            sub._put(Message(subject, reply, data, headers, client), reply, None)
+            sub._put(Message(subject, reply, data, headers, client, codec), reply, None)
 
         return route
 
@@ -277,16 +279,22 @@ class ClientCore:
 
     # -- receiving -------------------------------------------------------------------------
     def item(
-        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+        self,
+        subject: str,
+        reply: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        default: Codec = MSGPACK,
     ) -> tuple[Item, str | None]:
-        """The received message (or, for a chunked head, the future of it) and its sender's id."""
+        """The received message (or, for a chunked head, the future of it) and its sender's id.
+        ``default``: the codec of a body without ``Conat-Encoding`` (the subscription's)."""
         if headers is None:
-            return Message(subject, reply, data, None, self.client), None
+            return Message(subject, reply, data, None, self.client, default), None
         if CHUNKED_HEADER in headers:
             # A head always has a sender: its own tag, else (a foreign sender) its pull source.
             sender = headers.get(SENDER_HEADER) or reply
-            return self.transfers.start_incoming(subject, reply, data, headers), sender
-        return Message(subject, reply, data, headers, self.client), headers.get(SENDER_HEADER)
+            return self.transfers.start_incoming(subject, reply, data, headers, default), sender
+        return Message(subject, reply, data, headers, self.client, default), headers.get(SENDER_HEADER)
 
     # -- sending ---------------------------------------------------------------------------
     def check_open(self) -> None:
@@ -310,11 +318,13 @@ class ClientCore:
         encoding: str | None,
         *,
         extensions: bool = False,
+        label: bool = True,
     ) -> tuple[bytes, dict[str, str] | None]:
         """Everything a publish checks before it sends: open, subject, grant, headers, encoding.
 
         ``extensions`` lets ``Conat-*`` extension headers of upper layers through (see
-        :func:`conat._headers.is_reserved`); the bus's own stay refused.
+        :func:`conat._headers.is_reserved`); the bus's own stay refused. ``label=False`` sends
+        no ``Conat-Encoding`` header (see :meth:`conat.Client.publish`).
         """
         self.check_open()
         self.check_subject(subject)
@@ -323,15 +333,17 @@ class ClientCore:
             raise Forbidden(subject, "publish")
         if headers:
             check_user_headers(headers, extensions=extensions)
-        return self._encode(data, headers, encoding)
+        return self._encode(data, headers, encoding, label)
 
     @staticmethod
     def _encode(
-        data: Any, headers: dict[str, str] | None, encoding: str | None
+        data: Any, headers: dict[str, str] | None, encoding: str | None, label: bool = True
     ) -> tuple[bytes, dict[str, str] | None]:
         if encoding is None or encoding == "msgpack":
             return MSGPACK.encode(data), headers
         codec = get_codec(encoding)
+        if not label:
+            return codec.encode(data), headers
         if not headers:
             return codec.encode(data), _ENCODING_HEADERS[codec.name]
         return codec.encode(data), {**headers, ENCODING_HEADER: codec.name}

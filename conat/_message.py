@@ -1,7 +1,8 @@
 """Messages as users see them, and the headers conat uses on the wire.
 
 A :class:`Message` holds the raw payload and decodes it lazily, once, with the codec named by its
-``Conat-Encoding`` header (msgpack when absent). The protocol's headers (``Conat-*``, the server's
+``Conat-Encoding`` header; when absent, with its subscription's declared encoding (msgpack unless
+the subscriber chose another: ``subscribe(..., encoding="raw")``). The protocol's headers (``Conat-*``, the server's
 ``Status``, the micro error pair: see :mod:`conat._headers`) are reserved; :attr:`Message.headers`
 shows only the user's, and users cannot send reserved ones, so nothing of theirs is hidden.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-from ._codecs import Codec, get_codec
+from ._codecs import MSGPACK, Codec, get_codec
 from ._errors import ErrorCode, PayloadError
 from ._headers import ENCODING_HEADER, END_HEADER, error_headers, is_reserved
 
@@ -39,7 +40,7 @@ class Message:
         raw: the payload bytes, after chunk reassembly.
     """
 
-    __slots__ = ("_client", "_data", "_headers", "raw", "reply", "subject")
+    __slots__ = ("_client", "_data", "_default", "_headers", "raw", "reply", "subject")
 
     def __init__(
         self,
@@ -48,12 +49,15 @@ class Message:
         raw: bytes,
         headers: dict[str, str] | None,
         client: Client | None = None,
+        default: Codec = MSGPACK,
     ) -> None:
         self.subject = subject
         self.reply = reply
         self.raw = raw
         self._headers = headers
         self._client = client
+        self._default = default
+        """The codec of a body without ``Conat-Encoding``: the subscription's declared encoding."""
         self._data: Any = _UNSET
 
     def __repr__(self) -> str:
@@ -61,8 +65,10 @@ class Message:
 
     @property
     def codec(self) -> Codec:
+        """The codec its ``Conat-Encoding`` header names, else its subscription's declared one."""
         h = self._headers
-        return get_codec(h.get(ENCODING_HEADER) if h else None)
+        name = h.get(ENCODING_HEADER) if h else None
+        return self._default if name is None else get_codec(name)
 
     @property
     def encoding(self) -> str:
@@ -88,7 +94,11 @@ class Message:
     def _hint(self, error: PayloadError) -> PayloadError:
         """Say why a JSON body from a foreign client failed: it was sent without its header."""
         h = self._headers
-        if (h and ENCODING_HEADER in h) or self.raw.lstrip()[:1] not in (b"{", b"[", b'"'):
+        if (
+            (h and ENCODING_HEADER in h)
+            or self._default is not MSGPACK
+            or self.raw.lstrip()[:1] not in (b"{", b"[", b'"')
+        ):
             return error
         return PayloadError(error.operation, error.codec, error.detail + _JSON_HINT)
 

@@ -146,6 +146,9 @@ _CONNECTING: Final = SocketState.CONNECTING
 _OPEN: Final = SocketState.OPEN
 _CLOSING: Final = SocketState.CLOSING
 _CLOSED: Final = SocketState.CLOSED
+_SEQUENCED_TYPES: Final = (Data, Head, Fin)
+"""The frames that carry the stream (a tuple built once: ``Data | Head | Fin`` would build a new
+union object at every test of the per-poll count below)."""
 _C, _O, _CL, _X = _CONNECTING, _OPEN, _CLOSING, _CLOSED
 TRANSITIONS: Final[Mapping[tuple[SocketState, Trigger], SocketState]] = {
     (_C, "accept"): _O,
@@ -521,7 +524,7 @@ class SocketProtocol:
             out.append(Ping())
         if out:
             self._last_sent = now
-            self._control_frames_sent += sum(1 for f in out if not isinstance(f, Data | Head | Fin))
+            self._control_frames_sent += sum(1 for f in out if not isinstance(f, _SEQUENCED_TYPES))
         return out
 
     def _final_frames(self, out: list[Frame]) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self, final
 
+from ._codecs import MSGPACK, Codec
 from ._errors import ClosedError, ConatError, Timeout
 from ._message import Message
 from ._queue import BoundedQueue
@@ -65,6 +66,7 @@ class Subscription:
         queue: str | None,
         max_buffer: int,
         dispatch: Callable[[Message], object] | None = None,
+        codec: Codec = MSGPACK,
     ) -> None:
         if max_buffer < 1:
             raise ValueError("max_buffer must be at least 1")
@@ -72,6 +74,8 @@ class Subscription:
         self.pattern = pattern
         self.queue = queue
         self.max_buffer = max_buffer
+        self.codec = codec
+        """How a message without a ``Conat-Encoding`` header is read here (the declared encoding)."""
         self._dispatch = dispatch
         self._items: BoundedQueue[Message] = BoundedQueue(
             max_buffer, deliver=None if dispatch is None else self._call_dispatch, on_drop=self._on_drop

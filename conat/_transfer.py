@@ -26,6 +26,7 @@ from ._chunking import (
     Receivers,
     reassembly_cost,
 )
+from ._codecs import MSGPACK, Codec
 from ._errors import BAD_REQUEST, ClosedError, ConatError, Disconnected, NoResponders, PayloadError, Timeout
 from ._headers import (
     CHUNK_HEADER,
@@ -145,9 +146,15 @@ class TransferEngine:
 
     # -- receiver --------------------------------------------------------------------------
     def start_incoming(
-        self, subject: str, source: str, data: bytes, headers: dict[str, str]
+        self,
+        subject: str,
+        source: str,
+        data: bytes,
+        headers: dict[str, str],
+        default: Codec = MSGPACK,
     ) -> asyncio.Future[Message]:
-        """Begin pulling a transfer whose head just arrived; the future yields the whole message.
+        """Begin pulling a transfer whose head just arrived; the future yields the whole message
+        (``default``: the codec of a body without ``Conat-Encoding``, the subscription's).
 
         Cancelling the future stops the pulling at once.
         """
@@ -184,7 +191,7 @@ class TransferEngine:
             else:
                 if not future.done():
                     reply = headers.get(REPLY_HEADER, "")
-                    future.set_result(Message(subject, reply, payload, headers, core.client))
+                    future.set_result(Message(subject, reply, payload, headers, core.client, default))
             finally:
                 self.budget.release(cost)
 
