@@ -72,9 +72,9 @@ from ._placement import Placement as Placement
 from ._placement import PlacementConfig as PlacementConfig
 from ._placement import StoragePath as StoragePath
 from ._reminders import DurableReminderStore as DurableReminderStore
+from ._server import PersistServer as PersistServer
 from ._service import BOOTLOG_CONFIG as BOOTLOG_CONFIG
 from ._service import BootlogService as BootlogService
-from ._service import PersistServer as PersistServer
 from ._service import PersistService as PersistService
 from ._service import persist_mappings as persist_mappings
 from ._store import StreamStore as StreamStore

@@ -21,7 +21,8 @@ from actors import Escalation, Partitions, serving_workers, worker_options
 from conat.cli.plugin import EXIT_GAVE_UP, Options, Printer, common_options, run, stop_on_signals
 
 from ._placement import Placement
-from ._service import SUBJECT, PersistServer, PersistService
+from ._server import PersistServer
+from ._service import SUBJECT, PersistService
 from ._workers import Workers
 
 __all__ = ["EXIT_GAVE_UP", "SUBJECT", "persist_group"]

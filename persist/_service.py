@@ -46,28 +46,15 @@ when nobody writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, Self, final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import msgspec
 
-from actors import NO_REPLY, Actor, ActorSystem, Escalation, OwnedElsewhere, Partitions, subject_mapping
-from conat import (
-    BUSY,
-    UNAVAILABLE,
-    Client,
-    ClosedError,
-    ConatError,
-    ErrorCode,
-    Message,
-    PayloadError,
-    error_fields,
-    error_reply,
-    respond_error,
-)
+from actors import NO_REPLY, Actor, subject_mapping
+from conat import BUSY, UNAVAILABLE, ConatError, Message, PayloadError, error_fields, respond_error
 from subjects import InvalidSubject, ScopeKind, parse_scope, persist_scope
 
 from ._config import StreamConfig
@@ -75,16 +62,24 @@ from ._engine import ChangePage, StreamFile
 from ._errors import BadPath, BadRequest, NotFound, PersistError
 from ._inventory import names_page
 from ._model import DeleteResult
-from ._placement import Placement, StoragePath
-from ._rootlock import RootLock
-from ._store import Lease, StreamStore
+from ._placement import StoragePath
+from ._replies import (
+    _answer,
+    _answer_many,
+    _decode,
+    _decode_or_raise,
+    _fail_nowait,
+    _forward,
+    _Hold,
+    _respond,
+    _respond_failure,
+    _Shared,
+    _Slots,
+)
 from ._wire import (
     MAX_INVENTORY,
     MAX_KEYS,
-    MAX_PAGE_BYTES,
-    MAX_PAGE_MSGS,
     MAX_WAIT,
-    REQUEST_DECODER,
     ConfigOp,
     DeleteOp,
     GetOp,
@@ -104,16 +99,12 @@ __all__ = [
     "BOOTLOG_STREAM",
     "SUBJECT",
     "BootlogService",
-    "PersistServer",
     "PersistService",
     "persist_mappings",
 ]
 
 log = logging.getLogger("persist.service")
 
-DEFAULT_MAX_INFLIGHT: Final = 4096
-DEFAULT_MAX_WAITERS: Final = 4096
-DEFAULT_SWEEP_INTERVAL: Final = 30.0
 BOOTLOG_STREAM: Final = "bootlog"
 BOOTLOG_CONFIG: Final = StreamConfig(max_age=3600, max_msgs=10_000)
 """A bootlog keeps an hour of events (at most 10,000)."""
@@ -126,124 +117,6 @@ def persist_mappings(workers: int) -> dict[str, str]:
     """The nats-server subject mapping that splits the persist service's scopes among ``workers``
     partitioned workers (``ServerConfig(mappings=...)``); none for one worker."""
     return dict([subject_mapping(SUBJECT, workers)]) if workers > 1 else {}
-
-
-class _Shared:
-    """What every activation of the service shares: the store, placement, bounds and live tasks."""
-
-    def __init__(
-        self,
-        store: StreamStore,
-        placement: Placement,
-        max_inflight: int,
-        max_waiters: int,
-        sweep: float,
-        page: tuple[int, int],
-    ) -> None:
-        self.store = store
-        self.placement = placement
-        self.max_inflight = max_inflight
-        self.max_waiters = max_waiters
-        self.sweep_interval = sweep
-        self.max_page_msgs, self.max_page_bytes = page
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.waiting: set[asyncio.Task[Any]] = set()
-        """Tasks of changefeed reads waiting for a change: a stop answers them at once (503)."""
-        self.inflight = _InFlight()
-        self.forward_bootlogs = False
-        """Partitioned workers: bootlog requests go on to the persist subject (the scope's worker)."""
-
-
-@final
-class _InFlight:
-    """Every operation of the service in flight (every scope's): a stop waits until none is left,
-    since an operation started on the fast path has no task to wait for."""
-
-    __slots__ = ("_drained", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._drained: asyncio.Future[None] | None = None
-
-    def done(self) -> None:
-        self.count -= 1
-        if self.count == 0 and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def drained(self) -> None:
-        """Return once no operation is in flight."""
-        if self.count > 0:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
-
-
-@final
-class _Slots:
-    """The operations of one scope in flight, at most ``limit``: a turn waits for a free slot,
-    the fast path takes one only if one is free (else the message becomes a turn)."""
-
-    __slots__ = ("_all", "_freed", "free")
-
-    def __init__(self, limit: int, everywhere: _InFlight) -> None:
-        self.free = limit
-        self._all = everywhere
-        self._freed: asyncio.Future[None] | None = None
-
-    def take_nowait(self) -> bool:
-        if self.free <= 0:
-            return False
-        self.free -= 1
-        self._all.count += 1
-        return True
-
-    async def take(self) -> None:
-        while self.free <= 0:
-            if self._freed is None or self._freed.done():
-                self._freed = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._freed)
-        self.free -= 1
-        self._all.count += 1
-
-    def give(self) -> None:
-        self.free += 1
-        self._all.done()
-        freed, self._freed = self._freed, None
-        if freed is not None and not freed.done():
-            freed.set_result(None)
-
-
-@final
-class _Hold:
-    """What one operation holds: an in-flight slot of its scope and a lease on its stream.
-
-    Both are given back by :meth:`release` (idempotent); a waiting changefeed read releases them
-    while it waits and leases the stream again (without a slot) if the file was closed meanwhile.
-    """
-
-    __slots__ = ("_lease", "_slots")
-
-    def __init__(self, slots: _Slots, lease: Lease | None = None) -> None:
-        self._slots: _Slots | None = slots
-        self._lease = lease
-
-    async def lease(
-        self, store: StreamStore, path: str, config: StreamConfig | None, create: bool
-    ) -> StreamFile:
-        self._lease = await store.lease(path, config=config, create=create)
-        return self._lease.file
-
-    def lease_nowait(self, store: StreamStore, path: str) -> StreamFile | None:
-        """The stream, if it is open now (no wait: the woken changefeed read's usual case)."""
-        self._lease = store.lease_nowait(path)
-        return None if self._lease is None else self._lease.file
-
-    def release(self) -> None:
-        slots, self._slots = self._slots, None
-        if slots is not None:
-            slots.give()
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            lease.release()
 
 
 class PersistService(Actor, subject="persist.*.>", idle=600.0, max_buffer=10_000):
@@ -583,239 +456,6 @@ class BootlogService(PersistService, subject="bootlog.*.*", idle=600.0, max_buff
         wait = request.wait if isinstance(request, ReadOp) else 0.0
         self._spawn(msg, _forward(self.client, persist_scope(scope, "api"), request, wait))
         return NO_REPLY
-
-
-class PersistServer:
-    """Runs the persist service on a connection: one :class:`PersistService` activation per scope.
-
-    **One per root.** Stream files have exactly one writer: :meth:`start` takes an advisory lock on
-    every root of ``placement`` (:meth:`Placement.lock_roots`) and refuses to start, with
-    :class:`RootInUse`, when another service (in this process or another) holds one; :meth:`aclose`
-    gives them back, and so does the kernel if the process dies. So several services may share a bus
-    (on different roots, for different scopes) but never a root.
-
-    Args:
-        client: the connection to serve on.
-        placement: where stream files live (``Placement.from_sources()`` reads the environment).
-        store: the stream store (default: one over ``placement`` with its defaults).
-        subject: the pattern served (default ``persist.*.>``, every scope of the bus).
-        bootlog: also serve the bootlogs (:class:`BootlogService`) from the same store.
-        partitions: serve only these partitions of the scopes (a partitioned worker: ``conat persist
-            serve --workers N``); the bus must split ``subject`` with :func:`persist_mappings`. Each
-            worker locks its own partition of the roots, and a worker of partition 0 also serves the
-            bootlogs, sending each on to the worker of its scope.
-        max_inflight, max_waiters, sweep_interval: see the module docstring.
-        max_page_msgs, max_page_bytes: the caps on a page of messages, whatever a client asks.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        placement: Placement,
-        *,
-        store: StreamStore | None = None,
-        subject: str = "persist.*.>",
-        max_inflight: int = DEFAULT_MAX_INFLIGHT,
-        max_waiters: int = DEFAULT_MAX_WAITERS,
-        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
-        max_page_msgs: int = MAX_PAGE_MSGS,
-        max_page_bytes: int = MAX_PAGE_BYTES,
-        bootlog: bool = True,
-        partitions: Partitions | None = None,
-    ) -> None:
-        if max_page_msgs < 1 or max_page_bytes < 1:
-            raise ValueError(f"page caps must be positive, not {max_page_msgs!r}, {max_page_bytes!r}")
-        self.client = client
-        self._bootlog = bootlog
-        self.placement = placement
-        self.store = (
-            store if store is not None else StreamStore(placement.locate, archive=placement.archive_path)
-        )
-        self._owns_store = store is None
-        self._shared = _Shared(
-            self.store, placement, max_inflight, max_waiters, sweep_interval, (max_page_msgs, max_page_bytes)
-        )
-        self._system = ActorSystem(client)
-        self._subject = subject
-        self._partitions = partitions
-        self._shared.forward_bootlogs = partitions is not None
-        self._lock: RootLock | None = None
-
-    async def start(self) -> Self:
-        """Take the roots' lock, then serve.
-
-        Raises:
-            RootInUse: another persist service holds one of the placement's roots.
-            StorageError: a root cannot be created, or its lock file opened.
-        """
-        parts = self._partitions
-        partition = None if parts is None else (parts.owned[0], parts.count)
-        if parts is not None and len(parts.owned) != 1:
-            raise ValueError(f"a partitioned persist worker serves one partition, not {parts}")
-        self._lock = await asyncio.to_thread(RootLock.acquire, self.placement.lock_roots(), partition)
-        try:
-            await self._serve()
-        except BaseException:
-            await self._system.stop(0)
-            self._lock.release()
-            raise
-        return self
-
-    async def _serve(self) -> None:
-        cls: type[PersistService] = PersistService
-        if self._subject != PersistService.spec().subject:
-            cls = type("PersistService", (PersistService,), {}, subject=self._subject)
-        shared = self._shared
-        parts = self._partitions
-        await self._system.start(cls, factory=lambda: cls(shared), partitions=parts)
-        if self._bootlog and (parts is None or 0 in parts.owned):
-            await self._system.start(BootlogService, factory=lambda: BootlogService(shared))
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @property
-    def failure(self) -> Escalation | OwnedElsewhere | None:
-        """Why the service gave up, if it did: its activations kept crashing, or another process
-        serves these scopes on this bus (nothing is served here any more)."""
-        return self._system.failure
-
-    async def wait(self) -> None:
-        """Return when the service has stopped (:meth:`aclose`, or it gave up).
-
-        Raises:
-            actors.Escalation: it gave up after repeated crashes. It serves nothing any more, and
-                nothing restarts it in this process: a command running it should exit non-zero so
-                its supervisor (systemd, a container runtime) starts a fresh one.
-        """
-        await self._system.wait()
-
-    async def aclose(self, timeout: float = 10.0) -> None:
-        """Stop taking requests, let the operations in flight answer, then close the store."""
-        await self._system.stop(timeout)
-        for task in list(self._shared.waiting):  # their callers retry on the next service
-            task.cancel()
-        tasks = list(self._shared.tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):  # the fast path's operations: they have no task
-            await asyncio.wait_for(self._shared.inflight.drained(), timeout)
-        if self._owns_store:
-            await self.store.aclose()
-        if self._lock is not None:  # after the files are closed: the next service may open them
-            self._lock.release()
-
-
-# ---- replies -----------------------------------------------------------------------------------------
-
-
-class _Relayed:
-    """A reply relayed as it came (its bytes already the answer's msgpack)."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-
-async def _forward(client: Client, subject: str, request: Request, wait: float) -> _Relayed:
-    """Send ``request`` on to ``subject``; its answer, or its refusal raised as it came."""
-    reply = await client.request(
-        subject, msgspec.msgpack.encode(request), timeout=wait + 10.0, encoding="raw", wait_for_interest=True
-    )
-    return _Relayed(reply.raw)
-
-
-async def _respond(msg: Message, result: object) -> None:
-    if not msg.reply:
-        return
-    try:
-        if isinstance(result, _Relayed):
-            await msg.respond(result.raw, encoding="raw")
-        else:
-            await msg.respond(result)
-    except ConatError as e:
-        log.debug("could not answer %s: %s", msg.subject, e)
-
-
-async def _respond_failure(msg: Message, error: Exception) -> None:
-    if isinstance(error, ClosedError):
-        await respond_error(msg, UNAVAILABLE, f"persist service stopping: {error}")
-        return
-    if not isinstance(error, ConatError):
-        log.exception("persist operation on %s failed", msg.subject, exc_info=error)
-    await respond_error(msg, *error_reply(error))
-
-
-def _answer(msg: Message, hold: _Hold, outcome: object) -> None:
-    """An operation's completion: give back what it held, then reply with its outcome."""
-    hold.release()
-    if isinstance(outcome, Exception):
-        _fail_nowait(msg, outcome)
-    elif msg.reply:
-        try:
-            msg.respond_nowait(outcome)
-        except ConatError as e:
-            log.debug("could not answer %s: %s", msg.subject, e)
-
-
-def _answer_many(msg: Message, hold: _Hold, outcomes: list[object] | PersistError) -> None:
-    """A ``set_many``'s completion: each write's result, or its refusal as an error entry (the
-    transaction's failure is one error for the request)."""
-    if isinstance(outcomes, PersistError):
-        _answer(msg, hold, outcomes)
-        return
-    out: list[Any] = []
-    for result in outcomes:
-        if isinstance(result, PersistError):
-            out.append({"error": result.code, "message": str(result), "data": error_fields(result)})
-        else:
-            out.append(result)
-    _answer(msg, hold, out)
-
-
-def _fail_nowait(msg: Message, error: Exception) -> None:
-    """:func:`_respond_failure` without waiting."""
-    if not msg.reply:
-        return
-    code: ErrorCode
-    data: Mapping[str, Any] | None
-    if isinstance(error, ClosedError):
-        code, text, data = UNAVAILABLE, f"persist service stopping: {error}", None
-    else:
-        if not isinstance(error, ConatError):
-            log.error("persist operation on %s failed", msg.subject, exc_info=error)
-        code, text, data = error_reply(error)
-    try:
-        msg.respond_error_nowait(code, text, data=data)
-    except ConatError as e:
-        log.debug("could not answer %s: %s", msg.subject, e)
-
-
-def _decode_or_raise(msg: Message) -> Request | InventoryOp:
-    """The request in ``msg``. conat's own clients send msgpack (unlabelled, or labelled "raw");
-    any other codec is honoured.
-
-    Raises:
-        msgspec.DecodeError, msgspec.ValidationError, PayloadError: it is not a persist request.
-    """
-    if msg.encoding in ("msgpack", "raw"):
-        return REQUEST_DECODER.decode(msg.raw)
-    return msg.decode(Request)  # type: ignore[arg-type]
-
-
-def _decode(msg: Message) -> Request | InventoryOp | None:
-    """:func:`_decode_or_raise`, or ``None`` (the turn that follows explains the refusal)."""
-    try:
-        return _decode_or_raise(msg)
-    except (msgspec.DecodeError, msgspec.ValidationError, PayloadError):
-        return None
 
 
 _FAST_OPS: Final = (SetOp, SetManyOp, GetOp, DeleteOp, KeysOp, ReadOp)

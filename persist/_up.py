@@ -20,7 +20,8 @@ from conat.cli.plugin import DemoFailed, Printer, UpExtension, line, to_json
 from ._cli import SUBJECT
 from ._client import AKV, AStream
 from ._placement import Placement
-from ._service import PersistServer, PersistService, persist_mappings
+from ._server import PersistServer
+from ._service import PersistService, persist_mappings
 from ._workers import Workers
 
 __all__ = ["PersistUp", "up_extension"]
