@@ -43,7 +43,8 @@ def _check_rows(rows: list[dict], expected: list[str]) -> None:
         assert row["samples"]["conat"] and row["samples"]["nats_py"]
 
 
-@pytest.mark.timeout(300)  # every row once, the host's real projects included (~2 min under load)
+@pytest.mark.slow  # every row once, hosts, master and clusters included: ~2 min, a third of the suite
+@pytest.mark.timeout(300)
 def test_quick_run_reports_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0
@@ -66,6 +67,24 @@ def test_quick_run_reports_every_row(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert name in printed
     assert "FAIL" not in printed and "below target" not in printed
     assert "quick run: too few operations to judge, so no verdicts" in printed
+
+
+SAMPLE = ["publish", "persist_kv", "actor_rpc", "auth_request"]
+"""One bench of each kind (bus, storage engine, actors, auth) for the default run; every row runs
+with ``--run-slow``."""
+
+
+def test_a_quick_run_of_one_bench_per_kind_reports_its_rows(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--rows", ",".join(SAMPLE), "--out", str(out)]) == 0
+    data = _load(out)
+    benches = {b.name: b for b in bench.make_benches()}
+    expected = [m.name for name in SAMPLE if name in benches for m in benches[name].metrics]
+    assert expected, "the sample names no bench: the sample itself is broken"
+    _check_rows(data["rows"], expected)
+    assert set(data["runs"]) == set(SAMPLE)
+    for runs in data["runs"].values():
+        assert all(r["tasks"] == 1 for r in runs), runs
 
 
 def test_row_selection_and_plain_asyncio(tmp_path: Path) -> None:
