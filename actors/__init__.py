@@ -44,6 +44,7 @@ from ._runtime import DeadLetter as DeadLetter
 from ._system import ActorSystem as ActorSystem
 from ._system import actor_proxy as actor_proxy
 from ._workers import Workers as Workers
+from ._workers import partition_option as partition_option
 from ._workers import serving_workers as serving_workers
 from ._workers import worker_options as worker_options
 
@@ -86,5 +87,6 @@ __all__ = [
     "serving_workers",
     "subject_mapping",
     "wait_for_partitions",
+    "partition_option",
     "worker_options",
 ]

@@ -36,7 +36,7 @@ from ._actor import Actor
 from ._errors import Escalation
 from ._partitions import MAX_PARTITIONS, Partitions
 from ._system import ActorSystem
-from ._workers import Workers, serving_workers, worker_options
+from ._workers import Workers, partition_option, serving_workers, worker_options
 
 __all__ = ["EXIT_ESCALATED", "resolve_targets", "run_actors"]
 
@@ -70,15 +70,6 @@ def resolve_targets(targets: tuple[str, ...]) -> list[type[Actor]]:
                 raise click.UsageError(f"module {module_name!r} defines no actor class bound to a subject")
         classes.extend(c for c in found if c not in classes)
     return classes
-
-
-def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Partitions | None:
-    if value is None:
-        return None
-    try:
-        return Partitions.parse(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 class _Run(NamedTuple):
@@ -117,7 +108,7 @@ class _Run(NamedTuple):
 @click.option(
     "--partition",
     metavar="I/N",
-    callback=_partition,
+    callback=partition_option,
     help="Serve only partition I of N of the keyed types (what each of --partitions N runs).",
 )
 @common_options

@@ -25,10 +25,12 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
+import click
+
 from conat import Backoff, BackoffSequence, Client, die_with_parent
 from conat.cli.plugin import Options
 
-from ._partitions import wait_for_partitions
+from ._partitions import Partitions, wait_for_partitions
 
 __all__ = [
     "WORKER_BACKOFF",
@@ -50,6 +52,16 @@ WORKERS_STARTUP: Final = 60.0
 """How long workers may take until every partition is served (:func:`serving_workers`)."""
 _STEADY: Final = 30.0
 """A worker that ran this long before it exited is restarted at once (its backoff starts over)."""
+
+
+def partition_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Partitions | None:
+    """The click callback of a ``--partition I/N`` option (``conat run``, ``conat persist serve``)."""
+    if value is None:
+        return None
+    try:
+        return Partitions.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def worker_options(client: Client, opts: Options) -> list[str]:

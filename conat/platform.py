@@ -36,8 +36,9 @@ the host package, which re-exports them.
 from __future__ import annotations
 
 import math
+import tomllib
 import uuid
-from typing import Any, ClassVar, Final, Literal, Protocol
+from typing import Any, ClassVar, Final, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -86,12 +87,29 @@ __all__ = [
     "WrongState",
     "check_id",
     "check_text",
+    "config_from_toml",
     "convert",
 ]
 
 _MIB: Final = 1024 * 1024
 MAX_TITLE: Final = 200
 MAX_NAME: Final = 100
+
+
+_Config = TypeVar("_Config")
+
+
+def config_from_toml(cls: type[_Config], text: str, table: str) -> _Config:
+    """The ``[table]`` of a TOML config file as ``cls`` (a msgspec Struct that checks itself in
+    ``__post_init__``); :class:`BadArgument` naming the bad key, or ``config`` if it is not TOML."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise BadArgument("config", f"not TOML: {e}") from None
+    try:
+        return msgspec.convert(doc.get(table, {}), cls)
+    except msgspec.ValidationError as e:
+        raise BadArgument(table, str(e)) from None
 
 
 def check_id(value: object, field: str) -> str:

@@ -19,11 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import tomllib
 import uuid
 from pathlib import Path
 
 import msgspec
+
+from conat.platform import config_from_toml
 
 from ._errors import BadArgument
 from ._wire import Limits
@@ -108,14 +109,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     @classmethod
     def from_toml(cls, text: str) -> HostConfig:
         """Read the ``[host]`` table. Raises :class:`BadArgument` naming the bad key."""
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise BadArgument("config", f"not TOML: {e}") from None
-        try:
-            return msgspec.convert(doc.get("host", {}), cls)
-        except msgspec.ValidationError as e:
-            raise BadArgument("host", str(e)) from None
+        return config_from_toml(cls, text, "host")
 
     @property
     def data(self) -> Path:

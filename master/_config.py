@@ -15,12 +15,11 @@ Example::
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import msgspec
 
-from conat.platform import BadArgument
+from conat.platform import BadArgument, config_from_toml
 
 __all__ = ["MasterConfig"]
 
@@ -80,14 +79,7 @@ class MasterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     @classmethod
     def from_toml(cls, text: str) -> MasterConfig:
         """Read the ``[master]`` table. Raises :class:`BadArgument` naming the bad key."""
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise BadArgument("config", f"not TOML: {e}") from None
-        try:
-            return msgspec.convert(doc.get("master", {}), cls)
-        except msgspec.ValidationError as e:
-            raise BadArgument("master", str(e)) from None
+        return config_from_toml(cls, text, "master")
 
     @property
     def data(self) -> Path:

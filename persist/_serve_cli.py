@@ -17,7 +17,7 @@ from typing import Final
 
 import click
 
-from actors import Escalation, Partitions, serving_workers, worker_options
+from actors import Escalation, Partitions, partition_option, serving_workers, worker_options
 from conat.cli.plugin import EXIT_GAVE_UP, Options, Printer, common_options, run, stop_on_signals
 
 from ._placement import Placement
@@ -28,15 +28,6 @@ from ._workers import Workers
 __all__ = ["EXIT_GAVE_UP", "SUBJECT", "persist_group"]
 
 _MAX_WORKERS: Final = 64
-
-
-def _partition(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Partitions | None:
-    if value is None:
-        return None
-    try:
-        return Partitions.parse(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 @click.group("persist", short_help="Run the persist service.")
@@ -74,7 +65,7 @@ def persist_group() -> None:
 @click.option(
     "--partition",
     metavar="I/N",
-    callback=_partition,
+    callback=partition_option,
     help="Serve only partition I of N of the scopes (what each of --workers N runs).",
 )
 @common_options
