@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -38,11 +39,20 @@ from typing import Final
 import conat
 from actors import partition_of, wait_for_partitions
 from conat import NatsServer, ServerConfig
-from persist import AKV, AStream, PersistService, StreamConfig, Workers, persist_mappings
+from persist import AStream, PersistService, StreamConfig, Workers, persist_mappings
 
 from ._harness import CPU_KEY, Bench, Metric, Sample, Stamp, percentile
-from ._persist import PAYLOAD, SIZE, PersistBenchError, _kv_sample, _phases, _workdir
-from ._persist_service import JS_STREAM, JS_SUBJECT, WAIT_S, _nats, _persist, _server
+from ._persist import PAYLOAD, SIZE, PersistBenchError, _workdir
+from ._persist_service import (
+    JS_STREAM,
+    JS_SUBJECT,
+    WAIT_S,
+    _kv_jetstream,
+    _kv_service,
+    _nats,
+    _persist,
+    _server,
+)
 
 __all__ = ["persist_scale_benches"]
 
@@ -61,34 +71,8 @@ _TICKS: Final = os.sysconf("SC_CLK_TCK")
 # -- 1,000 in flight ------------------------------------------------------------------------------
 
 
-async def _kv_wide_service(url: str, count: int) -> Sample:
-    async with _server() as (server_url, d), _persist(server_url, d / "persist") as client:
-        kv = AKV(client, f"project-{uuid.uuid4()}", "kv", config=StreamConfig(sync="normal"), encoding="raw")
-
-        async def put(key: str) -> None:
-            await kv.set(key, PAYLOAD)
-
-        async def get(key: str) -> None:
-            if await kv.get(key) != PAYLOAD:
-                raise PersistBenchError(f"persist service kv: wrong value for {key}")
-
-        set_s, get_s, cpu = await _phases(count, put, get, WIDE)
-    return _kv_sample(count, set_s, get_s, cpu)
-
-
-async def _kv_wide_jetstream(url: str, count: int) -> Sample:
-    async with _server() as (server_url, _), _nats(server_url, "bench-jetstream") as nc:
-        kv = await nc.jetstream().create_key_value(bucket="bench")
-
-        async def put(key: str) -> None:
-            await kv.put(key, PAYLOAD)
-
-        async def get(key: str) -> None:
-            if (await kv.get(key)).value != PAYLOAD:
-                raise PersistBenchError(f"jetstream kv: wrong value for {key}")
-
-        set_s, get_s, cpu = await _phases(count, put, get, WIDE)
-    return _kv_sample(count, set_s, get_s, cpu)
+_kv_wide_service: Final = functools.partial(_kv_service, concurrency=WIDE)
+_kv_wide_jetstream: Final = functools.partial(_kv_jetstream, concurrency=WIDE)
 
 
 # -- many changefeeds -----------------------------------------------------------------------------

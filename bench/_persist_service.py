@@ -263,7 +263,7 @@ def _set_batched() -> tuple[Measure, Measure]:
 # -- key-value -----------------------------------------------------------------------------------
 
 
-async def _kv_service(url: str, count: int) -> Sample:
+async def _kv_service(url: str, count: int, concurrency: int = KV_CONCURRENCY) -> Sample:
     async with _server() as (server_url, d), _persist(server_url, d / "persist") as client:
         kv = AKV(client, _scope(), "kv", config=StreamConfig(sync="normal"), encoding="raw")
 
@@ -274,11 +274,11 @@ async def _kv_service(url: str, count: int) -> Sample:
             if await kv.get(key) != PAYLOAD:
                 raise PersistBenchError(f"persist service kv: wrong value for {key}")
 
-        set_s, get_s, cpu = await _phases(count, put, get)
+        set_s, get_s, cpu = await _phases(count, put, get, concurrency)
     return _kv_sample(count, set_s, get_s, cpu)
 
 
-async def _kv_jetstream(url: str, count: int) -> Sample:
+async def _kv_jetstream(url: str, count: int, concurrency: int = KV_CONCURRENCY) -> Sample:
     async with _server() as (server_url, _), _nats(server_url, "bench-jetstream") as nc:
         kv = await nc.jetstream().create_key_value(bucket="bench")
 
@@ -289,7 +289,7 @@ async def _kv_jetstream(url: str, count: int) -> Sample:
             if (await kv.get(key)).value != PAYLOAD:
                 raise PersistBenchError(f"jetstream kv: wrong value for {key}")
 
-        set_s, get_s, cpu = await _phases(count, put, get)
+        set_s, get_s, cpu = await _phases(count, put, get, concurrency)
     return _kv_sample(count, set_s, get_s, cpu)
 
 
